@@ -1,0 +1,212 @@
+//! The registry struct, its `Clone`, `start`, `shutdown`, `abort`, and the
+//! `call_`/`cast_` methods of each server.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::model::{Registry, Server};
+
+pub(crate) fn expand(registry: &Registry) -> TokenStream {
+    let Registry {
+        attrs,
+        vis,
+        ident,
+        fields,
+        servers,
+        ..
+    } = registry;
+    let field_attrs = fields.iter().map(|f| &f.attrs);
+    let field_vis = fields.iter().map(|f| &f.vis);
+    let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
+    let field_types: Vec<_> = fields.iter().map(|f| &f.ty).collect();
+    let server_types: Vec<_> = servers.iter().map(|s| &s.ty).collect();
+    let handles = quote!((#(::genflow::__private::Handle<#server_types>,)*));
+
+    let clone_fields = fields.iter().map(|f| {
+        let name = &f.ident;
+        quote_spanned!(f.ty.span()=> #name: ::genflow::__private::Clone::clone(&self.#name))
+    });
+    let start = start(registry);
+    let methods = servers.iter().enumerate().map(|(i, s)| server_methods(registry, i, s));
+
+    quote! {
+        #(#attrs)*
+        #vis struct #ident {
+            #(#(#field_attrs)* #field_vis #field_names: #field_types,)*
+            #[doc(hidden)]
+            __genflow: ::genflow::__private::Core<#handles>,
+        }
+
+        const _: () = {
+            #[automatically_derived]
+            impl ::genflow::__private::Clone for #ident {
+                fn clone(&self) -> Self {
+                    Self {
+                        #(#clone_fields,)*
+                        __genflow: ::genflow::__private::Clone::clone(&self.__genflow),
+                    }
+                }
+            }
+
+            impl #ident {
+                #start
+
+                #(#methods)*
+
+                /// Shuts every server down gracefully: closes their queues
+                /// (calls and casts sent afterwards get a `Closed` error),
+                /// lets each handle what was already queued, runs
+                /// `terminate`, and waits for every task to end.
+                ///
+                /// Called from inside one of this registry's servers, it
+                /// starts the shutdown and returns without waiting for it.
+                #vis async fn shutdown(&self) {
+                    self.__genflow.shutdown().await
+                }
+
+                /// Stops every server at its next `.await`, without handling
+                /// what is queued and without running `terminate`. Queued
+                /// calls get their messages back in `Closed` errors. Does not
+                /// wait.
+                #vis fn abort(&self) {
+                    self.__genflow.abort()
+                }
+            }
+        };
+    }
+}
+
+fn start(registry: &Registry) -> TokenStream {
+    let Registry {
+        vis, fields, servers, ..
+    } = registry;
+    let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
+    let field_types = fields.iter().map(|f| &f.ty);
+    let handles: Vec<_> = (0..servers.len()).map(|i| format_ident!("__handle{}", i)).collect();
+    let inboxes: Vec<_> = (0..servers.len()).map(|i| format_ident!("__inbox{}", i)).collect();
+    let channels = servers.iter().zip(&handles).zip(&inboxes).map(|((s, h), i)| {
+        let ty = &s.ty;
+        quote_spanned!(ty.span()=> let (#h, #i) = __builder.channel::<#ty>();)
+    });
+    let spawns = servers.iter().zip(&inboxes).map(|(s, i)| {
+        let ty = &s.ty;
+        // Spanned at the server's type: a server whose `Registry` is another
+        // type is reported there.
+        quote_spanned! {ty.span()=>
+            __registry.__genflow.spawn::<#ty>(
+                &mut __start,
+                #i,
+                ::genflow::__private::Clone::clone(&__registry),
+            );
+        }
+    });
+    let doc_params = if fields.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n\nThe arguments become the registry's fields ({}), readable by every server through its registry.",
+            field_names
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let doc = format!(
+        "Starts every server ({}) and returns once each has run `new` and `init`.{doc_params}\n\n\
+         Dropping the last copy of the returned registry (copies held by the servers do not count) \
+         shuts the servers down in the background.\n\n# Panics\n\nPanics if called outside a Tokio runtime, \
+         or if a server's `channel_queue_size()` is 0.",
+        servers
+            .iter()
+            .map(|s| format!("`{}`", s.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    quote! {
+        #[doc = #doc]
+        #vis async fn start(#(#field_names: #field_types),*) -> Self {
+            let mut __builder = ::genflow::__private::Builder::new();
+            #(#channels)*
+            let __core = ::genflow::__private::Core::new(__builder, (#(#handles,)*));
+            let __registry = Self { #(#field_names,)* __genflow: __core };
+            let mut __start = ::genflow::__private::Start::new();
+            #(#spawns)*
+            __start.wait().await;
+            let Self { #(#field_names,)* __genflow } = __registry;
+            Self { #(#field_names,)* __genflow: __genflow.into_outside() }
+        }
+    }
+}
+
+fn server_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {
+    let vis = &registry.vis;
+    let ty = &server.ty;
+    let name = &server.name;
+    let index = syn::Index::from(index);
+    let call = format_ident!("call_{}", name);
+    let call_timeout = format_ident!("call_{}_with_timeout", name);
+    let cast = format_ident!("cast_{}", name);
+    let try_cast = format_ident!("try_cast_{}", name);
+    let gs = quote_spanned!(ty.span()=> <#ty as ::genflow::__private::GenServer>);
+    let message = quote!(#gs::Message);
+    let response = quote!(#gs::Response);
+    let call_doc = format!(
+        "Calls the `{name}` server and waits for its response. See `Handle::call` in the genflow docs:\n\n\
+         # Errors\n\n`CallError::Closed`/`Failed` (the message comes back) if the server is not running, \
+         `Panicked` if it panicked handling the message, `SelfCall` if `{name}` calls itself.\n\n\
+         # Cancel safety\n\nIf dropped before the server takes the message from its queue, the message is not handled."
+    );
+    let call_timeout_doc = format!(
+        "Calls the `{name}` server, giving up after `timeout`, counted from now: queueing included. \
+         A call that times out while still queued is never handled.\n\n# Errors\n\nAs `{call}`, \
+         plus `CallError::Timeout`, which holds the message if it never entered the queue.\n\n\
+         # Panics\n\nPanics if the Tokio runtime was built without timers."
+    );
+    let cast_doc = format!(
+        "Casts a message to the `{name}` server, waiting while its queue is full.\n\n# Errors\n\n\
+         `SendError::Closed`/`Failed`, holding the message, if the server is not running; `Full` if \
+         `{name}` casts to itself with its queue full (waiting would never end).\n\n# Cancel safety\n\n\
+         If dropped before it completes, the message was not queued."
+    );
+    let try_cast_doc = format!(
+        "Casts a message to the `{name}` server if its queue has room, without waiting.\n\n# Errors\n\n\
+         `SendError::Full` if the queue is full, `Closed`/`Failed` if the server is not running; \
+         each holds the message."
+    );
+    quote! {
+        #[doc = #call_doc]
+        #vis async fn #call(
+            &self,
+            message: #message,
+        ) -> ::genflow::__private::Result<#response, ::genflow::__private::CallError<#message>> {
+            self.__genflow.servers().#index.call(message).await
+        }
+
+        #[doc = #call_timeout_doc]
+        #vis async fn #call_timeout(
+            &self,
+            message: #message,
+            timeout: ::genflow::__private::Duration,
+        ) -> ::genflow::__private::Result<#response, ::genflow::__private::CallError<#message>> {
+            self.__genflow.servers().#index.call_with_timeout(message, timeout).await
+        }
+
+        #[doc = #cast_doc]
+        #vis async fn #cast(
+            &self,
+            message: #message,
+        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#message>> {
+            self.__genflow.servers().#index.cast(message).await
+        }
+
+        #[doc = #try_cast_doc]
+        #vis fn #try_cast(
+            &self,
+            message: #message,
+        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#message>> {
+            self.__genflow.servers().#index.try_cast(message)
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Items named by the code that `make_registry` and `pipeline` generate.
+//! Not public API: they may change in any release.
+
+pub use crate::{
+    error::{CallError, SendError},
+    registry::{Builder, Core, Start},
+    server::{GenServer, handle::Handle},
+};
+pub use core::{clone::Clone, result::Result, time::Duration};

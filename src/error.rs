@@ -1,0 +1,166 @@
+//! Error types returned by calls, casts and sends.
+//!
+//! Every error that stands for an undelivered message hands that message back
+//! through `into_message`, so nothing a caller sent is lost without the caller
+//! knowing. The `Debug` impls do not require the message type to be `Debug`.
+
+use std::fmt;
+
+/// Why a call did not return a response.
+///
+/// Returned by the generated `call_<name>` and `call_<name>_with_timeout`
+/// methods. Use [`CallError::into_message`] to get back a message that was
+/// never handled.
+#[non_exhaustive]
+pub enum CallError<M> {
+    /// The server is not running: it was shut down or aborted. The message
+    /// was not handled.
+    Closed(M),
+    /// The server panicked more often than its
+    /// [`RestartLimit`](crate::RestartLimit) allows and stays down. The message
+    /// was not handled.
+    Failed(M),
+    /// A server called itself, which would wait forever. The message was not
+    /// handled.
+    SelfCall(M),
+    /// The call did not complete in time. Holds the message if it never
+    /// entered the server's queue; `None` once the server had accepted it (a
+    /// call that times out while still queued is never handled).
+    Timeout(Option<M>),
+    /// The server panicked while handling this call. It was restarted with
+    /// fresh state (if its restart limit allowed it).
+    Panicked,
+    /// The server was aborted (or its runtime shut down) while it was
+    /// handling this call.
+    Aborted,
+}
+
+impl<M> CallError<M> {
+    /// Returns the message if it was not handled by the server.
+    ///
+    /// `None` for [`CallError::Panicked`], [`CallError::Aborted`] and for a timeout after the server
+    /// accepted the message.
+    pub fn into_message(self) -> Option<M> {
+        match self {
+            Self::Closed(m) | Self::Failed(m) | Self::SelfCall(m) => Some(m),
+            Self::Timeout(m) => m,
+            Self::Panicked | Self::Aborted => None,
+        }
+    }
+
+    /// Whether the call timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout(_))
+    }
+
+    /// Whether the server is not running (closed, or failed for good).
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, Self::Closed(_) | Self::Failed(_))
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Closed(_) => "Closed",
+            Self::Failed(_) => "Failed",
+            Self::SelfCall(_) => "SelfCall",
+            Self::Timeout(_) => "Timeout",
+            Self::Panicked => "Panicked",
+            Self::Aborted => "Aborted",
+        }
+    }
+}
+
+impl<M> fmt::Debug for CallError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Panicked => f.write_str("Panicked"),
+            Self::Aborted => f.write_str("Aborted"),
+            Self::Timeout(None) => f.write_str("Timeout(None)"),
+            _ => f.debug_tuple(self.name()).finish_non_exhaustive(),
+        }
+    }
+}
+
+impl<M> fmt::Display for CallError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed(_) => "server is not running",
+            Self::Failed(_) => "server is down: it panicked more often than its restart limit allows",
+            Self::SelfCall(_) => "server called itself, which would never return",
+            Self::Timeout(Some(_)) => "call timed out before the server accepted the message",
+            Self::Timeout(None) => "call timed out",
+            Self::Panicked => "server panicked while handling the call",
+            Self::Aborted => "server was aborted while handling the call",
+        })
+    }
+}
+
+impl<M> std::error::Error for CallError<M> {}
+
+/// Why a message or item could not be sent.
+///
+/// Returned by `cast_<name>`, `try_cast_<name>` and the pipeline's `send`,
+/// `try_send`, `feed` and sinks. The undelivered message is always handed
+/// back: see [`SendError::into_message`].
+#[non_exhaustive]
+pub enum SendError<T> {
+    /// The queue is full (only from methods that never wait, and from a
+    /// server casting to itself, which would otherwise wait forever).
+    Full(T),
+    /// The receiver is not running: it was shut down or aborted.
+    Closed(T),
+    /// The server panicked more often than its
+    /// [`RestartLimit`](crate::RestartLimit) allows and stays down.
+    Failed(T),
+}
+
+impl<T> SendError<T> {
+    /// Returns the message that was not sent.
+    pub fn into_message(self) -> Option<T> {
+        match self {
+            Self::Full(m) | Self::Closed(m) | Self::Failed(m) => Some(m),
+        }
+    }
+
+    /// Whether the queue was full (the receiver is still running).
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full(_))
+    }
+
+    /// Whether the receiver is not running (closed, or failed for good).
+    pub fn is_stopped(&self) -> bool {
+        !self.is_full()
+    }
+
+    /// Applies `f` to the message inside, keeping the kind of error.
+    pub fn map_message<U>(self, f: impl FnOnce(T) -> U) -> SendError<U> {
+        match self {
+            Self::Full(m) => SendError::Full(f(m)),
+            Self::Closed(m) => SendError::Closed(f(m)),
+            Self::Failed(m) => SendError::Failed(f(m)),
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::Full(_) => "Full",
+            Self::Closed(_) => "Closed",
+            Self::Failed(_) => "Failed",
+        };
+        f.debug_tuple(name).finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full(_) => "queue is full",
+            Self::Closed(_) => "receiver is not running",
+            Self::Failed(_) => "server is down: it panicked more often than its restart limit allows",
+        })
+    }
+}
+
+impl<T> std::error::Error for SendError<T> {}

@@ -1,0 +1,38 @@
+//! The GenServer core: the [`GenServer`] trait, restart limits, and the
+//! per-server queue, task and handle behind every registry.
+//!
+//! # One queue per server
+//!
+//! Every server owns one bounded queue, sized by
+//! [`GenServer::channel_queue_size`]. Calls, casts (and, for pipeline stages,
+//! items) share it, so a server sees them in the order they were sent. A full
+//! queue is backpressure: `cast_<name>` and `call_<name>` wait for room,
+//! `try_cast_<name>` returns [`SendError::Full`](crate::SendError::Full).
+//!
+//! # Failures and restarts
+//!
+//! Each handler runs under a panic guard. A panicking call answers its caller
+//! with [`CallError::Panicked`](crate::CallError::Panicked); the server is then
+//! rebuilt with `new` + `init` and goes on with the rest of its queue, as long
+//! as its [`RestartLimit`] allows. Past the limit it stays down, and every
+//! message queued or sent to it comes back in a `Failed` error.
+//!
+//! # Clean shutdown
+//!
+//! A registry's `shutdown().await` closes every queue (later calls and casts
+//! get `Closed` errors), lets each server handle what was already queued,
+//! runs `terminate`, and waits for every task to end. Dropping the last
+//! registry handle held outside the servers does the same in the background.
+//! `abort()` stops the servers at their next `.await` instead: queued calls
+//! get their messages back in `Closed` errors, `terminate` does not run.
+
+pub(crate) mod context;
+pub(crate) mod envelope;
+mod genserver;
+pub(crate) mod handle;
+mod restart;
+pub(crate) mod run;
+pub(crate) mod state;
+
+pub use genserver::GenServer;
+pub use restart::RestartLimit;
