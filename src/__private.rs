@@ -3,7 +3,13 @@
 
 pub use crate::{
     error::{CallError, SendError},
+    pipeline::{
+        Stage,
+        key::hash_key,
+        wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},
+    },
     registry::{Builder, Core, Start},
     server::{GenServer, handle::Handle},
 };
+pub use ::futures::Stream;
 pub use core::{clone::Clone, result::Result, time::Duration};

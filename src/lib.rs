@@ -3,6 +3,7 @@
 #![doc(test(no_crate_inject, attr(deny(warnings, rust_2018_idioms))))]
 
 mod error;
+pub mod pipeline;
 mod registry;
 mod server;
 
@@ -10,7 +11,8 @@ mod server;
 pub mod __private;
 
 pub use error::{CallError, SendError};
+pub use pipeline::{Emitter, InputSink, Metrics, Output, ReplicaMetrics, Stage, StageMetrics};
 pub use server::{GenServer, RestartLimit};
 
 #[doc(inline)]
-pub use genflow_macros::make_registry;
+pub use genflow_macros::{make_registry, pipeline};

@@ -8,17 +8,50 @@
 //! shuts down in the background, so servers holding their own registry do not
 //! keep each other alive.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use tokio::{runtime, sync::oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::server::{
     GenServer, context,
-    handle::{self, Control, Handle, Inbox},
-    run::{self, Items},
+    handle::{self, Handle, Inbox},
+    run,
     state::next_id,
 };
+
+pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Something shutdown and abort act on: a server, or a pipeline's input.
+pub(crate) trait Stoppable: Send + Sync {
+    /// Starts a graceful stop; may wait for room to say so, not for the end.
+    fn stop(&self) -> BoxFuture<'_>;
+    /// Stops at once.
+    fn abort(&self);
+}
+
+/// Stops or aborts one part of a registry, whatever its type.
+pub(crate) struct Control(Box<dyn Stoppable>);
+
+impl Control {
+    pub(crate) fn new(part: impl Stoppable + 'static) -> Self {
+        Control(Box::new(part))
+    }
+
+    async fn stop(&self) {
+        self.0.stop().await
+    }
+
+    fn abort(&self) {
+        self.0.abort()
+    }
+}
+
+impl fmt::Debug for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
 
 /// The hidden field of every generated registry.
 pub struct Core<T> {
@@ -49,7 +82,7 @@ impl Drop for OutsideGuard {
     fn drop(&mut self) {
         let life = self.life.clone();
         // If the runtime is gone, so are the tasks.
-        let _ = life.runtime.clone().spawn(async move { life.shutdown().await });
+        drop(life.runtime.clone().spawn(async move { life.shutdown().await }));
     }
 }
 
@@ -83,13 +116,7 @@ impl<T: Send + Sync + 'static> Core<T> {
             tasks: TaskTracker::new(),
             runtime: runtime::Handle::current(),
         };
-        Core {
-            shared: Arc::new(Shared {
-                servers,
-                life: Arc::new(life),
-            }),
-            outside: None,
-        }
+        Core { shared: Arc::new(Shared { servers, life: Arc::new(life) }), outside: None }
     }
 
     /// The handles of the servers, as the tuple the registry was built with.
@@ -101,28 +128,23 @@ impl<T: Send + Sync + 'static> Core<T> {
     /// Spawns the task of one server. Its `new` + `init` run there; `wait`
     /// on `start` waits for them.
     pub fn spawn<S: GenServer>(&self, start: &mut Start, inbox: Inbox<S>, registry: S::Registry) {
-        self.spawn_with(start, inbox, registry, run::NoItems);
+        let state = inbox.state.clone();
+        let ready = start.add();
+        let join = self.spawn_task(context::scope(state.id, state.registry, run::run(inbox, registry, ready)));
+        state.set_abort_handle(join.abort_handle());
     }
 
-    pub(crate) fn spawn_with<S, D>(&self, start: &mut Start, inbox: Inbox<S, D::Item>, registry: S::Registry, items: D)
+    pub(crate) fn spawn_task<F>(&self, task: F) -> tokio::task::JoinHandle<()>
     where
-        S: GenServer,
-        D: Items<S>,
+        F: Future<Output = ()> + Send + 'static,
     {
-        let (ready, ready_rx) = oneshot::channel();
-        start.ready.push(ready_rx);
-        let state = inbox.state.clone();
-        let task = context::scope(state.id, state.registry, run::run(inbox, registry, items, ready));
-        let join = self.shared.life.tasks.spawn(task);
-        state.set_abort_handle(join.abort_handle());
+        self.shared.life.tasks.spawn(task)
     }
 
     /// Turns this copy into an outside copy: from now on, dropping the last
     /// outside copy shuts the registry down.
     pub fn into_outside(mut self) -> Self {
-        self.outside = Some(Arc::new(OutsideGuard {
-            life: self.shared.life.clone(),
-        }));
+        self.outside = Some(Arc::new(OutsideGuard { life: self.shared.life.clone() }));
         self
     }
 
@@ -146,10 +168,7 @@ impl<T: Send + Sync + 'static> Core<T> {
 
 impl<T> Clone for Core<T> {
     fn clone(&self) -> Self {
-        Core {
-            shared: self.shared.clone(),
-            outside: self.outside.clone(),
-        }
+        Core { shared: self.shared.clone(), outside: self.outside.clone() }
     }
 }
 
@@ -172,23 +191,27 @@ pub struct Builder {
 impl Builder {
     /// A builder for a new registry.
     pub fn new() -> Self {
-        Builder {
-            id: next_id(),
-            controls: Vec::new(),
-        }
+        Builder { id: next_id(), controls: Vec::new() }
     }
 
-    /// Makes the queue of one plain server.
+    /// Makes the queue of one plain server; shutdown stops it.
     #[track_caller]
     pub fn channel<S: GenServer>(&mut self) -> (Handle<S>, Inbox<S>) {
-        self.channel_with()
+        let (handle, inbox) = handle::channel::<S>(self.id);
+        self.controls.push(Control::new(handle.clone()));
+        (handle, inbox)
     }
 
+    /// Makes the control queue of one pipeline stage replica; the pipeline
+    /// stops it by closing its input instead.
     #[track_caller]
-    pub(crate) fn channel_with<S: GenServer, I: Send + 'static>(&mut self) -> (Handle<S, I>, Inbox<S, I>) {
-        let (handle, inbox) = handle::channel::<S, I>(self.id);
-        self.controls.push(handle.control());
-        (handle, inbox)
+    pub(crate) fn stage_channel<S: GenServer>(&mut self) -> (Handle<S>, Inbox<S>) {
+        handle::channel::<S>(self.id)
+    }
+
+    /// Adds a part that shutdown stops and abort aborts.
+    pub(crate) fn control(&mut self, part: impl Stoppable + 'static) {
+        self.controls.push(Control::new(part));
     }
 }
 
@@ -208,6 +231,13 @@ impl Start {
     /// An empty set.
     pub fn new() -> Self {
         Start::default()
+    }
+
+    /// One more server to wait for: it fires the sender once booted.
+    pub(crate) fn add(&mut self) -> oneshot::Sender<()> {
+        let (ready, ready_rx) = oneshot::channel();
+        self.ready.push(ready_rx);
+        ready
     }
 
     /// Waits until every spawned server has run `new` + `init` (or failed

@@ -119,11 +119,7 @@ impl<const Q: usize> GenServer for Probe<Q> {
 
     fn new(registry: App) -> Self {
         registry.shared.news.fetch_add(1, Ordering::SeqCst);
-        Probe {
-            registry,
-            count: 0,
-            seen: Vec::new(),
-        }
+        Probe { registry, count: 0, seen: Vec::new() }
     }
 
     async fn init(&mut self) {
@@ -282,10 +278,7 @@ async fn timeout_covers_waiting_for_room_in_the_queue() {
     app.cast_small(Msg::Wait(1)).await.unwrap();
     eventually(|| shared.gate.available_permits() == 0).await;
     app.cast_small(Msg::Add(2)).await.unwrap();
-    let err = app
-        .call_small_with_timeout(Msg::Add(3), Duration::from_millis(50))
-        .await
-        .unwrap_err();
+    let err = app.call_small_with_timeout(Msg::Add(3), Duration::from_millis(50)).await.unwrap_err();
     // The message never entered the queue and comes back.
     assert!(matches!(err, CallError::Timeout(Some(Msg::Add(3)))), "{err:?}");
     assert!(err.is_timeout());
@@ -299,10 +292,7 @@ async fn a_call_that_timed_out_while_queued_is_never_handled() {
     let (shared, _rx) = shared(false);
     let app = App::start(shared.clone()).await;
     app.cast_probe(Msg::Wait(1)).await.unwrap();
-    let err = app
-        .call_probe_with_timeout(Msg::Add(100), Duration::from_millis(50))
-        .await
-        .unwrap_err();
+    let err = app.call_probe_with_timeout(Msg::Add(100), Duration::from_millis(50)).await.unwrap_err();
     assert!(matches!(err, CallError::Timeout(None)), "{err:?}");
     assert_eq!(err.into_message(), None);
     shared.gate.add_permits(1);
@@ -315,10 +305,7 @@ async fn a_call_that_timed_out_while_queued_is_never_handled() {
 async fn a_call_answered_in_time_is_not_a_timeout() {
     let (shared, _rx) = shared(false);
     let app = App::start(shared).await;
-    let reply = app
-        .call_probe_with_timeout(Msg::Add(4), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let reply = app.call_probe_with_timeout(Msg::Add(4), Duration::from_secs(1)).await.unwrap();
     assert_eq!(reply, Reply::Count(4));
     app.shutdown().await;
 }
@@ -379,14 +366,8 @@ async fn past_the_restart_limit_the_server_stays_down() {
     let err = app.call_probe(Msg::Add(1)).await.unwrap_err();
     assert!(matches!(err, CallError::Failed(Msg::Add(1))), "{err:?}");
     assert!(err.to_string().contains("restart limit"), "{err}");
-    assert!(matches!(
-        app.cast_probe(Msg::Add(2)).await,
-        Err(SendError::Failed(Msg::Add(2)))
-    ));
-    assert!(matches!(
-        app.try_cast_probe(Msg::Add(3)),
-        Err(SendError::Failed(Msg::Add(3)))
-    ));
+    assert!(matches!(app.cast_probe(Msg::Add(2)).await, Err(SendError::Failed(Msg::Add(2)))));
+    assert!(matches!(app.try_cast_probe(Msg::Add(3)), Err(SendError::Failed(Msg::Add(3)))));
     assert_eq!(shared.news.load(Ordering::SeqCst), 2 + 3);
     // The other server is not affected, and shutdown still completes.
     assert_eq!(app.call_small(Msg::Add(1)).await.unwrap(), Reply::Count(1));
@@ -528,9 +509,6 @@ async fn generic_server_types_work() {
     workers.cast_bytes(7).await.unwrap();
     assert_eq!(workers.call_bytes(8).await.unwrap(), Some(7));
     assert_eq!(workers.call_words("a".to_string()).await.unwrap(), None);
-    assert_eq!(
-        workers.call_words("b".to_string()).await.unwrap(),
-        Some("a".to_string())
-    );
+    assert_eq!(workers.call_words("b".to_string()).await.unwrap(), Some("a".to_string()));
     workers.shutdown().await;
 }

@@ -20,3 +20,9 @@ mod validate;
 pub fn make_registry(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::registry(args.into(), input.into(), model::Kind::Registry).into()
 }
+
+/// Declares a pipeline of stages. Documented in the `genflow` crate.
+#[proc_macro_attribute]
+pub fn pipeline(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::registry(args.into(), input.into(), model::Kind::Pipeline).into()
+}

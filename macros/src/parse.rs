@@ -21,9 +21,7 @@ pub(crate) struct Entry {
 
 impl Parse for Args {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
-        Ok(Args {
-            entries: Punctuated::parse_terminated(input)?,
-        })
+        Ok(Args { entries: Punctuated::parse_terminated(input)? })
     }
 }
 
@@ -31,10 +29,7 @@ impl Parse for Entry {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let attrs = input.call(Attribute::parse_outer)?;
         let name: Ident = input.parse().map_err(|e| {
-            syn::Error::new(
-                e.span(),
-                "expected a server entry `name: Type`, such as `counter: Counter`",
-            )
+            syn::Error::new(e.span(), "expected a server entry `name: Type`, such as `counter: Counter`")
         })?;
         if !input.peek(Token![:]) {
             return Err(syn::Error::new(
@@ -49,10 +44,7 @@ impl Parse for Entry {
             input.parse::<Type>()
         }
         .map_err(|e| {
-            syn::Error::new(
-                e.span(),
-                format_args!("expected a type for `{name}`, such as `{name}: MyServer`"),
-            )
+            syn::Error::new(e.span(), format_args!("expected a type for `{name}`, such as `{name}: MyServer`"))
         })?;
         Ok(Entry { attrs, name, ty })
     }
@@ -64,9 +56,6 @@ pub(crate) fn args(tokens: TokenStream) -> syn::Result<Args> {
 
 pub(crate) fn item(tokens: TokenStream) -> syn::Result<ItemStruct> {
     syn::parse2::<ItemStruct>(tokens).map_err(|e| {
-        syn::Error::new(
-            e.span(),
-            "a registry is declared on a struct: `struct App;` or `struct App { fields }`",
-        )
+        syn::Error::new(e.span(), "a registry is declared on a struct: `struct App;` or `struct App { fields }`")
     })
 }

@@ -4,12 +4,11 @@ use tokio::sync::oneshot;
 
 use super::GenServer;
 
-/// One entry of a server's queue. Calls, casts, stage items and the stop
-/// marker share the queue, so they are handled in the order they were sent.
-pub(crate) enum Envelope<S: GenServer, I> {
+/// One entry of a server's queue. Calls, casts and the stop marker share the
+/// queue, so they are handled in the order they were sent.
+pub(crate) enum Envelope<S: GenServer> {
     Call(Call<S::Message, S::Response>),
     Cast(S::Message),
-    Item(I),
     /// Graceful shutdown: close the queue, handle what is in it, terminate.
     Stop,
 }
@@ -32,9 +31,7 @@ pub(crate) struct Call<M, R> {
 
 impl<M, R> Call<M, R> {
     pub(crate) fn new(message: M, reply: oneshot::Sender<Reply<R, M>>) -> Self {
-        Call {
-            parts: Some((message, reply)),
-        }
+        Call { parts: Some((message, reply)) }
     }
 
     pub(crate) fn into_parts(mut self) -> (M, oneshot::Sender<Reply<R, M>>) {

@@ -1,6 +1,6 @@
 //! The sending side of a server: calls, casts, stop and abort.
 
-use std::{convert::Infallible, fmt, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{mpsc, oneshot},
@@ -12,21 +12,23 @@ use super::{
     envelope::{Call, Envelope, Reply},
     state::ServerState,
 };
-use crate::error::{CallError, SendError};
+use crate::{
+    error::{CallError, SendError},
+    registry::{BoxFuture, Stoppable},
+};
 
 /// A handle to one running server: the sending half of its queue.
 ///
 /// Generated registries hold one per server; their `call_<name>` and
-/// `cast_<name>` methods forward here. `I` is the type of pipeline items the
-/// server also accepts (none for a plain server).
-pub struct Handle<S: GenServer, I = Infallible> {
-    tx: mpsc::Sender<Envelope<S, I>>,
+/// `cast_<name>` methods forward here.
+pub struct Handle<S: GenServer> {
+    tx: mpsc::Sender<Envelope<S>>,
     state: Arc<ServerState>,
 }
 
 /// The receiving half of a server's queue, owned by the server's task.
-pub struct Inbox<S: GenServer, I = Infallible> {
-    pub(crate) rx: mpsc::Receiver<Envelope<S, I>>,
+pub struct Inbox<S: GenServer> {
+    pub(crate) rx: mpsc::Receiver<Envelope<S>>,
     pub(crate) state: Arc<ServerState>,
 }
 
@@ -37,25 +39,15 @@ pub struct Inbox<S: GenServer, I = Infallible> {
 ///
 /// Panics if `channel_queue_size()` is 0.
 #[track_caller]
-pub(crate) fn channel<S: GenServer, I>(registry: usize) -> (Handle<S, I>, Inbox<S, I>) {
+pub(crate) fn channel<S: GenServer>(registry: usize) -> (Handle<S>, Inbox<S>) {
     let size = S::channel_queue_size();
-    assert!(
-        size > 0,
-        "{}::channel_queue_size() must be at least 1",
-        std::any::type_name::<S>()
-    );
+    assert!(size > 0, "{}::channel_queue_size() must be at least 1", std::any::type_name::<S>());
     let (tx, rx) = mpsc::channel(size);
     let state = Arc::new(ServerState::new(registry));
-    (
-        Handle {
-            tx,
-            state: state.clone(),
-        },
-        Inbox { rx, state },
-    )
+    (Handle { tx, state: state.clone() }, Inbox { rx, state })
 }
 
-impl<S: GenServer, I: Send + 'static> Handle<S, I> {
+impl<S: GenServer> Handle<S> {
     /// Sends `message` and waits for the server's response.
     ///
     /// # Errors
@@ -176,15 +168,6 @@ impl<S: GenServer, I: Send + 'static> Handle<S, I> {
         self.state.abort();
     }
 
-    pub(crate) fn state(&self) -> &Arc<ServerState> {
-        &self.state
-    }
-
-    /// A type-erased handle for stopping and aborting this server.
-    pub fn control(&self) -> Control {
-        Control(Box::new(self.clone()))
-    }
-
     fn reply(
         &self,
         reply: Result<Reply<S::Response, S::Message>, oneshot::error::RecvError>,
@@ -199,32 +182,21 @@ impl<S: GenServer, I: Send + 'static> Handle<S, I> {
     }
 
     fn stopped_call(&self, message: S::Message) -> CallError<S::Message> {
-        if self.state.failed() {
-            CallError::Failed(message)
-        } else {
-            CallError::Closed(message)
-        }
+        if self.state.failed() { CallError::Failed(message) } else { CallError::Closed(message) }
     }
 
     fn stopped_send<T>(&self, message: T) -> SendError<T> {
-        if self.state.failed() {
-            SendError::Failed(message)
-        } else {
-            SendError::Closed(message)
-        }
+        if self.state.failed() { SendError::Failed(message) } else { SendError::Closed(message) }
     }
 }
 
-impl<S: GenServer, I> Clone for Handle<S, I> {
+impl<S: GenServer> Clone for Handle<S> {
     fn clone(&self) -> Self {
-        Handle {
-            tx: self.tx.clone(),
-            state: self.state.clone(),
-        }
+        Handle { tx: self.tx.clone(), state: self.state.clone() }
     }
 }
 
-impl<S: GenServer, I> fmt::Debug for Handle<S, I> {
+impl<S: GenServer> fmt::Debug for Handle<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
             .field("server", &std::any::type_name::<S>())
@@ -233,53 +205,25 @@ impl<S: GenServer, I> fmt::Debug for Handle<S, I> {
     }
 }
 
-impl<S: GenServer, I> fmt::Debug for Inbox<S, I> {
+impl<S: GenServer> fmt::Debug for Inbox<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Inbox")
-            .field("server", &std::any::type_name::<S>())
-            .finish_non_exhaustive()
+        f.debug_struct("Inbox").field("server", &std::any::type_name::<S>()).finish_non_exhaustive()
     }
 }
 
-impl<S: GenServer, I> Drop for Inbox<S, I> {
+impl<S: GenServer> Drop for Inbox<S> {
     fn drop(&mut self) {
         // Before the queue drops: queued calls handed back then see the status.
         self.state.set_closed();
     }
 }
 
-type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-trait ControlOps: Send + Sync {
-    fn stop(&self) -> BoxFuture<'_>;
-    fn abort(&self);
-}
-
-impl<S: GenServer, I: Send + 'static> ControlOps for Handle<S, I> {
+impl<S: GenServer> Stoppable for Handle<S> {
     fn stop(&self) -> BoxFuture<'_> {
         Box::pin(Handle::stop(self))
     }
 
     fn abort(&self) {
         Handle::abort(self)
-    }
-}
-
-/// Stops or aborts one server, whatever its type.
-pub struct Control(Box<dyn ControlOps>);
-
-impl Control {
-    pub(crate) async fn stop(&self) {
-        self.0.stop().await
-    }
-
-    pub(crate) fn abort(&self) {
-        self.0.abort()
-    }
-}
-
-impl fmt::Debug for Control {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Control").finish_non_exhaustive()
     }
 }

@@ -30,7 +30,7 @@ pub(crate) mod context;
 pub(crate) mod envelope;
 mod genserver;
 pub(crate) mod handle;
-mod restart;
+pub(crate) mod restart;
 pub(crate) mod run;
 pub(crate) mod state;
 

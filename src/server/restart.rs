@@ -50,20 +50,13 @@ pub(crate) struct Restarts {
 
 impl Restarts {
     pub(crate) fn new(limit: RestartLimit) -> Self {
-        Restarts {
-            limit,
-            recent: VecDeque::new(),
-        }
+        Restarts { limit, recent: VecDeque::new() }
     }
 
     /// Records a crash; returns whether the server may be restarted.
     pub(crate) fn allow(&mut self) -> bool {
         let now = Instant::now();
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.limit.within)
-        {
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= self.limit.within) {
             self.recent.pop_front();
         }
         if self.recent.len() < self.limit.max_restarts as usize {

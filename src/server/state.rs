@@ -29,12 +29,7 @@ pub(crate) struct ServerState {
 
 impl ServerState {
     pub(crate) fn new(registry: usize) -> Self {
-        ServerState {
-            id: next_id(),
-            registry,
-            status: AtomicU8::new(RUNNING),
-            abort: OnceLock::new(),
-        }
+        ServerState { id: next_id(), registry, status: AtomicU8::new(RUNNING), abort: OnceLock::new() }
     }
 
     /// Whether the server went down for good after too many panics.
@@ -48,9 +43,7 @@ impl ServerState {
 
     /// Marks the server closed, unless it already failed.
     pub(crate) fn set_closed(&self) {
-        let _ = self
-            .status
-            .compare_exchange(RUNNING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.status.compare_exchange(RUNNING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
     }
 
     pub(crate) fn set_abort_handle(&self, handle: AbortHandle) {

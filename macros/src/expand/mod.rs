@@ -8,6 +8,7 @@ use crate::{
     parse, validate,
 };
 
+mod pipeline;
 mod registry;
 
 /// The whole expansion of `make_registry` (and of the registry part of

@@ -5,29 +5,42 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use crate::model::{Registry, Server};
+use super::pipeline;
+use crate::model::{Kind, Registry, Server};
 
 pub(crate) fn expand(registry: &Registry) -> TokenStream {
-    let Registry {
-        attrs,
-        vis,
-        ident,
-        fields,
-        servers,
-        ..
-    } = registry;
+    let Registry { attrs, vis, ident, fields, servers, .. } = registry;
     let field_attrs = fields.iter().map(|f| &f.attrs);
     let field_vis = fields.iter().map(|f| &f.vis);
     let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
     let field_types: Vec<_> = fields.iter().map(|f| &f.ty).collect();
     let server_types: Vec<_> = servers.iter().map(|s| &s.ty).collect();
-    let handles = quote!((#(::genflow::__private::Handle<#server_types>,)*));
+    let (handles, start, extra, shutdown_doc) = match registry.kind {
+        Kind::Registry => (
+            quote!((#(::genflow::__private::Handle<#server_types>,)*)),
+            start(registry),
+            TokenStream::new(),
+            "Shuts every server down gracefully: closes their queues (calls and casts sent afterwards get a \
+             `Closed` error), lets each handle what was already queued, runs `terminate`, and waits for every \
+             task to end.\n\nCalled from inside one of this registry's servers, it starts the shutdown and \
+             returns without waiting for it.",
+        ),
+        Kind::Pipeline => (
+            pipeline::handles(registry),
+            pipeline::start(registry),
+            pipeline::methods(registry),
+            "Shuts the pipeline down gracefully: closes the first stage's input (`send` and the sinks get \
+             `Closed` errors from now on), lets every stage process what it was given, in order, serve its \
+             queued calls and casts and run `terminate`, ends the output stream, and waits for every task to \
+             end. Nothing accepted is dropped. Metrics stay readable afterwards.\n\nCalled from inside one \
+             of the stages, it starts the shutdown and returns without waiting for it.",
+        ),
+    };
 
     let clone_fields = fields.iter().map(|f| {
         let name = &f.ident;
         quote_spanned!(f.ty.span()=> #name: ::genflow::__private::Clone::clone(&self.#name))
     });
-    let start = start(registry);
     let methods = servers.iter().enumerate().map(|(i, s)| server_methods(registry, i, s));
 
     quote! {
@@ -54,13 +67,9 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
 
                 #(#methods)*
 
-                /// Shuts every server down gracefully: closes their queues
-                /// (calls and casts sent afterwards get a `Closed` error),
-                /// lets each handle what was already queued, runs
-                /// `terminate`, and waits for every task to end.
-                ///
-                /// Called from inside one of this registry's servers, it
-                /// starts the shutdown and returns without waiting for it.
+                #extra
+
+                #[doc = #shutdown_doc]
                 #vis async fn shutdown(&self) {
                     self.__genflow.shutdown().await
                 }
@@ -78,9 +87,7 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
 }
 
 fn start(registry: &Registry) -> TokenStream {
-    let Registry {
-        vis, fields, servers, ..
-    } = registry;
+    let Registry { vis, fields, servers, .. } = registry;
     let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
     let field_types = fields.iter().map(|f| &f.ty);
     let handles: Vec<_> = (0..servers.len()).map(|i| format_ident!("__handle{}", i)).collect();
@@ -106,11 +113,7 @@ fn start(registry: &Registry) -> TokenStream {
     } else {
         format!(
             "\n\nThe arguments become the registry's fields ({}), readable by every server through its registry.",
-            field_names
-                .iter()
-                .map(|f| format!("`{f}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            field_names.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
         )
     };
     let doc = format!(
@@ -118,11 +121,7 @@ fn start(registry: &Registry) -> TokenStream {
          Dropping the last copy of the returned registry (copies held by the servers do not count) \
          shuts the servers down in the background.\n\n# Panics\n\nPanics if called outside a Tokio runtime, \
          or if a server's `channel_queue_size()` is 0.",
-        servers
-            .iter()
-            .map(|s| format!("`{}`", s.name))
-            .collect::<Vec<_>>()
-            .join(", ")
+        servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
     );
     quote! {
         #[doc = #doc]
@@ -140,7 +139,7 @@ fn start(registry: &Registry) -> TokenStream {
     }
 }
 
-fn server_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {
+pub(super) fn server_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {
     let vis = &registry.vis;
     let ty = &server.ty;
     let name = &server.name;

@@ -1,0 +1,246 @@
+//! What `pipeline` adds to a registry: stage handles and wiring in `start`,
+//! `send`/`try_send`/`feed`/`sink`/`output`/`metrics`, and per stage
+//! `sink_<stage>`, `call_<stage>_all`, `cast_<stage>_all`.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::{Index, spanned::Spanned};
+
+use crate::model::{Registry, Server};
+
+fn stage_trait(server: &Server) -> TokenStream {
+    let ty = &server.ty;
+    quote_spanned!(ty.span()=> <#ty as ::genflow::__private::Stage>)
+}
+
+fn gen_server(server: &Server) -> TokenStream {
+    let ty = &server.ty;
+    quote_spanned!(ty.span()=> <#ty as ::genflow::__private::GenServer>)
+}
+
+/// The tuple held by the pipeline: every stage's handle, then the output.
+pub(crate) fn handles(registry: &Registry) -> TokenStream {
+    let types = registry.servers.iter().map(|s| &s.ty);
+    let tail = registry.servers.last().map(stage_trait);
+    quote!((#(::genflow::__private::StageHandle<#types>,)* ::genflow::__private::Plumbing<#tail::Out>,))
+}
+
+pub(crate) fn start(registry: &Registry) -> TokenStream {
+    let Registry { vis, fields, servers, .. } = registry;
+    let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
+    let field_types = fields.iter().map(|f| &f.ty);
+    let stages: Vec<_> = (0..servers.len()).map(|i| format_ident!("__stage{}", i)).collect();
+    let wirings: Vec<_> = (0..servers.len()).map(|i| format_ident!("__wiring{}", i)).collect();
+    let builds = servers.iter().enumerate().map(|(i, s)| {
+        let ty = &s.ty;
+        let name = s.name.to_string();
+        let count = s.replicas.count;
+        let head = i == 0;
+        let input = stage_trait(s);
+        let partition = match &s.replicas.partition_by {
+            None => quote!(::core::option::Option::None),
+            Some(path) => quote_spanned! {path.span()=>
+                ::core::option::Option::Some({
+                    fn __key(item: &#input::In) -> u64 {
+                        ::genflow::__private::hash_key(&#path(item))
+                    }
+                    __key as fn(&#input::In) -> u64
+                })
+            },
+        };
+        let (stage, wiring) = (&stages[i], &wirings[i]);
+        quote_spanned! {ty.span()=>
+            let (#stage, #wiring) = __builder.stage::<#ty>(::genflow::__private::StageSpec {
+                name: #name,
+                replicas: #count,
+                partition: #partition,
+                head: #head,
+            });
+        }
+    });
+    let tail_ty = &servers.last().expect("validated: at least one stage").ty;
+    let plumbing = Index::from(servers.len());
+    let spawns = servers.iter().enumerate().map(|(i, s)| {
+        let ty = &s.ty;
+        let index = Index::from(i);
+        let wiring = &wirings[i];
+        let (next, span) = match servers.get(i + 1) {
+            // A mismatch between this stage's `Out` and the next stage's
+            // `In` is reported at the next stage's type.
+            Some(next) => (Index::from(i + 1), next.ty.span()),
+            None => (plumbing.clone(), ty.span()),
+        };
+        quote_spanned! {span=>
+            __registry.__genflow.spawn_stage::<#ty, _>(
+                &mut __start,
+                &__registry.__genflow.servers().#index,
+                #wiring,
+                __registry.__genflow.servers().#next.downstream(),
+                &__registry,
+            );
+        }
+    });
+    let names = servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(" → ");
+    let doc = format!(
+        "Starts every stage ({names}), wired in that order, and returns once each replica has run `new` and \
+         `init`.\n\nThe arguments become the pipeline's fields, readable by every stage through its registry. \
+         Dropping the last copy of the returned pipeline (copies held by the stages do not count) shuts it down \
+         in the background, draining what was sent.\n\n# Panics\n\nPanics if called outside a Tokio runtime, \
+         or if a stage's `channel_queue_size()` is 0."
+    );
+    quote! {
+        #[doc = #doc]
+        #vis async fn start(#(#field_names: #field_types),*) -> Self {
+            let mut __builder = ::genflow::__private::Builder::new();
+            #(#builds)*
+            let __plumbing = ::genflow::__private::Plumbing::new::<#tail_ty>();
+            let __core = ::genflow::__private::Core::new(__builder, (#(#stages,)* __plumbing,));
+            let __registry = Self { #(#field_names,)* __genflow: __core };
+            let mut __start = ::genflow::__private::Start::new();
+            #(#spawns)*
+            __start.wait().await;
+            let Self { #(#field_names,)* __genflow } = __registry;
+            Self { #(#field_names,)* __genflow: __genflow.into_outside() }
+        }
+    }
+}
+
+pub(crate) fn methods(registry: &Registry) -> TokenStream {
+    let Registry { vis, servers, .. } = registry;
+    let head = stage_trait(&servers[0]);
+    let tail = stage_trait(servers.last().expect("validated: at least one stage"));
+    let plumbing = Index::from(servers.len());
+    let metrics = (0..servers.len()).map(Index::from);
+    let per_stage = servers.iter().enumerate().map(|(i, s)| stage_methods(registry, i, s));
+    quote! {
+        /// Sends one item into the first stage, waiting while its queue is
+        /// full.
+        ///
+        /// # Errors
+        ///
+        /// `SendError::Closed`, holding the item, once the pipeline is
+        /// shutting down.
+        ///
+        /// # Cancel safety
+        ///
+        /// If dropped before it completes, the item was not sent.
+        #vis async fn send(
+            &self,
+            item: #head::In,
+        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#head::In>> {
+            self.__genflow.servers().0.send(item).await
+        }
+
+        /// Sends one item into the first stage if its queue has room,
+        /// without waiting.
+        ///
+        /// # Errors
+        ///
+        /// `SendError::Full` if the queue is full, `Closed` once the
+        /// pipeline is shutting down; each holds the item.
+        #vis fn try_send(
+            &self,
+            item: #head::In,
+        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#head::In>> {
+            self.__genflow.servers().0.try_send(item)
+        }
+
+        /// Sends every item of `items` into the first stage, in order,
+        /// waiting for room as needed (backpressure), and returns how many
+        /// went in.
+        ///
+        /// # Errors
+        ///
+        /// `SendError::Closed` if the pipeline shut down first. An item is
+        /// taken from the stream only when there is room for it, so the
+        /// error holds the one item in hand; the rest stays in the stream.
+        ///
+        /// # Cancel safety
+        ///
+        /// Items sent before the future is dropped stay sent; at most the
+        /// one in hand is lost.
+        #vis async fn feed(
+            &self,
+            items: impl ::genflow::__private::Stream<Item = #head::In> + ::core::marker::Send,
+        ) -> ::genflow::__private::Result<usize, ::genflow::__private::SendError<#head::In>> {
+            self.__genflow.servers().0.feed(items).await
+        }
+
+        /// A `futures::Sink` into the first stage. Clone it for more
+        /// senders; closing one sink only drops that sender.
+        #vis fn sink(&self) -> ::genflow::InputSink<#head::In> {
+            self.__genflow.servers().0.sink()
+        }
+
+        /// The stream of the last stage's items; `Some` the first time only.
+        ///
+        /// Until it is taken (and after it is dropped), the last stage's
+        /// items are dropped and counted in its `dropped` metric instead of
+        /// blocking the pipeline: take it before sending items you want to
+        /// see. Once taken, not reading it slows the pipeline down to the
+        /// pace of the reader (backpressure).
+        #vis fn output(&self) -> ::core::option::Option<::genflow::Output<#tail::Out>> {
+            self.__genflow.servers().#plumbing.output()
+        }
+
+        /// A snapshot of every stage's metrics; readable at any time, also
+        /// after shutdown.
+        #vis fn metrics(&self) -> ::genflow::Metrics {
+            let __servers = self.__genflow.servers();
+            __servers.#plumbing.metrics(::std::vec![#(__servers.#metrics.metrics(),)*])
+        }
+
+        #(#per_stage)*
+    }
+}
+
+fn stage_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {
+    let vis = &registry.vis;
+    let name = &server.name;
+    let index = Index::from(index);
+    let input = stage_trait(server);
+    let gs = gen_server(server);
+    let sink = format_ident!("sink_{}", name);
+    let call_all = format_ident!("call_{}_all", name);
+    let cast_all = format_ident!("cast_{}_all", name);
+    let sink_doc = format!("A `futures::Sink` into the `{name}` stage's input (see `sink`).");
+    let call_all_doc = format!(
+        "Calls every replica of the `{name}` stage with a clone of `message`, concurrently; the responses \
+         come in replica order.\n\n# Errors\n\nThe first error of any replica, as `call_{name}`."
+    );
+    let cast_all_doc = format!(
+        "Casts a clone of `message` to every replica of the `{name}` stage, in replica order.\n\n# Errors\n\n\
+         The first error, as `cast_{name}`; replicas after it got nothing."
+    );
+    quote! {
+        #[doc = #sink_doc]
+        #vis fn #sink(&self) -> ::genflow::InputSink<#input::In> {
+            self.__genflow.servers().#index.sink()
+        }
+
+        #[doc = #call_all_doc]
+        #vis async fn #call_all(
+            &self,
+            message: #gs::Message,
+        ) -> ::genflow::__private::Result<
+            ::std::vec::Vec<#gs::Response>,
+            ::genflow::__private::CallError<#gs::Message>,
+        >
+        where
+            for<'__genflow> #gs::Message: ::core::clone::Clone,
+        {
+            self.__genflow.servers().#index.call_all(message).await
+        }
+
+        #[doc = #cast_all_doc]
+        #vis async fn #cast_all(
+            &self,
+            message: #gs::Message,
+        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#gs::Message>>
+        where
+            for<'__genflow> #gs::Message: ::core::clone::Clone,
+        {
+            self.__genflow.servers().#index.cast_all(message).await
+        }
+    }
+}

@@ -1,0 +1,159 @@
+use std::{
+    fmt,
+    future::{Future, poll_fn},
+    pin::pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::{BATCH, dispatch::Dispatch, queue::Closed};
+
+/// Sends a stage's items downstream: to the next stage, or to the
+/// pipeline's [`Output`](crate::Output).
+///
+/// Handed to [`Stage::process`](crate::Stage::process). Items are moved in
+/// small batches: `emit` collects up to a few dozen items and waits for room
+/// in the next queue when the batch is full; the pipeline sends the rest as
+/// soon as the stage has gone through the items it took (or after every
+/// `process` call that awaited something, so a slow stage does not hold its
+/// output back). Order is kept.
+///
+/// If the pipeline's output was never taken (or was dropped), the last
+/// stage's items are dropped and counted in its `dropped` metric instead of
+/// blocking the pipeline.
+pub struct Emitter<T> {
+    buf: Vec<T>,
+    link: Link<T>,
+    emitted: u64,
+    dropped: u64,
+    blocked: Duration,
+}
+
+impl<T: Send> Emitter<T> {
+    pub(crate) fn new(link: Link<T>) -> Self {
+        Emitter { buf: Vec::with_capacity(BATCH), link, emitted: 0, dropped: 0, blocked: Duration::ZERO }
+    }
+
+    /// Sends `item` downstream, waiting while the next queue is full.
+    ///
+    /// # Cancel safety
+    ///
+    /// The item is accepted before the first `.await`; dropping the future
+    /// does not lose it.
+    pub async fn emit(&mut self, item: T) {
+        self.buf.push(item);
+        self.emitted += 1;
+        if self.buf.len() >= BATCH {
+            self.flush().await;
+        }
+    }
+
+    /// Sends every item buffered so far, waiting for room as needed.
+    pub(crate) async fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let target = &*self.link.target;
+        if target.taken.as_ref().is_some_and(|taken| !taken.load(Ordering::Acquire)) {
+            self.dropped += self.buf.len() as u64;
+            self.buf.clear();
+            return;
+        }
+        match &target.dispatch {
+            Dispatch::Shared(queue) => {
+                while !self.buf.is_empty() {
+                    match blocking(&mut self.blocked, queue.reserve(self.buf.len())).await {
+                        Ok(room) => {
+                            let n = room.len();
+                            room.commit(self.buf.drain(..n));
+                        }
+                        Err(Closed) => {
+                            self.dropped += self.buf.len() as u64;
+                            self.buf.clear();
+                        }
+                    }
+                }
+            }
+            Dispatch::Keyed { .. } => {
+                let mut items = std::mem::take(&mut self.buf);
+                for item in items.drain(..) {
+                    let queue = target.dispatch.route(&item);
+                    match blocking(&mut self.blocked, queue.reserve(1)).await {
+                        Ok(room) => room.commit([item]),
+                        Err(Closed) => self.dropped += 1,
+                    }
+                }
+                self.buf = items;
+            }
+        }
+    }
+
+    /// Takes the counts since the last call: (emitted, dropped, blocked).
+    pub(crate) fn take_counts(&mut self) -> (u64, u64, Duration) {
+        let counts = (self.emitted, self.dropped, self.blocked);
+        self.emitted = 0;
+        self.dropped = 0;
+        self.blocked = Duration::ZERO;
+        counts
+    }
+}
+
+/// Awaits `future`, adding the time it spent pending to `blocked`. Reads the
+/// clock only if it has to wait.
+async fn blocking<F: Future>(blocked: &mut Duration, future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut since = None;
+    let output = poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() && since.is_none() {
+            since = Some(Instant::now());
+        }
+        poll
+    })
+    .await;
+    if let Some(since) = since {
+        *blocked += since.elapsed();
+    }
+    output
+}
+
+impl<T> fmt::Debug for Emitter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emitter").field("buffered", &self.buf.len()).finish_non_exhaustive()
+    }
+}
+
+/// An upstream replica's hold on the next stage's input. When the last link
+/// of a stage's replicas is dropped (they all finished), the next input is
+/// closed, which is how a shutdown travels down the pipeline.
+pub(crate) struct Link<T> {
+    target: Arc<Target<T>>,
+}
+
+impl<T> Link<T> {
+    /// A new set of links into `dispatch`; `taken`, for the pipeline's
+    /// output, says whether anybody reads it.
+    pub(crate) fn new(dispatch: Dispatch<T>, taken: Option<Arc<AtomicBool>>) -> Self {
+        Link { target: Arc::new(Target { dispatch, taken }) }
+    }
+}
+
+impl<T> Clone for Link<T> {
+    fn clone(&self) -> Self {
+        Link { target: self.target.clone() }
+    }
+}
+
+struct Target<T> {
+    dispatch: Dispatch<T>,
+    taken: Option<Arc<AtomicBool>>,
+}
+
+impl<T> Drop for Target<T> {
+    fn drop(&mut self) {
+        self.dispatch.close();
+    }
+}

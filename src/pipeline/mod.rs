@@ -1,0 +1,50 @@
+//! Pipelines: [`Stage`]s wired in order by the [`pipeline`](crate::pipeline)
+//! macro, each casting its results to the next through a bounded queue.
+//!
+//! # Backpressure
+//!
+//! Every stage has one bounded input queue, sized by its
+//! [`channel_queue_size`](crate::GenServer::channel_queue_size) (one per
+//! replica with `partition_by`). [`Emitter::emit`] waits while the next queue
+//! is full, so a slow stage slows the ones before it, up to whoever feeds the
+//! pipeline: memory stays bounded whatever the input rate. Items move in
+//! batches of up to 32 between queues; besides the queues, each replica holds
+//! at most one batch it is working through and one batch it is emitting.
+//!
+//! # Shutdown
+//!
+//! `shutdown().await` closes the first stage's input. Each stage handles what
+//! is queued, serves its remaining calls and casts, runs `terminate`, and
+//! then closes the next stage's input; the output stream ends after the last
+//! stage. Nothing accepted is dropped. Dropping the last handle held outside
+//! the pipeline does the same in the background.
+//!
+//! # Failures
+//!
+//! A panic inside [`Stage::process`] fails that item only (counted in
+//! `failed`); the stage keeps its state and goes on. See [`Stage`].
+
+mod dispatch;
+mod emitter;
+mod input;
+mod metrics;
+mod output;
+mod queue;
+mod run;
+mod stage;
+pub(crate) mod wiring;
+
+pub use emitter::Emitter;
+pub use input::InputSink;
+pub use metrics::{Metrics, ReplicaMetrics, StageMetrics};
+pub use output::Output;
+pub use stage::Stage;
+
+pub(crate) mod key {
+    pub use super::dispatch::hash_key;
+}
+pub(crate) use input::Input;
+
+/// How many items move together between queues, and the most a replica
+/// takes from a shared queue at once.
+pub(crate) const BATCH: usize = 32;

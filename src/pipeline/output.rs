@@ -1,0 +1,98 @@
+use std::{
+    collections::VecDeque,
+    fmt,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use futures::Stream;
+
+use super::{BATCH, queue::Queue};
+
+/// The items the last stage of a pipeline emits, as a [`Stream`].
+///
+/// Returned once by the pipeline's `output()` method. The stream ends after
+/// the pipeline has shut down and every item was delivered. While the
+/// output is not taken (or after it was dropped), the last stage's items are
+/// dropped and counted, so a pipeline used for its side effects never
+/// blocks; once it is taken, not reading it is backpressure that reaches
+/// the head.
+#[must_use = "streams do nothing unless polled"]
+pub struct Output<T> {
+    shared: Arc<OutputShared<T>>,
+    buf: VecDeque<T>,
+    done: bool,
+}
+
+// Items are never pinned in place.
+impl<T> Unpin for Output<T> {}
+
+/// The output queue and what the pipeline and the `Output` share about it.
+pub(crate) struct OutputShared<T> {
+    pub(crate) queue: Arc<Queue<T>>,
+    /// Whether somebody took the output (and has not dropped it).
+    pub(crate) taken: Arc<AtomicBool>,
+    /// Items dropped because the output was dropped while holding them.
+    pub(crate) dropped: AtomicU64,
+}
+
+impl<T> OutputShared<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        OutputShared {
+            queue: Arc::new(Queue::new(capacity)),
+            taken: Arc::new(AtomicBool::new(false)),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<T> Output<T> {
+    pub(crate) fn new(shared: Arc<OutputShared<T>>) -> Self {
+        shared.taken.store(true, Ordering::Release);
+        Output { shared, buf: VecDeque::with_capacity(BATCH), done: false }
+    }
+}
+
+impl<T> Stream for Output<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.get_mut();
+        if let Some(item) = this.buf.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.shared.queue.poll_pop(cx, &mut this.buf, BATCH) {
+            Poll::Ready(true) => Poll::Ready(this.buf.pop_front()),
+            Poll::Ready(false) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.buf.len(), if self.done { Some(self.buf.len()) } else { None })
+    }
+}
+
+impl<T> Drop for Output<T> {
+    fn drop(&mut self) {
+        self.shared.taken.store(false, Ordering::Release);
+        let dropped = self.buf.len() + self.shared.queue.close_and_clear();
+        self.shared.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+}
+
+impl<T> fmt::Debug for Output<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Output").field("buffered", &self.buf.len()).field("done", &self.done).finish()
+    }
+}

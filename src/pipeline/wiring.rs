@@ -1,0 +1,322 @@
+//! What generated pipelines hold and call: stage handles, the output, and
+//! the spawning of stage replicas.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+
+use super::{
+    Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch, emitter::Link,
+    metrics::Counters, output::OutputShared, queue::Queue, run,
+};
+use crate::{
+    CallError, SendError,
+    registry::{BoxFuture, Builder, Core, Start, Stoppable},
+    server::{context, handle::Handle, handle::Inbox, state::ServerState},
+};
+
+/// How a stage is declared: `#[replicas(..)]` and its place in the pipeline.
+#[derive(Debug)]
+pub struct StageSpec<T> {
+    /// The stage's name, for metrics.
+    pub name: &'static str,
+    /// How many replicas run it.
+    pub replicas: usize,
+    /// `partition_by`: the hash of an item's key.
+    pub partition: Option<fn(&T) -> u64>,
+    /// Whether this is the first stage (shutdown closes its input).
+    pub head: bool,
+}
+
+/// A running stage, as the pipeline holds it.
+pub struct StageHandle<S: Stage> {
+    name: &'static str,
+    replicas: Box<[Handle<S>]>,
+    counters: Box<[Arc<Counters>]>,
+    input: Input<S::In>,
+    next: AtomicUsize,
+}
+
+/// What the spawning of a stage's replicas needs; used once, in `start`.
+pub struct StageWiring<S: Stage> {
+    inboxes: Vec<Inbox<S>>,
+}
+
+/// Shutdown closes the head's input; abort stops every replica and closes
+/// every input, so nobody waits on a stopped stage.
+struct StageControl<T> {
+    dispatch: Dispatch<T>,
+    replicas: Vec<Arc<ServerState>>,
+    head: bool,
+}
+
+impl<T: Send + 'static> Stoppable for StageControl<T> {
+    fn stop(&self) -> BoxFuture<'_> {
+        if self.head {
+            self.dispatch.close();
+        }
+        Box::pin(async {})
+    }
+
+    fn abort(&self) {
+        for replica in &self.replicas {
+            replica.abort();
+        }
+        self.dispatch.close();
+    }
+}
+
+impl Builder {
+    /// Makes the queues of one stage: its input queue(s) and one control
+    /// queue per replica.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `replicas` is 0 or the stage's `channel_queue_size()` is 0.
+    #[track_caller]
+    pub fn stage<S: Stage>(&mut self, spec: StageSpec<S::In>) -> (StageHandle<S>, StageWiring<S>) {
+        assert!(spec.replicas > 0, "a stage needs at least one replica");
+        let capacity = S::channel_queue_size();
+        let dispatch = match spec.partition {
+            None => Dispatch::Shared(Arc::new(Queue::new(capacity))),
+            Some(key) => {
+                Dispatch::Keyed { queues: (0..spec.replicas).map(|_| Arc::new(Queue::new(capacity))).collect(), key }
+            }
+        };
+        let (replicas, inboxes): (Vec<_>, Vec<_>) = (0..spec.replicas).map(|_| self.stage_channel::<S>()).unzip();
+        self.control(StageControl {
+            dispatch: dispatch.clone(),
+            replicas: inboxes.iter().map(|inbox| inbox.state.clone()).collect(),
+            head: spec.head,
+        });
+        let handle = StageHandle {
+            name: spec.name,
+            replicas: replicas.into(),
+            counters: (0..spec.replicas).map(|_| Arc::default()).collect(),
+            input: Input::new(dispatch),
+            next: AtomicUsize::new(0),
+        };
+        (handle, StageWiring { inboxes })
+    }
+}
+
+impl<T: Send + Sync + 'static> Core<T> {
+    /// Spawns the replicas of stage `S`, emitting into `next` (the next
+    /// stage's input, or the output).
+    ///
+    /// The bound `S::Out: FlowsInto<N>` is where a stage whose output type
+    /// differs from the next stage's input type is reported.
+    pub fn spawn_stage<S, N>(
+        &self,
+        start: &mut Start,
+        stage: &StageHandle<S>,
+        wiring: StageWiring<S>,
+        next: Downstream<N>,
+        registry: &S::Registry,
+    ) where
+        S: Stage,
+        S::Out: FlowsInto<N>,
+    {
+        let link = <S::Out as FlowsInto<N>>::downstream(next).0;
+        let dispatch = stage.input.dispatch();
+        for (i, inbox) in wiring.inboxes.into_iter().enumerate() {
+            let queue = dispatch.queues()[i % dispatch.queues().len()].clone();
+            let state = inbox.state.clone();
+            let task = run::run::<S>(
+                inbox,
+                queue,
+                Emitter::new(link.clone()),
+                registry.clone(),
+                stage.counters[i].clone(),
+                start.add(),
+            );
+            let join = self.spawn_task(context::scope(state.id, state.registry, task));
+            state.set_abort_handle(join.abort_handle());
+        }
+    }
+}
+
+/// The type a stage emits equals the type the next stage takes.
+#[diagnostic::on_unimplemented(
+    message = "a stage emits `{Self}`, but the stage after it takes `{N}`",
+    label = "this stage's `In` must be the previous stage's `Out`",
+    note = "change the previous stage's `type Out` or this stage's `type In` so that they are the same type"
+)]
+pub trait FlowsInto<N> {
+    /// The same downstream, with its type named from the emitting side.
+    #[doc(hidden)]
+    fn downstream(next: Downstream<N>) -> Downstream<Self>
+    where
+        Self: Sized;
+}
+
+impl<T> FlowsInto<T> for T {
+    fn downstream(next: Downstream<T>) -> Downstream<T> {
+        next
+    }
+}
+
+/// Where a stage's items go; made once per stage by `start`.
+pub struct Downstream<T>(Link<T>);
+
+impl<S: Stage> StageHandle<S> {
+    /// The link the previous stage emits into. Made once: when every copy
+    /// of it is dropped, this stage's input closes.
+    pub fn downstream(&self) -> Downstream<S::In> {
+        Downstream(Link::new(self.input.dispatch().clone(), None))
+    }
+
+    fn replica(&self) -> &Handle<S> {
+        let i = if self.replicas.len() == 1 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) };
+        &self.replicas[i % self.replicas.len()]
+    }
+
+    /// Calls one replica (in turn).
+    pub async fn call(&self, message: S::Message) -> Result<S::Response, CallError<S::Message>> {
+        self.replica().call(message).await
+    }
+
+    /// Calls one replica (in turn), with a timeout.
+    pub async fn call_with_timeout(
+        &self,
+        message: S::Message,
+        timeout: Duration,
+    ) -> Result<S::Response, CallError<S::Message>> {
+        self.replica().call_with_timeout(message, timeout).await
+    }
+
+    /// Casts to one replica (in turn).
+    pub async fn cast(&self, message: S::Message) -> Result<(), SendError<S::Message>> {
+        self.replica().cast(message).await
+    }
+
+    /// Casts to one replica (in turn) without waiting.
+    pub fn try_cast(&self, message: S::Message) -> Result<(), SendError<S::Message>> {
+        self.replica().try_cast(message)
+    }
+
+    /// Calls every replica with a clone of `message`, concurrently; the
+    /// responses come in replica order.
+    pub async fn call_all(&self, message: S::Message) -> Result<Vec<S::Response>, CallError<S::Message>>
+    where
+        S::Message: Clone,
+    {
+        let calls = self.replicas.iter().map(|replica| replica.call(message.clone()));
+        join_all(calls).await.into_iter().collect()
+    }
+
+    /// Casts a clone of `message` to every replica, in replica order.
+    pub async fn cast_all(&self, message: S::Message) -> Result<(), SendError<S::Message>>
+    where
+        S::Message: Clone,
+    {
+        for replica in self.replicas.iter() {
+            replica.cast(message.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one item into this stage.
+    pub async fn send(&self, item: S::In) -> Result<(), SendError<S::In>> {
+        self.input.send(item).await
+    }
+
+    /// Sends one item into this stage if there is room.
+    pub fn try_send(&self, item: S::In) -> Result<(), SendError<S::In>> {
+        self.input.try_send(item)
+    }
+
+    /// Sends a whole stream into this stage.
+    pub async fn feed(&self, items: impl futures::Stream<Item = S::In> + Send) -> Result<usize, SendError<S::In>> {
+        self.input.feed(items).await
+    }
+
+    /// A sink into this stage.
+    pub fn sink(&self) -> InputSink<S::In> {
+        self.input.sink()
+    }
+
+    /// This stage's metrics.
+    pub fn metrics(&self) -> StageMetrics {
+        let queues = self.input.dispatch().queues();
+        StageMetrics::new(
+            self.name,
+            self.counters.iter().map(|c| c.snapshot()).collect(),
+            queues.iter().map(|q| q.len() as u64).sum(),
+            queues.iter().map(|q| q.capacity() as u64).sum(),
+        )
+    }
+}
+
+impl<S: Stage> fmt::Debug for StageHandle<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageHandle")
+            .field("name", &self.name)
+            .field("replicas", &self.replicas.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Stage> fmt::Debug for StageWiring<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageWiring").finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Debug for Downstream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Downstream").finish_non_exhaustive()
+    }
+}
+
+/// The pipeline's output and clock.
+pub struct Plumbing<T> {
+    output: Arc<OutputShared<T>>,
+    unclaimed: Mutex<bool>,
+    started: Instant,
+}
+
+impl<T: Send + 'static> Plumbing<T> {
+    /// The output of a pipeline whose last stage is `S`; its queue is as
+    /// large as that stage's.
+    pub fn new<S: Stage<Out = T>>() -> Self {
+        Plumbing {
+            output: Arc::new(OutputShared::new(S::channel_queue_size())),
+            unclaimed: Mutex::new(true),
+            started: Instant::now(),
+        }
+    }
+
+    /// The link the last stage emits into.
+    pub fn downstream(&self) -> Downstream<T> {
+        Downstream(Link::new(Dispatch::Shared(self.output.queue.clone()), Some(self.output.taken.clone())))
+    }
+
+    /// The output stream, the first time.
+    pub fn output(&self) -> Option<Output<T>> {
+        let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *unclaimed).then(|| Output::new(self.output.clone()))
+    }
+
+    /// Collects the metrics of every stage; the last stage's `dropped` also
+    /// counts what a dropped output held.
+    pub fn metrics(&self, mut stages: Vec<StageMetrics>) -> Metrics {
+        if let Some(tail) = stages.last_mut() {
+            tail.dropped += self.output.dropped.load(Ordering::Relaxed);
+        }
+        Metrics::new(stages, self.started.elapsed())
+    }
+}
+
+impl<T> fmt::Debug for Plumbing<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plumbing").finish_non_exhaustive()
+    }
+}
