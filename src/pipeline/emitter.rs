@@ -9,7 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{BATCH, dispatch::Dispatch, queue::Closed};
+use super::{
+    BATCH,
+    dispatch::Dispatch,
+    metrics::{Counters, Delta},
+    queue::Closed,
+};
 
 /// Sends a stage's items downstream: to the next stage, or to the
 /// pipeline's [`Output`](crate::Output).
@@ -27,14 +32,17 @@ use super::{BATCH, dispatch::Dispatch, queue::Closed};
 pub struct Emitter<T> {
     buf: Vec<T>,
     link: Link<T>,
+    counters: Arc<Counters>,
+    /// Counts not yet published to `counters`.
     emitted: u64,
     dropped: u64,
+    /// Time blocked since the last [`take_blocked`](Self::take_blocked).
     blocked: Duration,
 }
 
 impl<T: Send> Emitter<T> {
-    pub(crate) fn new(link: Link<T>) -> Self {
-        Emitter { buf: Vec::with_capacity(BATCH), link, emitted: 0, dropped: 0, blocked: Duration::ZERO }
+    pub(crate) fn new(link: Link<T>, counters: Arc<Counters>) -> Self {
+        Emitter { buf: Vec::with_capacity(BATCH), link, counters, emitted: 0, dropped: 0, blocked: Duration::ZERO }
     }
 
     /// Sends `item` downstream, waiting while the next queue is full.
@@ -51,11 +59,25 @@ impl<T: Send> Emitter<T> {
         }
     }
 
-    /// Sends every item buffered so far, waiting for room as needed.
+    /// Sends every item buffered so far, waiting for room as needed, and
+    /// publishes the counts.
     pub(crate) async fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
         }
+        // Published before waiting, so metrics read while this stage is
+        // blocked are up to date.
+        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+        let blocked_before = self.blocked;
+        self.send_buffered().await;
+        self.counters.add(&Delta {
+            dropped: std::mem::take(&mut self.dropped),
+            blocked: self.blocked - blocked_before,
+            ..Delta::default()
+        });
+    }
+
+    async fn send_buffered(&mut self) {
         let target = &*self.link.target;
         if target.taken.as_ref().is_some_and(|taken| !taken.load(Ordering::Acquire)) {
             self.dropped += self.buf.len() as u64;
@@ -91,13 +113,9 @@ impl<T: Send> Emitter<T> {
         }
     }
 
-    /// Takes the counts since the last call: (emitted, dropped, blocked).
-    pub(crate) fn take_counts(&mut self) -> (u64, u64, Duration) {
-        let counts = (self.emitted, self.dropped, self.blocked);
-        self.emitted = 0;
-        self.dropped = 0;
-        self.blocked = Duration::ZERO;
-        counts
+    /// The time spent blocked since the last call.
+    pub(crate) fn take_blocked(&mut self) -> Duration {
+        std::mem::take(&mut self.blocked)
     }
 }
 

@@ -45,6 +45,7 @@ pub(crate) mod key {
 }
 pub(crate) use input::Input;
 
-/// How many items move together between queues, and the most a replica
-/// takes from a shared queue at once.
-pub(crate) const BATCH: usize = 32;
+/// How many items move together between queues: the most a replica takes
+/// from its queue at once, and the most an [`Emitter`] holds before it waits
+/// for room in the next queue.
+pub const BATCH: usize = 32;

@@ -104,7 +104,8 @@ async fn process_batch<S: Stage>(
     counters: &Counters,
 ) {
     let started = Instant::now();
-    let mut delta = Delta { received: batch.len() as u64, ..Delta::default() };
+    counters.add(&Delta { received: batch.len() as u64, ..Delta::default() });
+    let mut delta = Delta::default();
     for item in batch.drain(..) {
         let mut waited = false;
         let result = {
@@ -126,10 +127,6 @@ async fn process_batch<S: Stage>(
         }
     }
     out.flush().await;
-    let (emitted, dropped, blocked) = out.take_counts();
-    delta.emitted = emitted;
-    delta.dropped = dropped;
-    delta.blocked = blocked;
-    delta.busy = started.elapsed().saturating_sub(blocked);
+    delta.busy = started.elapsed().saturating_sub(out.take_blocked());
     counters.add(&delta);
 }

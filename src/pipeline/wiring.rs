@@ -132,7 +132,7 @@ impl<T: Send + Sync + 'static> Core<T> {
             let task = run::run::<S>(
                 inbox,
                 queue,
-                Emitter::new(link.clone()),
+                Emitter::new(link.clone(), stage.counters[i].clone()),
                 registry.clone(),
                 stage.counters[i].clone(),
                 start.add(),
