@@ -1,4 +1,140 @@
 //! GenServer-style actors and backpressured multi-stage pipelines on Tokio.
+//!
+//! genflow has two layers:
+//!
+//! 1. **Servers.** A [`GenServer`] is state that handles one message at a time
+//!    from its own bounded queue: *calls* wait for a response, *casts* do
+//!    not. [`make_registry`] declares a fixed set of servers as one struct,
+//!    generating `start`, typed `call_<name>` / `cast_<name>` methods,
+//!    timeouts, graceful `shutdown` and `abort`. A panicking handler is
+//!    restarted with fresh state, within an OTP-style [`RestartLimit`].
+//! 2. **Pipelines.** A [`Stage`] is a server that also processes items.
+//!    [`pipeline`](macro@pipeline) wires stages in order, each emitting into the next one's
+//!    bounded queue, so the whole chain is backpressured end to end. It adds
+//!    [`Stream`](futures::Stream)/[`Sink`](futures::Sink) adapters, replicas
+//!    of a stage (demand-driven or partitioned by key), graceful drain and
+//!    per-stage [`Metrics`], and keeps `call_<stage>` / `cast_<stage>` access
+//!    to every running stage.
+//!
+//! # A registry
+//!
+//! ```
+//! use genflow::GenServer;
+//!
+//! struct Greeter {
+//!     registry: App,
+//! }
+//!
+//! impl GenServer for Greeter {
+//!     type Message = String;
+//!     type Response = String;
+//!     type Registry = App;
+//!
+//!     fn new(registry: App) -> Self {
+//!         Greeter { registry }
+//!     }
+//!
+//!     async fn handle_call(&mut self, name: String) -> String {
+//!         format!("{}, {name}!", self.registry.greeting)
+//!     }
+//!
+//!     async fn handle_cast(&mut self, _: String) {}
+//! }
+//!
+//! #[genflow::make_registry{ greeter: Greeter }]
+//! struct App {
+//!     greeting: &'static str,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = App::start("Hello").await;
+//! assert_eq!(app.call_greeter("genflow".into()).await?, "Hello, genflow!");
+//! app.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # A pipeline
+//!
+//! ```
+//! use futures::StreamExt;
+//! use genflow::{Emitter, GenServer, Stage};
+//!
+//! struct Words;
+//!
+//! impl GenServer for Words {
+//!     type Message = ();
+//!     type Response = ();
+//!     type Registry = Count;
+//!     fn new(_: Count) -> Self {
+//!         Words
+//!     }
+//!     async fn handle_call(&mut self, _: ()) {}
+//!     async fn handle_cast(&mut self, _: ()) {}
+//! }
+//!
+//! impl Stage for Words {
+//!     type In = String;
+//!     type Out = String;
+//!     async fn process(&mut self, line: String, out: &mut Emitter<String>) {
+//!         for word in line.split_whitespace() {
+//!             out.emit(word.to_lowercase()).await;
+//!         }
+//!     }
+//! }
+//!
+//! struct Tally {
+//!     words: u64,
+//! }
+//!
+//! impl GenServer for Tally {
+//!     type Message = ();
+//!     type Response = u64;
+//!     type Registry = Count;
+//!     fn new(_: Count) -> Self {
+//!         Tally { words: 0 }
+//!     }
+//!     async fn handle_call(&mut self, _: ()) -> u64 {
+//!         self.words
+//!     }
+//!     async fn handle_cast(&mut self, _: ()) {}
+//! }
+//!
+//! impl Stage for Tally {
+//!     type In = String;
+//!     type Out = (String, u64);
+//!     async fn process(&mut self, word: String, out: &mut Emitter<(String, u64)>) {
+//!         self.words += 1;
+//!         out.emit((word, self.words)).await;
+//!     }
+//! }
+//!
+//! #[genflow::pipeline{ words: Words, tally: Tally }]
+//! struct Count;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let count = Count::start().await;
+//! let mut output = count.output().expect("taken once");
+//! let lines = futures::stream::iter(["the quick fox", "The lazy dog"].map(String::from));
+//! assert_eq!(count.feed(lines).await?, 2);
+//! let words: Vec<(String, u64)> = output.by_ref().take(6).collect().await;
+//! assert_eq!(words[3], ("the".to_string(), 4));
+//! assert_eq!(count.call_tally(()).await?, 6); // calls reach the running stage
+//! count.shutdown().await; // drain every stage, end the output
+//! assert_eq!(output.next().await, None);
+//! println!("{}", count.metrics());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Runtime
+//!
+//! Everything runs on the Tokio runtime that calls `start`, multi-thread or
+//! `current_thread`; timeouts need its timers. The code the macros generate
+//! names only `::genflow` paths, so your crate needs no Tokio features of its
+//! own for it.
 #![warn(unreachable_pub, missing_docs, rust_2018_idioms)]
 #![doc(test(no_crate_inject, attr(deny(warnings, rust_2018_idioms))))]
 
@@ -14,5 +150,152 @@ pub use error::{CallError, SendError};
 pub use pipeline::{Emitter, InputSink, Metrics, Output, ReplicaMetrics, Stage, StageMetrics};
 pub use server::{GenServer, RestartLimit};
 
+/// Declares a registry: a fixed set of [`GenServer`]s started, called and
+/// stopped together.
+///
+/// ```text
+/// #[genflow::make_registry{ name: ServerType, other: OtherType, ... }]
+/// struct App { user fields }      // or a unit struct: struct App;
+/// ```
+///
+/// Every server type must have `type Registry = App`. The struct may be a
+/// unit struct or have named fields; server types may be generic
+/// (`worker: Worker<u8>`). The struct must not derive `Clone` (the macro
+/// implements it) and cannot be a tuple struct or generic.
+///
+/// # Generated items
+///
+/// | item | meaning |
+/// |---|---|
+/// | `App::start(fields..).await -> App` | spawn every server; returns once each ran `new` + `init` |
+/// | `call_<name>(msg).await` | `Result<Response, CallError<Message>>` |
+/// | `call_<name>_with_timeout(msg, d).await` | the same, with a deadline covering queueing |
+/// | `cast_<name>(msg).await` | `Result<(), SendError<Message>>`, waits for queue room |
+/// | `try_cast_<name>(msg)` | never waits: `Full` or `Closed` |
+/// | `shutdown().await` | close the queues, handle what is queued, run `terminate`, join |
+/// | `abort()` | stop every server at its next `.await` |
+///
+/// `App` implements `Clone`; every server gets a clone in
+/// [`GenServer::new`], so servers can call each other. Those copies do not
+/// keep the registry alive: dropping the last copy held outside the servers
+/// shuts the registry down in the background. The user fields stay readable
+/// as fields from every server (`self.registry.field`).
+///
+/// # Examples
+///
+/// A server calling another one through the registry:
+///
+/// ```
+/// use genflow::GenServer;
+///
+/// struct Counter(u64);
+///
+/// impl GenServer for Counter {
+///     type Message = ();
+///     type Response = u64;
+///     type Registry = App;
+///     fn new(_: App) -> Self {
+///         Counter(0)
+///     }
+///     async fn handle_call(&mut self, _: ()) -> u64 {
+///         self.0 += 1;
+///         self.0
+///     }
+///     async fn handle_cast(&mut self, _: ()) {}
+/// }
+///
+/// struct Greeter {
+///     registry: App,
+/// }
+///
+/// impl GenServer for Greeter {
+///     type Message = String;
+///     type Response = String;
+///     type Registry = App;
+///     fn new(registry: App) -> Self {
+///         Greeter { registry }
+///     }
+///     async fn handle_call(&mut self, name: String) -> String {
+///         let n = self.registry.call_counter(()).await.unwrap_or(0);
+///         format!("{}{name} #{n}", self.registry.prefix)
+///     }
+///     async fn handle_cast(&mut self, _: String) {}
+/// }
+///
+/// #[genflow::make_registry{ counter: Counter, greeter: Greeter }]
+/// struct App {
+///     prefix: String,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let app = App::start("hi ".to_string()).await;
+/// assert_eq!(app.call_greeter("ada".into()).await?, "hi ada #1");
+/// assert_eq!(app.call_greeter("bob".into()).await?, "hi bob #2");
+/// app.shutdown().await;
+/// assert!(app.call_counter(()).await.is_err());
+/// # Ok(())
+/// # }
+/// ```
 #[doc(inline)]
-pub use genflow_macros::{make_registry, pipeline};
+pub use genflow_macros::make_registry;
+
+/// Declares a pipeline: [`Stage`]s wired in order, each emitting into the
+/// next one's bounded queue.
+///
+/// ```text
+/// #[genflow::pipeline{
+///     first: First,                                   // In = A, Out = B
+///     #[replicas(4)]
+///     second: Second,                                 // In = B, Out = C
+///     #[replicas(2, partition_by = C::key)]
+///     third: Third,                                   // In = C, Out = D
+/// }]
+/// struct Flow { user fields }
+/// ```
+///
+/// A stage's `Out` must be the next stage's `In`; a mismatch is a compile
+/// error at the stage. Every stage type must have `type Registry = Flow`.
+///
+/// # Generated items
+///
+/// Everything [`make_registry`] generates, for each stage (`call_<stage>`
+/// reaches the running stage's state, served between items), plus:
+///
+/// | item | meaning |
+/// |---|---|
+/// | `send(item).await`, `try_send(item)` | push one item into the first stage |
+/// | `feed(stream).await` | push a whole `Stream`, backpressured; `Ok(count)` |
+/// | `sink()`, `sink_<stage>()` | an [`InputSink`] into the first stage, or any stage |
+/// | `output()` | `Option<`[`Output`]`<Out>>`: the last stage's items as a `Stream`; `Some` once |
+/// | `call_<stage>_all(msg).await` | every replica's response, in replica order (`Message: Clone`) |
+/// | `cast_<stage>_all(msg).await` | the same message cast to every replica |
+/// | `metrics()` | a [`Metrics`] snapshot, readable at any time, also after shutdown |
+/// | `shutdown().await` | close the input, drain every stage in order, end the output |
+///
+/// # Stage options
+///
+/// - `#[replicas(N)]` runs N instances, each with its own state. An idle
+///   replica takes the next items from the stage's shared queue
+///   (demand-driven), at most [`pipeline::BATCH`] at a time.
+/// - `#[replicas(N, partition_by = path)]`, with `path: fn(&In) -> K` and
+///   `K: Hash`, gives each replica its own queue and sends equal keys to the
+///   same replica, so the order of each key is kept.
+///
+/// With one replica everywhere, order is kept end to end.
+///
+/// # Output
+///
+/// Until `output()` is taken (and after the [`Output`] is dropped), the last
+/// stage's items are dropped and counted in its `dropped` metric, so a
+/// pipeline kept for its side effects never blocks. Once it is taken, keep
+/// reading it: an output that is not read is backpressure, and `shutdown`
+/// waits for the items it holds to be read (or for the output to be
+/// dropped).
+///
+/// # Examples
+///
+/// See the [crate documentation](crate#a-pipeline) and
+/// `examples/pipeline_basics.rs`.
+#[doc(inline)]
+pub use genflow_macros::pipeline;

@@ -1,7 +1,7 @@
 //! Runtime support for generated registries: start, liveness, shutdown.
 //!
 //! A registry value (the struct under [`make_registry`](crate::make_registry)
-//! or [`pipeline`](crate::pipeline)) holds a [`Core`]: the handles of its
+//! or [`pipeline`](macro@crate::pipeline)) holds a [`Core`]: the handles of its
 //! servers and their shared lifecycle. Copies made by `start` for the servers
 //! are *inner* copies; the value `start` returns and every clone of it are
 //! *outside* copies. When the last outside copy is dropped, the registry

@@ -1,11 +1,12 @@
-//! Procedural macros for [genflow](https://docs.rs/genflow): `make_registry`
-//! and `pipeline`. Use them through the `genflow` crate, which re-exports
-//! them and documents them.
+//! Procedural macros for genflow: `make_registry` and `pipeline`. Use them
+//! through the `genflow` crate, which re-exports and documents them.
 //!
-//! Each macro runs four phases, one module each: [`parse`] reads the tokens,
-//! [`model`] turns them into a description of the registry, [`validate`]
-//! checks it (reporting every error at once, each at its span), and
-//! [`expand`] writes the code.
+//! Each macro runs four phases, one module each: `parse` reads the tokens,
+//! `model` turns them into a description of the registry (reading stage
+//! attributes), `validate` checks it as a whole, and `expand` writes the
+//! code. Every error is collected and reported at once, at its span.
+
+#![warn(missing_docs)]
 
 use proc_macro::TokenStream;
 
@@ -15,13 +16,13 @@ mod model;
 mod parse;
 mod validate;
 
-/// Declares a registry of servers. Documented in the `genflow` crate.
+/// Declares a registry of servers. See `genflow::make_registry`.
 #[proc_macro_attribute]
 pub fn make_registry(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::registry(args.into(), input.into(), model::Kind::Registry).into()
 }
 
-/// Declares a pipeline of stages. Documented in the `genflow` crate.
+/// Declares a pipeline of stages. See `genflow::pipeline`.
 #[proc_macro_attribute]
 pub fn pipeline(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::registry(args.into(), input.into(), model::Kind::Pipeline).into()

@@ -1,4 +1,4 @@
-//! Pipelines: [`Stage`]s wired in order by the [`pipeline`](crate::pipeline)
+//! Pipelines: [`Stage`]s wired in order by the [`pipeline`](macro@crate::pipeline)
 //! macro, each casting its results to the next through a bounded queue.
 //!
 //! # Backpressure

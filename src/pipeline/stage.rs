@@ -4,7 +4,7 @@ use super::Emitter;
 use crate::GenServer;
 
 /// A [`GenServer`] that also processes a stream of items: one stage of a
-/// [`pipeline`](crate::pipeline).
+/// [`pipeline`](macro@crate::pipeline).
 ///
 /// The pipeline feeds each stage the items its predecessor emitted, in order,
 /// between the calls and casts it serves. [`process`](Stage::process) may emit

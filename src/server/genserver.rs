@@ -7,7 +7,7 @@ use super::RestartLimit;
 ///
 /// Implement it on a struct holding the server's state, then start the server
 /// with a registry declared by [`make_registry`](crate::make_registry) (or as
-/// a stage of a [`pipeline`](crate::pipeline)). The registry calls
+/// a stage of a [`pipeline`](macro@crate::pipeline)). The registry calls
 /// [`new`](GenServer::new), then [`init`](GenServer::init), then feeds the
 /// server messages in the order they entered its queue: calls (which wait for
 /// a [`Response`](GenServer::Response)) and casts (which do not) share that
@@ -84,7 +84,7 @@ pub trait GenServer: Sized + Send + 'static {
     type Response: Send + 'static;
     /// The registry this server lives in: the struct declared with
     /// [`make_registry`](crate::make_registry) or
-    /// [`pipeline`](crate::pipeline). Through it a server can call the others.
+    /// [`pipeline`](macro@crate::pipeline). Through it a server can call the others.
     type Registry: Clone + Send + Sync + 'static;
 
     /// Creates the server's state. Runs when the registry starts, and again
