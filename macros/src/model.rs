@@ -172,11 +172,11 @@ fn stage_attrs(attrs: &[Attribute], errors: &mut Errors) -> Replicas {
         }
         seen = Some(attr);
         match attr.parse_args_with(|input: ParseStream<'_>| parse_replicas(input, errors)) {
+            Ok(parsed) if parsed.count_span.is_none() => {
+                errors.at(attr, "`#[replicas(..)]` needs a replica count first, such as `#[replicas(4)]`")
+            }
             Ok(parsed) => replicas = parsed,
             Err(error) => errors.push(error),
-        }
-        if replicas.count_span.is_none() {
-            errors.at(attr, "`#[replicas(..)]` needs a replica count first, such as `#[replicas(4)]`");
         }
     }
     replicas

@@ -21,6 +21,11 @@ use crate::GenServer;
 /// `handle_call` and `handle_cast` (those rebuild the state, as for any
 /// server). If a panic can leave your state half-updated, keep the update
 /// after the last point that can panic.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a pipeline stage",
+    label = "every `#[pipeline]` entry must implement `genflow::Stage`",
+    note = "implement `Stage` for it: `type In`, `type Out` and `async fn process(&mut self, item, out)`"
+)]
 pub trait Stage: GenServer {
     /// The items this stage takes: the previous stage's `Out`, or what is
     /// sent into the pipeline for the first stage.

@@ -146,8 +146,8 @@ impl<T: Send + Sync + 'static> Core<T> {
 /// The type a stage emits equals the type the next stage takes.
 #[diagnostic::on_unimplemented(
     message = "a stage emits `{Self}`, but the stage after it takes `{N}`",
-    label = "this stage's `In` must be the previous stage's `Out`",
-    note = "change the previous stage's `type Out` or this stage's `type In` so that they are the same type"
+    label = "this stage's `Out` is not the next stage's `In`",
+    note = "change this stage's `type Out` or the next stage's `type In` so that they are the same type"
 )]
 pub trait FlowsInto<N> {
     /// The same downstream, with its type named from the emitting side.

@@ -77,6 +77,12 @@ use super::RestartLimit;
 /// # Ok(())
 /// # }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `GenServer`",
+    label = "every registry entry must implement `genflow::GenServer`",
+    note = "implement `GenServer` for it: `type Message`, `type Response`, `type Registry`, `fn new`, \
+            `async fn handle_call` and `async fn handle_cast`"
+)]
 pub trait GenServer: Sized + Send + 'static {
     /// What `call_<name>` and `cast_<name>` carry to this server.
     type Message: Send + 'static;

@@ -64,14 +64,18 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
         let ty = &s.ty;
         let index = Index::from(i);
         let wiring = &wirings[i];
-        let (next, span) = match servers.get(i + 1) {
-            // A mismatch between this stage's `Out` and the next stage's
-            // `In` is reported at the next stage's type.
-            Some(next) => (Index::from(i + 1), next.ty.span()),
-            None => (plumbing.clone(), ty.span()),
+        // Naming the next input type (rather than letting it be inferred)
+        // makes a mismatch between this stage's `Out` and the next stage's
+        // `In` an unmet `FlowsInto` bound, reported at this stage's type.
+        let (next, next_in) = match servers.get(i + 1) {
+            Some(next) => {
+                let next_ty = &next.ty;
+                (Index::from(i + 1), quote!(<#next_ty as ::genflow::__private::Stage>::In))
+            }
+            None => (plumbing.clone(), quote!(<#ty as ::genflow::__private::Stage>::Out)),
         };
-        quote_spanned! {span=>
-            __registry.__genflow.spawn_stage::<#ty, _>(
+        quote_spanned! {ty.span()=>
+            __registry.__genflow.spawn_stage::<#ty, #next_in>(
                 &mut __start,
                 &__registry.__genflow.servers().#index,
                 #wiring,

@@ -1,0 +1,6 @@
+#[genflow::pipeline{ x: A, x_all: A }]
+struct Flow;
+
+struct A;
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[genflow::pipeline{ a: A, a: A }]
+struct Flow;
+
+struct A;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[genflow::pipeline{}]
+struct Flow;
+
+fn main() {}

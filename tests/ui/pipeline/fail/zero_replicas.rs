@@ -1,0 +1,6 @@
+#[genflow::pipeline{ #[replicas(0)] a: A }]
+struct Flow;
+
+struct A;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[genflow::make_registry{}]
+struct App;
+
+fn main() {}

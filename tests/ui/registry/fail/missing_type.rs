@@ -1,0 +1,4 @@
+#[genflow::make_registry{ counter }]
+struct App;
+
+fn main() {}

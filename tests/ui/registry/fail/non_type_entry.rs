@@ -1,0 +1,4 @@
+#[genflow::make_registry{ counter: 42 }]
+struct App;
+
+fn main() {}

@@ -1,0 +1,6 @@
+struct A;
+
+#[genflow::make_registry{ a: A }]
+struct App;
+
+fn main() {}
