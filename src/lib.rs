@@ -281,8 +281,18 @@ pub use genflow_macros::make_registry;
 /// - `#[replicas(N, partition_by = path)]`, with `path: fn(&In) -> K` and
 ///   `K: Hash`, gives each replica its own queue and sends equal keys to the
 ///   same replica, so the order of each key is kept.
+/// - `#[replicas(N, ordered)]` restores input order after the replicas: the
+///   outputs of each input stay together and leave in input order. A
+///   replica's outputs wait until every earlier input is done, and replicas
+///   run ahead of the oldest unfinished input by at most a *window* of
+///   `2 × N ×` [`pipeline::BATCH`] inputs (then they wait), so memory stays
+///   bounded. One slow item therefore holds up the stage's output, not its
+///   other replicas' work up to the window. `ordered` and `partition_by`
+///   cannot be combined (`partition_by` already keeps each key's order).
 ///
-/// With one replica everywhere, order is kept end to end.
+/// With one replica everywhere, order is kept end to end. A panic in
+/// `process` fails that item only; with `ordered`, its (missing) outputs
+/// leave a gap in the order and nothing else.
 ///
 /// # Output
 ///

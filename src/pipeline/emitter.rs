@@ -14,6 +14,7 @@ use super::{
     dispatch::Dispatch,
     metrics::{Counters, Delta},
     queue::Closed,
+    reorder::Reorder,
 };
 
 /// Sends a stage's items downstream: to the next stage, or to the
@@ -38,11 +39,27 @@ pub struct Emitter<T> {
     dropped: u64,
     /// Time blocked since the last [`take_blocked`](Self::take_blocked).
     blocked: Duration,
+    /// For an `ordered` stage: where each batch's outputs wait their turn.
+    order: Option<Arc<Reorder<T>>>,
 }
 
 impl<T: Send> Emitter<T> {
     pub(crate) fn new(link: Link<T>, counters: Arc<Counters>) -> Self {
-        Emitter { buf: Vec::with_capacity(BATCH), link, counters, emitted: 0, dropped: 0, blocked: Duration::ZERO }
+        Emitter {
+            buf: Vec::with_capacity(BATCH),
+            link,
+            counters,
+            emitted: 0,
+            dropped: 0,
+            blocked: Duration::ZERO,
+            order: None,
+        }
+    }
+
+    /// An emitter for a replica of an `ordered` stage: outputs go through
+    /// `order`, a batch at a time.
+    pub(crate) fn ordered(link: Link<T>, counters: Arc<Counters>, order: Arc<Reorder<T>>) -> Self {
+        Emitter { order: Some(order), ..Emitter::new(link, counters) }
     }
 
     /// Sends `item` downstream, waiting while the next queue is full.
@@ -54,15 +71,16 @@ impl<T: Send> Emitter<T> {
     pub async fn emit(&mut self, item: T) {
         self.buf.push(item);
         self.emitted += 1;
-        if self.buf.len() >= BATCH {
+        if self.buf.len() >= BATCH && self.order.is_none() {
             self.flush().await;
         }
     }
 
     /// Sends every item buffered so far, waiting for room as needed, and
-    /// publishes the counts.
+    /// publishes the counts. Does nothing for an `ordered` stage, whose
+    /// outputs leave a batch at a time through [`end_batch`](Self::end_batch).
     pub(crate) async fn flush(&mut self) {
-        if self.buf.is_empty() {
+        if self.buf.is_empty() || self.order.is_some() {
             return;
         }
         // Published before waiting, so metrics read while this stage is
@@ -77,40 +95,25 @@ impl<T: Send> Emitter<T> {
         });
     }
 
+    /// Called after the replica went through the inputs numbered
+    /// `first..first + inputs`: sends what they emitted on.
+    pub(crate) async fn end_batch(&mut self, first: u64, inputs: u64) {
+        let Some(order) = &self.order else {
+            return self.flush().await;
+        };
+        let items = std::mem::replace(&mut self.buf, order.buffer());
+        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+        let blocked_before = self.blocked;
+        order.finish(first, inputs, items, &mut self.blocked, &mut self.dropped).await;
+        self.counters.add(&Delta {
+            dropped: std::mem::take(&mut self.dropped),
+            blocked: self.blocked - blocked_before,
+            ..Delta::default()
+        });
+    }
+
     async fn send_buffered(&mut self) {
-        let target = &*self.link.target;
-        if target.taken.as_ref().is_some_and(|taken| !taken.load(Ordering::Acquire)) {
-            self.dropped += self.buf.len() as u64;
-            self.buf.clear();
-            return;
-        }
-        match &target.dispatch {
-            Dispatch::Shared(queue) => {
-                while !self.buf.is_empty() {
-                    match blocking(&mut self.blocked, queue.reserve(self.buf.len())).await {
-                        Ok(room) => {
-                            let n = room.len();
-                            room.commit(self.buf.drain(..n));
-                        }
-                        Err(Closed) => {
-                            self.dropped += self.buf.len() as u64;
-                            self.buf.clear();
-                        }
-                    }
-                }
-            }
-            Dispatch::Keyed { .. } => {
-                let mut items = std::mem::take(&mut self.buf);
-                for item in items.drain(..) {
-                    let queue = target.dispatch.route(&item);
-                    match blocking(&mut self.blocked, queue.reserve(1)).await {
-                        Ok(room) => room.commit([item]),
-                        Err(Closed) => self.dropped += 1,
-                    }
-                }
-                self.buf = items;
-            }
-        }
+        self.link.target.send(&mut self.buf, &mut self.blocked, &mut self.dropped).await;
     }
 
     /// The time spent blocked since the last call.
@@ -159,6 +162,13 @@ impl<T> Link<T> {
     }
 }
 
+impl<T: Send> Link<T> {
+    /// Moves every item of `items` downstream; see [`Target::send`].
+    pub(crate) async fn send(&self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+        self.target.send(items, blocked, dropped).await;
+    }
+}
+
 impl<T> Clone for Link<T> {
     fn clone(&self) -> Self {
         Link { target: self.target.clone() }
@@ -168,6 +178,44 @@ impl<T> Clone for Link<T> {
 struct Target<T> {
     dispatch: Dispatch<T>,
     taken: Option<Arc<AtomicBool>>,
+}
+
+impl<T> Target<T> {
+    /// Moves every item of `items` into the target, in order, waiting for
+    /// room; items nobody can take are counted in `dropped`. Time spent
+    /// waiting is added to `blocked`.
+    async fn send(&self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+        if self.taken.as_ref().is_some_and(|taken| !taken.load(Ordering::Acquire)) {
+            *dropped += items.len() as u64;
+            items.clear();
+            return;
+        }
+        match &self.dispatch {
+            Dispatch::Shared(queue) => {
+                while !items.is_empty() {
+                    match blocking(blocked, queue.reserve(items.len())).await {
+                        Ok(room) => {
+                            let n = room.len();
+                            room.commit(items.drain(..n));
+                        }
+                        Err(Closed) => {
+                            *dropped += items.len() as u64;
+                            items.clear();
+                        }
+                    }
+                }
+            }
+            Dispatch::Keyed { .. } => {
+                for item in items.drain(..) {
+                    let queue = self.dispatch.route(&item);
+                    match blocking(blocked, queue.reserve(1)).await {
+                        Ok(room) => room.commit([item]),
+                        Err(Closed) => *dropped += 1,
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl<T> Drop for Target<T> {

@@ -30,6 +30,7 @@ mod input;
 mod metrics;
 mod output;
 mod queue;
+mod reorder;
 mod run;
 mod stage;
 pub(crate) mod wiring;

@@ -6,6 +6,11 @@
 //! shutdown can wait for every reserved item. Capacity counts items, whether
 //! queued or reserved. Waiting is done with wakers registered under the same
 //! lock that checks the state, so no wake-up is lost.
+//!
+//! Items are numbered in the order they are taken out, which is their input
+//! order: an `ordered` stage restores it from these numbers after its
+//! replicas, and bounds how far its replicas run ahead with a *limit* on the
+//! numbers that may be taken out.
 
 use std::{
     collections::VecDeque,
@@ -34,6 +39,10 @@ struct State<T> {
     items: VecDeque<T>,
     reserved: usize,
     closed: bool,
+    /// How many items were ever taken out: the number of the next one.
+    popped: u64,
+    /// Items numbered `limit` and after wait until the limit is raised.
+    limit: u64,
     readers: Vec<Waker>,
     writers: Vec<Waker>,
 }
@@ -50,6 +59,8 @@ impl<T> Queue<T> {
                 items: VecDeque::with_capacity(capacity),
                 reserved: 0,
                 closed: false,
+                popped: 0,
+                limit: u64::MAX,
                 readers: Vec::new(),
                 writers: Vec::new(),
             }),
@@ -137,18 +148,47 @@ impl<T> Queue<T> {
     /// moved, `Ready(false)` once the queue is closed, empty and nothing
     /// reserved is still to come.
     pub(crate) fn poll_pop(&self, cx: &mut Context<'_>, out: &mut impl Extend<T>, max: usize) -> Poll<bool> {
+        self.poll_pop_numbered(cx, out, max).map(|first| first.is_some())
+    }
+
+    /// [`poll_pop`](Self::poll_pop), giving the number of the first item
+    /// moved (the others follow it without gaps). Waits while the next item's
+    /// number is at the limit.
+    pub(crate) fn poll_pop_numbered(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut impl Extend<T>,
+        max: usize,
+    ) -> Poll<Option<u64>> {
         let mut state = self.lock();
-        if !state.items.is_empty() {
-            let n = state.items.len().min(max);
+        let allowed = usize::try_from(state.limit - state.popped).unwrap_or(usize::MAX);
+        if !state.items.is_empty() && allowed > 0 {
+            let n = state.items.len().min(max).min(allowed);
             out.extend(state.items.drain(..n));
+            let first = state.popped;
+            state.popped += n as u64;
             wake_all(&mut state.writers);
-            return Poll::Ready(true);
+            return Poll::Ready(Some(first));
         }
-        if state.closed && state.reserved == 0 {
-            return Poll::Ready(false);
+        if state.items.is_empty() && state.closed && state.reserved == 0 {
+            return Poll::Ready(None);
         }
         register(&mut state.readers, cx.waker());
         Poll::Pending
+    }
+
+    /// Lets items numbered below `limit` be taken out.
+    pub(crate) fn raise_limit(&self, limit: u64) {
+        let mut state = self.lock();
+        if limit > state.limit {
+            state.limit = limit;
+            wake_all(&mut state.readers);
+        }
+    }
+
+    /// Sets the limit before any item was taken out.
+    pub(crate) fn set_limit(&self, limit: u64) {
+        self.lock().limit = limit;
     }
 
     /// Closes the queue: pushes fail from now on; what is queued (and what
@@ -275,6 +315,27 @@ mod tests {
         assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(true));
         assert_eq!(out, [5]);
         assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(false));
+    }
+
+    #[test]
+    fn items_are_numbered_and_held_at_the_limit() {
+        let q = Queue::new(8);
+        q.set_limit(3);
+        for i in 0..5 {
+            q.try_push(i).unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(q.poll_pop_numbered(&mut cx(), &mut out, 2), Poll::Ready(Some(0)));
+        assert_eq!(q.poll_pop_numbered(&mut cx(), &mut out, 2), Poll::Ready(Some(2)));
+        assert_eq!(out, [0, 1, 2]);
+        assert!(q.poll_pop_numbered(&mut cx(), &mut out, 2).is_pending());
+        q.close();
+        // Closed, but items wait for the limit: not the end yet.
+        assert!(q.poll_pop_numbered(&mut cx(), &mut out, 2).is_pending());
+        q.raise_limit(10);
+        assert_eq!(q.poll_pop_numbered(&mut cx(), &mut out, 8), Poll::Ready(Some(3)));
+        assert_eq!(out, [0, 1, 2, 3, 4]);
+        assert_eq!(q.poll_pop_numbered(&mut cx(), &mut out, 8), Poll::Ready(None));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

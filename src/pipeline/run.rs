@@ -23,7 +23,8 @@ use crate::server::{
 /// What woke the replica up.
 enum Work<S: Stage> {
     Control(crate::server::envelope::Envelope<S>),
-    Items,
+    /// A batch of items, numbered from this one on.
+    Items(u64),
     InputDone,
 }
 
@@ -54,7 +55,7 @@ pub(crate) async fn run<S: Stage>(
                 if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
                     return Poll::Ready(Work::Control(envelope));
                 }
-                input.poll_pop(cx, &mut batch, BATCH).map(|open| if open { Work::Items } else { Work::InputDone })
+                input.poll_pop_numbered(cx, &mut batch, BATCH).map(|first| first.map_or(Work::InputDone, Work::Items))
             })
             .await;
             match work {
@@ -66,7 +67,7 @@ pub(crate) async fn run<S: Stage>(
                         break 'life;
                     }
                 }
-                Work::Items => process_batch(&mut server, &mut batch, &mut out, &counters).await,
+                Work::Items(first) => process_batch(&mut server, &mut batch, first, &mut out, &counters).await,
                 Work::InputDone => {
                     // Serve the calls and casts already queued, then end.
                     control.rx.close();
@@ -91,20 +92,25 @@ pub(crate) async fn run<S: Stage>(
         let _ = ready.send(());
     }
     fail(control);
-    while poll_fn(|cx| input.poll_pop(cx, &mut batch, BATCH)).await {
-        counters.add(&Delta { received: batch.len() as u64, failed: batch.len() as u64, ..Delta::default() });
+    while let Some(first) = poll_fn(|cx| input.poll_pop_numbered(cx, &mut batch, BATCH)).await {
+        let n = batch.len() as u64;
+        counters.add(&Delta { received: n, failed: n, ..Delta::default() });
         batch.clear();
+        // An ordered stage waits for every input's (here: empty) outputs.
+        out.end_batch(first, n).await;
     }
 }
 
 async fn process_batch<S: Stage>(
     server: &mut S,
     batch: &mut Vec<S::In>,
+    first: u64,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
 ) {
     let started = Instant::now();
-    counters.add(&Delta { received: batch.len() as u64, ..Delta::default() });
+    let inputs = batch.len() as u64;
+    counters.add(&Delta { received: inputs, ..Delta::default() });
     let mut delta = Delta::default();
     for item in batch.drain(..) {
         let mut waited = false;
@@ -126,7 +132,7 @@ async fn process_batch<S: Stage>(
             out.flush().await;
         }
     }
-    out.flush().await;
+    out.end_batch(first, inputs).await;
     delta.busy = started.elapsed().saturating_sub(out.take_blocked());
     counters.add(&delta);
 }

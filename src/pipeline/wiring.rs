@@ -14,7 +14,7 @@ use futures::future::join_all;
 
 use super::{
     Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch, emitter::Link,
-    metrics::Counters, output::OutputShared, queue::Queue, run,
+    metrics::Counters, output::OutputShared, queue::Queue, reorder::Reorder, run,
 };
 use crate::{
     CallError, SendError,
@@ -33,11 +33,14 @@ pub struct StageSpec<T> {
     pub partition: Option<fn(&T) -> u64>,
     /// Whether this is the first stage (shutdown closes its input).
     pub head: bool,
+    /// `ordered`: outputs leave in input order.
+    pub ordered: bool,
 }
 
 /// A running stage, as the pipeline holds it.
 pub struct StageHandle<S: Stage> {
     name: &'static str,
+    ordered: bool,
     replicas: Box<[Handle<S>]>,
     counters: Box<[Arc<Counters>]>,
     input: Input<S::In>,
@@ -83,6 +86,7 @@ impl Builder {
     #[track_caller]
     pub fn stage<S: Stage>(&mut self, spec: StageSpec<S::In>) -> (StageHandle<S>, StageWiring<S>) {
         assert!(spec.replicas > 0, "a stage needs at least one replica");
+        assert!(!(spec.ordered && spec.partition.is_some()), "`ordered` cannot be combined with `partition_by`");
         let capacity = S::channel_queue_size();
         let dispatch = match spec.partition {
             None => Dispatch::Shared(Arc::new(Queue::new(capacity))),
@@ -98,6 +102,7 @@ impl Builder {
         });
         let handle = StageHandle {
             name: spec.name,
+            ordered: spec.ordered,
             replicas: replicas.into(),
             counters: (0..spec.replicas).map(|_| Arc::default()).collect(),
             input: Input::new(dispatch),
@@ -126,17 +131,17 @@ impl<T: Send + Sync + 'static> Core<T> {
     {
         let link = <S::Out as FlowsInto<N>>::downstream(next).0;
         let dispatch = stage.input.dispatch();
+        let replicas = wiring.inboxes.len();
+        let order = stage.ordered.then(|| Arc::new(Reorder::new(link.clone(), dispatch.queues()[0].clone(), replicas)));
         for (i, inbox) in wiring.inboxes.into_iter().enumerate() {
             let queue = dispatch.queues()[i % dispatch.queues().len()].clone();
             let state = inbox.state.clone();
-            let task = run::run::<S>(
-                inbox,
-                queue,
-                Emitter::new(link.clone(), stage.counters[i].clone()),
-                registry.clone(),
-                stage.counters[i].clone(),
-                start.add(),
-            );
+            let counters = stage.counters[i].clone();
+            let out = match &order {
+                Some(order) => Emitter::ordered(link.clone(), counters, order.clone()),
+                None => Emitter::new(link.clone(), counters),
+            };
+            let task = run::run::<S>(inbox, queue, out, registry.clone(), stage.counters[i].clone(), start.add());
             let join = self.spawn_task(context::scope(state.id, state.registry, task));
             state.set_abort_handle(join.abort_handle());
         }

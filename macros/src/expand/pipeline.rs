@@ -36,6 +36,7 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
         let name = s.name.to_string();
         let count = s.replicas.count;
         let head = i == 0;
+        let ordered = s.replicas.ordered.is_some();
         let input = stage_trait(s);
         let partition = match &s.replicas.partition_by {
             None => quote!(::core::option::Option::None),
@@ -55,6 +56,7 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
                 replicas: #count,
                 partition: #partition,
                 head: #head,
+                ordered: #ordered,
             });
         }
     });

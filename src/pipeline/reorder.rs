@@ -1,0 +1,170 @@
+//! `#[replicas(N, ordered)]`: putting a replicated stage's output back in
+//! input order.
+//!
+//! Items leave the stage's queue numbered, a batch at a time, so the batch
+//! a replica takes is a run of consecutive numbers and its outputs are in
+//! order among themselves. When a replica is done with a batch it hands the
+//! outputs over as one *chunk*; chunks are sent downstream in number order,
+//! by whichever replica finds the next chunk ready (one at a time). A chunk
+//! that arrives early waits here.
+//!
+//! Replicas may run ahead of the oldest unfinished item by at most the
+//! *window* (in input items): the stage's queue holds back items numbered
+//! beyond it. That bounds what waits here to the outputs of a window's worth
+//! of inputs.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use super::{BATCH, emitter::Link, queue::Queue};
+
+/// How far the replicas of an ordered stage may run ahead of the oldest item
+/// not yet sent on, in input items: two batches per replica.
+pub(crate) fn window(replicas: usize) -> u64 {
+    (2 * replicas * BATCH) as u64
+}
+
+/// The input queue whose limit the reorder raises as chunks go out.
+pub(crate) trait Limit: Send + Sync {
+    fn raise_limit(&self, limit: u64);
+}
+
+impl<T: Send> Limit for Queue<T> {
+    fn raise_limit(&self, limit: u64) {
+        Queue::raise_limit(self, limit);
+    }
+}
+
+/// The reorder point of one ordered stage, shared by its replicas.
+pub(crate) struct Reorder<T> {
+    pending: Mutex<Pending<T>>,
+    /// Set while one replica is sending chunks downstream.
+    sending: AtomicBool,
+    link: Link<T>,
+    input: Arc<dyn Limit>,
+    window: u64,
+}
+
+struct Pending<T> {
+    /// The number of the first input whose chunk is not sent yet.
+    next: u64,
+    /// Finished chunks, by the number of their first input: how many inputs
+    /// they cover, and their outputs.
+    chunks: BTreeMap<u64, (u64, Vec<T>)>,
+    /// Emptied buffers, for the next chunks.
+    spare: Vec<Vec<T>>,
+}
+
+impl<T> Pending<T> {
+    fn take_ready(&mut self) -> Option<(u64, Vec<T>)> {
+        let entry = self.chunks.first_entry().filter(|e| *e.key() == self.next)?;
+        let (inputs, items) = entry.remove();
+        self.next += inputs;
+        Some((inputs, items))
+    }
+
+    fn has_ready(&self) -> bool {
+        self.chunks.first_key_value().is_some_and(|(first, _)| *first == self.next)
+    }
+}
+
+impl<T: Send> Reorder<T> {
+    /// A reorder point in front of `link`, for a stage reading `input` with
+    /// `replicas` replicas. Sets the input's first limit.
+    pub(crate) fn new<I: Send + 'static>(link: Link<T>, input: Arc<Queue<I>>, replicas: usize) -> Self {
+        let window = window(replicas);
+        input.set_limit(window);
+        Reorder {
+            pending: Mutex::new(Pending { next: 0, chunks: BTreeMap::new(), spare: Vec::new() }),
+            sending: AtomicBool::new(false),
+            link,
+            input,
+            window,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending<T>> {
+        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An empty buffer for a replica's next chunk.
+    pub(crate) fn buffer(&self) -> Vec<T> {
+        self.lock().spare.pop().unwrap_or_else(|| Vec::with_capacity(BATCH))
+    }
+
+    /// Hands over the outputs of the inputs numbered `first..first + inputs`,
+    /// then sends on every chunk that is ready, unless another replica is
+    /// already doing so (it will see this chunk).
+    pub(crate) async fn finish(
+        &self,
+        first: u64,
+        inputs: u64,
+        items: Vec<T>,
+        blocked: &mut Duration,
+        dropped: &mut u64,
+    ) {
+        self.lock().chunks.insert(first, (inputs, items));
+        loop {
+            if self.sending.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                return;
+            }
+            // Set `sending` back even if this future is dropped mid-way.
+            let guard = Sending(&self.sending);
+            loop {
+                let ready = self.lock().take_ready();
+                let Some((_, mut items)) = ready else { break };
+                self.link.send(&mut items, blocked, dropped).await;
+                let next = {
+                    let mut pending = self.lock();
+                    if pending.spare.len() < 4 {
+                        pending.spare.push(items);
+                    }
+                    pending.next
+                };
+                self.input.raise_limit(next + self.window);
+            }
+            drop(guard);
+            // A chunk handed over while this replica was sending was left
+            // to it: look once more now that `sending` is clear.
+            if !self.lock().has_ready() {
+                return;
+            }
+        }
+    }
+}
+
+struct Sending<'a>(&'a AtomicBool);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::dispatch::Dispatch;
+
+    #[tokio::test]
+    async fn chunks_leave_in_input_order() {
+        let out = Arc::new(Queue::new(100));
+        let input = Arc::new(Queue::<u8>::new(100));
+        let reorder = Reorder::new(Link::new(Dispatch::Shared(out.clone()), None), input, 1);
+        let (mut blocked, mut dropped) = (Duration::ZERO, 0);
+        reorder.finish(3, 2, vec![30, 40], &mut blocked, &mut dropped).await;
+        reorder.finish(1, 2, vec![10, 11, 20], &mut blocked, &mut dropped).await;
+        assert_eq!(out.len(), 0, "nothing before input 0 is done");
+        reorder.finish(0, 1, vec![], &mut blocked, &mut dropped).await;
+        let mut got = Vec::new();
+        let _ = out.poll_pop(&mut std::task::Context::from_waker(futures::task::noop_waker_ref()), &mut got, 100);
+        assert_eq!(got, [10, 11, 20, 30, 40]);
+        assert_eq!(dropped, 0);
+    }
+}
