@@ -1,11 +1,16 @@
 //! `call` round trip and `cast` throughput, each next to a hand-written
 //! `tokio::sync::mpsc` + `oneshot` baseline in the same group.
 //!
+//! Call round trips are measured three ways: from `block_on` on a 2-worker
+//! runtime (the caller is outside the runtime, so every reply crosses
+//! threads), from a task spawned on that runtime (the usual case: callers
+//! are tasks), and on a `current_thread` runtime.
+//!
 //! ```text
 //! cargo bench --bench call
 //! ```
 
-use std::hint::black_box;
+use std::{hint::black_box, time::Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use genflow::GenServer;
@@ -97,6 +102,36 @@ fn call_round_trip(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("mpsc_oneshot", flavor), |b| {
             b.to_async(&rt).iter(|| raw_call(&raw, black_box(1)))
         });
+        if flavor == "multi_thread" {
+            // The caller is a task on the runtime, as servers and request
+            // handlers are.
+            group.bench_function(BenchmarkId::new("genflow", "multi_thread_in_task"), |b| {
+                b.iter_custom(|iters| {
+                    let bench = bench.clone();
+                    rt.block_on(tokio::spawn(async move {
+                        let started = Instant::now();
+                        for _ in 0..iters {
+                            black_box(bench.call_adder(black_box(1)).await.unwrap());
+                        }
+                        started.elapsed()
+                    }))
+                    .unwrap()
+                })
+            });
+            group.bench_function(BenchmarkId::new("mpsc_oneshot", "multi_thread_in_task"), |b| {
+                b.iter_custom(|iters| {
+                    let raw = raw.clone();
+                    rt.block_on(tokio::spawn(async move {
+                        let started = Instant::now();
+                        for _ in 0..iters {
+                            black_box(raw_call(&raw, black_box(1)).await);
+                        }
+                        started.elapsed()
+                    }))
+                    .unwrap()
+                })
+            });
+        }
         rt.block_on(bench.shutdown());
     }
     group.finish();

@@ -4,7 +4,7 @@
 pub use crate::{
     error::{CallError, SendError},
     pipeline::{
-        Stage,
+        Pipeline, Stage,
         key::hash_key,
         wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},
     },

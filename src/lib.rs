@@ -16,6 +16,9 @@
 //!    per-stage [`Metrics`], and keeps `call_<stage>` / `cast_<stage>` access
 //!    to every running stage.
 //!
+//! The [`harness`] measures a pipeline's throughput under backpressure and
+//! reports it stage by stage, naming the bottleneck.
+//!
 //! # A registry
 //!
 //! ```
@@ -139,6 +142,7 @@
 #![doc(test(no_crate_inject, attr(deny(warnings, rust_2018_idioms))))]
 
 mod error;
+pub mod harness;
 pub mod pipeline;
 mod registry;
 mod server;
@@ -147,7 +151,7 @@ mod server;
 pub mod __private;
 
 pub use error::{CallError, SendError};
-pub use pipeline::{Emitter, InputSink, Metrics, Output, ReplicaMetrics, Stage, StageMetrics};
+pub use pipeline::{Emitter, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics};
 pub use server::{GenServer, RestartLimit};
 
 /// Declares a registry: a fixed set of [`GenServer`]s started, called and

@@ -26,6 +26,7 @@
 
 mod dispatch;
 mod emitter;
+mod generic;
 mod input;
 mod metrics;
 mod output;
@@ -36,6 +37,7 @@ mod stage;
 pub(crate) mod wiring;
 
 pub use emitter::Emitter;
+pub use generic::Pipeline;
 pub use input::InputSink;
 pub use metrics::{Metrics, ReplicaMetrics, StageMetrics};
 pub use output::Output;

@@ -200,6 +200,53 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
     }
 }
 
+/// `impl genflow::Pipeline`, forwarding to the generated methods.
+pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
+    let Registry { ident, servers, .. } = registry;
+    let head = stage_trait(&servers[0]);
+    let tail = stage_trait(servers.last().expect("validated: at least one stage"));
+    quote! {
+        #[automatically_derived]
+        impl ::genflow::__private::Pipeline for #ident {
+            type In = #head::In;
+            type Out = #tail::Out;
+
+            fn send(
+                &self,
+                item: Self::In,
+            ) -> impl ::core::future::Future<
+                Output = ::genflow::__private::Result<(), ::genflow::__private::SendError<Self::In>>,
+            > + ::core::marker::Send {
+                #ident::send(self, item)
+            }
+
+            fn feed<__S>(
+                &self,
+                items: __S,
+            ) -> impl ::core::future::Future<
+                Output = ::genflow::__private::Result<usize, ::genflow::__private::SendError<Self::In>>,
+            > + ::core::marker::Send
+            where
+                __S: ::genflow::__private::Stream<Item = Self::In> + ::core::marker::Send,
+            {
+                #ident::feed(self, items)
+            }
+
+            fn output(&self) -> ::core::option::Option<::genflow::Output<Self::Out>> {
+                #ident::output(self)
+            }
+
+            fn metrics(&self) -> ::genflow::Metrics {
+                #ident::metrics(self)
+            }
+
+            fn shutdown(&self) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                #ident::shutdown(self)
+            }
+        }
+    }
+}
+
 fn stage_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {
     let vis = &registry.vis;
     let name = &server.name;

@@ -15,10 +15,11 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
     let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
     let field_types: Vec<_> = fields.iter().map(|f| &f.ty).collect();
     let server_types: Vec<_> = servers.iter().map(|s| &s.ty).collect();
-    let (handles, start, extra, shutdown_doc) = match registry.kind {
+    let (handles, start, extra, traits, shutdown_doc) = match registry.kind {
         Kind::Registry => (
             quote!((#(::genflow::__private::Handle<#server_types>,)*)),
             start(registry),
+            TokenStream::new(),
             TokenStream::new(),
             "Shuts every server down gracefully: closes their queues (calls and casts sent afterwards get a \
              `Closed` error), lets each handle what was already queued, runs `terminate`, and waits for every \
@@ -29,6 +30,7 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
             pipeline::handles(registry),
             pipeline::start(registry),
             pipeline::methods(registry),
+            pipeline::trait_impl(registry),
             "Shuts the pipeline down gracefully: closes the first stage's input (`send` and the sinks get \
              `Closed` errors from now on), lets every stage process what it was given, in order, serve its \
              queued calls and casts and run `terminate`, ends the output stream, and waits for every task to \
@@ -82,6 +84,8 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
                     self.__genflow.abort()
                 }
             }
+
+            #traits
         };
     }
 }

@@ -1,0 +1,312 @@
+//! Pipeline throughput under backpressure, against a hand-written chain of
+//! bounded `tokio::sync::mpsc` channels with one task per stage (same queue
+//! size, same work per item), on the same 2-worker runtime.
+//!
+//! ```text
+//! cargo bench --bench pipeline
+//! ```
+//!
+//! - `w1_three_stages`: add 1 → multiply by 3 → sum, 1M `u64`, queue 1000.
+//! - `w1_scaling`: 1, 3 and 8 stages, queues of 16 and 1000, 200k items.
+//! - `w3_replicas`: one CPU-bound stage (~2 µs per item) on 1, 2 and 4
+//!   replicas.
+
+use std::{
+    hint::black_box,
+    marker::PhantomData,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use genflow::{Emitter, GenServer, Stage};
+use tokio::{runtime::Runtime, sync::mpsc};
+
+/// Where the last stage leaves its sum when the pipeline ends.
+trait Result: Clone + Send + Sync + 'static {
+    fn result(&self) -> &AtomicU64;
+}
+
+/// The per-item work of each stage kind, shared with the baseline.
+#[derive(Clone, Copy)]
+enum Op {
+    AddOne,
+    Triple,
+    Spin,
+}
+
+impl Op {
+    #[inline]
+    fn apply(self, x: u64) -> u64 {
+        match self {
+            Op::AddOne => x.wrapping_add(1),
+            Op::Triple => x.wrapping_mul(3),
+            Op::Spin => spin(x),
+        }
+    }
+}
+
+/// Iterations of `spin` that take about 2 µs; set once by `calibrate`.
+static SPIN_ITERS: AtomicU64 = AtomicU64::new(1_000);
+
+fn spin(x: u64) -> u64 {
+    let mut v = x;
+    for _ in 0..SPIN_ITERS.load(Ordering::Relaxed) {
+        v = black_box(v.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
+    }
+    v
+}
+
+fn calibrate() {
+    let n = 100_000;
+    let started = Instant::now();
+    for i in 0..n / 1_000 {
+        black_box(spin(i));
+    }
+    let per_call = started.elapsed() / (n / 1_000) as u32;
+    let iters = (1_000.0 * Duration::from_micros(2).as_secs_f64() / per_call.as_secs_f64()).max(1.0) as u64;
+    SPIN_ITERS.store(iters, Ordering::Relaxed);
+}
+
+/// A 1:1 stage applying `OP`, with a queue of `Q`.
+struct Map<R, const OP: u8, const Q: usize>(PhantomData<R>);
+
+const fn op(code: u8) -> Op {
+    match code {
+        0 => Op::AddOne,
+        1 => Op::Triple,
+        _ => Op::Spin,
+    }
+}
+
+impl<R: Result, const OP: u8, const Q: usize> GenServer for Map<R, OP, Q> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+
+    fn new(_: R) -> Self {
+        Map(PhantomData)
+    }
+
+    async fn handle_call(&mut self, _: ()) {}
+
+    async fn handle_cast(&mut self, _: ()) {}
+
+    fn channel_queue_size() -> usize {
+        Q
+    }
+}
+
+impl<R: Result, const OP: u8, const Q: usize> Stage for Map<R, OP, Q> {
+    type In = u64;
+    type Out = u64;
+
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        out.emit(op(OP).apply(x)).await;
+    }
+}
+
+/// The last stage: sums, emits nothing, reports the sum on `terminate`.
+struct Sum<R, const Q: usize> {
+    registry: R,
+    sum: u64,
+}
+
+impl<R: Result, const Q: usize> GenServer for Sum<R, Q> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+
+    fn new(registry: R) -> Self {
+        Sum { registry, sum: 0 }
+    }
+
+    async fn handle_call(&mut self, _: ()) {}
+
+    async fn handle_cast(&mut self, _: ()) {}
+
+    async fn terminate(&mut self) {
+        self.registry.result().fetch_add(self.sum, Ordering::Relaxed);
+    }
+
+    fn channel_queue_size() -> usize {
+        Q
+    }
+}
+
+impl<R: Result, const Q: usize> Stage for Sum<R, Q> {
+    type In = u64;
+    type Out = ();
+
+    async fn process(&mut self, x: u64, _: &mut Emitter<()>) {
+        self.sum = self.sum.wrapping_add(x);
+    }
+}
+
+macro_rules! result {
+    ($($p:ident),*) => {$(
+        impl Result for $p {
+            fn result(&self) -> &AtomicU64 {
+                &self.result
+            }
+        }
+    )*};
+}
+
+#[genflow::pipeline{ s: Sum<S1Q16, 16> }]
+struct S1Q16 {
+    result: Arc<AtomicU64>,
+}
+#[genflow::pipeline{ s: Sum<S1Q1000, 1000> }]
+struct S1Q1000 {
+    result: Arc<AtomicU64>,
+}
+#[genflow::pipeline{ a: Map<S3Q16, 0, 16>, m: Map<S3Q16, 1, 16>, s: Sum<S3Q16, 16> }]
+struct S3Q16 {
+    result: Arc<AtomicU64>,
+}
+#[genflow::pipeline{ a: Map<S3Q1000, 0, 1000>, m: Map<S3Q1000, 1, 1000>, s: Sum<S3Q1000, 1000> }]
+struct S3Q1000 {
+    result: Arc<AtomicU64>,
+}
+#[genflow::pipeline{
+    a1: Map<S8Q16, 0, 16>, m1: Map<S8Q16, 1, 16>, a2: Map<S8Q16, 0, 16>, m2: Map<S8Q16, 1, 16>,
+    a3: Map<S8Q16, 0, 16>, m3: Map<S8Q16, 1, 16>, a4: Map<S8Q16, 0, 16>, s: Sum<S8Q16, 16>,
+}]
+struct S8Q16 {
+    result: Arc<AtomicU64>,
+}
+#[genflow::pipeline{
+    a1: Map<S8Q1000, 0, 1000>, m1: Map<S8Q1000, 1, 1000>, a2: Map<S8Q1000, 0, 1000>, m2: Map<S8Q1000, 1, 1000>,
+    a3: Map<S8Q1000, 0, 1000>, m3: Map<S8Q1000, 1, 1000>, a4: Map<S8Q1000, 0, 1000>, s: Sum<S8Q1000, 1000>,
+}]
+struct S8Q1000 {
+    result: Arc<AtomicU64>,
+}
+#[genflow::pipeline{ #[replicas(1)] w: Map<R1, 2, 1000>, s: Sum<R1, 1000> }]
+struct R1 {
+    result: Arc<AtomicU64>,
+}
+#[genflow::pipeline{ #[replicas(2)] w: Map<R2, 2, 1000>, s: Sum<R2, 1000> }]
+struct R2 {
+    result: Arc<AtomicU64>,
+}
+#[genflow::pipeline{ #[replicas(4)] w: Map<R4, 2, 1000>, s: Sum<R4, 1000> }]
+struct R4 {
+    result: Arc<AtomicU64>,
+}
+result!(S1Q16, S1Q1000, S3Q16, S3Q1000, S8Q16, S8Q1000, R1, R2, R4);
+
+/// Runs one pipeline over `0..items`: start, feed, drain; returns the sum.
+macro_rules! run_genflow {
+    ($p:ident, $items:expr) => {{
+        let result = Arc::new(AtomicU64::new(0));
+        let pipeline = $p::start(result.clone()).await;
+        pipeline.feed(futures::stream::iter(0..$items)).await.unwrap();
+        pipeline.shutdown().await;
+        result.load(Ordering::Relaxed)
+    }};
+}
+
+/// The hand-written chain: one task per stage, bounded channels of `queue`.
+async fn run_chain(ops: &[Op], queue: usize, items: u64) -> u64 {
+    let (head, mut rx) = mpsc::channel::<u64>(queue);
+    for &op in ops {
+        let (tx, next_rx) = mpsc::channel::<u64>(queue);
+        let mut input = std::mem::replace(&mut rx, next_rx);
+        tokio::spawn(async move {
+            while let Some(x) = input.recv().await {
+                if tx.send(op.apply(x)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let sum = tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Some(x) = rx.recv().await {
+            sum = sum.wrapping_add(x);
+        }
+        sum
+    });
+    for x in 0..items {
+        head.send(x).await.unwrap();
+    }
+    drop(head);
+    sum.await.unwrap()
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn w1_three_stages(c: &mut Criterion) {
+    const ITEMS: u64 = 1_000_000;
+    let rt = runtime();
+    let ops = [Op::AddOne, Op::Triple];
+    let expected = rt.block_on(run_chain(&ops, 1_000, ITEMS));
+    assert_eq!(rt.block_on(async { run_genflow!(S3Q1000, ITEMS) }), expected);
+    let mut group = c.benchmark_group("w1_three_stages");
+    group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(8));
+    group.bench_function("genflow", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Q1000, ITEMS) }));
+    group.bench_function("mpsc_chain", |b| b.to_async(&rt).iter(|| run_chain(&ops, 1_000, ITEMS)));
+    group.finish();
+}
+
+fn w1_scaling(c: &mut Criterion) {
+    const ITEMS: u64 = 200_000;
+    let rt = runtime();
+    let mut group = c.benchmark_group("w1_scaling");
+    group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(3));
+    let chains: [(&str, usize, &[Op]); 6] = [
+        ("1_stage/q16", 16, &[]),
+        ("1_stage/q1000", 1_000, &[]),
+        ("3_stages/q16", 16, &[Op::AddOne, Op::Triple]),
+        ("3_stages/q1000", 1_000, &[Op::AddOne, Op::Triple]),
+        ("8_stages/q16", 16, &[Op::AddOne, Op::Triple, Op::AddOne, Op::Triple, Op::AddOne, Op::Triple, Op::AddOne]),
+        (
+            "8_stages/q1000",
+            1_000,
+            &[Op::AddOne, Op::Triple, Op::AddOne, Op::Triple, Op::AddOne, Op::Triple, Op::AddOne],
+        ),
+    ];
+    for (name, queue, ops) in chains {
+        let expected = rt.block_on(run_chain(ops, queue, ITEMS));
+        let run = |name: &str| -> u64 {
+            rt.block_on(async {
+                match name {
+                    "1_stage/q16" => run_genflow!(S1Q16, ITEMS),
+                    "1_stage/q1000" => run_genflow!(S1Q1000, ITEMS),
+                    "3_stages/q16" => run_genflow!(S3Q16, ITEMS),
+                    "3_stages/q1000" => run_genflow!(S3Q1000, ITEMS),
+                    "8_stages/q16" => run_genflow!(S8Q16, ITEMS),
+                    _ => run_genflow!(S8Q1000, ITEMS),
+                }
+            })
+        };
+        assert_eq!(run(name), expected, "{name}");
+        group.bench_function(BenchmarkId::new("genflow", name), |b| b.iter(|| run(name)));
+        group.bench_function(BenchmarkId::new("mpsc_chain", name), |b| {
+            b.iter(|| rt.block_on(run_chain(ops, queue, ITEMS)))
+        });
+    }
+    group.finish();
+}
+
+fn w3_replicas(c: &mut Criterion) {
+    const ITEMS: u64 = 20_000;
+    calibrate();
+    let rt = runtime();
+    let mut group = c.benchmark_group("w3_replicas");
+    group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(5));
+    group.bench_function("replicas/1", |b| b.to_async(&rt).iter(|| async { run_genflow!(R1, ITEMS) }));
+    group.bench_function("replicas/2", |b| b.to_async(&rt).iter(|| async { run_genflow!(R2, ITEMS) }));
+    group.bench_function("replicas/4", |b| b.to_async(&rt).iter(|| async { run_genflow!(R4, ITEMS) }));
+    group.finish();
+}
+
+criterion_group!(benches, w1_three_stages, w1_scaling, w3_replicas);
+criterion_main!(benches);
