@@ -108,7 +108,7 @@ fn call_round_trip(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("genflow", "multi_thread_in_task"), |b| {
                 b.iter_custom(|iters| {
                     let bench = bench.clone();
-                    rt.block_on(tokio::spawn(async move {
+                    rt.block_on(rt.spawn(async move {
                         let started = Instant::now();
                         for _ in 0..iters {
                             black_box(bench.call_adder(black_box(1)).await.unwrap());
@@ -121,7 +121,7 @@ fn call_round_trip(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("mpsc_oneshot", "multi_thread_in_task"), |b| {
                 b.iter_custom(|iters| {
                     let raw = raw.clone();
-                    rt.block_on(tokio::spawn(async move {
+                    rt.block_on(rt.spawn(async move {
                         let started = Instant::now();
                         for _ in 0..iters {
                             black_box(raw_call(&raw, black_box(1)).await);

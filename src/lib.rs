@@ -176,7 +176,7 @@ pub use server::{GenServer, RestartLimit};
 /// | `call_<name>_with_timeout(msg, d).await` | the same, with a deadline covering queueing |
 /// | `cast_<name>(msg).await` | `Result<(), SendError<Message>>`, waits for queue room |
 /// | `try_cast_<name>(msg)` | never waits: `Full` or `Closed` |
-/// | `shutdown().await` | close the queues, handle what is queued, run `terminate`, join |
+/// | `shutdown().await` | handle what is queued, close the queues, run `terminate`, join |
 /// | `abort()` | stop every server at its next `.await` |
 ///
 /// `App` implements `Clone`; every server gets a clone in
@@ -313,3 +313,11 @@ pub use genflow_macros::make_registry;
 /// `examples/pipeline_basics.rs`.
 #[doc(inline)]
 pub use genflow_macros::pipeline;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+struct GuideDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/migrating-from-genserver.md")]
+struct MigrationDoctests;

@@ -2,6 +2,7 @@
 //! shutdown, failures and metrics.
 
 use std::{
+    pin::pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -264,8 +265,11 @@ impl<const Q: usize> GenServer for Gate<Q> {
         Gate { registry, state: 0 }
     }
 
-    async fn handle_call(&mut self, _: Msg) -> u64 {
-        self.state
+    async fn handle_call(&mut self, message: Msg) -> u64 {
+        match message {
+            Msg::Get => self.state,
+            Msg::Panic => panic!("asked to panic"),
+        }
     }
 
     async fn handle_cast(&mut self, _: Msg) {}
@@ -323,6 +327,57 @@ const TAIL_Q: usize = 4;
 #[genflow::pipeline{ head: Pass<HEAD_Q>, tail: Gate<TAIL_Q> }]
 struct Small {
     cfg: Arc<Cfg>,
+}
+
+#[tokio::test]
+async fn a_call_is_served_between_the_items_of_a_batch() {
+    let cfg = cfg();
+    let flow = Small::start(cfg.clone()).await;
+    let drain = tokio::spawn(flow.output().unwrap().collect::<Vec<u64>>());
+    flow.send(0).await.unwrap();
+    eventually(|| cfg.gate_started.load(Ordering::SeqCst) == 1).await;
+    // Items 1 to 4 wait in the tail's queue while item 0 is stuck; once it
+    // is done, the tail takes them as one batch.
+    for x in 1..=4 {
+        flow.send(x).await.unwrap();
+    }
+    eventually(|| flow.metrics().stage("tail").unwrap().queued == 4).await;
+    cfg.gate.add_permits(1);
+    eventually(|| cfg.gate_started.load(Ordering::SeqCst) == 2).await;
+    // Item 1 is in progress, 2 to 4 wait behind it in the same batch. A call
+    // made now is answered as soon as item 1 is done.
+    let mut call = pin!(flow.call_tail(Msg::Get));
+    assert!(futures::poll!(call.as_mut()).is_pending());
+    cfg.gate.add_permits(1);
+    let seen = tokio::time::timeout(Duration::from_secs(10), call).await.expect("served before the batch ended");
+    assert_eq!(seen.unwrap(), 2, "answered after item 1, before item 2");
+    cfg.gate.add_permits(3);
+    flow.shutdown().await;
+    assert_eq!(drain.await.unwrap(), [0, 1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_call_that_panics_mid_batch_hands_the_rest_of_the_batch_to_the_fresh_state() {
+    let cfg = cfg();
+    let flow = Small::start(cfg.clone()).await;
+    let drain = tokio::spawn(flow.output().unwrap().collect::<Vec<u64>>());
+    flow.send(0).await.unwrap();
+    eventually(|| cfg.gate_started.load(Ordering::SeqCst) == 1).await;
+    for x in 1..=4 {
+        flow.send(x).await.unwrap();
+    }
+    eventually(|| flow.metrics().stage("tail").unwrap().queued == 4).await;
+    cfg.gate.add_permits(1);
+    eventually(|| cfg.gate_started.load(Ordering::SeqCst) == 2).await;
+    let mut call = pin!(flow.call_tail(Msg::Panic));
+    assert!(futures::poll!(call.as_mut()).is_pending());
+    cfg.gate.add_permits(4);
+    assert!(matches!(call.await, Err(genflow::CallError::Panicked)));
+    flow.shutdown().await;
+    // Items 2 to 4 were processed by the restarted stage: none lost.
+    assert_eq!(drain.await.unwrap(), [0, 1, 2, 3, 4]);
+    let tail = flow.metrics().stage("tail").unwrap();
+    assert_eq!((tail.received, tail.emitted, tail.failed), (5, 5, 0));
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! drain on shutdown.
 
 use std::{
+    collections::VecDeque,
     future::{Future, poll_fn},
     panic::AssertUnwindSafe,
     pin::pin,
@@ -41,7 +42,8 @@ pub(crate) async fn run<S: Stage>(
 ) {
     let mut ready = Some(ready);
     let mut restarts = Restarts::new(S::restart_limit());
-    let mut batch = Vec::with_capacity(BATCH);
+    // The items taken but not processed yet, and the number of the first.
+    let mut batch = Batch { items: VecDeque::with_capacity(BATCH), first: 0 };
     'life: loop {
         let Some(mut server) = boot::<S>(&registry, &mut restarts).await else {
             break 'life;
@@ -50,12 +52,24 @@ pub(crate) async fn run<S: Stage>(
             let _ = ready.send(());
         }
         loop {
+            // Items left by a handler that panicked go to the new state.
+            if !batch.items.is_empty() {
+                let processed = process_batch(&mut server, &mut control, &mut batch, &mut out, &counters).await;
+                if let Err(Crashed) = processed {
+                    if restarts.allow() {
+                        continue 'life;
+                    }
+                    break 'life;
+                }
+            }
             let work = poll_fn(|cx| {
-                // Calls and casts first: they are served between items.
+                // Calls and casts first.
                 if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
                     return Poll::Ready(Work::Control(envelope));
                 }
-                input.poll_pop_numbered(cx, &mut batch, BATCH).map(|first| first.map_or(Work::InputDone, Work::Items))
+                input
+                    .poll_pop_numbered(cx, &mut batch.items, BATCH)
+                    .map(|first| first.map_or(Work::InputDone, Work::Items))
             })
             .await;
             match work {
@@ -67,7 +81,10 @@ pub(crate) async fn run<S: Stage>(
                         break 'life;
                     }
                 }
-                Work::Items(first) => process_batch(&mut server, &mut batch, first, &mut out, &counters).await,
+                Work::Items(first) => {
+                    batch.first = first;
+                    counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
+                }
                 Work::InputDone => {
                     // Serve the calls and casts already queued, then end.
                     control.rx.close();
@@ -92,29 +109,44 @@ pub(crate) async fn run<S: Stage>(
         let _ = ready.send(());
     }
     fail(control);
-    while let Some(first) = poll_fn(|cx| input.poll_pop_numbered(cx, &mut batch, BATCH)).await {
-        let n = batch.len() as u64;
+    let left = batch.items.len() as u64;
+    if left > 0 {
+        batch.items.clear();
+        counters.add(&Delta { failed: left, ..Delta::default() });
+        out.end_batch(batch.first, left).await;
+    }
+    while let Some(first) = poll_fn(|cx| input.poll_pop_numbered(cx, &mut batch.items, BATCH)).await {
+        let n = batch.items.len() as u64;
         counters.add(&Delta { received: n, failed: n, ..Delta::default() });
-        batch.clear();
+        batch.items.clear();
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
     }
 }
 
+/// Items a replica took from its queue, numbered from `first` on.
+struct Batch<T> {
+    items: VecDeque<T>,
+    first: u64,
+}
+
+/// Processes the batch item by item, serving calls and casts that arrive in
+/// between. If one of those handlers panics, the items not processed yet
+/// stay in the batch for the restarted state.
 async fn process_batch<S: Stage>(
     server: &mut S,
-    batch: &mut Vec<S::In>,
-    first: u64,
+    control: &mut Inbox<S>,
+    batch: &mut Batch<S::In>,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
-) {
+) -> Result<(), Crashed> {
     let started = Instant::now();
-    let inputs = batch.len() as u64;
-    counters.add(&Delta { received: inputs, ..Delta::default() });
     let mut delta = Delta::default();
-    for item in batch.drain(..) {
+    let mut done = 0u64;
+    let mut result = Ok(());
+    while let Some(item) = batch.items.pop_front() {
         let mut waited = false;
-        let result = {
+        let processed = {
             let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
             poll_fn(|cx| {
                 let poll = process.as_mut().poll(cx);
@@ -123,7 +155,8 @@ async fn process_batch<S: Stage>(
             })
             .await
         };
-        if let Err(panic) = result {
+        done += 1;
+        if let Err(panic) = processed {
             delta.failed += 1;
             report::<S>("process", &panic);
         }
@@ -131,8 +164,27 @@ async fn process_batch<S: Stage>(
             // A stage that awaits per item is slow: send its output now.
             out.flush().await;
         }
+        if !batch.items.is_empty() {
+            result = serve_waiting(server, control).await;
+            if result.is_err() {
+                break;
+            }
+        }
     }
-    out.end_batch(first, inputs).await;
+    out.end_batch(batch.first, done).await;
+    batch.first += done;
     delta.busy = started.elapsed().saturating_sub(out.take_blocked());
     counters.add(&delta);
+    result
+}
+
+/// Handles the calls and casts already waiting, without waiting for more.
+async fn serve_waiting<S: Stage>(server: &mut S, control: &mut Inbox<S>) -> Result<(), Crashed> {
+    if !control.state.take_mail() {
+        return Ok(());
+    }
+    while let Ok(envelope) = control.rx.try_recv() {
+        handle(server, envelope).await?;
+    }
+    Ok(())
 }

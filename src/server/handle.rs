@@ -70,6 +70,7 @@ impl<S: GenServer> Handle<S> {
         };
         let (tx, rx) = oneshot::channel();
         permit.send(Envelope::Call(Call::new(message, tx)));
+        self.state.post();
         self.reply(rx.await)
     }
 
@@ -105,6 +106,7 @@ impl<S: GenServer> Handle<S> {
         };
         let (tx, rx) = oneshot::channel();
         permit.send(Envelope::Call(Call::new(message, tx)));
+        self.state.post();
         match timeout_at(deadline, rx).await {
             Ok(reply) => self.reply(reply),
             Err(_) => Err(CallError::Timeout(None)),
@@ -132,6 +134,7 @@ impl<S: GenServer> Handle<S> {
         match self.tx.reserve().await {
             Ok(permit) => {
                 permit.send(Envelope::Cast(message));
+                self.state.post();
                 Ok(())
             }
             Err(_) => Err(self.stopped_send(message)),
@@ -149,6 +152,7 @@ impl<S: GenServer> Handle<S> {
         match self.tx.try_reserve() {
             Ok(permit) => {
                 permit.send(Envelope::Cast(message));
+                self.state.post();
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(())) => Err(SendError::Full(message)),

@@ -19,9 +19,11 @@
 //!
 //! # Clean shutdown
 //!
-//! A registry's `shutdown().await` closes every queue (later calls and casts
-//! get `Closed` errors), lets each server handle what was already queued,
-//! runs `terminate`, and waits for every task to end. Dropping the last
+//! A registry's `shutdown().await` puts a stop mark at the back of every
+//! queue. Each server handles what is queued in front of it; when it reaches
+//! the mark its queue closes (calls and casts get `Closed` errors from then
+//! on, and anything that slipped in meanwhile is still handled), it runs
+//! `terminate`, and its task ends. `shutdown` returns once every task ended. Dropping the last
 //! registry handle held outside the servers does the same in the background.
 //! `abort()` stops the servers at their next `.await` instead: queued calls
 //! get their messages back in `Closed` errors, `terminate` does not run.

@@ -2,7 +2,7 @@
 
 use std::sync::{
     OnceLock,
-    atomic::{AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
 };
 
 use tokio::task::AbortHandle;
@@ -25,11 +25,20 @@ pub(crate) struct ServerState {
     pub(crate) registry: usize,
     status: AtomicU8,
     abort: OnceLock<AbortHandle>,
+    /// Set after each message is queued: lets a busy stage check for calls
+    /// between items with one load instead of a queue poll.
+    mail: AtomicBool,
 }
 
 impl ServerState {
     pub(crate) fn new(registry: usize) -> Self {
-        ServerState { id: next_id(), registry, status: AtomicU8::new(RUNNING), abort: OnceLock::new() }
+        ServerState {
+            id: next_id(),
+            registry,
+            status: AtomicU8::new(RUNNING),
+            abort: OnceLock::new(),
+            mail: AtomicBool::new(false),
+        }
     }
 
     /// Whether the server went down for good after too many panics.
@@ -44,6 +53,17 @@ impl ServerState {
     /// Marks the server closed, unless it already failed.
     pub(crate) fn set_closed(&self) {
         let _ = self.status.compare_exchange(RUNNING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Called after a message was queued.
+    pub(crate) fn post(&self) {
+        self.mail.store(true, Ordering::Release);
+    }
+
+    /// Whether messages may have been queued since the last call. Clears
+    /// the mark: whoever sees `true` must then take every queued message.
+    pub(crate) fn take_mail(&self) -> bool {
+        self.mail.load(Ordering::Relaxed) && self.mail.swap(false, Ordering::Acquire)
     }
 
     pub(crate) fn set_abort_handle(&self, handle: AbortHandle) {

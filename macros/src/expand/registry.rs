@@ -21,10 +21,10 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
             start(registry),
             TokenStream::new(),
             TokenStream::new(),
-            "Shuts every server down gracefully: closes their queues (calls and casts sent afterwards get a \
-             `Closed` error), lets each handle what was already queued, runs `terminate`, and waits for every \
-             task to end.\n\nCalled from inside one of this registry's servers, it starts the shutdown and \
-             returns without waiting for it.",
+            "Shuts every server down gracefully: each server handles what is already in its queue, then its \
+             queue closes (calls and casts get a `Closed` error from then on; nothing accepted is dropped), it \
+             runs `terminate`, and its task ends. Returns once every task ended.\n\nCalled from inside one \
+             of this registry's servers, it starts the shutdown and returns without waiting for it.",
         ),
         Kind::Pipeline => (
             pipeline::handles(registry),
