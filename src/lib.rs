@@ -9,12 +9,12 @@
 //!    timeouts, graceful `shutdown` and `abort`. A panicking handler is
 //!    restarted with fresh state, within an OTP-style [`RestartLimit`].
 //! 2. **Pipelines.** A [`Stage`] is a server that also processes items.
-//!    [`pipeline`](macro@pipeline) wires stages in order, each emitting into the next one's
-//!    bounded queue, so the whole chain is backpressured end to end. It adds
-//!    [`Stream`](futures::Stream)/[`Sink`](futures::Sink) adapters, replicas
-//!    of a stage (demand-driven or partitioned by key), graceful drain and
-//!    per-stage [`Metrics`], and keeps `call_<stage>` / `cast_<stage>` access
-//!    to every running stage.
+//!    [`pipeline`](macro@pipeline) wires stages in order, each emitting into
+//!    the next one's bounded queue, so the whole chain is backpressured end
+//!    to end. It adds [`Stream`](futures::Stream)/[`Sink`](futures::Sink)
+//!    adapters, replicas of a stage (demand-driven, partitioned by key, or
+//!    order-restoring), graceful drain and per-stage [`Metrics`], and keeps
+//!    `call_<stage>` / `cast_<stage>` access to every running stage.
 //!
 //! The [`harness`] measures a pipeline's throughput under backpressure and
 //! reports it stage by stage, naming the bottleneck.
@@ -313,6 +313,10 @@ pub use genflow_macros::make_registry;
 /// `examples/pipeline_basics.rs`.
 #[doc(inline)]
 pub use genflow_macros::pipeline;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(doctest)]
 #[doc = include_str!("../docs/guide.md")]

@@ -1,0 +1,1013 @@
+//! The log-analytics pipeline: its stages, the aggregates they build, and the
+//! same computation as a plain loop to check them against.
+//!
+//! ```text
+//!  lines ──▶ parse ──▶ enrich ×N ──▶ aggregate ×2, partitioned by route
+//!  String    Request      Hit         (keeps a Summary; emits nothing)
+//! ```
+//!
+//! - `parse` turns a line into a [`Request`]. It runs on one replica, so it
+//!   sees the lines in order and can number them. Malformed lines emit
+//!   nothing: they are counted in the stage's state, with the first few kept
+//!   as examples ([`ParseStats`]).
+//! - `enrich` derives what the aggregates need ([`enrich`]): the route
+//!   (`GET /users/123` → `GET /users/:id`), the user-agent class and the hour.
+//!   It holds no state that matters, so it runs on N replicas and each line
+//!   goes to whichever replica is idle.
+//! - `aggregate` keeps a [`Summary`]: per-route counts, status classes, and
+//!   latency and size [`Histogram`]s. It runs on two replicas with
+//!   `partition_by = Hit::route_key`: every hit of a route lands on the same
+//!   replica, so each replica's numbers for its routes are complete and the
+//!   replicas' route tables merge by simple union. It emits nothing: its state
+//!   is read with `call_aggregate_all(Query::Snapshot)`, live while lines
+//!   flow and once at the end ([`collect_report`]).
+//!
+//! [`sequential`] computes the same [`Report`] in a plain loop with the same
+//! functions; `tests/logs.rs` checks that both agree exactly.
+//!
+//! The number of replicas of a stage is part of the pipeline's type, so
+//! there is one pipeline per supported `enrich` replica count ([`Logs1`],
+//! [`Logs2`], [`Logs4`], [`Logs8`]; [`ENRICH_REPLICAS`]), all implementing
+//! [`LogPipeline`], which is what `main` and the tests use.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    future::Future,
+    io,
+    marker::PhantomData,
+    net::IpAddr,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use futures::Stream;
+use genflow::{Emitter, GenServer, Metrics, Stage, StageMetrics};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// Any error, as returned by the pipeline's calls and feeds.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+// --- Queue size ----------------------------------------------------------------
+
+/// The input queue size of every stage unless [`set_queue_size`] is called.
+pub(crate) const DEFAULT_QUEUE_SIZE: usize = 1_000;
+
+static QUEUE_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_QUEUE_SIZE);
+
+/// Sets the input queue size (in lines) of every stage of the pipelines
+/// started afterwards; `aggregate` gets one queue of this size per replica.
+///
+/// A stage's queue size comes from [`GenServer::channel_queue_size`], an
+/// associated function with no `self` that `start` reads once per stage, so
+/// a size chosen at run time has to live outside the stages: here, in a
+/// static that every stage's `channel_queue_size` returns.
+///
+/// # Panics
+///
+/// Panics if `lines` is 0.
+pub(crate) fn set_queue_size(lines: usize) {
+    assert!(lines > 0, "a queue holds at least one line");
+    QUEUE_SIZE.store(lines, Ordering::Relaxed);
+}
+
+fn queue_size() -> usize {
+    QUEUE_SIZE.load(Ordering::Relaxed)
+}
+
+// --- Parsing ---------------------------------------------------------------------
+
+/// One request of the access log, as `parse` reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Request {
+    /// Unix time, in seconds.
+    pub(crate) time: i64,
+    pub(crate) method: Method,
+    /// The request target as sent: path and query string.
+    pub(crate) target: String,
+    pub(crate) status: u16,
+    /// Response body size (`-` counts as 0).
+    pub(crate) bytes: u64,
+    /// Empty when the line has none (common log format).
+    pub(crate) user_agent: String,
+    /// `$request_time`, when the line ends with it.
+    pub(crate) latency_us: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+    /// Any other method token (`PROPFIND`, `CONNECT`, ...).
+    Other,
+}
+
+impl Method {
+    fn parse(token: &str) -> Option<Method> {
+        Some(match token {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            _ if !token.is_empty() && token.bytes().all(|b| b.is_ascii_uppercase()) => Method::Other,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
+/// Reads one line of the combined log format, optionally followed by the
+/// request time in seconds (`$request_time`); the referer and user agent may
+/// be missing too (common log format). `None` if the line is malformed.
+///
+/// ```text
+/// 203.0.113.7 - - [10/Mar/2024:13:55:36 +0000] "GET /users/1 HTTP/1.1" 200 1534 "-" "curl/8.4.0" 0.042
+/// ```
+pub(crate) fn parse_line(line: &str) -> Option<Request> {
+    let mut fields = Fields(line);
+    fields.word()?.parse::<IpAddr>().ok()?;
+    let _ident = fields.word()?;
+    let _user = fields.word()?;
+    let time = parse_time(fields.enclosed('[', ']')?)?;
+
+    let mut request = fields.enclosed('"', '"')?.split(' ');
+    let (Some(method), Some(target), Some(protocol), None) =
+        (request.next(), request.next(), request.next(), request.next())
+    else {
+        return None;
+    };
+    let method = Method::parse(method)?;
+    if target.is_empty() || !protocol.starts_with("HTTP/") {
+        return None;
+    }
+
+    let status = fields.word()?.parse().ok().filter(|s| (100..600).contains(s))?;
+    let bytes = match fields.word()? {
+        "-" => 0,
+        bytes => bytes.parse().ok()?,
+    };
+    let user_agent = if fields.is_empty() {
+        ""
+    } else {
+        let _referer = fields.enclosed('"', '"')?;
+        fields.enclosed('"', '"')?
+    };
+    let latency_us = fields.word().and_then(parse_seconds);
+    Some(Request {
+        time,
+        method,
+        target: target.to_owned(),
+        status,
+        bytes,
+        user_agent: user_agent.to_owned(),
+        latency_us,
+    })
+}
+
+/// The unread rest of a line, taken field by field.
+struct Fields<'a>(&'a str);
+
+impl<'a> Fields<'a> {
+    fn is_empty(&self) -> bool {
+        self.0.trim_start_matches(' ').is_empty()
+    }
+
+    /// The next field up to a space.
+    fn word(&mut self) -> Option<&'a str> {
+        let rest = self.0.trim_start_matches(' ');
+        let end = rest.find(' ').unwrap_or(rest.len());
+        self.0 = &rest[end..];
+        (end > 0).then(|| &rest[..end])
+    }
+
+    /// The next field, which must be enclosed in `open` … `close`; a
+    /// backslash escapes the next character (Apache writes `\"`).
+    fn enclosed(&mut self, open: char, close: char) -> Option<&'a str> {
+        let inner = self.0.trim_start_matches(' ').strip_prefix(open)?;
+        let mut from = 0;
+        loop {
+            let end = from + inner[from..].find(close)?;
+            let backslashes = inner[..end].bytes().rev().take_while(|&b| b == b'\\').count();
+            if backslashes % 2 == 0 {
+                self.0 = &inner[end + close.len_utf8()..];
+                return Some(&inner[..end]);
+            }
+            from = end + close.len_utf8();
+        }
+    }
+}
+
+/// `10/Mar/2024:13:55:36 +0100` → Unix time.
+fn parse_time(text: &str) -> Option<i64> {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (date_time, zone) = text.split_once(' ')?;
+    let mut date = date_time.splitn(3, '/');
+    let (day, month, rest) = (date.next()?, date.next()?, date.next()?);
+    let mut clock = rest.split(':');
+    let (year, hour, minute, second) = (clock.next()?, clock.next()?, clock.next()?, clock.next()?);
+    if clock.next().is_some() {
+        return None;
+    }
+    let number = |text: &str, max: i64| text.parse::<i64>().ok().filter(|n| (0..=max).contains(n));
+    let month = MONTHS.iter().position(|&m| m == month)? as i64 + 1;
+    let (day, year) = (number(day, 31).filter(|&d| d >= 1)?, number(year, 9999)?);
+    let seconds = number(hour, 23)? * 3600 + number(minute, 59)? * 60 + number(second, 60)?;
+
+    let (sign, zone) = match zone.as_bytes().first()? {
+        b'+' => (1, &zone[1..]),
+        b'-' => (-1, &zone[1..]),
+        _ => return None,
+    };
+    if zone.len() != 4 {
+        return None;
+    }
+    let offset = sign * (number(&zone[..2], 23)? * 3600 + number(&zone[2..], 59)? * 60);
+    Some(days_from_civil(year, month, day) * 86_400 + seconds - offset)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `0.042` (seconds) → 42 000 µs, without going through floating point;
+/// `None` for `-` or anything else that is not a decimal number.
+fn parse_seconds(text: &str) -> Option<u64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let micros = fraction.bytes().chain(std::iter::repeat(b'0')).take(6).fold(0, |n, d| n * 10 + u64::from(d - b'0'));
+    whole.parse::<u64>().ok()?.checked_mul(1_000_000)?.checked_add(micros)
+}
+
+/// What `parse` knows: how many lines it read and which were malformed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ParseStats {
+    /// Lines taken, counted before reading them.
+    pub(crate) lines: u64,
+    /// Lines read into a [`Request`] and passed on.
+    pub(crate) parsed: u64,
+    pub(crate) malformed: u64,
+    /// The first [`ParseStats::EXAMPLES`] malformed lines.
+    pub(crate) examples: Vec<MalformedLine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MalformedLine {
+    /// 1-based.
+    pub(crate) number: u64,
+    /// The line, cut to [`MalformedLine::MAX_CHARS`].
+    pub(crate) text: String,
+}
+
+impl MalformedLine {
+    pub(crate) const MAX_CHARS: usize = 100;
+}
+
+impl ParseStats {
+    /// How many malformed lines are kept as examples.
+    pub(crate) const EXAMPLES: usize = 3;
+
+    /// Parses the next line, counting it as parsed or malformed, and keeping
+    /// it as an example if it is one of the first malformed ones.
+    pub(crate) fn parse(&mut self, line: &str) -> Option<Request> {
+        self.lines += 1;
+        let request = parse_line(line);
+        if request.is_some() {
+            self.parsed += 1;
+        } else {
+            self.malformed += 1;
+            if self.examples.len() < Self::EXAMPLES {
+                let text = line.chars().take(MalformedLine::MAX_CHARS).collect();
+                self.examples.push(MalformedLine { number: self.lines, text });
+            }
+        }
+        request
+    }
+}
+
+// --- Enrichment ------------------------------------------------------------------
+
+/// A request reduced to what the aggregates need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Hit {
+    /// Method and normalised path: `GET /api/v1/users/:id/orders`.
+    pub(crate) route: String,
+    pub(crate) status: u16,
+    pub(crate) bytes: u64,
+    pub(crate) latency_us: Option<u64>,
+    pub(crate) agent: AgentClass,
+    /// Hours since the Unix epoch.
+    pub(crate) hour: i64,
+}
+
+impl Hit {
+    /// What `aggregate` is partitioned by: all hits of a route go to the
+    /// same replica.
+    pub(crate) fn route_key(&self) -> &str {
+        &self.route
+    }
+}
+
+/// Derives the route, user-agent class and hour of a request.
+pub(crate) fn enrich(request: Request) -> Hit {
+    Hit {
+        route: route(request.method, &request.target),
+        status: request.status,
+        bytes: request.bytes,
+        latency_us: request.latency_us,
+        agent: AgentClass::of(&request.user_agent),
+        hour: request.time.div_euclid(3600),
+    }
+}
+
+/// The method and the path with its variable parts replaced, so that
+/// requests for different ids count as one route; the query string is left
+/// out:
+///
+/// ```text
+/// GET /users/123/orders/456?full=1        → GET /users/:id/orders/:id
+/// GET /sessions/0b5e…-…-9f1c              → GET /sessions/:uuid
+/// GET /static/app.3f9a2c1b9e4d.js         → GET /static/app.:hex.js
+/// ```
+///
+/// A target that is not a path (`*`, `host:443`) becomes `(other)`.
+pub(crate) fn route(method: Method, target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    let mut route = String::with_capacity(method.as_str().len() + 1 + path.len());
+    route.push_str(method.as_str());
+    route.push(' ');
+    if !path.starts_with('/') {
+        route.push_str("(other)");
+        return route;
+    }
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            route.push('/');
+        }
+        // File names are looked at part by part: `app.3f9a2c1b9e4d.js`.
+        for (j, part) in segment.split('.').enumerate() {
+            if j > 0 {
+                route.push('.');
+            }
+            route.push_str(placeholder(part).unwrap_or(part));
+        }
+    }
+    route
+}
+
+/// The placeholder for a variable path part: a number, a UUID, or a hex
+/// string of 8+ digits that has at least one digit (fingerprints, hashes;
+/// not words such as `facade`).
+fn placeholder(part: &str) -> Option<&'static str> {
+    let bytes = part.as_bytes();
+    if !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit) {
+        return Some(":id");
+    }
+    let is_uuid = bytes.len() == 36
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| if [8, 13, 18, 23].contains(&i) { *b == b'-' } else { b.is_ascii_hexdigit() });
+    if is_uuid {
+        return Some(":uuid");
+    }
+    if bytes.len() >= 8 && bytes.iter().all(u8::is_ascii_hexdigit) && bytes.iter().any(u8::is_ascii_digit) {
+        return Some(":hex");
+    }
+    None
+}
+
+/// Who sent a request, judged by its user agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AgentClass {
+    Browser,
+    Mobile,
+    Bot,
+    /// Command-line tools and HTTP libraries: curl, wget, scripts.
+    Cli,
+    /// Empty, `-`, or not recognised.
+    Other,
+}
+
+impl AgentClass {
+    pub(crate) const ALL: [AgentClass; 5] =
+        [AgentClass::Browser, AgentClass::Mobile, AgentClass::Bot, AgentClass::Cli, AgentClass::Other];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AgentClass::Browser => "browser",
+            AgentClass::Mobile => "mobile",
+            AgentClass::Bot => "bot",
+            AgentClass::Cli => "cli",
+            AgentClass::Other => "other",
+        }
+    }
+
+    /// Crawlers first (many claim to be `Mozilla/5.0`, some to be phones),
+    /// then tools, then phones and tablets, then desktop browsers; case is
+    /// ignored.
+    pub(crate) fn of(user_agent: &str) -> AgentClass {
+        const BOTS: [&str; 5] = ["bot", "crawler", "spider", "slurp", "facebookexternalhit"];
+        const TOOLS: [&str; 8] =
+            ["curl/", "wget/", "python-requests/", "python-urllib/", "go-http-client/", "httpie/", "okhttp/", "java/"];
+        const MOBILE: [&str; 4] = ["mobile", "android", "iphone", "ipad"];
+        let agent = user_agent.to_ascii_lowercase();
+        if BOTS.iter().any(|bot| agent.contains(bot)) {
+            AgentClass::Bot
+        } else if TOOLS.iter().any(|tool| agent.starts_with(tool)) {
+            AgentClass::Cli
+        } else if MOBILE.iter().any(|word| agent.contains(word)) {
+            AgentClass::Mobile
+        } else if agent.starts_with("mozilla/") || agent.starts_with("opera/") {
+            AgentClass::Browser
+        } else {
+            AgentClass::Other
+        }
+    }
+}
+
+// --- Aggregates ------------------------------------------------------------------
+
+/// A histogram of `u64` values (latencies in µs, sizes in bytes) with a
+/// fixed log-linear layout, as in HdrHistogram: values below 32 each have a
+/// bucket of their own; above that, every power of two is split into 32
+/// equal buckets, so a bucket is never wider than 1/32 of the values in it.
+///
+/// Percentiles are read as the middle of the bucket the exact percentile
+/// falls in, so they are off by at most 1/64 (1.6%). Memory depends on the
+/// range of the values, never on how many there are: at most 1 920 buckets
+/// for the whole `u64` range, about 700 for latencies up to a minute. Keeping
+/// every sample to sort them would grow with the log instead. Histograms
+/// merge exactly, by adding their buckets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Histogram {
+    /// Counts per bucket, up to the highest bucket used so far.
+    buckets: Vec<u64>,
+    samples: u64,
+}
+
+impl Histogram {
+    const SUB_BITS: u32 = 5;
+    const SUB_BUCKETS: u64 = 1 << Self::SUB_BITS;
+
+    pub(crate) fn record(&mut self, value: u64) {
+        let bucket = Self::bucket_of(value);
+        if bucket >= self.buckets.len() {
+            self.buckets.resize(bucket + 1, 0);
+        }
+        self.buckets[bucket] += 1;
+        self.samples += 1;
+    }
+
+    pub(crate) fn merge(&mut self, other: &Histogram) {
+        if other.buckets.len() > self.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.samples += other.samples;
+    }
+
+    /// The `p`th percentile (nearest rank, `p` in 1..=100), read from the
+    /// buckets; `None` if the histogram is empty.
+    pub(crate) fn percentile(&self, p: u64) -> Option<u64> {
+        let rank = (p * self.samples).div_ceil(100).max(1);
+        let mut seen = 0;
+        for (bucket, &count) in self.buckets.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let (low, width) = Self::bucket_range(bucket);
+                return Some(low + (width - 1) / 2);
+            }
+        }
+        None
+    }
+
+    fn bucket_of(value: u64) -> usize {
+        if value < Self::SUB_BUCKETS {
+            return value as usize;
+        }
+        // The position of the highest bit picks the power of two, the next
+        // SUB_BITS bits the bucket inside it.
+        let shift = (63 - value.leading_zeros()) - Self::SUB_BITS;
+        let sub = (value >> shift) - Self::SUB_BUCKETS;
+        ((u64::from(shift) + 1) * Self::SUB_BUCKETS + sub) as usize
+    }
+
+    /// The lowest value of `bucket` and how many values it holds.
+    fn bucket_range(bucket: usize) -> (u64, u64) {
+        let (major, sub) = (bucket as u64 / Self::SUB_BUCKETS, bucket as u64 % Self::SUB_BUCKETS);
+        if major == 0 {
+            return (sub, 1);
+        }
+        let shift = major - 1;
+        ((Self::SUB_BUCKETS + sub) << shift, 1 << shift)
+    }
+}
+
+/// Responses counted by status class, 1xx to 5xx.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct StatusMix([u64; 5]);
+
+impl StatusMix {
+    /// `status` is in 100..600, as `parse` checks.
+    fn record(&mut self, status: u16) {
+        self.0[usize::from(status / 100 - 1)] += 1;
+    }
+
+    fn merge(&mut self, other: &StatusMix) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+
+    /// How many responses had a status in `class`xx (`class` in 1..=5).
+    pub(crate) fn class(&self, class: usize) -> u64 {
+        self.0[class - 1]
+    }
+}
+
+/// Everything known about one route.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RouteStats {
+    pub(crate) requests: u64,
+    pub(crate) statuses: StatusMix,
+    /// Request times, µs (of the requests whose line had one).
+    pub(crate) latency_us: Histogram,
+    /// Response sizes, bytes.
+    pub(crate) bytes: Histogram,
+}
+
+impl RouteStats {
+    fn record(&mut self, hit: &Hit) {
+        self.requests += 1;
+        self.statuses.record(hit.status);
+        if let Some(latency) = hit.latency_us {
+            self.latency_us.record(latency);
+        }
+        self.bytes.record(hit.bytes);
+    }
+
+    fn merge(&mut self, other: &RouteStats) {
+        self.requests += other.requests;
+        self.statuses.merge(&other.statuses);
+        self.latency_us.merge(&other.latency_us);
+        self.bytes.merge(&other.bytes);
+    }
+}
+
+/// The aggregates of a set of hits: what one `aggregate` replica holds, and,
+/// merged, the whole log's.
+///
+/// Its size grows with the number of distinct routes (after normalisation)
+/// and hours, not with the number of lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub(crate) routes: HashMap<String, RouteStats>,
+    /// Indexed like [`AgentClass::ALL`].
+    pub(crate) agents: [u64; AgentClass::ALL.len()],
+    /// Requests per hour since the Unix epoch.
+    pub(crate) hours: BTreeMap<i64, u64>,
+}
+
+impl Summary {
+    pub(crate) fn record(&mut self, hit: Hit) {
+        // First: `requests()` counts hits taken, even one whose recording
+        // were to fail halfway.
+        self.agents[hit.agent as usize] += 1;
+        *self.hours.entry(hit.hour).or_default() += 1;
+        match self.routes.get_mut(&hit.route) {
+            Some(stats) => stats.record(&hit),
+            None => {
+                let mut stats = RouteStats::default();
+                stats.record(&hit);
+                self.routes.insert(hit.route, stats);
+            }
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: &Summary) {
+        for (route, stats) in &other.routes {
+            self.routes.entry(route.clone()).or_default().merge(stats);
+        }
+        for (mine, theirs) in self.agents.iter_mut().zip(other.agents) {
+            *mine += theirs;
+        }
+        for (hour, count) in &other.hours {
+            *self.hours.entry(*hour).or_default() += count;
+        }
+    }
+
+    /// Merges the snapshots of several replicas.
+    pub(crate) fn merged<'a>(parts: impl IntoIterator<Item = &'a Summary>) -> Summary {
+        let mut summary = Summary::default();
+        for part in parts {
+            summary.merge(part);
+        }
+        summary
+    }
+
+    /// Hits recorded.
+    pub(crate) fn requests(&self) -> u64 {
+        self.agents.iter().sum()
+    }
+
+    pub(crate) fn statuses(&self) -> StatusMix {
+        let mut mix = StatusMix::default();
+        for stats in self.routes.values() {
+            mix.merge(&stats.statuses);
+        }
+        mix
+    }
+
+    /// The `n` routes with the most requests, most first (ties by name).
+    pub(crate) fn top_routes(&self, n: usize) -> Vec<(&str, &RouteStats)> {
+        let mut routes: Vec<_> = self.routes.iter().map(|(route, stats)| (route.as_str(), stats)).collect();
+        routes.sort_unstable_by_key(|&(route, stats)| (Reverse(stats.requests), route));
+        routes.truncate(n);
+        routes
+    }
+}
+
+/// The result of a run: what `parse` saw and what `aggregate` built.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub(crate) parse: ParseStats,
+    pub(crate) summary: Summary,
+}
+
+/// The report of `lines`, computed in a plain loop with the functions the
+/// stages use: the reference the pipeline is checked against.
+#[allow(dead_code, reason = "the reference for tests/logs.rs")]
+pub(crate) fn sequential<L: AsRef<str>>(lines: impl IntoIterator<Item = L>) -> Report {
+    let mut report = Report::default();
+    for line in lines {
+        if let Some(request) = report.parse.parse(line.as_ref()) {
+            report.summary.record(enrich(request));
+        }
+    }
+    report
+}
+
+// --- Stages ------------------------------------------------------------------------
+
+/// What the stages answer to (`call_parse`, `call_enrich_all`,
+/// `call_aggregate_all`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Query {
+    /// The stage's state so far: [`ParseStats`] from `parse`,
+    /// [`EnrichCounts`] from each `enrich` replica, a [`Summary`] from each
+    /// `aggregate` replica.
+    Snapshot,
+}
+
+/// One of the log pipelines ([`Logs4`] and the others). The stages are generic over the
+/// pipeline that runs them (`R: Registry`), so that the same stages make up
+/// every one of them.
+///
+/// It is implemented for each pipeline by name rather than for every
+/// `Clone + Send + Sync` type: a pipeline holds its stages, so proving that
+/// it is `Send` through a blanket impl would need its stages to be stages
+/// first, which would need it to be `Send`, and the compiler gives up.
+pub(crate) trait Registry: Clone + Send + Sync + 'static {}
+
+/// `String` → [`Request`]; malformed lines are counted and dropped.
+pub(crate) struct Parse<R> {
+    stats: ParseStats,
+    registry: PhantomData<fn() -> R>,
+}
+
+impl<R: Registry> GenServer for Parse<R> {
+    type Message = Query;
+    type Response = ParseStats;
+    type Registry = R;
+
+    fn new(_: R) -> Self {
+        Parse { stats: ParseStats::default(), registry: PhantomData }
+    }
+
+    async fn handle_call(&mut self, query: Query) -> ParseStats {
+        match query {
+            Query::Snapshot => self.stats.clone(),
+        }
+    }
+
+    async fn handle_cast(&mut self, _: Query) {}
+
+    fn channel_queue_size() -> usize {
+        queue_size()
+    }
+}
+
+impl<R: Registry> Stage for Parse<R> {
+    type In = String;
+    type Out = Request;
+
+    async fn process(&mut self, line: String, out: &mut Emitter<Request>) {
+        if let Some(request) = self.stats.parse(&line) {
+            out.emit(request).await;
+        }
+    }
+}
+
+/// What one `enrich` replica did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EnrichCounts {
+    /// Requests taken, counted before enriching them.
+    pub(crate) requests: u64,
+    /// Hits passed on.
+    pub(crate) hits: u64,
+}
+
+impl EnrichCounts {
+    pub(crate) fn sum(replicas: &[EnrichCounts]) -> EnrichCounts {
+        replicas.iter().fold(EnrichCounts::default(), |sum, r| EnrichCounts {
+            requests: sum.requests + r.requests,
+            hits: sum.hits + r.hits,
+        })
+    }
+}
+
+/// [`Request`] → [`Hit`]; counts what it does.
+pub(crate) struct Enrich<R> {
+    counts: EnrichCounts,
+    registry: PhantomData<fn() -> R>,
+}
+
+impl<R: Registry> GenServer for Enrich<R> {
+    type Message = Query;
+    type Response = EnrichCounts;
+    type Registry = R;
+
+    fn new(_: R) -> Self {
+        Enrich { counts: EnrichCounts::default(), registry: PhantomData }
+    }
+
+    async fn handle_call(&mut self, query: Query) -> EnrichCounts {
+        match query {
+            Query::Snapshot => self.counts,
+        }
+    }
+
+    async fn handle_cast(&mut self, _: Query) {}
+
+    fn channel_queue_size() -> usize {
+        queue_size()
+    }
+}
+
+impl<R: Registry> Stage for Enrich<R> {
+    type In = Request;
+    type Out = Hit;
+
+    async fn process(&mut self, request: Request, out: &mut Emitter<Hit>) {
+        self.counts.requests += 1;
+        let hit = enrich(request);
+        self.counts.hits += 1;
+        out.emit(hit).await;
+    }
+}
+
+/// Records [`Hit`]s into a [`Summary`]; emits nothing (hence `Out =
+/// Infallible`): the summary is read with calls.
+pub(crate) struct Aggregate<R> {
+    summary: Summary,
+    registry: PhantomData<fn() -> R>,
+}
+
+impl<R: Registry> GenServer for Aggregate<R> {
+    type Message = Query;
+    type Response = Summary;
+    type Registry = R;
+
+    fn new(_: R) -> Self {
+        Aggregate { summary: Summary::default(), registry: PhantomData }
+    }
+
+    async fn handle_call(&mut self, query: Query) -> Summary {
+        match query {
+            Query::Snapshot => self.summary.clone(),
+        }
+    }
+
+    async fn handle_cast(&mut self, _: Query) {}
+
+    fn channel_queue_size() -> usize {
+        queue_size()
+    }
+}
+
+impl<R: Registry> Stage for Aggregate<R> {
+    type In = Hit;
+    type Out = Infallible;
+
+    async fn process(&mut self, hit: Hit, _: &mut Emitter<Infallible>) {
+        self.summary.record(hit);
+    }
+}
+
+// --- Pipelines -----------------------------------------------------------------------
+
+/// What the example does with a log pipeline, whatever its number of
+/// `enrich` replicas.
+pub(crate) trait LogPipeline: Clone + Send + Sync + 'static {
+    fn start() -> impl Future<Output = Self> + Send;
+
+    /// Feeds every line, with backpressure; how many went in.
+    fn feed(&self, lines: impl Stream<Item = String> + Send) -> impl Future<Output = Result<u64, BoxError>> + Send;
+
+    fn metrics(&self) -> Metrics;
+
+    /// `call_parse(Query::Snapshot)`.
+    fn parse_stats(&self) -> impl Future<Output = Result<ParseStats, BoxError>> + Send;
+
+    /// `call_enrich_all(Query::Snapshot)`: what each replica did.
+    fn enriched(&self) -> impl Future<Output = Result<Vec<EnrichCounts>, BoxError>> + Send;
+
+    /// `call_aggregate_all(Query::Snapshot)`: each replica's summary.
+    fn summaries(&self) -> impl Future<Output = Result<Vec<Summary>, BoxError>> + Send;
+
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The log pipeline, with `enrich` on four replicas.
+#[genflow::pipeline{
+    parse: Parse<Logs4>,
+    #[replicas(4)]
+    enrich: Enrich<Logs4>,
+    #[replicas(2, partition_by = Hit::route_key)]
+    aggregate: Aggregate<Logs4>,
+}]
+pub(crate) struct Logs4;
+
+/// The log pipeline, with `enrich` on one replica.
+#[genflow::pipeline{
+    parse: Parse<Logs1>,
+    enrich: Enrich<Logs1>,
+    #[replicas(2, partition_by = Hit::route_key)]
+    aggregate: Aggregate<Logs1>,
+}]
+pub(crate) struct Logs1;
+
+/// The log pipeline, with `enrich` on two replicas.
+#[genflow::pipeline{
+    parse: Parse<Logs2>,
+    #[replicas(2)]
+    enrich: Enrich<Logs2>,
+    #[replicas(2, partition_by = Hit::route_key)]
+    aggregate: Aggregate<Logs2>,
+}]
+pub(crate) struct Logs2;
+
+/// The log pipeline, with `enrich` on eight replicas.
+#[genflow::pipeline{
+    parse: Parse<Logs8>,
+    #[replicas(8)]
+    enrich: Enrich<Logs8>,
+    #[replicas(2, partition_by = Hit::route_key)]
+    aggregate: Aggregate<Logs8>,
+}]
+pub(crate) struct Logs8;
+
+/// Implements [`Registry`] and [`LogPipeline`] for the pipelines, and lists
+/// their `enrich` replica counts in [`ENRICH_REPLICAS`].
+macro_rules! log_pipelines {
+    ($($name:ident: $replicas:literal),* $(,)?) => {
+        /// The `enrich` replica counts there is a pipeline for.
+        pub(crate) const ENRICH_REPLICAS: &[usize] = &[$($replicas),*];
+
+        $(
+            impl Registry for $name {}
+
+            impl LogPipeline for $name {
+                async fn start() -> Self {
+                    $name::start().await
+                }
+
+                async fn feed(&self, lines: impl Stream<Item = String> + Send) -> Result<u64, BoxError> {
+                    Ok($name::feed(self, lines).await? as u64)
+                }
+
+                fn metrics(&self) -> Metrics {
+                    $name::metrics(self)
+                }
+
+                async fn parse_stats(&self) -> Result<ParseStats, BoxError> {
+                    Ok(self.call_parse(Query::Snapshot).await?)
+                }
+
+                async fn enriched(&self) -> Result<Vec<EnrichCounts>, BoxError> {
+                    Ok(self.call_enrich_all(Query::Snapshot).await?)
+                }
+
+                async fn summaries(&self) -> Result<Vec<Summary>, BoxError> {
+                    Ok(self.call_aggregate_all(Query::Snapshot).await?)
+                }
+
+                async fn shutdown(&self) {
+                    $name::shutdown(self).await
+                }
+            }
+        )*
+    };
+}
+
+log_pipelines!(Logs1: 1, Logs2: 2, Logs4: 4, Logs8: 8);
+
+/// The metrics of stage `name` of a log pipeline.
+pub(crate) fn stage(metrics: &Metrics, name: &str) -> StageMetrics {
+    metrics.stage(name).unwrap_or_else(|| panic!("a log pipeline has no stage `{name}`"))
+}
+
+/// Waits until every one of the `fed` lines went through all three stages,
+/// then returns the report built from the state of `parse` and of every
+/// `aggregate` replica. The pipeline keeps running: feed it more, or shut it
+/// down, afterwards.
+///
+/// How it knows: each stage counts in its own state what it has taken and
+/// what it has passed on, and tells when called. A call is served between
+/// two items, never in the middle of one, so the counts are exact. Stage by
+/// stage, it asks until the stage has taken everything the previous one
+/// passed on: `parse` every line fed, `enrich` every request `parse` made,
+/// `aggregate` every hit `enrich` made. Then the last answers from `parse`
+/// and `aggregate` cover every line.
+pub(crate) async fn collect_report<P: LogPipeline>(pipeline: &P, fed: u64) -> Result<Report, BoxError> {
+    let parse = ask_until(|| pipeline.parse_stats(), |stats| stats.lines >= fed).await?;
+    let enriched =
+        ask_until(|| pipeline.enriched(), |replicas| EnrichCounts::sum(replicas).requests >= parse.parsed).await?;
+    let hits = EnrichCounts::sum(&enriched).hits;
+    let parts =
+        ask_until(|| pipeline.summaries(), |parts| parts.iter().map(Summary::requests).sum::<u64>() >= hits).await?;
+    Ok(Report { parse, summary: Summary::merged(&parts) })
+}
+
+/// Calls `ask` until its answer is `done`, pausing a millisecond between
+/// calls; returns that answer.
+async fn ask_until<T, F>(mut ask: impl FnMut() -> F, done: impl Fn(&T) -> bool) -> Result<T, BoxError>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    loop {
+        let answer = ask().await?;
+        if done(&answer) {
+            return Ok(answer);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+// --- Input -------------------------------------------------------------------------
+
+/// The lines of `reader`, read one at a time, without their `\n` or `\r\n`.
+/// Bytes that are not UTF-8 are replaced with `�` (such a line then counts
+/// as malformed, like any line `parse` cannot read). The stream ends after
+/// the first read error, which it yields.
+pub(crate) fn read_lines<R>(reader: R) -> impl Stream<Item = io::Result<String>> + Send + 'static
+where
+    R: AsyncBufRead + Unpin + Send + 'static,
+{
+    futures::stream::try_unfold(reader, |mut reader| async move {
+        let mut bytes = Vec::new();
+        if reader.read_until(b'\n', &mut bytes).await? == 0 {
+            return Ok(None);
+        }
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        let line = String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok(Some((line, reader)))
+    })
+}

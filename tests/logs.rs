@@ -1,0 +1,289 @@
+//! Tests of the `logs` example: its pipeline must compute exactly what a
+//! plain sequential loop computes, on generated input and on a file read
+//! line by line; its parser, route normalisation, user-agent classes and
+//! histograms must do what they say.
+
+#[allow(dead_code, reason = "the example's modules; the tests use part of them")]
+#[path = "../examples/logs/gen.rs"]
+mod generator;
+#[allow(dead_code, reason = "the example's modules; the tests use part of them")]
+#[path = "../examples/logs/pipeline.rs"]
+mod pipeline;
+
+use std::{collections::HashMap, path::PathBuf, time::Duration};
+
+use futures::{StreamExt, stream};
+use pipeline::{
+    AgentClass, LogPipeline, Logs1, Logs2, Logs4, Logs8, Method, Report, collect_report, enrich, parse_line,
+    read_lines, route, sequential, stage,
+};
+
+const SEED: u64 = generator::DEFAULT_SEED;
+
+/// Feeds `lines` through pipeline `P`, collects the report (with a
+/// deadline), checks that every line is accounted for, and shuts down.
+async fn run_pipeline<P: LogPipeline>(lines: Vec<String>) -> Report {
+    let count = lines.len() as u64;
+    let pipeline = P::start().await;
+    let fed = pipeline.feed(stream::iter(lines)).await.expect("the pipeline is running");
+    assert_eq!(fed, count);
+    let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
+        .await
+        .expect("every line went through in time")
+        .expect("the stages answer");
+    pipeline.shutdown().await;
+
+    let metrics = pipeline.metrics();
+    let (parse, enrich, aggregate) =
+        (stage(&metrics, "parse"), stage(&metrics, "enrich"), stage(&metrics, "aggregate"));
+    assert_eq!(parse.received, fed, "{metrics}");
+    assert_eq!(parse.emitted + report.parse.malformed, parse.received, "{metrics}");
+    assert_eq!(report.parse.parsed, parse.emitted, "{metrics}");
+    assert_eq!(enrich.received, parse.emitted, "{metrics}");
+    assert_eq!(aggregate.received, enrich.emitted, "{metrics}");
+    assert_eq!(report.summary.requests(), aggregate.received, "{metrics}");
+    assert_eq!(parse.failed + enrich.failed + aggregate.failed, 0, "{metrics}");
+    report
+}
+
+fn generated(count: u64) -> Vec<String> {
+    generator::access_log(count, SEED).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_report_equals_the_sequential_one() {
+    let lines = generated(20_000);
+    let expected = sequential(&lines);
+    let report = run_pipeline::<Logs4>(lines).await;
+
+    // The parts that matter, one by one for readable failures, then all.
+    assert_eq!(report.parse, expected.parse);
+    assert_eq!(report.summary.statuses(), expected.summary.statuses());
+    assert_eq!(report.summary.agents, expected.summary.agents);
+    assert_eq!(report.summary.hours, expected.summary.hours);
+    assert_eq!(report.summary.routes.len(), expected.summary.routes.len());
+    for (route, stats) in &expected.summary.routes {
+        let got = &report.summary.routes[route];
+        assert_eq!(got.requests, stats.requests, "{route}");
+        assert_eq!(got.statuses, stats.statuses, "{route}");
+        for p in [50, 95, 99] {
+            assert_eq!(got.latency_us.percentile(p), stats.latency_us.percentile(p), "{route} latency p{p}");
+            assert_eq!(got.bytes.percentile(p), stats.bytes.percentile(p), "{route} size p{p}");
+        }
+    }
+    assert_eq!(report, expected);
+
+    // The input is what it claims to be.
+    assert_eq!(report.parse.lines, 20_000);
+    let malformed = report.parse.malformed;
+    assert!((50..=150).contains(&malformed), "about 0.5% malformed, got {malformed}");
+    assert_eq!(report.parse.examples.len(), 3);
+    assert!(report.summary.routes.len() >= 20, "{} routes", report.summary.routes.len());
+    assert!(AgentClass::ALL.iter().all(|&class| report.summary.agents[class as usize] > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_count_gives_the_same_report() {
+    let lines = generated(5_000);
+    let expected = sequential(&lines);
+    assert_eq!(run_pipeline::<Logs1>(lines.clone()).await, expected);
+    assert_eq!(run_pipeline::<Logs2>(lines.clone()).await, expected);
+    assert_eq!(run_pipeline::<Logs8>(lines).await, expected);
+}
+
+/// Lines that arrive a few at a time, as from a pipe, leave stages with
+/// partial batches in flight when the feed ends: the report must still
+/// cover every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_input_is_reported_in_full() {
+    let lines = generated(2_000);
+    let expected = sequential(&lines);
+    for round in 0..20 {
+        let trickle = stream::iter(lines.clone()).enumerate().then(|(i, line)| async move {
+            if i % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+            line
+        });
+        let pipeline = Logs2::start().await;
+        let fed = LogPipeline::feed(&pipeline, trickle).await.expect("the pipeline is running");
+        let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
+            .await
+            .expect("every line went through in time")
+            .expect("the stages answer");
+        pipeline.shutdown().await;
+        assert_eq!(report, expected, "round {round}");
+    }
+}
+
+/// A file in the temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(contents: &[u8]) -> TempFile {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let path = std::env::temp_dir().join(format!("genflow-logs-test-{}-{nanos}.log", std::process::id()));
+        std::fs::write(&path, contents).expect("the temporary directory is writable");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_file_is_read_line_by_line() {
+    // Generated lines with `\n`, one with `\r\n`, one with bytes that are not
+    // UTF-8, and a last line without a line ending.
+    let lines = generated(3_000);
+    let mut contents = Vec::new();
+    for line in &lines {
+        contents.extend_from_slice(line.as_bytes());
+        contents.push(b'\n');
+    }
+    contents.extend_from_slice(lines[0].as_bytes());
+    contents.extend_from_slice(b"\r\n");
+    contents
+        .extend_from_slice(b"10.0.0.1 - - [10/Mar/2024:13:55:36 +0000] \"GET /caf\xe9 HTTP/1.1\" 200 5 \"-\" \"-\"\n");
+    contents.extend_from_slice(lines[1].as_bytes());
+    let file = TempFile::new(&contents);
+
+    let reader = tokio::io::BufReader::new(tokio::fs::File::open(&file.0).await.expect("just written"));
+    let read: Vec<String> = read_lines(reader).map(|line| line.expect("the file is readable")).collect().await;
+    assert_eq!(read.len(), lines.len() + 3);
+    assert_eq!(read[..lines.len()], lines[..]);
+    assert_eq!(read[lines.len()], lines[0], "`\\r\\n` is removed");
+    assert!(read[lines.len() + 1].contains("/caf\u{FFFD} "), "{}", read[lines.len() + 1]);
+    assert_eq!(read[lines.len() + 2], lines[1]);
+
+    // Streamed from the file straight into the pipeline.
+    let expected = sequential(&read);
+    let pipeline = Logs2::start().await;
+    let reader = tokio::io::BufReader::new(tokio::fs::File::open(&file.0).await.expect("just written"));
+    let fed = pipeline.feed(read_lines(reader).map(|line| line.expect("the file is readable"))).await.unwrap() as u64;
+    assert_eq!(fed, read.len() as u64);
+    let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
+        .await
+        .expect("every line went through in time")
+        .expect("the stages answer");
+    pipeline.shutdown().await;
+    assert_eq!(report, expected);
+    assert_eq!(report.summary.routes["GET /caf\u{FFFD}"].requests, 1);
+}
+
+#[test]
+fn histogram_percentiles_are_within_half_a_bucket_of_the_exact_ones() {
+    // Every latency and size per route, kept whole to compute the exact
+    // percentiles the histograms approximate.
+    let mut samples: HashMap<String, (Vec<u64>, Vec<u64>)> = HashMap::new();
+    let lines = generated(20_000);
+    for request in lines.iter().filter_map(|line| parse_line(line)) {
+        let hit = enrich(request);
+        let (latencies, sizes) = samples.entry(hit.route).or_default();
+        latencies.extend(hit.latency_us);
+        sizes.push(hit.bytes);
+    }
+    let report = sequential(&lines);
+    let exact = |values: &mut Vec<u64>, p: u64| {
+        values.sort_unstable();
+        let rank = (p * values.len() as u64).div_ceil(100).max(1);
+        values[rank as usize - 1]
+    };
+    for (route, (latencies, sizes)) in &mut samples {
+        let stats = &report.summary.routes[route];
+        for p in [50, 95, 99] {
+            for (histogram, values) in [(&stats.latency_us, &mut *latencies), (&stats.bytes, &mut *sizes)] {
+                let (approx, exact) = (histogram.percentile(p).unwrap(), exact(values, p));
+                assert!(approx.abs_diff(exact) <= exact / 64 + 1, "{route} p{p}: {approx} vs exact {exact}");
+            }
+        }
+    }
+}
+
+#[test]
+fn parses_the_combined_format_with_and_without_extras() {
+    let line = r#"203.0.113.7 - frank [10/Mar/2024:13:55:36 +0100] "GET /users/1?x=\"y\" HTTP/1.1" 200 1534 "-" "curl/8.4.0" 0.042"#;
+    let request = parse_line(line).expect("a valid line");
+    assert_eq!(request.time, 1_710_078_936 - 3600, "13:55:36 at +01:00 is 12:55:36 UTC");
+    assert_eq!(request.method, Method::Get);
+    assert_eq!(request.target, r#"/users/1?x=\"y\""#);
+    assert_eq!((request.status, request.bytes), (200, 1534));
+    assert_eq!(request.user_agent, "curl/8.4.0");
+    assert_eq!(request.latency_us, Some(42_000));
+
+    // Common log format: no referer, agent or request time; `-` bytes.
+    let request = parse_line(r#"::1 - - [29/Feb/2024:00:00:00 -0000] "PROPFIND / HTTP/1.0" 304 -"#).expect("valid");
+    assert_eq!(request.time, 1_709_164_800);
+    assert_eq!((request.method, request.bytes, request.latency_us), (Method::Other, 0, None));
+    assert_eq!(request.user_agent, "");
+
+    for malformed in [
+        "",
+        "203.0.113.7 - - [10/Mar/2024:13:55:36 +0000] \"GET /users/1 HTT",
+        r#"203.0.113.7 - - [10/Mar/2024:13:55:36 +0000] "\x16\x03\x01\x02\x00" 400 157 "-" "-" 0.001"#,
+        r#"203.0.113.7 - - [10/Mar/2024:13:55:36 +0000] "GET / HTTP/1.1" 999 1 "-" "-""#,
+        r#"203.0.113.7 - - [31/Foo/2024:13:55:36 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#,
+        r#"not-an-ip - - [10/Mar/2024:13:55:36 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#,
+        "2024/03/10 13:55:36 [error] 1234#1234: *5 upstream timed out",
+    ] {
+        assert_eq!(parse_line(malformed), None, "{malformed:?}");
+    }
+}
+
+#[test]
+fn routes_replace_ids_uuids_and_hex_fingerprints() {
+    let cases = [
+        (Method::Get, "/users/123/orders/456?full=1", "GET /users/:id/orders/:id"),
+        (Method::Delete, "/api/v1/sessions/0b5e6f7a-1c2d-4e3f-8a9b-0c1d2e3f4a5b", "DELETE /api/v1/sessions/:uuid"),
+        (Method::Get, "/static/js/app.3f9a2c1b9e4d.js", "GET /static/js/app.:hex.js"),
+        (Method::Get, "/images/products/77/thumb.webp", "GET /images/products/:id/thumb.webp"),
+        (Method::Get, "/about/facade", "GET /about/facade"),
+        (Method::Get, "/", "GET /"),
+        (Method::Options, "*", "OPTIONS (other)"),
+    ];
+    for (method, target, expected) in cases {
+        assert_eq!(route(method, target), expected, "{target}");
+    }
+}
+
+#[test]
+fn user_agents_fall_into_classes() {
+    let cases = [
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/122.0.0.0 Safari/537.36",
+            AgentClass::Browser,
+        ),
+        ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_3_1 like Mac OS X) Mobile/15E148 Safari/604.1", AgentClass::Mobile),
+        (
+            "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X) Mobile Safari/537.36 (compatible; Googlebot/2.1)",
+            AgentClass::Bot,
+        ),
+        ("curl/8.4.0", AgentClass::Cli),
+        ("python-requests/2.31.0", AgentClass::Cli),
+        ("-", AgentClass::Other),
+        ("", AgentClass::Other),
+    ];
+    for (agent, class) in cases {
+        assert_eq!(AgentClass::of(agent), class, "{agent}");
+    }
+}
+
+#[tokio::test]
+async fn the_generator_is_deterministic_and_lazy() {
+    let first: Vec<String> = generator::access_log(1_000, SEED).collect();
+    assert_eq!(first, generator::access_log(1_000, SEED).collect::<Vec<_>>());
+    assert_ne!(first, generator::access_log(1_000, SEED + 1).collect::<Vec<_>>());
+    // The stream makes lines as they are asked for: taking 10 of a billion
+    // is instant.
+    let some: Vec<String> = generator::access_log_stream(1_000_000_000, SEED).take(10).collect().await;
+    assert_eq!(some.len(), 10);
+    // One day of traffic, in order.
+    let times: Vec<i64> = first.iter().filter_map(|line| parse_line(line)).map(|r| r.time).collect();
+    assert!(times.windows(2).all(|pair| pair[0] <= pair[1]));
+    let all: Vec<i64> = generated(50_000).iter().filter_map(|line| parse_line(line)).map(|r| r.time).collect();
+    let (first, last) = (all[0], all[all.len() - 1]);
+    assert!(first >= 1_710_028_800 && last < 1_710_028_800 + 86_400 && last - first > 86_000, "{first}..{last}");
+}
