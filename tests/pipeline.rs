@@ -351,6 +351,10 @@ async fn a_call_is_served_between_the_items_of_a_batch() {
     cfg.gate.add_permits(1);
     let seen = tokio::time::timeout(Duration::from_secs(10), call).await.expect("served before the batch ended");
     assert_eq!(seen.unwrap(), 2, "answered after item 1, before item 2");
+    // The metrics were published before the call was served: 5 items taken,
+    // 2 done, 3 in progress.
+    let tail = flow.metrics().stage("tail").unwrap();
+    assert_eq!((tail.received, tail.processed), (5, 2));
     cfg.gate.add_permits(3);
     flow.shutdown().await;
     assert_eq!(drain.await.unwrap(), [0, 1, 2, 3, 4]);
@@ -516,6 +520,9 @@ async fn metrics_add_up_and_name_the_bottleneck() {
     assert_eq!(fanout.emitted, expected_fanout(0..3_000).len() as u64);
     assert_eq!(total.emitted, out);
     assert_eq!(double.queued + fanout.queued + total.queued, 0);
+    for stage in [&double, &fanout, &total] {
+        assert_eq!(stage.processed, stage.received, "{} is idle", stage.name);
+    }
     assert_eq!(double.capacity, 1_000);
     assert!(m.stage("nope").is_none());
     assert!(m.bottleneck().is_some());

@@ -8,6 +8,7 @@ use std::{
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     received: AtomicU64,
+    processed: AtomicU64,
     emitted: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
@@ -19,6 +20,7 @@ pub(crate) struct Counters {
 #[derive(Debug, Default)]
 pub(crate) struct Delta {
     pub(crate) received: u64,
+    pub(crate) processed: u64,
     pub(crate) emitted: u64,
     pub(crate) failed: u64,
     pub(crate) dropped: u64,
@@ -34,6 +36,7 @@ impl Counters {
             }
         };
         add(&self.received, delta.received);
+        add(&self.processed, delta.processed);
         add(&self.emitted, delta.emitted);
         add(&self.failed, delta.failed);
         add(&self.dropped, delta.dropped);
@@ -45,6 +48,7 @@ impl Counters {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         ReplicaMetrics {
             received: get(&self.received),
+            processed: get(&self.processed),
             emitted: get(&self.emitted),
             failed: get(&self.failed),
             dropped: get(&self.dropped),
@@ -60,6 +64,8 @@ impl Counters {
 pub struct ReplicaMetrics {
     /// Items this replica took from its queue.
     pub received: u64,
+    /// Items it is done with: `process` returned (or panicked).
+    pub processed: u64,
     /// Items it emitted.
     pub emitted: u64,
     /// Items whose `process` panicked.
@@ -75,9 +81,16 @@ pub struct ReplicaMetrics {
 
 /// A snapshot of one stage's counts, summed over its replicas.
 ///
-/// Every item a stage received was either processed (it emitted 0, 1 or many
-/// items for it) or failed: for a stage that emits one item per input,
-/// `received == emitted + failed` once the stage is idle.
+/// Every item a stage received is processed: it emitted 0, 1 or many items
+/// for it, or failed. `received - processed` items are in progress (taken
+/// from the queue in a batch, not done yet); once the stage is idle,
+/// `processed == received`, and for a stage that emits one item per input,
+/// `emitted + failed == processed`.
+///
+/// Counts are published as a replica goes: `processed` and `failed` after
+/// each batch, and also before the replica serves a call or cast in the
+/// middle of a batch, so a call made after `processed` reached `n` sees the
+/// effect of those `n` items.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StageMetrics {
@@ -85,6 +98,8 @@ pub struct StageMetrics {
     pub name: &'static str,
     /// Items taken from the stage's queue.
     pub received: u64,
+    /// Items done: `process` returned (or panicked).
+    pub processed: u64,
     /// Items emitted downstream.
     pub emitted: u64,
     /// Items whose `process` panicked.
@@ -108,6 +123,7 @@ impl StageMetrics {
         let mut stage = StageMetrics { name, queued, capacity, ..StageMetrics::default() };
         for r in &replicas {
             stage.received += r.received;
+            stage.processed += r.processed;
             stage.emitted += r.emitted;
             stage.failed += r.failed;
             stage.dropped += r.dropped;

@@ -112,12 +112,12 @@ pub(crate) async fn run<S: Stage>(
     let left = batch.items.len() as u64;
     if left > 0 {
         batch.items.clear();
-        counters.add(&Delta { failed: left, ..Delta::default() });
+        counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
         out.end_batch(batch.first, left).await;
     }
     while let Some(first) = poll_fn(|cx| input.poll_pop_numbered(cx, &mut batch.items, BATCH)).await {
         let n = batch.items.len() as u64;
-        counters.add(&Delta { received: n, failed: n, ..Delta::default() });
+        counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
         batch.items.clear();
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
@@ -156,6 +156,7 @@ async fn process_batch<S: Stage>(
             .await
         };
         done += 1;
+        delta.processed += 1;
         if let Err(panic) = processed {
             delta.failed += 1;
             report::<S>("process", &panic);
@@ -164,7 +165,11 @@ async fn process_batch<S: Stage>(
             // A stage that awaits per item is slow: send its output now.
             out.flush().await;
         }
-        if !batch.items.is_empty() {
+        if !batch.items.is_empty() && control.state.take_mail() {
+            // Publish what is done, so a call sees metrics as current as
+            // the state it reads.
+            counters.add(&Delta { processed: delta.processed, failed: delta.failed, ..Delta::default() });
+            (delta.processed, delta.failed) = (0, 0);
             result = serve_waiting(server, control).await;
             if result.is_err() {
                 break;
@@ -180,9 +185,6 @@ async fn process_batch<S: Stage>(
 
 /// Handles the calls and casts already waiting, without waiting for more.
 async fn serve_waiting<S: Stage>(server: &mut S, control: &mut Inbox<S>) -> Result<(), Crashed> {
-    if !control.state.take_mail() {
-        return Ok(());
-    }
     while let Ok(envelope) = control.rx.try_recv() {
         handle(server, envelope).await?;
     }

@@ -64,6 +64,9 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
                 }
             }
 
+            // Generated methods a program does not use are not dead code
+            // to warn about.
+            #[allow(dead_code)]
             impl #ident {
                 #start
 
