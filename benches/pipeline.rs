@@ -1,6 +1,7 @@
 //! Pipeline throughput under backpressure, against a hand-written chain of
 //! bounded `tokio::sync::mpsc` channels with one task per stage (same queue
-//! size, same work per item), on the same 2-worker runtime.
+//! size, same work per item), on the same 2-worker runtime. On both sides
+//! the items are fed by a task on that runtime.
 //!
 //! ```text
 //! cargo bench --bench pipeline
@@ -201,18 +202,30 @@ struct R4 {
 result!(S1Q16, S1Q1000, S3Q16, S3Q1000, S8Q16, S8Q1000, R1, R2, R4);
 
 /// Runs one pipeline over `0..items`: start, feed, drain; returns the sum.
+/// The feeder is a task on the runtime, like the stages (and like the
+/// baseline's feeder).
 macro_rules! run_genflow {
     ($p:ident, $items:expr) => {{
-        let result = Arc::new(AtomicU64::new(0));
-        let pipeline = $p::start(result.clone()).await;
-        pipeline.feed(futures::stream::iter(0..$items)).await.unwrap();
-        pipeline.shutdown().await;
-        result.load(Ordering::Relaxed)
+        tokio::spawn(async move {
+            let result = Arc::new(AtomicU64::new(0));
+            let pipeline = $p::start(result.clone()).await;
+            pipeline.feed(futures::stream::iter(0..$items)).await.unwrap();
+            pipeline.shutdown().await;
+            result.load(Ordering::Relaxed)
+        })
+        .await
+        .unwrap()
     }};
 }
 
-/// The hand-written chain: one task per stage, bounded channels of `queue`.
+/// The hand-written chain: one task per stage, bounded channels of `queue`,
+/// fed by a task on the runtime.
 async fn run_chain(ops: &[Op], queue: usize, items: u64) -> u64 {
+    let ops = ops.to_vec();
+    tokio::spawn(async move { chain(&ops, queue, items).await }).await.unwrap()
+}
+
+async fn chain(ops: &[Op], queue: usize, items: u64) -> u64 {
     let (head, mut rx) = mpsc::channel::<u64>(queue);
     for &op in ops {
         let (tx, next_rx) = mpsc::channel::<u64>(queue);

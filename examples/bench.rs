@@ -255,8 +255,12 @@ fn main() {
     );
     let (mut ours, mut theirs, mut last_report) = (Vec::new(), Vec::new(), None);
     for _ in 0..args.runs {
-        let (elapsed, sum, report) = runtime.block_on(run_genflow(args.stages, &args.replicas, args.items));
-        let (chain_elapsed, chain_sum) = runtime.block_on(run_chain(args.stages, args.queue as usize, args.items));
+        // Both sides are fed by a task on the runtime.
+        let replicas = args.replicas.clone();
+        let genflow = runtime.spawn(async move { run_genflow(args.stages, &replicas, args.items).await });
+        let (elapsed, sum, report) = runtime.block_on(genflow).expect("the genflow run does not panic");
+        let chain = runtime.spawn(run_chain(args.stages, args.queue as usize, args.items));
+        let (chain_elapsed, chain_sum) = runtime.block_on(chain).expect("the chain run does not panic");
         assert_eq!(sum, chain_sum, "both sides compute the same sum");
         ours.push(elapsed);
         theirs.push(chain_elapsed);
