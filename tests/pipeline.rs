@@ -571,3 +571,75 @@ async fn abort_ends_the_output_and_fails_senders() {
     assert!(out.is_empty());
     assert!(matches!(small.send(1).await, Err(SendError::Closed(1))));
 }
+
+/// Groups items in batches of `BATCH_OF`; the last, shorter batch is emitted
+/// by `finish`.
+struct Batcher {
+    batch: Vec<u64>,
+}
+
+const BATCH_OF: usize = 100;
+
+/// Counts the items in the batches it gets; emits the count at the end.
+struct Counter {
+    items: u64,
+}
+
+macro_rules! plain_stage {
+    ($ty:ident, $new:expr) => {
+        impl GenServer for $ty {
+            type Message = ();
+            type Response = ();
+            type Registry = Batches;
+            fn new(_: Batches) -> Self {
+                $new
+            }
+            async fn handle_call(&mut self, _: ()) {}
+            async fn handle_cast(&mut self, _: ()) {}
+        }
+    };
+}
+plain_stage!(Batcher, Batcher { batch: Vec::new() });
+plain_stage!(Counter, Counter { items: 0 });
+
+impl Stage for Batcher {
+    type In = u64;
+    type Out = Vec<u64>;
+    async fn process(&mut self, item: u64, out: &mut Emitter<Vec<u64>>) {
+        self.batch.push(item);
+        if self.batch.len() == BATCH_OF {
+            out.emit(std::mem::take(&mut self.batch)).await;
+        }
+    }
+    async fn finish(&mut self, out: &mut Emitter<Vec<u64>>) {
+        if !self.batch.is_empty() {
+            out.emit(std::mem::take(&mut self.batch)).await;
+        }
+    }
+}
+
+impl Stage for Counter {
+    type In = Vec<u64>;
+    type Out = u64;
+    async fn process(&mut self, batch: Vec<u64>, _: &mut Emitter<u64>) {
+        self.items += batch.len() as u64;
+    }
+    async fn finish(&mut self, out: &mut Emitter<u64>) {
+        out.emit(self.items).await;
+    }
+}
+
+#[genflow::pipeline{ batcher: Batcher, counter: Counter }]
+struct Batches;
+
+#[tokio::test]
+async fn finish_emits_at_the_end_of_the_input_and_feeds_the_next_stage() {
+    let batches = Batches::start().await;
+    let output = tokio::spawn(batches.output().unwrap().collect::<Vec<u64>>());
+    batches.feed(stream::iter(0..1_234)).await.unwrap();
+    batches.shutdown().await;
+    // The batcher's last 34 items reached the counter before its own end.
+    assert_eq!(output.await.unwrap(), [1_234]);
+    let batcher = batches.metrics().stage("batcher").unwrap();
+    assert_eq!((batcher.received, batcher.emitted), (1_234, 13));
+}

@@ -417,3 +417,46 @@ async fn call_all_sees_each_replica_state_in_replica_order() {
     pipeline.shutdown().await;
     assert_eq!(drain.await.unwrap(), 2_970);
 }
+
+// --- finish ------------------------------------------------------------------------
+
+/// Passes items on, tagged `false`; at the end of the input, emits how many
+/// items this replica saw, tagged `true`.
+struct Tally(Replica<Tallies>);
+replica_server!(Tally, Tallies);
+
+impl Stage for Tally {
+    type In = u64;
+    type Out = (bool, u64);
+    async fn process(&mut self, n: u64, out: &mut Emitter<(bool, u64)>) {
+        for _ in 0..mix(n) % 3 {
+            tokio::task::yield_now().await;
+        }
+        self.0.seen += 1;
+        out.emit((false, n)).await;
+    }
+
+    async fn finish(&mut self, out: &mut Emitter<(bool, u64)>) {
+        out.emit((true, self.0.seen)).await;
+    }
+}
+
+#[genflow::pipeline{ #[replicas(4, ordered)] tally: Tally }]
+struct Tallies {
+    ids: Arc<AtomicUsize>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_finish_outputs_come_after_every_input() {
+    let pipeline = Tallies::start(Arc::default()).await;
+    let output = pipeline.output().unwrap();
+    let collect = tokio::spawn(output.collect::<Vec<(bool, u64)>>());
+    pipeline.feed(stream::iter(0..5_000u64)).await.unwrap();
+    pipeline.shutdown().await;
+    let got = collect.await.unwrap();
+    let (items, tallies) = got.split_at(5_000);
+    assert_eq!(items, (0..5_000).map(|n| (false, n)).collect::<Vec<_>>());
+    assert_eq!(tallies.len(), 4, "one per replica: {tallies:?}");
+    assert!(tallies.iter().all(|&(last, _)| last));
+    assert_eq!(tallies.iter().map(|&(_, seen)| seen).sum::<u64>(), 5_000);
+}

@@ -112,6 +112,23 @@ impl<T: Send> Emitter<T> {
         });
     }
 
+    /// Called once, after the replica's last batch and its `Stage::finish`:
+    /// sends what `finish` emitted.
+    pub(crate) async fn end_input(&mut self) {
+        let Some(order) = &self.order else {
+            return self.flush().await;
+        };
+        let items = std::mem::take(&mut self.buf);
+        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+        let blocked_before = self.blocked;
+        order.end_replica(items, &mut self.blocked, &mut self.dropped).await;
+        self.counters.add(&Delta {
+            dropped: std::mem::take(&mut self.dropped),
+            blocked: self.blocked - blocked_before,
+            ..Delta::default()
+        });
+    }
+
     async fn send_buffered(&mut self) {
         self.link.target.send(&mut self.buf, &mut self.blocked, &mut self.dropped).await;
     }

@@ -17,7 +17,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -46,6 +46,8 @@ pub(crate) struct Reorder<T> {
     pending: Mutex<Pending<T>>,
     /// Set while one replica is sending chunks downstream.
     sending: AtomicBool,
+    /// Replicas whose input has not ended yet.
+    live: AtomicUsize,
     link: Link<T>,
     input: Arc<dyn Limit>,
     window: u64,
@@ -59,6 +61,8 @@ struct Pending<T> {
     chunks: BTreeMap<u64, (u64, Vec<T>)>,
     /// Emptied buffers, for the next chunks.
     spare: Vec<Vec<T>>,
+    /// What the replicas emitted in `Stage::finish`: sent after every chunk.
+    last: Vec<T>,
 }
 
 impl<T> Pending<T> {
@@ -81,8 +85,9 @@ impl<T: Send> Reorder<T> {
         let window = window(replicas);
         input.set_limit(window);
         Reorder {
-            pending: Mutex::new(Pending { next: 0, chunks: BTreeMap::new(), spare: Vec::new() }),
+            pending: Mutex::new(Pending { next: 0, chunks: BTreeMap::new(), spare: Vec::new(), last: Vec::new() }),
             sending: AtomicBool::new(false),
+            live: AtomicUsize::new(replicas),
             link,
             input,
             window,
@@ -110,6 +115,27 @@ impl<T: Send> Reorder<T> {
         dropped: &mut u64,
     ) {
         self.lock().chunks.insert(first, (inputs, items));
+        self.release(blocked, dropped).await;
+    }
+
+    /// A replica's input ended and every chunk of it was handed over; `items`
+    /// is what it emitted in `Stage::finish`. The last replica to end sends
+    /// what is left, then every replica's `items`.
+    pub(crate) async fn end_replica(&self, items: Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+        self.lock().last.extend(items);
+        if self.live.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        // Every other replica has handed over all its chunks and is done
+        // sending: what remains is ready, in order.
+        self.release(blocked, dropped).await;
+        let mut last = std::mem::take(&mut self.lock().last);
+        self.link.send(&mut last, blocked, dropped).await;
+    }
+
+    /// Sends on every chunk that is ready, unless another replica is already
+    /// doing so.
+    async fn release(&self, blocked: &mut Duration, dropped: &mut u64) {
         loop {
             if self.sending.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
                 return;

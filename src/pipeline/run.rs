@@ -44,6 +44,8 @@ pub(crate) async fn run<S: Stage>(
     let mut restarts = Restarts::new(S::restart_limit());
     // The items taken but not processed yet, and the number of the first.
     let mut batch = Batch { items: VecDeque::with_capacity(BATCH), first: 0 };
+    // Whether the input ended and `finish` ran.
+    let mut ended = false;
     'life: loop {
         let Some(mut server) = boot::<S>(&registry, &mut restarts).await else {
             break 'life;
@@ -86,6 +88,16 @@ pub(crate) async fn run<S: Stage>(
                     counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
                 }
                 Work::InputDone => {
+                    // Let the stage emit what it still holds (once, even if
+                    // a call below panics and the state is rebuilt).
+                    if !ended {
+                        ended = true;
+                        let finished = AssertUnwindSafe(server.finish(&mut out)).catch_unwind().await;
+                        if let Err(panic) = finished {
+                            report::<S>("finish", &panic);
+                        }
+                        out.end_input().await;
+                    }
                     // Serve the calls and casts already queued, then end.
                     control.rx.close();
                     while let Some(envelope) = control.rx.recv().await {
@@ -121,6 +133,9 @@ pub(crate) async fn run<S: Stage>(
         batch.items.clear();
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
+    }
+    if !ended {
+        out.end_input().await;
     }
 }
 

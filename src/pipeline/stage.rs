@@ -36,4 +36,70 @@ pub trait Stage: GenServer {
 
     /// Processes one item, emitting any number of items downstream.
     fn process(&mut self, item: Self::In, out: &mut Emitter<Self::Out>) -> impl Future<Output = ()> + Send;
+
+    /// Called once when the stage's input has ended (the pipeline is shutting
+    /// down) and every item was processed, before the last queued calls and
+    /// casts are served and [`terminate`](GenServer::terminate) runs: the
+    /// place to emit what the stage still holds, such as a partial batch or
+    /// a final aggregate. Does nothing by default.
+    ///
+    /// With replicas, each replica's `finish` runs when it is done. With
+    /// `#[replicas(N, ordered)]`, what `finish` emits leaves after the
+    /// outputs of every input. A panic in `finish` is logged; what it emitted
+    /// before panicking is kept.
+    ///
+    /// ```
+    /// use genflow::{Emitter, GenServer, Stage};
+    ///
+    /// /// Groups items in batches of 100 (the last one may be shorter).
+    /// struct Batcher {
+    ///     batch: Vec<u64>,
+    /// }
+    ///
+    /// impl Stage for Batcher {
+    ///     type In = u64;
+    ///     type Out = Vec<u64>;
+    ///
+    ///     async fn process(&mut self, item: u64, out: &mut Emitter<Vec<u64>>) {
+    ///         self.batch.push(item);
+    ///         if self.batch.len() == 100 {
+    ///             out.emit(std::mem::take(&mut self.batch)).await;
+    ///         }
+    ///     }
+    ///
+    ///     async fn finish(&mut self, out: &mut Emitter<Vec<u64>>) {
+    ///         if !self.batch.is_empty() {
+    ///             out.emit(std::mem::take(&mut self.batch)).await;
+    ///         }
+    ///     }
+    /// }
+    /// # impl GenServer for Batcher {
+    /// #     type Message = ();
+    /// #     type Response = ();
+    /// #     type Registry = Batches;
+    /// #     fn new(_: Batches) -> Self {
+    /// #         Batcher { batch: Vec::new() }
+    /// #     }
+    /// #     async fn handle_call(&mut self, _: ()) {}
+    /// #     async fn handle_cast(&mut self, _: ()) {}
+    /// # }
+    ///
+    /// #[genflow::pipeline{ batcher: Batcher }]
+    /// struct Batches;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let batches = Batches::start().await;
+    /// let output = tokio::spawn(futures::StreamExt::collect::<Vec<_>>(batches.output().unwrap()));
+    /// batches.feed(futures::stream::iter(0..250)).await?;
+    /// batches.shutdown().await;
+    /// let sizes: Vec<usize> = output.await?.iter().map(Vec::len).collect();
+    /// assert_eq!(sizes, [100, 100, 50]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn finish(&mut self, out: &mut Emitter<Self::Out>) -> impl Future<Output = ()> + Send {
+        let _ = out;
+        async {}
+    }
 }
