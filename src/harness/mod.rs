@@ -53,6 +53,9 @@
 //!   next queue. The *bottleneck* is the stage with the highest busy share:
 //!   the stages before it are blocked on it, the stages after it idle.
 //!   Adding replicas to it (or making it faster) is what raises throughput.
+//! - `idle` is the rest of the run: time waiting for input. If the first
+//!   stage is mostly idle, the feeder (whatever produces the items) is the
+//!   limit, not the pipeline.
 //! - `queue avg`/`max` is how full the stage's input queue was, sampled at
 //!   [`Harness::sample_every`]. A full queue in front of the bottleneck and
 //!   empty queues after it is the usual picture under backpressure.

@@ -92,8 +92,8 @@ impl fmt::Display for Report {
         let width = self.metrics.stages().iter().map(|s| s.name.len()).max().unwrap_or(0).max(5);
         writeln!(
             f,
-            "  {:<width$} {:>8} {:>11} {:>11} {:>7} {:>6} {:>8} {:>10} {:>10}",
-            "stage", "replicas", "received", "emitted", "failed", "busy", "blocked", "queue avg", "queue max"
+            "  {:<width$} {:>8} {:>11} {:>11} {:>7} {:>6} {:>8} {:>6} {:>10} {:>10}",
+            "stage", "replicas", "received", "emitted", "failed", "busy", "blocked", "idle", "queue avg", "queue max"
         )?;
         let bottleneck = self.bottleneck();
         let run = self.elapsed.as_secs_f64();
@@ -104,7 +104,7 @@ impl fmt::Display for Report {
             };
             writeln!(
                 f,
-                "{} {:<width$} {:>8} {:>11} {:>11} {:>7} {:>5.0}% {:>7.0}% {:>9.0}% {:>9.0}%",
+                "{} {:<width$} {:>8} {:>11} {:>11} {:>7} {:>5.0}% {:>7.0}% {:>5.0}% {:>9.0}% {:>9.0}%",
                 if bottleneck == Some(stage.name) { '>' } else { ' ' },
                 stage.name,
                 stage.replicas.len(),
@@ -113,6 +113,7 @@ impl fmt::Display for Report {
                 stage.failed,
                 share(stage.busy),
                 share(stage.blocked),
+                (100.0 - share(stage.busy) - share(stage.blocked)).max(0.0),
                 queue.mean() * 100.0,
                 queue.max() * 100.0,
             )?;
