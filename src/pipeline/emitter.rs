@@ -83,54 +83,47 @@ impl<T: Send> Emitter<T> {
         if self.buf.is_empty() || self.order.is_some() {
             return;
         }
-        // Published before waiting, so metrics read while this stage is
-        // blocked are up to date.
-        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
-        let blocked_before = self.blocked;
-        self.send_buffered().await;
-        self.counters.add(&Delta {
-            dropped: std::mem::take(&mut self.dropped),
-            blocked: self.blocked - blocked_before,
-            ..Delta::default()
-        });
+        self.send(Outgoing::Buffered).await;
     }
 
     /// Called after the replica went through the inputs numbered
     /// `first..first + inputs`: sends what they emitted on.
     pub(crate) async fn end_batch(&mut self, first: u64, inputs: u64) {
-        let Some(order) = &self.order else {
-            return self.flush().await;
-        };
-        let items = std::mem::replace(&mut self.buf, order.buffer());
-        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
-        let blocked_before = self.blocked;
-        order.finish(first, inputs, items, &mut self.blocked, &mut self.dropped).await;
-        self.counters.add(&Delta {
-            dropped: std::mem::take(&mut self.dropped),
-            blocked: self.blocked - blocked_before,
-            ..Delta::default()
-        });
+        match self.order {
+            None => self.flush().await,
+            Some(_) => self.send(Outgoing::Chunk { first, inputs }).await,
+        }
     }
 
     /// Called once, after the replica's last batch and its `Stage::finish`:
     /// sends what `finish` emitted.
     pub(crate) async fn end_input(&mut self) {
-        let Some(order) = &self.order else {
-            return self.flush().await;
-        };
-        let items = std::mem::take(&mut self.buf);
+        match self.order {
+            None => self.flush().await,
+            Some(_) => self.send(Outgoing::Last).await,
+        }
+    }
+
+    /// Sends the buffer on as `what`, publishing the counts: `emitted`
+    /// before waiting, so metrics read while this stage is blocked are up to
+    /// date, then what was dropped and the time blocked.
+    async fn send(&mut self, what: Outgoing) {
         self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
         let blocked_before = self.blocked;
-        order.end_replica(items, &mut self.blocked, &mut self.dropped).await;
+        let Emitter { buf, link, blocked, dropped, order, .. } = self;
+        match (what, order.as_deref()) {
+            (Outgoing::Chunk { first, inputs }, Some(order)) => {
+                let items = std::mem::replace(buf, order.buffer());
+                order.finish(first, inputs, items, blocked, dropped).await;
+            }
+            (Outgoing::Last, Some(order)) => order.end_replica(std::mem::take(buf), blocked, dropped).await,
+            _ => link.send(buf, blocked, dropped).await,
+        }
         self.counters.add(&Delta {
             dropped: std::mem::take(&mut self.dropped),
             blocked: self.blocked - blocked_before,
             ..Delta::default()
         });
-    }
-
-    async fn send_buffered(&mut self) {
-        self.link.target.send(&mut self.buf, &mut self.blocked, &mut self.dropped).await;
     }
 
     /// The time spent blocked since the last call.
@@ -162,6 +155,16 @@ impl<T> fmt::Debug for Emitter<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Emitter").field("buffered", &self.buf.len()).finish_non_exhaustive()
     }
+}
+
+/// What [`Emitter::send`] sends.
+enum Outgoing {
+    /// The buffer, straight to the next stage.
+    Buffered,
+    /// The outputs of a batch of inputs, through the reorder point.
+    Chunk { first: u64, inputs: u64 },
+    /// What `Stage::finish` emitted, through the reorder point.
+    Last,
 }
 
 /// An upstream replica's hold on the next stage's input. When the last link

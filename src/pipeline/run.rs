@@ -157,7 +157,7 @@ async fn process_batch<S: Stage>(
 ) -> Result<(), Crashed> {
     let started = Instant::now();
     let mut delta = Delta::default();
-    let mut done = 0u64;
+    let taken = batch.items.len() as u64;
     let mut result = Ok(());
     while let Some(item) = batch.items.pop_front() {
         let mut waited = false;
@@ -170,7 +170,6 @@ async fn process_batch<S: Stage>(
             })
             .await
         };
-        done += 1;
         delta.processed += 1;
         if let Err(panic) = processed {
             delta.failed += 1;
@@ -191,6 +190,7 @@ async fn process_batch<S: Stage>(
             }
         }
     }
+    let done = taken - batch.items.len() as u64;
     out.end_batch(batch.first, done).await;
     batch.first += done;
     delta.busy = started.elapsed().saturating_sub(out.take_blocked());
