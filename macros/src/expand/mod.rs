@@ -8,6 +8,7 @@ use crate::{
     parse, validate,
 };
 
+mod local;
 mod pipeline;
 mod registry;
 

@@ -6,6 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::{Index, spanned::Spanned};
 
+use super::local::{self, StartLocals};
 use crate::model::{Registry, Server};
 
 fn stage_trait(server: &Server) -> TokenStream {
@@ -27,10 +28,13 @@ pub(crate) fn handles(registry: &Registry) -> TokenStream {
 
 pub(crate) fn start(registry: &Registry) -> TokenStream {
     let Registry { vis, fields, servers, .. } = registry;
+    let StartLocals { builder, core, registry: this, start } = &StartLocals::new();
     let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
     let field_types = fields.iter().map(|f| &f.ty);
-    let stages: Vec<_> = (0..servers.len()).map(|i| format_ident!("__stage{}", i)).collect();
-    let wirings: Vec<_> = (0..servers.len()).map(|i| format_ident!("__wiring{}", i)).collect();
+    let stages: Vec<_> = (0..servers.len()).map(|i| local::numbered("__stage", i)).collect();
+    let wirings: Vec<_> = (0..servers.len()).map(|i| local::numbered("__wiring", i)).collect();
+    let plumbing_local = local::local("__plumbing");
+    let (key, item) = (local::local("__key"), local::local("item"));
     let builds = servers.iter().enumerate().map(|(i, s)| {
         let ty = &s.ty;
         let name = s.name.to_string();
@@ -42,16 +46,16 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
             None => quote!(::core::option::Option::None),
             Some(path) => quote_spanned! {path.span()=>
                 ::core::option::Option::Some({
-                    fn __key(item: &#input::In) -> u64 {
-                        ::genflow::__private::hash_key(&#path(item))
+                    fn #key(#item: &#input::In) -> u64 {
+                        ::genflow::__private::hash_key(&#path(#item))
                     }
-                    __key as fn(&#input::In) -> u64
+                    #key as fn(&#input::In) -> u64
                 })
             },
         };
         let (stage, wiring) = (&stages[i], &wirings[i]);
         quote_spanned! {ty.span()=>
-            let (#stage, #wiring) = __builder.stage::<#ty>(::genflow::__private::StageSpec {
+            let (#stage, #wiring) = #builder.stage::<#ty>(::genflow::__private::StageSpec {
                 name: #name,
                 replicas: #count,
                 partition: #partition,
@@ -77,12 +81,12 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
             None => (plumbing.clone(), quote!(<#ty as ::genflow::__private::Stage>::Out)),
         };
         quote_spanned! {ty.span()=>
-            __registry.__genflow.spawn_stage::<#ty, #next_in>(
-                &mut __start,
-                &__registry.__genflow.servers().#index,
+            #this.__genflow.spawn_stage::<#ty, #next_in>(
+                &mut #start,
+                &#this.__genflow.servers().#index,
                 #wiring,
-                __registry.__genflow.servers().#next.downstream(),
-                &__registry,
+                #this.__genflow.servers().#next.downstream(),
+                &#this,
             );
         }
     });
@@ -97,16 +101,16 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
     quote! {
         #[doc = #doc]
         #vis async fn start(#(#field_names: #field_types),*) -> Self {
-            let mut __builder = ::genflow::__private::Builder::new();
+            let mut #builder = ::genflow::__private::Builder::new();
             #(#builds)*
-            let __plumbing = ::genflow::__private::Plumbing::new::<#tail_ty>();
-            let __core = ::genflow::__private::Core::new(__builder, (#(#stages,)* __plumbing,));
-            let __registry = Self { #(#field_names,)* __genflow: __core };
-            let mut __start = ::genflow::__private::Start::new();
+            let #plumbing_local = ::genflow::__private::Plumbing::new::<#tail_ty>();
+            let #core = ::genflow::__private::Core::new(#builder, (#(#stages,)* #plumbing_local,));
+            let #this = Self { #(#field_names,)* __genflow: #core };
+            let mut #start = ::genflow::__private::Start::new();
             #(#spawns)*
-            __start.wait().await;
-            let Self { #(#field_names,)* __genflow } = __registry;
-            Self { #(#field_names,)* __genflow: __genflow.into_outside() }
+            #start.wait().await;
+            let Self { #(#field_names,)* __genflow: #core } = #this;
+            Self { #(#field_names,)* __genflow: #core.into_outside() }
         }
     }
 }
@@ -118,6 +122,7 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
     let plumbing = Index::from(servers.len());
     let metrics = (0..servers.len()).map(Index::from);
     let per_stage = servers.iter().enumerate().map(|(i, s)| stage_methods(registry, i, s));
+    let (item, items, all) = (local::local("item"), local::local("items"), local::local("__servers"));
     quote! {
         /// Sends one item into the first stage, waiting while its queue is
         /// full.
@@ -132,9 +137,9 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// If dropped before it completes, the item was not sent.
         #vis async fn send(
             &self,
-            item: #head::In,
+            #item: #head::In,
         ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#head::In>> {
-            self.__genflow.servers().0.send(item).await
+            self.__genflow.servers().0.send(#item).await
         }
 
         /// Sends one item into the first stage if its queue has room,
@@ -146,9 +151,9 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// pipeline is shutting down; each holds the item.
         #vis fn try_send(
             &self,
-            item: #head::In,
+            #item: #head::In,
         ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#head::In>> {
-            self.__genflow.servers().0.try_send(item)
+            self.__genflow.servers().0.try_send(#item)
         }
 
         /// Sends every item of `items` into the first stage, in order,
@@ -167,9 +172,9 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// one in hand is lost.
         #vis async fn feed(
             &self,
-            items: impl ::genflow::__private::Stream<Item = #head::In> + ::core::marker::Send,
+            #items: impl ::genflow::__private::Stream<Item = #head::In> + ::core::marker::Send,
         ) -> ::genflow::__private::Result<usize, ::genflow::__private::SendError<#head::In>> {
-            self.__genflow.servers().0.feed(items).await
+            self.__genflow.servers().0.feed(#items).await
         }
 
         /// A `futures::Sink` into the first stage. Clone it for more
@@ -192,8 +197,8 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// A snapshot of every stage's metrics; readable at any time, also
         /// after shutdown.
         #vis fn metrics(&self) -> ::genflow::Metrics {
-            let __servers = self.__genflow.servers();
-            __servers.#plumbing.metrics(::std::vec![#(__servers.#metrics.metrics(),)*])
+            let #all = self.__genflow.servers();
+            #all.#plumbing.metrics(::std::vec![#(#all.#metrics.metrics(),)*])
         }
 
         #(#per_stage)*
@@ -205,6 +210,7 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
     let Registry { ident, servers, .. } = registry;
     let head = stage_trait(&servers[0]);
     let tail = stage_trait(servers.last().expect("validated: at least one stage"));
+    let (item, items, stream) = (local::local("item"), local::local("items"), local::local("__S"));
     quote! {
         #[automatically_derived]
         impl ::genflow::__private::Pipeline for #ident {
@@ -213,23 +219,23 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
 
             fn send(
                 &self,
-                item: Self::In,
+                #item: Self::In,
             ) -> impl ::core::future::Future<
                 Output = ::genflow::__private::Result<(), ::genflow::__private::SendError<Self::In>>,
             > + ::core::marker::Send {
-                #ident::send(self, item)
+                #ident::send(self, #item)
             }
 
-            fn feed<__S>(
+            fn feed<#stream>(
                 &self,
-                items: __S,
+                #items: #stream,
             ) -> impl ::core::future::Future<
                 Output = ::genflow::__private::Result<usize, ::genflow::__private::SendError<Self::In>>,
             > + ::core::marker::Send
             where
-                __S: ::genflow::__private::Stream<Item = Self::In> + ::core::marker::Send,
+                #stream: ::genflow::__private::Stream<Item = Self::In> + ::core::marker::Send,
             {
-                #ident::feed(self, items)
+                #ident::feed(self, #items)
             }
 
             fn output(&self) -> ::core::option::Option<::genflow::Output<Self::Out>> {
@@ -256,6 +262,7 @@ fn stage_methods(registry: &Registry, index: usize, server: &Server) -> TokenStr
     let sink = format_ident!("sink_{}", name);
     let call_all = format_ident!("call_{}_all", name);
     let cast_all = format_ident!("cast_{}_all", name);
+    let message = local::local("message");
     let sink_doc = format!("A `futures::Sink` into the `{name}` stage's input (see `sink`).");
     let call_all_doc = format!(
         "Calls every replica of the `{name}` stage with a clone of `message`, concurrently; the responses \
@@ -274,7 +281,7 @@ fn stage_methods(registry: &Registry, index: usize, server: &Server) -> TokenStr
         #[doc = #call_all_doc]
         #vis async fn #call_all(
             &self,
-            message: #gs::Message,
+            #message: #gs::Message,
         ) -> ::genflow::__private::Result<
             ::std::vec::Vec<#gs::Response>,
             ::genflow::__private::CallError<#gs::Message>,
@@ -282,18 +289,18 @@ fn stage_methods(registry: &Registry, index: usize, server: &Server) -> TokenStr
         where
             for<'__genflow> #gs::Message: ::core::clone::Clone,
         {
-            self.__genflow.servers().#index.call_all(message).await
+            self.__genflow.servers().#index.call_all(#message).await
         }
 
         #[doc = #cast_all_doc]
         #vis async fn #cast_all(
             &self,
-            message: #gs::Message,
+            #message: #gs::Message,
         ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#gs::Message>>
         where
             for<'__genflow> #gs::Message: ::core::clone::Clone,
         {
-            self.__genflow.servers().#index.cast_all(message).await
+            self.__genflow.servers().#index.cast_all(#message).await
         }
     }
 }

@@ -5,7 +5,10 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::pipeline;
+use super::{
+    local::{self, StartLocals},
+    pipeline,
+};
 use crate::model::{Kind, Registry, Server};
 
 pub(crate) fn expand(registry: &Registry) -> TokenStream {
@@ -39,9 +42,12 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
         ),
     };
 
+    // Spanned at the field's type, so a field that is not `Clone` is
+    // reported there.
+    let this = local::this();
     let clone_fields = fields.iter().map(|f| {
         let name = &f.ident;
-        quote_spanned!(f.ty.span()=> #name: ::genflow::__private::Clone::clone(&self.#name))
+        quote_spanned!(f.ty.span()=> #name: ::genflow::__private::Clone::clone(&#this.#name))
     });
     let methods = servers.iter().enumerate().map(|(i, s)| server_methods(registry, i, s));
 
@@ -95,23 +101,24 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
 
 fn start(registry: &Registry) -> TokenStream {
     let Registry { vis, fields, servers, .. } = registry;
+    let StartLocals { builder, core, registry: this, start } = &StartLocals::new();
     let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
     let field_types = fields.iter().map(|f| &f.ty);
-    let handles: Vec<_> = (0..servers.len()).map(|i| format_ident!("__handle{}", i)).collect();
-    let inboxes: Vec<_> = (0..servers.len()).map(|i| format_ident!("__inbox{}", i)).collect();
+    let handles: Vec<_> = (0..servers.len()).map(|i| local::numbered("__handle", i)).collect();
+    let inboxes: Vec<_> = (0..servers.len()).map(|i| local::numbered("__inbox", i)).collect();
     let channels = servers.iter().zip(&handles).zip(&inboxes).map(|((s, h), i)| {
         let ty = &s.ty;
-        quote_spanned!(ty.span()=> let (#h, #i) = __builder.channel::<#ty>();)
+        quote_spanned!(ty.span()=> let (#h, #i) = #builder.channel::<#ty>();)
     });
     let spawns = servers.iter().zip(&inboxes).map(|(s, i)| {
         let ty = &s.ty;
         // Spanned at the server's type: a server whose `Registry` is another
         // type is reported there.
         quote_spanned! {ty.span()=>
-            __registry.__genflow.spawn::<#ty>(
-                &mut __start,
+            #this.__genflow.spawn::<#ty>(
+                &mut #start,
                 #i,
-                ::genflow::__private::Clone::clone(&__registry),
+                ::genflow::__private::Clone::clone(&#this),
             );
         }
     });
@@ -123,25 +130,32 @@ fn start(registry: &Registry) -> TokenStream {
             field_names.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
         )
     };
-    let doc = format!(
-        "Starts every server ({}) and returns once each has run `new` and `init`.{doc_params}\n\n\
-         Dropping the last copy of the returned registry (copies held by the servers do not count) \
-         shuts the servers down in the background.\n\n# Panics\n\nPanics if called outside a Tokio runtime, \
-         or if a server's `channel_queue_size()` is 0.",
-        servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
-    );
+    let doc = if servers.is_empty() {
+        format!(
+            "Starts the registry. It has no servers: it holds its fields, clones, and shuts down (or aborts) \
+             at once.{doc_params}\n\n# Panics\n\nPanics if called outside a Tokio runtime."
+        )
+    } else {
+        format!(
+            "Starts every server ({}) and returns once each has run `new` and `init`.{doc_params}\n\n\
+             Dropping the last copy of the returned registry (copies held by the servers do not count) \
+             shuts the servers down in the background.\n\n# Panics\n\nPanics if called outside a Tokio \
+             runtime, or if a server's `channel_queue_size()` is 0.",
+            servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
+        )
+    };
     quote! {
         #[doc = #doc]
         #vis async fn start(#(#field_names: #field_types),*) -> Self {
-            let mut __builder = ::genflow::__private::Builder::new();
+            let mut #builder = ::genflow::__private::Builder::new();
             #(#channels)*
-            let __core = ::genflow::__private::Core::new(__builder, (#(#handles,)*));
-            let __registry = Self { #(#field_names,)* __genflow: __core };
-            let mut __start = ::genflow::__private::Start::new();
+            let #core = ::genflow::__private::Core::new(#builder, (#(#handles,)*));
+            let #this = Self { #(#field_names,)* __genflow: #core };
+            let mut #start = ::genflow::__private::Start::new();
             #(#spawns)*
-            __start.wait().await;
-            let Self { #(#field_names,)* __genflow } = __registry;
-            Self { #(#field_names,)* __genflow: __genflow.into_outside() }
+            #start.wait().await;
+            let Self { #(#field_names,)* __genflow: #core } = #this;
+            Self { #(#field_names,)* __genflow: #core.into_outside() }
         }
     }
 }
@@ -158,6 +172,7 @@ pub(super) fn server_methods(registry: &Registry, index: usize, server: &Server)
     let gs = quote_spanned!(ty.span()=> <#ty as ::genflow::__private::GenServer>);
     let message = quote!(#gs::Message);
     let response = quote!(#gs::Response);
+    let (m, timeout) = (local::local("message"), local::local("timeout"));
     let call_doc = format!(
         "Calls the `{name}` server and waits for its response. See `Handle::call` in the genflow docs:\n\n\
          # Errors\n\n`CallError::Closed`/`Failed` (the message comes back) if the server is not running, \
@@ -185,34 +200,34 @@ pub(super) fn server_methods(registry: &Registry, index: usize, server: &Server)
         #[doc = #call_doc]
         #vis async fn #call(
             &self,
-            message: #message,
+            #m: #message,
         ) -> ::genflow::__private::Result<#response, ::genflow::__private::CallError<#message>> {
-            self.__genflow.servers().#index.call(message).await
+            self.__genflow.servers().#index.call(#m).await
         }
 
         #[doc = #call_timeout_doc]
         #vis async fn #call_timeout(
             &self,
-            message: #message,
-            timeout: ::genflow::__private::Duration,
+            #m: #message,
+            #timeout: ::genflow::__private::Duration,
         ) -> ::genflow::__private::Result<#response, ::genflow::__private::CallError<#message>> {
-            self.__genflow.servers().#index.call_with_timeout(message, timeout).await
+            self.__genflow.servers().#index.call_with_timeout(#m, #timeout).await
         }
 
         #[doc = #cast_doc]
         #vis async fn #cast(
             &self,
-            message: #message,
+            #m: #message,
         ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#message>> {
-            self.__genflow.servers().#index.cast(message).await
+            self.__genflow.servers().#index.cast(#m).await
         }
 
         #[doc = #try_cast_doc]
         #vis fn #try_cast(
             &self,
-            message: #message,
+            #m: #message,
         ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#message>> {
-            self.__genflow.servers().#index.try_cast(message)
+            self.__genflow.servers().#index.try_cast(#m)
         }
     }
 }

@@ -1,0 +1,55 @@
+//! The names the generated code binds for itself.
+//!
+//! Every local variable, parameter and helper item the expansion introduces
+//! is spanned at [`Span::mixed_site`]: it is visible only to tokens the
+//! expansion wrote, never to the user's tokens, and the user's names never
+//! shadow it. This holds whichever macro the user's tokens came through (a
+//! `#[pipeline]` written inside `macro_rules!` gets its entries from the
+//! caller's context and its attribute from the macro's), because every use
+//! of a generated name carries the same span as its binding, however the
+//! tokens around it are spanned. The user's types, paths and field names
+//! keep their own spans, so errors about them point at the user's code.
+//!
+//! `self` follows the same rule: the generated methods declare and use it at
+//! the call site, and it is never written inside tokens spanned at a user's
+//! type.
+
+use proc_macro2::{Ident, Span};
+
+/// A generated local named `name`.
+pub(super) fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+/// The `index`-th of a family of generated locals: `__handle0`, ….
+pub(super) fn numbered(prefix: &str, index: usize) -> Ident {
+    local(&format!("{prefix}{index}"))
+}
+
+/// `self`, spanned where the generated methods declare it.
+pub(super) fn this() -> Ident {
+    Ident::new("self", Span::call_site())
+}
+
+/// The locals of a generated `start`.
+pub(super) struct StartLocals {
+    /// The `Builder` the queues are made with.
+    pub(super) builder: Ident,
+    /// The registry's `Core`, then the registry's hidden field taken back.
+    pub(super) core: Ident,
+    /// The inner copy of the registry the servers are spawned with.
+    pub(super) registry: Ident,
+    /// The `Start` that collects readiness.
+    pub(super) start: Ident,
+}
+
+impl StartLocals {
+    pub(super) fn new() -> Self {
+        StartLocals {
+            builder: local("__builder"),
+            core: local("__core"),
+            registry: local("__registry"),
+            start: local("__start"),
+        }
+    }
+}
