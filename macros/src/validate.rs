@@ -8,13 +8,13 @@ use crate::{
 };
 
 pub(crate) fn check(registry: &Registry, errors: &mut Errors) {
-    if registry.servers.is_empty() {
+    // A registry without servers is a plain `Clone` struct with `start`,
+    // `shutdown` and `abort` (genserver accepted it); a pipeline without
+    // stages would have no input or output type.
+    if registry.kind == Kind::Pipeline && registry.servers.is_empty() {
         errors.push(syn::Error::new(
             registry.span,
-            match registry.kind {
-                Kind::Registry => "a registry needs at least one server: `#[make_registry{ name: Type }]`",
-                Kind::Pipeline => "a pipeline needs at least one stage: `#[pipeline{ first: First, second: Second }]`",
-            },
+            "a pipeline needs at least one stage: `#[pipeline{ first: First, second: Second }]`",
         ));
     }
     for server in &registry.servers {

@@ -1,4 +1,0 @@
-#[genflow::make_registry{}]
-struct App;
-
-fn main() {}
