@@ -31,6 +31,15 @@ pub(super) fn this() -> Ident {
     Ident::new("self", Span::call_site())
 }
 
+/// `ident`, resolved as before but shown at `at`: for a generated name
+/// inside code reported at a user's type, so that an error there points at
+/// the type rather than at the whole attribute.
+pub(super) fn shown_at(ident: &Ident, at: Span) -> Ident {
+    let mut ident = ident.clone();
+    ident.set_span(ident.span().located_at(at));
+    ident
+}
+
 /// The locals of a generated `start`.
 pub(super) struct StartLocals {
     /// The `Builder` the queues are made with.

@@ -44,16 +44,20 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
         let input = stage_trait(s);
         let partition = match &s.replicas.partition_by {
             None => quote!(::core::option::Option::None),
-            Some(path) => quote_spanned! {path.span()=>
-                ::core::option::Option::Some({
-                    fn #key(#item: &#input::In) -> u64 {
-                        ::genflow::__private::hash_key(&#path(#item))
-                    }
-                    #key as fn(&#input::In) -> u64
-                })
-            },
+            Some(path) => {
+                let (key, item) = (local::shown_at(&key, path.span()), local::shown_at(&item, path.span()));
+                quote_spanned! {path.span()=>
+                    ::core::option::Option::Some({
+                        fn #key(#item: &#input::In) -> u64 {
+                            ::genflow::__private::hash_key(&#path(#item))
+                        }
+                        #key as fn(&#input::In) -> u64
+                    })
+                }
+            }
         };
         let (stage, wiring) = (&stages[i], &wirings[i]);
+        let builder = local::shown_at(builder, ty.span());
         quote_spanned! {ty.span()=>
             let (#stage, #wiring) = #builder.stage::<#ty>(::genflow::__private::StageSpec {
                 name: #name,
@@ -80,6 +84,7 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
             }
             None => (plumbing.clone(), quote!(<#ty as ::genflow::__private::Stage>::Out)),
         };
+        let (this, start) = (local::shown_at(this, ty.span()), local::shown_at(start, ty.span()));
         quote_spanned! {ty.span()=>
             #this.__genflow.spawn_stage::<#ty, #next_in>(
                 &mut #start,

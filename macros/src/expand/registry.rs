@@ -44,9 +44,9 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
 
     // Spanned at the field's type, so a field that is not `Clone` is
     // reported there.
-    let this = local::this();
     let clone_fields = fields.iter().map(|f| {
         let name = &f.ident;
+        let this = local::shown_at(&local::this(), f.ty.span());
         quote_spanned!(f.ty.span()=> #name: ::genflow::__private::Clone::clone(&#this.#name))
     });
     let methods = servers.iter().enumerate().map(|(i, s)| server_methods(registry, i, s));
@@ -108,12 +108,14 @@ fn start(registry: &Registry) -> TokenStream {
     let inboxes: Vec<_> = (0..servers.len()).map(|i| local::numbered("__inbox", i)).collect();
     let channels = servers.iter().zip(&handles).zip(&inboxes).map(|((s, h), i)| {
         let ty = &s.ty;
+        let builder = local::shown_at(builder, ty.span());
         quote_spanned!(ty.span()=> let (#h, #i) = #builder.channel::<#ty>();)
     });
     let spawns = servers.iter().zip(&inboxes).map(|(s, i)| {
         let ty = &s.ty;
         // Spanned at the server's type: a server whose `Registry` is another
         // type is reported there.
+        let (this, start) = (local::shown_at(this, ty.span()), local::shown_at(start, ty.span()));
         quote_spanned! {ty.span()=>
             #this.__genflow.spawn::<#ty>(
                 &mut #start,

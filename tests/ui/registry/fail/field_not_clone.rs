@@ -1,0 +1,8 @@
+struct NotClone;
+
+#[genflow::make_registry{}]
+struct App {
+    field: NotClone,
+}
+
+fn main() {}
