@@ -57,7 +57,6 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
             }
         };
         let (stage, wiring) = (&stages[i], &wirings[i]);
-        let builder = local::shown_at(builder, ty.span());
         quote_spanned! {ty.span()=>
             let (#stage, #wiring) = #builder.stage::<#ty>(::genflow::__private::StageSpec {
                 name: #name,
@@ -84,14 +83,16 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
             }
             None => (plumbing.clone(), quote!(<#ty as ::genflow::__private::Stage>::Out)),
         };
-        let (this, start) = (local::shown_at(this, ty.span()), local::shown_at(start, ty.span()));
+        // The registry argument is shown at the stage's type, where a stage
+        // whose `Registry` is another type is reported.
+        let registry_arg = local::shown_at(this, ty.span());
         quote_spanned! {ty.span()=>
             #this.__genflow.spawn_stage::<#ty, #next_in>(
                 &mut #start,
                 &#this.__genflow.servers().#index,
                 #wiring,
                 #this.__genflow.servers().#next.downstream(),
-                &#this,
+                &#registry_arg,
             );
         }
     });

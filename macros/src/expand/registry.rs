@@ -47,7 +47,8 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
     let clone_fields = fields.iter().map(|f| {
         let name = &f.ident;
         let this = local::shown_at(&local::this(), f.ty.span());
-        quote_spanned!(f.ty.span()=> #name: ::genflow::__private::Clone::clone(&#this.#name))
+        let ty = &f.ty;
+        quote_spanned!(ty.span()=> #name: <#ty as ::genflow::__private::Clone>::clone(&#this.#name))
     });
     let methods = servers.iter().enumerate().map(|(i, s)| server_methods(registry, i, s));
 
@@ -115,12 +116,12 @@ fn start(registry: &Registry) -> TokenStream {
         let ty = &s.ty;
         // Spanned at the server's type: a server whose `Registry` is another
         // type is reported there.
-        let (this, start) = (local::shown_at(this, ty.span()), local::shown_at(start, ty.span()));
+        let registry_arg = local::shown_at(this, ty.span());
         quote_spanned! {ty.span()=>
             #this.__genflow.spawn::<#ty>(
                 &mut #start,
                 #i,
-                ::genflow::__private::Clone::clone(&#this),
+                ::genflow::__private::Clone::clone(&#registry_arg),
             );
         }
     });
