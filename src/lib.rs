@@ -167,6 +167,11 @@ pub use server::{GenServer, RestartLimit};
 /// (`worker: Worker<u8>`). The struct must not derive `Clone` (the macro
 /// implements it) and cannot be a tuple struct or generic.
 ///
+/// The list may be empty (`#[make_registry{}]`, as in genserver): the
+/// registry then only holds its fields, and `start`, `shutdown` and `abort`
+/// return at once. Both macros can be written inside `macro_rules!`, with
+/// entries, fields and types coming from the macro's caller.
+///
 /// # Generated items
 ///
 /// | item | meaning |
