@@ -175,7 +175,7 @@ pub(super) fn server_methods(registry: &Registry, index: usize, server: &Server)
     let gs = quote_spanned!(ty.span()=> <#ty as ::genflow::__private::GenServer>);
     let message = quote!(#gs::Message);
     let response = quote!(#gs::Response);
-    let (m, timeout) = (local::local("message"), local::local("timeout"));
+    let (message_arg, timeout) = (local::local("message"), local::local("timeout"));
     let call_doc = format!(
         "Calls the `{name}` server and waits for its response. See `Handle::call` in the genflow docs:\n\n\
          # Errors\n\n`CallError::Closed`/`Failed` (the message comes back) if the server is not running, \
@@ -203,34 +203,34 @@ pub(super) fn server_methods(registry: &Registry, index: usize, server: &Server)
         #[doc = #call_doc]
         #vis async fn #call(
             &self,
-            #m: #message,
+            #message_arg: #message,
         ) -> ::genflow::__private::Result<#response, ::genflow::__private::CallError<#message>> {
-            self.__genflow.servers().#index.call(#m).await
+            self.__genflow.servers().#index.call(#message_arg).await
         }
 
         #[doc = #call_timeout_doc]
         #vis async fn #call_timeout(
             &self,
-            #m: #message,
+            #message_arg: #message,
             #timeout: ::genflow::__private::Duration,
         ) -> ::genflow::__private::Result<#response, ::genflow::__private::CallError<#message>> {
-            self.__genflow.servers().#index.call_with_timeout(#m, #timeout).await
+            self.__genflow.servers().#index.call_with_timeout(#message_arg, #timeout).await
         }
 
         #[doc = #cast_doc]
         #vis async fn #cast(
             &self,
-            #m: #message,
+            #message_arg: #message,
         ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#message>> {
-            self.__genflow.servers().#index.cast(#m).await
+            self.__genflow.servers().#index.cast(#message_arg).await
         }
 
         #[doc = #try_cast_doc]
         #vis fn #try_cast(
             &self,
-            #m: #message,
+            #message_arg: #message,
         ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#message>> {
-            self.__genflow.servers().#index.try_cast(#m)
+            self.__genflow.servers().#index.try_cast(#message_arg)
         }
     }
 }

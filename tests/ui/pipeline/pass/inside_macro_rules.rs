@@ -1,5 +1,6 @@
 //! `pipeline` written inside `macro_rules!`, with stage attributes and
 //! fields from the macro's caller.
+#![deny(warnings)]
 use futures::StreamExt;
 use genflow::{Emitter, GenServer, Pipeline, Stage};
 

@@ -1,5 +1,6 @@
 //! A registry without servers, with and without fields, with and without
 //! the (empty) braces.
+#![deny(warnings)]
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},

@@ -1,6 +1,7 @@
 //! Every registry form genserver 0.2.2 documents (its crate docs and its
 //! tests), written for genflow: the attribute and the struct are unchanged,
 //! the handlers are `async fn` or return a future.
+#![deny(warnings)]
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;

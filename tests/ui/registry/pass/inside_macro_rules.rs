@@ -1,6 +1,7 @@
 //! `make_registry` written inside `macro_rules!`: the attribute comes from
 //! the macro, the struct, fields and entries from its caller (and the other
 //! way round).
+#![deny(warnings)]
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},
