@@ -143,6 +143,7 @@
 
 mod error;
 pub mod harness;
+mod loom;
 pub mod pipeline;
 mod registry;
 mod server;

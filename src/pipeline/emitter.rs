@@ -14,7 +14,7 @@ use super::{
     dispatch::Dispatch,
     metrics::{Counters, Delta},
     queue::Closed,
-    reorder::Reorder,
+    reorder::{Place, Reorder},
 };
 
 /// Sends a stage's items downstream: to the next stage, or to the
@@ -26,6 +26,12 @@ use super::{
 /// soon as the stage has gone through the items it took (or after every
 /// `process` call that awaited something, so a slow stage does not hold its
 /// output back). Order is kept.
+///
+/// In a `#[replicas(N, ordered)]` stage, outputs also wait for their turn:
+/// those of the oldest batch of inputs not fully sent go straight on, and
+/// `emit` in another replica waits once it holds a batch's worth, until its
+/// batch's turn comes. So an ordered stage holds a bounded number of
+/// outputs whatever its fan-out (see the pipeline's module docs).
 ///
 /// If the pipeline's output was never taken (or was dropped), the last
 /// stage's items are dropped and counted in its `dropped` metric instead of
@@ -40,7 +46,7 @@ pub struct Emitter<T> {
     /// Time blocked since the last [`take_blocked`](Self::take_blocked).
     blocked: Duration,
     /// For an `ordered` stage: where each batch's outputs wait their turn.
-    order: Option<Arc<Reorder<T>>>,
+    order: Option<Place<T>>,
 }
 
 impl<T: Send> Emitter<T> {
@@ -59,10 +65,11 @@ impl<T: Send> Emitter<T> {
     /// An emitter for a replica of an `ordered` stage: outputs go through
     /// `order`, a batch at a time.
     pub(crate) fn ordered(link: Link<T>, counters: Arc<Counters>, order: Arc<Reorder<T>>) -> Self {
-        Emitter { order: Some(order), ..Emitter::new(link, counters) }
+        Emitter { order: Some(Place::new(order)), ..Emitter::new(link, counters) }
     }
 
-    /// Sends `item` downstream, waiting while the next queue is full.
+    /// Sends `item` downstream, waiting while the next queue is full (and,
+    /// in an `ordered` stage, for the turn of this item's batch).
     ///
     /// # Cancel safety
     ///
@@ -71,19 +78,33 @@ impl<T: Send> Emitter<T> {
     pub async fn emit(&mut self, item: T) {
         self.buf.push(item);
         self.emitted += 1;
-        if self.buf.len() >= BATCH && self.order.is_none() {
-            self.flush().await;
+        if self.buf.len() >= BATCH {
+            match self.order {
+                None => self.flush().await,
+                Some(_) => self.send(Outgoing::Full).await,
+            }
         }
     }
 
     /// Sends every item buffered so far, waiting for room as needed, and
-    /// publishes the counts. Does nothing for an `ordered` stage, whose
-    /// outputs leave a batch at a time through [`end_batch`](Self::end_batch).
+    /// publishes the counts. In an `ordered` stage, only if the batch has
+    /// its turn (without waiting for it).
     pub(crate) async fn flush(&mut self) {
-        if self.buf.is_empty() || self.order.is_some() {
+        if self.buf.is_empty() {
             return;
         }
-        self.send(Outgoing::Buffered).await;
+        match self.order {
+            None => self.send(Outgoing::Buffered).await,
+            Some(_) => self.send(Outgoing::IfTurn).await,
+        }
+    }
+
+    /// Called before the replica goes through the inputs numbered from
+    /// `first` on.
+    pub(crate) fn begin_batch(&mut self, first: u64) {
+        if let Some(order) = &mut self.order {
+            order.begin_batch(first);
+        }
     }
 
     /// Called after the replica went through the inputs numbered
@@ -111,12 +132,13 @@ impl<T: Send> Emitter<T> {
         self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
         let blocked_before = self.blocked;
         let Emitter { buf, link, blocked, dropped, order, .. } = self;
-        match (what, order.as_deref()) {
+        match (what, order) {
+            (Outgoing::Full, Some(order)) => order.send_full(buf, blocked, dropped).await,
+            (Outgoing::IfTurn, Some(order)) => order.send_if_turn(buf, blocked, dropped).await,
             (Outgoing::Chunk { first, inputs }, Some(order)) => {
-                let items = std::mem::replace(buf, order.buffer());
-                order.finish(first, inputs, items, blocked, dropped).await;
+                order.end_batch(first, inputs, buf, blocked, dropped).await;
             }
-            (Outgoing::Last, Some(order)) => order.end_replica(std::mem::take(buf), blocked, dropped).await,
+            (Outgoing::Last, Some(order)) => order.end_input(buf, blocked, dropped).await,
             _ => link.send(buf, blocked, dropped).await,
         }
         self.counters.add(&Delta {
@@ -134,7 +156,7 @@ impl<T: Send> Emitter<T> {
 
 /// Awaits `future`, adding the time it spent pending to `blocked`. Reads the
 /// clock only if it has to wait.
-async fn blocking<F: Future>(blocked: &mut Duration, future: F) -> F::Output {
+pub(crate) async fn blocking<F: Future>(blocked: &mut Duration, future: F) -> F::Output {
     let mut future = pin!(future);
     let mut since = None;
     let output = poll_fn(|cx| {
@@ -161,6 +183,10 @@ impl<T> fmt::Debug for Emitter<T> {
 enum Outgoing {
     /// The buffer, straight to the next stage.
     Buffered,
+    /// A batch's worth of an ordered stage's outputs, once it is their turn.
+    Full,
+    /// An ordered stage's outputs, if it is their turn.
+    IfTurn,
     /// The outputs of a batch of inputs, through the reorder point.
     Chunk { first: u64, inputs: u64 },
     /// What `Stage::finish` emitted, through the reorder point.

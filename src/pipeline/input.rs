@@ -11,7 +11,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use super::{
     BATCH,
     dispatch::Dispatch,
-    queue::{Closed, TryPush},
+    queue::{Closed, TryPush, Waiter},
 };
 use crate::SendError;
 
@@ -83,7 +83,7 @@ impl<T: Send + 'static> Input<T> {
 
     /// A new sink into this input.
     pub(crate) fn sink(&self) -> InputSink<T> {
-        InputSink { dispatch: self.dispatch.clone(), pending: None }
+        InputSink { dispatch: self.dispatch.clone(), pending: None, waiter: Waiter::new() }
     }
 }
 
@@ -106,6 +106,8 @@ impl<T> Clone for Input<T> {
 pub struct InputSink<T> {
     dispatch: Dispatch<T>,
     pending: Option<T>,
+    /// Its place in line for room in the pending item's queue.
+    waiter: Waiter,
 }
 
 // Items are never pinned in place.
@@ -117,7 +119,7 @@ impl<T> InputSink<T> {
             return Poll::Ready(Ok(()));
         };
         let queue = self.dispatch.route(item);
-        match queue.poll_reserve(cx, 1) {
+        match queue.poll_reserve(cx, &mut self.waiter, 1) {
             Poll::Ready(Ok(_)) => {
                 let item = self.pending.take().expect("checked above");
                 queue.commit_one(item);
@@ -154,9 +156,18 @@ impl<T> futures::Sink<T> for InputSink<T> {
     }
 }
 
+impl<T> Drop for InputSink<T> {
+    fn drop(&mut self) {
+        // Only waiting with an item in hand fills the waiter.
+        if let Some(item) = &self.pending {
+            self.dispatch.route(item).cancel(&mut self.waiter);
+        }
+    }
+}
+
 impl<T> Clone for InputSink<T> {
     fn clone(&self) -> Self {
-        InputSink { dispatch: self.dispatch.clone(), pending: None }
+        InputSink { dispatch: self.dispatch.clone(), pending: None, waiter: Waiter::new() }
     }
 }
 

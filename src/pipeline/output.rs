@@ -11,7 +11,10 @@ use std::{
 
 use futures::Stream;
 
-use super::{BATCH, queue::Queue};
+use super::{
+    BATCH,
+    queue::{Queue, Waiter},
+};
 
 /// The items the last stage of a pipeline emits, as a [`Stream`].
 ///
@@ -26,6 +29,8 @@ pub struct Output<T> {
     shared: Arc<OutputShared<T>>,
     buf: VecDeque<T>,
     done: bool,
+    /// Its place in the queue's line of readers.
+    waiter: Waiter,
 }
 
 // Items are never pinned in place.
@@ -53,7 +58,7 @@ impl<T> OutputShared<T> {
 impl<T> Output<T> {
     pub(crate) fn new(shared: Arc<OutputShared<T>>) -> Self {
         shared.taken.store(true, Ordering::Release);
-        Output { shared, buf: VecDeque::with_capacity(BATCH), done: false }
+        Output { shared, buf: VecDeque::with_capacity(BATCH), done: false, waiter: Waiter::new() }
     }
 }
 
@@ -68,7 +73,7 @@ impl<T> Stream for Output<T> {
         if this.done {
             return Poll::Ready(None);
         }
-        match this.shared.queue.poll_pop(cx, &mut this.buf, BATCH) {
+        match this.shared.queue.poll_pop(cx, &mut this.waiter, &mut this.buf, BATCH) {
             Poll::Ready(true) => Poll::Ready(this.buf.pop_front()),
             Poll::Ready(false) => {
                 this.done = true;
@@ -86,6 +91,7 @@ impl<T> Stream for Output<T> {
 impl<T> Drop for Output<T> {
     fn drop(&mut self) {
         self.shared.taken.store(false, Ordering::Release);
+        self.shared.queue.cancel(&mut self.waiter);
         let dropped = self.buf.len() + self.shared.queue.close_and_clear();
         self.shared.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
     }

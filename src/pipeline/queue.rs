@@ -4,20 +4,65 @@
 //! batches under one short lock. Room is *reserved* before items are made
 //! ready to push, so a producer never holds an item it cannot place, and
 //! shutdown can wait for every reserved item. Capacity counts items, whether
-//! queued or reserved. Waiting is done with wakers registered under the same
-//! lock that checks the state, so no wake-up is lost.
+//! queued or reserved.
+//!
+//! # Waiting
+//!
+//! Waiting follows tokio's `batch_semaphore`: waiters queue first in, first
+//! out, a change wakes only as many of them as can proceed, and wakers are
+//! called after the lock is released (collected in a [`WakeList`] while it is
+//! held).
+//!
+//! - Room is *handed over*: when items are taken out (or reserved room is
+//!   given back), the room freed is reserved, under the lock, for the
+//!   writers at the head of the line, each up to what it asked for, and only
+//!   those are woken. While writers wait there is no free room, so a new
+//!   writer (or `try_push`) cannot overtake them.
+//! - Items are *promised*: when items become available, readers at the head
+//!   of the line are woken until their batch sizes cover the items not yet
+//!   promised to a woken reader; a reader that takes fewer than are left
+//!   wakes the next.
+//! - A woken waiter whose future is dropped before it used the wake-up (the
+//!   room handed to it, or the items promised to it) passes it on, like
+//!   tokio's `Acquire` drop: see [`Queue::cancel`].
+//!
+//! A waiter is a [`Waiter`] token held by the caller: its place in line. The
+//! poll methods take it, so a caller that polls the queue together with
+//! something else (a replica polls its control mailbox and its input in one
+//! `poll_fn`) keeps its place between polls. It must be given back with
+//! [`Queue::cancel`] when the caller stops waiting; [`Reader`] and
+//! [`Queue::reserve`] do that on drop.
+//!
+//! # Numbering
 //!
 //! Items are numbered in the order they are taken out, which is their input
 //! order: an `ordered` stage restores it from these numbers after its
 //! replicas, and bounds how far its replicas run ahead with a *limit* on the
 //! numbers that may be taken out.
+//!
+//! # Bounds
+//!
+//! A capacity is a limit, not an allocation: memory grows with what is
+//! queued (a queue allocates room for at most [`PREALLOCATED`] items up
+//! front), and capacities above [`MAX_CAPACITY`] are clamped to it.
 
 use std::{
     collections::VecDeque,
     future::poll_fn,
-    sync::{Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
+
+use crate::loom::sync::{Mutex, MutexGuard};
+
+/// The largest capacity a queue (or a server's mailbox) has: tokio's
+/// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS), so a
+/// bound means the same for stages and servers. Larger sizes are clamped to
+/// it.
+pub(crate) const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+/// How many items' room a queue allocates when it is made, at most; it
+/// grows from there as items are queued.
+pub(crate) const PREALLOCATED: usize = 1024;
 
 /// The queue was closed: nothing more goes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +80,23 @@ pub(crate) struct Queue<T> {
     capacity: usize,
 }
 
+/// A caller's place in a queue's line of waiters.
+///
+/// Empty while the caller is not waiting. A poll method that returns
+/// `Pending` fills it; one that returns `Ready` empties it. A filled token
+/// must be given back with [`Queue::cancel`] (to the queue that filled it)
+/// before it is dropped, or a wake-up given to it is lost.
+#[derive(Debug, Default)]
+pub(crate) struct Waiter {
+    key: Option<usize>,
+}
+
+impl Waiter {
+    pub(crate) const fn new() -> Self {
+        Waiter { key: None }
+    }
+}
+
 struct State<T> {
     items: VecDeque<T>,
     reserved: usize,
@@ -43,26 +105,162 @@ struct State<T> {
     popped: u64,
     /// Items numbered `limit` and after wait until the limit is raised.
     limit: u64,
-    readers: Vec<Waker>,
-    writers: Vec<Waker>,
+    /// Items promised to readers woken but not back yet.
+    promised: usize,
+    /// Every waiter, by key; `free` lists the keys not in use.
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    /// Keys of the readers waiting for items, oldest first.
+    readers: VecDeque<usize>,
+    /// Keys of the writers waiting for room, oldest first.
+    writers: VecDeque<usize>,
+}
+
+/// One waiter.
+#[derive(Default)]
+struct Slot {
+    waker: Option<Waker>,
+    /// How many items it takes, or how much room it asks for, at most.
+    want: usize,
+    /// A writer: room reserved for it. A reader: items promised to it.
+    given: usize,
+    /// Whether it is still in line (in `readers` or `writers`).
+    queued: bool,
+    /// A reader (or else a writer).
+    reader: bool,
+}
+
+impl<T> State<T> {
+    fn free_room(&self, capacity: usize) -> usize {
+        capacity.saturating_sub(self.items.len() + self.reserved)
+    }
+
+    /// Items a reader could take now.
+    fn available(&self) -> usize {
+        let allowed = usize::try_from(self.limit - self.popped).unwrap_or(usize::MAX);
+        self.items.len().min(allowed)
+    }
+
+    fn finished(&self) -> bool {
+        self.closed && self.items.is_empty() && self.reserved == 0
+    }
+
+    /// Puts a new waiter at the end of its line; returns its key.
+    fn insert(&mut self, reader: bool, want: usize, waker: &Waker) -> usize {
+        let slot = Slot { waker: Some(waker.clone()), want, given: 0, queued: true, reader };
+        let key = match self.free.pop() {
+            Some(key) => {
+                self.slots[key] = slot;
+                key
+            }
+            None => {
+                self.slots.push(slot);
+                self.slots.len() - 1
+            }
+        };
+        if reader { self.readers.push_back(key) } else { self.writers.push_back(key) }
+        key
+    }
+
+    /// Takes waiter `key` out of the line and frees its key.
+    fn remove(&mut self, key: usize) -> Slot {
+        let slot = std::mem::take(&mut self.slots[key]);
+        if slot.queued {
+            let line = if slot.reader { &mut self.readers } else { &mut self.writers };
+            if let Some(at) = line.iter().position(|k| *k == key) {
+                line.remove(at);
+            }
+        }
+        self.free.push(key);
+        slot
+    }
+
+    /// Hands the free room to the writers at the head of the line.
+    fn grant_room(&mut self, capacity: usize, wakers: &mut WakeList) {
+        if self.closed {
+            return;
+        }
+        let mut free = self.free_room(capacity);
+        while free > 0 {
+            let Some(key) = self.writers.pop_front() else { break };
+            let slot = &mut self.slots[key];
+            let n = slot.want.min(free);
+            slot.given = n;
+            slot.queued = false;
+            self.reserved += n;
+            free -= n;
+            wakers.push(slot.waker.take());
+        }
+    }
+
+    /// Wakes the readers at the head of the line until the items available
+    /// and not promised yet are promised.
+    fn promise_items(&mut self, wakers: &mut WakeList) {
+        let mut left = self.available().saturating_sub(self.promised);
+        while left > 0 {
+            let Some(key) = self.readers.pop_front() else { break };
+            let slot = &mut self.slots[key];
+            let n = slot.want.min(left);
+            slot.given = n;
+            slot.queued = false;
+            self.promised += n;
+            left -= n;
+            wakers.push(slot.waker.take());
+        }
+    }
+
+    /// Once the queue is closed and drained: wakes every reader to tell it.
+    fn end_readers(&mut self, wakers: &mut WakeList) {
+        if !self.finished() {
+            return;
+        }
+        while let Some(key) = self.readers.pop_front() {
+            let slot = &mut self.slots[key];
+            slot.queued = false;
+            wakers.push(slot.waker.take());
+        }
+    }
+
+    /// Once the queue is closed: wakes every writer to tell it.
+    fn wake_writers(&mut self, wakers: &mut WakeList) {
+        while let Some(key) = self.writers.pop_front() {
+            let slot = &mut self.slots[key];
+            slot.queued = false;
+            wakers.push(slot.waker.take());
+        }
+    }
+
+    /// Stores `waker` in waiter `key` unless it would wake the same task.
+    fn update_waker(&mut self, key: usize, waker: &Waker) {
+        let slot = &mut self.slots[key];
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            slot.waker = Some(waker.clone());
+        }
+    }
 }
 
 impl<T> Queue<T> {
+    /// A queue for `capacity` items (clamped to [`MAX_CAPACITY`]).
+    ///
     /// # Panics
     ///
     /// Panics if `capacity` is 0.
     #[track_caller]
     pub(crate) fn new(capacity: usize) -> Self {
         assert!(capacity > 0, "a queue needs room for at least one item");
+        let capacity = capacity.min(MAX_CAPACITY);
         Queue {
             state: Mutex::new(State {
-                items: VecDeque::with_capacity(capacity),
+                items: VecDeque::with_capacity(capacity.min(PREALLOCATED)),
                 reserved: 0,
                 closed: false,
                 popped: 0,
                 limit: u64::MAX,
-                readers: Vec::new(),
-                writers: Vec::new(),
+                promised: 0,
+                slots: Vec::new(),
+                free: Vec::new(),
+                readers: VecDeque::new(),
+                writers: VecDeque::new(),
             }),
             capacity,
         }
@@ -73,6 +271,15 @@ impl<T> Queue<T> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `change` under the lock, then wakes the waiters it picked.
+    fn change<R>(&self, change: impl FnOnce(&mut State<T>, &mut WakeList) -> R) -> R {
+        let mut wakers = WakeList::new();
+        let result = change(&mut self.lock(), &mut wakers);
+        wakers.wake_all();
+        result
+    }
+
+    /// The capacity, after clamping.
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
@@ -82,47 +289,82 @@ impl<T> Queue<T> {
         self.lock().items.len()
     }
 
-    /// Reserves room for between 1 and `max` items, waiting for room.
-    pub(crate) fn poll_reserve(&self, cx: &mut Context<'_>, max: usize) -> Poll<Result<usize, Closed>> {
+    /// Reserves room for between 1 and `max` items, waiting for room in
+    /// line behind the writers already waiting. `waiter` is the caller's
+    /// place in line; see [`Waiter`].
+    pub(crate) fn poll_reserve(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut Waiter,
+        max: usize,
+    ) -> Poll<Result<usize, Closed>> {
         debug_assert!(max > 0);
         let mut state = self.lock();
+        if let Some(key) = waiter.key {
+            if state.closed {
+                // Room handed over but not taken yet is given back: nothing
+                // goes into a closed queue but what was reserved before.
+                let slot = state.remove(key);
+                state.reserved -= slot.given;
+                waiter.key = None;
+                let mut wakers = WakeList::new();
+                state.end_readers(&mut wakers);
+                drop(state);
+                wakers.wake_all();
+                return Poll::Ready(Err(Closed));
+            }
+            let given = state.slots[key].given;
+            if given > 0 {
+                state.remove(key);
+                waiter.key = None;
+                return Poll::Ready(Ok(given));
+            }
+            state.slots[key].want = max;
+            state.update_waker(key, cx.waker());
+            return Poll::Pending;
+        }
         if state.closed {
             return Poll::Ready(Err(Closed));
         }
-        let free = self.capacity.saturating_sub(state.items.len() + state.reserved);
-        if free > 0 {
+        let free = state.free_room(self.capacity);
+        if free > 0 && state.writers.is_empty() {
             let n = free.min(max);
             state.reserved += n;
             Poll::Ready(Ok(n))
         } else {
-            register(&mut state.writers, cx.waker());
+            let key = state.insert(false, max, cx.waker());
+            waiter.key = Some(key);
             Poll::Pending
         }
     }
 
     /// Reserves room for between 1 and `max` items.
     ///
-    /// Cancel safe: nothing is reserved until the future completes.
+    /// Cancel safe: nothing is reserved once the future is dropped; room
+    /// handed to it before is passed on to the next writer.
     pub(crate) async fn reserve(&self, max: usize) -> Result<Reservation<'_, T>, Closed> {
-        let n = poll_fn(|cx| self.poll_reserve(cx, max)).await?;
+        let mut wait = Wait { queue: self, waiter: Waiter::new() };
+        let n = poll_fn(|cx| self.poll_reserve(cx, &mut wait.waiter, max)).await?;
         Ok(Reservation { queue: self, n })
     }
 
     /// Pushes `items` (at most `reserved` of them) into room reserved
     /// before, and gives back the room not used.
     fn commit(&self, items: impl IntoIterator<Item = T>, reserved: usize) {
-        let mut state = self.lock();
-        let before = state.items.len();
-        state.items.extend(items);
-        let pushed = state.items.len() - before;
-        debug_assert!(pushed <= reserved, "pushed more than reserved");
-        state.reserved -= reserved;
-        if pushed > 0 || (state.closed && state.reserved == 0) {
-            wake_all(&mut state.readers);
-        }
-        if pushed < reserved {
-            wake_all(&mut state.writers);
-        }
+        self.change(|state, wakers| {
+            let before = state.items.len();
+            state.items.extend(items);
+            let pushed = state.items.len() - before;
+            debug_assert!(pushed <= reserved, "pushed more than reserved");
+            state.reserved -= reserved;
+            if pushed > 0 {
+                state.promise_items(wakers);
+            }
+            if pushed < reserved {
+                state.grant_room(self.capacity, wakers);
+            }
+            state.end_readers(wakers);
+        });
     }
 
     /// Pushes one item into room reserved by [`poll_reserve`](Self::poll_reserve).
@@ -130,25 +372,32 @@ impl<T> Queue<T> {
         self.commit([item], 1);
     }
 
-    /// Pushes one item if there is room, without waiting.
+    /// Pushes one item if there is room and no writer waits, without waiting.
     pub(crate) fn try_push(&self, item: T) -> Result<(), TryPush<T>> {
-        let mut state = self.lock();
-        if state.closed {
-            return Err(TryPush::Closed(item));
-        }
-        if state.items.len() + state.reserved >= self.capacity {
-            return Err(TryPush::Full(item));
-        }
-        state.items.push_back(item);
-        wake_all(&mut state.readers);
-        Ok(())
+        self.change(|state, wakers| {
+            if state.closed {
+                return Err(TryPush::Closed(item));
+            }
+            if state.free_room(self.capacity) == 0 {
+                return Err(TryPush::Full(item));
+            }
+            state.items.push_back(item);
+            state.promise_items(wakers);
+            Ok(())
+        })
     }
 
     /// Moves up to `max` items into `out`. `Ready(true)` when some were
     /// moved, `Ready(false)` once the queue is closed, empty and nothing
     /// reserved is still to come.
-    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>, out: &mut impl Extend<T>, max: usize) -> Poll<bool> {
-        self.poll_pop_numbered(cx, out, max).map(|first| first.is_some())
+    pub(crate) fn poll_pop(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut Waiter,
+        out: &mut impl Extend<T>,
+        max: usize,
+    ) -> Poll<bool> {
+        self.poll_pop_numbered(cx, waiter, out, max).map(|first| first.is_some())
     }
 
     /// [`poll_pop`](Self::poll_pop), giving the number of the first item
@@ -157,33 +406,74 @@ impl<T> Queue<T> {
     pub(crate) fn poll_pop_numbered(
         &self,
         cx: &mut Context<'_>,
+        waiter: &mut Waiter,
         out: &mut impl Extend<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
-        let mut state = self.lock();
-        let allowed = usize::try_from(state.limit - state.popped).unwrap_or(usize::MAX);
-        if !state.items.is_empty() && allowed > 0 {
-            let n = state.items.len().min(max).min(allowed);
-            out.extend(state.items.drain(..n));
-            let first = state.popped;
-            state.popped += n as u64;
-            wake_all(&mut state.writers);
-            return Poll::Ready(Some(first));
-        }
-        if state.items.is_empty() && state.closed && state.reserved == 0 {
-            return Poll::Ready(None);
-        }
-        register(&mut state.readers, cx.waker());
-        Poll::Pending
+        debug_assert!(max > 0);
+        let mut wakers = WakeList::new();
+        let poll = {
+            let mut state = self.lock();
+            if let Some(key) = waiter.key {
+                // Back in the queue: the wake-up (if any) is being used.
+                let slot = state.remove(key);
+                state.promised -= slot.given;
+                waiter.key = None;
+            }
+            let available = state.available();
+            if available > 0 {
+                let n = available.min(max);
+                out.extend(state.items.drain(..n));
+                let first = state.popped;
+                state.popped += n as u64;
+                state.grant_room(self.capacity, &mut wakers);
+                // Items left over that no woken reader will take.
+                state.promise_items(&mut wakers);
+                state.end_readers(&mut wakers);
+                Poll::Ready(Some(first))
+            } else if state.finished() {
+                Poll::Ready(None)
+            } else {
+                let key = state.insert(true, max, cx.waker());
+                waiter.key = Some(key);
+                Poll::Pending
+            }
+        };
+        wakers.wake_all();
+        poll
+    }
+
+    /// Gives back a waiter's place in line, after the caller stopped
+    /// polling. If it had been woken and not come back, what it was given is
+    /// passed on: room handed over goes to the next writers, items promised
+    /// to the next readers (tokio's `Acquire` drop). Does nothing for an
+    /// empty `waiter`.
+    pub(crate) fn cancel(&self, waiter: &mut Waiter) {
+        let Some(key) = waiter.key.take() else { return };
+        self.change(|state, wakers| {
+            let slot = state.remove(key);
+            if slot.given == 0 {
+                return;
+            }
+            if slot.reader {
+                state.promised -= slot.given;
+                state.promise_items(wakers);
+            } else {
+                state.reserved -= slot.given;
+                state.grant_room(self.capacity, wakers);
+                state.end_readers(wakers);
+            }
+        });
     }
 
     /// Lets items numbered below `limit` be taken out.
     pub(crate) fn raise_limit(&self, limit: u64) {
-        let mut state = self.lock();
-        if limit > state.limit {
-            state.limit = limit;
-            wake_all(&mut state.readers);
-        }
+        self.change(|state, wakers| {
+            if limit > state.limit {
+                state.limit = limit;
+                state.promise_items(wakers);
+            }
+        });
     }
 
     /// Sets the limit before any item was taken out.
@@ -194,21 +484,23 @@ impl<T> Queue<T> {
     /// Closes the queue: pushes fail from now on; what is queued (and what
     /// was reserved before) can still be taken out.
     pub(crate) fn close(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        wake_all(&mut state.readers);
-        wake_all(&mut state.writers);
+        self.change(|state, wakers| {
+            state.closed = true;
+            state.wake_writers(wakers);
+            state.end_readers(wakers);
+        });
     }
 
-    /// Closes the queue and drops what is in it; returns how many items were
-    /// dropped.
+    /// Closes the queue and drops what is in it (after releasing the lock);
+    /// returns how many items were dropped.
     pub(crate) fn close_and_clear(&self) -> usize {
-        let mut state = self.lock();
-        state.closed = true;
-        let dropped = std::mem::take(&mut state.items);
-        wake_all(&mut state.readers);
-        wake_all(&mut state.writers);
-        drop(state);
+        let dropped = self.change(|state, wakers| {
+            state.closed = true;
+            state.wake_writers(wakers);
+            let dropped = std::mem::take(&mut state.items);
+            state.end_readers(wakers);
+            dropped
+        });
         dropped.len()
     }
 }
@@ -241,21 +533,89 @@ impl<T> Drop for Reservation<'_, T> {
     }
 }
 
-fn register(wakers: &mut Vec<Waker>, waker: &Waker) {
-    if !wakers.iter().any(|w| w.will_wake(waker)) {
-        wakers.push(waker.clone());
+/// A [`Waiter`] given back to its queue on drop.
+struct Wait<'a, T> {
+    queue: &'a Queue<T>,
+    waiter: Waiter,
+}
+
+impl<T> Drop for Wait<'_, T> {
+    fn drop(&mut self) {
+        self.queue.cancel(&mut self.waiter);
     }
 }
 
-fn wake_all(wakers: &mut Vec<Waker>) {
-    for waker in wakers.drain(..) {
-        waker.wake();
+/// A consumer of a queue that keeps its place in line between polls and
+/// gives it back when dropped.
+pub(crate) struct Reader<'a, T>(Wait<'a, T>);
+
+impl<T> Queue<T> {
+    /// A consumer of this queue; see [`Reader`].
+    pub(crate) fn reader(&self) -> Reader<'_, T> {
+        Reader(Wait { queue: self, waiter: Waiter::new() })
     }
 }
 
-#[cfg(test)]
+impl<T> Reader<'_, T> {
+    /// [`Queue::poll_pop_numbered`] in this reader's place.
+    pub(crate) fn poll_pop_numbered(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut impl Extend<T>,
+        max: usize,
+    ) -> Poll<Option<u64>> {
+        let Wait { queue, waiter } = &mut self.0;
+        queue.poll_pop_numbered(cx, waiter, out, max)
+    }
+}
+
+/// Wakers picked under a lock, woken after it is released. Holds a few
+/// inline, so waking allocates nothing in the common case.
+pub(crate) struct WakeList {
+    inline: [Option<Waker>; WakeList::INLINE],
+    len: usize,
+    more: Vec<Waker>,
+}
+
+impl WakeList {
+    const INLINE: usize = 8;
+
+    pub(crate) fn new() -> Self {
+        WakeList { inline: Default::default(), len: 0, more: Vec::new() }
+    }
+
+    pub(crate) fn push(&mut self, waker: Option<Waker>) {
+        let Some(waker) = waker else { return };
+        if self.len < Self::INLINE {
+            self.inline[self.len] = Some(waker);
+            self.len += 1;
+        } else {
+            self.more.push(waker);
+        }
+    }
+
+    pub(crate) fn wake_all(&mut self) {
+        for waker in self.inline[..self.len].iter_mut().filter_map(Option::take) {
+            waker.wake();
+        }
+        self.len = 0;
+        for waker in self.more.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(all(test, not(genflow_loom)))]
 mod tests {
-    use std::{future::Future, pin::pin, sync::Arc};
+    use std::{
+        future::Future,
+        pin::pin,
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        task::Wake,
+    };
 
     use futures::task::noop_waker_ref;
 
@@ -265,23 +625,75 @@ mod tests {
         Context::from_waker(noop_waker_ref())
     }
 
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A waiter with its own counting waker.
+    struct Party {
+        count: Arc<Count>,
+        waker: Waker,
+        waiter: Waiter,
+    }
+
+    impl Party {
+        fn new() -> Self {
+            let count = Arc::new(Count::default());
+            Party { waker: Waker::from(count.clone()), count, waiter: Waiter::new() }
+        }
+
+        fn woken(&self) -> usize {
+            self.count.0.load(Ordering::SeqCst)
+        }
+
+        fn reserve(&mut self, q: &Queue<u32>, max: usize) -> Poll<Result<usize, Closed>> {
+            q.poll_reserve(&mut Context::from_waker(&self.waker), &mut self.waiter, max)
+        }
+
+        fn pop(&mut self, q: &Queue<u32>, out: &mut Vec<u32>, max: usize) -> Poll<bool> {
+            q.poll_pop(&mut Context::from_waker(&self.waker), &mut self.waiter, out, max)
+        }
+    }
+
+    fn pop(q: &Queue<u32>, max: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut waiter = Waiter::new();
+        let _ = q.poll_pop(&mut cx(), &mut waiter, &mut out, max);
+        q.cancel(&mut waiter);
+        out
+    }
+
+    fn full_queue(capacity: usize) -> Queue<u32> {
+        let q = Queue::new(capacity);
+        for i in 0..capacity as u32 {
+            q.try_push(i).unwrap();
+        }
+        q
+    }
+
     #[test]
     fn capacity_counts_queued_and_reserved_items() {
         let q = Queue::new(3);
-        let Poll::Ready(Ok(2)) = q.poll_reserve(&mut cx(), 2) else { panic!() };
+        let mut w = Party::new();
+        assert_eq!(w.reserve(&q, 2), Poll::Ready(Ok(2)));
         q.try_push(1).unwrap();
         assert!(matches!(q.try_push(2), Err(TryPush::Full(2))));
-        assert!(q.poll_reserve(&mut cx(), 1).is_pending());
+        assert!(w.reserve(&q, 1).is_pending());
+        q.cancel(&mut w.waiter);
         q.commit([10, 11], 2);
         assert_eq!(q.len(), 3);
-        let mut out = Vec::new();
-        assert_eq!(q.poll_pop(&mut cx(), &mut out, 2), Poll::Ready(true));
-        assert_eq!(out, [1, 10]);
+        assert_eq!(pop(&q, 2), [1, 10]);
     }
 
     #[test]
     fn unused_reservations_are_given_back() {
-        let q = Queue::<u8>::new(2);
+        let q = Queue::<u32>::new(2);
         {
             let mut reserve = pin!(q.reserve(2));
             let Poll::Ready(Ok(r)) = reserve.as_mut().poll(&mut cx()) else { panic!() };
@@ -299,22 +711,27 @@ mod tests {
         q.try_push(1).unwrap();
         q.close();
         assert!(matches!(q.try_push(2), Err(TryPush::Closed(2))));
+        let mut r = Party::new();
         let mut out = Vec::new();
-        assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(true));
-        assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(false));
+        assert_eq!(r.pop(&q, &mut out, 8), Poll::Ready(true));
+        assert_eq!(r.pop(&q, &mut out, 8), Poll::Ready(false));
+        assert_eq!(out, [1]);
     }
 
     #[test]
     fn a_closed_queue_waits_for_reserved_items() {
         let q = Queue::new(4);
-        let Poll::Ready(Ok(1)) = q.poll_reserve(&mut cx(), 1) else { panic!() };
+        let mut w = Party::new();
+        assert_eq!(w.reserve(&q, 1), Poll::Ready(Ok(1)));
         q.close();
+        let mut r = Party::new();
         let mut out = Vec::new();
-        assert!(q.poll_pop(&mut cx(), &mut out, 8).is_pending());
+        assert!(r.pop(&q, &mut out, 8).is_pending());
         q.commit([5], 1);
-        assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(true));
+        assert_eq!(r.woken(), 1);
+        assert_eq!(r.pop(&q, &mut out, 8), Poll::Ready(true));
         assert_eq!(out, [5]);
-        assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(false));
+        assert_eq!(r.pop(&q, &mut out, 8), Poll::Ready(false));
     }
 
     #[test]
@@ -324,18 +741,159 @@ mod tests {
         for i in 0..5 {
             q.try_push(i).unwrap();
         }
+        let mut r = Party::new();
         let mut out = Vec::new();
-        assert_eq!(q.poll_pop_numbered(&mut cx(), &mut out, 2), Poll::Ready(Some(0)));
-        assert_eq!(q.poll_pop_numbered(&mut cx(), &mut out, 2), Poll::Ready(Some(2)));
+        let pop = |r: &mut Party, out: &mut Vec<u32>, max| {
+            q.poll_pop_numbered(&mut Context::from_waker(&r.waker), &mut r.waiter, out, max)
+        };
+        assert_eq!(pop(&mut r, &mut out, 2), Poll::Ready(Some(0)));
+        assert_eq!(pop(&mut r, &mut out, 2), Poll::Ready(Some(2)));
         assert_eq!(out, [0, 1, 2]);
-        assert!(q.poll_pop_numbered(&mut cx(), &mut out, 2).is_pending());
+        assert!(pop(&mut r, &mut out, 2).is_pending());
         q.close();
         // Closed, but items wait for the limit: not the end yet.
-        assert!(q.poll_pop_numbered(&mut cx(), &mut out, 2).is_pending());
+        assert!(pop(&mut r, &mut out, 2).is_pending());
+        assert_eq!(r.woken(), 0);
         q.raise_limit(10);
-        assert_eq!(q.poll_pop_numbered(&mut cx(), &mut out, 8), Poll::Ready(Some(3)));
+        assert_eq!(r.woken(), 1);
+        assert_eq!(pop(&mut r, &mut out, 8), Poll::Ready(Some(3)));
         assert_eq!(out, [0, 1, 2, 3, 4]);
-        assert_eq!(q.poll_pop_numbered(&mut cx(), &mut out, 8), Poll::Ready(None));
+        assert_eq!(pop(&mut r, &mut out, 8), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_pop_wakes_only_the_writers_it_made_room_for() {
+        let q = full_queue(4);
+        let mut writers: Vec<Party> = (0..3).map(|_| Party::new()).collect();
+        for w in &mut writers {
+            assert!(w.reserve(&q, 1).is_pending());
+        }
+        assert_eq!(pop(&q, 2), [0, 1]);
+        assert_eq!(writers.iter().map(Party::woken).collect::<Vec<_>>(), [1, 1, 0]);
+        // The room was handed over: nobody can take it from them.
+        assert!(matches!(q.try_push(9), Err(TryPush::Full(9))));
+        assert_eq!(writers[0].reserve(&q, 1), Poll::Ready(Ok(1)));
+        assert_eq!(writers[1].reserve(&q, 1), Poll::Ready(Ok(1)));
+        assert!(writers[2].reserve(&q, 1).is_pending());
+        q.cancel(&mut writers[2].waiter);
+    }
+
+    #[test]
+    fn a_writer_gets_room_up_to_what_it_asked_for() {
+        let q = full_queue(4);
+        let (mut a, mut b) = (Party::new(), Party::new());
+        assert!(a.reserve(&q, 3).is_pending());
+        assert!(b.reserve(&q, 3).is_pending());
+        assert_eq!(pop(&q, 4), [0, 1, 2, 3]);
+        assert_eq!((a.woken(), b.woken()), (1, 1));
+        assert_eq!(a.reserve(&q, 3), Poll::Ready(Ok(3)));
+        assert_eq!(b.reserve(&q, 3), Poll::Ready(Ok(1)));
+    }
+
+    #[test]
+    fn a_commit_wakes_at_most_as_many_readers_as_it_brings_items() {
+        let q = Queue::new(8);
+        let mut readers: Vec<Party> = (0..3).map(|_| Party::new()).collect();
+        let mut out = Vec::new();
+        for r in &mut readers {
+            assert!(r.pop(&q, &mut out, 1).is_pending());
+        }
+        q.commit_reserved([1, 2]);
+        assert_eq!(readers.iter().map(Party::woken).collect::<Vec<_>>(), [1, 1, 0]);
+        assert_eq!(readers[0].pop(&q, &mut out, 1), Poll::Ready(true));
+        assert_eq!(readers[1].pop(&q, &mut out, 1), Poll::Ready(true));
+        assert_eq!(out, [1, 2]);
+        assert!(readers[2].pop(&q, &mut out, 1).is_pending());
+        q.cancel(&mut readers[2].waiter);
+    }
+
+    #[test]
+    fn a_reader_that_leaves_items_wakes_the_next() {
+        let q = Queue::new(8);
+        let (mut a, mut b) = (Party::new(), Party::new());
+        let mut out = Vec::new();
+        assert!(a.pop(&q, &mut out, 8).is_pending());
+        assert!(b.pop(&q, &mut out, 8).is_pending());
+        q.commit_reserved([1, 2, 3]);
+        // A batch of 8 covers the three items: only the first is woken.
+        assert_eq!((a.woken(), b.woken()), (1, 0));
+        // It takes only two; the one left goes to the next.
+        assert_eq!(a.pop(&q, &mut out, 2), Poll::Ready(true));
+        assert_eq!(b.woken(), 1);
+        assert_eq!(b.pop(&q, &mut out, 8), Poll::Ready(true));
+        assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_woken_writer_that_leaves_passes_its_room_on() {
+        let q = full_queue(2);
+        let (mut a, mut b) = (Party::new(), Party::new());
+        assert!(a.reserve(&q, 1).is_pending());
+        assert!(b.reserve(&q, 1).is_pending());
+        assert_eq!(pop(&q, 1), [0]);
+        assert_eq!((a.woken(), b.woken()), (1, 0));
+        q.cancel(&mut a.waiter);
+        assert_eq!(b.woken(), 1);
+        assert_eq!(b.reserve(&q, 1), Poll::Ready(Ok(1)));
+    }
+
+    #[test]
+    fn a_dropped_reserve_future_passes_its_room_on() {
+        let q = full_queue(1);
+        let mut b = Party::new();
+        {
+            let mut reserve = pin!(q.reserve(1));
+            assert!(reserve.as_mut().poll(&mut cx()).is_pending());
+            assert!(b.reserve(&q, 1).is_pending());
+            assert_eq!(pop(&q, 1), [0]);
+            assert_eq!(b.woken(), 0, "the room went to the first in line");
+        }
+        assert_eq!(b.woken(), 1);
+        assert_eq!(b.reserve(&q, 1), Poll::Ready(Ok(1)));
+    }
+
+    #[test]
+    fn a_woken_reader_that_leaves_passes_its_items_on() {
+        let q = Queue::new(4);
+        let (mut a, mut b) = (Party::new(), Party::new());
+        let mut out = Vec::new();
+        assert!(a.pop(&q, &mut out, 4).is_pending());
+        assert!(b.pop(&q, &mut out, 4).is_pending());
+        q.try_push(7).unwrap();
+        assert_eq!((a.woken(), b.woken()), (1, 0));
+        q.cancel(&mut a.waiter);
+        assert_eq!(b.woken(), 1);
+        assert_eq!(b.pop(&q, &mut out, 4), Poll::Ready(true));
+        assert_eq!(out, [7]);
+    }
+
+    #[test]
+    fn closing_wakes_every_waiter_and_takes_back_room_not_taken() {
+        let q = full_queue(1);
+        let (mut a, mut b) = (Party::new(), Party::new());
+        assert!(a.reserve(&q, 1).is_pending());
+        assert!(b.reserve(&q, 1).is_pending());
+        assert_eq!(pop(&q, 1), [0]);
+        q.close();
+        assert_eq!((a.woken(), b.woken()), (1, 1));
+        // The room handed to `a` before the close is not used after it.
+        assert_eq!(a.reserve(&q, 1), Poll::Ready(Err(Closed)));
+        assert_eq!(b.reserve(&q, 1), Poll::Ready(Err(Closed)));
+        let mut r = Party::new();
+        assert_eq!(r.pop(&q, &mut Vec::new(), 1), Poll::Ready(false));
+    }
+
+    #[test]
+    fn a_huge_capacity_is_a_limit_not_an_allocation() {
+        for capacity in [usize::MAX, 1 << 40] {
+            let q = Queue::new(capacity);
+            assert_eq!(q.capacity(), capacity.min(MAX_CAPACITY));
+            q.try_push(1u32).unwrap();
+            let mut w = Party::new();
+            assert_eq!(w.reserve(&q, 5), Poll::Ready(Ok(5)));
+            q.commit_reserved([2, 3]);
+            assert_eq!(pop(&q, 8), [1, 2, 3]);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +919,8 @@ mod tests {
                 tokio::spawn(async move {
                     let mut got = Vec::new();
                     let mut batch = Vec::new();
-                    while poll_fn(|cx| q.poll_pop(cx, &mut batch, 3)).await {
+                    let mut reader = q.reader();
+                    while poll_fn(|cx| reader.poll_pop_numbered(cx, &mut batch, 3)).await.is_some() {
                         got.append(&mut batch);
                     }
                     got
@@ -380,5 +939,13 @@ mod tests {
         let mut expected: Vec<u64> = (0..4u64).flat_map(|p| (0..10_000).map(move |i| p * 1_000_000 + i)).collect();
         expected.sort_unstable();
         assert_eq!(all, expected);
+    }
+
+    impl<T> Queue<T> {
+        /// Reserves room for `items` and pushes them, as one commit.
+        fn commit_reserved<const N: usize>(&self, items: [T; N]) {
+            self.lock().reserved += N;
+            self.commit(items, N);
+        }
     }
 }

@@ -1,28 +1,46 @@
 //! `#[replicas(N, ordered)]`: putting a replicated stage's output back in
-//! input order.
+//! input order, without holding more than a few batches of it.
 //!
 //! Items leave the stage's queue numbered, a batch at a time, so the batch
 //! a replica takes is a run of consecutive numbers and its outputs are in
-//! order among themselves. When a replica is done with a batch it hands the
-//! outputs over as one *chunk*; chunks are sent downstream in number order,
-//! by whichever replica finds the next chunk ready (one at a time). A chunk
-//! that arrives early waits here.
+//! order among themselves. The batch that holds the oldest input whose
+//! outputs are not all sent has *the turn*: its replica sends its outputs
+//! straight downstream as it emits them, like an unordered stage, waiting
+//! for room there. Any other replica's `emit` waits for its batch's turn
+//! once it holds a batch's worth of outputs ([`BATCH`]); a batch finished
+//! before its turn leaves its (fewer) outputs here as a *chunk*. When the
+//! turn holder ends its batch it sends on the chunks that follow in number
+//! order, then hands the turn to the batch after them, waking only that
+//! batch's replica.
 //!
-//! Replicas may run ahead of the oldest unfinished item by at most the
+//! `Stage::finish` outputs go after every input's: a replica whose `finish`
+//! emits a batch's worth waits until every replica's input ended, then
+//! streams them (one replica at a time); smaller rests wait here and the
+//! last replica to end sends them.
+//!
+//! Replicas may run ahead of the oldest unsent input by at most the
 //! *window* (in input items): the stage's queue holds back items numbered
-//! beyond it. That bounds what waits here to the outputs of a window's worth
-//! of inputs.
+//! beyond it. So what an ordered stage holds is bounded whatever its
+//! fan-out: a batch of outputs per replica, plus chunks of fewer than a
+//! batch each for at most a window's worth of inputs.
+//!
+//! The turn is not given back if a replica's task is aborted mid-batch; the
+//! stage then stops sending (an aborted pipeline is not drained anyway).
 
 use std::{
     collections::BTreeMap,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    future::poll_fn,
+    sync::Arc,
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
-use super::{BATCH, emitter::Link, queue::Queue};
+use super::{
+    BATCH,
+    emitter::{Link, blocking},
+    queue::{Queue, WakeList},
+};
+use crate::loom::sync::{Mutex, MutexGuard};
 
 /// How far the replicas of an ordered stage may run ahead of the oldest item
 /// not yet sent on, in input items: two batches per replica.
@@ -30,7 +48,7 @@ pub(crate) fn window(replicas: usize) -> u64 {
     (2 * replicas * BATCH) as u64
 }
 
-/// The input queue whose limit the reorder raises as chunks go out.
+/// The input queue whose limit the reorder raises as outputs go out.
 pub(crate) trait Limit: Send + Sync {
     fn raise_limit(&self, limit: u64);
 }
@@ -43,38 +61,43 @@ impl<T: Send> Limit for Queue<T> {
 
 /// The reorder point of one ordered stage, shared by its replicas.
 pub(crate) struct Reorder<T> {
-    pending: Mutex<Pending<T>>,
-    /// Set while one replica is sending chunks downstream.
-    sending: AtomicBool,
-    /// Replicas whose input has not ended yet.
-    live: AtomicUsize,
+    turns: Mutex<Turns<T>>,
     link: Link<T>,
     input: Arc<dyn Limit>,
     window: u64,
+    replicas: usize,
 }
 
-struct Pending<T> {
-    /// The number of the first input whose chunk is not sent yet.
-    next: u64,
-    /// Finished chunks, by the number of their first input: how many inputs
-    /// they cover, and their outputs.
+struct Turns<T> {
+    /// The number of the first input whose outputs are not all sent: the
+    /// batch starting here has the turn.
+    sent: u64,
+    /// Batches finished before their turn, by the number of their first
+    /// input: how many inputs they cover, and their outputs.
     chunks: BTreeMap<u64, (u64, Vec<T>)>,
     /// Emptied buffers, for the next chunks.
     spare: Vec<Vec<T>>,
-    /// What the replicas emitted in `Stage::finish`: sent after every chunk.
+    /// Replicas waiting for the turn of the batch starting at that number.
+    waiting: Vec<(u64, Waker)>,
+    /// Replicas whose input ended, and replicas done with `finish`.
+    ended: usize,
+    done: usize,
+    /// Whether a replica is streaming its `finish` outputs.
+    finishing: bool,
+    /// Replicas waiting to stream their `finish` outputs.
+    finish_waiting: Vec<Waker>,
+    /// `finish` outputs left for the last replica to send.
     last: Vec<T>,
 }
 
-impl<T> Pending<T> {
-    fn take_ready(&mut self) -> Option<(u64, Vec<T>)> {
-        let entry = self.chunks.first_entry().filter(|e| *e.key() == self.next)?;
-        let (inputs, items) = entry.remove();
-        self.next += inputs;
-        Some((inputs, items))
-    }
-
-    fn has_ready(&self) -> bool {
-        self.chunks.first_key_value().is_some_and(|(first, _)| *first == self.next)
+impl<T> Turns<T> {
+    /// Wakes the replicas waiting to stream `finish` outputs, if they may.
+    fn wake_finishers(&mut self, replicas: usize, wakers: &mut WakeList) {
+        if self.ended == replicas && !self.finishing {
+            for waker in self.finish_waiting.drain(..) {
+                wakers.push(Some(waker));
+            }
+        }
     }
 }
 
@@ -85,112 +108,291 @@ impl<T: Send> Reorder<T> {
         let window = window(replicas);
         input.set_limit(window);
         Reorder {
-            pending: Mutex::new(Pending { next: 0, chunks: BTreeMap::new(), spare: Vec::new(), last: Vec::new() }),
-            sending: AtomicBool::new(false),
-            live: AtomicUsize::new(replicas),
+            turns: Mutex::new(Turns {
+                sent: 0,
+                chunks: BTreeMap::new(),
+                spare: Vec::new(),
+                waiting: Vec::with_capacity(replicas),
+                ended: 0,
+                done: 0,
+                finishing: false,
+                finish_waiting: Vec::with_capacity(replicas),
+                last: Vec::new(),
+            }),
             link,
             input,
             window,
+            replicas,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Pending<T>> {
-        self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Turns<T>> {
+        self.turns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// An empty buffer for a replica's next chunk.
-    pub(crate) fn buffer(&self) -> Vec<T> {
-        self.lock().spare.pop().unwrap_or_else(|| Vec::with_capacity(BATCH))
+    /// Whether the batch starting at input `first` has the turn.
+    fn has_turn(&self, first: u64) -> bool {
+        self.lock().sent == first
     }
 
-    /// Hands over the outputs of the inputs numbered `first..first + inputs`,
-    /// then sends on every chunk that is ready, unless another replica is
-    /// already doing so (it will see this chunk).
-    pub(crate) async fn finish(
-        &self,
+    /// Ready once the batch starting at input `first` has the turn.
+    fn poll_turn(&self, cx: &mut Context<'_>, first: u64) -> Poll<()> {
+        let mut turns = self.lock();
+        if turns.sent == first {
+            return Poll::Ready(());
+        }
+        match turns.waiting.iter_mut().find(|(f, _)| *f == first) {
+            Some((_, waker)) => waker.clone_from(cx.waker()),
+            None => turns.waiting.push((first, cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+
+    /// Ready once this replica may stream its `finish` outputs (it then
+    /// does so until it ends).
+    fn poll_finish_turn(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut turns = self.lock();
+        if turns.ended == self.replicas && !turns.finishing {
+            turns.finishing = true;
+            return Poll::Ready(());
+        }
+        if !turns.finish_waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            turns.finish_waiting.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The batch of inputs `first..first + inputs` is done. If it has the
+    /// turn, returns `true` and leaves `items` alone; otherwise keeps them
+    /// as a chunk (leaving an empty buffer in `items`).
+    fn hand_over(&self, first: u64, inputs: u64, items: &mut Vec<T>) -> bool {
+        let mut turns = self.lock();
+        if turns.sent == first {
+            return true;
+        }
+        let buffer = turns.spare.pop().unwrap_or_default();
+        turns.chunks.insert(first, (inputs, std::mem::replace(items, buffer)));
+        false
+    }
+
+    /// Called by the turn holder once every output of inputs before `next`
+    /// is sent: sends on the chunks that follow in order, then hands the
+    /// turn to the batch after them.
+    async fn pass_turn(&self, mut next: u64, blocked: &mut Duration, dropped: &mut u64) {
+        loop {
+            let mut wakers = WakeList::new();
+            let chunk = {
+                let mut turns = self.lock();
+                turns.sent = next;
+                let chunk = turns.chunks.first_entry().filter(|e| *e.key() == next).map(|e| e.remove());
+                if chunk.is_none() {
+                    if let Some(at) = turns.waiting.iter().position(|(first, _)| *first == next) {
+                        wakers.push(Some(turns.waiting.swap_remove(at).1));
+                    }
+                    turns.wake_finishers(self.replicas, &mut wakers);
+                }
+                chunk
+            };
+            wakers.wake_all();
+            self.input.raise_limit(next + self.window);
+            let Some((inputs, mut items)) = chunk else { return };
+            self.link.send(&mut items, blocked, dropped).await;
+            let mut turns = self.lock();
+            if turns.spare.len() < 4 {
+                turns.spare.push(items);
+            }
+            drop(turns);
+            next += inputs;
+        }
+    }
+
+    /// A replica's input ended.
+    fn mark_ended(&self) {
+        let mut wakers = WakeList::new();
+        {
+            let mut turns = self.lock();
+            turns.ended += 1;
+            turns.wake_finishers(self.replicas, &mut wakers);
+        }
+        wakers.wake_all();
+    }
+
+    /// A replica is done with `finish`: keeps `items` for the last replica,
+    /// gives back the right to stream if it held it. The last replica to end
+    /// gets every replica's rest back, to send.
+    fn end_replica(&self, finishing: bool, items: &mut Vec<T>) -> Option<Vec<T>> {
+        let mut wakers = WakeList::new();
+        let last = {
+            let mut turns = self.lock();
+            turns.last.append(items);
+            if finishing {
+                turns.finishing = false;
+                turns.wake_finishers(self.replicas, &mut wakers);
+            }
+            turns.done += 1;
+            (turns.done == self.replicas).then(|| std::mem::take(&mut turns.last))
+        };
+        wakers.wake_all();
+        last
+    }
+}
+
+/// One replica's side of its stage's [`Reorder`]: what the replica's
+/// [`Emitter`](super::Emitter) goes through.
+pub(crate) struct Place<T> {
+    reorder: Arc<Reorder<T>>,
+    /// The first input of the batch being processed; `None` between batches
+    /// and in `Stage::finish`.
+    batch: Option<u64>,
+    /// Whether that batch has the turn (known once asked: it keeps it).
+    turn: bool,
+    /// Whether the input ended was told to the reorder point.
+    ended: bool,
+    /// Whether this replica streams its `finish` outputs.
+    finishing: bool,
+}
+
+impl<T: Send> Place<T> {
+    pub(crate) fn new(reorder: Arc<Reorder<T>>) -> Self {
+        Place { reorder, batch: None, turn: false, ended: false, finishing: false }
+    }
+
+    /// The replica starts on the inputs numbered from `first` on.
+    pub(crate) fn begin_batch(&mut self, first: u64) {
+        self.batch = Some(first);
+        self.turn = false;
+    }
+
+    /// `items` holds a batch's worth of outputs: sends them on once this
+    /// replica may, waiting for its batch's turn (or, in `finish`, for every
+    /// input's outputs to be out). Time waiting counts as blocked.
+    ///
+    /// Cancel safe: the items stay in `items` until sent.
+    pub(crate) async fn send_full(&mut self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+        match self.batch {
+            Some(first) if !self.turn => {
+                blocking(blocked, poll_fn(|cx| self.reorder.poll_turn(cx, first))).await;
+                self.turn = true;
+            }
+            Some(_) => {}
+            None if !self.finishing => {
+                self.end_input_once();
+                blocking(blocked, poll_fn(|cx| self.reorder.poll_finish_turn(cx))).await;
+                self.finishing = true;
+            }
+            None => {}
+        }
+        self.reorder.link.send(items, blocked, dropped).await;
+    }
+
+    /// Sends `items` on if this replica may without waiting for its turn.
+    pub(crate) async fn send_if_turn(&mut self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+        if let Some(first) = self.batch
+            && !self.turn
+        {
+            self.turn = self.reorder.has_turn(first);
+        }
+        if (self.turn && self.batch.is_some()) || self.finishing {
+            self.reorder.link.send(items, blocked, dropped).await;
+        }
+    }
+
+    /// The replica went through the inputs numbered `first..first + inputs`
+    /// and `items` holds what they emitted not sent yet: sends them on if the
+    /// batch has the turn (then the chunks that follow), or else leaves them
+    /// as a chunk. With `inputs == 0` the outputs stay for the rest of the
+    /// batch.
+    pub(crate) async fn end_batch(
+        &mut self,
         first: u64,
         inputs: u64,
-        items: Vec<T>,
+        items: &mut Vec<T>,
         blocked: &mut Duration,
         dropped: &mut u64,
     ) {
-        self.lock().chunks.insert(first, (inputs, items));
-        self.release(blocked, dropped).await;
-    }
-
-    /// A replica's input ended and every chunk of it was handed over; `items`
-    /// is what it emitted in `Stage::finish`. The last replica to end sends
-    /// what is left, then every replica's `items`.
-    pub(crate) async fn end_replica(&self, items: Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
-        self.lock().last.extend(items);
-        if self.live.fetch_sub(1, Ordering::SeqCst) != 1 {
+        if inputs == 0 {
             return;
         }
-        // Every other replica has handed over all its chunks and is done
-        // sending: what remains is ready, in order.
-        self.release(blocked, dropped).await;
-        let mut last = std::mem::take(&mut self.lock().last);
-        self.link.send(&mut last, blocked, dropped).await;
+        self.batch = None;
+        let turn = std::mem::take(&mut self.turn) || self.reorder.hand_over(first, inputs, items);
+        if turn {
+            self.reorder.link.send(items, blocked, dropped).await;
+            self.reorder.pass_turn(first + inputs, blocked, dropped).await;
+        }
     }
 
-    /// Sends on every chunk that is ready, unless another replica is already
-    /// doing so.
-    async fn release(&self, blocked: &mut Duration, dropped: &mut u64) {
-        loop {
-            if self.sending.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-                return;
-            }
-            // Set `sending` back even if this future is dropped mid-way.
-            let guard = Sending(&self.sending);
-            loop {
-                let ready = self.lock().take_ready();
-                let Some((_, mut items)) = ready else { break };
-                self.link.send(&mut items, blocked, dropped).await;
-                let next = {
-                    let mut pending = self.lock();
-                    if pending.spare.len() < 4 {
-                        pending.spare.push(items);
-                    }
-                    pending.next
-                };
-                self.input.raise_limit(next + self.window);
-            }
-            drop(guard);
-            // A chunk handed over while this replica was sending was left
-            // to it: look once more now that `sending` is clear.
-            if !self.lock().has_ready() {
-                return;
-            }
+    /// Called once, after the replica's last batch and its `Stage::finish`:
+    /// sends what `finish` emitted if it may stream, or leaves it for the
+    /// last replica to end, which sends every rest.
+    pub(crate) async fn end_input(&mut self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+        self.end_input_once();
+        if self.finishing {
+            self.reorder.link.send(items, blocked, dropped).await;
+        }
+        if let Some(mut last) = self.reorder.end_replica(std::mem::take(&mut self.finishing), items) {
+            self.reorder.link.send(&mut last, blocked, dropped).await;
+        }
+    }
+
+    fn end_input_once(&mut self) {
+        if !std::mem::replace(&mut self.ended, true) {
+            self.reorder.mark_ended();
         }
     }
 }
 
-struct Sending<'a>(&'a AtomicBool);
-
-impl Drop for Sending<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-}
-
-#[cfg(test)]
+#[cfg(all(test, not(genflow_loom)))]
 mod tests {
+    use std::task::Context;
+
+    use futures::task::noop_waker_ref;
+
     use super::*;
-    use crate::pipeline::dispatch::Dispatch;
+    use crate::pipeline::{dispatch::Dispatch, queue::Waiter};
+
+    fn drain(queue: &Queue<u32>) -> Vec<u32> {
+        let mut got = Vec::new();
+        let _ = queue.poll_pop(&mut Context::from_waker(noop_waker_ref()), &mut Waiter::new(), &mut got, 1000);
+        got
+    }
 
     #[tokio::test]
     async fn chunks_leave_in_input_order() {
         let out = Arc::new(Queue::new(100));
         let input = Arc::new(Queue::<u8>::new(100));
-        let reorder = Reorder::new(Link::new(Dispatch::Shared(out.clone()), None), input, 1);
+        let reorder = Arc::new(Reorder::new(Link::new(Dispatch::Shared(out.clone()), None), input, 3));
+        let mut places: Vec<_> = (0..3).map(|_| Place::new(reorder.clone())).collect();
         let (mut blocked, mut dropped) = (Duration::ZERO, 0);
-        reorder.finish(3, 2, vec![30, 40], &mut blocked, &mut dropped).await;
-        reorder.finish(1, 2, vec![10, 11, 20], &mut blocked, &mut dropped).await;
+        places[2].end_batch(3, 2, &mut vec![30, 40], &mut blocked, &mut dropped).await;
+        places[1].end_batch(1, 2, &mut vec![10, 11, 20], &mut blocked, &mut dropped).await;
         assert_eq!(out.len(), 0, "nothing before input 0 is done");
-        reorder.finish(0, 1, vec![], &mut blocked, &mut dropped).await;
-        let mut got = Vec::new();
-        let _ = out.poll_pop(&mut std::task::Context::from_waker(futures::task::noop_waker_ref()), &mut got, 100);
-        assert_eq!(got, [10, 11, 20, 30, 40]);
+        places[0].end_batch(0, 1, &mut vec![], &mut blocked, &mut dropped).await;
+        assert_eq!(drain(&out), [10, 11, 20, 30, 40]);
         assert_eq!(dropped, 0);
+    }
+
+    #[tokio::test]
+    async fn the_turn_holder_sends_as_it_emits_and_others_wait() {
+        let out = Arc::new(Queue::new(1000));
+        let input = Arc::new(Queue::<u8>::new(100));
+        let reorder = Arc::new(Reorder::new(Link::new(Dispatch::Shared(out.clone()), None), input, 2));
+        let (mut a, mut b) = (Place::new(reorder.clone()), Place::new(reorder.clone()));
+        let (mut blocked, mut dropped) = (Duration::ZERO, 0);
+        a.begin_batch(0);
+        b.begin_batch(4);
+        // Not its turn: a full buffer waits.
+        let mut later: Vec<u32> = (100..100 + BATCH as u32).collect();
+        let (mut b_blocked, mut b_dropped) = (Duration::ZERO, 0);
+        let mut wait = Box::pin(b.send_full(&mut later, &mut b_blocked, &mut b_dropped));
+        assert!(futures::poll!(wait.as_mut()).is_pending());
+        // The turn holder's outputs go straight on.
+        let mut now: Vec<u32> = (0..BATCH as u32).collect();
+        a.send_full(&mut now, &mut blocked, &mut dropped).await;
+        assert_eq!(drain(&out), (0..BATCH as u32).collect::<Vec<_>>());
+        a.end_batch(0, 4, &mut vec![7], &mut blocked, &mut dropped).await;
+        assert_eq!(drain(&out), [7]);
+        // The turn passed to the batch from input 4.
+        wait.await;
+        assert_eq!(drain(&out), (100..100 + BATCH as u32).collect::<Vec<_>>());
     }
 }

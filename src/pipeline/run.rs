@@ -46,6 +46,8 @@ pub(crate) async fn run<S: Stage>(
     let mut batch = Batch { items: VecDeque::with_capacity(BATCH), first: 0 };
     // Whether the input ended and `finish` ran.
     let mut ended = false;
+    // This replica's place in line for items.
+    let mut reader = input.reader();
     'life: loop {
         let Some(mut server) = boot::<S>(&registry, &mut restarts).await else {
             break 'life;
@@ -69,7 +71,7 @@ pub(crate) async fn run<S: Stage>(
                 if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
                     return Poll::Ready(Work::Control(envelope));
                 }
-                input
+                reader
                     .poll_pop_numbered(cx, &mut batch.items, BATCH)
                     .map(|first| first.map_or(Work::InputDone, Work::Items))
             })
@@ -127,7 +129,7 @@ pub(crate) async fn run<S: Stage>(
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
         out.end_batch(batch.first, left).await;
     }
-    while let Some(first) = poll_fn(|cx| input.poll_pop_numbered(cx, &mut batch.items, BATCH)).await {
+    while let Some(first) = poll_fn(|cx| reader.poll_pop_numbered(cx, &mut batch.items, BATCH)).await {
         let n = batch.items.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
         batch.items.clear();
@@ -156,6 +158,7 @@ async fn process_batch<S: Stage>(
     counters: &Counters,
 ) -> Result<(), Crashed> {
     let started = Instant::now();
+    out.begin_batch(batch.first);
     let mut delta = Delta::default();
     let taken = batch.items.len() as u64;
     let mut result = Ok(());

@@ -255,7 +255,7 @@ impl<S: Stage> StageHandle<S> {
             self.name,
             self.counters.iter().map(|c| c.snapshot()).collect(),
             queues.iter().map(|q| q.len() as u64).sum(),
-            queues.iter().map(|q| q.capacity() as u64).sum(),
+            queues.iter().map(|q| q.capacity() as u64).fold(0, u64::saturating_add),
         )
     }
 }

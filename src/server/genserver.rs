@@ -125,6 +125,12 @@ pub trait GenServer: Sized + Send + 'static {
 
     /// The capacity of this server's queue. Casts wait (and `try_cast`
     /// fails with `Full`) while the queue is full. Defaults to 1 000.
+    ///
+    /// A bound, not an allocation: queues grow with what is queued, so any
+    /// size works, up to `usize::MAX`. Sizes above tokio's
+    /// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS)
+    /// (`usize::MAX >> 3`) are clamped to it, for servers and pipeline
+    /// stages alike; a stage's metrics report the clamped `capacity`.
     fn channel_queue_size() -> usize {
         1_000
     }

@@ -33,7 +33,9 @@ pub struct Inbox<S: GenServer> {
 }
 
 /// Creates the queue of one server of registry `registry`, sized by
-/// [`GenServer::channel_queue_size`].
+/// [`GenServer::channel_queue_size`], clamped to tokio's
+/// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS) (the
+/// channel allocates as messages come, not for its bound).
 ///
 /// # Panics
 ///
@@ -42,7 +44,7 @@ pub struct Inbox<S: GenServer> {
 pub(crate) fn channel<S: GenServer>(registry: usize) -> (Handle<S>, Inbox<S>) {
     let size = S::channel_queue_size();
     assert!(size > 0, "{}::channel_queue_size() must be at least 1", std::any::type_name::<S>());
-    let (tx, rx) = mpsc::channel(size);
+    let (tx, rx) = mpsc::channel(size.min(tokio::sync::Semaphore::MAX_PERMITS));
     let state = Arc::new(ServerState::new(registry));
     (Handle { tx, state: state.clone() }, Inbox { rx, state })
 }

@@ -1,0 +1,18 @@
+//! The synchronisation types the pipeline's hand-written queue and reorder
+//! point are built on: `std`'s normally, [loom](https://docs.rs/loom)'s when
+//! built with `RUSTFLAGS="--cfg genflow_loom"`, so the model checks in
+//! `pipeline::tests` explore their interleavings.
+//!
+//! The cfg name is this crate's own (tokio's pattern in `src/loom/mod.rs`,
+//! under another name) so the flag does not switch tokio's own `cfg(loom)`
+//! code on.
+
+#[cfg(not(genflow_loom))]
+pub(crate) mod sync {
+    pub(crate) use std::sync::{Mutex, MutexGuard};
+}
+
+#[cfg(genflow_loom)]
+pub(crate) mod sync {
+    pub(crate) use loom::sync::{Mutex, MutexGuard};
+}
