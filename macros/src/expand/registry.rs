@@ -101,7 +101,8 @@ fn start(registry: &Registry) -> TokenStream {
     let inboxes: Vec<_> = (0..servers.len()).map(|i| format_ident!("__inbox{}", i)).collect();
     let channels = servers.iter().zip(&handles).zip(&inboxes).map(|((s, h), i)| {
         let ty = &s.ty;
-        quote_spanned!(ty.span()=> let (#h, #i) = __builder.channel::<#ty>();)
+        let name = s.name.to_string();
+        quote_spanned!(ty.span()=> let (#h, #i) = __builder.channel::<#ty>(#name);)
     });
     let spawns = servers.iter().zip(&inboxes).map(|(s, i)| {
         let ty = &s.ty;
