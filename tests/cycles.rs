@@ -505,3 +505,31 @@ async fn casts_between_busy_replicas_with_full_queues_never_hang() {
         in_time("shutdown", pipeline.shutdown()).await;
     }
 }
+
+// --- The error variants ----------------------------------------------------------
+
+/// A message type without `Debug`.
+struct Opaque(u8);
+
+#[test]
+fn cycle_errors_name_the_cycle_and_hand_the_message_back() {
+    fn is_error<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
+    let servers = || vec!["b".to_string(), "a".to_string(), "b".to_string()];
+
+    let call = CallError::Cycle { message: Opaque(1), servers: servers() };
+    is_error(&call);
+    assert_eq!(call.to_string(), "call would deadlock: b -> a -> b");
+    assert_eq!(format!("{call:?}"), r#"Cycle { servers: ["b", "a", "b"], .. }"#);
+    assert!(call.is_deadlock() && !call.is_stopped() && !call.is_timeout());
+    assert!(CallError::SelfCall(Opaque(0)).is_deadlock());
+    assert_eq!(call.into_message().map(|m| m.0), Some(1));
+
+    let cast = SendError::Cycle { message: Opaque(2), servers: servers() };
+    is_error(&cast);
+    assert_eq!(cast.to_string(), "cast would deadlock waiting for room: b -> a -> b");
+    assert_eq!(format!("{cast:?}"), r#"Cycle { servers: ["b", "a", "b"], .. }"#);
+    assert!(cast.is_deadlock() && !cast.is_stopped() && !cast.is_full());
+    let cast = cast.map_message(|m| m.0 * 2);
+    assert!(matches!(&cast, SendError::Cycle { message: 4, servers } if *servers == ["b", "a", "b"]));
+    assert_eq!(cast.into_message(), Some(4));
+}
