@@ -52,7 +52,10 @@ impl GenServer for Counter {
         match message {
             Msg::Add(n) => self.total += n,
             Msg::Get => {}
-            Msg::Hold => self.registry.release.notified().await,
+            Msg::Hold => {
+                self.registry.holding.store(true, Ordering::SeqCst);
+                self.registry.release.notified().await
+            }
         }
         self.total
     }
@@ -71,13 +74,14 @@ impl GenServer for Counter {
 #[genflow::make_registry{ counter: Counter }]
 struct App {
     release: Arc<Notify>,
+    holding: Arc<AtomicBool>,
     terminated: Arc<AtomicBool>,
 }
 
 #[test]
 fn registry_calls_and_casts_work_from_a_plain_thread() {
     let rt = runtime();
-    let app = rt.block_on(App::start(Arc::default(), Arc::default()));
+    let app = rt.block_on(App::start(Arc::default(), Arc::default(), Arc::default()));
     let remote = app.clone();
     let answers = on_thread(move || {
         block_on(async {
@@ -104,9 +108,18 @@ fn registry_calls_and_casts_work_from_a_plain_thread() {
 #[test]
 fn a_timed_call_that_never_enters_the_queue_times_out_on_a_plain_thread() {
     let rt = runtime();
-    let app = rt.block_on(App::start(Arc::default(), Arc::default()));
+    let app = rt.block_on(App::start(Arc::default(), Arc::default(), Arc::default()));
     let remote = app.clone();
     let held = rt.spawn(async move { remote.call_counter(Msg::Hold).await });
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !app.holding.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the server took the held call")
+    });
     let remote = app.clone();
     let err = on_thread(move || {
         block_on(async {
@@ -124,7 +137,7 @@ fn a_timed_call_that_never_enters_the_queue_times_out_on_a_plain_thread() {
 #[test]
 fn abort_and_drop_work_from_a_plain_thread() {
     let rt = runtime();
-    let app = rt.block_on(App::start(Arc::default(), Arc::default()));
+    let app = rt.block_on(App::start(Arc::default(), Arc::default(), Arc::default()));
     let remote = app.clone();
     on_thread(move || remote.abort());
     let err = rt.block_on(async {
@@ -143,7 +156,7 @@ fn abort_and_drop_work_from_a_plain_thread() {
 
     // Dropping the last outside handle on a plain thread shuts down.
     let terminated = Arc::new(AtomicBool::new(false));
-    let app = rt.block_on(App::start(Arc::default(), terminated.clone()));
+    let app = rt.block_on(App::start(Arc::default(), Arc::default(), terminated.clone()));
     on_thread(move || drop(app));
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(10), async {
