@@ -176,6 +176,25 @@ async fn a_replica_casting_to_its_own_stage_reaches_a_running_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_calling_each_other_in_parallel_never_hang_nor_call_themselves() {
+    // On two threads, replicas really can wait on each other at once: such a
+    // call is refused as a cycle; every other call is answered.
+    for _ in 0..5 {
+        let seen = Reps3::run(false).await;
+        let calls = seen.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 200);
+        let mut answered: Vec<u64> = calls.iter().filter_map(|call| call.as_ref().ok().copied()).collect();
+        for refused in calls.iter().filter_map(|call| call.as_ref().err()) {
+            assert!(refused.starts_with("call would deadlock: rep["), "{refused}");
+        }
+        answered.sort_unstable();
+        answered.dedup();
+        assert!(answered.iter().all(|n| n % 2 == 0 && *n < 400), "{answered:?}");
+        assert_eq!(answered.len(), calls.iter().filter(|call| call.is_ok()).count());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn casts_to_the_own_stage_are_handled_while_replicas_drain_in_parallel() {
     for _ in 0..5 {
         assert_all_casts_handled(&*Reps4::run(true).await);
