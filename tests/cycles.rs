@@ -353,6 +353,63 @@ async fn concurrent_calls_closing_one_cycle_never_both_wait() {
     ring.shutdown().await;
 }
 
+/// Calls its peer from `init`; records what the call returned.
+struct Greeter {
+    registry: Greeters,
+}
+
+impl GenServer for Greeter {
+    type Message = ();
+    type Response = &'static str;
+    type Registry = Greeters;
+
+    fn new(registry: Greeters) -> Self {
+        Greeter { registry }
+    }
+
+    async fn init(&mut self) {
+        // Each calls the other before serving anything: one call closes the
+        // cycle and is refused; the other is then answered.
+        let r = &self.registry;
+        let said = match r.started.fetch_add(1, Ordering::SeqCst) {
+            0 => r.call_right(()).await,
+            _ => r.call_left(()).await,
+        };
+        r.said.lock().unwrap().push(said.map_err(|e| e.to_string()));
+    }
+
+    async fn handle_call(&mut self, _: ()) -> &'static str {
+        "hello"
+    }
+
+    async fn handle_cast(&mut self, _: ()) {}
+}
+
+#[genflow::make_registry{ left: Greeter, right: Greeter }]
+struct Greeters {
+    started: Arc<AtomicUsize>,
+    said: Arc<Mutex<Vec<Result<&'static str, String>>>>,
+}
+
+#[tokio::test]
+async fn servers_calling_each_other_from_init_do_not_hang() {
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let app = in_time("start", Greeters::start(Arc::default(), said.clone())).await;
+    let mut said = said.lock().unwrap().clone();
+    // `Ok` sorts first.
+    said.sort();
+    let refused = said.pop().unwrap().unwrap_err();
+    assert!(
+        refused == "call would deadlock: left -> right -> left"
+            || refused == "call would deadlock: right -> left -> right",
+        "{refused}"
+    );
+    assert_eq!(said, [Ok("hello")]);
+    assert_eq!(app.call_left(()).await.unwrap(), "hello");
+    assert_eq!(app.call_right(()).await.unwrap(), "hello");
+    app.shutdown().await;
+}
+
 // --- A stage's `process` in a call cycle --------------------------------------
 
 /// Calls stage `back` for every item and emits what the call said.
