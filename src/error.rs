@@ -11,6 +11,12 @@ use std::fmt;
 /// Returned by the generated `call_<name>` and `call_<name>_with_timeout`
 /// methods. Use [`CallError::into_message`] to get back a message that was
 /// never handled.
+///
+/// The variants: [`Closed`](Self::Closed) and [`Failed`](Self::Failed) (the
+/// server is not running), [`SelfCall`](Self::SelfCall) and
+/// [`Cycle`](Self::Cycle) (the call would wait forever, refused at once),
+/// [`Timeout`](Self::Timeout), [`Panicked`](Self::Panicked) and
+/// [`Aborted`](Self::Aborted).
 #[non_exhaustive]
 pub enum CallError<M> {
     /// The server is not running: it was shut down or aborted. The message
@@ -23,6 +29,18 @@ pub enum CallError<M> {
     /// A server called itself, which would wait forever. The message was not
     /// handled.
     SelfCall(M),
+    /// The call was made from inside a server whose callee already waits,
+    /// directly or through other servers, on the caller: waiting would never
+    /// end. `servers` names the cycle by the servers' registry field names
+    /// (a replica as `stage[i]`), from the caller round to the caller again,
+    /// e.g. `["b", "a", "b"]`. The message was not handled; every server
+    /// in the cycle keeps running.
+    Cycle {
+        /// The message, not handled.
+        message: M,
+        /// The servers in the cycle, from the caller round to it again.
+        servers: Vec<String>,
+    },
     /// The call did not complete in time. Holds the message if it never
     /// entered the server's queue; `None` once the server had accepted it (a
     /// call that times out while still queued is never handled).
@@ -42,7 +60,7 @@ impl<M> CallError<M> {
     /// accepted the message.
     pub fn into_message(self) -> Option<M> {
         match self {
-            Self::Closed(m) | Self::Failed(m) | Self::SelfCall(m) => Some(m),
+            Self::Closed(m) | Self::Failed(m) | Self::SelfCall(m) | Self::Cycle { message: m, .. } => Some(m),
             Self::Timeout(m) => m,
             Self::Panicked | Self::Aborted => None,
         }
@@ -58,11 +76,18 @@ impl<M> CallError<M> {
         matches!(self, Self::Closed(_) | Self::Failed(_))
     }
 
+    /// Whether the call was refused because it would have waited forever:
+    /// [`SelfCall`](Self::SelfCall) or [`Cycle`](Self::Cycle).
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, Self::SelfCall(_) | Self::Cycle { .. })
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Self::Closed(_) => "Closed",
             Self::Failed(_) => "Failed",
             Self::SelfCall(_) => "SelfCall",
+            Self::Cycle { .. } => "Cycle",
             Self::Timeout(_) => "Timeout",
             Self::Panicked => "Panicked",
             Self::Aborted => "Aborted",
@@ -76,6 +101,7 @@ impl<M> fmt::Debug for CallError<M> {
             Self::Panicked => f.write_str("Panicked"),
             Self::Aborted => f.write_str("Aborted"),
             Self::Timeout(None) => f.write_str("Timeout(None)"),
+            Self::Cycle { servers, .. } => f.debug_struct("Cycle").field("servers", servers).finish_non_exhaustive(),
             _ => f.debug_tuple(self.name()).finish_non_exhaustive(),
         }
     }
@@ -83,10 +109,14 @@ impl<M> fmt::Debug for CallError<M> {
 
 impl<M> fmt::Display for CallError<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Self::Cycle { servers, .. } = self {
+            return write!(f, "call would deadlock: {}", servers.join(" -> "));
+        }
         f.write_str(match self {
             Self::Closed(_) => "server is not running",
             Self::Failed(_) => "server is down: it panicked more often than its restart limit allows",
             Self::SelfCall(_) => "server called itself, which would never return",
+            Self::Cycle { .. } => "call would deadlock",
             Self::Timeout(Some(_)) => "call timed out before the server accepted the message",
             Self::Timeout(None) => "call timed out",
             Self::Panicked => "server panicked while handling the call",
@@ -102,6 +132,11 @@ impl<M> std::error::Error for CallError<M> {}
 /// Returned by `cast_<name>`, `try_cast_<name>` and the pipeline's `send`,
 /// `try_send`, `feed` and sinks. The undelivered message is always handed
 /// back: see [`SendError::into_message`].
+///
+/// The variants: [`Full`](Self::Full) (the queue had no room and waiting was
+/// not an option), [`Closed`](Self::Closed) and [`Failed`](Self::Failed) (the
+/// receiver is not running), and [`Cycle`](Self::Cycle) (a cast from inside
+/// a server found the queue full and waiting for room would never end).
 #[non_exhaustive]
 pub enum SendError<T> {
     /// The queue is full (only from methods that never wait, and from a
@@ -112,13 +147,25 @@ pub enum SendError<T> {
     /// The server panicked more often than its
     /// [`RestartLimit`](crate::RestartLimit) allows and stays down.
     Failed(T),
+    /// A cast made from inside a server found the receiver's queue full,
+    /// and the receiver already waits, directly or through other servers, on
+    /// the caller: waiting for room would never end, so the cast returns at
+    /// once. `servers` names the cycle by registry field names (a replica as
+    /// `stage[i]`), from the caller round to it again. The receiver is still
+    /// running; the message was not queued.
+    Cycle {
+        /// The message, not queued.
+        message: T,
+        /// The servers in the cycle, from the caller round to it again.
+        servers: Vec<String>,
+    },
 }
 
 impl<T> SendError<T> {
     /// Returns the message that was not sent.
     pub fn into_message(self) -> Option<T> {
         match self {
-            Self::Full(m) | Self::Closed(m) | Self::Failed(m) => Some(m),
+            Self::Full(m) | Self::Closed(m) | Self::Failed(m) | Self::Cycle { message: m, .. } => Some(m),
         }
     }
 
@@ -129,7 +176,12 @@ impl<T> SendError<T> {
 
     /// Whether the receiver is not running (closed, or failed for good).
     pub fn is_stopped(&self) -> bool {
-        !self.is_full()
+        matches!(self, Self::Closed(_) | Self::Failed(_))
+    }
+
+    /// Whether the cast was refused because waiting would never end.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self, Self::Cycle { .. })
     }
 
     /// Applies `f` to the message inside, keeping the kind of error.
@@ -138,6 +190,7 @@ impl<T> SendError<T> {
             Self::Full(m) => SendError::Full(f(m)),
             Self::Closed(m) => SendError::Closed(f(m)),
             Self::Failed(m) => SendError::Failed(f(m)),
+            Self::Cycle { message, servers } => SendError::Cycle { message: f(message), servers },
         }
     }
 }
@@ -148,6 +201,9 @@ impl<T> fmt::Debug for SendError<T> {
             Self::Full(_) => "Full",
             Self::Closed(_) => "Closed",
             Self::Failed(_) => "Failed",
+            Self::Cycle { servers, .. } => {
+                return f.debug_struct("Cycle").field("servers", servers).finish_non_exhaustive();
+            }
         };
         f.debug_tuple(name).finish_non_exhaustive()
     }
@@ -156,6 +212,9 @@ impl<T> fmt::Debug for SendError<T> {
 impl<T> fmt::Display for SendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Cycle { servers, .. } => {
+                return write!(f, "cast would deadlock waiting for room: {}", servers.join(" -> "));
+            }
             Self::Full(_) => "queue is full",
             Self::Closed(_) => "receiver is not running",
             Self::Failed(_) => "server is down: it panicked more often than its restart limit allows",

@@ -130,7 +130,7 @@ impl<T: Send + Sync + 'static> Core<T> {
     pub fn spawn<S: GenServer>(&self, start: &mut Start, inbox: Inbox<S>, registry: S::Registry) {
         let state = inbox.state.clone();
         let ready = start.add();
-        let join = self.spawn_task(context::scope(state.id, state.registry, run::run(inbox, registry, ready)));
+        let join = self.spawn_task(context::scope(state.clone(), run::run(inbox, registry, ready)));
         state.set_abort_handle(join.abort_handle());
     }
 
@@ -186,27 +186,30 @@ impl<T> fmt::Debug for Core<T> {
 pub struct Builder {
     id: usize,
     controls: Vec<Control>,
+    /// The runtime the registry starts on, if any.
+    runtime: Option<runtime::Handle>,
 }
 
 impl Builder {
     /// A builder for a new registry.
     pub fn new() -> Self {
-        Builder { id: next_id(), controls: Vec::new() }
+        Builder { id: next_id(), controls: Vec::new(), runtime: runtime::Handle::try_current().ok() }
     }
 
-    /// Makes the queue of one plain server; shutdown stops it.
+    /// Makes the queue of one plain server, named `name` (its registry field
+    /// name, used in errors); shutdown stops it.
     #[track_caller]
-    pub fn channel<S: GenServer>(&mut self) -> (Handle<S>, Inbox<S>) {
-        let (handle, inbox) = handle::channel::<S>(self.id);
+    pub fn channel<S: GenServer>(&mut self, name: &'static str) -> (Handle<S>, Inbox<S>) {
+        let (handle, inbox) = handle::channel::<S>(self.id, name.into(), self.runtime.clone());
         self.controls.push(Control::new(handle.clone()));
         (handle, inbox)
     }
 
-    /// Makes the control queue of one pipeline stage replica; the pipeline
-    /// stops it by closing its input instead.
+    /// Makes the control queue of one pipeline stage replica, named `name`;
+    /// the pipeline stops it by closing its input instead.
     #[track_caller]
-    pub(crate) fn stage_channel<S: GenServer>(&mut self) -> (Handle<S>, Inbox<S>) {
-        handle::channel::<S>(self.id)
+    pub(crate) fn stage_channel<S: GenServer>(&mut self, name: String) -> (Handle<S>, Inbox<S>) {
+        handle::channel::<S>(self.id, name.into(), self.runtime.clone())
     }
 
     /// Adds a part that shutdown stops and abort aborts.

@@ -25,6 +25,7 @@
 //! `failed`); the stage keeps its state and goes on. See [`Stage`].
 
 mod dispatch;
+mod drain;
 mod emitter;
 mod generic;
 mod input;

@@ -14,7 +14,7 @@ use std::{
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use super::{BATCH, Emitter, Stage, metrics::Counters, metrics::Delta, queue::Queue};
+use super::{BATCH, Emitter, Stage, drain::StageDrain, metrics::Counters, metrics::Delta, queue::Queue};
 use crate::server::{
     handle::Inbox,
     restart::Restarts,
@@ -30,8 +30,9 @@ enum Work<S: Stage> {
 }
 
 /// The body of one replica's task. It ends once its input is closed and
-/// drained; dropping `out` then closes the next stage's input (when this was
-/// the last replica of its stage).
+/// every replica of its stage (counted by `drain`) has drained; dropping
+/// `out` then closes the next stage's input (when this was the last replica
+/// of its stage).
 pub(crate) async fn run<S: Stage>(
     mut control: Inbox<S>,
     input: Arc<Queue<S::In>>,
@@ -39,6 +40,7 @@ pub(crate) async fn run<S: Stage>(
     registry: S::Registry,
     counters: Arc<Counters>,
     ready: oneshot::Sender<()>,
+    drain: Arc<StageDrain>,
 ) {
     let mut ready = Some(ready);
     let mut restarts = Restarts::new(S::restart_limit());
@@ -99,10 +101,21 @@ pub(crate) async fn run<S: Stage>(
                             report::<S>("finish", &panic);
                         }
                         out.end_input().await;
+                        drain.finished();
                     }
-                    // Serve the calls and casts already queued, then end.
-                    control.rx.close();
-                    while let Some(envelope) = control.rx.recv().await {
+                    // Serve calls and casts until every replica of the stage
+                    // has drained (the others may still call this one), then
+                    // those already queued, then end.
+                    loop {
+                        let envelope = tokio::select! {
+                            biased;
+                            envelope = control.rx.recv() => envelope,
+                            () = drain.wait() => {
+                                control.rx.close();
+                                control.rx.recv().await
+                            }
+                        };
+                        let Some(envelope) = envelope else { break };
                         if let Err(Crashed) = handle(&mut server, envelope).await {
                             if restarts.allow() {
                                 continue 'life;
@@ -138,6 +151,7 @@ pub(crate) async fn run<S: Stage>(
     }
     if !ended {
         out.end_input().await;
+        drain.finished();
     }
 }
 

@@ -13,13 +13,18 @@ use std::{
 use futures::future::join_all;
 
 use super::{
-    Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch, emitter::Link,
-    metrics::Counters, output::OutputShared, queue::Queue, reorder::Reorder, run,
+    Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch, drain::StageDrain,
+    emitter::Link, metrics::Counters, output::OutputShared, queue::Queue, reorder::Reorder, run,
 };
 use crate::{
     CallError, SendError,
     registry::{BoxFuture, Builder, Core, Start, Stoppable},
-    server::{context, handle::Handle, handle::Inbox, state::ServerState},
+    server::{
+        context,
+        handle::{Handle, Inbox, Refused},
+        state::ServerState,
+        waits::Waiting,
+    },
 };
 
 /// How a stage is declared: `#[replicas(..)]` and its place in the pipeline.
@@ -94,7 +99,9 @@ impl Builder {
                 Dispatch::Keyed { queues: (0..spec.replicas).map(|_| Arc::new(Queue::new(capacity))).collect(), key }
             }
         };
-        let (replicas, inboxes): (Vec<_>, Vec<_>) = (0..spec.replicas).map(|_| self.stage_channel::<S>()).unzip();
+        let name = |i: usize| if spec.replicas == 1 { spec.name.to_owned() } else { format!("{}[{i}]", spec.name) };
+        let (replicas, inboxes): (Vec<_>, Vec<_>) =
+            (0..spec.replicas).map(|i| self.stage_channel::<S>(name(i))).unzip();
         self.control(StageControl {
             dispatch: dispatch.clone(),
             replicas: inboxes.iter().map(|inbox| inbox.state.clone()).collect(),
@@ -133,6 +140,7 @@ impl<T: Send + Sync + 'static> Core<T> {
         let dispatch = stage.input.dispatch();
         let replicas = wiring.inboxes.len();
         let order = stage.ordered.then(|| Arc::new(Reorder::new(link.clone(), dispatch.queues()[0].clone(), replicas)));
+        let drain = Arc::new(StageDrain::new(replicas));
         for (i, inbox) in wiring.inboxes.into_iter().enumerate() {
             let queue = dispatch.queues()[i % dispatch.queues().len()].clone();
             let state = inbox.state.clone();
@@ -141,8 +149,9 @@ impl<T: Send + Sync + 'static> Core<T> {
                 Some(order) => Emitter::ordered(link.clone(), counters, order.clone()),
                 None => Emitter::new(link.clone(), counters),
             };
-            let task = run::run::<S>(inbox, queue, out, registry.clone(), stage.counters[i].clone(), start.add());
-            let join = self.spawn_task(context::scope(state.id, state.registry, task));
+            let counters = stage.counters[i].clone();
+            let task = run::run::<S>(inbox, queue, out, registry.clone(), counters, start.add(), drain.clone());
+            let join = self.spawn_task(context::scope(state.clone(), task));
             state.set_abort_handle(join.abort_handle());
         }
     }
@@ -183,28 +192,131 @@ impl<S: Stage> StageHandle<S> {
         &self.replicas[i % self.replicas.len()]
     }
 
-    /// Calls one replica (in turn).
-    pub async fn call(&self, message: S::Message) -> Result<S::Response, CallError<S::Message>> {
-        self.replica().call(message).await
+    /// The replicas in turn from the next one, `caller` (if it is one of
+    /// them) left out.
+    fn others(&self, caller: &ServerState) -> impl Iterator<Item = &Handle<S>> + Clone {
+        let (n, caller) = (self.replicas.len(), caller.id);
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(move |k| &self.replicas[(first + k) % n]).filter(move |r| r.state().id != caller)
     }
 
-    /// Calls one replica (in turn), with a timeout.
+    /// The replica a server's call or cast waits on, with the wait-for edge
+    /// recorded: another replica than the caller, one that is not waiting
+    /// itself if there is one, and never one whose wait would close a cycle.
+    fn pick(&self, caller: &Arc<ServerState>) -> Result<(&Handle<S>, Waiting), Refused> {
+        let others = self.others(caller);
+        let mut refused = Refused::SelfCall;
+        for idle in [true, false] {
+            for replica in others.clone().filter(|r| r.state().is_waiting() != idle) {
+                match replica.wait_from(caller) {
+                    Ok(waiting) => return Ok((replica, waiting)),
+                    Err(cycle) => refused = cycle,
+                }
+            }
+        }
+        Err(refused)
+    }
+
+    /// Calls one replica: in turn from outside the pipeline's servers. From
+    /// inside one (a handler, or a `process`), another replica than the
+    /// caller, preferring one that is not itself waiting in a call.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::call`]; [`CallError::SelfCall`] only for a stage with
+    /// one replica calling itself, [`CallError::Cycle`] if every other
+    /// replica waits, directly or through others, on the caller.
+    pub async fn call(&self, message: S::Message) -> Result<S::Response, CallError<S::Message>> {
+        if self.replicas.len() == 1 {
+            return self.replicas[0].call(message).await;
+        }
+        match context::current() {
+            None => self.replica().call_waiting(message, None).await,
+            Some(caller) => match self.pick(&caller) {
+                Ok((replica, waiting)) => replica.call_waiting(message, Some(waiting)).await,
+                Err(refused) => Err(refused.call_error(message)),
+            },
+        }
+    }
+
+    /// [`call`](Self::call), giving up after `timeout` (see
+    /// [`Handle::call_with_timeout`]).
     pub async fn call_with_timeout(
         &self,
         message: S::Message,
         timeout: Duration,
     ) -> Result<S::Response, CallError<S::Message>> {
-        self.replica().call_with_timeout(message, timeout).await
+        if self.replicas.len() == 1 {
+            return self.replicas[0].call_with_timeout(message, timeout).await;
+        }
+        match context::current() {
+            None => self.replica().call_with_timeout_waiting(message, timeout, None).await,
+            Some(caller) => match self.pick(&caller) {
+                Ok((replica, waiting)) => replica.call_with_timeout_waiting(message, timeout, Some(waiting)).await,
+                Err(refused) => Err(refused.call_error(message)),
+            },
+        }
     }
 
-    /// Casts to one replica (in turn).
+    /// Casts to one replica: in turn from outside the pipeline's servers.
+    /// From inside one, the first replica with room in its queue, other
+    /// replicas before the caller's own; if none has room, it waits for
+    /// room at another replica, as [`call`](Self::call) picks one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::cast`]: [`SendError::Cycle`] if every replica's queue is
+    /// full and waiting at any other would close a cycle (for a stage with
+    /// one replica casting to itself, [`SendError::Full`]).
     pub async fn cast(&self, message: S::Message) -> Result<(), SendError<S::Message>> {
-        self.replica().cast(message).await
+        if self.replicas.len() == 1 {
+            return self.replicas[0].cast(message).await;
+        }
+        let Some(caller) = context::current() else {
+            return self.replica().cast(message).await;
+        };
+        let message = match self.try_cast_from(&caller, message) {
+            Err(SendError::Full(message)) => message,
+            done => return done,
+        };
+        match self.pick(&caller) {
+            Ok((replica, waiting)) => {
+                drop(waiting);
+                replica.cast_from(&caller, message).await
+            }
+            Err(Refused::SelfCall) => Err(SendError::Full(message)),
+            Err(Refused::Cycle(servers)) => Err(SendError::Cycle { message, servers }),
+        }
     }
 
-    /// Casts to one replica (in turn) without waiting.
+    /// Casts to one replica without waiting: in turn from outside the
+    /// pipeline's servers; from inside one, the first with room, other
+    /// replicas before the caller's own.
     pub fn try_cast(&self, message: S::Message) -> Result<(), SendError<S::Message>> {
-        self.replica().try_cast(message)
+        match context::current() {
+            Some(caller) if self.replicas.len() > 1 => self.try_cast_from(&caller, message),
+            _ => self.replica().try_cast(message),
+        }
+    }
+
+    /// Tries every replica in turn, `caller` (if it is one) last; `Full`
+    /// only if none had room, `Closed`/`Failed` if none is running.
+    fn try_cast_from(&self, caller: &ServerState, message: S::Message) -> Result<(), SendError<S::Message>> {
+        let own = self.replicas.iter().filter(|r| r.state().id == caller.id);
+        let mut full = false;
+        let mut error = SendError::Closed(message);
+        for replica in self.others(caller).chain(own) {
+            let Some(message) = error.into_message() else { unreachable!("a send error holds its message") };
+            error = match replica.try_cast(message) {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+            full |= error.is_full();
+        }
+        match error {
+            SendError::Closed(message) | SendError::Failed(message) if full => Err(SendError::Full(message)),
+            error => Err(error),
+        }
     }
 
     /// Calls every replica with a clone of `message`, concurrently; the

@@ -1,25 +1,23 @@
-//! Which server (of which registry) the current task is running.
+//! Which server the current task is running.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
+
+use super::state::ServerState;
 
 tokio::task_local! {
-    static CURRENT: Current;
+    static CURRENT: Arc<ServerState>;
 }
 
-#[derive(Clone, Copy)]
-struct Current {
-    server: usize,
-    registry: usize,
+/// Runs `future` as the body of the server whose shared state is `state`.
+pub(crate) fn scope<F: Future>(state: Arc<ServerState>, future: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(state, future)
 }
 
-/// Runs `future` as the body of server `server` of registry `registry`.
-pub(crate) fn scope<F: Future>(server: usize, registry: usize, future: F) -> impl Future<Output = F::Output> {
-    CURRENT.scope(Current { server, registry }, future)
-}
-
-/// Whether the current task is server `server`.
-pub(crate) fn is_server(server: usize) -> bool {
-    CURRENT.try_with(|c| c.server == server).unwrap_or(false)
+/// The server the current task runs, if it runs one. Only a server's own
+/// task has one: not a task its handler spawned.
+#[inline]
+pub(crate) fn current() -> Option<Arc<ServerState>> {
+    CURRENT.try_with(Arc::clone).ok()
 }
 
 /// Whether the current task is one of the servers of registry `registry`.

@@ -111,8 +111,11 @@ pub trait GenServer: Sized + Send + 'static {
     /// start and on every restart. `start().await` returns once every
     /// server's `init` has run.
     ///
-    /// A server may call other servers here, but two servers that call each
-    /// other from `init` wait for each other forever.
+    /// A server may call other servers here. Calls from `init` are part of
+    /// the wait-for graph like calls from handlers: of two servers that call
+    /// each other from `init`, the call that closes the cycle is refused
+    /// with [`CallError::Cycle`](crate::CallError::Cycle) instead of both
+    /// waiting forever.
     fn init(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }

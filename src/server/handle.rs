@@ -11,6 +11,7 @@ use super::{
     GenServer, context,
     envelope::{Call, Envelope, Reply},
     state::ServerState,
+    waits::{self, Waiting},
 };
 use crate::{
     error::{CallError, SendError},
@@ -32,30 +33,69 @@ pub struct Inbox<S: GenServer> {
     pub(crate) state: Arc<ServerState>,
 }
 
-/// Creates the queue of one server of registry `registry`, sized by
+/// Creates the queue of the server `name` of registry `registry`, sized by
 /// [`GenServer::channel_queue_size`], clamped to tokio's
 /// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS) (the
-/// channel allocates as messages come, not for its bound).
+/// channel allocates as messages come, not for its bound). `runtime` is
+/// where timed calls make their timers.
 ///
 /// # Panics
 ///
 /// Panics if `channel_queue_size()` is 0.
 #[track_caller]
-pub(crate) fn channel<S: GenServer>(registry: usize) -> (Handle<S>, Inbox<S>) {
+pub(crate) fn channel<S: GenServer>(
+    registry: usize,
+    name: Box<str>,
+    runtime: Option<tokio::runtime::Handle>,
+) -> (Handle<S>, Inbox<S>) {
     let size = S::channel_queue_size();
     assert!(size > 0, "{}::channel_queue_size() must be at least 1", std::any::type_name::<S>());
     let (tx, rx) = mpsc::channel(size.min(tokio::sync::Semaphore::MAX_PERMITS));
-    let state = Arc::new(ServerState::new(registry));
+    let state = Arc::new(ServerState::new(registry, name, runtime));
     (Handle { tx, state: state.clone() }, Inbox { rx, state })
+}
+
+/// Why a server may not wait on another.
+pub(crate) enum Refused {
+    /// The server would wait on itself.
+    SelfCall,
+    /// Waiting would close this cycle of servers (names, from the caller
+    /// round to it again).
+    Cycle(Vec<String>),
+}
+
+impl Refused {
+    pub(crate) fn call_error<M>(self, message: M) -> CallError<M> {
+        match self {
+            Refused::SelfCall => CallError::SelfCall(message),
+            Refused::Cycle(servers) => CallError::Cycle { message, servers },
+        }
+    }
 }
 
 impl<S: GenServer> Handle<S> {
     /// Sends `message` and waits for the server's response.
     ///
+    /// Called from a server's handler (or a stage's `process`), the call is
+    /// an edge of the wait-for graph between servers: if the callee already
+    /// waits, directly or through other servers, on the caller, the call
+    /// returns [`CallError::Cycle`] at once instead of waiting forever (and
+    /// [`CallError::SelfCall`] when a server calls itself). What is not
+    /// seen: calls made from a task the handler spawned (that task is not
+    /// the server), and waits on anything other than a call or a cast
+    /// waiting for room, such as a stage blocked in
+    /// [`Emitter::emit`](crate::Emitter::emit) while the next stage calls
+    /// back into it; those can still wait forever. Calls from outside the
+    /// servers pay nothing for the check.
+    ///
+    /// Works from any thread or executor, not only inside the runtime the
+    /// registry was started on.
+    ///
     /// # Errors
     ///
     /// See [`CallError`]: the server is not running, failed for good,
-    /// panicked while handling the message, or is the caller itself.
+    /// panicked while handling the message, is the caller itself, or waits
+    /// on the caller.
     ///
     /// # Cancel safety
     ///
@@ -63,22 +103,48 @@ impl<S: GenServer> Handle<S> {
     /// its queue, the message is not handled. Once the server has started to
     /// handle it, it runs to completion and the response is dropped.
     pub async fn call(&self, message: S::Message) -> Result<S::Response, CallError<S::Message>> {
-        if context::is_server(self.state.id) {
-            return Err(CallError::SelfCall(message));
+        let waiting = match context::current() {
+            None => None,
+            Some(caller) => match self.wait_from(&caller) {
+                Ok(waiting) => Some(waiting),
+                Err(refused) => return Err(refused.call_error(message)),
+            },
+        };
+        self.call_waiting(message, waiting).await
+    }
+
+    /// Records that `caller` waits on this server.
+    pub(crate) fn wait_from(&self, caller: &Arc<ServerState>) -> Result<Waiting, Refused> {
+        if caller.id == self.state.id {
+            return Err(Refused::SelfCall);
         }
+        waits::wait_on(caller, &self.state).map_err(Refused::Cycle)
+    }
+
+    /// A call whose wait-for edge (if any) was recorded already.
+    pub(crate) async fn call_waiting(
+        &self,
+        message: S::Message,
+        waiting: Option<Waiting>,
+    ) -> Result<S::Response, CallError<S::Message>> {
         let permit = match self.tx.reserve().await {
             Ok(permit) => permit,
             Err(_) => return Err(self.stopped_call(message)),
         };
         let (tx, rx) = oneshot::channel();
-        permit.send(Envelope::Call(Call::new(message, tx)));
+        permit.send(Envelope::Call(Call::new(message, tx, waiting.as_ref().map(Waiting::share))));
         self.state.post();
-        self.reply(rx.await)
+        let reply = rx.await;
+        drop(waiting);
+        self.reply(reply)
     }
 
     /// Like [`call`](Self::call), but gives up after `timeout`, counted from
     /// now: waiting for room in the queue, waiting in the queue and handling
     /// all count. A call that times out while still queued is never handled.
+    ///
+    /// The timer runs on the runtime the registry was started on, so this
+    /// works from any thread or executor too.
     ///
     /// # Errors
     ///
@@ -87,7 +153,8 @@ impl<S: GenServer> Handle<S> {
     ///
     /// # Panics
     ///
-    /// Panics if the Tokio runtime was built without timers.
+    /// Panics if the Tokio runtime the registry was started on was built
+    /// without timers.
     ///
     /// # Cancel safety
     ///
@@ -97,43 +164,108 @@ impl<S: GenServer> Handle<S> {
         message: S::Message,
         timeout: Duration,
     ) -> Result<S::Response, CallError<S::Message>> {
-        if context::is_server(self.state.id) {
-            return Err(CallError::SelfCall(message));
-        }
-        let deadline = Instant::now() + timeout;
-        let permit = match timeout_at(deadline, self.tx.reserve()).await {
+        let waiting = match context::current() {
+            None => None,
+            Some(caller) => match self.wait_from(&caller) {
+                Ok(waiting) => Some(waiting),
+                Err(refused) => return Err(refused.call_error(message)),
+            },
+        };
+        self.call_with_timeout_waiting(message, timeout, waiting).await
+    }
+
+    /// A timed call whose wait-for edge (if any) was recorded already.
+    pub(crate) async fn call_with_timeout_waiting(
+        &self,
+        message: S::Message,
+        timeout: Duration,
+        waiting: Option<Waiting>,
+    ) -> Result<S::Response, CallError<S::Message>> {
+        let (deadline, reserve) = self.on_runtime(|| {
+            let deadline = Instant::now() + timeout;
+            (deadline, timeout_at(deadline, self.tx.reserve()))
+        });
+        let permit = match reserve.await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(self.stopped_call(message)),
             Err(_) => return Err(CallError::Timeout(Some(message))),
         };
         let (tx, rx) = oneshot::channel();
-        permit.send(Envelope::Call(Call::new(message, tx)));
+        permit.send(Envelope::Call(Call::new(message, tx, waiting.as_ref().map(Waiting::share))));
         self.state.post();
-        match timeout_at(deadline, rx).await {
+        let reply = self.on_runtime(|| timeout_at(deadline, rx)).await;
+        drop(waiting);
+        match reply {
             Ok(reply) => self.reply(reply),
             Err(_) => Err(CallError::Timeout(None)),
         }
     }
 
+    /// Runs `f` (which makes timers) inside the registry's runtime, so the
+    /// timers work whatever thread polls them.
+    fn on_runtime<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.state.runtime {
+            Some(runtime) => {
+                let _entered = runtime.enter();
+                f()
+            }
+            None => f(),
+        }
+    }
+
     /// Puts `message` in the server's queue, waiting while it is full.
     ///
-    /// A server casting to itself does not wait: with its queue full it gets
-    /// [`SendError::Full`], since waiting would never end.
+    /// From inside a server (a handler, or a stage's `process`), waiting for
+    /// room is an edge of the wait-for graph, like a call: a cast that
+    /// finds the queue full and would wait on a server that waits, directly
+    /// or through others, on the caller does not wait; it returns
+    /// [`SendError::Cycle`] at once. A server casting to itself never
+    /// waits: with its queue full it gets [`SendError::Full`]. What the
+    /// check cannot see is described at [`call`](Self::call).
     ///
     /// # Errors
     ///
     /// [`SendError::Closed`] or [`SendError::Failed`] if the server is not
-    /// running, each holding the message.
+    /// running, [`SendError::Full`] or [`SendError::Cycle`] from inside a
+    /// server as above; each holds the message.
     ///
     /// # Cancel safety
     ///
     /// If the future is dropped before it completes, the message was not
     /// queued (it is dropped).
     pub async fn cast(&self, message: S::Message) -> Result<(), SendError<S::Message>> {
-        if context::is_server(self.state.id) {
-            return self.try_cast(message);
+        if let Some(caller) = context::current() {
+            return self.cast_from(&caller, message).await;
         }
         match self.tx.reserve().await {
+            Ok(permit) => {
+                permit.send(Envelope::Cast(message));
+                self.state.post();
+                Ok(())
+            }
+            Err(_) => Err(self.stopped_send(message)),
+        }
+    }
+
+    /// A cast from inside server `caller`: waits for room only where that
+    /// cannot close a cycle.
+    pub(crate) async fn cast_from(
+        &self,
+        caller: &Arc<ServerState>,
+        message: S::Message,
+    ) -> Result<(), SendError<S::Message>> {
+        let message = match self.try_cast(message) {
+            Err(SendError::Full(message)) => message,
+            done => return done,
+        };
+        let waiting = match self.wait_from(caller) {
+            Ok(waiting) => waiting,
+            Err(Refused::SelfCall) => return Err(SendError::Full(message)),
+            Err(Refused::Cycle(servers)) => return Err(SendError::Cycle { message, servers }),
+        };
+        let reserved = self.tx.reserve().await;
+        drop(waiting);
+        match reserved {
             Ok(permit) => {
                 permit.send(Envelope::Cast(message));
                 self.state.post();
@@ -160,6 +292,11 @@ impl<S: GenServer> Handle<S> {
             Err(mpsc::error::TrySendError::Full(())) => Err(SendError::Full(message)),
             Err(mpsc::error::TrySendError::Closed(())) => Err(self.stopped_send(message)),
         }
+    }
+
+    /// The server's shared state.
+    pub(crate) fn state(&self) -> &Arc<ServerState> {
+        &self.state
     }
 
     /// Asks the server to stop gracefully: it closes its queue, handles what

@@ -35,6 +35,7 @@ pub(crate) mod handle;
 pub(crate) mod restart;
 pub(crate) mod run;
 pub(crate) mod state;
+pub(crate) mod waits;
 
 pub use genserver::GenServer;
 pub use restart::RestartLimit;

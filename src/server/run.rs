@@ -93,7 +93,7 @@ async fn serve<S: GenServer>(server: &mut S, inbox: &mut Inbox<S>) -> Result<(),
 pub(crate) async fn handle<S: GenServer>(server: &mut S, envelope: Envelope<S>) -> Result<(), Crashed> {
     match envelope {
         Envelope::Call(call) => {
-            let (message, reply) = call.into_parts();
+            let (message, reply, waiting) = call.into_parts();
             if reply.is_closed() {
                 // The caller gave up (timed out) while the call was queued.
                 return Ok(());
@@ -101,9 +101,12 @@ pub(crate) async fn handle<S: GenServer>(server: &mut S, envelope: Envelope<S>) 
             match AssertUnwindSafe(server.handle_call(message)).catch_unwind().await {
                 Ok(response) => {
                     let _ = reply.send(Reply::Done(response));
+                    // The caller no longer waits on this server.
+                    drop(waiting);
                 }
                 Err(panic) => {
                     let _ = reply.send(Reply::Panicked);
+                    drop(waiting);
                     report::<S>("handle_call", &panic);
                     return Err(Crashed);
                 }

@@ -1,11 +1,11 @@
 //! What a server's handles and its task share.
 
 use std::sync::{
-    OnceLock,
+    Arc, Mutex, MutexGuard, OnceLock,
     atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
 };
 
-use tokio::task::AbortHandle;
+use tokio::{runtime, task::AbortHandle};
 
 const RUNNING: u8 = 0;
 const CLOSED: u8 = 1;
@@ -23,6 +23,14 @@ pub(crate) fn next_id() -> usize {
 pub(crate) struct ServerState {
     pub(crate) id: usize,
     pub(crate) registry: usize,
+    /// The registry field name (`enrich[1]` for a replica), for errors.
+    name: Box<str>,
+    /// The runtime the registry was started on: timers of timed calls are
+    /// made there, so they work from any thread.
+    pub(crate) runtime: Option<runtime::Handle>,
+    /// The servers this server's task waits on (see `waits.rs`), each with
+    /// the token of its edge. Usually empty or one entry.
+    waits: Mutex<Vec<(u64, Arc<ServerState>)>>,
     status: AtomicU8,
     abort: OnceLock<AbortHandle>,
     /// Set after each message is queued: lets a busy stage check for calls
@@ -31,10 +39,13 @@ pub(crate) struct ServerState {
 }
 
 impl ServerState {
-    pub(crate) fn new(registry: usize) -> Self {
+    pub(crate) fn new(registry: usize, name: Box<str>, runtime: Option<runtime::Handle>) -> Self {
         ServerState {
             id: next_id(),
             registry,
+            name,
+            runtime,
+            waits: Mutex::new(Vec::new()),
             status: AtomicU8::new(RUNNING),
             abort: OnceLock::new(),
             mail: AtomicBool::new(false),
@@ -74,5 +85,38 @@ impl ServerState {
         if let Some(handle) = self.abort.get() {
             handle.abort();
         }
+    }
+
+    /// The server's name in its registry.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock_waits(&self) -> MutexGuard<'_, Vec<(u64, Arc<ServerState>)>> {
+        // Nothing panics while the lock is held; recover anyway.
+        self.waits.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds the edge `token`: this server waits on `callee`.
+    pub(crate) fn add_wait(&self, token: u64, callee: Arc<ServerState>) {
+        self.lock_waits().push((token, callee));
+    }
+
+    /// Removes the edge `token`, if it is still there.
+    pub(crate) fn remove_wait(&self, token: u64) {
+        let mut waits = self.lock_waits();
+        if let Some(i) = waits.iter().position(|(t, _)| *t == token) {
+            waits.swap_remove(i);
+        }
+    }
+
+    /// The servers this one waits on now.
+    pub(crate) fn waits_on(&self) -> Vec<Arc<ServerState>> {
+        self.lock_waits().iter().map(|(_, callee)| callee.clone()).collect()
+    }
+
+    /// Whether this server's task waits on another server now.
+    pub(crate) fn is_waiting(&self) -> bool {
+        !self.lock_waits().is_empty()
     }
 }

@@ -110,7 +110,8 @@ fn start(registry: &Registry) -> TokenStream {
     let channels = servers.iter().zip(&handles).zip(&inboxes).map(|((s, h), i)| {
         let ty = &s.ty;
         let builder = local::shown_at(builder, ty.span());
-        quote_spanned!(ty.span()=> let (#h, #i) = #builder.channel::<#ty>();)
+        let name = s.name.to_string();
+        quote_spanned!(ty.span()=> let (#h, #i) = #builder.channel::<#ty>(#name);)
     });
     let spawns = servers.iter().zip(&inboxes).map(|(s, i)| {
         let ty = &s.ty;
@@ -179,19 +180,22 @@ pub(super) fn server_methods(registry: &Registry, index: usize, server: &Server)
     let call_doc = format!(
         "Calls the `{name}` server and waits for its response. See `Handle::call` in the genflow docs:\n\n\
          # Errors\n\n`CallError::Closed`/`Failed` (the message comes back) if the server is not running, \
-         `Panicked` if it panicked handling the message, `SelfCall` if `{name}` calls itself.\n\n\
+         `Panicked` if it panicked handling the message, `SelfCall` if `{name}` calls itself, `Cycle` if \
+         called from a server that `{name}` already waits on (directly or through other servers).\n\n\
          # Cancel safety\n\nIf dropped before the server takes the message from its queue, the message is not handled."
     );
     let call_timeout_doc = format!(
         "Calls the `{name}` server, giving up after `timeout`, counted from now: queueing included. \
          A call that times out while still queued is never handled.\n\n# Errors\n\nAs `{call}`, \
          plus `CallError::Timeout`, which holds the message if it never entered the queue.\n\n\
-         # Panics\n\nPanics if the Tokio runtime was built without timers."
+         The timer runs on the runtime the registry was started on, so this works from any thread.\n\n\
+         # Panics\n\nPanics if that Tokio runtime was built without timers."
     );
     let cast_doc = format!(
         "Casts a message to the `{name}` server, waiting while its queue is full.\n\n# Errors\n\n\
          `SendError::Closed`/`Failed`, holding the message, if the server is not running; `Full` if \
-         `{name}` casts to itself with its queue full (waiting would never end).\n\n# Cancel safety\n\n\
+         `{name}` casts to itself with its queue full, `Cycle` if a server casts with the queue full and \
+         `{name}` waits on that server (waiting would never end).\n\n# Cancel safety\n\n\
          If dropped before it completes, the message was not queued."
     );
     let try_cast_doc = format!(
