@@ -29,6 +29,8 @@ mod drain;
 mod emitter;
 mod generic;
 mod input;
+#[cfg(all(test, genflow_loom))]
+mod loom_models;
 mod metrics;
 mod output;
 mod queue;
@@ -52,4 +54,9 @@ pub(crate) use input::Input;
 /// How many items move together between queues: the most a replica takes
 /// from its queue at once, and the most an [`Emitter`] holds before it waits
 /// for room in the next queue.
+#[cfg(not(genflow_loom))]
 pub const BATCH: usize = 32;
+
+/// Under the model checks, batches are small so that a few items fill one.
+#[cfg(genflow_loom)]
+pub const BATCH: usize = 2;

@@ -158,7 +158,11 @@ impl<T> State<T> {
                 self.slots.len() - 1
             }
         };
-        if reader { self.readers.push_back(key) } else { self.writers.push_back(key) }
+        if reader {
+            self.readers.push_back(key)
+        } else {
+            self.writers.push_back(key)
+        }
         key
     }
 
