@@ -12,6 +12,7 @@ pub(crate) struct Counters {
     emitted: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    aborted: AtomicU64,
     busy_ns: AtomicU64,
     blocked_ns: AtomicU64,
 }
@@ -24,6 +25,7 @@ pub(crate) struct Delta {
     pub(crate) emitted: u64,
     pub(crate) failed: u64,
     pub(crate) dropped: u64,
+    pub(crate) aborted: u64,
     pub(crate) busy: Duration,
     pub(crate) blocked: Duration,
 }
@@ -40,6 +42,7 @@ impl Counters {
         add(&self.emitted, delta.emitted);
         add(&self.failed, delta.failed);
         add(&self.dropped, delta.dropped);
+        add(&self.aborted, delta.aborted);
         add(&self.busy_ns, delta.busy.as_nanos() as u64);
         add(&self.blocked_ns, delta.blocked.as_nanos() as u64);
     }
@@ -52,6 +55,8 @@ impl Counters {
             emitted: get(&self.emitted),
             failed: get(&self.failed),
             dropped: get(&self.dropped),
+            aborted: get(&self.aborted),
+            queued: 0,
             busy: Duration::from_nanos(get(&self.busy_ns)),
             blocked: Duration::from_nanos(get(&self.blocked_ns)),
         }
@@ -59,10 +64,15 @@ impl Counters {
 }
 
 /// The counts of one replica of a stage.
+///
+/// The identities of [`StageMetrics`] hold for each replica too, except that
+/// items cleared by `abort` from a queue shared by the replicas are counted
+/// on replica 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplicaMetrics {
-    /// Items this replica took from its queue.
+    /// Items this replica took from its queue (and, after `abort`, the items
+    /// cleared from it).
     pub received: u64,
     /// Items it is done with: `process` returned (or panicked).
     pub processed: u64,
@@ -73,6 +83,15 @@ pub struct ReplicaMetrics {
     /// Items it emitted that nobody could take (the pipeline's output was
     /// not taken or was dropped, or the pipeline was aborted).
     pub dropped: u64,
+    /// Items it received that `abort` stopped before `process` returned: the
+    /// one in `process`, the rest of its batch, and what was cleared from
+    /// its queue.
+    pub aborted: u64,
+    /// Items waiting in this replica's own queue when the snapshot was
+    /// taken: with `partition_by`, its partition's queue. Replicas that share
+    /// their stage's one queue have no queue of their own and show 0 here;
+    /// the shared queue is [`StageMetrics::queued`].
+    pub queued: u64,
     /// Time spent in `process`, not counting time blocked.
     pub busy: Duration,
     /// Time spent waiting for room in the next queue.
@@ -81,11 +100,45 @@ pub struct ReplicaMetrics {
 
 /// A snapshot of one stage's counts, summed over its replicas.
 ///
-/// Every item a stage received is processed: it emitted 0, 1 or many items
-/// for it, or failed. `received - processed` items are in progress (taken
-/// from the queue in a batch, not done yet); once the stage is idle,
-/// `processed == received`, and for a stage that emits one item per input,
-/// `emitted + failed == processed`.
+/// # What the counts say
+///
+/// No item is lost silently. Between two stages `a` and `b`, at any time:
+///
+/// ```text
+/// a.emitted = b.received + b.queued + a.dropped + (items on their way:
+///             in a's emitter buffer, or waiting in a's reorder point)
+/// ```
+///
+/// and for every stage:
+///
+/// ```text
+/// received = processed + (items in progress: taken in a batch, not done)
+/// failed  <= processed          (a panicked `process` is done too)
+/// ```
+///
+/// Once the pipeline has shut down (`shutdown().await` returned), nothing is
+/// in progress or on its way: `received == processed`, `queued == 0`, and
+/// `a.emitted == b.received + a.dropped`. For the last stage, `emitted` is
+/// what the output stream delivered plus `dropped`.
+///
+/// # After `abort`
+///
+/// `abort()` clears every stage's queue at once; the cleared items count as
+/// received and [`aborted`](Self::aborted) by that stage. Each replica stops
+/// at its next `.await`: the item in `process` and the rest of its batch
+/// count as aborted, the outputs it held (its emitter's buffer, and for an
+/// `ordered` stage the chunks waiting in the reorder point) as
+/// [`dropped`](Self::dropped), and the counts of the items it finished are
+/// published as its task is dropped. `abort` itself returns at once, while
+/// the tasks still run to their next `.await`; `shutdown().await` called
+/// after `abort()` returns once every task has stopped, and from then on:
+///
+/// ```text
+/// received = processed + aborted      queued = 0      (every stage)
+/// a.emitted = b.received + a.dropped                  (a feeding b)
+/// ```
+///
+/// # When counts are published
 ///
 /// Counts are published as a replica goes: `processed` and `failed` after
 /// each batch, and also before the replica serves a call or cast in the
@@ -96,7 +149,8 @@ pub struct ReplicaMetrics {
 pub struct StageMetrics {
     /// The stage's name, as declared in the pipeline.
     pub name: &'static str,
-    /// Items taken from the stage's queue.
+    /// Items taken from the stage's queue (and, after `abort`, the items
+    /// cleared from it).
     pub received: u64,
     /// Items done: `process` returned (or panicked).
     pub processed: u64,
@@ -106,6 +160,9 @@ pub struct StageMetrics {
     pub failed: u64,
     /// Items emitted that nobody could take: see [`ReplicaMetrics::dropped`].
     pub dropped: u64,
+    /// Items received that `abort` stopped before they were processed: see
+    /// [`ReplicaMetrics::aborted`].
+    pub aborted: u64,
     /// Items waiting in the stage's queue(s) when the snapshot was taken.
     pub queued: u64,
     /// The capacity of the stage's queue(s), summed.
@@ -116,17 +173,26 @@ pub struct StageMetrics {
     pub blocked: Duration,
     /// The same counts for each replica, in replica order.
     pub replicas: Vec<ReplicaMetrics>,
+    /// Whether each replica has its own queue (`partition_by`).
+    partitioned: bool,
 }
 
 impl StageMetrics {
-    pub(crate) fn new(name: &'static str, replicas: Vec<ReplicaMetrics>, queued: u64, capacity: u64) -> Self {
-        let mut stage = StageMetrics { name, queued, capacity, ..StageMetrics::default() };
+    pub(crate) fn new(
+        name: &'static str,
+        replicas: Vec<ReplicaMetrics>,
+        queued: u64,
+        capacity: u64,
+        partitioned: bool,
+    ) -> Self {
+        let mut stage = StageMetrics { name, queued, capacity, partitioned, ..StageMetrics::default() };
         for r in &replicas {
             stage.received += r.received;
             stage.processed += r.processed;
             stage.emitted += r.emitted;
             stage.failed += r.failed;
             stage.dropped += r.dropped;
+            stage.aborted += r.aborted;
             stage.busy += r.busy;
             stage.blocked += r.blocked;
         }

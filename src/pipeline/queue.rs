@@ -39,6 +39,11 @@ struct State<T> {
     items: VecDeque<T>,
     reserved: usize,
     closed: bool,
+    /// Set by [`Queue::close_and_clear`]: items committed into room reserved
+    /// before are dropped too, and counted in `discarded`.
+    cleared: bool,
+    /// Items dropped by [`Queue::close_and_clear`] or committed after it.
+    discarded: u64,
     /// How many items were ever taken out: the number of the next one.
     popped: u64,
     /// Items numbered `limit` and after wait until the limit is raised.
@@ -59,6 +64,8 @@ impl<T> Queue<T> {
                 items: VecDeque::with_capacity(capacity),
                 reserved: 0,
                 closed: false,
+                cleared: false,
+                discarded: 0,
                 popped: 0,
                 limit: u64::MAX,
                 readers: Vec::new(),
@@ -80,6 +87,12 @@ impl<T> Queue<T> {
     /// Items queued now (reserved room not counted).
     pub(crate) fn len(&self) -> usize {
         self.lock().items.len()
+    }
+
+    /// Items dropped by [`close_and_clear`](Self::close_and_clear), and
+    /// committed into the queue after it.
+    pub(crate) fn discarded(&self) -> u64 {
+        self.lock().discarded
     }
 
     /// Reserves room for between 1 and `max` items, waiting for room.
@@ -110,8 +123,21 @@ impl<T> Queue<T> {
 
     /// Pushes `items` (at most `reserved` of them) into room reserved
     /// before, and gives back the room not used.
+    /// Into a cleared queue, the items are dropped and counted instead.
     fn commit(&self, items: impl IntoIterator<Item = T>, reserved: usize) {
         let mut state = self.lock();
+        if state.cleared {
+            // Dropped outside the lock: an item's `Drop` may do anything.
+            let late: Vec<T> = items.into_iter().collect();
+            state.discarded += late.len() as u64;
+            state.reserved -= reserved;
+            if state.reserved == 0 {
+                wake_all(&mut state.readers);
+            }
+            drop(state);
+            drop(late);
+            return;
+        }
         let before = state.items.len();
         state.items.extend(items);
         let pushed = state.items.len() - before;
@@ -200,12 +226,16 @@ impl<T> Queue<T> {
         wake_all(&mut state.writers);
     }
 
-    /// Closes the queue and drops what is in it; returns how many items were
-    /// dropped.
+    /// Closes the queue and drops what is in it, and from now on what is
+    /// committed into room reserved before; returns how many items were
+    /// dropped now. Every item dropped is counted in
+    /// [`discarded`](Self::discarded).
     pub(crate) fn close_and_clear(&self) -> usize {
         let mut state = self.lock();
         state.closed = true;
+        state.cleared = true;
         let dropped = std::mem::take(&mut state.items);
+        state.discarded += dropped.len() as u64;
         wake_all(&mut state.readers);
         wake_all(&mut state.writers);
         drop(state);
@@ -315,6 +345,20 @@ mod tests {
         assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(true));
         assert_eq!(out, [5]);
         assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(false));
+    }
+
+    #[test]
+    fn a_cleared_queue_drops_and_counts_late_items() {
+        let q = Queue::new(4);
+        q.try_push(1).unwrap();
+        let Poll::Ready(Ok(2)) = q.poll_reserve(&mut cx(), 2) else { panic!() };
+        assert_eq!(q.close_and_clear(), 1);
+        q.commit([2, 3], 2);
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.discarded(), 3);
+        let mut out = Vec::new();
+        assert_eq!(q.poll_pop(&mut cx(), &mut out, 8), Poll::Ready(false));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -51,6 +51,9 @@ pub(crate) struct Reorder<T> {
     link: Link<T>,
     input: Arc<dyn Limit>,
     window: u64,
+    /// Items taken out of `pending` to be sent, whose send was dropped
+    /// before it placed them (the pipeline was aborted).
+    lost: AtomicU64,
 }
 
 struct Pending<T> {
@@ -91,6 +94,7 @@ impl<T: Send> Reorder<T> {
             link,
             input,
             window,
+            lost: AtomicU64::new(0),
         }
     }
 
@@ -129,8 +133,8 @@ impl<T: Send> Reorder<T> {
         // Every other replica has handed over all its chunks and is done
         // sending: what remains is ready, in order.
         self.release(blocked, dropped).await;
-        let mut last = std::mem::take(&mut self.lock().last);
-        self.link.send(&mut last, blocked, dropped).await;
+        let mut last = Held { items: std::mem::take(&mut self.lock().last), lost: &self.lost };
+        self.link.send(&mut last.items, blocked, dropped).await;
     }
 
     /// Sends on every chunk that is ready, unless another replica is already
@@ -144,12 +148,13 @@ impl<T: Send> Reorder<T> {
             let guard = Sending(&self.sending);
             loop {
                 let ready = self.lock().take_ready();
-                let Some((_, mut items)) = ready else { break };
-                self.link.send(&mut items, blocked, dropped).await;
+                let Some((_, items)) = ready else { break };
+                let mut held = Held { items, lost: &self.lost };
+                self.link.send(&mut held.items, blocked, dropped).await;
                 let next = {
                     let mut pending = self.lock();
                     if pending.spare.len() < 4 {
-                        pending.spare.push(items);
+                        pending.spare.push(std::mem::take(&mut held.items));
                     }
                     pending.next
                 };
@@ -161,6 +166,31 @@ impl<T: Send> Reorder<T> {
             if !self.lock().has_ready() {
                 return;
             }
+        }
+    }
+}
+
+impl<T> Reorder<T> {
+    /// The outputs still here, or lost by a send that was dropped: what an
+    /// aborted stage drops. Called by the last replica to go.
+    pub(crate) fn held(self) -> u64 {
+        let pending = self.pending.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let waiting: usize = pending.chunks.values().map(|(_, items)| items.len()).sum();
+        (waiting + pending.last.len()) as u64 + self.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// Items being sent on; if the send is dropped before it placed them all,
+/// the rest are counted as lost.
+struct Held<'a, T> {
+    items: Vec<T>,
+    lost: &'a AtomicU64,
+}
+
+impl<T> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        if !self.items.is_empty() {
+            self.lost.fetch_add(self.items.len() as u64, Ordering::Relaxed);
         }
     }
 }
