@@ -201,17 +201,87 @@ impl StageMetrics {
     }
 
     /// The share of the elapsed time this stage's replicas spent processing,
-    /// between 0 and 1.
+    /// between 0 and 1 (busy time over `elapsed` times the replicas).
     pub fn utilization(&self, elapsed: Duration) -> f64 {
-        let available = elapsed.as_secs_f64() * self.replicas.len().max(1) as f64;
-        if available == 0.0 { 0.0 } else { (self.busy.as_secs_f64() / available).min(1.0) }
+        share(self.busy, elapsed * self.replicas.len().max(1) as u32)
     }
+
+    /// The share of the elapsed time this stage's replicas spent neither
+    /// processing nor blocked on the next stage: waiting for input. Between
+    /// 0 and 1.
+    pub fn idle(&self, elapsed: Duration) -> f64 {
+        let available = elapsed * self.replicas.len().max(1) as u32;
+        (1.0 - share(self.busy, available) - share(self.blocked, available)).max(0.0)
+    }
+
+    /// Whether each replica has its own queue (`partition_by`): then
+    /// [`ReplicaMetrics::queued`] is that queue, and one busy replica can
+    /// limit the stage while the others idle.
+    pub fn partitioned(&self) -> bool {
+        self.partitioned
+    }
+
+    /// How loaded the stage is, for finding the bottleneck: its utilization,
+    /// or with `partition_by` its busiest replica's (work cannot move
+    /// between partitions, so that replica is the stage's limit).
+    fn load(&self, elapsed: Duration) -> f64 {
+        if self.partitioned {
+            self.replicas.iter().map(|r| r.utilization(elapsed)).fold(0.0, f64::max)
+        } else {
+            self.utilization(elapsed)
+        }
+    }
+
+    /// The replica of a partitioned stage that is busy more than half the
+    /// time while the others, on average, are busy less than half as much.
+    fn hot_replica(&self, elapsed: Duration) -> Option<usize> {
+        if !self.partitioned || self.replicas.len() < 2 {
+            return None;
+        }
+        let (hot, load) =
+            self.replicas.iter().map(|r| r.utilization(elapsed)).enumerate().max_by(|a, b| a.1.total_cmp(&b.1))?;
+        let others = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != hot)
+            .map(|(_, r)| r.utilization(elapsed))
+            .sum::<f64>()
+            / (self.replicas.len() - 1) as f64;
+        (load > BUSY && others < load / 2.0).then_some(hot)
+    }
+}
+
+impl ReplicaMetrics {
+    /// The share of the elapsed time this replica spent processing, between
+    /// 0 and 1.
+    pub fn utilization(&self, elapsed: Duration) -> f64 {
+        share(self.busy, elapsed)
+    }
+
+    /// The share of the elapsed time this replica spent neither processing
+    /// nor blocked on the next stage, between 0 and 1.
+    pub fn idle(&self, elapsed: Duration) -> f64 {
+        (1.0 - share(self.busy, elapsed) - share(self.blocked, elapsed)).max(0.0)
+    }
+}
+
+/// A stage (or replica) busy more than this share of the time limits the
+/// pipeline; below it, whoever feeds the pipeline is the limit.
+const BUSY: f64 = 0.5;
+
+/// `part / whole`, between 0 and 1; 0 if `whole` is zero.
+fn share(part: Duration, whole: Duration) -> f64 {
+    if whole.is_zero() { 0.0 } else { (part.as_secs_f64() / whole.as_secs_f64()).min(1.0) }
 }
 
 /// A snapshot of a pipeline's metrics, stage by stage.
 ///
 /// Taken with the pipeline's `metrics()` method, at any time, also after
-/// shutdown. `Display` prints it as a table that names the bottleneck.
+/// shutdown. `Display` prints it as a table (one row per stage, and one per
+/// replica for partitioned stages) that names the bottleneck, or says that
+/// the input is the limit. Shares of time are over the time since the
+/// pipeline started ([`elapsed`](Self::elapsed)).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metrics {
     stages: Vec<StageMetrics>,
@@ -240,43 +310,129 @@ impl Metrics {
 
     /// The stage that limits throughput: the one whose replicas spent the
     /// largest share of the time processing (time blocked on the next stage
-    /// does not count). `None` before any item was processed.
+    /// does not count), if that share is more than half. For a partitioned
+    /// stage the share is its busiest replica's, since the others cannot
+    /// take over its keys.
+    ///
+    /// `None` when no stage was busy more than half the time: then the
+    /// stages wait for input, and whoever feeds the pipeline is the limit
+    /// (or nothing was processed yet).
     pub fn bottleneck(&self) -> Option<&str> {
+        self.limit().map(|s| s.name)
+    }
+
+    /// When the bottleneck is a partitioned stage held back by one replica
+    /// (a *hot partition*: one key, or a few, get most of the items), that
+    /// stage's name and the replica's index.
+    ///
+    /// A replica is hot when it was busy more than half the time while the
+    /// other replicas of its stage were, on average, busy less than half as
+    /// much. Its queue fills and the items of every other key wait for room
+    /// in it at the stage's dispatch: see the guide's section on hot
+    /// partitions for what to do.
+    pub fn hot_partition(&self) -> Option<(&str, usize)> {
+        let stage = self.limit()?;
+        stage.hot_replica(self.elapsed).map(|i| (stage.name, i))
+    }
+
+    fn limit(&self) -> Option<&StageMetrics> {
         self.stages
             .iter()
-            .filter(|s| s.busy > Duration::ZERO)
-            .max_by(|a, b| a.utilization(self.elapsed).total_cmp(&b.utilization(self.elapsed)))
-            .map(|s| s.name)
+            .map(|s| (s, s.load(self.elapsed)))
+            .filter(|(_, load)| *load > BUSY)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(s, _)| s)
     }
 }
 
 impl fmt::Display for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self.stages.iter().map(|s| s.name.len()).max().unwrap_or(0).max(5);
+        let elapsed = self.elapsed;
+        let width = self.stages.iter().map(|s| s.name.len()).max().unwrap_or(0).max(6);
         writeln!(
             f,
-            "{:<width$} {:>8} {:>12} {:>12} {:>8} {:>8} {:>13} {:>10} {:>10} {:>6}",
-            "stage", "replicas", "received", "emitted", "failed", "dropped", "queued", "busy", "blocked", "util"
+            "{:<width$} {:>8} {:>10} {:>10} {:>7} {:>8} {:>8} {:>11} {:>10} {:>10} {:>5} {:>5}",
+            "stage",
+            "replicas",
+            "received",
+            "emitted",
+            "failed",
+            "dropped",
+            "aborted",
+            "queued",
+            "busy",
+            "blocked",
+            "util",
+            "idle"
         )?;
+        let pct = |x: f64| format!("{:.0}%", x * 100.0);
         for s in &self.stages {
             writeln!(
                 f,
-                "{:<width$} {:>8} {:>12} {:>12} {:>8} {:>8} {:>13} {:>10} {:>10} {:>5.0}%",
+                "{:<width$} {:>8} {:>10} {:>10} {:>7} {:>8} {:>8} {:>11} {:>10} {:>10} {:>5} {:>5}",
                 s.name,
                 s.replicas.len(),
                 s.received,
                 s.emitted,
                 s.failed,
                 s.dropped,
+                s.aborted,
                 format!("{}/{}", s.queued, s.capacity),
                 format!("{:.1?}", s.busy),
                 format!("{:.1?}", s.blocked),
-                s.utilization(self.elapsed) * 100.0,
+                pct(s.utilization(elapsed)),
+                pct(s.idle(elapsed)),
             )?;
+            if !s.partitioned {
+                continue;
+            }
+            let per_replica = s.capacity / s.replicas.len().max(1) as u64;
+            for (i, r) in s.replicas.iter().enumerate() {
+                writeln!(
+                    f,
+                    "{:<width$} {:>8} {:>10} {:>10} {:>7} {:>8} {:>8} {:>11} {:>10} {:>10} {:>5} {:>5}",
+                    "",
+                    format!("#{i}"),
+                    r.received,
+                    r.emitted,
+                    r.failed,
+                    r.dropped,
+                    r.aborted,
+                    format!("{}/{}", r.queued, per_replica),
+                    format!("{:.1?}", r.busy),
+                    format!("{:.1?}", r.blocked),
+                    pct(r.utilization(elapsed)),
+                    pct(r.idle(elapsed)),
+                )?;
+            }
         }
-        match self.bottleneck() {
-            Some(name) => write!(f, "bottleneck: {name} (elapsed {:.1?})", self.elapsed),
-            None => write!(f, "bottleneck: none yet (elapsed {:.1?})", self.elapsed),
+        let Some(limit) = self.limit() else {
+            if self.stages.iter().all(|s| s.processed == 0) {
+                return write!(f, "bottleneck: none yet (elapsed {elapsed:.1?})");
+            }
+            return write!(
+                f,
+                "bottleneck: none: no stage is busy more than half the time, the input is the limit \
+                 (elapsed {elapsed:.1?})"
+            );
+        };
+        match limit.hot_replica(elapsed) {
+            Some(i) => {
+                let r = &limit.replicas[i];
+                let per_replica = limit.capacity / limit.replicas.len().max(1) as u64;
+                let others = (limit.utilization(elapsed) * limit.replicas.len() as f64 - r.utilization(elapsed))
+                    / (limit.replicas.len() - 1) as f64;
+                write!(
+                    f,
+                    "bottleneck: {}, replica {i} (a hot partition: {}busy {} of the time, the other replicas {} \
+                     on average; elapsed {elapsed:.1?})",
+                    limit.name,
+                    if r.queued >= per_replica { "its queue is full, " } else { "" },
+                    pct(r.utilization(elapsed)),
+                    pct(others.max(0.0)),
+                )
+            }
+            None => write!(f, "bottleneck: {} (elapsed {elapsed:.1?})", limit.name),
         }
     }
 }

@@ -8,11 +8,10 @@ use std::{
     pin::pin,
     sync::Arc,
     task::Poll,
-    time::Instant,
 };
 
 use futures::FutureExt;
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 
 use super::{BATCH, Emitter, Stage, metrics::Counters, metrics::Delta, queue::Queue};
 use crate::server::{

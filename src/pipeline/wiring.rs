@@ -7,10 +7,12 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::future::join_all;
+
+use tokio::time::Instant;
 
 use super::{
     Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch, emitter::Link,
