@@ -117,14 +117,14 @@ impl Drop for Drain {
             tracing::warn!(
                 registry = self.registry,
                 "the runtime shut down before the background shutdown of a dropped registry finished: \
-                 queued messages and items were abandoned and `terminate` did not run; \
-                 call `shutdown().await` before the runtime ends"
+                 what was still queued was abandoned, and the servers that had not stopped yet \
+                 did not run `terminate`; call `shutdown().await` before the runtime ends"
             );
         } else {
             tracing::warn!(
                 registry = self.registry,
                 "a registry was dropped after its runtime shut down: \
-                 queued messages and items were abandoned and `terminate` did not run; \
+                 what was still queued was abandoned and `terminate` did not run; \
                  call `shutdown().await` before the runtime ends"
             );
         }
