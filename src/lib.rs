@@ -191,6 +191,13 @@ pub use server::{GenServer, RestartLimit};
 /// shuts the registry down in the background. The user fields stay readable
 /// as fields from every server (`self.registry.field`).
 ///
+/// That background drain is a task on the registry's runtime, so it needs
+/// the runtime alive until it ends: a runtime dropped right after the last
+/// handle (say, at the end of `main`) abandons what was queued, and
+/// `terminate` does not run. A `tracing` warning reports it. Call
+/// `shutdown().await` before the runtime ends to be sure everything queued
+/// was handled.
+///
 /// # Examples
 ///
 /// A server calling another one through the registry:

@@ -6,7 +6,9 @@
 //! are *inner* copies; the value `start` returns and every clone of it are
 //! *outside* copies. When the last outside copy is dropped, the registry
 //! shuts down in the background, so servers holding their own registry do not
-//! keep each other alive.
+//! keep each other alive. That background drain is a task of the registry's
+//! runtime: if the runtime is gone first, the drain is dropped with it, and
+//! a `tracing` warning says so.
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
@@ -80,9 +82,52 @@ struct OutsideGuard {
 
 impl Drop for OutsideGuard {
     fn drop(&mut self) {
-        let life = self.life.clone();
-        // If the runtime is gone, so are the tasks.
-        drop(life.runtime.clone().spawn(async move { life.shutdown().await }));
+        background_shutdown(self.life.clone());
+    }
+}
+
+/// Runs the graceful shutdown in a task of the registry's runtime. The
+/// drain needs that runtime alive: if the runtime is already gone, or shuts
+/// down before the drain ends, the task is dropped and a warning says that
+/// queued work was abandoned.
+fn background_shutdown(life: Arc<Lifecycle>) {
+    let drain = Drain { registry: life.id, started: false, done: false };
+    drop(life.runtime.clone().spawn(async move {
+        // Moved in whole, so it is dropped with the task.
+        let mut drain = drain;
+        drain.started = true;
+        life.shutdown().await;
+        drain.done = true;
+    }));
+}
+
+/// Watches a background shutdown; warns if it is dropped before it ended.
+struct Drain {
+    registry: usize,
+    started: bool,
+    done: bool,
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.started {
+            tracing::warn!(
+                registry = self.registry,
+                "the runtime shut down before the background shutdown of a dropped registry finished: \
+                 what was still queued was abandoned, and the servers that had not stopped yet \
+                 did not run `terminate`; call `shutdown().await` before the runtime ends"
+            );
+        } else {
+            tracing::warn!(
+                registry = self.registry,
+                "a registry was dropped after its runtime shut down: \
+                 what was still queued was abandoned and `terminate` did not run; \
+                 call `shutdown().await` before the runtime ends"
+            );
+        }
     }
 }
 
@@ -153,8 +198,7 @@ impl<T: Send + Sync + 'static> Core<T> {
         let life = &self.shared.life;
         if context::in_registry(life.id) {
             // A server of this registry cannot wait for its own end.
-            let life = life.clone();
-            life.runtime.clone().spawn(async move { life.shutdown().await });
+            background_shutdown(life.clone());
             return;
         }
         life.shutdown().await;

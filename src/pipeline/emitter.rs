@@ -6,8 +6,10 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use super::{
     BATCH,
@@ -65,7 +67,9 @@ impl<T: Send> Emitter<T> {
     /// An emitter for a replica of an `ordered` stage: outputs go through
     /// `order`, a batch at a time.
     pub(crate) fn ordered(link: Link<T>, counters: Arc<Counters>, order: Arc<Reorder<T>>) -> Self {
-        Emitter { order: Some(Place::new(order)), ..Emitter::new(link, counters) }
+        let mut emitter = Emitter::new(link, counters);
+        emitter.order = Some(Place::new(order));
+        emitter
     }
 
     /// Sends `item` downstream, waiting while the next queue is full (and,
@@ -173,6 +177,20 @@ pub(crate) async fn blocking<F: Future>(blocked: &mut Duration, future: F) -> F:
     output
 }
 
+/// A replica's task dropped before its emitter was done (the pipeline was
+/// aborted): what it had emitted and not yet counted, and the outputs it
+/// held, are published now, the latter as dropped. The last replica of an
+/// `ordered` stage to go also counts what waits in the reorder point.
+impl<T> Drop for Emitter<T> {
+    fn drop(&mut self) {
+        let mut dropped = std::mem::take(&mut self.dropped) + self.buf.len() as u64;
+        if let Some(order) = self.order.take() {
+            dropped += order.held_if_last();
+        }
+        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), dropped, ..Delta::default() });
+    }
+}
+
 impl<T> fmt::Debug for Emitter<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Emitter").field("buffered", &self.buf.len()).finish_non_exhaustive()
@@ -252,15 +270,32 @@ impl<T> Target<T> {
                 }
             }
             Dispatch::Keyed { .. } => {
-                for item in items.drain(..) {
-                    let queue = self.dispatch.route(&item);
-                    match blocking(blocked, queue.reserve(1)).await {
+                // An item leaves `items` only once it is placed, so if this
+                // future is dropped while waiting, the rest is still there
+                // (in order) to be counted. Items are taken from the back.
+                items.reverse();
+                let rest = Reversed(items);
+                while let Some(item) = rest.0.last() {
+                    let queue = self.dispatch.route(item);
+                    let room = blocking(blocked, queue.reserve(1)).await;
+                    let item = rest.0.pop().expect("checked above");
+                    match room {
                         Ok(room) => room.commit([item]),
                         Err(Closed) => *dropped += 1,
                     }
                 }
             }
         }
+    }
+}
+
+/// Items kept in reverse order while a keyed send takes them from the back;
+/// put back in order when the send ends or is dropped.
+struct Reversed<'a, T>(&'a mut Vec<T>);
+
+impl<T> Drop for Reversed<'_, T> {
+    fn drop(&mut self) {
+        self.0.reverse();
     }
 }
 

@@ -17,7 +17,15 @@
 //! is queued, serves its remaining calls and casts, runs `terminate`, and
 //! then closes the next stage's input; the output stream ends after the last
 //! stage. Nothing accepted is dropped. Dropping the last handle held outside
-//! the pipeline does the same in the background.
+//! the pipeline does the same in the background, on the pipeline's runtime:
+//! if that runtime ends first, the rest is abandoned, with a `tracing`
+//! warning; `shutdown().await` is how to be sure.
+//!
+//! `abort()` stops every replica at its next `.await` and clears every
+//! queue instead. Every item is still accounted for in the metrics (as
+//! `aborted` by the stage that held it, or `dropped` by the stage that
+//! emitted it) once `shutdown().await`, called after `abort()`, returns:
+//! see [`StageMetrics`].
 //!
 //! # Failures
 //!

@@ -41,11 +41,19 @@ pub(crate) struct OutputShared<T> {
     pub(crate) queue: Arc<Queue<T>>,
     /// Whether somebody took the output (and has not dropped it).
     pub(crate) taken: Arc<AtomicBool>,
-    /// Items dropped because the output was dropped while holding them.
+    /// Items dropped because the output was dropped while holding them in
+    /// its buffer (those in its queue are the queue's `discarded`).
     pub(crate) dropped: AtomicU64,
 }
 
 impl<T> OutputShared<T> {
+    /// Items the last stage emitted that no reader got: dropped from the
+    /// output's buffer or queue when it was dropped, or committed to its
+    /// queue after.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed) + self.queue.discarded()
+    }
+
     pub(crate) fn new(capacity: usize) -> Self {
         OutputShared {
             queue: Arc::new(Queue::new(capacity)),
@@ -92,8 +100,8 @@ impl<T> Drop for Output<T> {
     fn drop(&mut self) {
         self.shared.taken.store(false, Ordering::Release);
         self.shared.queue.cancel(&mut self.waiter);
-        let dropped = self.buf.len() + self.shared.queue.close_and_clear();
-        self.shared.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+        self.shared.queue.close_and_clear();
+        self.shared.dropped.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
     }
 }
 

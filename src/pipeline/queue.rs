@@ -101,6 +101,11 @@ struct State<T> {
     items: VecDeque<T>,
     reserved: usize,
     closed: bool,
+    /// Set by [`Queue::close_and_clear`]: items committed into room reserved
+    /// before are dropped too, and counted in `discarded`.
+    cleared: bool,
+    /// Items dropped by [`Queue::close_and_clear`] or committed after it.
+    discarded: u64,
     /// How many items were ever taken out: the number of the next one.
     popped: u64,
     /// Items numbered `limit` and after wait until the limit is raised.
@@ -258,6 +263,8 @@ impl<T> Queue<T> {
                 items: VecDeque::with_capacity(capacity.min(PREALLOCATED)),
                 reserved: 0,
                 closed: false,
+                cleared: false,
+                discarded: 0,
                 popped: 0,
                 limit: u64::MAX,
                 promised: 0,
@@ -291,6 +298,12 @@ impl<T> Queue<T> {
     /// Items queued now (reserved room not counted).
     pub(crate) fn len(&self) -> usize {
         self.lock().items.len()
+    }
+
+    /// Items dropped by [`close_and_clear`](Self::close_and_clear), and
+    /// committed into the queue after it.
+    pub(crate) fn discarded(&self) -> u64 {
+        self.lock().discarded
     }
 
     /// Reserves room for between 1 and `max` items, waiting for room in
@@ -354,7 +367,22 @@ impl<T> Queue<T> {
 
     /// Pushes `items` (at most `reserved` of them) into room reserved
     /// before, and gives back the room not used.
+    /// Into a cleared queue, the items are dropped and counted instead.
     fn commit(&self, items: impl IntoIterator<Item = T>, reserved: usize) {
+        let mut wakers = WakeList::new();
+        let mut state = self.lock();
+        if state.cleared {
+            // Dropped outside the lock: an item's `Drop` may do anything.
+            let late: Vec<T> = items.into_iter().collect();
+            state.discarded += late.len() as u64;
+            state.reserved -= reserved;
+            state.end_readers(&mut wakers);
+            drop(state);
+            wakers.wake_all();
+            drop(late);
+            return;
+        }
+        drop(state);
         self.change(|state, wakers| {
             let before = state.items.len();
             state.items.extend(items);
@@ -495,13 +523,17 @@ impl<T> Queue<T> {
         });
     }
 
-    /// Closes the queue and drops what is in it (after releasing the lock);
-    /// returns how many items were dropped.
+    /// Closes the queue and drops what is in it (after releasing the lock),
+    /// and from now on what is committed into room reserved before; returns
+    /// how many items were dropped now. Every item dropped is counted in
+    /// [`discarded`](Self::discarded).
     pub(crate) fn close_and_clear(&self) -> usize {
         let dropped = self.change(|state, wakers| {
             state.closed = true;
+            state.cleared = true;
             state.wake_writers(wakers);
             let dropped = std::mem::take(&mut state.items);
+            state.discarded += dropped.len() as u64;
             state.end_readers(wakers);
             dropped
         });
@@ -736,6 +768,22 @@ mod tests {
         assert_eq!(r.pop(&q, &mut out, 8), Poll::Ready(true));
         assert_eq!(out, [5]);
         assert_eq!(r.pop(&q, &mut out, 8), Poll::Ready(false));
+    }
+
+    #[test]
+    fn a_cleared_queue_drops_and_counts_late_items() {
+        let q = Queue::new(4);
+        q.try_push(1).unwrap();
+        let mut w = Party::new();
+        assert_eq!(w.reserve(&q, 2), Poll::Ready(Ok(2)));
+        assert_eq!(q.close_and_clear(), 1);
+        q.commit([2, 3], 2);
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.discarded(), 3);
+        let mut r = Party::new();
+        let mut out = Vec::new();
+        assert_eq!(r.pop(&q, &mut out, 8), Poll::Ready(false));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -30,7 +30,10 @@
 use std::{
     collections::BTreeMap,
     future::poll_fn,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, Waker},
     time::Duration,
 };
@@ -66,6 +69,9 @@ pub(crate) struct Reorder<T> {
     input: Arc<dyn Limit>,
     window: u64,
     replicas: usize,
+    /// Items taken out of `turns` to be sent, whose send was dropped
+    /// before it placed them (the pipeline was aborted).
+    lost: AtomicU64,
 }
 
 struct Turns<T> {
@@ -123,6 +129,7 @@ impl<T: Send> Reorder<T> {
             input,
             window,
             replicas,
+            lost: AtomicU64::new(0),
         }
     }
 
@@ -195,11 +202,12 @@ impl<T: Send> Reorder<T> {
             };
             wakers.wake_all();
             self.input.raise_limit(next + self.window);
-            let Some((inputs, mut items)) = chunk else { return };
-            self.link.send(&mut items, blocked, dropped).await;
+            let Some((inputs, items)) = chunk else { return };
+            let mut held = Held { items, lost: &self.lost };
+            self.link.send(&mut held.items, blocked, dropped).await;
             let mut turns = self.lock();
             if turns.spare.len() < 4 {
-                turns.spare.push(items);
+                turns.spare.push(std::mem::take(&mut held.items));
             }
             drop(turns);
             next += inputs;
@@ -329,14 +337,48 @@ impl<T: Send> Place<T> {
         if self.finishing {
             self.reorder.link.send(items, blocked, dropped).await;
         }
-        if let Some(mut last) = self.reorder.end_replica(std::mem::take(&mut self.finishing), items) {
-            self.reorder.link.send(&mut last, blocked, dropped).await;
+        if let Some(last) = self.reorder.end_replica(std::mem::take(&mut self.finishing), items) {
+            let mut held = Held { items: last, lost: &self.reorder.lost };
+            self.reorder.link.send(&mut held.items, blocked, dropped).await;
         }
     }
 
     fn end_input_once(&mut self) {
         if !std::mem::replace(&mut self.ended, true) {
             self.reorder.mark_ended();
+        }
+    }
+}
+
+impl<T> Place<T> {
+    /// For an aborted stage: if this was the last replica's place, what
+    /// its reorder point still held (see [`Reorder::held`]); 0 otherwise.
+    pub(crate) fn held_if_last(self) -> u64 {
+        Arc::into_inner(self.reorder).map_or(0, Reorder::held)
+    }
+}
+
+impl<T> Reorder<T> {
+    /// The outputs still here, or lost by a send that was dropped: what an
+    /// aborted stage drops. Called by the last replica to go.
+    fn held(self) -> u64 {
+        let turns = self.turns.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let waiting: usize = turns.chunks.values().map(|(_, items)| items.len()).sum();
+        (waiting + turns.last.len()) as u64 + self.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// Items being sent on; if the send is dropped before it placed them all,
+/// the rest are counted as lost.
+struct Held<'a, T> {
+    items: Vec<T>,
+    lost: &'a AtomicU64,
+}
+
+impl<T> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        if !self.items.is_empty() {
+            self.lost.fetch_add(self.items.len() as u64, Ordering::Relaxed);
         }
     }
 }

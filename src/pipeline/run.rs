@@ -8,11 +8,10 @@ use std::{
     pin::pin,
     sync::Arc,
     task::Poll,
-    time::Instant,
 };
 
 use futures::FutureExt;
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 
 use super::{BATCH, Emitter, Stage, drain::StageDrain, metrics::Counters, metrics::Delta, queue::Queue};
 use crate::server::{
@@ -45,7 +44,7 @@ pub(crate) async fn run<S: Stage>(
     let mut ready = Some(ready);
     let mut restarts = Restarts::new(S::restart_limit());
     // The items taken but not processed yet, and the number of the first.
-    let mut batch = Batch { items: VecDeque::with_capacity(BATCH), first: 0 };
+    let mut batch = Batch { items: VecDeque::with_capacity(BATCH), first: 0, counters: counters.clone() };
     // Whether the input ended and `finish` ran.
     let mut ended = false;
     // This replica's place in line for items.
@@ -159,6 +158,42 @@ pub(crate) async fn run<S: Stage>(
 struct Batch<T> {
     items: VecDeque<T>,
     first: u64,
+    counters: Arc<Counters>,
+}
+
+/// The replica's task was dropped (the pipeline was aborted, or the runtime
+/// shut down): the items it took and did not process count as aborted.
+impl<T> Drop for Batch<T> {
+    fn drop(&mut self) {
+        let aborted = self.items.len() as u64;
+        if aborted > 0 {
+            self.counters.add(&Delta { aborted, ..Delta::default() });
+        }
+    }
+}
+
+/// The counts of a batch in progress, published when it is dropped: at the
+/// end of the batch, or when the task is dropped in the middle of it (then
+/// the item in `process`, if any, counts as aborted).
+struct Progress<'a> {
+    counters: &'a Counters,
+    delta: Delta,
+    /// 1 while an item is in `process`.
+    in_process: u64,
+}
+
+impl Progress<'_> {
+    /// Publishes what is done so far.
+    fn publish(&mut self) {
+        self.counters.add(&std::mem::take(&mut self.delta));
+    }
+}
+
+impl Drop for Progress<'_> {
+    fn drop(&mut self) {
+        self.delta.aborted += self.in_process;
+        self.publish();
+    }
 }
 
 /// Processes the batch item by item, serving calls and casts that arrive in
@@ -173,11 +208,12 @@ async fn process_batch<S: Stage>(
 ) -> Result<(), Crashed> {
     let started = Instant::now();
     out.begin_batch(batch.first);
-    let mut delta = Delta::default();
+    let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
     while let Some(item) = batch.items.pop_front() {
         let mut waited = false;
+        progress.in_process = 1;
         let processed = {
             let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
             poll_fn(|cx| {
@@ -187,9 +223,10 @@ async fn process_batch<S: Stage>(
             })
             .await
         };
-        delta.processed += 1;
+        progress.in_process = 0;
+        progress.delta.processed += 1;
         if let Err(panic) = processed {
-            delta.failed += 1;
+            progress.delta.failed += 1;
             report::<S>("process", &panic);
         }
         if waited {
@@ -199,8 +236,7 @@ async fn process_batch<S: Stage>(
         if !batch.items.is_empty() && control.state.take_mail() {
             // Publish what is done, so a call sees metrics as current as
             // the state it reads.
-            counters.add(&Delta { processed: delta.processed, failed: delta.failed, ..Delta::default() });
-            (delta.processed, delta.failed) = (0, 0);
+            progress.publish();
             result = serve_waiting(server, control).await;
             if result.is_err() {
                 break;
@@ -210,8 +246,8 @@ async fn process_batch<S: Stage>(
     let done = taken - batch.items.len() as u64;
     out.end_batch(batch.first, done).await;
     batch.first += done;
-    delta.busy = started.elapsed().saturating_sub(out.take_blocked());
-    counters.add(&delta);
+    progress.delta.busy = started.elapsed().saturating_sub(out.take_blocked());
+    drop(progress);
     result
 }
 

@@ -7,10 +7,12 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures::future::join_all;
+
+use tokio::time::Instant;
 
 use super::{
     Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch, drain::StageDrain,
@@ -58,7 +60,9 @@ pub struct StageWiring<S: Stage> {
 }
 
 /// Shutdown closes the head's input; abort stops every replica and closes
-/// every input, so nobody waits on a stopped stage.
+/// and clears every input, so nobody waits on a stopped stage. The cleared
+/// items (and any committed after, into room reserved before) are counted
+/// by the queue and reported as received and aborted by the stage.
 struct StageControl<T> {
     dispatch: Dispatch<T>,
     replicas: Vec<Arc<ServerState>>,
@@ -77,7 +81,9 @@ impl<T: Send + 'static> Stoppable for StageControl<T> {
         for replica in &self.replicas {
             replica.abort();
         }
-        self.dispatch.close();
+        for queue in self.dispatch.queues() {
+            queue.close_and_clear();
+        }
     }
 }
 
@@ -361,13 +367,32 @@ impl<S: Stage> StageHandle<S> {
     }
 
     /// This stage's metrics.
+    ///
+    /// Items cleared from a queue by `abort` count as received and aborted
+    /// by the replica that queue belongs to: with `partition_by`, replica
+    /// `i` owns queue `i`; a shared queue is counted on replica 0.
     pub fn metrics(&self) -> StageMetrics {
-        let queues = self.input.dispatch().queues();
+        let dispatch = self.input.dispatch();
+        let partitioned = matches!(dispatch, Dispatch::Keyed { .. });
+        let queues = dispatch.queues();
+        let mut replicas: Vec<_> = self.counters.iter().map(|c| c.snapshot()).collect();
+        let mut queued = 0;
+        for (i, queue) in queues.iter().enumerate() {
+            let (len, discarded) = (queue.len() as u64, queue.discarded());
+            queued += len;
+            let replica = &mut replicas[i];
+            replica.received += discarded;
+            replica.aborted += discarded;
+            if partitioned {
+                replica.queued = len;
+            }
+        }
         StageMetrics::new(
             self.name,
-            self.counters.iter().map(|c| c.snapshot()).collect(),
-            queues.iter().map(|q| q.len() as u64).sum(),
+            replicas,
+            queued,
             queues.iter().map(|q| q.capacity() as u64).fold(0, u64::saturating_add),
+            partitioned,
         )
     }
 }
@@ -426,7 +451,7 @@ impl<T: Send + 'static> Plumbing<T> {
     /// counts what a dropped output held.
     pub fn metrics(&self, mut stages: Vec<StageMetrics>) -> Metrics {
         if let Some(tail) = stages.last_mut() {
-            tail.dropped += self.output.dropped.load(Ordering::Relaxed);
+            tail.dropped += self.output.dropped();
         }
         Metrics::new(stages, self.started.elapsed())
     }

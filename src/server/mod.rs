@@ -24,7 +24,12 @@
 //! the mark its queue closes (calls and casts get `Closed` errors from then
 //! on, and anything that slipped in meanwhile is still handled), it runs
 //! `terminate`, and its task ends. `shutdown` returns once every task ended. Dropping the last
-//! registry handle held outside the servers does the same in the background.
+//! registry handle held outside the servers does the same in the background,
+//! as a task of the registry's runtime: the drain needs that runtime alive.
+//! If the runtime shuts down before the drain ends (or was gone when the
+//! last handle dropped), the queued messages are abandoned and `terminate`
+//! does not run; a `tracing` warning says so. `shutdown().await` is how to
+//! be sure the drain happened.
 //! `abort()` stops the servers at their next `.await` instead: queued calls
 //! get their messages back in `Closed` errors, `terminate` does not run.
 

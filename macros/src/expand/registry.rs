@@ -143,8 +143,11 @@ fn start(registry: &Registry) -> TokenStream {
         format!(
             "Starts every server ({}) and returns once each has run `new` and `init`.{doc_params}\n\n\
              Dropping the last copy of the returned registry (copies held by the servers do not count) \
-             shuts the servers down in the background.\n\n# Panics\n\nPanics if called outside a Tokio \
-             runtime, or if a server's `channel_queue_size()` is 0.",
+             shuts the servers down in the background, as a task of this runtime: that drain needs the \
+             runtime alive until it ends. If the runtime shuts down first (or is already gone), queued \
+             messages are abandoned, `terminate` does not run, and a `tracing` warning says so; \
+             `shutdown().await` is how to be sure everything queued was handled.\n\n# Panics\n\n\
+             Panics if called outside a Tokio runtime, or if a server's `channel_queue_size()` is 0.",
             servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
         )
     };
