@@ -48,7 +48,8 @@
 
 use std::{
     collections::VecDeque,
-    future::poll_fn,
+    future::Future,
+    pin::Pin,
     task::{Context, Poll, Waker},
 };
 
@@ -359,10 +360,8 @@ impl<T> Queue<T> {
     ///
     /// Cancel safe: nothing is reserved once the future is dropped; room
     /// handed to it before is passed on to the next writer.
-    pub(crate) async fn reserve(&self, max: usize) -> Result<Reservation<'_, T>, Closed> {
-        let mut wait = Wait { queue: self, waiter: Waiter::new() };
-        let n = poll_fn(|cx| self.poll_reserve(cx, &mut wait.waiter, max)).await?;
-        Ok(Reservation { queue: self, n })
+    pub(crate) fn reserve(&self, max: usize) -> Reserve<'_, T> {
+        Reserve { wait: Wait { queue: self, waiter: Waiter::new() }, max }
     }
 
     /// Pushes `items` (at most `reserved` of them) into room reserved
@@ -569,6 +568,24 @@ impl<T> Drop for Reservation<'_, T> {
     }
 }
 
+/// The future of [`Queue::reserve`]: a writer's place in line, given back
+/// (with any room handed to it) when dropped.
+pub(crate) struct Reserve<'a, T> {
+    wait: Wait<'a, T>,
+    max: usize,
+}
+
+impl<'a, T> Future for Reserve<'a, T> {
+    type Output = Result<Reservation<'a, T>, Closed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Wait { queue, waiter } = &mut this.wait;
+        let queue: &'a Queue<T> = queue;
+        queue.poll_reserve(cx, waiter, this.max).map_ok(|n| Reservation { queue, n })
+    }
+}
+
 /// A [`Waiter`] given back to its queue on drop.
 struct Wait<'a, T> {
     queue: &'a Queue<T>,
@@ -644,7 +661,7 @@ impl WakeList {
 #[cfg(all(test, not(genflow_loom)))]
 mod tests {
     use std::{
-        future::Future,
+        future::{Future, poll_fn},
         pin::pin,
         sync::{
             Arc,

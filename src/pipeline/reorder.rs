@@ -186,23 +186,7 @@ impl<T: Send> Reorder<T> {
     /// is sent: sends on the chunks that follow in order, then hands the
     /// turn to the batch after them.
     async fn pass_turn(&self, mut next: u64, blocked: &mut Duration, dropped: &mut u64) {
-        loop {
-            let mut wakers = WakeList::new();
-            let chunk = {
-                let mut turns = self.lock();
-                turns.sent = next;
-                let chunk = turns.chunks.first_entry().filter(|e| *e.key() == next).map(|e| e.remove());
-                if chunk.is_none() {
-                    if let Some(at) = turns.waiting.iter().position(|(first, _)| *first == next) {
-                        wakers.push(Some(turns.waiting.swap_remove(at).1));
-                    }
-                    turns.wake_finishers(self.replicas, &mut wakers);
-                }
-                chunk
-            };
-            wakers.wake_all();
-            self.input.raise_limit(next + self.window);
-            let Some((inputs, items)) = chunk else { return };
+        while let Some((inputs, items)) = self.advance(next) {
             let mut held = Held { items, lost: &self.lost };
             self.link.send(&mut held.items, blocked, dropped).await;
             let mut turns = self.lock();
@@ -212,6 +196,28 @@ impl<T: Send> Reorder<T> {
             drop(turns);
             next += inputs;
         }
+    }
+
+    /// Every output of inputs before `next` is sent. Takes the chunk that
+    /// starts at `next`, if there is one (the caller keeps the turn to send
+    /// it), or else wakes the replica whose batch now has the turn.
+    fn advance(&self, next: u64) -> Option<(u64, Vec<T>)> {
+        let mut wakers = WakeList::new();
+        let chunk = {
+            let mut turns = self.lock();
+            turns.sent = next;
+            let chunk = turns.chunks.first_entry().filter(|e| *e.key() == next).map(|e| e.remove());
+            if chunk.is_none() {
+                if let Some(at) = turns.waiting.iter().position(|(first, _)| *first == next) {
+                    wakers.push(Some(turns.waiting.swap_remove(at).1));
+                }
+                turns.wake_finishers(self.replicas, &mut wakers);
+            }
+            chunk
+        };
+        wakers.wake_all();
+        self.input.raise_limit(next + self.window);
+        chunk
     }
 
     /// A replica's input ended.
