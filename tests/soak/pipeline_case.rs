@@ -18,7 +18,7 @@ use crate::{
     ensure,
     flows::{Flow, Flow0, Flow1, Flow2, Flow3, Flow4, Flow5, Flow6, Msg},
     servers::{LedgerMsg, SERVERS, Servers, WorkerMsg, worker_eval},
-    shape::{Ending, Expected, Feed, Item, Order, PipeCase, mix, order_of, stage_eval},
+    shape::{Ending, Entry, Expected, Item, Order, PipeCase, mix, order_of, stage_eval},
 };
 
 pub(crate) async fn run(case: Arc<PipeCase>) -> Result<(), String> {
@@ -92,7 +92,8 @@ async fn run_flow<F: Flow>(case: Arc<PipeCase>) -> Result<(), String> {
             continue;
         }
         let sums = flow.call_all_at(q, Msg::Get).await.map_err(|e| format!("call_s{q}_all(Get): {e:?}"))?;
-        let want = expected.stage_casts[q] + poked_casts.get(&q).copied().unwrap_or(0);
+        let refused = case.refused.lock().unwrap()[q];
+        let want = expected.stage_casts[q] + poked_casts.get(&q).copied().unwrap_or(0) - refused;
         ensure!(sums.len() == case.modes[q].replicas(), "call_s{q}_all answered {} replicas", sums.len());
         ensure!(sums.iter().sum::<u64>() == want, "s{q} got casts summing to {:?}, expected {want}", sums);
     }
@@ -149,15 +150,15 @@ async fn join_poker(
 }
 
 /// Sends one chunk of inputs the way `feed` says.
-async fn feed_chunk<F: Flow>(flow: &F, case: &PipeCase, feed: Feed, items: Vec<Item>) -> Result<(), String> {
+async fn feed_chunk<F: Flow>(flow: &F, case: &PipeCase, feed: Entry, items: Vec<Item>) -> Result<(), String> {
     let len = items.len();
     match feed {
-        Feed::Send => {
+        Entry::Send => {
             for item in items {
                 flow.send(item).await.map_err(|e| format!("send: {e:?}"))?;
             }
         }
-        Feed::TrySend => {
+        Entry::TrySend => {
             for mut item in items {
                 loop {
                     match flow.try_send_item(item) {
@@ -171,16 +172,16 @@ async fn feed_chunk<F: Flow>(flow: &F, case: &PipeCase, feed: Feed, items: Vec<I
                 }
             }
         }
-        Feed::Feed => {
+        Entry::Feed => {
             let n = flow.feed(stream::iter(items)).await.map_err(|e| format!("feed: {e:?}"))?;
             if n != len {
                 return Err(format!("feed took {n} of {len} items"));
             }
         }
-        Feed::Sink | Feed::HeadSink | Feed::MidSink => {
+        Entry::Sink | Entry::HeadSink | Entry::MidSink => {
             let mut sink = match feed {
-                Feed::Sink => flow.head_sink(),
-                Feed::HeadSink => flow.sink_at(0),
+                Entry::Sink => flow.head_sink(),
+                Entry::HeadSink => flow.sink_at(0),
                 _ => flow.sink_at(case.mid_stage()),
             };
             sink.send_all(&mut stream::iter(items).map(Ok)).await.map_err(|e| format!("sink: {e:?}"))?;
@@ -311,7 +312,7 @@ fn check_abort_identities(case: &PipeCase, metrics: &Metrics, output: Option<usi
     for (pos, s) in stages.iter().enumerate() {
         ensure!(s.processed <= s.received, "{}: processed {} > received {}", s.name, s.processed, s.received);
         ensure!(s.failed <= s.processed, "{}: failed {} > processed {}", s.name, s.failed, s.processed);
-        if pos > 0 && case.chunks.iter().all(|&(f, _)| f != Feed::MidSink) {
+        if pos > 0 && case.chunks.iter().all(|&(f, _)| f != Entry::MidSink) {
             let before = &stages[pos - 1];
             ensure!(
                 s.received <= before.emitted,
@@ -406,7 +407,7 @@ fn check_output(case: &PipeCase, expected: &Expected, got: &[Item]) -> Result<()
     ensure!(sorted_got == sorted_want, "output is not the expected items: {}", describe(&sorted_got, &sorted_want));
     match order_of(&case.modes) {
         Order::Any => {}
-        _ if case.chunks.iter().any(|&(f, _)| f == Feed::MidSink) => {}
+        _ if case.chunks.iter().any(|&(f, _)| f == Entry::MidSink) => {}
         Order::Exact => ensure!(got == expected.output, "output order differs: {}", describe(got, &expected.output)),
         Order::PerKey => {
             for key in 0..case.keys {

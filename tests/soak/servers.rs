@@ -1,12 +1,9 @@
 //! The server registry every case starts: a ledger that sums casts, and
 //! workers that answer `Eval` by calling on along the plan's edges.
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use genflow::{CallError, GenServer, SendError};
@@ -40,7 +37,7 @@ pub(crate) struct Worker<const I: usize> {
 /// What worker `i` answers to `Eval(x)`, or `None` when the calls it makes
 /// revisit a worker (a cycle, which must fail rather than hang).
 pub(crate) fn worker_eval(plan: &ServerPlan, i: usize, x: u64) -> Option<u64> {
-    let mut seen = vec![false; WORKERS];
+    let mut seen = [false; WORKERS];
     let (mut i, mut x, mut total) = (i, x, 0u64);
     loop {
         if seen[i] {
@@ -172,18 +169,12 @@ impl Servers {
     }
 
     /// `call_w<i>`.
-    pub(crate) fn call_worker(
-        &self,
-        i: usize,
-        m: WorkerMsg,
-    ) -> impl Future<Output = Result<WorkerReply, CallError<WorkerMsg>>> + Send + '_ {
-        async move {
-            match i {
-                0 => self.call_w0(m).await,
-                1 => self.call_w1(m).await,
-                2 => self.call_w2(m).await,
-                _ => self.call_w3(m).await,
-            }
+    pub(crate) async fn call_worker(&self, i: usize, m: WorkerMsg) -> Result<WorkerReply, CallError<WorkerMsg>> {
+        match i {
+            0 => self.call_w0(m).await,
+            1 => self.call_w1(m).await,
+            2 => self.call_w2(m).await,
+            _ => self.call_w3(m).await,
         }
     }
 

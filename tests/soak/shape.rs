@@ -132,7 +132,7 @@ pub(crate) struct StagePlan {
 
 /// How inputs enter the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Feed {
+pub(crate) enum Entry {
     Send,
     TrySend,
     Feed,
@@ -179,7 +179,7 @@ pub(crate) struct PipeCase {
     pub(crate) stages: Vec<StagePlan>,
     pub(crate) inputs: u32,
     pub(crate) keys: u32,
-    pub(crate) chunks: Vec<(Feed, usize)>,
+    pub(crate) chunks: Vec<(Entry, usize)>,
     pub(crate) take_output: bool,
     pub(crate) ending: Ending,
     /// Handler panics (`call_<stage>(Panic)`) the outside sends, per stage.
@@ -191,6 +191,9 @@ pub(crate) struct PipeCase {
     /// Faults seen inside stages: a wrong answer, or (`error`) an error
     /// from a call or cast, which an abort explains.
     pub(crate) faults: Mutex<Vec<(bool, String)>>,
+    /// Sum of the `Add` casts a stage made to its own stage that were
+    /// refused as `Full`, per stage.
+    pub(crate) refused: Mutex<Vec<u64>>,
     /// What the case is doing, for the report of a hang.
     pub(crate) step: Step,
 }
@@ -410,10 +413,10 @@ impl PipeCase {
         while left > 0 {
             let len = rng.usize(1..=left.min(120));
             let mut feed = *rng
-                .choice(&[Feed::Send, Feed::TrySend, Feed::Feed, Feed::Sink, Feed::HeadSink, Feed::MidSink])
+                .choice(&[Entry::Send, Entry::TrySend, Entry::Feed, Entry::Sink, Entry::HeadSink, Entry::MidSink])
                 .unwrap();
-            if feed == Feed::MidSink && (order != Order::Any || n == 1) {
-                feed = Feed::Feed;
+            if feed == Entry::MidSink && (order != Order::Any || n == 1) {
+                feed = Entry::Feed;
             }
             chunks.push((feed, len));
             left -= len;
@@ -435,6 +438,7 @@ impl PipeCase {
             multi_thread: rng.bool(),
             servers: server_plan(&mut rng, seed, shapes),
             faults: Mutex::new(Vec::new()),
+            refused: Mutex::new(vec![0; n]),
             step: Step::default(),
         }
     }
@@ -445,7 +449,7 @@ impl PipeCase {
         let mut origin = 0;
         for &(feed, len) in &self.chunks {
             for _ in 0..len {
-                let pos = if feed == Feed::MidSink { self.mid_stage() } else { 0 };
+                let pos = if feed == Entry::MidSink { self.mid_stage() } else { 0 };
                 expected.injected[pos] += 1;
                 expected.push(self, pos, Item::input(self.seed, origin, self.keys));
                 origin += 1;
