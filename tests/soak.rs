@@ -56,7 +56,7 @@ macro_rules! ensure {
 }
 
 /// Cases in the default (CI) run.
-const DEFAULT_CASES: u64 = 500;
+const DEFAULT_CASES: u64 = 1000;
 
 /// How long one case may take before it counts as hung.
 const DEADLINE: Duration = Duration::from_secs(10);

@@ -12,13 +12,13 @@ use std::{
 };
 
 use futures::{SinkExt, StreamExt, stream};
-use genflow::{CallError, Metrics, SendError};
+use genflow::{CallError, Metrics, Output, SendError};
 
 use crate::{
     ensure,
     flows::{Flow, Flow0, Flow1, Flow2, Flow3, Flow4, Flow5, Flow6, Msg},
     servers::{LedgerMsg, SERVERS, Servers, WorkerMsg, worker_eval},
-    shape::{Ending, Entry, Expected, Item, Order, PipeCase, mix, order_of, stage_eval},
+    shape::{Ending, Entry, Expected, Item, Order, OutputUse, PipeCase, mix, order_of, stage_eval},
 };
 
 pub(crate) async fn run(case: Arc<PipeCase>) -> Result<(), String> {
@@ -40,7 +40,11 @@ async fn run_flow<F: Flow>(case: Arc<PipeCase>) -> Result<(), String> {
     let expected = case.expected();
     let replicas: usize = case.modes.iter().map(|m| m.replicas()).sum();
 
-    let output = case.take_output.then(|| tokio::spawn(flow.output().expect("first take").collect::<Vec<Item>>()));
+    let output = match case.output {
+        OutputUse::NotTaken => None,
+        OutputUse::Read => Some(tokio::spawn(read(flow.output().expect("first take"), usize::MAX))),
+        OutputUse::DropAfter(n) => Some(tokio::spawn(read(flow.output().expect("first take"), n))),
+    };
     let aborted = Arc::new(AtomicBool::new(false));
     let mut poker = Some(tokio::spawn(poke(flow.clone(), case.clone(), aborted.clone())));
     let mut poked_casts = BTreeMap::new();
@@ -133,6 +137,18 @@ async fn run_flow<F: Flow>(case: Arc<PipeCase>) -> Result<(), String> {
     case.step.set("shutting the servers down");
     end_servers(servers, &plan, replicas).await?;
     check_faults(&case, false)
+}
+
+/// Reads at most `limit` items, then drops the output.
+async fn read(mut output: Output<Item>, limit: usize) -> Vec<Item> {
+    let mut items = Vec::new();
+    while items.len() < limit {
+        match output.next().await {
+            Some(item) => items.push(item),
+            None => break,
+        }
+    }
+    items
 }
 
 /// Waits for the outside calls and casts (once); `casts` gets what they
@@ -404,6 +420,24 @@ fn check_output(case: &PipeCase, expected: &Expected, got: &[Item]) -> Result<()
     let mut sorted_want = expected.output.clone();
     sorted_got.sort();
     sorted_want.sort();
+    if let OutputUse::DropAfter(n) = case.output {
+        // Read `n` items (or all, if fewer), then dropped: a part of them.
+        ensure!(
+            got.len() == n.min(sorted_want.len()),
+            "read {} items before dropping the output, expected {}",
+            got.len(),
+            n.min(sorted_want.len())
+        );
+        let mut want = sorted_want.iter().peekable();
+        for item in &sorted_got {
+            while want.next_if(|w| *w < item).is_some() {}
+            ensure!(want.next() == Some(item), "output item {item:?} is not expected (or came twice)");
+        }
+        if order_of(&case.modes) == Order::Exact && !case.chunks.iter().any(|&(f, _)| f == Entry::MidSink) {
+            ensure!(got == &expected.output[..got.len()], "output order differs: {}", describe(got, &expected.output));
+        }
+        return Ok(());
+    }
     ensure!(sorted_got == sorted_want, "output is not the expected items: {}", describe(&sorted_got, &sorted_want));
     match order_of(&case.modes) {
         Order::Any => {}

@@ -142,6 +142,17 @@ pub(crate) enum Entry {
     MidSink,
 }
 
+/// What the test does with the pipeline's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OutputUse {
+    /// Never taken: the tail's items are dropped and counted.
+    NotTaken,
+    /// Read to the end.
+    Read,
+    /// Read this many items, then dropped.
+    DropAfter(usize),
+}
+
 /// How a case ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ending {
@@ -180,7 +191,8 @@ pub(crate) struct PipeCase {
     pub(crate) inputs: u32,
     pub(crate) keys: u32,
     pub(crate) chunks: Vec<(Entry, usize)>,
-    pub(crate) take_output: bool,
+    /// Whether the output is taken, and after how many items it is dropped.
+    pub(crate) output: OutputUse,
     pub(crate) ending: Ending,
     /// Handler panics (`call_<stage>(Panic)`) the outside sends, per stage.
     pub(crate) stage_panics: Vec<u32>,
@@ -430,7 +442,11 @@ impl PipeCase {
             stages,
             inputs,
             keys: rng.u32(1..=8),
-            take_output: rng.u32(0..8) > 0,
+            output: match rng.u32(0..10) {
+                0 => OutputUse::NotTaken,
+                1 => OutputUse::DropAfter(rng.usize(0..200)),
+                _ => OutputUse::Read,
+            },
             ending,
             stage_panics,
             pokes: rng.u32(0..30),
@@ -493,11 +509,11 @@ impl fmt::Display for PipeCase {
         let feeds: Vec<String> = self.chunks.iter().map(|(f, n)| format!("{f:?}({n})")).collect();
         write!(
             f,
-            "] inputs={} keys={} feeds=[{}] output={} pokes={} end={:?} rt={} workers: edges={:?} fwd={}‰ q={:?} ledger q={} {:?}",
+            "] inputs={} keys={} feeds=[{}] output={:?} pokes={} end={:?} rt={} workers: edges={:?} fwd={}‰ q={:?} ledger q={} {:?}",
             self.inputs,
             self.keys,
             feeds.join(","),
-            if self.take_output { "taken" } else { "not taken" },
+            self.output,
             self.pokes,
             self.ending,
             if self.multi_thread { "multi_thread(2)" } else { "current_thread" },
