@@ -106,7 +106,10 @@ fn run_case(seed: u64, shapes: Shapes) -> Result<(), String> {
         let case = Arc::new(PipeCase::generate(seed, shapes));
         let step = {
             let case = case.clone();
-            Box::new(move || case.step.get())
+            Box::new(move || match case.poking.get() {
+                poking if poking.is_empty() => case.step.get(),
+                poking => format!("{} (outside: {poking})", case.step.get()),
+            })
         };
         (case.multi_thread, case.to_string(), step, Box::pin(pipeline_case::run(case)))
     };

@@ -223,23 +223,31 @@ async fn poke<F: Flow>(flow: F, case: Arc<PipeCase>, aborted: Arc<AtomicBool>) -
         match rng.u32(0..5) {
             _ if panics[q] > 0 && rng.bool() => {
                 panics[q] -= 1;
+                case.poking.set(format!("call_s{q}(Panic)"));
                 match flow.call_at(q, Msg::Panic).await {
                     Err(CallError::Panicked) => {}
                     other => tolerate(format!("call_s{q}(Panic) = {other:?}, expected Panicked"))?,
                 }
             }
-            0 => match flow.call_at(q, Msg::Eval(x)).await {
-                Ok(v) if v == stage_eval(q, x) => {}
-                Ok(v) => return Err(format!("call_s{q}(Eval({x})) = {v}, expected {}", stage_eval(q, x))),
-                Err(e) => tolerate(format!("call_s{q}(Eval({x})): {e:?}"))?,
-            },
-            1 => match flow.call_all_at(q, Msg::Eval(x)).await {
-                Ok(v) if v.len() == case.modes[q].replicas() && v.iter().all(|&v| v == stage_eval(q, x)) => {}
-                Ok(v) => return Err(format!("call_s{q}_all(Eval({x})) = {v:?}")),
-                Err(e) => tolerate(format!("call_s{q}_all(Eval({x})): {e:?}"))?,
-            },
+            0 => {
+                case.poking.set(format!("call_s{q}(Eval)"));
+                match flow.call_at(q, Msg::Eval(x)).await {
+                    Ok(v) if v == stage_eval(q, x) => {}
+                    Ok(v) => return Err(format!("call_s{q}(Eval({x})) = {v}, expected {}", stage_eval(q, x))),
+                    Err(e) => tolerate(format!("call_s{q}(Eval({x})): {e:?}"))?,
+                }
+            }
+            1 => {
+                case.poking.set(format!("call_s{q}_all(Eval)"));
+                match flow.call_all_at(q, Msg::Eval(x)).await {
+                    Ok(v) if v.len() == case.modes[q].replicas() && v.iter().all(|&v| v == stage_eval(q, x)) => {}
+                    Ok(v) => return Err(format!("call_s{q}_all(Eval({x})) = {v:?}")),
+                    Err(e) => tolerate(format!("call_s{q}_all(Eval({x})): {e:?}"))?,
+                }
+            }
             2 if case.stage_panics[q] == 0 => {
                 let v = rng.u64(1..1000);
+                case.poking.set(format!("cast_s{q}(Add)"));
                 match flow.cast_at(q, Msg::Add(v)).await {
                     Ok(()) => *casts.entry(q).or_default() += v,
                     Err(e) => tolerate(format!("cast_s{q}(Add({v})): {e:?}"))?,
@@ -248,6 +256,7 @@ async fn poke<F: Flow>(flow: F, case: Arc<PipeCase>, aborted: Arc<AtomicBool>) -
             _ => {
                 let w = rng.usize(0..crate::shape::WORKERS);
                 let expected = worker_eval(&case.servers, w, x);
+                case.poking.set(format!("call_w{w}(Eval)"));
                 match flow.servers().call_worker(w, WorkerMsg::Eval(x)).await {
                     Ok(Ok(v)) if Some(v) == expected => {}
                     Ok(Err(_)) if expected.is_none() => {}
@@ -259,12 +268,14 @@ async fn poke<F: Flow>(flow: F, case: Arc<PipeCase>, aborted: Arc<AtomicBool>) -
     // Handler panics not sent yet.
     for (q, left) in panics.into_iter().enumerate() {
         for _ in 0..left {
+            case.poking.set(format!("call_s{q}(Panic)"));
             match flow.call_at(q, Msg::Panic).await {
                 Err(CallError::Panicked) => {}
                 other => tolerate(format!("call_s{q}(Panic) = {other:?}, expected Panicked"))?,
             }
         }
     }
+    case.poking.set("");
     Ok(casts)
 }
 

@@ -208,6 +208,8 @@ pub(crate) struct PipeCase {
     pub(crate) refused: Mutex<Vec<u64>>,
     /// What the case is doing, for the report of a hang.
     pub(crate) step: Step,
+    /// The outside call or cast in progress, for the report of a hang.
+    pub(crate) poking: Step,
 }
 
 impl PipeCase {
@@ -456,6 +458,7 @@ impl PipeCase {
             faults: Mutex::new(Vec::new()),
             refused: Mutex::new(vec![0; n]),
             step: Step::default(),
+            poking: Step::default(),
         }
     }
 
