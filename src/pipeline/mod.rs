@@ -10,6 +10,15 @@
 //! pipeline: memory stays bounded whatever the input rate. Items move in
 //! batches of up to 32 between queues; besides the queues, each replica holds
 //! at most one batch it is working through and one batch it is emitting.
+//! That holds for `#[replicas(N, ordered)]` stages too, whatever their
+//! fan-out: outputs of a batch whose turn has not come wait in `emit` once a
+//! batch's worth is held, and what waits to be put back in order is bounded
+//! by a window of two batches of inputs per replica.
+//!
+//! A queue size is a limit, not an allocation: any `usize` works, memory
+//! grows only with what is queued, and sizes above tokio's
+//! `Semaphore::MAX_PERMITS` are clamped to it (see
+//! [`channel_queue_size`](crate::GenServer::channel_queue_size)).
 //!
 //! # Shutdown
 //!

@@ -76,6 +76,9 @@ pub(crate) enum TryPush<T> {
     Closed(T),
 }
 
+/// A bounded many-producer, many-consumer queue of `T`; see the module
+/// docs. Every method takes the one lock briefly and never waits on it
+/// while holding another; wakers run after it is released.
 pub(crate) struct Queue<T> {
     state: Mutex<State<T>>,
     capacity: usize,
