@@ -49,7 +49,8 @@ pub enum CallError<M> {
     /// fresh state (if its restart limit allowed it).
     Panicked,
     /// The server was aborted (or its runtime shut down) while it was
-    /// handling this call.
+    /// handling this call, or while the call was entering its queue as the
+    /// queue was dropped. The message is lost.
     Aborted,
 }
 

@@ -21,8 +21,8 @@
 //! - `GENFLOW_SOAK_REPEAT`: run each case this many times (for a failure
 //!   that depends on timing);
 //! - `GENFLOW_SOAK_VERBOSE=1`: print each case's seed and shape as it starts;
-//! - `GENFLOW_SOAK_SHAPES`: shapes off by default, comma-separated (see
-//!   `Shapes`), or `all`.
+//! - `GENFLOW_SOAK_SHAPES`: which of the optional shapes to generate,
+//!   comma-separated (see `Shapes`), `all` (the default) or `none`.
 //!
 //! A long run: `GENFLOW_SOAK_CASES=20000 cargo test --release --test soak`.
 

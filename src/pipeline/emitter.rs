@@ -51,7 +51,7 @@ pub struct Emitter<T> {
     order: Option<Place<T>>,
 }
 
-impl<T: Send> Emitter<T> {
+impl<T: Send + 'static> Emitter<T> {
     pub(crate) fn new(link: Link<T>, counters: Arc<Counters>) -> Self {
         Emitter {
             buf: Vec::with_capacity(BATCH),

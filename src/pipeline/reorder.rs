@@ -29,6 +29,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt,
     future::poll_fn,
     sync::{
         Arc,
@@ -43,7 +44,14 @@ use super::{
     emitter::{Link, blocking},
     queue::{Queue, WakeList},
 };
-use crate::loom::sync::{Mutex, MutexGuard};
+use crate::{
+    loom::sync::{Mutex, MutexGuard},
+    server::{
+        context,
+        state::ServerState,
+        waits::{self, WaitingFor, WaitsFor},
+    },
+};
 
 /// How far the replicas of an ordered stage may run ahead of the oldest item
 /// not yet sent on, in input items: two batches per replica.
@@ -94,6 +102,11 @@ struct Turns<T> {
     finish_waiting: Vec<Waker>,
     /// `finish` outputs left for the last replica to send.
     last: Vec<T>,
+    /// The replicas working on a batch, by its first input, and the one
+    /// streaming its `finish` outputs: whom a replica waiting for its turn
+    /// waits on, for the wait-for graph of calls (`server::waits`).
+    batches: Vec<(u64, Arc<ServerState>)>,
+    finisher: Option<Arc<ServerState>>,
 }
 
 impl<T> Turns<T> {
@@ -124,6 +137,8 @@ impl<T: Send> Reorder<T> {
                 finishing: false,
                 finish_waiting: Vec::with_capacity(replicas),
                 last: Vec::new(),
+                batches: Vec::with_capacity(replicas),
+                finisher: None,
             }),
             link,
             input,
@@ -241,6 +256,7 @@ impl<T: Send> Reorder<T> {
             turns.last.append(items);
             if finishing {
                 turns.finishing = false;
+                turns.finisher = None;
                 turns.wake_finishers(self.replicas, &mut wakers);
             }
             turns.done += 1;
@@ -264,35 +280,68 @@ pub(crate) struct Place<T> {
     ended: bool,
     /// Whether this replica streams its `finish` outputs.
     finishing: bool,
+    /// The replica's server state, once known (its task's context).
+    me: Option<Arc<ServerState>>,
 }
 
-impl<T: Send> Place<T> {
+impl<T: Send + 'static> Place<T> {
     pub(crate) fn new(reorder: Arc<Reorder<T>>) -> Self {
-        Place { reorder, batch: None, turn: false, ended: false, finishing: false }
+        Place { reorder, batch: None, turn: false, ended: false, finishing: false, me: None }
     }
 
     /// The replica starts on the inputs numbered from `first` on.
     pub(crate) fn begin_batch(&mut self, first: u64) {
         self.batch = Some(first);
         self.turn = false;
+        if self.me.is_none() {
+            self.me = context::current();
+        }
+        if let Some(me) = &self.me {
+            self.reorder.lock().batches.push((first, me.clone()));
+        }
+    }
+
+    /// Records in the wait-for graph that this replica is about to wait for
+    /// the turn of its batch starting at `first` (`None`: for the right to
+    /// stream its `finish` outputs). `Err` if a replica it would wait on
+    /// waits, through calls, on this one: waiting would never end.
+    fn wait_for_turn(&self, first: Option<u64>) -> Result<Option<WaitingFor>, ()> {
+        let Some(me) = &self.me else { return Ok(None) };
+        let turn = TurnWait { reorder: self.reorder.clone(), first, me: me.id };
+        waits::wait_for(me, Arc::new(turn)).map(Some).map_err(drop)
     }
 
     /// `items` holds a batch's worth of outputs: sends them on once this
     /// replica may, waiting for its batch's turn (or, in `finish`, for every
     /// input's outputs to be out). Time waiting counts as blocked.
     ///
+    /// If waiting would deadlock (a replica this one waits on is itself
+    /// waiting, through calls or casts, on this one), it does not wait and
+    /// keeps the items for now: the bound on what an ordered stage holds
+    /// gives way rather than the pipeline hanging.
+    ///
     /// Cancel safe: the items stay in `items` until sent.
     pub(crate) async fn send_full(&mut self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
         match self.batch {
             Some(first) if !self.turn => {
-                blocking(blocked, poll_fn(|cx| self.reorder.poll_turn(cx, first))).await;
+                if !self.reorder.has_turn(first) {
+                    let Ok(waiting) = self.wait_for_turn(Some(first)) else { return };
+                    blocking(blocked, poll_fn(|cx| self.reorder.poll_turn(cx, first))).await;
+                    drop(waiting);
+                }
                 self.turn = true;
             }
             Some(_) => {}
             None if !self.finishing => {
                 self.end_input_once();
+                if self.me.is_none() {
+                    self.me = context::current();
+                }
+                let Ok(waiting) = self.wait_for_turn(None) else { return };
                 blocking(blocked, poll_fn(|cx| self.reorder.poll_finish_turn(cx))).await;
+                drop(waiting);
                 self.finishing = true;
+                self.reorder.lock().finisher = self.me.clone();
             }
             None => {}
         }
@@ -328,6 +377,12 @@ impl<T: Send> Place<T> {
             return;
         }
         self.batch = None;
+        if self.me.is_some() {
+            let mut turns = self.reorder.lock();
+            if let Some(at) = turns.batches.iter().position(|(f, _)| *f == first) {
+                turns.batches.swap_remove(at);
+            }
+        }
         let turn = std::mem::take(&mut self.turn) || self.reorder.hand_over(first, inputs, items);
         if turn {
             self.reorder.link.send(items, blocked, dropped).await;
@@ -353,6 +408,34 @@ impl<T: Send> Place<T> {
         if !std::mem::replace(&mut self.ended, true) {
             self.reorder.mark_ended();
         }
+    }
+}
+
+/// What a replica of an ordered stage waiting for its turn waits on: every
+/// replica working on an earlier batch (for the `finish` turn: every replica
+/// still in a batch, and the one streaming its `finish` outputs).
+struct TurnWait<T> {
+    reorder: Arc<Reorder<T>>,
+    first: Option<u64>,
+    me: usize,
+}
+
+impl<T: Send + 'static> WaitsFor for TurnWait<T> {
+    fn servers(&self) -> Vec<Arc<ServerState>> {
+        let turns = self.reorder.lock();
+        let before = |f: u64| self.first.is_none_or(|first| f < first);
+        let mut on: Vec<_> =
+            turns.batches.iter().filter(|(f, s)| before(*f) && s.id != self.me).map(|(_, s)| s.clone()).collect();
+        if self.first.is_none() {
+            on.extend(turns.finisher.iter().filter(|s| s.id != self.me).cloned());
+        }
+        on
+    }
+}
+
+impl<T> fmt::Debug for TurnWait<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnWait").field("first", &self.first).finish_non_exhaustive()
     }
 }
 

@@ -2,10 +2,12 @@
 
 use std::sync::{
     Arc, Mutex, MutexGuard, OnceLock,
-    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering, fence},
 };
 
 use tokio::{runtime, task::AbortHandle};
+
+use super::waits::WaitsFor;
 
 const RUNNING: u8 = 0;
 const CLOSED: u8 = 1;
@@ -31,11 +33,18 @@ pub(crate) struct ServerState {
     /// The servers this server's task waits on (see `waits.rs`), each with
     /// the token of its edge. Usually empty or one entry.
     waits: Mutex<Vec<(u64, Arc<ServerState>)>>,
+    /// What else the task waits for, standing for several servers (the
+    /// turn of an ordered stage's batch).
+    waits_for: Mutex<Option<Arc<dyn WaitsFor>>>,
     status: AtomicU8,
     abort: OnceLock<AbortHandle>,
     /// Set after each message is queued: lets a busy stage check for calls
     /// between items with one load instead of a queue poll.
     mail: AtomicBool,
+    /// Set when the server's queue is about to be dropped for good: a
+    /// message sent after that drop would stay in the queue, unhandled and
+    /// never handed back.
+    gone: AtomicBool,
 }
 
 impl ServerState {
@@ -46,10 +55,30 @@ impl ServerState {
             name,
             runtime,
             waits: Mutex::new(Vec::new()),
+            waits_for: Mutex::new(None),
             status: AtomicU8::new(RUNNING),
             abort: OnceLock::new(),
             mail: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
         }
+    }
+
+    /// Called just before the server's queue is dropped (which drains it).
+    ///
+    /// With [`sent_to_gone`](Self::sent_to_gone) this is the store-buffer
+    /// pattern: the fences make sure that a sender that does not see the
+    /// mark sent before the queue's drain, which then hands its call back.
+    pub(crate) fn set_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Called by a caller right after it put a call in the queue: whether
+    /// the queue may already have been dropped, so the call may never be
+    /// answered nor handed back.
+    pub(crate) fn sent_to_gone(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.gone.load(Ordering::Relaxed)
     }
 
     /// Whether the server went down for good after too many panics.
@@ -110,9 +139,19 @@ impl ServerState {
         }
     }
 
+    /// Records what else this server's task waits for (`None`: nothing).
+    pub(crate) fn set_waits_for(&self, what: Option<Arc<dyn WaitsFor>>) {
+        *self.waits_for.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = what;
+    }
+
     /// The servers this one waits on now.
     pub(crate) fn waits_on(&self) -> Vec<Arc<ServerState>> {
-        self.lock_waits().iter().map(|(_, callee)| callee.clone()).collect()
+        let mut on: Vec<_> = self.lock_waits().iter().map(|(_, callee)| callee.clone()).collect();
+        let what = self.waits_for.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        if let Some(what) = what {
+            on.extend(what.servers());
+        }
+        on
     }
 
     /// Whether this server's task waits on another server now.

@@ -12,6 +12,12 @@
 //! cycle at once, at least one sees the other's edge (each writes its own
 //! edge before reading the others'), so they cannot both miss it.
 //!
+//! A server can also wait on something that stands for several servers: the
+//! replica of an `ordered` stage whose outputs wait for their turn waits on
+//! every replica working on an earlier batch. Such a wait is a [`WaitsFor`]
+//! node, asked for its servers while the graph is walked, so its edges are
+//! always current; it is recorded (and checked) like a call's edge.
+//!
 //! This is the wait-for graph of deadlock detection in databases and of
 //! Erlang's `gen_server:call` to itself, extended to chains: only waits made
 //! by a server's own task are edges, so a call from a task a handler spawned,
@@ -26,6 +32,42 @@ use std::sync::{
 use super::state::ServerState;
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// Something a server's task waits for that stands for a changing set of
+/// servers (see the module docs).
+pub(crate) trait WaitsFor: Send + Sync + std::fmt::Debug {
+    /// The servers it waits on now.
+    fn servers(&self) -> Vec<Arc<ServerState>>;
+}
+
+/// `waiter` waits for `what` until this is dropped.
+pub(crate) struct WaitingFor {
+    waiter: Arc<ServerState>,
+}
+
+impl Drop for WaitingFor {
+    fn drop(&mut self) {
+        self.waiter.set_waits_for(None);
+    }
+}
+
+/// Records that `waiter` waits for `what`, unless that closes a cycle: then
+/// nothing stays recorded and the error names the servers of the cycle.
+pub(crate) fn wait_for(waiter: &Arc<ServerState>, what: Arc<dyn WaitsFor>) -> Result<WaitingFor, Vec<String>> {
+    waiter.set_waits_for(Some(what.clone()));
+    let waiting = WaitingFor { waiter: waiter.clone() };
+    for first in what.servers() {
+        let mut path = vec![first.clone()];
+        if reaches(&first, waiter.id, &mut path, &mut Vec::new()) {
+            drop(waiting);
+            let mut names = Vec::with_capacity(path.len() + 1);
+            names.push(waiter.name().to_owned());
+            names.extend(path.iter().map(|state| state.name().to_owned()));
+            return Err(names);
+        }
+    }
+    Ok(waiting)
+}
 
 /// An edge of the graph: `caller` waits on a server until this is dropped.
 ///

@@ -111,6 +111,10 @@ impl<R: Flow, const POS: usize> Stage for Node<R, POS> {
                 // A replica calling itself (with replicas, the call may go to
                 // a sibling instead).
                 Err(CallError::SelfCall(_)) if q == POS => {}
+                // Replicas of one stage calling each other at the same time:
+                // the call that would close the cycle is refused.
+                Err(CallError::Cycle { servers, .. })
+                    if q == POS && servers.iter().all(|s| s.starts_with(&format!("s{POS}["))) => {}
                 other => case.fault(other.is_err(), format!("s{POS} call_s{q}(Eval({x})) = {other:?}")),
             }
         }
@@ -119,6 +123,13 @@ impl<R: Flow, const POS: usize> Stage for Node<R, POS> {
                 Ok(()) => {}
                 // A replica casting to itself does not wait for room.
                 Err(SendError::Full(_)) if q == POS => case.refused.lock().unwrap()[q] += v,
+                // A replica casting to a sibling that waits on it (through a
+                // call, a cast or its ordered turn) is refused, not stuck.
+                Err(SendError::Cycle { servers, .. })
+                    if q == POS && servers.iter().all(|s| s.starts_with(&format!("s{POS}["))) =>
+                {
+                    case.refused.lock().unwrap()[q] += v
+                }
                 Err(e) => case.fault(true, format!("s{POS} cast_s{q}(Add({v})) = {e:?}")),
             }
         }
@@ -127,6 +138,7 @@ impl<R: Flow, const POS: usize> Stage for Node<R, POS> {
             match self.registry.servers().call_worker(w, WorkerMsg::Eval(x)).await {
                 Ok(Ok(v)) if Some(v) == expected => {}
                 Ok(Err(_)) if expected.is_none() => {}
+                Ok(reply) if case.servers.refused_as_cycle(&reply) => {}
                 other => case
                     .fault(other.is_err(), format!("s{POS} call_w{w}(Eval({x})) = {other:?}, expected {expected:?}")),
             }

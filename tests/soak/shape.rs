@@ -4,8 +4,9 @@
 
 use std::{fmt, sync::Mutex};
 
-/// Shapes the generator may produce. Each flag turns on shapes that are off
-/// by default because the engine does not handle them yet.
+/// Optional shapes the generator may produce (all on unless
+/// `GENFLOW_SOAK_SHAPES` narrows them): each exercises a way servers can
+/// wait on each other or a bound can be extreme.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Shapes {
     /// A stage calls or casts to its own stage (with replicas: a sibling).
@@ -18,16 +19,16 @@ pub(crate) struct Shapes {
     /// Queue sizes close to `usize::MAX`.
     pub(crate) huge_queues: bool,
     /// Outside calls and casts still running when the pipeline is aborted
-    /// (a call that races `abort` on a multi-thread runtime can wait
-    /// forever); off: they are done before `abort`.
+    /// (each must end, answered or with an error); off: they are done
+    /// before `abort`.
     pub(crate) calls_racing_abort: bool,
 }
 
 impl Shapes {
     /// The shapes switched on by `GENFLOW_SOAK_SHAPES` (a comma-separated
-    /// list of flag names, or `all`).
+    /// list of flag names, `all`, or `none`); every shape when it is not set.
     pub(crate) fn from_env() -> Shapes {
-        let list = std::env::var("GENFLOW_SOAK_SHAPES").unwrap_or_default();
+        let list = std::env::var("GENFLOW_SOAK_SHAPES").unwrap_or_else(|_| "all".to_owned());
         let on = |name: &str| list.split(',').any(|f| f.trim() == name || f.trim() == "all");
         Shapes {
             self_calls: on("self_calls"),
@@ -178,6 +179,31 @@ pub(crate) struct ServerPlan {
 }
 
 pub(crate) const WORKERS: usize = 4;
+
+impl ServerPlan {
+    /// Whether `Eval` calls between workers can go round in a cycle: then
+    /// two concurrent `Eval`s can wait on each other, and one of them must
+    /// be refused with a `Cycle` error (never hang). Which one depends on
+    /// timing, so the model accepts such a refusal for any call.
+    pub(crate) fn has_cycles(&self) -> bool {
+        fn reaches(edges: &[Vec<usize>], from: usize, to: usize, seen: &mut Vec<usize>) -> bool {
+            edges[from].iter().any(|&next| {
+                next == to
+                    || (!seen.contains(&next) && {
+                        seen.push(next);
+                        reaches(edges, next, to, seen)
+                    })
+            })
+        }
+        (0..self.edges.len()).any(|i| reaches(&self.edges, i, i, &mut Vec::new()))
+    }
+
+    /// Whether `reply` is a refusal of a call that would have closed a
+    /// cycle of waiting workers, in a plan where that can happen.
+    pub(crate) fn refused_as_cycle(&self, reply: &Result<u64, String>) -> bool {
+        self.has_cycles() && matches!(reply, Err(e) if e.contains("Cycle { servers: [\"w"))
+    }
+}
 
 /// A pipeline case.
 #[derive(Debug)]
