@@ -609,3 +609,81 @@ fn cycle_errors_name_the_cycle_and_hand_the_message_back() {
     assert!(matches!(&cast, SendError::Cycle { message: 4, servers } if *servers == ["b", "a", "b"]));
     assert_eq!(cast.into_message(), Some(4));
 }
+
+// --- An ordered stage whose replicas call each other -------------------------
+
+/// A stage of an ordered pipeline that emits more than a batch per item,
+/// calling its own stage halfway: a replica waiting for its batch's turn is
+/// waiting on the replicas before it, and a call between them must not
+/// close that loop unnoticed.
+struct Fan {
+    registry: Fans,
+}
+
+impl GenServer for Fan {
+    type Message = u64;
+    type Response = u64;
+    type Registry = Fans;
+
+    fn new(registry: Fans) -> Self {
+        Fan { registry }
+    }
+
+    async fn handle_call(&mut self, n: u64) -> u64 {
+        n + 1
+    }
+
+    async fn handle_cast(&mut self, _: u64) {}
+}
+
+impl Stage for Fan {
+    type In = u64;
+    type Out = u64;
+
+    async fn process(&mut self, item: u64, out: &mut Emitter<u64>) {
+        for i in 0..40 {
+            out.emit(item * 100 + i).await;
+        }
+        let answer = self.registry.call_fan(item).await.map_err(|e| e.to_string());
+        self.registry.answers.lock().unwrap().push((item, answer));
+        for i in 40..80 {
+            out.emit(item * 100 + i).await;
+        }
+    }
+}
+
+#[genflow::pipeline{ #[replicas(3, ordered)] fan: Fan }]
+struct Fans {
+    answers: Arc<Mutex<Vec<(u64, Result<u64, String>)>>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_replicas_waiting_for_their_turn_and_calling_each_other_never_hang() {
+    for _ in 0..10 {
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let fans = Fans::start(answers.clone()).await;
+        let output = fans.output().unwrap();
+        // A slow reader keeps the output queue full, so replicas wait.
+        let collect = tokio::spawn(
+            output
+                .then(|n| async move {
+                    tokio::task::yield_now().await;
+                    n
+                })
+                .collect::<Vec<u64>>(),
+        );
+        assert_eq!(in_time("feed", fans.feed(stream::iter(0..200u64))).await.unwrap(), 200);
+        in_time("shutdown", fans.shutdown()).await;
+        let out = in_time("output", collect).await.unwrap();
+        let expected: Vec<u64> = (0..200u64).flat_map(|item| (0..80).map(move |i| item * 100 + i)).collect();
+        assert_eq!(out, expected, "outputs in input order");
+        let answers = answers.lock().unwrap().clone();
+        assert_eq!(answers.len(), 200);
+        for (item, answer) in answers {
+            match answer {
+                Ok(n) => assert_eq!(n, item + 1),
+                Err(refused) => assert!(refused.starts_with("call would deadlock: fan["), "{refused}"),
+            }
+        }
+    }
+}
