@@ -6,7 +6,7 @@ pub use crate::{
     pipeline::{
         Pipeline, Stage,
         key::hash_key,
-        wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},
+        wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring, Tail},
     },
     registry::{Builder, Core, Start},
     server::{GenServer, handle::Handle},

@@ -56,15 +56,37 @@ impl fmt::Debug for Control {
 }
 
 /// The hidden field of every generated registry.
+///
+/// `Core<T>` is `Send + Sync` whatever `T` is: the handles are held behind a
+/// trait object that is `Send + Sync` by its declaration, and only
+/// [`Core::new`] makes one, which requires `T: Send + Sync`. So the compiler
+/// proves a registry `Send` from its user fields alone, without looking into
+/// its servers' types. Looking into them would mean proving the servers are
+/// `GenServer`s, and a server generic over its registry (`impl<R: Reg>
+/// GenServer for Worker<R>`, with `Reg` a helper trait implemented for every
+/// `Clone + Send + Sync` type) needs the registry `Send` for that: a cycle
+/// through a non-auto trait, which rustc rejects as an overflow (E0275).
 pub struct Core<T> {
-    shared: Arc<Shared<T>>,
+    shared: Arc<Shared<dyn Servers<T>>>,
     /// Present in outside copies only.
     outside: Option<Arc<OutsideGuard>>,
 }
 
-struct Shared<T> {
-    servers: T,
+struct Shared<S: ?Sized> {
     life: Arc<Lifecycle>,
+    servers: S,
+}
+
+/// The tuple of a registry's handles, seen through a trait object.
+trait Servers<T>: Send + Sync {
+    fn get(&self) -> &T;
+}
+
+impl<T: Send + Sync> Servers<T> for T {
+    #[inline]
+    fn get(&self) -> &T {
+        self
+    }
 }
 
 /// What shutdown and abort need, whatever the servers' types.
@@ -161,13 +183,19 @@ impl<T: Send + Sync + 'static> Core<T> {
             tasks: TaskTracker::new(),
             runtime: runtime::Handle::current(),
         };
-        Core { shared: Arc::new(Shared { servers, life: Arc::new(life) }), outside: None }
+        let shared: Arc<Shared<T>> = Arc::new(Shared { life: Arc::new(life), servers });
+        Core { shared, outside: None }
     }
+}
 
+// The rest asks nothing of `T`: code that uses a registry whose servers do
+// not implement their traits gets one error about that, not one more per
+// method used here.
+impl<T> Core<T> {
     /// The handles of the servers, as the tuple the registry was built with.
     #[inline]
     pub fn servers(&self) -> &T {
-        &self.shared.servers
+        self.shared.servers.get()
     }
 
     /// Spawns the task of one server. Its `new` + `init` run there; `wait`
