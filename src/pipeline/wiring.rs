@@ -125,7 +125,7 @@ impl Builder {
     }
 }
 
-impl<T> Core<T> {
+impl<R> Core<R> {
     /// Spawns the replicas of stage `S`, emitting into `next` (the next
     /// stage's input, or the output).
     ///
@@ -454,38 +454,6 @@ impl<T: Send + 'static> Plumbing<T> {
             tail.dropped += self.output.dropped();
         }
         Metrics::new(stages, self.started.elapsed())
-    }
-}
-
-/// The [`Plumbing`] of a pipeline, named by its last stage `S`, as the
-/// generated struct holds it.
-///
-/// The struct's field type names no associated type (`S::Out`): the
-/// compiler normalizes a struct's field types to find out whether the
-/// struct is `Send`, and normalizing `S::Out` needs `S: Stage`, which for a
-/// stage generic over its pipeline (`impl<R: Reg> Stage for Last<R>`) needs
-/// the pipeline `Send` again, a cycle rustc rejects (E0275).
-pub struct Tail<S: Stage>(Plumbing<S::Out>);
-
-impl<S: Stage> Tail<S> {
-    /// Wraps the plumbing of a pipeline ending in `S`.
-    pub fn new(plumbing: Plumbing<S::Out>) -> Self {
-        Tail(plumbing)
-    }
-}
-
-impl<S: Stage> std::ops::Deref for Tail<S> {
-    type Target = Plumbing<S::Out>;
-
-    #[inline]
-    fn deref(&self) -> &Plumbing<S::Out> {
-        &self.0
-    }
-}
-
-impl<S: Stage> fmt::Debug for Tail<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
     }
 }
 

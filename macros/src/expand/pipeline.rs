@@ -21,11 +21,9 @@ fn gen_server(server: &Server) -> TokenStream {
 
 /// The tuple held by the pipeline: every stage's handle, then the output.
 pub(crate) fn handles(registry: &Registry) -> TokenStream {
-    // No associated type here (see `Tail`): the output is named by the last
-    // stage's type.
     let types = registry.servers.iter().map(|s| &s.ty);
-    let tail = registry.servers.last().map(|s| &s.ty);
-    quote!((#(::genflow::__private::StageHandle<#types>,)* ::genflow::__private::Tail<#tail>,))
+    let tail = registry.servers.last().map(stage_trait);
+    quote!((#(::genflow::__private::StageHandle<#types>,)* ::genflow::__private::Plumbing<#tail::Out>,))
 }
 
 pub(crate) fn start(registry: &Registry) -> TokenStream {
@@ -111,8 +109,7 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
         #vis async fn start(#(#field_names: #field_types),*) -> Self {
             let mut #builder = ::genflow::__private::Builder::new();
             #(#builds)*
-            let #plumbing_local =
-                ::genflow::__private::Tail::<#tail_ty>::new(::genflow::__private::Plumbing::new::<#tail_ty>());
+            let #plumbing_local = ::genflow::__private::Plumbing::new::<#tail_ty>();
             let #core = ::genflow::__private::Core::new(#builder, (#(#stages,)* #plumbing_local,));
             let #this = Self { #(#field_names,)* __genflow: #core };
             let mut #start = ::genflow::__private::Start::new();
@@ -220,9 +217,10 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
     let head = stage_trait(&servers[0]);
     let tail = stage_trait(servers.last().expect("validated: at least one stage"));
     let (item, items, stream) = (local::local("item"), local::local("items"), local::local("__S"));
+    let bounds = super::registry::bounds(registry);
     quote! {
         #[automatically_derived]
-        impl ::genflow::__private::Pipeline for #ident {
+        impl ::genflow::__private::Pipeline for #ident where #bounds {
             type In = #head::In;
             type Out = #tail::Out;
 
