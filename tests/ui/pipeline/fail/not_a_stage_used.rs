@@ -1,5 +1,5 @@
-// An entry that is not a stage is reported once at the entry; each use of
-// the pipeline then adds one error that names only the user's types.
+// An entry that is not a stage is reported once, at the entry; a call of a
+// generated method adds one error naming the entry and the trait it lacks.
 use genflow::GenServer;
 
 struct Plain;
