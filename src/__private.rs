@@ -8,8 +8,18 @@ pub use crate::{
         key::hash_key,
         wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},
     },
-    registry::{Builder, Core, Start},
+    registry::{Builder, Core, Parts, Start},
     server::{GenServer, handle::Handle},
 };
 pub use ::futures::Stream;
 pub use core::{clone::Clone, result::Result, time::Duration};
+
+/// Fails to compile unless `S` is a server of registry `R`: the one check
+/// of a registry entry, spanned at it (the rest of the expansion assumes
+/// it). A type that is no server is reported with `GenServer`'s message.
+pub fn assert_server<S: GenServer<Registry = R>, R>() {}
+
+/// Fails to compile unless `S` is a stage of pipeline `R`: the one check of
+/// a pipeline entry, spanned at it (the rest of the expansion assumes it).
+/// A type that is no stage is reported with `Stage`'s message.
+pub fn assert_stage<S: Stage<Registry = R>, R>() {}

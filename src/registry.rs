@@ -55,16 +55,60 @@ impl fmt::Debug for Control {
     }
 }
 
-/// The hidden field of every generated registry.
-pub struct Core<T> {
-    shared: Arc<Shared<T>>,
+/// The hidden field of every generated registry `R`: the handles of its
+/// servers, `R::Servers`, and their shared lifecycle.
+///
+/// Named by the registry's own type rather than by its servers' types, and
+/// holding the handles behind a trait object that is `Send + Sync` by its
+/// declaration, `Core<R>` asks nothing of the servers:
+///
+/// - The compiler proves a registry `Send` from its user fields alone. A
+///   field type naming the servers would make it prove the servers are
+///   `GenServer`s, and a server generic over its registry (`impl<R: Reg>
+///   GenServer for Worker<R>`, with `Reg` a helper trait implemented for
+///   every `Clone + Send + Sync` type) needs the registry `Send` for that: a
+///   cycle through a non-auto trait, which rustc rejects (E0275).
+/// - The struct and its `Clone` stay well-formed when an entry is not a
+///   server, so that mistake is reported once, by the generated check, not
+///   again at every mention of the registry.
+///
+/// Only [`Core::new`] makes one, and it requires `R: Parts`, whose
+/// `Servers` are `Send + Sync`.
+pub struct Core<R> {
+    shared: Arc<Shared<dyn Servers<R>>>,
     /// Present in outside copies only.
     outside: Option<Arc<OutsideGuard>>,
 }
 
-struct Shared<T> {
-    servers: T,
+/// What a generated registry is made of: implemented by the macros, with
+/// every entry's trait bound as a where-clause.
+pub trait Parts: Sized + 'static {
+    /// The tuple of the servers' handles (for a pipeline, its stages'
+    /// handles and its output), in declaration order.
+    type Servers: Send + Sync + 'static;
+}
+
+struct Shared<S: ?Sized> {
     life: Arc<Lifecycle>,
+    servers: S,
+}
+
+/// The handles of registry `R`, seen through a trait object whose type asks
+/// nothing of `R`.
+trait Servers<R>: Send + Sync {
+    fn get(&self) -> &R::Servers
+    where
+        R: Parts;
+}
+
+/// The handles of registry `R`, as stored.
+struct Typed<R: Parts>(R::Servers);
+
+impl<R: Parts> Servers<R> for Typed<R> {
+    #[inline]
+    fn get(&self) -> &R::Servers {
+        &self.0
+    }
 }
 
 /// What shutdown and abort need, whatever the servers' types.
@@ -147,29 +191,32 @@ impl Lifecycle {
     }
 }
 
-impl<T: Send + Sync + 'static> Core<T> {
+impl<R: Parts> Core<R> {
     /// Builds the core of a registry whose servers' queues were made by
     /// [`Builder::channel`]. The result is an inner copy.
     ///
     /// # Panics
     ///
     /// Panics if called outside a Tokio runtime.
-    pub fn new(builder: Builder, servers: T) -> Self {
+    pub fn new(builder: Builder, servers: R::Servers) -> Self {
         let life = Lifecycle {
             id: builder.id,
             controls: builder.controls,
             tasks: TaskTracker::new(),
             runtime: runtime::Handle::current(),
         };
-        Core { shared: Arc::new(Shared { servers, life: Arc::new(life) }), outside: None }
+        let shared: Arc<Shared<Typed<R>>> = Arc::new(Shared { life: Arc::new(life), servers: Typed(servers) });
+        Core { shared, outside: None }
     }
 
     /// The handles of the servers, as the tuple the registry was built with.
     #[inline]
-    pub fn servers(&self) -> &T {
-        &self.shared.servers
+    pub fn servers(&self) -> &R::Servers {
+        self.shared.servers.get()
     }
+}
 
+impl<R> Core<R> {
     /// Spawns the task of one server. Its `new` + `init` run there; `wait`
     /// on `start` waits for them.
     pub fn spawn<S: GenServer>(&self, start: &mut Start, inbox: Inbox<S>, registry: S::Registry) {
@@ -210,13 +257,13 @@ impl<T: Send + Sync + 'static> Core<T> {
     }
 }
 
-impl<T> Clone for Core<T> {
+impl<R> Clone for Core<R> {
     fn clone(&self) -> Self {
         Core { shared: self.shared.clone(), outside: self.outside.clone() }
     }
 }
 
-impl<T> fmt::Debug for Core<T> {
+impl<R> fmt::Debug for Core<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
             .field("servers", &self.shared.life.controls.len())

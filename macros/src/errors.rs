@@ -1,7 +1,5 @@
 //! Collects every error of one expansion, so all are reported at once.
 
-use proc_macro2::TokenStream;
-
 #[derive(Default)]
 pub(crate) struct Errors {
     error: Option<syn::Error>,
@@ -22,12 +20,4 @@ impl Errors {
     pub(crate) fn finish(self) -> Result<(), syn::Error> {
         self.error.map_or(Ok(()), Err)
     }
-}
-
-/// The user's item unchanged plus the errors, so that an IDE keeps seeing
-/// the item while the errors are shown.
-pub(crate) fn with_item(item: TokenStream, error: syn::Error) -> TokenStream {
-    let mut out = item;
-    out.extend(error.into_compile_error());
-    out
 }

@@ -12,6 +12,7 @@ use proc_macro::TokenStream;
 
 mod errors;
 mod expand;
+mod fallback;
 mod model;
 mod parse;
 mod validate;

@@ -125,7 +125,7 @@ impl Builder {
     }
 }
 
-impl<T: Send + Sync + 'static> Core<T> {
+impl<R> Core<R> {
     /// Spawns the replicas of stage `S`, emitting into `next` (the next
     /// stage's input, or the output).
     ///

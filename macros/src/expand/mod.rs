@@ -3,7 +3,8 @@
 use proc_macro2::TokenStream;
 
 use crate::{
-    errors::{self, Errors},
+    errors::Errors,
+    fallback,
     model::{self, Kind},
     parse, validate,
 };
@@ -13,21 +14,21 @@ mod pipeline;
 mod registry;
 
 /// The whole expansion of `make_registry` (and of the registry part of
-/// `pipeline`).
+/// `pipeline`). On an error, the errors and stubs of what the input
+/// declares (see `fallback`).
 pub(crate) fn registry(args: TokenStream, input: TokenStream, kind: Kind) -> TokenStream {
-    let item = match parse::item(input.clone()) {
-        Ok(item) => item,
-        Err(error) => return errors::with_item(input, error),
-    };
-    let args = match parse::args(args) {
-        Ok(args) => args,
-        Err(error) => return errors::with_item(input, error),
-    };
+    match checked(args.clone(), input.clone(), kind) {
+        Ok(tokens) => tokens,
+        Err(error) => fallback::expand(kind, args, input, error),
+    }
+}
+
+fn checked(args: TokenStream, input: TokenStream, kind: Kind) -> syn::Result<TokenStream> {
+    let item = parse::item(input)?;
+    let args = parse::args(args)?;
     let mut errors = Errors::default();
     let model = model::build(kind, args, item, &mut errors);
     validate::check(&model, &mut errors);
-    match errors.finish() {
-        Ok(()) => registry::expand(&model),
-        Err(error) => errors::with_item(input, error),
-    }
+    errors.finish()?;
+    Ok(registry::expand(&model))
 }

@@ -217,9 +217,10 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
     let head = stage_trait(&servers[0]);
     let tail = stage_trait(servers.last().expect("validated: at least one stage"));
     let (item, items, stream) = (local::local("item"), local::local("items"), local::local("__S"));
+    let bounds = super::registry::bounds(registry);
     quote! {
         #[automatically_derived]
-        impl ::genflow::__private::Pipeline for #ident {
+        impl ::genflow::__private::Pipeline for #ident where #bounds {
             type In = #head::In;
             type Out = #tail::Out;
 

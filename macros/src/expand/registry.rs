@@ -2,7 +2,7 @@
 //! `call_`/`cast_` methods of each server.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use super::{
@@ -51,16 +51,24 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
         quote_spanned!(ty.span()=> #name: <#ty as ::genflow::__private::Clone>::clone(&#this.#name))
     });
     let methods = servers.iter().enumerate().map(|(i, s)| server_methods(registry, i, s));
+    let (bounds, check) = (bounds(registry), check(registry));
 
     quote! {
         #(#attrs)*
         #vis struct #ident {
             #(#(#field_attrs)* #field_vis #field_names: #field_types,)*
             #[doc(hidden)]
-            __genflow: ::genflow::__private::Core<#handles>,
+            __genflow: ::genflow::__private::Core<#ident>,
         }
 
         const _: () = {
+            #check
+
+            #[automatically_derived]
+            impl ::genflow::__private::Parts for #ident where #bounds {
+                type Servers = #handles;
+            }
+
             #[automatically_derived]
             impl ::genflow::__private::Clone for #ident {
                 fn clone(&self) -> Self {
@@ -74,7 +82,7 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
             // Generated methods a program does not use are not dead code
             // to warn about.
             #[allow(dead_code)]
-            impl #ident {
+            impl #ident where #bounds {
                 #start
 
                 #(#methods)*
@@ -97,6 +105,48 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
 
             #traits
         };
+    }
+}
+
+/// The trait of every entry's type, `GenServer` or `Stage`.
+fn entry_trait(registry: &Registry) -> TokenStream {
+    match registry.kind {
+        Kind::Registry => quote!(::genflow::__private::GenServer),
+        Kind::Pipeline => quote!(::genflow::__private::Stage),
+    }
+}
+
+/// `for<'__genflow> Entry: GenServer<Registry = Self>` (or `Stage`) for
+/// every entry: the
+/// where-clause of everything generated that needs the entries to be
+/// servers. Higher-ranked, so it is assumed where it is written rather than
+/// checked there: an entry that is not a server is reported once, by
+/// `check`, not again by every generated item.
+pub(super) fn bounds(registry: &Registry) -> TokenStream {
+    let (entry_trait, ident) = (entry_trait(registry), &registry.ident);
+    let types = registry.servers.iter().map(|s| &s.ty);
+    quote!(#(for<'__genflow> #types: #entry_trait<Registry = #ident>,)*)
+}
+
+/// Checks, once per distinct type, that each entry is a server (for a
+/// pipeline, a stage) of this registry, spanned at the entry's type.
+fn check(registry: &Registry) -> TokenStream {
+    let assert = match registry.kind {
+        Kind::Registry => quote!(assert_server),
+        Kind::Pipeline => quote!(assert_stage),
+    };
+    let ident = &registry.ident;
+    let mut seen = std::collections::HashSet::new();
+    let asserts = registry.servers.iter().filter(|s| seen.insert(s.ty.to_token_stream().to_string())).map(|s| {
+        let ty = &s.ty;
+        quote_spanned!(ty.span()=> ::genflow::__private::#assert::<#ty, #ident>();)
+    });
+    let name = local::local("__check");
+    quote! {
+        #[allow(dead_code)]
+        fn #name() {
+            #(#asserts)*
+        }
     }
 }
 

@@ -1,0 +1,348 @@
+//! What a macro emits when its input has an error: the error, the user's
+//! struct unchanged, and stubs of everything the macro would have generated
+//! (`Clone`, `start`, the per-server methods, the pipeline methods and
+//! `impl Pipeline`), with the real signatures and bodies that never run.
+//!
+//! The stubs keep the one mistake to one error: code that uses the struct
+//! (`Flow::start().await`, `flow.call_parse(..)`, a server whose `Registry`
+//! is `Flow` and so needs it `Clone`) still type-checks, instead of each use
+//! adding an error about an item that is missing only because of the first.
+//! thiserror's `fallback.rs` does the same for `#[derive(Error)]`.
+//!
+//! A stub that names a server's associated types carries a
+//! `where for<'__genflow> Server: GenServer` bound (or `Stage`): the
+//! higher-ranked form is not checked where it is written, so a list entry
+//! that is not a server yet (or names no type at all) adds no error here;
+//! it would only add one at a call of that very method.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote};
+use syn::{
+    Attribute, Fields, Ident, ItemStruct, Token, Type,
+    parse::{ParseStream, Parser},
+};
+
+use crate::{model::Kind, parse::Entry};
+
+/// The error, the item and stubs; the item as written if it is not a struct.
+pub(crate) fn expand(kind: Kind, args: TokenStream, input: TokenStream, error: syn::Error) -> TokenStream {
+    let mut out = error.into_compile_error();
+    let Ok(item) = syn::parse2::<ItemStruct>(input.clone()) else {
+        out.extend(input);
+        return out;
+    };
+    let entries = entries(args);
+    out.extend(quote!(#item));
+    out.extend(stubs(kind, &item, &entries));
+    out
+}
+
+/// The entries of the argument list up to the first one that does not
+/// parse: a syntax error late in the list keeps the methods of the servers
+/// before it.
+fn entries(args: TokenStream) -> Vec<Entry> {
+    let parser = |input: ParseStream<'_>| {
+        let mut entries = Vec::new();
+        while !input.is_empty() {
+            match input.parse::<Entry>() {
+                Ok(entry) => entries.push(entry),
+                Err(_) => break,
+            }
+            if input.is_empty() || input.parse::<Token![,]>().is_err() {
+                break;
+            }
+        }
+        // Whatever follows the first error is skipped.
+        input.step(|cursor| {
+            let mut rest = *cursor;
+            while let Some((_, next)) = rest.token_tree() {
+                rest = next;
+            }
+            Ok(((), rest))
+        })?;
+        Ok(entries)
+    };
+    parser.parse2(args).unwrap_or_default()
+}
+
+fn stubs(kind: Kind, item: &ItemStruct, entries: &[Entry]) -> TokenStream {
+    let ident = &item.ident;
+    let vis = &item.vis;
+    let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
+    let params: Vec<TokenStream> = match &item.fields {
+        Fields::Named(named) => named
+            .named
+            .iter()
+            .map(|f| {
+                let (name, ty) = (&f.ident, &f.ty);
+                quote!(#name: #ty)
+            })
+            .collect(),
+        Fields::Unnamed(unnamed) => unnamed
+            .unnamed
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let (name, ty) = (format_ident!("field{}", i), &f.ty);
+                quote!(#name: #ty)
+            })
+            .collect(),
+        Fields::Unit => Vec::new(),
+    };
+    // The struct's own `#[derive(Clone)]` is an error of its own; a second
+    // `Clone` impl would add another.
+    let clone = (!item.attrs.iter().any(derives_clone)).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics ::core::clone::Clone for #ident #ty_generics #where_clause {
+                fn clone(&self) -> Self {
+                    ::core::unreachable!()
+                }
+            }
+        }
+    });
+    // Two entries of one name (or `x` beside `x_all`) are an error of their
+    // own; each method is stubbed once.
+    let mut names = std::collections::HashSet::new();
+    let servers: Vec<TokenStream> = entries
+        .iter()
+        .flat_map(|e| server(kind, vis, e))
+        .filter(|(name, _)| names.insert(name.to_string()))
+        .map(|(_, method)| method)
+        .collect();
+    let pipeline = match (kind, entries.first(), entries.last()) {
+        (Kind::Pipeline, Some(head), Some(tail)) => pipeline_methods(vis, &head.ty, &tail.ty),
+        _ => TokenStream::new(),
+    };
+    let metrics = (kind == Kind::Pipeline).then(|| {
+        quote! {
+            #vis fn metrics(&self) -> ::genflow::Metrics {
+                ::core::unreachable!()
+            }
+        }
+    });
+    let pipeline_impl = match (kind, entries.first(), entries.last(), item.generics.params.is_empty()) {
+        (Kind::Pipeline, Some(head), Some(tail), true) => pipeline_impl(ident, &head.ty, &tail.ty),
+        _ => TokenStream::new(),
+    };
+    quote! {
+        const _: () = {
+            #clone
+
+            #[allow(dead_code, unused_variables, missing_docs, clippy::all)]
+            impl #impl_generics #ident #ty_generics #where_clause {
+                #vis async fn start(#(#params),*) -> Self {
+                    ::core::unreachable!()
+                }
+
+                #vis async fn shutdown(&self) {
+                    ::core::unreachable!()
+                }
+
+                #vis fn abort(&self) {
+                    ::core::unreachable!()
+                }
+
+                #metrics
+                #pipeline
+                #(#servers)*
+            }
+
+            #pipeline_impl
+        };
+    }
+}
+
+fn derives_clone(attr: &Attribute) -> bool {
+    let mut clone = false;
+    if attr.path().is_ident("derive") {
+        let _ = attr.parse_nested_meta(|meta| {
+            clone |= meta.path.segments.last().is_some_and(|s| s.ident == "Clone");
+            Ok(())
+        });
+    }
+    clone
+}
+
+/// `for<'__genflow> ty: Trait`, checked only where the stub is used.
+fn bound(ty: &Type, tr: &str) -> TokenStream {
+    let tr = Ident::new(tr, Span::call_site());
+    quote!(for<'__genflow> #ty: ::genflow::__private::#tr)
+}
+
+/// The `call_`/`cast_` methods of one server, and for a stage its sink and
+/// `_all` methods, each with its name.
+fn server(kind: Kind, vis: &syn::Visibility, entry: &Entry) -> Vec<(Ident, TokenStream)> {
+    let (name, ty) = (&entry.name, &entry.ty);
+    let gs = quote!(<#ty as ::genflow::__private::GenServer>);
+    let (message, response) = (quote!(#gs::Message), quote!(#gs::Response));
+    let is_server = bound(ty, "GenServer");
+    let call_result = quote!(::core::result::Result<#response, ::genflow::__private::CallError<#message>>);
+    let cast_result = quote!(::core::result::Result<(), ::genflow::__private::SendError<#message>>);
+    let (call, call_timeout) = (format_ident!("call_{}", name), format_ident!("call_{}_with_timeout", name));
+    let (cast, try_cast) = (format_ident!("cast_{}", name), format_ident!("try_cast_{}", name));
+    let mut out = vec![
+        (
+            call.clone(),
+            quote! {
+                #vis async fn #call(&self, message: #message) -> #call_result where #is_server {
+                    ::core::unreachable!()
+                }
+            },
+        ),
+        (
+            call_timeout.clone(),
+            quote! {
+                #vis async fn #call_timeout(
+                    &self,
+                    message: #message,
+                    timeout: ::core::time::Duration,
+                ) -> #call_result where #is_server {
+                    ::core::unreachable!()
+                }
+            },
+        ),
+        (
+            cast.clone(),
+            quote! {
+                #vis async fn #cast(&self, message: #message) -> #cast_result where #is_server {
+                    ::core::unreachable!()
+                }
+            },
+        ),
+        (
+            try_cast.clone(),
+            quote! {
+                #vis fn #try_cast(&self, message: #message) -> #cast_result where #is_server {
+                    ::core::unreachable!()
+                }
+            },
+        ),
+    ];
+    if kind == Kind::Pipeline {
+        let is_stage = bound(ty, "Stage");
+        let input = quote!(<#ty as ::genflow::__private::Stage>::In);
+        let (sink, call_all, cast_all) =
+            (format_ident!("sink_{}", name), format_ident!("call_{}_all", name), format_ident!("cast_{}_all", name));
+        out.push((
+            sink.clone(),
+            quote! {
+                #vis fn #sink(&self) -> ::genflow::InputSink<#input> where #is_stage {
+                    ::core::unreachable!()
+                }
+            },
+        ));
+        out.push((
+            call_all.clone(),
+            quote! {
+                #vis async fn #call_all(
+                    &self,
+                    message: #message,
+                ) -> ::core::result::Result<
+                    ::std::vec::Vec<#response>,
+                    ::genflow::__private::CallError<#message>,
+                >
+                where
+                    #is_server,
+                    for<'__genflow> #message: ::core::clone::Clone,
+                {
+                    ::core::unreachable!()
+                }
+            },
+        ));
+        out.push((
+            cast_all.clone(),
+            quote! {
+                #vis async fn #cast_all(&self, message: #message) -> #cast_result
+                where
+                    #is_server,
+                    for<'__genflow> #message: ::core::clone::Clone,
+                {
+                    ::core::unreachable!()
+                }
+            },
+        ));
+    }
+    out
+}
+
+/// `send`, `try_send`, `feed`, `sink` and `output`.
+fn pipeline_methods(vis: &syn::Visibility, head: &Type, tail: &Type) -> TokenStream {
+    let (head_stage, tail_stage) = (bound(head, "Stage"), bound(tail, "Stage"));
+    let input = quote!(<#head as ::genflow::__private::Stage>::In);
+    let output = quote!(<#tail as ::genflow::__private::Stage>::Out);
+    let send_result = quote!(::core::result::Result<(), ::genflow::__private::SendError<#input>>);
+    quote! {
+        #vis async fn send(&self, item: #input) -> #send_result where #head_stage {
+            ::core::unreachable!()
+        }
+
+        #vis fn try_send(&self, item: #input) -> #send_result where #head_stage {
+            ::core::unreachable!()
+        }
+
+        #vis async fn feed(
+            &self,
+            items: impl ::genflow::__private::Stream<Item = #input> + ::core::marker::Send,
+        ) -> ::core::result::Result<usize, ::genflow::__private::SendError<#input>>
+        where
+            #head_stage,
+        {
+            ::core::unreachable!()
+        }
+
+        #vis fn sink(&self) -> ::genflow::InputSink<#input> where #head_stage {
+            ::core::unreachable!()
+        }
+
+        #vis fn output(&self) -> ::core::option::Option<::genflow::Output<#output>> where #tail_stage {
+            ::core::unreachable!()
+        }
+    }
+}
+
+/// `impl genflow::Pipeline`, for code generic over pipelines.
+fn pipeline_impl(ident: &Ident, head: &Type, tail: &Type) -> TokenStream {
+    let (head_stage, tail_stage) = (bound(head, "Stage"), bound(tail, "Stage"));
+    quote! {
+        #[automatically_derived]
+        #[allow(clippy::all)]
+        impl ::genflow::__private::Pipeline for #ident where #head_stage, #tail_stage {
+            type In = <#head as ::genflow::__private::Stage>::In;
+            type Out = <#tail as ::genflow::__private::Stage>::Out;
+
+            fn send(
+                &self,
+                item: Self::In,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::genflow::__private::SendError<Self::In>>,
+            > + ::core::marker::Send {
+                async { ::core::unreachable!() }
+            }
+
+            fn feed<S>(
+                &self,
+                items: S,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<usize, ::genflow::__private::SendError<Self::In>>,
+            > + ::core::marker::Send
+            where
+                S: ::genflow::__private::Stream<Item = Self::In> + ::core::marker::Send,
+            {
+                async { ::core::unreachable!() }
+            }
+
+            fn output(&self) -> ::core::option::Option<::genflow::Output<Self::Out>> {
+                ::core::unreachable!()
+            }
+
+            fn metrics(&self) -> ::genflow::Metrics {
+                ::core::unreachable!()
+            }
+
+            fn shutdown(&self) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {
+                async { ::core::unreachable!() }
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+// An entry that is not a stage is reported once, at the entry; a call of a
+// generated method adds one error naming the entry and the trait it lacks.
+use genflow::GenServer;
+
+struct Plain;
+
+impl GenServer for Plain {
+    type Message = ();
+    type Response = ();
+    type Registry = Flow;
+    fn new(_: Flow) -> Self {
+        Plain
+    }
+    async fn handle_call(&mut self, _: ()) {}
+    async fn handle_cast(&mut self, _: ()) {}
+}
+
+#[genflow::pipeline{ plain: Plain }]
+struct Flow;
+
+async fn used() {
+    let flow = Flow::start().await;
+    flow.shutdown().await;
+}
+
+fn main() {
+    drop(used());
+}
