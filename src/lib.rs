@@ -152,7 +152,9 @@ mod server;
 pub mod __private;
 
 pub use error::{CallError, SendError};
-pub use pipeline::{Emitter, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics};
+pub use pipeline::{
+    Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics,
+};
 pub use server::{GenServer, RestartLimit};
 
 /// Declares a registry: a fixed set of [`GenServer`]s started, called and

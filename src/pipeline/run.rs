@@ -13,7 +13,7 @@ use std::{
 use futures::FutureExt;
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{BATCH, Emitter, Stage, drain::StageDrain, metrics::Counters, metrics::Delta, queue::Queue};
+use super::{BATCH, Emitter, Panicked, Stage, drain::StageDrain, metrics::Counters, metrics::Delta, queue::Queue};
 use crate::server::{
     handle::Inbox,
     restart::Restarts,
@@ -95,10 +95,13 @@ pub(crate) async fn run<S: Stage>(
                     // a call below panics and the state is rebuilt).
                     if !ended {
                         ended = true;
+                        out.begin_finish();
                         let finished = AssertUnwindSafe(server.finish(&mut out)).catch_unwind().await;
                         if let Err(panic) = finished {
                             report::<S>("finish", &panic);
+                            out.fail_panic(Panicked::new(&panic));
                         }
+                        out.send_failures().await;
                         out.end_input().await;
                         drain.finished();
                     }
@@ -225,9 +228,16 @@ async fn process_batch<S: Stage>(
         };
         progress.in_process = 0;
         progress.delta.processed += 1;
+        // An item counts as failed once, however many failures it gave.
+        let mut failed = out.take_item_failed();
         if let Err(panic) = processed {
-            progress.delta.failed += 1;
             report::<S>("process", &panic);
+            out.fail_panic(Panicked::new(&panic));
+            failed = true;
+        }
+        if failed {
+            progress.delta.failed += 1;
+            out.send_failures().await;
         }
         if waited {
             // A stage that awaits per item is slow: send its output now.
