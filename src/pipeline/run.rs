@@ -228,14 +228,12 @@ async fn process_batch<S: Stage>(
         };
         progress.in_process = 0;
         progress.delta.processed += 1;
-        // An item counts as failed once, however many failures it gave.
-        let mut failed = out.take_item_failed();
         if let Err(panic) = processed {
             report::<S>("process", &panic);
             out.fail_panic(Panicked::new(&panic));
-            failed = true;
         }
-        if failed {
+        // An item counts as failed once, however many failures it gave.
+        if out.take_item_failed() {
             progress.delta.failed += 1;
             out.send_failures().await;
         }
