@@ -405,6 +405,56 @@ async fn the_failures_stream_ends_after_abort() {
     assert_eq!((m.received, m.processed, m.aborted, m.failed), (1001, 1000, 1, 1000));
 }
 
+/// Its `init` always panics, so its replica stops for good.
+struct Broken;
+
+impl GenServer for Broken {
+    type Message = ();
+    type Response = ();
+    type Registry = Stopped;
+    fn new(_: Stopped) -> Self {
+        Broken
+    }
+    async fn init(&mut self) {
+        panic!("cannot start");
+    }
+    async fn handle_call(&mut self, _: ()) {}
+    async fn handle_cast(&mut self, _: ()) {}
+    fn restart_limit() -> genflow::RestartLimit {
+        genflow::RestartLimit::NEVER
+    }
+}
+
+impl Stage for Broken {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        out.emit(x).await;
+    }
+}
+
+#[genflow::pipeline{ broken: Broken }]
+struct Stopped;
+
+#[tokio::test]
+async fn items_reaching_a_replica_stopped_for_good_fail_with_a_panic_failure() {
+    let flow = Stopped::start().await;
+    let failures = tokio::spawn(flow.failures().unwrap().collect::<Vec<_>>());
+    let output = tokio::spawn(flow.output().unwrap().collect::<Vec<_>>());
+    flow.feed(stream::iter(0..100)).await.unwrap();
+    in_time(flow.shutdown()).await;
+    assert!(output.await.unwrap().is_empty());
+    let failures = failures.await.unwrap();
+    assert_eq!(failures.len(), 100);
+    for failure in &failures {
+        assert!(failure.is_panic());
+        let message = failure.error().downcast_ref::<Panicked>().unwrap().message();
+        assert!(message.starts_with("the replica stopped for good"), "{message}");
+    }
+    let m = flow.metrics().stage("broken").unwrap();
+    assert_eq!((m.received, m.processed, m.failed), (100, 100, 100));
+}
+
 #[test]
 fn failures_are_send_unpin_static() {
     fn check<T: Send + Unpin + 'static>() {}

@@ -138,6 +138,16 @@ impl<T: Send> Emitter<T> {
         self.failing.fail(Box::new(error), true);
     }
 
+    /// Fails `items` items taken by a replica that stopped for good, and
+    /// sends their failures.
+    pub(crate) async fn fail_stopped(&mut self, items: u64) {
+        for _ in 0..items {
+            self.fail_panic(super::Panicked::stopped());
+        }
+        self.failing.take_item_failed();
+        self.send_failures().await;
+    }
+
     /// Whether the item that just finished `process` failed; resets it for
     /// the next.
     #[inline]

@@ -72,7 +72,8 @@ impl Failure {
     }
 
     /// Whether the stage panicked (the error is then a [`Panicked`]) rather
-    /// than calling [`Emitter::fail`](crate::Emitter::fail).
+    /// than calling [`Emitter::fail`](crate::Emitter::fail). Also `true` for
+    /// an item that reached a replica stopped for good (see [`Panicked`]).
     pub fn is_panic(&self) -> bool {
         self.panic
     }
@@ -115,6 +116,11 @@ impl fmt::Display for Failure {
 
 /// The error of a [`Failure`] whose stage panicked: the panic's message.
 ///
+/// Items that reach a replica after it stopped for good (its `new`, `init`,
+/// `handle_call` or `handle_cast` panicked more often than its
+/// [`restart_limit`](crate::GenServer::restart_limit) allows) fail with a
+/// `Panicked` too, whose message says so.
+///
 /// `Display` prints the message alone. A payload that is neither a `&str`
 /// nor a `String` (from `std::panic::panic_any`) gives the message
 /// `(non-string panic payload)`.
@@ -137,7 +143,15 @@ impl Panicked {
             .unwrap_or_else(|| "(non-string panic payload)".to_owned());
         Panicked { message }
     }
+
+    /// The error of an item taken by a replica that stopped for good.
+    pub(crate) fn stopped() -> Self {
+        Panicked { message: STOPPED.to_owned() }
+    }
 }
+
+/// The message of an item failed because its replica had stopped.
+const STOPPED: &str = "the replica stopped for good: its server panicked more often than its restart limit allows";
 
 impl fmt::Display for Panicked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

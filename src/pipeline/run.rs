@@ -132,8 +132,8 @@ pub(crate) async fn run<S: Stage>(
         }
     }
     // Failed for good: calls and casts get `Failed`; items are still taken
-    // and counted as failed, so the pipeline is not blocked and every item
-    // is accounted for.
+    // and counted as failed (each with its `Failure`), so the pipeline is
+    // not blocked and every item is accounted for.
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
@@ -142,12 +142,14 @@ pub(crate) async fn run<S: Stage>(
     if left > 0 {
         batch.items.clear();
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
+        out.fail_stopped(left).await;
         out.end_batch(batch.first, left).await;
     }
     while let Some(first) = poll_fn(|cx| reader.poll_pop_numbered(cx, &mut batch.items, BATCH)).await {
         let n = batch.items.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
         batch.items.clear();
+        out.fail_stopped(n).await;
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
     }
