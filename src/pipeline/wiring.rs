@@ -14,11 +14,11 @@ use futures::future::join_all;
 
 use tokio::time::Instant;
 
+pub(crate) use super::failure::FailureRoute;
 use super::{
     Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch,
     drain::StageDrain, emitter::Link, metrics::Counters, output::OutputShared, queue::Queue, reorder::Reorder, run,
 };
-pub(crate) use super::failure::FailureRoute;
 use crate::{
     CallError, SendError,
     registry::{BoxFuture, Builder, Core, Start, Stoppable},
