@@ -382,6 +382,26 @@ async fn a_slow_reader_holds_the_failing_stage_back_until_it_reads() {
     assert_eq!(m.failures_dropped(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn dropping_a_full_failures_stream_releases_the_stage_and_counts_what_it_held() {
+    let flow = Slow::start().await;
+    let failures = flow.failures().unwrap();
+    let n = 3 * FAILURES_BUFFER;
+    let feeder = tokio::spawn({
+        let flow = flow.clone();
+        async move { flow.feed(stream::iter((0..n).map(|i| format!("bad {i}")))).await }
+    });
+    // Time is paused: this returns once the stage waits for the reader.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!feeder.is_finished());
+    drop(failures);
+    assert_eq!(in_time(feeder).await.unwrap().unwrap(), n);
+    in_time(flow.shutdown()).await;
+    let m = flow.metrics();
+    assert_eq!(m.stage("parse").unwrap().failed, n as u64);
+    assert_eq!(m.failures_dropped(), n as u64, "none was read, every one is counted");
+}
+
 #[genflow::pipeline{ hang: Hang }]
 struct Hanging {
     reached: Arc<Notify>,
