@@ -152,7 +152,9 @@ mod server;
 pub mod __private;
 
 pub use error::{CallError, SendError};
-pub use pipeline::{Emitter, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics};
+pub use pipeline::{
+    Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics,
+};
 pub use server::{GenServer, RestartLimit};
 
 /// Declares a registry: a fixed set of [`GenServer`]s started, called and
@@ -285,6 +287,7 @@ pub use genflow_macros::make_registry;
 /// | `feed(stream).await` | push a whole `Stream`, backpressured; `Ok(count)` |
 /// | `sink()`, `sink_<stage>()` | an [`InputSink`] into the first stage, or any stage |
 /// | `output()` | `Option<`[`Output`]`<Out>>`: the last stage's items as a `Stream`; `Some` once |
+/// | `failures()` | `Option<`[`Failures`]`>`: every stage's failed items ([`Failure`]) as a `Stream`; `Some` once |
 /// | `call_<stage>_all(msg).await` | every replica's response, in replica order (`Message: Clone`) |
 /// | `cast_<stage>_all(msg).await` | the same message cast to every replica |
 /// | `metrics()` | a [`Metrics`] snapshot, readable at any time, also after shutdown |
@@ -307,9 +310,10 @@ pub use genflow_macros::make_registry;
 ///   other replicas' work up to the window. `ordered` and `partition_by`
 ///   cannot be combined (`partition_by` already keeps each key's order).
 ///
-/// With one replica everywhere, order is kept end to end. A panic in
-/// `process` fails that item only; with `ordered`, its (missing) outputs
-/// leave a gap in the order and nothing else.
+/// With one replica everywhere, order is kept end to end. An item failed
+/// with [`Emitter::fail`] (or by a panic in `process`) fails alone; with
+/// `ordered`, its (missing) outputs leave a gap in the order and nothing
+/// else.
 ///
 /// # Output
 ///

@@ -279,12 +279,14 @@ pub struct Builder {
     controls: Vec<Control>,
     /// The runtime the registry starts on, if any.
     runtime: Option<runtime::Handle>,
+    /// A pipeline's failures queue, made by its first stage.
+    pub(crate) failures: Option<crate::pipeline::wiring::FailureRoute>,
 }
 
 impl Builder {
     /// A builder for a new registry.
     pub fn new() -> Self {
-        Builder { id: next_id(), controls: Vec::new(), runtime: runtime::Handle::try_current().ok() }
+        Builder { id: next_id(), controls: Vec::new(), runtime: runtime::Handle::try_current().ok(), failures: None }
     }
 
     /// Makes the queue of one plain server, named `name` (its registry field

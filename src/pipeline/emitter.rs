@@ -1,4 +1,5 @@
 use std::{
+    error::Error,
     fmt,
     future::{Future, poll_fn},
     pin::pin,
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use super::{
     BATCH,
     dispatch::Dispatch,
+    failure::Failing,
     metrics::{Counters, Delta},
     queue::Closed,
     reorder::{Place, Reorder},
@@ -38,6 +40,9 @@ use super::{
 /// If the pipeline's output was never taken (or was dropped), the last
 /// stage's items are dropped and counted in its `dropped` metric instead of
 /// blocking the pipeline.
+///
+/// [`fail`](Self::fail) fails the item being processed instead: it goes to
+/// the pipeline's `failures()` stream as a [`Failure`](crate::Failure).
 pub struct Emitter<T> {
     buf: Vec<T>,
     link: Link<T>,
@@ -49,6 +54,8 @@ pub struct Emitter<T> {
     blocked: Duration,
     /// For an `ordered` stage: where each batch's outputs wait their turn.
     order: Option<Place<T>>,
+    /// Failures of the item being processed, on their way to `failures()`.
+    failing: Failing,
 }
 
 impl<T: Send + 'static> Emitter<T> {
@@ -61,7 +68,14 @@ impl<T: Send + 'static> Emitter<T> {
             dropped: 0,
             blocked: Duration::ZERO,
             order: None,
+            failing: Failing::detached(),
         }
+    }
+
+    /// Sends this emitter's failures through `failing`.
+    pub(crate) fn with_failing(mut self, failing: Failing) -> Self {
+        self.failing = failing;
+        self
     }
 
     /// An emitter for a replica of an `ordered` stage: outputs go through
@@ -88,6 +102,69 @@ impl<T: Send + 'static> Emitter<T> {
                 Some(_) => self.send(Outgoing::Full).await,
             }
         }
+    }
+
+    /// Fails the item being processed: it counts in the stage's `failed`
+    /// metric (and not as processed successfully), and a
+    /// [`Failure`](crate::Failure) holding `error`, this stage's name and
+    /// the replica's index goes to the pipeline's `failures()` stream.
+    ///
+    /// `process` goes on after `fail` returns; return from it to stop
+    /// working on the item. What was emitted for the item, before or after
+    /// `fail`, stays emitted. Calling `fail` again for the same item
+    /// delivers each error as its own `Failure`, but the item counts as
+    /// failed once. Called in [`Stage::finish`](crate::Stage::finish), it
+    /// gives a failure tied to no input item (see
+    /// [`Failure::in_finish`](crate::Failure::in_finish)).
+    ///
+    /// The failure is sent when `process` (or `finish`) returns; if the
+    /// reader of `failures()` is behind by a full buffer, the replica waits
+    /// there for room, as [`emit`](Self::emit) waits for the next stage. If
+    /// `failures()` was not taken, the failure is dropped and counted (see
+    /// [`Failures`](crate::Failures)). `fail` prints nothing: besides the
+    /// stream and the metrics, it records a `tracing` event at `DEBUG`
+    /// level.
+    ///
+    /// To keep the failed record, put it in your error type, and get it
+    /// back with `failure.error().downcast_ref::<YourError>()`.
+    ///
+    /// The idea comes from Broadway's `Message.failed/2`.
+    pub fn fail(&mut self, error: impl Into<Box<dyn Error + Send + Sync>>) {
+        self.failing.fail(error.into(), false);
+    }
+
+    /// Fails the item in progress with a panic's error.
+    pub(crate) fn fail_panic(&mut self, error: super::Panicked) {
+        self.failing.fail(Box::new(error), true);
+    }
+
+    /// Fails `items` items taken by a replica that stopped for good, and
+    /// sends their failures.
+    pub(crate) async fn fail_stopped(&mut self, items: u64) {
+        for _ in 0..items {
+            self.fail_panic(super::Panicked::stopped());
+        }
+        self.failing.take_item_failed();
+        self.send_failures().await;
+    }
+
+    /// Whether the item that just finished `process` failed; resets it for
+    /// the next.
+    #[inline]
+    pub(crate) fn take_item_failed(&mut self) -> bool {
+        self.failing.take_item_failed()
+    }
+
+    /// Marks the start of `finish`: failures from now on are tied to no
+    /// item.
+    pub(crate) fn begin_finish(&mut self) {
+        self.failing.begin_finish();
+    }
+
+    /// Sends the failures recorded so far, waiting for room in the
+    /// failures buffer if its reader is behind.
+    pub(crate) async fn send_failures(&mut self) {
+        self.failing.send(&mut self.blocked, &self.counters).await;
     }
 
     /// Sends every item buffered so far, waiting for room as needed, and

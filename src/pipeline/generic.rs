@@ -5,7 +5,7 @@ use std::future::Future;
 
 use futures::Stream;
 
-use super::{Metrics, Output};
+use super::{Failures, Metrics, Output};
 use crate::SendError;
 
 /// A running pipeline, whatever its stages: the part of the generated API
@@ -31,6 +31,9 @@ pub trait Pipeline: Clone + Send + Sync + 'static {
 
     /// The stream of the last stage's items; `Some` the first time only.
     fn output(&self) -> Option<Output<Self::Out>>;
+
+    /// The stream of failed items; `Some` the first time only.
+    fn failures(&self) -> Option<Failures>;
 
     /// A snapshot of every stage's metrics.
     fn metrics(&self) -> Metrics;

@@ -74,11 +74,14 @@ pub struct ReplicaMetrics {
     /// Items this replica took from its queue (and, after `abort`, the items
     /// cleared from it).
     pub received: u64,
-    /// Items it is done with: `process` returned (or panicked).
+    /// Items it is done with: `process` returned (or panicked). Includes
+    /// the failed ones.
     pub processed: u64,
     /// Items it emitted.
     pub emitted: u64,
-    /// Items whose `process` panicked.
+    /// Items that failed: `process` called [`Emitter::fail`](crate::Emitter::fail)
+    /// (once or more) or panicked. Each counts once, and is also counted in
+    /// `processed`.
     pub failed: u64,
     /// Items it emitted that nobody could take (the pipeline's output was
     /// not taken or was dropped, or the pipeline was aborted).
@@ -113,7 +116,7 @@ pub struct ReplicaMetrics {
 ///
 /// ```text
 /// received = processed + (items in progress: taken in a batch, not done)
-/// failed  <= processed          (a panicked `process` is done too)
+/// failed  <= processed          (a failed item is done too)
 /// ```
 ///
 /// Once the pipeline has shut down (`shutdown().await` returned), nothing is
@@ -152,11 +155,12 @@ pub struct StageMetrics {
     /// Items taken from the stage's queue (and, after `abort`, the items
     /// cleared from it).
     pub received: u64,
-    /// Items done: `process` returned (or panicked).
+    /// Items done: `process` returned (or panicked). Includes the failed
+    /// ones: `processed - failed` went through successfully.
     pub processed: u64,
     /// Items emitted downstream.
     pub emitted: u64,
-    /// Items whose `process` panicked.
+    /// Items that failed: see [`ReplicaMetrics::failed`].
     pub failed: u64,
     /// Items emitted that nobody could take: see [`ReplicaMetrics::dropped`].
     pub dropped: u64,
@@ -286,11 +290,26 @@ fn share(part: Duration, whole: Duration) -> f64 {
 pub struct Metrics {
     stages: Vec<StageMetrics>,
     elapsed: Duration,
+    failures_dropped: u64,
 }
 
 impl Metrics {
     pub(crate) fn new(stages: Vec<StageMetrics>, elapsed: Duration) -> Self {
-        Metrics { stages, elapsed }
+        Metrics { stages, elapsed, failures_dropped: 0 }
+    }
+
+    pub(crate) fn with_failures_dropped(mut self, failures_dropped: u64) -> Self {
+        self.failures_dropped = failures_dropped;
+        self
+    }
+
+    /// Failures nobody read: made while the pipeline's `failures()` stream
+    /// was not taken (or after it was dropped), held by it when it was
+    /// dropped, or held by a replica stopped by `abort`. Failures are
+    /// counted here, not per stage: the items they failed are counted in
+    /// their stage's `failed` either way.
+    pub fn failures_dropped(&self) -> u64 {
+        self.failures_dropped
     }
 
     /// The metrics of the stage called `name`.

@@ -38,12 +38,16 @@
 //!
 //! # Failures
 //!
-//! A panic inside [`Stage::process`] fails that item only (counted in
-//! `failed`); the stage keeps its state and goes on. See [`Stage`].
+//! A stage fails the item it processes with [`Emitter::fail`], or by
+//! panicking inside [`Stage::process`]: that item only fails (counted in
+//! `failed`); the stage keeps its state and goes on. Each failure goes to
+//! the pipeline's `failures()` stream as a [`Failure`] (see [`Failures`]
+//! for what happens when nobody reads it). See [`Stage`].
 
 mod dispatch;
 mod drain;
 mod emitter;
+mod failure;
 mod generic;
 mod input;
 #[cfg(all(test, genflow_loom))]
@@ -57,6 +61,7 @@ mod stage;
 pub(crate) mod wiring;
 
 pub use emitter::Emitter;
+pub use failure::{FAILURES_BUFFER, Failure, Failures, Panicked};
 pub use generic::Pipeline;
 pub use input::InputSink;
 pub use metrics::{Metrics, ReplicaMetrics, StageMetrics};

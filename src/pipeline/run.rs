@@ -13,7 +13,7 @@ use std::{
 use futures::FutureExt;
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{BATCH, Emitter, Stage, drain::StageDrain, metrics::Counters, metrics::Delta, queue::Queue};
+use super::{BATCH, Emitter, Panicked, Stage, drain::StageDrain, metrics::Counters, metrics::Delta, queue::Queue};
 use crate::server::{
     handle::Inbox,
     restart::Restarts,
@@ -95,10 +95,13 @@ pub(crate) async fn run<S: Stage>(
                     // a call below panics and the state is rebuilt).
                     if !ended {
                         ended = true;
+                        out.begin_finish();
                         let finished = AssertUnwindSafe(server.finish(&mut out)).catch_unwind().await;
                         if let Err(panic) = finished {
                             report::<S>("finish", &panic);
+                            out.fail_panic(Panicked::new(&panic));
                         }
+                        out.send_failures().await;
                         out.end_input().await;
                         drain.finished();
                     }
@@ -129,8 +132,8 @@ pub(crate) async fn run<S: Stage>(
         }
     }
     // Failed for good: calls and casts get `Failed`; items are still taken
-    // and counted as failed, so the pipeline is not blocked and every item
-    // is accounted for.
+    // and counted as failed (each with its `Failure`), so the pipeline is
+    // not blocked and every item is accounted for.
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }
@@ -139,12 +142,14 @@ pub(crate) async fn run<S: Stage>(
     if left > 0 {
         batch.items.clear();
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
+        out.fail_stopped(left).await;
         out.end_batch(batch.first, left).await;
     }
     while let Some(first) = poll_fn(|cx| reader.poll_pop_numbered(cx, &mut batch.items, BATCH)).await {
         let n = batch.items.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
         batch.items.clear();
+        out.fail_stopped(n).await;
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
     }
@@ -226,8 +231,13 @@ async fn process_batch<S: Stage>(
         progress.in_process = 0;
         progress.delta.processed += 1;
         if let Err(panic) = processed {
-            progress.delta.failed += 1;
             report::<S>("process", &panic);
+            out.fail_panic(Panicked::new(&panic));
+        }
+        // An item counts as failed once, however many failures it gave.
+        if out.take_item_failed() {
+            progress.delta.failed += 1;
+            out.send_failures().await;
         }
         if waited {
             // A stage that awaits per item is slow: send its output now.

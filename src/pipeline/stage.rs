@@ -12,15 +12,36 @@ use crate::GenServer;
 /// the next stage's queue is full, which is how backpressure travels from the
 /// tail back to whoever feeds the head.
 ///
+/// # Failing an item
+///
+/// `process` returns nothing; to fail the item it was given, it calls
+/// [`Emitter::fail`] with an error (and usually returns). The item counts in
+/// the stage's `failed` metric and a [`Failure`](crate::Failure) naming the
+/// stage, the replica and the error goes to the pipeline's `failures()`
+/// stream; nothing is printed. Put the failed record in your error type to
+/// get it back from there.
+///
 /// # Panics in `process`
 ///
-/// A panic inside `process` fails that one item: it is counted in the stage's
-/// `failed` metric, the stage **keeps its state** and goes on with the next
-/// item, and the pipeline goes on. Panics in `process` do not count toward
-/// the [`restart_limit`](GenServer::restart_limit), which is for panics in
+/// A panic inside `process` fails that one item the same way: it is counted
+/// in the stage's `failed` metric, becomes a `Failure` whose
+/// [`is_panic`](crate::Failure::is_panic) is `true` and whose error is a
+/// [`Panicked`](crate::pipeline::Panicked) holding the panic's message, the
+/// stage **keeps its state** and goes on with the next item, and the
+/// pipeline goes on. Panics in `process` do not count toward the
+/// [`restart_limit`](GenServer::restart_limit), which is for panics in
 /// `handle_call` and `handle_cast` (those rebuild the state, as for any
 /// server). If a panic can leave your state half-updated, keep the update
 /// after the last point that can panic.
+///
+/// genflow logs each caught panic as a `tracing` `ERROR` event. Rust's panic
+/// hook runs first, wherever the panic is caught: the default hook prints
+/// `thread '…' panicked at <file>:<line>:<col>:` and the message to stderr
+/// (with a backtrace when `RUST_BACKTRACE` is set), once per panic. To
+/// quiet it, install your own hook with [`std::panic::set_hook`] (for
+/// example one that records the panic with `tracing`, or does nothing);
+/// the hook is process-wide. [`Emitter::fail`] never involves the hook:
+/// prefer it for items you expect to be bad.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a pipeline stage",
     label = "every `#[pipeline]` entry must implement `genflow::Stage`",
@@ -45,8 +66,10 @@ pub trait Stage: GenServer {
     ///
     /// With replicas, each replica's `finish` runs when it is done. With
     /// `#[replicas(N, ordered)]`, what `finish` emits leaves after the
-    /// outputs of every input. A panic in `finish` is logged; what it emitted
-    /// before panicking is kept.
+    /// outputs of every input. A panic in `finish` is logged and becomes a
+    /// [`Failure`](crate::Failure) (as does a call to [`Emitter::fail`]
+    /// here), marked [`in_finish`](crate::Failure::in_finish) since it is
+    /// tied to no item; what `finish` emitted before is kept.
     ///
     /// ```
     /// use genflow::{Emitter, GenServer, Stage};

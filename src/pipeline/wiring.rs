@@ -14,9 +14,10 @@ use futures::future::join_all;
 
 use tokio::time::Instant;
 
+pub(crate) use super::failure::FailureRoute;
 use super::{
-    Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch, drain::StageDrain,
-    emitter::Link, metrics::Counters, output::OutputShared, queue::Queue, reorder::Reorder, run,
+    Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch,
+    drain::StageDrain, emitter::Link, metrics::Counters, output::OutputShared, queue::Queue, reorder::Reorder, run,
 };
 use crate::{
     CallError, SendError,
@@ -57,6 +58,7 @@ pub struct StageHandle<S: Stage> {
 /// What the spawning of a stage's replicas needs; used once, in `start`.
 pub struct StageWiring<S: Stage> {
     inboxes: Vec<Inbox<S>>,
+    failures: FailureRoute,
 }
 
 /// Shutdown closes the head's input; abort stops every replica and closes
@@ -121,7 +123,8 @@ impl Builder {
             input: Input::new(dispatch),
             next: AtomicUsize::new(0),
         };
-        (handle, StageWiring { inboxes })
+        let failures = self.failures.get_or_insert_with(FailureRoute::new).clone();
+        (handle, StageWiring { inboxes, failures })
     }
 }
 
@@ -154,7 +157,8 @@ impl<R> Core<R> {
             let out = match &order {
                 Some(order) => Emitter::ordered(link.clone(), counters, order.clone()),
                 None => Emitter::new(link.clone(), counters),
-            };
+            }
+            .with_failing(wiring.failures.failing(stage.name, i));
             let counters = stage.counters[i].clone();
             let task = run::run::<S>(inbox, queue, out, registry.clone(), counters, start.add(), drain.clone());
             let join = self.spawn_task(context::scope(state.clone(), task));
@@ -418,22 +422,34 @@ impl<T> fmt::Debug for Downstream<T> {
     }
 }
 
-/// The pipeline's output and clock.
+/// The pipeline's output, failures and clock.
 pub struct Plumbing<T> {
     output: Arc<OutputShared<T>>,
     unclaimed: Mutex<bool>,
+    failures: Arc<OutputShared<Failure>>,
+    failures_unclaimed: Mutex<bool>,
     started: Instant,
 }
 
 impl<T: Send + 'static> Plumbing<T> {
     /// The output of a pipeline whose last stage is `S`; its queue is as
-    /// large as that stage's.
-    pub fn new<S: Stage<Out = T>>() -> Self {
+    /// large as that stage's. Takes the failures queue the stages made in
+    /// `builder` (so it closes once they all end).
+    pub fn new<S: Stage<Out = T>>(builder: &mut Builder) -> Self {
+        let failures = builder.failures.take().unwrap_or_else(FailureRoute::new).shared;
         Plumbing {
             output: Arc::new(OutputShared::new(S::channel_queue_size())),
             unclaimed: Mutex::new(true),
+            failures,
+            failures_unclaimed: Mutex::new(true),
             started: Instant::now(),
         }
+    }
+
+    /// The failures stream, the first time.
+    pub fn failures(&self) -> Option<Failures> {
+        let mut unclaimed = self.failures_unclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *unclaimed).then(|| Failures::new(self.failures.clone()))
     }
 
     /// The link the last stage emits into.
@@ -453,7 +469,7 @@ impl<T: Send + 'static> Plumbing<T> {
         if let Some(tail) = stages.last_mut() {
             tail.dropped += self.output.dropped();
         }
-        Metrics::new(stages, self.started.elapsed())
+        Metrics::new(stages, self.started.elapsed()).with_failures_dropped(self.failures.dropped())
     }
 }
 

@@ -109,7 +109,7 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
         #vis async fn start(#(#field_names: #field_types),*) -> Self {
             let mut #builder = ::genflow::__private::Builder::new();
             #(#builds)*
-            let #plumbing_local = ::genflow::__private::Plumbing::new::<#tail_ty>();
+            let #plumbing_local = ::genflow::__private::Plumbing::new::<#tail_ty>(&mut #builder);
             let #core = ::genflow::__private::Core::new(#builder, (#(#stages,)* #plumbing_local,));
             let #this = Self { #(#field_names,)* __genflow: #core };
             let mut #start = ::genflow::__private::Start::new();
@@ -200,6 +200,14 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
             self.__genflow.servers().#plumbing.output()
         }
 
+        /// The stream of the stages' failed items (`genflow::Failure`);
+        /// `Some` the first time only. It ends once the pipeline has
+        /// drained (or was aborted). Until it is taken, failures are dropped
+        /// and counted; once taken, see `genflow::Failures` for its buffer.
+        #vis fn failures(&self) -> ::core::option::Option<::genflow::Failures> {
+            self.__genflow.servers().#plumbing.failures()
+        }
+
         /// A snapshot of every stage's metrics; readable at any time, also
         /// after shutdown.
         #vis fn metrics(&self) -> ::genflow::Metrics {
@@ -247,6 +255,10 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
 
             fn output(&self) -> ::core::option::Option<::genflow::Output<Self::Out>> {
                 #ident::output(self)
+            }
+
+            fn failures(&self) -> ::core::option::Option<::genflow::Failures> {
+                #ident::failures(self)
             }
 
             fn metrics(&self) -> ::genflow::Metrics {

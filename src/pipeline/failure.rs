@@ -1,0 +1,340 @@
+//! Items that failed: the [`Failure`] a stage reports with
+//! [`Emitter::fail`](crate::Emitter::fail) (or by panicking), and the
+//! pipeline's [`Failures`] stream that delivers them.
+//!
+//! The stream is built like the pipeline's [`Output`]: one bounded queue
+//! fed by every replica of every stage, read by one reader, closed when the
+//! last replica's task has ended.
+
+use std::{
+    error::Error,
+    fmt,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::Stream;
+
+use super::{
+    Output,
+    dispatch::Dispatch,
+    emitter::Link,
+    metrics::{Counters, Delta},
+    output::OutputShared,
+};
+use crate::server::run::Panic;
+
+/// How many failures wait for the reader of [`Failures`] before the stages
+/// that fail more items wait for room.
+pub const FAILURES_BUFFER: usize = 1024;
+
+/// One failure of a pipeline stage: an item it failed with
+/// [`Emitter::fail`](crate::Emitter::fail), or whose
+/// [`process`](crate::Stage::process) panicked.
+///
+/// Read from the pipeline's `failures()` stream. It names the stage and the
+/// replica, and holds the error as given to `fail` (downcast it with
+/// [`error`](Self::error)`().downcast_ref::<MyError>()`), or a [`Panicked`]
+/// holding the panic's message. The failed item itself is gone (it was
+/// moved into `process`): to keep it, put it (or what you need of it) in
+/// your error type.
+///
+/// In the spirit of Broadway's failed messages, which reach
+/// `handle_failed` with the reason they failed.
+pub struct Failure {
+    stage: &'static str,
+    replica: usize,
+    error: Box<dyn Error + Send + Sync + 'static>,
+    panic: bool,
+    in_finish: bool,
+}
+
+impl Failure {
+    /// The name of the stage that failed the item, as declared in the
+    /// pipeline.
+    pub fn stage(&self) -> &str {
+        self.stage
+    }
+
+    /// The index of the stage's replica that failed it, from 0 (always 0
+    /// for a stage without replicas).
+    pub fn replica(&self) -> usize {
+        self.replica
+    }
+
+    /// The error: the one given to [`Emitter::fail`](crate::Emitter::fail),
+    /// or a [`Panicked`] for a panic. Downcast it to your type with
+    /// `error().downcast_ref::<MyError>()`.
+    pub fn error(&self) -> &(dyn Error + Send + Sync + 'static) {
+        &*self.error
+    }
+
+    /// Whether the stage panicked (the error is then a [`Panicked`]) rather
+    /// than calling [`Emitter::fail`](crate::Emitter::fail). Also `true` for
+    /// an item that reached a replica stopped for good (see [`Panicked`]).
+    pub fn is_panic(&self) -> bool {
+        self.panic
+    }
+
+    /// Whether it came from [`Stage::finish`](crate::Stage::finish) (a
+    /// `fail` there, or a panic) rather than from `process`: such a failure
+    /// is tied to no input item, so it is not counted in the stage's
+    /// `failed` metric, which counts items.
+    pub fn in_finish(&self) -> bool {
+        self.in_finish
+    }
+
+    /// The error, by value (see [`error`](Self::error)).
+    pub fn into_error(self) -> Box<dyn Error + Send + Sync> {
+        self.error
+    }
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Failure")
+            .field("stage", &self.stage)
+            .field("replica", &self.replica)
+            .field("error", &self.error)
+            .field("panic", &self.panic)
+            .field("in_finish", &self.in_finish)
+            .finish()
+    }
+}
+
+/// `stage `parse` (replica 0) failed: <error>`; `panicked` for a panic, and
+/// `in finish` added for a failure of [`Stage::finish`](crate::Stage::finish).
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.panic { "panicked" } else { "failed" };
+        let when = if self.in_finish { " in finish" } else { "" };
+        write!(f, "stage `{}` (replica {}) {what}{when}: {}", self.stage, self.replica, self.error)
+    }
+}
+
+/// The error of a [`Failure`] whose stage panicked: the panic's message.
+///
+/// Items that reach a replica after it stopped for good (its `new`, `init`,
+/// `handle_call` or `handle_cast` panicked more often than its
+/// [`restart_limit`](crate::GenServer::restart_limit) allows) fail with a
+/// `Panicked` too, whose message says so.
+///
+/// `Display` prints the message alone. A payload that is neither a `&str`
+/// nor a `String` (from `std::panic::panic_any`) gives the message
+/// `(non-string panic payload)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Panicked {
+    message: String,
+}
+
+impl Panicked {
+    /// The panic's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn new(panic: &Panic) -> Self {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(non-string panic payload)".to_owned());
+        Panicked { message }
+    }
+
+    /// The error of an item taken by a replica that stopped for good.
+    pub(crate) fn stopped() -> Self {
+        Panicked { message: STOPPED.to_owned() }
+    }
+}
+
+/// The message of an item failed because its replica had stopped.
+const STOPPED: &str = "the replica stopped for good: its server panicked more often than its restart limit allows";
+
+impl fmt::Display for Panicked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error for Panicked {}
+
+/// The failures of a pipeline's stages, as a [`Stream`] of [`Failure`]s.
+///
+/// Returned once by the pipeline's `failures()` method. The stream ends
+/// once every stage has ended (after `shutdown().await`, or after `abort()`)
+/// and every failure was delivered.
+///
+/// # If nobody reads
+///
+/// While it is not taken (or after it was dropped), failures are dropped and
+/// counted in [`Metrics::failures_dropped`](crate::Metrics::failures_dropped);
+/// nothing blocks. Take it before sending the items whose failures you want.
+///
+/// Once taken, up to [`FAILURES_BUFFER`] failures wait for the reader; when
+/// that buffer is full, a replica that failed an item waits (right after
+/// that item, before it takes the next) until there is room, the way
+/// [`Emitter::emit`](crate::Emitter::emit) waits for the next queue: no
+/// failure is lost, and a reader that stops reading slows the pipeline down
+/// (that time counts in the stage's `blocked` metric). So read it
+/// concurrently with the output (for example in a spawned task): reading
+/// the output to its end first can wait forever if more failures than the
+/// buffer holds come before the end.
+#[must_use = "streams do nothing unless polled"]
+pub struct Failures {
+    inner: Output<Failure>,
+}
+
+impl Failures {
+    pub(crate) fn new(shared: Arc<OutputShared<Failure>>) -> Self {
+        Failures { inner: Output::new(shared) }
+    }
+}
+
+impl Stream for Failures {
+    type Item = Failure;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Failure>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl fmt::Debug for Failures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Failures").field("inner", &self.inner).finish()
+    }
+}
+
+/// The failures queue of a pipeline, while it is being built: every stage
+/// takes a copy; the pipeline's `Plumbing` keeps the shared part.
+pub(crate) struct FailureRoute {
+    pub(crate) shared: Arc<OutputShared<Failure>>,
+    link: Link<Failure>,
+}
+
+impl FailureRoute {
+    pub(crate) fn new() -> Self {
+        let shared = Arc::new(OutputShared::new(FAILURES_BUFFER));
+        let link = Link::new(Dispatch::Shared(shared.queue.clone()), Some(shared.taken.clone()));
+        FailureRoute { shared, link }
+    }
+
+    /// What replica `replica` of stage `stage` reports its failures with.
+    pub(crate) fn failing(&self, stage: &'static str, replica: usize) -> Failing {
+        Failing {
+            stage,
+            replica,
+            link: Some(self.link.clone()),
+            shared: self.shared.clone(),
+            pending: Vec::new(),
+            item_failed: false,
+            in_finish: false,
+        }
+    }
+}
+
+impl Clone for FailureRoute {
+    fn clone(&self) -> Self {
+        FailureRoute { shared: self.shared.clone(), link: self.link.clone() }
+    }
+}
+
+impl fmt::Debug for FailureRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureRoute").finish_non_exhaustive()
+    }
+}
+
+/// One replica's side of the failures queue, held by its emitter: the
+/// failures of the item in progress, sent once `process` returns.
+pub(crate) struct Failing {
+    stage: &'static str,
+    replica: usize,
+    /// `None` for an emitter outside any pipeline (failures are dropped).
+    link: Option<Link<Failure>>,
+    shared: Arc<OutputShared<Failure>>,
+    pending: Vec<Failure>,
+    /// Whether the item in `process` failed.
+    item_failed: bool,
+    /// Whether `finish` runs.
+    in_finish: bool,
+}
+
+impl Failing {
+    /// Failures of an emitter outside any pipeline: dropped.
+    pub(crate) fn detached() -> Self {
+        Failing {
+            stage: "",
+            replica: 0,
+            link: None,
+            shared: Arc::new(OutputShared::new(1)),
+            pending: Vec::new(),
+            item_failed: false,
+            in_finish: false,
+        }
+    }
+
+    /// Records a failure of the item in progress (or of `finish`).
+    pub(crate) fn fail(&mut self, error: Box<dyn Error + Send + Sync + 'static>, panic: bool) {
+        tracing::debug!(stage = self.stage, replica = self.replica, panic, error = %error, "item failed");
+        self.item_failed = true;
+        self.pending.push(Failure {
+            stage: self.stage,
+            replica: self.replica,
+            error,
+            panic,
+            in_finish: self.in_finish,
+        });
+    }
+
+    /// Whether the item that just finished `process` failed; resets it.
+    #[inline]
+    pub(crate) fn take_item_failed(&mut self) -> bool {
+        std::mem::take(&mut self.item_failed)
+    }
+
+    /// From now on, failures come from `finish`.
+    pub(crate) fn begin_finish(&mut self) {
+        self.in_finish = true;
+    }
+
+    /// Sends the pending failures, waiting for room while the reader is
+    /// behind; adds the time waited to `blocked` and publishes it to
+    /// `counters`. Failures nobody can take are counted as dropped.
+    ///
+    /// Cancel safe: a failure leaves `pending` only once it is placed; what
+    /// is still there when the emitter is dropped counts as dropped.
+    pub(crate) async fn send(&mut self, blocked: &mut Duration, counters: &Counters) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut dropped = 0;
+        match &self.link {
+            Some(link) => {
+                let before = *blocked;
+                link.send(&mut self.pending, blocked, &mut dropped).await;
+                counters.add(&Delta { blocked: *blocked - before, ..Delta::default() });
+            }
+            None => {
+                dropped = self.pending.len() as u64;
+                self.pending.clear();
+            }
+        }
+        self.shared.dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+}
+
+/// The replica was aborted while holding failures: they count as dropped.
+impl Drop for Failing {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            self.shared.dropped.fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
