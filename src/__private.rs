@@ -5,6 +5,7 @@ pub use crate::{
     error::{CallError, SendError},
     pipeline::{
         Pipeline, Stage,
+        stage::fail_item,
         key::hash_key,
         wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},
     },

@@ -14,6 +14,7 @@ mod errors;
 mod expand;
 mod model;
 mod parse;
+mod stage;
 mod validate;
 
 /// Declares a registry of servers. See `genflow::make_registry`.
@@ -26,4 +27,10 @@ pub fn make_registry(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn pipeline(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::registry(args.into(), input.into(), model::Kind::Pipeline).into()
+}
+
+/// Declares a pipeline stage from a function or a short `impl Stage`. See `genflow::stage`.
+#[proc_macro_attribute]
+pub fn stage(args: TokenStream, input: TokenStream) -> TokenStream {
+    stage::expand(args.into(), input.into()).into()
 }
