@@ -350,7 +350,7 @@ pub use genflow_macros::pipeline;
 /// |---|---|---|
 /// | `T` | `T` | `T` |
 /// | `Option<T>` | the value, if any | `T` |
-/// | `Vec<T>`, `impl Iterator<Item = T>`, `impl IntoIterator<Item = T>` | every item, in order | `T` |
+/// | `Vec<T>`, `impl Iterator<Item = T>` | every item, in order | `T` |
 /// | `Result<S, E>` | `Ok` as `S` says; `Err` fails the item | as `S` |
 /// | `()` or nothing | nothing (a stage for side effects) | `()` |
 ///
@@ -391,8 +391,7 @@ pub use genflow_macros::pipeline;
 /// A compile error, at the offending part, for: arguments to the attribute,
 /// a generic or `self`-taking function, a function with no item parameter
 /// or with parameters beyond the item and the emitter, an emitter-taking
-/// function returning items, `impl Trait` other than `Iterator` /
-/// `IntoIterator`, a block that is not `impl Stage for ..`, a block without
+/// function returning items, `impl Trait` other than `Iterator`, a block that is not `impl Stage for ..`, a block without
 /// `type Registry`, and a block with `type Response` but no `handle_call`.
 ///
 /// # Examples

@@ -28,6 +28,8 @@ const SERVER_ITEMS: &[&str] = &[
     "restart_limit",
 ];
 
+const NOT_STAGE: &str = "`#[genflow::stage]` goes on an `impl Stage for Type` block (or on a function)";
+
 fn item_name(item: &ImplItem) -> Option<String> {
     match item {
         ImplItem::Type(ty) => Some(ty.ident.to_string()),
@@ -42,10 +44,10 @@ pub(super) fn expand(mut block: ItemImpl) -> TokenStream {
         Some((None, path, _)) if path.segments.last().is_some_and(|s| s.ident == "Stage")
     );
     if !is_stage {
-        let error = syn::Error::new(
-            block.self_ty.span(),
-            "`#[genflow::stage]` goes on an `impl Stage for Type` block (or on a function)",
-        );
+        let error = match &block.trait_ {
+            Some((_, path, _)) => syn::Error::new_spanned(path, NOT_STAGE),
+            None => syn::Error::new_spanned(&block.self_ty, NOT_STAGE),
+        };
         return with_error(quote!(#block), error);
     }
     let (server, stage): (Vec<ImplItem>, Vec<ImplItem>) = std::mem::take(&mut block.items)
@@ -82,8 +84,8 @@ pub(super) fn expand(mut block: ItemImpl) -> TokenStream {
     }
     if !has("handle_call") {
         if let Some(response) = server.iter().find(|item| item_name(item).as_deref() == Some("Response")) {
-            errors.push(syn::Error::new(
-                response.span(),
+            errors.push(syn::Error::new_spanned(
+                response,
                 "this stage declares a `Response`, so it answers calls: add \
                  `async fn handle_call(&mut self, message: Self::Message) -> Self::Response`, or remove \
                  `type Response` to take no calls",

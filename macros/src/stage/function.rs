@@ -24,8 +24,9 @@ enum Shape {
     One(Type),
     /// `Option<T>`: emits the value if there is one.
     Optional(Type),
-    /// `Vec<T>`, `impl IntoIterator<Item = T>`, `impl Iterator<Item = T>`:
-    /// emits every item, in order.
+    /// `Vec<T>` or `impl Iterator<Item = T>`: emits every item, in order.
+    /// (Not `impl IntoIterator`: its iterator type is hidden, so the
+    /// `process` future holding it across `emit` could not be `Send`.)
     Many(Type),
     /// `Result<S, E>`: `Ok` is emitted as `S` says, `Err` fails the item.
     Fallible(Box<Shape>),
@@ -63,7 +64,7 @@ impl Shape {
                 let item = bounds.bounds.iter().find_map(|bound| match bound {
                     TypeParamBound::Trait(bound) => {
                         let last = bound.path.segments.last()?;
-                        if last.ident != "IntoIterator" && last.ident != "Iterator" {
+                        if last.ident != "Iterator" {
                             return None;
                         }
                         match &last.arguments {
@@ -77,10 +78,10 @@ impl Shape {
                     _ => None,
                 });
                 item.map(Shape::Many).ok_or_else(|| {
-                    syn::Error::new(
-                        ty.span(),
-                        "a stage function returns `impl Iterator<Item = Out>` or `impl IntoIterator<Item = Out>`; \
-                         for other traits, return a concrete type",
+                    syn::Error::new_spanned(
+                        ty,
+                        "a stage function may return `impl Iterator<Item = Out>` (emitting every item); for other \
+                         traits, return a concrete type such as a `Vec<Out>`",
                     )
                 })
             }
@@ -183,8 +184,8 @@ pub(super) fn expand(function: ItemFn) -> TokenStream {
 fn stage(function: &ItemFn) -> syn::Result<TokenStream> {
     let sig = &function.sig;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(
-            sig.generics.span(),
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
             "a stage function cannot be generic: its stage type needs one `In` and one `Out`; \
              write an `impl Stage` for a generic type instead",
         ));
@@ -216,8 +217,8 @@ fn stage(function: &ItemFn) -> syn::Result<TokenStream> {
         Some(FnArg::Typed(arg)) => match emitter_item(&arg.ty) {
             Some(out) => Some(out),
             None => {
-                return Err(syn::Error::new(
-                    arg.ty.span(),
+                return Err(syn::Error::new_spanned(
+                    &arg.ty,
                     "the second parameter of a stage function, if any, is `out: &mut Emitter<Out>`; \
                      the item is the only other input",
                 ));
@@ -237,8 +238,12 @@ fn stage(function: &ItemFn) -> syn::Result<TokenStream> {
     let out_ty = match emitter {
         Some(out) if shape.emits_nothing() => quote!(#out),
         Some(_) => {
-            return Err(syn::Error::new(
-                sig.output.span(),
+            let returned = match &sig.output {
+                ReturnType::Type(_, ty) => ty,
+                ReturnType::Default => unreachable!("a function returning nothing emits nothing"),
+            };
+            return Err(syn::Error::new_spanned(
+                returned,
                 "a stage function that takes an `Emitter` emits through it: it returns `()` or \
                  `Result<(), E>`",
             ));

@@ -9,6 +9,7 @@ use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::{Item, spanned::Spanned};
 
+
 mod block;
 mod function;
 
@@ -19,8 +20,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         Err(error) => return with_error(input, error),
     };
     if !args.is_empty() {
-        let error = syn::Error::new(
-            args.span(),
+        let error = syn::Error::new_spanned(
+            &args,
             "`#[genflow::stage]` takes no arguments: the stage type is named after the function, and \
              the `GenServer` items go in the `impl Stage` block",
         );
