@@ -5,8 +5,8 @@ pub use crate::{
     error::{CallError, SendError},
     pipeline::{
         Pipeline, Stage,
-        stage::fail_item,
         key::hash_key,
+        stage::fail_item,
         wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},
     },
     registry::{Builder, Core, Start},

@@ -9,10 +9,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
-use syn::{
-    FnArg, GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Type, TypeParamBound,
-    spanned::Spanned,
-};
+use syn::{FnArg, GenericArgument, Ident, ItemFn, PathArguments, ReturnType, Type, TypeParamBound, spanned::Spanned};
 
 use super::with_error;
 
@@ -207,10 +204,7 @@ fn stage(function: &ItemFn) -> syn::Result<TokenStream> {
         }
     };
     if let Type::ImplTrait(_) = &**item_ty {
-        return Err(syn::Error::new(
-            item_ty.span(),
-            "a stage function takes one concrete item type, not `impl Trait`",
-        ));
+        return Err(syn::Error::new(item_ty.span(), "a stage function takes one concrete item type, not `impl Trait`"));
     }
     let emitter = match inputs.next() {
         None => None,

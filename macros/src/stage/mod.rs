@@ -9,7 +9,6 @@ use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::{Item, spanned::Spanned};
 
-
 mod block;
 mod function;
 
