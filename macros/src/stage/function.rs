@@ -174,7 +174,61 @@ fn emitter_item(ty: &Type) -> Option<&Type> {
 pub(super) fn expand(function: ItemFn) -> TokenStream {
     match stage(&function) {
         Ok(stage) => quote!(#function #stage),
-        Err(error) => with_error(quote!(#function), error),
+        Err(error) => {
+            let stub = stub(&function);
+            with_error(quote!(#function #stub), error)
+        }
+    }
+}
+
+/// After an error: the stage type with the `In` and `Out` that can still be
+/// read off the signature (`()` otherwise) and empty bodies, so a pipeline
+/// naming it reports nothing more than the error itself.
+fn stub(function: &ItemFn) -> TokenStream {
+    let sig = &function.sig;
+    let generic = !sig.generics.params.is_empty();
+    let mut typed = sig.inputs.iter().filter_map(|arg| match arg {
+        FnArg::Typed(arg) => Some(&arg.ty),
+        FnArg::Receiver(_) => None,
+    });
+    let item_ty = match typed.next() {
+        Some(ty) if !generic && !matches!(&**ty, Type::ImplTrait(_)) => quote!(#ty),
+        _ => quote!(()),
+    };
+    let out_ty = match (typed.next().and_then(|ty| emitter_item(ty)), Shape::of(&sig.output)) {
+        _ if generic => quote!(()),
+        (Some(out), _) => quote!(#out),
+        (None, Ok(shape)) => shape.out(),
+        (None, Err(_)) => quote!(()),
+    };
+    let (vis, ty) = (&function.vis, camel_case(&sig.ident));
+    let registry = format_ident!("R", span = Span::mixed_site());
+    let doc = format!("The pipeline stage running [`{}`] (not built: see the error).", sig.ident);
+    quote! {
+        #[doc = #doc]
+        #vis struct #ty<#registry>(::core::marker::PhantomData<fn() -> #registry>);
+
+        impl<#registry> ::genflow::GenServer for #ty<#registry>
+        where
+            #registry: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
+        {
+            type Message = ();
+            type Response = ();
+            type Registry = #registry;
+            fn new(_: #registry) -> Self {
+                #ty(::core::marker::PhantomData)
+            }
+            async fn handle_call(&mut self, _: ()) {}
+        }
+
+        impl<#registry> ::genflow::Stage for #ty<#registry>
+        where
+            #registry: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
+        {
+            type In = #item_ty;
+            type Out = #out_ty;
+            async fn process(&mut self, _: #item_ty, _: &mut ::genflow::Emitter<#out_ty>) {}
+        }
     }
 }
 
