@@ -15,6 +15,8 @@
 //!    adapters, replicas of a stage (demand-driven, partitioned by key, or
 //!    order-restoring), graceful drain and per-stage [`Metrics`], and keeps
 //!    `call_<stage>` / `cast_<stage>` access to every running stage.
+//!    [`stage`](macro@stage) turns a function into a stage, or fills in the
+//!    `GenServer` items a short `impl Stage` block leaves out.
 //!
 //! The [`harness`] measures a pipeline's throughput under backpressure and
 //! reports it stage by stage, naming the bottleneck.
