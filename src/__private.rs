@@ -6,6 +6,7 @@ pub use crate::{
     pipeline::{
         Pipeline, Stage,
         key::hash_key,
+        stage::fail_item,
         wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},
     },
     registry::{Builder, Core, Parts, Start},

@@ -15,6 +15,8 @@
 //!    adapters, replicas of a stage (demand-driven, partitioned by key, or
 //!    order-restoring), graceful drain and per-stage [`Metrics`], and keeps
 //!    `call_<stage>` / `cast_<stage>` access to every running stage.
+//!    [`stage`](macro@stage) turns a function into a stage, or fills in the
+//!    `GenServer` items a short `impl Stage` block leaves out.
 //!
 //! The [`harness`] measures a pipeline's throughput under backpressure and
 //! reports it stage by stage, naming the bottleneck.
@@ -330,6 +332,125 @@ pub use genflow_macros::make_registry;
 /// `examples/pipeline_basics.rs`.
 #[doc(inline)]
 pub use genflow_macros::pipeline;
+
+/// Declares a pipeline [`Stage`] without the [`GenServer`] boilerplate: on a
+/// function, or on an `impl Stage` block.
+///
+/// # On a function
+///
+/// ```text
+/// #[genflow::stage]
+/// [pub] [async] fn name(item: In) -> Shape { .. }
+/// [pub] [async] fn name(item: In, out: &mut Emitter<Out>) [-> Result<(), E>] { .. }
+/// ```
+///
+/// generates, beside the function (which stays as it is, callable from
+/// your code and tests), a stage type named after it in `UpperCamelCase`
+/// (`parse_line` → `ParseLine<R>`), generic over its registry so the same
+/// function serves any pipeline: name it `ParseLine<Flow>` in
+/// `#[pipeline{..}]`. It takes no calls (`Message = Response = ()`) and has
+/// no state. `process` calls the function and emits what it returns, read
+/// off the return type as written:
+///
+/// | returns | emits per item | `Out` |
+/// |---|---|---|
+/// | `T` | `T` | `T` |
+/// | `Option<T>` | the value, if any | `T` |
+/// | `Vec<T>`, `impl Iterator<Item = T>` | every item, in order | `T` |
+/// | `Result<S, E>` | `Ok` as `S` says; `Err` fails the item | as `S` |
+/// | `()` or nothing | nothing (a stage for side effects) | `()` |
+///
+/// With `out: &mut Emitter<Out>` as second parameter the function emits
+/// itself (any number of items, with backpressure) and returns `()` or
+/// `Result<(), E>`. Use that form when `Out` is itself an `Option`, `Vec`
+/// or `Result` to be emitted whole.
+///
+/// `E` is anything that converts into `Box<dyn Error + Send + Sync>`. An
+/// `Err` fails that one item: it counts in the stage's `failed` metric
+/// and the stage goes on, as for a panic in `process`, without printing
+/// to stderr. Items already emitted for it stay emitted. The future of an
+/// `async fn` must be `Send`.
+///
+/// # On an `impl Stage` block
+///
+/// ```text
+/// #[genflow::stage]
+/// impl Stage for Type {
+///     type Registry = Flow;          // required
+///     type In = ..; type Out = ..;
+///     async fn process(..) { .. }
+///     // optional, any GenServer or Stage item: type Message, type Response, fn new,
+///     // async fn handle_call, handle_cast, init, terminate, finish, ...
+/// }
+/// ```
+///
+/// moves the `GenServer` items written in the block into their own impl
+/// and fills in the rest: `Message` and `Response` default to `()`, `new`
+/// to [`Default::default`] (so `#[derive(Default)]` on the state), and,
+/// when `Response` is left out, `handle_call` to a no-op.
+/// [`handle_cast`](GenServer::handle_cast) and the hooks keep the trait's
+/// defaults. A block that declares `type Response` must write
+/// `handle_call`.
+///
+/// # Errors
+///
+/// A compile error, at the offending part, for: arguments to the attribute,
+/// a generic or `self`-taking function, a function with no item parameter
+/// or with parameters beyond the item and the emitter, an emitter-taking
+/// function returning items, `impl Trait` other than `Iterator`, a block that is not `impl Stage for ..`, a block without
+/// `type Registry`, and a block with `type Response` but no `handle_call`.
+///
+/// # Examples
+///
+/// ```
+/// use futures::StreamExt;
+/// use genflow::{Emitter, Stage};
+///
+/// #[genflow::stage]
+/// fn words(line: String) -> Vec<String> {
+///     line.split_whitespace().map(str::to_lowercase).collect()
+/// }
+///
+/// #[genflow::stage]
+/// fn number(word: String) -> Result<u64, std::num::ParseIntError> {
+///     word.parse()
+/// }
+///
+/// /// Emits the running total; `call_total(())` reads it.
+/// #[derive(Default)]
+/// struct Total(u64);
+///
+/// #[genflow::stage]
+/// impl Stage for Total {
+///     type Registry = Sums;
+///     type Response = u64;
+///     type In = u64;
+///     type Out = u64;
+///     async fn handle_call(&mut self, _: ()) -> u64 {
+///         self.0
+///     }
+///     async fn process(&mut self, n: u64, out: &mut Emitter<u64>) {
+///         self.0 += n;
+///         out.emit(self.0).await;
+///     }
+/// }
+///
+/// #[genflow::pipeline{ words: Words<Sums>, number: Number<Sums>, total: Total }]
+/// struct Sums;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sums = Sums::start().await;
+/// let output = tokio::spawn(sums.output().unwrap().collect::<Vec<u64>>());
+/// sums.send("1 2 three 4".to_string()).await?;
+/// sums.shutdown().await;
+/// assert_eq!(output.await?, [1, 3, 7]);
+/// assert_eq!(sums.metrics().stage("number").unwrap().failed, 1); // "three"
+/// # Ok(())
+/// # }
+/// ```
+#[doc(inline)]
+pub use genflow_macros::stage;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -15,6 +15,7 @@ mod expand;
 mod fallback;
 mod model;
 mod parse;
+mod stage;
 mod validate;
 
 /// Declares a registry of servers. See `genflow::make_registry`.
@@ -27,4 +28,10 @@ pub fn make_registry(args: TokenStream, input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn pipeline(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::registry(args.into(), input.into(), model::Kind::Pipeline).into()
+}
+
+/// Declares a pipeline stage from a function or a short `impl Stage`. See `genflow::stage`.
+#[proc_macro_attribute]
+pub fn stage(args: TokenStream, input: TokenStream) -> TokenStream {
+    stage::expand(args.into(), input.into()).into()
 }

@@ -57,7 +57,7 @@ mod output;
 mod queue;
 mod reorder;
 mod run;
-mod stage;
+pub(crate) mod stage;
 pub(crate) mod wiring;
 
 pub use emitter::Emitter;

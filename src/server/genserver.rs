@@ -105,7 +105,17 @@ pub trait GenServer: Sized + Send + 'static {
     fn handle_call(&mut self, message: Self::Message) -> impl Future<Output = Self::Response> + Send;
 
     /// Handles a cast.
-    fn handle_cast(&mut self, message: Self::Message) -> impl Future<Output = ()> + Send;
+    ///
+    /// By default a cast is dropped unhandled, so a server that takes only
+    /// calls (or, like most pipeline stages, neither calls nor casts) need
+    /// not write it. [`handle_call`](GenServer::handle_call) has no default:
+    /// it must produce a `Response`, which only the server can make (the
+    /// [`stage`](macro@crate::stage) attribute writes a no-op one when
+    /// `Response = ()`).
+    fn handle_cast(&mut self, message: Self::Message) -> impl Future<Output = ()> + Send {
+        let _ = message;
+        async {}
+    }
 
     /// Runs after [`new`](GenServer::new) and before the first message, on
     /// start and on every restart. `start().await` returns once every

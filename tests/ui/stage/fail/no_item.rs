@@ -1,0 +1,8 @@
+#[genflow::stage]
+fn tick() -> u64 {
+    1
+}
+
+fn main() {
+    tick();
+}

@@ -1,0 +1,13 @@
+#[derive(Default)]
+struct Echo;
+
+#[genflow::stage]
+impl Clone for Echo {
+    fn clone(&self) -> Self {
+        Echo
+    }
+}
+
+fn main() {
+    let _ = Echo.clone();
+}

@@ -1,0 +1,6 @@
+#[genflow::stage]
+struct Shout;
+
+fn main() {
+    let _ = Shout;
+}
