@@ -366,9 +366,11 @@ pub use genflow_macros::pipeline;
 /// or `Result` to be emitted whole.
 ///
 /// `E` is anything that converts into `Box<dyn Error + Send + Sync>`. An
-/// `Err` fails that one item: it counts in the stage's `failed` metric
-/// and the stage goes on, as for a panic in `process`, without printing
-/// to stderr. Items already emitted for it stay emitted. The future of an
+/// `Err` fails that one item, as [`Emitter::fail`] does: it counts in the
+/// stage's `failed` metric, comes out of the pipeline's `failures()` with
+/// the error (downcastable to `E`, `is_panic() == false`), nothing is
+/// printed to stderr, and the stage goes on. Items already emitted for it
+/// stay emitted. The future of an
 /// `async fn` must be `Send`.
 ///
 /// # On an `impl Stage` block

@@ -331,3 +331,27 @@ fn misuse_is_one_precise_error() {
     t.pass("tests/ui/stage/pass/*.rs");
     t.compile_fail("tests/ui/stage/fail/*.rs");
 }
+
+#[tokio::test]
+async fn an_err_of_a_stage_function_is_a_failure_with_the_error() {
+    let flow = Parsed::start().await;
+    let output = flow.output().unwrap();
+    let failures = flow.failures().unwrap();
+    let outputs = tokio::spawn(output.collect::<Vec<u64>>());
+    let failed = tokio::spawn(failures.collect::<Vec<genflow::Failure>>());
+    let input = ["1", "x", "3", "y"].map(String::from);
+    assert_eq!(flow.feed(futures::stream::iter(input)).await.unwrap(), 4);
+    flow.shutdown().await;
+    assert_eq!(outputs.await.unwrap(), [2, 6]);
+    let failed = failed.await.unwrap();
+    let bad: Vec<String> = failed
+        .iter()
+        .map(|f| {
+            assert_eq!(f.stage(), "parse");
+            assert!(!f.is_panic());
+            f.error().downcast_ref::<BadNumber>().expect("the function's error type").0.clone()
+        })
+        .collect();
+    assert_eq!(bad, ["x", "y"]);
+    assert_eq!(flow.metrics().stage("parse").unwrap().failed, 2);
+}

@@ -128,17 +128,9 @@ pub trait Stage: GenServer {
 }
 
 /// Fails the item being processed with `error`: what a
-/// [`stage`](macro@crate::stage) function's `Err` becomes.
-///
-/// The item counts in the stage's `failed` metric and the stage goes on with
-/// the next one, keeping its state, as for a panic in
-/// [`process`](Stage::process). It is raised as a panic whose payload is
-/// the error's message, without running the panic hook, so nothing is
-/// printed to stderr; the stage's panic report (a `tracing` error) carries
-/// the message.
+/// [`stage`](macro@crate::stage) function's `Err` becomes. The same as
+/// [`Emitter::fail`].
 #[doc(hidden)]
-pub fn fail_item<T>(out: &mut Emitter<T>, error: impl Into<Box<dyn std::error::Error + Send + Sync>>) {
-    let _ = out;
-    let error: Box<dyn std::error::Error + Send + Sync> = error.into();
-    std::panic::resume_unwind(Box::new(error.to_string()));
+pub fn fail_item<T: Send + 'static>(out: &mut Emitter<T>, error: impl Into<Box<dyn std::error::Error + Send + Sync>>) {
+    out.fail(error);
 }
