@@ -141,6 +141,7 @@
 #![warn(unreachable_pub, missing_docs, rust_2018_idioms)]
 #![doc(test(no_crate_inject, attr(deny(warnings, rust_2018_idioms))))]
 
+mod config;
 mod error;
 pub mod harness;
 mod loom;
@@ -151,6 +152,7 @@ mod server;
 #[doc(hidden)]
 pub mod __private;
 
+pub use config::{Builder, ConfigError};
 pub use error::{CallError, SendError};
 pub use pipeline::{Emitter, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics};
 pub use server::{GenServer, RestartLimit};

@@ -11,6 +11,7 @@ use crate::{
 mod local;
 mod pipeline;
 mod registry;
+mod start;
 
 /// The whole expansion of `make_registry` (and of the registry part of
 /// `pipeline`).
@@ -24,7 +25,12 @@ pub(crate) fn registry(args: TokenStream, input: TokenStream, kind: Kind) -> Tok
         Err(error) => return errors::with_item(input, error),
     };
     let mut errors = Errors::default();
-    let model = model::build(kind, args, item, &mut errors);
+    let stages: Vec<_> = match kind {
+        Kind::Registry => Vec::new(),
+        Kind::Pipeline => args.entries.iter().map(|entry| parse::stage_attrs(&entry.attrs, &mut errors)).collect(),
+    };
+    validate::syntax(kind, &item, &args, &stages, &mut errors);
+    let model = model::build(kind, args, stages, item);
     validate::check(&model, &mut errors);
     match errors.finish() {
         Ok(()) => registry::expand(&model),
