@@ -133,23 +133,36 @@ pub trait Replicated: Configurable {}
 /// # #[tokio::main] async fn main() -> Result<(), genflow::ConfigError> {
 /// let flow = Flow::builder().replicas("double", 8).queue_size("double", 10_000).start().await?;
 /// assert_eq!(flow.metrics().stage("double").unwrap().replicas.len(), 8);
-/// let error = Flow::builder().replicas("tripple", 2).start().await.unwrap_err();
+/// let error = Flow::builder().replicas("tripple", 2).start().await.err().expect("a config error");
 /// assert_eq!(error.to_string(), "unknown stage `tripple`: the stages are `double`");
 /// # flow.shutdown().await; Ok(()) }
 /// ```
 #[must_use = "a builder does nothing until `start().await`"]
 pub struct Builder<R: Configurable> {
     fields: R::Fields,
-    replicas: Vec<(String, usize)>,
-    queue: Vec<(String, usize)>,
+    /// Every setting, in the order made.
+    settings: Vec<Setting>,
     _registry: PhantomData<fn() -> R>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum What {
+    Replicas,
+    QueueSize,
+}
+
+#[derive(Debug)]
+struct Setting {
+    what: What,
+    name: String,
+    value: usize,
 }
 
 impl<R: Configurable> Builder<R> {
     /// A builder for `R` with these fields; used by the generated `builder`.
     #[doc(hidden)]
     pub fn new(fields: R::Fields) -> Self {
-        Builder { fields, replicas: Vec::new(), queue: Vec::new(), _registry: PhantomData }
+        Builder { fields, settings: Vec::new(), _registry: PhantomData }
     }
 
     /// Sets the queue size of the stage or server `name`, overriding its
@@ -164,7 +177,7 @@ impl<R: Configurable> Builder<R> {
     /// clamped to it. A 0, or an unknown name, makes
     /// [`start`](Self::start) return a [`ConfigError`].
     pub fn queue_size(mut self, name: impl Into<String>, size: usize) -> Self {
-        self.queue.push((name.into(), size));
+        self.settings.push(Setting { what: What::QueueSize, name: name.into(), value: size });
         self
     }
 
@@ -173,8 +186,9 @@ impl<R: Configurable> Builder<R> {
     ///
     /// # Errors
     ///
-    /// The first setting at fault, in the order they were made, as a
-    /// [`ConfigError`]: an unknown name, 0 replicas, a queue size of 0. When
+    /// A [`ConfigError`]: the first unknown name, in the order the settings
+    /// were made; else the first 0 (replicas or queue size) that no later
+    /// setting of the same name replaced. When
     /// it errs, nothing was started (no queue made, no `new` run).
     ///
     /// # Panics
@@ -191,29 +205,38 @@ impl<R: Configurable> Builder<R> {
         Ok(R::start_sized(self.fields, sizes).await)
     }
 
+    /// The sizes set, or the first setting at fault: an unknown name, or a
+    /// 0 that no later setting of the same size replaces.
     fn sizes(&self) -> Result<Sizes, ConfigError> {
         let count = R::NAMES.len();
         let mut sizes = Sizes { replicas: vec![None; count], queue: vec![None; count] };
-        let index = |name: &str| {
-            R::NAMES.iter().position(|n| *n == name).ok_or_else(|| ConfigError::UnknownName {
-                kind: R::KIND,
-                name: name.to_owned(),
-                valid: R::NAMES.to_vec(),
-            })
-        };
-        for (name, n) in &self.replicas {
-            let i = index(name)?;
-            if *n == 0 {
-                return Err(ConfigError::ZeroReplicas { stage: R::NAMES[i] });
-            }
-            sizes.replicas[i] = Some(*n);
+        for setting in &self.settings {
+            let Some(i) = R::NAMES.iter().position(|n| *n == setting.name) else {
+                return Err(ConfigError::UnknownName {
+                    kind: R::KIND,
+                    name: setting.name.clone(),
+                    valid: R::NAMES.to_vec(),
+                });
+            };
+            let slot = match setting.what {
+                What::Replicas => &mut sizes.replicas[i],
+                What::QueueSize => &mut sizes.queue[i],
+            };
+            *slot = Some(setting.value);
         }
-        for (name, n) in &self.queue {
-            let i = index(name)?;
-            if *n == 0 {
-                return Err(ConfigError::ZeroQueueSize { kind: R::KIND, name: R::NAMES[i] });
+        for (what, i) in
+            self.settings.iter().filter_map(|s| R::NAMES.iter().position(|n| *n == s.name).map(|i| (&s.what, i)))
+        {
+            let value = match what {
+                What::Replicas => sizes.replicas[i],
+                What::QueueSize => sizes.queue[i],
+            };
+            if value == Some(0) {
+                return Err(match what {
+                    What::Replicas => ConfigError::ZeroReplicas { stage: R::NAMES[i] },
+                    What::QueueSize => ConfigError::ZeroQueueSize { kind: R::KIND, name: R::NAMES[i] },
+                });
             }
-            sizes.queue[i] = Some(*n);
         }
         Ok(sizes)
     }
@@ -230,7 +253,7 @@ impl<R: Replicated> Builder<R> {
     /// 0, or an unknown name, makes [`start`](Self::start) return a
     /// [`ConfigError`].
     pub fn replicas(mut self, name: impl Into<String>, n: usize) -> Self {
-        self.replicas.push((name.into(), n));
+        self.settings.push(Setting { what: What::Replicas, name: name.into(), value: n });
         self
     }
 }
@@ -239,8 +262,7 @@ impl<R: Configurable> fmt::Debug for Builder<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("registry", &std::any::type_name::<R>())
-            .field("replicas", &self.replicas)
-            .field("queue_size", &self.queue)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }

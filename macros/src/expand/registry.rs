@@ -156,12 +156,7 @@ fn start(registry: &Registry) -> Parts {
             servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
         )
     };
-    Parts {
-        prepare: quote!(#(#channels)*),
-        handles: quote!((#(#handles,)*)),
-        spawns: quote!(#(#spawns)*),
-        doc,
-    }
+    Parts { prepare: quote!(#(#channels)*), handles: quote!((#(#handles,)*)), spawns: quote!(#(#spawns)*), doc }
 }
 
 pub(super) fn server_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {
