@@ -198,8 +198,11 @@ impl<R: Configurable> Builder<R> {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future after the servers were spawned shuts them down
-    /// in the background, as dropping the registry does.
+    /// As `R::start`: not cancel safe once the settings were checked.
+    /// Dropped while it waits for the servers' `init`, the servers already
+    /// spawned are left running (no copy of the registry is outside to shut
+    /// them down) until the runtime ends. Dropped before its first poll, it
+    /// started nothing.
     pub async fn start(self) -> Result<R, ConfigError> {
         let sizes = self.sizes()?;
         Ok(R::start_sized(self.fields, sizes).await)
