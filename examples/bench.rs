@@ -4,21 +4,22 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --stages 3 --items 1000000 --queue 1000 --replicas 1
-//! cargo run --release --example bench -- --stages 2 --items 200000 --replicas 2 --work-ns 2000
+//! cargo run --release --example bench -- --stages 2 --items 200000 --replicas 3 --work-ns 2000
 //! ```
 //!
 //! The stages alternate "add 1" and "multiply by 3" (plus `--work-ns` of
 //! busy work per item each); the last stage sums. `--replicas` applies to
-//! every stage but the last; the hand-written chain always has one task per
-//! stage. Each side runs `--runs` times on the same runtime; medians are
-//! printed.
+//! every stage but the last and `--queue` to every stage, both chosen when
+//! the pipeline starts (`builder`); the hand-written chain always has one
+//! task per stage. Each side runs `--runs` times on the same runtime;
+//! medians are printed.
 
 use std::{
     hint::black_box,
     marker::PhantomData,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -39,9 +40,9 @@ struct Args {
     /// Queue size of every stage (and of every channel of the chain).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     queue: u32,
-    /// Replicas of every stage but the last: 1, 2 or 4.
-    #[arg(long, default_value = "1", value_parser = ["1", "2", "4"])]
-    replicas: String,
+    /// Replicas of every stage but the last.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    replicas: u32,
     /// Busy work per item in each stage but the last, in nanoseconds.
     #[arg(long, default_value_t = 0)]
     work_ns: u64,
@@ -53,8 +54,6 @@ struct Args {
     threads: usize,
 }
 
-/// Queue size of every stage, set from `--queue` before any pipeline starts.
-static QUEUE: AtomicUsize = AtomicUsize::new(1_000);
 /// Iterations of `work` per item, calibrated from `--work-ns`.
 static WORK_ITERS: AtomicU64 = AtomicU64::new(0);
 
@@ -102,9 +101,6 @@ impl<P: Summed, const I: usize> GenServer for Map<P, I> {
     }
     async fn handle_call(&mut self, _: ()) {}
     async fn handle_cast(&mut self, _: ()) {}
-    fn channel_queue_size() -> usize {
-        QUEUE.load(Ordering::Relaxed)
-    }
 }
 
 impl<P: Summed, const I: usize> Stage for Map<P, I> {
@@ -133,9 +129,6 @@ impl<P: Summed> GenServer for Sum<P> {
     async fn terminate(&mut self) {
         self.pipeline.sum().fetch_add(self.sum, Ordering::Relaxed);
     }
-    fn channel_queue_size() -> usize {
-        QUEUE.load(Ordering::Relaxed)
-    }
 }
 
 impl<P: Summed> Stage for Sum<P> {
@@ -146,10 +139,11 @@ impl<P: Summed> Stage for Sum<P> {
     }
 }
 
-/// One pipeline type per shape: `#[replicas(..)]` takes a literal.
+/// One pipeline type per number of stages; replica counts and queue sizes
+/// are chosen when it starts.
 macro_rules! pipelines {
-    ($($name:ident: $replicas:tt [$($stage:ident = $i:tt),*];)*) => {$(
-        #[genflow::pipeline{ $(#[replicas($replicas)] $stage: Map<$name, $i>,)* sum: Sum<$name> }]
+    ($($name:ident [$($stage:ident = $i:tt),*];)*) => {$(
+        #[genflow::pipeline{ $($stage: Map<$name, $i>,)* sum: Sum<$name> }]
         struct $name {
             sum: Arc<AtomicU64>,
         }
@@ -162,42 +156,46 @@ macro_rules! pipelines {
     )*};
 }
 
-macro_rules! shapes {
-    ($($replicas:tt => $s1:ident $s2:ident $s3:ident $s4:ident $s5:ident $s6:ident $s7:ident $s8:ident;)*) => {
-        pipelines! {$(
-            $s1: $replicas [];
-            $s2: $replicas [s1 = 0];
-            $s3: $replicas [s1 = 0, s2 = 1];
-            $s4: $replicas [s1 = 0, s2 = 1, s3 = 2];
-            $s5: $replicas [s1 = 0, s2 = 1, s3 = 2, s4 = 3];
-            $s6: $replicas [s1 = 0, s2 = 1, s3 = 2, s4 = 3, s5 = 4];
-            $s7: $replicas [s1 = 0, s2 = 1, s3 = 2, s4 = 3, s5 = 4, s6 = 5];
-            $s8: $replicas [s1 = 0, s2 = 1, s3 = 2, s4 = 3, s5 = 4, s6 = 5, s7 = 6];
-        )*}
-
-        /// Runs the pipeline of this shape once through the harness.
-        async fn run_genflow(stages: u8, replicas: &str, items: u64) -> (Duration, u64, genflow::harness::Report) {
-            match (replicas, stages) {
-                $(
-                    (stringify!($replicas), 1) => measure($s1::start(Arc::default()).await, items).await,
-                    (stringify!($replicas), 2) => measure($s2::start(Arc::default()).await, items).await,
-                    (stringify!($replicas), 3) => measure($s3::start(Arc::default()).await, items).await,
-                    (stringify!($replicas), 4) => measure($s4::start(Arc::default()).await, items).await,
-                    (stringify!($replicas), 5) => measure($s5::start(Arc::default()).await, items).await,
-                    (stringify!($replicas), 6) => measure($s6::start(Arc::default()).await, items).await,
-                    (stringify!($replicas), 7) => measure($s7::start(Arc::default()).await, items).await,
-                    (stringify!($replicas), 8) => measure($s8::start(Arc::default()).await, items).await,
-                )*
-                _ => unreachable!("checked by the argument parser"),
-            }
-        }
-    };
+pipelines! {
+    P1 [];
+    P2 [s1 = 0];
+    P3 [s1 = 0, s2 = 1];
+    P4 [s1 = 0, s2 = 1, s3 = 2];
+    P5 [s1 = 0, s2 = 1, s3 = 2, s4 = 3];
+    P6 [s1 = 0, s2 = 1, s3 = 2, s4 = 3, s5 = 4];
+    P7 [s1 = 0, s2 = 1, s3 = 2, s4 = 3, s5 = 4, s6 = 5];
+    P8 [s1 = 0, s2 = 1, s3 = 2, s4 = 3, s5 = 4, s6 = 5, s7 = 6];
 }
 
-shapes! {
-    1 => A1 A2 A3 A4 A5 A6 A7 A8;
-    2 => B1 B2 B3 B4 B5 B6 B7 B8;
-    4 => C1 C2 C3 C4 C5 C6 C7 C8;
+/// Runs the pipeline of `stages` stages once through the harness, with
+/// `replicas` replicas of every stage but the last and queues of `queue`.
+async fn run_genflow(
+    stages: u8,
+    replicas: usize,
+    queue: usize,
+    items: u64,
+) -> (Duration, u64, genflow::harness::Report) {
+    macro_rules! sized {
+        ($name:ident) => {{
+            let mut builder = $name::builder(Arc::default()).queue_size("sum", queue);
+            for i in 1..stages {
+                let stage = format!("s{i}");
+                builder = builder.replicas(stage.as_str(), replicas).queue_size(stage.as_str(), queue);
+            }
+            measure(builder.start().await.expect("sizes checked by the argument parser"), items).await
+        }};
+    }
+    match stages {
+        1 => sized!(P1),
+        2 => sized!(P2),
+        3 => sized!(P3),
+        4 => sized!(P4),
+        5 => sized!(P5),
+        6 => sized!(P6),
+        7 => sized!(P7),
+        8 => sized!(P8),
+        _ => unreachable!("checked by the argument parser"),
+    }
 }
 
 async fn measure<P: Summed>(pipeline: P, items: u64) -> (Duration, u64, genflow::harness::Report) {
@@ -242,7 +240,6 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 fn main() {
     let args = Args::parse();
-    QUEUE.store(args.queue as usize, Ordering::Relaxed);
     calibrate(args.work_ns);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
@@ -256,8 +253,8 @@ fn main() {
     let (mut ours, mut theirs, mut last_report) = (Vec::new(), Vec::new(), None);
     for _ in 0..args.runs {
         // Both sides are fed by a task on the runtime.
-        let replicas = args.replicas.clone();
-        let genflow = runtime.spawn(async move { run_genflow(args.stages, &replicas, args.items).await });
+        let (replicas, queue) = (args.replicas as usize, args.queue as usize);
+        let genflow = runtime.spawn(async move { run_genflow(args.stages, replicas, queue, args.items).await });
         let (elapsed, sum, report) = runtime.block_on(genflow).expect("the genflow run does not panic");
         let chain = runtime.spawn(run_chain(args.stages, args.queue as usize, args.items));
         let (chain_elapsed, chain_sum) = runtime.block_on(chain).expect("the chain run does not panic");
@@ -271,7 +268,7 @@ fn main() {
     println!("genflow          {:>10.1?}  {:>12.0} items/s", ours, rate(ours));
     println!("hand-written     {:>10.1?}  {:>12.0} items/s", theirs, rate(theirs));
     println!("genflow / hand-written throughput: {:.2}x", theirs.as_secs_f64() / ours.as_secs_f64());
-    if args.replicas != "1" {
+    if args.replicas != 1 {
         println!("(the hand-written chain runs one task per stage)");
     }
     if let Some(report) = last_report {

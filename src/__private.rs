@@ -2,6 +2,7 @@
 //! Not public API: they may change in any release.
 
 pub use crate::{
+    config::{Configurable, Replicated, Sizes},
     error::{CallError, SendError},
     pipeline::{
         Pipeline, Stage,

@@ -143,6 +143,7 @@
 #![warn(unreachable_pub, missing_docs, rust_2018_idioms)]
 #![doc(test(no_crate_inject, attr(deny(warnings, rust_2018_idioms))))]
 
+mod config;
 mod error;
 pub mod harness;
 mod loom;
@@ -153,6 +154,7 @@ mod server;
 #[doc(hidden)]
 pub mod __private;
 
+pub use config::{Builder, ConfigError};
 pub use error::{CallError, SendError};
 pub use pipeline::{
     Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics,
@@ -182,6 +184,7 @@ pub use server::{GenServer, RestartLimit};
 /// | item | meaning |
 /// |---|---|
 /// | `App::start(fields..).await -> App` | spawn every server; returns once each ran `new` + `init` |
+/// | `App::builder(fields..)` | a [`Builder`]: `.queue_size("server", n).start().await -> Result<App, ConfigError>` |
 /// | `call_<name>(msg).await` | `Result<Response, CallError<Message>>` |
 /// | `call_<name>_with_timeout(msg, d).await` | the same, with a deadline covering queueing |
 /// | `cast_<name>(msg).await` | `Result<(), SendError<Message>>`, waits for queue room |
@@ -311,6 +314,12 @@ pub use genflow_macros::make_registry;
 ///   bounded. One slow item therefore holds up the stage's output, not its
 ///   other replicas' work up to the window. `ordered` and `partition_by`
 ///   cannot be combined (`partition_by` already keeps each key's order).
+/// - N is a literal or the path of a `const usize` (`#[replicas(WORKERS,
+///   ordered)]`); a literal 0 is an error, a const that is 0 fails to compile.
+///   It is the default: `Flow::builder(fields..).replicas("stage", n)
+///   .queue_size("stage", n).start().await` (a [`Builder`]) chooses replica
+///   counts and queue sizes at run time, and returns a [`ConfigError`],
+///   starting nothing, for an unknown stage or a 0.
 ///
 /// With one replica everywhere, order is kept end to end. An item failed
 /// with [`Emitter::fail`] (or by a panic in `process`) fails alone; with

@@ -290,10 +290,15 @@ impl Builder {
     }
 
     /// Makes the queue of one plain server, named `name` (its registry field
-    /// name, used in errors); shutdown stops it.
+    /// name, used in errors), holding `size` messages (`None`: its
+    /// `channel_queue_size()`); shutdown stops it.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the size is 0.
     #[track_caller]
-    pub fn channel<S: GenServer>(&mut self, name: &'static str) -> (Handle<S>, Inbox<S>) {
-        let (handle, inbox) = handle::channel::<S>(self.id, name.into(), self.runtime.clone());
+    pub fn channel<S: GenServer>(&mut self, name: &'static str, size: Option<usize>) -> (Handle<S>, Inbox<S>) {
+        let (handle, inbox) = handle::channel::<S>(self.id, name.into(), self.runtime.clone(), size);
         self.controls.push(Control::new(handle.clone()));
         (handle, inbox)
     }
@@ -302,7 +307,7 @@ impl Builder {
     /// the pipeline stops it by closing its input instead.
     #[track_caller]
     pub(crate) fn stage_channel<S: GenServer>(&mut self, name: String) -> (Handle<S>, Inbox<S>) {
-        handle::channel::<S>(self.id, name.into(), self.runtime.clone())
+        handle::channel::<S>(self.id, name.into(), self.runtime.clone(), None)
     }
 
     /// Adds a part that shutdown stops and abort aborts.

@@ -14,18 +14,22 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use futures::{StreamExt, stream};
 use pipeline::{
-    AgentClass, LogPipeline, Logs1, Logs2, Logs4, Logs8, Method, Report, collect_report, enrich, parse_line,
-    read_lines, route, sequential, stage,
+    AgentClass, Logs, Method, Report, collect_report, enrich, parse_line, read_lines, route, sequential, stage,
 };
 
 const SEED: u64 = generator::DEFAULT_SEED;
 
-/// Feeds `lines` through pipeline `P`, collects the report (with a
-/// deadline), checks that every line is accounted for, and shuts down.
-async fn run_pipeline<P: LogPipeline>(lines: Vec<String>) -> Report {
+/// Feeds `lines` through the pipeline with `enrich` on `replicas` replicas
+/// (the declared count if `None`), collects the report (with a deadline),
+/// checks that every line is accounted for, and shuts down.
+async fn run_pipeline(replicas: Option<usize>, lines: Vec<String>) -> Report {
     let count = lines.len() as u64;
-    let pipeline = P::start().await;
-    let fed = pipeline.feed(stream::iter(lines)).await.expect("the pipeline is running");
+    let pipeline = match replicas {
+        None => Logs::start().await,
+        Some(n) => Logs::builder().replicas("enrich", n).start().await.expect("a valid count"),
+    };
+    assert_eq!(stage(&pipeline.metrics(), "enrich").replicas.len(), replicas.unwrap_or(4));
+    let fed = pipeline.feed_lines(stream::iter(lines)).await.expect("the pipeline is running");
     assert_eq!(fed, count);
     let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
         .await
@@ -54,7 +58,7 @@ fn generated(count: u64) -> Vec<String> {
 async fn the_pipeline_report_equals_the_sequential_one() {
     let lines = generated(20_000);
     let expected = sequential(&lines);
-    let report = run_pipeline::<Logs4>(lines).await;
+    let report = run_pipeline(None, lines).await;
 
     // The parts that matter, one by one for readable failures, then all.
     assert_eq!(report.parse, expected.parse);
@@ -86,9 +90,9 @@ async fn the_pipeline_report_equals_the_sequential_one() {
 async fn every_replica_count_gives_the_same_report() {
     let lines = generated(5_000);
     let expected = sequential(&lines);
-    assert_eq!(run_pipeline::<Logs1>(lines.clone()).await, expected);
-    assert_eq!(run_pipeline::<Logs2>(lines.clone()).await, expected);
-    assert_eq!(run_pipeline::<Logs8>(lines).await, expected);
+    assert_eq!(run_pipeline(Some(1), lines.clone()).await, expected);
+    assert_eq!(run_pipeline(Some(3), lines.clone()).await, expected);
+    assert_eq!(run_pipeline(Some(8), lines).await, expected);
 }
 
 /// Lines that arrive a few at a time, as from a pipe, leave stages with
@@ -105,8 +109,9 @@ async fn a_trickling_input_is_reported_in_full() {
             }
             line
         });
-        let pipeline = Logs2::start().await;
-        let fed = LogPipeline::feed(&pipeline, trickle).await.expect("the pipeline is running");
+        let pipeline =
+            Logs::builder().replicas("enrich", 2).queue_size("parse", 16).start().await.expect("valid sizes");
+        let fed = pipeline.feed_lines(trickle).await.expect("the pipeline is running");
         let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
             .await
             .expect("every line went through in time")
@@ -161,7 +166,7 @@ async fn a_log_file_is_read_line_by_line() {
 
     // Streamed from the file straight into the pipeline.
     let expected = sequential(&read);
-    let pipeline = Logs2::start().await;
+    let pipeline = Logs::builder().replicas("enrich", 2).start().await.expect("a valid count");
     let reader = tokio::io::BufReader::new(tokio::fs::File::open(&file.0).await.expect("just written"));
     let fed = pipeline.feed(read_lines(reader).map(|line| line.expect("the file is readable"))).await.unwrap() as u64;
     assert_eq!(fed, read.len() as u64);

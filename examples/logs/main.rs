@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example logs                      # 1,000,000 generated lines
-//! cargo run --release --example logs -- --lines 50000 --replicas 2
+//! cargo run --release --example logs -- --lines 50000 --replicas enrich=2
+//! cargo run --release --example logs -- --replicas enrich=8 --queue parse=10000
 //! cargo run --release --example logs -- --input /var/log/nginx/access.log
 //! zcat access.log.gz | cargo run --release --example logs -- --input -
 //! ```
@@ -25,8 +26,9 @@
 //!   memory stays flat whatever the size of the log. The progress bar shows
 //!   how full each queue is: the stage before a full queue waits for the
 //!   stage after it.
-//! - **Replicas.** `enrich` runs on `--replicas` copies taking lines as they
-//!   are free; `aggregate` runs on two, each owning a share of the routes
+//! - **Replicas.** `enrich` runs on several copies (4 unless
+//!   `--replicas enrich=N`) taking lines as they are free; `aggregate` runs
+//!   on two (or `--replicas aggregate=N`), each owning a share of the routes
 //!   (`partition_by`), so their partial results never overlap.
 //! - **Live state.** Once a second, `call_aggregate_all` asks each
 //!   `aggregate` replica for its partial results while lines flow; the bar
@@ -37,10 +39,9 @@
 //!   processed and reported, and the exit code is 130. A second Ctrl-C quits
 //!   at once.
 //!
-//! `--queue` sets every stage's queue size through a static that the stages'
-//! `channel_queue_size()` reads (see `set_queue_size`), and `--replicas`
-//! picks one of the pipelines `log_pipelines!` declares, as a replica count
-//! is part of a pipeline's type.
+//! - **Sizes chosen at start.** `--replicas stage=N` and `--queue stage=N`
+//!   (each repeatable) go to `Logs::builder()`; a stage name it does not
+//!   know, or a 0, is reported before anything starts.
 
 #[path = "gen.rs"]
 mod generator;
@@ -61,10 +62,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::{io::BufReader, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use pipeline::{
-    AgentClass, BoxError, DEFAULT_QUEUE_SIZE, ENRICH_REPLICAS, LogPipeline, Logs1, Logs2, Logs4, Logs8, Report,
-    RouteStats, Summary, stage,
-};
+use pipeline::{AgentClass, BoxError, Logs, Report, RouteStats, Summary, stage};
 
 /// Lines generated when no `--input` is given.
 const DEFAULT_LINES: u64 = 1_000_000;
@@ -88,22 +86,23 @@ struct Args {
     #[arg(long, value_name = "N")]
     lines: Option<u64>,
 
-    /// Replicas of the enrich stage: 1, 2, 4 or 8.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = replica_count)]
-    replicas: usize,
+    /// Replicas of a stage, as STAGE=N (repeatable), e.g. `enrich=8`
+    /// [defaults: parse=1, enrich=4, aggregate=2].
+    #[arg(long, value_name = "STAGE=N", value_parser = setting)]
+    replicas: Vec<(String, usize)>,
 
-    /// Input queue size of each stage, in lines.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUE_SIZE, value_parser = queue_size)]
-    queue: usize,
+    /// Input queue size of a stage in lines, as STAGE=N (repeatable), e.g.
+    /// `parse=10000` [default: 1000 each; per replica for aggregate].
+    #[arg(long, value_name = "STAGE=N", value_parser = setting)]
+    queue: Vec<(String, usize)>,
 }
 
-fn replica_count(text: &str) -> Result<usize, String> {
-    let choices = ENRICH_REPLICAS.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
-    text.parse().ok().filter(|n| ENRICH_REPLICAS.contains(n)).ok_or(format!("expected one of {choices}"))
-}
-
-fn queue_size(text: &str) -> Result<usize, String> {
-    text.parse().ok().filter(|&n| n > 0).ok_or_else(|| "expected a number of lines, at least 1".to_string())
+/// `name=n`; whether the name is a stage and n is not 0 is checked when
+/// the pipeline starts.
+fn setting(text: &str) -> Result<(String, usize), String> {
+    let (name, n) = text.split_once('=').ok_or_else(|| format!("expected STAGE=N, such as enrich=8, not `{text}`"))?;
+    let n = n.trim().parse().map_err(|_| format!("expected a count after `{name}=`, not `{n}`"))?;
+    Ok((name.trim().to_owned(), n))
 }
 
 fn main() -> ExitCode {
@@ -129,14 +128,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<ExitCode, BoxError> {
     let input = Input::open(&args).await?;
-    pipeline::set_queue_size(args.queue);
-    match args.replicas {
-        1 => analyse::<Logs1>(&args, input).await,
-        2 => analyse::<Logs2>(&args, input).await,
-        4 => analyse::<Logs4>(&args, input).await,
-        8 => analyse::<Logs8>(&args, input).await,
-        n => unreachable!("`replica_count` accepts only {ENRICH_REPLICAS:?}, not {n}"),
-    }
+    analyse(&args, input).await
 }
 
 /// The lines to analyse.
@@ -190,23 +182,25 @@ impl Input {
     }
 }
 
-/// Runs the whole analysis on pipeline `P`.
-async fn analyse<P: LogPipeline>(args: &Args, input: Input) -> Result<ExitCode, BoxError> {
+/// Runs the whole analysis.
+async fn analyse(args: &Args, input: Input) -> Result<ExitCode, BoxError> {
     let Input { lines, expected, description, read_error } = input;
-    println!(
-        "{description}: parse → enrich ×{} → aggregate ×2, queues of {} lines\n",
-        args.replicas,
-        thousands(args.queue as u64)
-    );
     let started = Instant::now();
-    let pipeline = P::start().await;
+    let pipeline = Logs::sized(&args.replicas, &args.queue).await?;
+    let shape: Vec<String> = pipeline
+        .metrics()
+        .stages()
+        .iter()
+        .map(|s| format!("{} ×{} (queue {})", s.name, s.replicas.len(), thousands(s.capacity)))
+        .collect();
+    println!("{description}: {}\n", shape.join(" → "));
 
     let stop = CancellationToken::new();
     let ctrl_c = tokio::spawn(stop_on_ctrl_c(stop.clone()));
     let lines = lines.take_until(stop.clone().cancelled_owned());
     let feeding = tokio::spawn({
         let pipeline = pipeline.clone();
-        async move { pipeline.feed(lines).await }
+        async move { pipeline.feed_lines(lines).await }
     });
 
     let progress = Progress::new(expected);
@@ -277,7 +271,7 @@ impl Progress {
     }
 
     /// Updates the bar until `feeding` ends, and returns its result.
-    async fn follow<P: LogPipeline, T>(&self, pipeline: &P, mut feeding: JoinHandle<T>) -> Result<T, BoxError> {
+    async fn follow<T>(&self, pipeline: &Logs, mut feeding: JoinHandle<T>) -> Result<T, BoxError> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_peek = Instant::now();
         loop {
@@ -297,7 +291,7 @@ impl Progress {
         }
     }
 
-    fn update<P: LogPipeline>(&self, pipeline: &P) {
+    fn update(&self, pipeline: &Logs) {
         let metrics = pipeline.metrics();
         self.bar.set_position(stage(&metrics, "parse").received);
         let queues: Vec<String> = metrics

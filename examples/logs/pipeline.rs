@@ -25,10 +25,9 @@
 //! [`sequential`] computes the same [`Report`] in a plain loop with the same
 //! functions; `tests/logs.rs` checks that both agree exactly.
 //!
-//! The number of replicas of a stage is part of the pipeline's type, so
-//! there is one pipeline per supported `enrich` replica count ([`Logs1`],
-//! [`Logs2`], [`Logs4`], [`Logs8`]; [`ENRICH_REPLICAS`]), all implementing
-//! [`LogPipeline`], which is what `main` and the tests use.
+//! The pipeline is declared once ([`Logs`]) with default sizes; `main` and
+//! the tests choose replica counts and queue sizes when they start it, with
+//! `Logs::builder().replicas("enrich", n).queue_size("parse", n)`.
 
 use std::{
     cmp::Reverse,
@@ -36,45 +35,16 @@ use std::{
     convert::Infallible,
     future::Future,
     io,
-    marker::PhantomData,
     net::IpAddr,
-    sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
 use futures::Stream;
-use genflow::{Emitter, GenServer, Metrics, Stage, StageMetrics};
+use genflow::{ConfigError, Emitter, GenServer, Metrics, Stage, StageMetrics};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// Any error, as returned by the pipeline's calls and feeds.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-// --- Queue size ----------------------------------------------------------------
-
-/// The input queue size of every stage unless [`set_queue_size`] is called.
-pub(crate) const DEFAULT_QUEUE_SIZE: usize = 1_000;
-
-static QUEUE_SIZE: AtomicUsize = AtomicUsize::new(DEFAULT_QUEUE_SIZE);
-
-/// Sets the input queue size (in lines) of every stage of the pipelines
-/// started afterwards; `aggregate` gets one queue of this size per replica.
-///
-/// A stage's queue size comes from [`GenServer::channel_queue_size`], an
-/// associated function with no `self` that `start` reads once per stage, so
-/// a size chosen at run time has to live outside the stages: here, in a
-/// static that every stage's `channel_queue_size` returns.
-///
-/// # Panics
-///
-/// Panics if `lines` is 0.
-pub(crate) fn set_queue_size(lines: usize) {
-    assert!(lines > 0, "a queue holds at least one line");
-    QUEUE_SIZE.store(lines, Ordering::Relaxed);
-}
-
-fn queue_size() -> usize {
-    QUEUE_SIZE.load(Ordering::Relaxed)
-}
 
 // --- Parsing ---------------------------------------------------------------------
 
@@ -691,29 +661,18 @@ pub(crate) enum Query {
     Snapshot,
 }
 
-/// One of the log pipelines ([`Logs4`] and the others). The stages are generic over the
-/// pipeline that runs them (`R: Registry`), so that the same stages make up
-/// every one of them.
-///
-/// It is implemented for each pipeline by name rather than for every
-/// `Clone + Send + Sync` type: a pipeline holds its stages, so proving that
-/// it is `Send` through a blanket impl would need its stages to be stages
-/// first, which would need it to be `Send`, and the compiler gives up.
-pub(crate) trait Registry: Clone + Send + Sync + 'static {}
-
 /// `String` → [`Request`]; malformed lines are counted and dropped.
-pub(crate) struct Parse<R> {
+pub(crate) struct Parse {
     stats: ParseStats,
-    registry: PhantomData<fn() -> R>,
 }
 
-impl<R: Registry> GenServer for Parse<R> {
+impl GenServer for Parse {
     type Message = Query;
     type Response = ParseStats;
-    type Registry = R;
+    type Registry = Logs;
 
-    fn new(_: R) -> Self {
-        Parse { stats: ParseStats::default(), registry: PhantomData }
+    fn new(_: Logs) -> Self {
+        Parse { stats: ParseStats::default() }
     }
 
     async fn handle_call(&mut self, query: Query) -> ParseStats {
@@ -723,13 +682,9 @@ impl<R: Registry> GenServer for Parse<R> {
     }
 
     async fn handle_cast(&mut self, _: Query) {}
-
-    fn channel_queue_size() -> usize {
-        queue_size()
-    }
 }
 
-impl<R: Registry> Stage for Parse<R> {
+impl Stage for Parse {
     type In = String;
     type Out = Request;
 
@@ -759,18 +714,17 @@ impl EnrichCounts {
 }
 
 /// [`Request`] → [`Hit`]; counts what it does.
-pub(crate) struct Enrich<R> {
+pub(crate) struct Enrich {
     counts: EnrichCounts,
-    registry: PhantomData<fn() -> R>,
 }
 
-impl<R: Registry> GenServer for Enrich<R> {
+impl GenServer for Enrich {
     type Message = Query;
     type Response = EnrichCounts;
-    type Registry = R;
+    type Registry = Logs;
 
-    fn new(_: R) -> Self {
-        Enrich { counts: EnrichCounts::default(), registry: PhantomData }
+    fn new(_: Logs) -> Self {
+        Enrich { counts: EnrichCounts::default() }
     }
 
     async fn handle_call(&mut self, query: Query) -> EnrichCounts {
@@ -780,13 +734,9 @@ impl<R: Registry> GenServer for Enrich<R> {
     }
 
     async fn handle_cast(&mut self, _: Query) {}
-
-    fn channel_queue_size() -> usize {
-        queue_size()
-    }
 }
 
-impl<R: Registry> Stage for Enrich<R> {
+impl Stage for Enrich {
     type In = Request;
     type Out = Hit;
 
@@ -800,18 +750,17 @@ impl<R: Registry> Stage for Enrich<R> {
 
 /// Records [`Hit`]s into a [`Summary`]; emits nothing (hence `Out =
 /// Infallible`): the summary is read with calls.
-pub(crate) struct Aggregate<R> {
+pub(crate) struct Aggregate {
     summary: Summary,
-    registry: PhantomData<fn() -> R>,
 }
 
-impl<R: Registry> GenServer for Aggregate<R> {
+impl GenServer for Aggregate {
     type Message = Query;
     type Response = Summary;
-    type Registry = R;
+    type Registry = Logs;
 
-    fn new(_: R) -> Self {
-        Aggregate { summary: Summary::default(), registry: PhantomData }
+    fn new(_: Logs) -> Self {
+        Aggregate { summary: Summary::default() }
     }
 
     async fn handle_call(&mut self, query: Query) -> Summary {
@@ -821,13 +770,9 @@ impl<R: Registry> GenServer for Aggregate<R> {
     }
 
     async fn handle_cast(&mut self, _: Query) {}
-
-    fn channel_queue_size() -> usize {
-        queue_size()
-    }
 }
 
-impl<R: Registry> Stage for Aggregate<R> {
+impl Stage for Aggregate {
     type In = Hit;
     type Out = Infallible;
 
@@ -838,111 +783,51 @@ impl<R: Registry> Stage for Aggregate<R> {
 
 // --- Pipelines -----------------------------------------------------------------------
 
-/// What the example does with a log pipeline, whatever its number of
-/// `enrich` replicas.
-pub(crate) trait LogPipeline: Clone + Send + Sync + 'static {
-    fn start() -> impl Future<Output = Self> + Send;
+/// The log pipeline. Its declared sizes (`enrich` on four replicas, queues
+/// of 1,000 lines) are defaults: [`Logs::sized`] starts it with others.
+#[genflow::pipeline{
+    parse: Parse,
+    #[replicas(4)]
+    enrich: Enrich,
+    #[replicas(2, partition_by = Hit::route_key)]
+    aggregate: Aggregate,
+}]
+pub(crate) struct Logs;
+
+impl Logs {
+    /// Starts the pipeline with these replica counts and queue sizes, each
+    /// `(stage, n)`.
+    pub(crate) async fn sized(replicas: &[(String, usize)], queues: &[(String, usize)]) -> Result<Logs, ConfigError> {
+        let mut builder = Logs::builder();
+        for (stage, n) in replicas {
+            builder = builder.replicas(stage.as_str(), *n);
+        }
+        for (stage, n) in queues {
+            builder = builder.queue_size(stage.as_str(), *n);
+        }
+        builder.start().await
+    }
 
     /// Feeds every line, with backpressure; how many went in.
-    fn feed(&self, lines: impl Stream<Item = String> + Send) -> impl Future<Output = Result<u64, BoxError>> + Send;
-
-    fn metrics(&self) -> Metrics;
+    pub(crate) async fn feed_lines(&self, lines: impl Stream<Item = String> + Send) -> Result<u64, BoxError> {
+        Ok(self.feed(lines).await? as u64)
+    }
 
     /// `call_parse(Query::Snapshot)`.
-    fn parse_stats(&self) -> impl Future<Output = Result<ParseStats, BoxError>> + Send;
+    pub(crate) async fn parse_stats(&self) -> Result<ParseStats, BoxError> {
+        Ok(self.call_parse(Query::Snapshot).await?)
+    }
 
     /// `call_enrich_all(Query::Snapshot)`: what each replica did.
-    fn enriched(&self) -> impl Future<Output = Result<Vec<EnrichCounts>, BoxError>> + Send;
+    pub(crate) async fn enriched(&self) -> Result<Vec<EnrichCounts>, BoxError> {
+        Ok(self.call_enrich_all(Query::Snapshot).await?)
+    }
 
     /// `call_aggregate_all(Query::Snapshot)`: each replica's summary.
-    fn summaries(&self) -> impl Future<Output = Result<Vec<Summary>, BoxError>> + Send;
-
-    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+    pub(crate) async fn summaries(&self) -> Result<Vec<Summary>, BoxError> {
+        Ok(self.call_aggregate_all(Query::Snapshot).await?)
+    }
 }
-
-/// The log pipeline, with `enrich` on four replicas.
-#[genflow::pipeline{
-    parse: Parse<Logs4>,
-    #[replicas(4)]
-    enrich: Enrich<Logs4>,
-    #[replicas(2, partition_by = Hit::route_key)]
-    aggregate: Aggregate<Logs4>,
-}]
-pub(crate) struct Logs4;
-
-/// The log pipeline, with `enrich` on one replica.
-#[genflow::pipeline{
-    parse: Parse<Logs1>,
-    enrich: Enrich<Logs1>,
-    #[replicas(2, partition_by = Hit::route_key)]
-    aggregate: Aggregate<Logs1>,
-}]
-pub(crate) struct Logs1;
-
-/// The log pipeline, with `enrich` on two replicas.
-#[genflow::pipeline{
-    parse: Parse<Logs2>,
-    #[replicas(2)]
-    enrich: Enrich<Logs2>,
-    #[replicas(2, partition_by = Hit::route_key)]
-    aggregate: Aggregate<Logs2>,
-}]
-pub(crate) struct Logs2;
-
-/// The log pipeline, with `enrich` on eight replicas.
-#[genflow::pipeline{
-    parse: Parse<Logs8>,
-    #[replicas(8)]
-    enrich: Enrich<Logs8>,
-    #[replicas(2, partition_by = Hit::route_key)]
-    aggregate: Aggregate<Logs8>,
-}]
-pub(crate) struct Logs8;
-
-/// Implements [`Registry`] and [`LogPipeline`] for the pipelines, and lists
-/// their `enrich` replica counts in [`ENRICH_REPLICAS`].
-macro_rules! log_pipelines {
-    ($($name:ident: $replicas:literal),* $(,)?) => {
-        /// The `enrich` replica counts there is a pipeline for.
-        pub(crate) const ENRICH_REPLICAS: &[usize] = &[$($replicas),*];
-
-        $(
-            impl Registry for $name {}
-
-            impl LogPipeline for $name {
-                async fn start() -> Self {
-                    $name::start().await
-                }
-
-                async fn feed(&self, lines: impl Stream<Item = String> + Send) -> Result<u64, BoxError> {
-                    Ok($name::feed(self, lines).await? as u64)
-                }
-
-                fn metrics(&self) -> Metrics {
-                    $name::metrics(self)
-                }
-
-                async fn parse_stats(&self) -> Result<ParseStats, BoxError> {
-                    Ok(self.call_parse(Query::Snapshot).await?)
-                }
-
-                async fn enriched(&self) -> Result<Vec<EnrichCounts>, BoxError> {
-                    Ok(self.call_enrich_all(Query::Snapshot).await?)
-                }
-
-                async fn summaries(&self) -> Result<Vec<Summary>, BoxError> {
-                    Ok(self.call_aggregate_all(Query::Snapshot).await?)
-                }
-
-                async fn shutdown(&self) {
-                    $name::shutdown(self).await
-                }
-            }
-        )*
-    };
-}
-
-log_pipelines!(Logs1: 1, Logs2: 2, Logs4: 4, Logs8: 8);
 
 /// The metrics of stage `name` of a log pipeline.
 pub(crate) fn stage(metrics: &Metrics, name: &str) -> StageMetrics {
@@ -961,7 +846,7 @@ pub(crate) fn stage(metrics: &Metrics, name: &str) -> StageMetrics {
 /// passed on: `parse` every line fed, `enrich` every request `parse` made,
 /// `aggregate` every hit `enrich` made. Then the last answers from `parse`
 /// and `aggregate` cover every line.
-pub(crate) async fn collect_report<P: LogPipeline>(pipeline: &P, fed: u64) -> Result<Report, BoxError> {
+pub(crate) async fn collect_report(pipeline: &Logs, fed: u64) -> Result<Report, BoxError> {
     let parse = ask_until(|| pipeline.parse_stats(), |stats| stats.lines >= fed).await?;
     let enriched =
         ask_until(|| pipeline.enriched(), |replicas| EnrichCounts::sum(replicas).requests >= parse.parsed).await?;

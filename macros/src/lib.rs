@@ -1,10 +1,11 @@
 //! Procedural macros for genflow: `make_registry` and `pipeline`. Use them
 //! through the `genflow` crate, which re-exports and documents them.
 //!
-//! Each macro runs four phases, one module each: `parse` reads the tokens,
-//! `model` turns them into a description of the registry (reading stage
-//! attributes), `validate` checks it as a whole, and `expand` writes the
-//! code. Every error is collected and reported at once, at its span.
+//! Each macro runs four phases, one module each: `parse` reads the tokens
+//! (the entries, the struct, the stage attributes) as written, `validate`
+//! holds every check (on that syntax, then on the model), `model` turns
+//! checked syntax into a description of the registry, and `expand` writes
+//! the code. Every error is collected and reported at once, at its span.
 
 #![warn(missing_docs)]
 

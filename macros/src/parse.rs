@@ -1,11 +1,15 @@
-//! Tokens → syntax: the macro's argument list and the struct it decorates.
+//! Tokens → syntax: the macro's argument list, the struct it decorates and
+//! the stage attributes, as written. Nothing here judges what it read:
+//! `validate` does.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use syn::{
-    Attribute, Ident, ItemStruct, Token, Type,
-    parse::{Parse, ParseStream},
+    Attribute, Ident, ItemStruct, LitInt, Path, Token, Type,
+    parse::{Parse, ParseStream, discouraged::Speculative},
     punctuated::Punctuated,
 };
+
+use crate::errors::Errors;
 
 /// The argument list: `name: Type, #[attr] name: Type, ...`.
 pub(crate) struct Args {
@@ -58,4 +62,122 @@ pub(crate) fn item(tokens: TokenStream) -> syn::Result<ItemStruct> {
     syn::parse2::<ItemStruct>(tokens).map_err(|e| {
         syn::Error::new(e.span(), "a registry is declared on a struct: `struct App;` or `struct App { fields }`")
     })
+}
+
+mod kw {
+    syn::custom_keyword!(partition_by);
+    syn::custom_keyword!(ordered);
+}
+
+/// The attributes written before one pipeline stage, as written: every
+/// `#[replicas(..)]` that parsed, and the paths of any other attribute.
+/// `validate` says what is wrong with them; `model` reads the first
+/// `#[replicas(..)]`.
+#[derive(Default)]
+pub(crate) struct StageAttrs {
+    pub(crate) unknown: Vec<Path>,
+    pub(crate) replicas: Vec<ReplicasAttr>,
+}
+
+/// One `#[replicas(count, options..)]`.
+pub(crate) struct ReplicasAttr {
+    pub(crate) attr: Attribute,
+    pub(crate) count: Option<Count>,
+    pub(crate) options: Vec<ReplicaOption>,
+}
+
+/// A replica count: a literal, or the path of a `const usize`.
+pub(crate) enum Count {
+    Lit(LitInt),
+    Const(Path),
+}
+
+/// An option after the count.
+pub(crate) enum ReplicaOption {
+    /// A second count.
+    Count(LitInt),
+    PartitionBy(kw::partition_by, Option<Path>),
+    Ordered(Span),
+}
+
+pub(crate) const REPLICA_OPTIONS: &str = "expected one of: a replica count such as `4` or `REPLICAS` (a `const usize`), \
+     `partition_by = path::to::key_fn`, `ordered`";
+
+/// Reads the attributes of one pipeline stage; syntax errors go to `errors`.
+pub(crate) fn stage_attrs(attrs: &[Attribute], errors: &mut Errors) -> StageAttrs {
+    let mut out = StageAttrs::default();
+    for attr in attrs {
+        if !attr.path().is_ident("replicas") {
+            out.unknown.push(attr.path().clone());
+            continue;
+        }
+        match attr.parse_args_with(parse_replicas) {
+            Ok((count, options)) => out.replicas.push(ReplicasAttr { attr: attr.clone(), count, options }),
+            Err(error) => errors.push(error),
+        }
+    }
+    out
+}
+
+fn parse_replicas(input: ParseStream<'_>) -> syn::Result<(Option<Count>, Vec<ReplicaOption>)> {
+    let mut count = None;
+    if input.is_empty() {
+        return Ok((count, Vec::new()));
+    }
+    if !input.peek(kw::partition_by) && !input.peek(kw::ordered) {
+        count = Some(input.parse::<Count>()?);
+        if input.is_empty() {
+            return Ok((count, Vec::new()));
+        }
+        input.parse::<Token![,]>()?;
+    }
+    let options = Punctuated::<ReplicaOption, Token![,]>::parse_terminated(input)?;
+    Ok((count, options.into_iter().collect()))
+}
+
+impl Parse for Count {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.peek(LitInt) {
+            return Ok(Count::Lit(input.parse()?));
+        }
+        if input.peek(Ident) || input.peek(Token![::]) || input.peek(Token![crate]) || input.peek(Token![self]) {
+            let fork = input.fork();
+            if let Ok(path) = fork.parse::<Path>() {
+                if fork.is_empty() || fork.peek(Token![,]) {
+                    input.advance_to(&fork);
+                    return Ok(Count::Const(path));
+                }
+            }
+        }
+        let unknown: proc_macro2::TokenTree = input.parse()?;
+        Err(syn::Error::new(unknown.span(), format_args!("unknown replicas option `{unknown}`; {REPLICA_OPTIONS}")))
+    }
+}
+
+impl Parse for ReplicaOption {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        if input.peek(kw::partition_by) {
+            let key: kw::partition_by = input.parse()?;
+            if !input.peek(Token![=]) {
+                return Ok(ReplicaOption::PartitionBy(key, None));
+            }
+            input.parse::<Token![=]>()?;
+            if input.is_empty() || input.peek(Token![,]) {
+                return Ok(ReplicaOption::PartitionBy(key, None));
+            }
+            let path: Path = input
+                .parse()
+                .map_err(|e| syn::Error::new(e.span(), "expected the path of a key function, such as `Item::key`"))?;
+            return Ok(ReplicaOption::PartitionBy(key, Some(path)));
+        }
+        if input.peek(kw::ordered) {
+            let ordered: kw::ordered = input.parse()?;
+            return Ok(ReplicaOption::Ordered(ordered.span));
+        }
+        if input.peek(LitInt) {
+            return Ok(ReplicaOption::Count(input.parse()?));
+        }
+        let unknown: proc_macro2::TokenTree = input.parse()?;
+        Err(syn::Error::new(unknown.span(), format_args!("unknown replicas option `{unknown}`; {REPLICA_OPTIONS}")))
+    }
 }

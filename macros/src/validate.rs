@@ -1,12 +1,125 @@
-//! Checks over the whole model: names and counts.
+//! Every check, in two passes (serde_derive's `internals/check.rs` in
+//! spirit): `syntax` judges what `parse` read (the struct's shape, the stage
+//! attributes), `check` judges the model as a whole (names, combinations).
+//! Each error is pushed to [`Errors`]; none stops the others.
 
 use std::collections::HashMap;
+
+use syn::{Attribute, Fields, ItemStruct};
 
 use crate::{
     errors::Errors,
     model::{Kind, Registry},
+    parse::{self, Count, ReplicaOption, StageAttrs},
 };
 
+/// Checks the struct and the entries' attributes.
+pub(crate) fn syntax(kind: Kind, item: &ItemStruct, args: &parse::Args, stages: &[StageAttrs], errors: &mut Errors) {
+    let macro_name = kind.macro_name();
+    if !item.generics.params.is_empty() || item.generics.where_clause.is_some() {
+        errors.at(
+            &item.generics,
+            format_args!(
+                "a `{macro_name}` struct cannot be generic; put generic server types in the list instead, \
+                 such as `worker: Worker<u8>`"
+            ),
+        );
+    }
+    for attr in &item.attrs {
+        if derives_clone(attr) {
+            errors.at(
+                attr,
+                format_args!("remove `Clone` from this derive: `{macro_name}` implements `Clone` for the registry"),
+            );
+        }
+    }
+    match &item.fields {
+        Fields::Named(named) => {
+            for ident in named.named.iter().filter_map(|f| f.ident.as_ref()) {
+                if ident.to_string().starts_with("__genflow") {
+                    errors.at(ident, "field names starting with `__genflow` are reserved for the generated code");
+                }
+            }
+        }
+        Fields::Unit => {}
+        Fields::Unnamed(unnamed) => errors.at(
+            unnamed,
+            format_args!(
+                "a `{macro_name}` struct cannot be a tuple struct: use a unit struct `struct {};` \
+                 or named fields `struct {} {{ field: Type }}`",
+                item.ident, item.ident
+            ),
+        ),
+    }
+    if kind == Kind::Registry {
+        for attr in args.entries.iter().flat_map(|entry| &entry.attrs) {
+            errors.at(attr, "attributes on entries (such as `#[replicas(..)]`) are only for `#[pipeline]` stages");
+        }
+    }
+    for stage in stages {
+        stage_attrs(stage, errors);
+    }
+}
+
+fn derives_clone(attr: &Attribute) -> bool {
+    if !attr.path().is_ident("derive") {
+        return false;
+    }
+    let mut clone = false;
+    let _ = attr.parse_nested_meta(|meta| {
+        if meta.path.segments.last().is_some_and(|s| s.ident == "Clone") {
+            clone = true;
+        }
+        Ok(())
+    });
+    clone
+}
+
+/// At most one `#[replicas(..)]`, with a count first, once, and each option
+/// at most once.
+fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
+    for path in &stage.unknown {
+        errors.at(path, "unknown stage attribute; the only one is `#[replicas(..)]`");
+    }
+    for (i, attr) in stage.replicas.iter().enumerate() {
+        if i > 0 {
+            errors.at(&attr.attr, "duplicate `#[replicas(..)]`: give all options in one attribute");
+            continue;
+        }
+        match &attr.count {
+            None => errors.at(&attr.attr, "`#[replicas(..)]` needs a replica count first, such as `#[replicas(4)]`"),
+            Some(Count::Lit(lit)) => match lit.base10_parse::<usize>() {
+                Ok(0) => errors.at(lit, "a stage needs at least one replica: use `#[replicas(1)]` or more"),
+                Ok(_) => {}
+                Err(_) => errors.at(lit, "the replica count must be a positive integer"),
+            },
+            Some(Count::Const(_)) => {}
+        }
+        let (mut partition_by, mut ordered) = (false, false);
+        for option in &attr.options {
+            match option {
+                ReplicaOption::Count(lit) => {
+                    errors.at(lit, "the replica count goes first, and only once: `#[replicas(4, ..)]`")
+                }
+                ReplicaOption::PartitionBy(key, _) if partition_by => errors.at(key, "duplicate `partition_by`"),
+                ReplicaOption::PartitionBy(key, path) => {
+                    partition_by = true;
+                    if path.is_none() {
+                        errors.at(
+                            key,
+                            "`partition_by` needs the path of a key function: `partition_by = Item::key`, \
+                             where `fn key(&Item) -> K` and `K: Hash`",
+                        );
+                    }
+                }
+                ReplicaOption::Ordered(span) if ordered => errors.push(syn::Error::new(*span, "duplicate `ordered`")),
+                ReplicaOption::Ordered(_) => ordered = true,
+            }
+        }
+    }
+}
+
+/// Checks the model: stage counts and names, option combinations.
 pub(crate) fn check(registry: &Registry, errors: &mut Errors) {
     // A registry without servers is a plain `Clone` struct with `start`,
     // `shutdown` and `abort` (genserver accepted it); a pipeline without
@@ -46,10 +159,7 @@ pub(crate) fn check(registry: &Registry, errors: &mut Errors) {
             }
         }
     }
-    let noun = match registry.kind {
-        Kind::Registry => "server",
-        Kind::Pipeline => "stage",
-    };
+    let noun = registry.kind.noun();
     let mut seen = HashMap::new();
     for server in &registry.servers {
         let name = server.name.to_string();

@@ -4,8 +4,9 @@
 //! # Backpressure
 //!
 //! Every stage has one bounded input queue, sized by its
-//! [`channel_queue_size`](crate::GenServer::channel_queue_size) (one per
-//! replica with `partition_by`). [`Emitter::emit`] waits while the next queue
+//! [`channel_queue_size`](crate::GenServer::channel_queue_size) or the
+//! [`Builder`](crate::Builder)'s `queue_size` (one per replica with
+//! `partition_by`). [`Emitter::emit`] waits while the next queue
 //! is full, so a slow stage slows the ones before it, up to whoever feeds the
 //! pipeline: memory stays bounded whatever the input rate. Items move in
 //! batches of up to 32 between queues; besides the queues, each replica holds

@@ -43,6 +43,9 @@ pub struct StageSpec<T> {
     pub head: bool,
     /// `ordered`: outputs leave in input order.
     pub ordered: bool,
+    /// The size of each input queue; `None`: the stage's
+    /// `channel_queue_size()`.
+    pub queue_size: Option<usize>,
 }
 
 /// A running stage, as the pipeline holds it.
@@ -95,12 +98,12 @@ impl Builder {
     ///
     /// # Panics
     ///
-    /// Panics if `replicas` is 0 or the stage's `channel_queue_size()` is 0.
+    /// Panics if `replicas` is 0 or the queue size is 0.
     #[track_caller]
     pub fn stage<S: Stage>(&mut self, spec: StageSpec<S::In>) -> (StageHandle<S>, StageWiring<S>) {
         assert!(spec.replicas > 0, "a stage needs at least one replica");
         assert!(!(spec.ordered && spec.partition.is_some()), "`ordered` cannot be combined with `partition_by`");
-        let capacity = S::channel_queue_size();
+        let capacity = spec.queue_size.unwrap_or_else(S::channel_queue_size);
         let dispatch = match spec.partition {
             None => Dispatch::Shared(Arc::new(Queue::new(capacity))),
             Some(key) => {

@@ -47,8 +47,9 @@ pub(crate) fn channel<S: GenServer>(
     registry: usize,
     name: Box<str>,
     runtime: Option<tokio::runtime::Handle>,
+    size: Option<usize>,
 ) -> (Handle<S>, Inbox<S>) {
-    let size = S::channel_queue_size();
+    let size = size.unwrap_or_else(S::channel_queue_size);
     assert!(size > 0, "{}::channel_queue_size() must be at least 1", std::any::type_name::<S>());
     let (tx, rx) = mpsc::channel(size.min(tokio::sync::Semaphore::MAX_PERMITS));
     let state = Arc::new(ServerState::new(registry, name, runtime));

@@ -12,6 +12,7 @@ use crate::{
 mod local;
 mod pipeline;
 mod registry;
+mod start;
 
 /// The whole expansion of `make_registry` (and of the registry part of
 /// `pipeline`). On an error, the errors and stubs of what the input
@@ -27,7 +28,12 @@ fn checked(args: TokenStream, input: TokenStream, kind: Kind) -> syn::Result<Tok
     let item = parse::item(input)?;
     let args = parse::args(args)?;
     let mut errors = Errors::default();
-    let model = model::build(kind, args, item, &mut errors);
+    let stages: Vec<_> = match kind {
+        Kind::Registry => Vec::new(),
+        Kind::Pipeline => args.entries.iter().map(|entry| parse::stage_attrs(&entry.attrs, &mut errors)).collect(),
+    };
+    validate::syntax(kind, &item, &args, &stages, &mut errors);
+    let model = model::build(kind, args, stages, item);
     validate::check(&model, &mut errors);
     errors.finish()?;
     Ok(registry::expand(&model))

@@ -6,8 +6,11 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::{Index, spanned::Spanned};
 
-use super::local::{self, StartLocals};
-use crate::model::{Registry, Server};
+use super::{
+    local::{self, StartLocals},
+    start::{self, Parts},
+};
+use crate::model::{Count, Registry, Server};
 
 fn stage_trait(server: &Server) -> TokenStream {
     let ty = &server.ty;
@@ -26,11 +29,10 @@ pub(crate) fn handles(registry: &Registry) -> TokenStream {
     quote!((#(::genflow::__private::StageHandle<#types>,)* ::genflow::__private::Plumbing<#tail::Out>,))
 }
 
-pub(crate) fn start(registry: &Registry) -> TokenStream {
-    let Registry { vis, fields, servers, .. } = registry;
-    let StartLocals { builder, core, registry: this, start } = &StartLocals::new();
-    let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
-    let field_types = fields.iter().map(|f| &f.ty);
+pub(crate) fn start(registry: &Registry) -> Parts {
+    let Registry { servers, .. } = registry;
+    let StartLocals { builder, registry: this, start, .. } = &StartLocals::new();
+    let sizes = start::sizes();
     let stages: Vec<_> = (0..servers.len()).map(|i| local::numbered("__stage", i)).collect();
     let wirings: Vec<_> = (0..servers.len()).map(|i| local::numbered("__wiring", i)).collect();
     let plumbing_local = local::local("__plumbing");
@@ -38,7 +40,25 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
     let builds = servers.iter().enumerate().map(|(i, s)| {
         let ty = &s.ty;
         let name = s.name.to_string();
-        let count = s.replicas.count;
+        let count = match &s.replicas.count {
+            Count::Lit(n) => quote!(#n),
+            Count::Const(path) => {
+                let message = format!(
+                    "the replica count `{}` of stage `{name}` is 0: a stage needs at least one replica",
+                    quote!(#path).to_string().replace(' ', "")
+                );
+                let n = local::local("__count");
+                quote_spanned! {path.span()=>
+                    {
+                        const _: () = {
+                            let #n: usize = #path;
+                            ::core::assert!(#n > 0, #message);
+                        };
+                        #path
+                    }
+                }
+            }
+        };
         let head = i == 0;
         let ordered = s.replicas.ordered.is_some();
         let input = stage_trait(s);
@@ -57,10 +77,12 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
             }
         };
         let (stage, wiring) = (&stages[i], &wirings[i]);
+        let i = Index::from(i);
         quote_spanned! {ty.span()=>
             let (#stage, #wiring) = #builder.stage::<#ty>(::genflow::__private::StageSpec {
                 name: #name,
-                replicas: #count,
+                replicas: #sizes.replicas(#i, #count),
+                queue_size: #sizes.queue_size(#i),
                 partition: #partition,
                 head: #head,
                 ordered: #ordered,
@@ -101,23 +123,18 @@ pub(crate) fn start(registry: &Registry) -> TokenStream {
         "Starts every stage ({names}), wired in that order, and returns once each replica has run `new` and \
          `init`.\n\nThe arguments become the pipeline's fields, readable by every stage through its registry. \
          Dropping the last copy of the returned pipeline (copies held by the stages do not count) shuts it down \
-         in the background, draining what was sent.\n\n# Panics\n\nPanics if called outside a Tokio runtime, \
+         in the background, draining what was sent.\n\nTo choose replica counts or queue sizes at run time, use \
+         `builder`.\n\n# Panics\n\nPanics if called outside a Tokio runtime, \
          or if a stage's `channel_queue_size()` is 0."
     );
-    quote! {
-        #[doc = #doc]
-        #vis async fn start(#(#field_names: #field_types),*) -> Self {
-            let mut #builder = ::genflow::__private::Builder::new();
+    Parts {
+        prepare: quote! {
             #(#builds)*
             let #plumbing_local = ::genflow::__private::Plumbing::new::<#tail_ty>(&mut #builder);
-            let #core = ::genflow::__private::Core::new(#builder, (#(#stages,)* #plumbing_local,));
-            let #this = Self { #(#field_names,)* __genflow: #core };
-            let mut #start = ::genflow::__private::Start::new();
-            #(#spawns)*
-            #start.wait().await;
-            let Self { #(#field_names,)* __genflow: #core } = #this;
-            Self { #(#field_names,)* __genflow: #core.into_outside() }
-        }
+        },
+        handles: quote!((#(#stages,)* #plumbing_local,)),
+        spawns: quote!(#(#spawns)*),
+        doc,
     }
 }
 

@@ -8,6 +8,7 @@ use syn::spanned::Spanned;
 use super::{
     local::{self, StartLocals},
     pipeline,
+    start::{self, Parts},
 };
 use crate::model::{Kind, Registry, Server};
 
@@ -18,7 +19,7 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
     let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
     let field_types: Vec<_> = fields.iter().map(|f| &f.ty).collect();
     let server_types: Vec<_> = servers.iter().map(|s| &s.ty).collect();
-    let (handles, start, extra, traits, shutdown_doc) = match registry.kind {
+    let (handles, parts, extra, traits, shutdown_doc) = match registry.kind {
         Kind::Registry => (
             quote!((#(::genflow::__private::Handle<#server_types>,)*)),
             start(registry),
@@ -52,6 +53,7 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
     });
     let methods = servers.iter().enumerate().map(|(i, s)| server_methods(registry, i, s));
     let (bounds, check) = (bounds(registry), check(registry));
+    let (start, start_items) = (start::methods(registry, &parts), start::items(registry, &parts));
 
     quote! {
         #(#attrs)*
@@ -104,6 +106,8 @@ pub(crate) fn expand(registry: &Registry) -> TokenStream {
             }
 
             #traits
+
+            #start_items
         };
     }
 }
@@ -150,18 +154,18 @@ fn check(registry: &Registry) -> TokenStream {
     }
 }
 
-fn start(registry: &Registry) -> TokenStream {
-    let Registry { vis, fields, servers, .. } = registry;
-    let StartLocals { builder, core, registry: this, start } = &StartLocals::new();
+fn start(registry: &Registry) -> Parts {
+    let Registry { fields, servers, .. } = registry;
+    let StartLocals { builder, registry: this, start, .. } = &StartLocals::new();
+    let sizes = start::sizes();
     let field_names: Vec<_> = fields.iter().map(|f| &f.ident).collect();
-    let field_types = fields.iter().map(|f| &f.ty);
     let handles: Vec<_> = (0..servers.len()).map(|i| local::numbered("__handle", i)).collect();
     let inboxes: Vec<_> = (0..servers.len()).map(|i| local::numbered("__inbox", i)).collect();
-    let channels = servers.iter().zip(&handles).zip(&inboxes).map(|((s, h), i)| {
+    let channels = servers.iter().enumerate().zip(&handles).zip(&inboxes).map(|(((index, s), h), i)| {
         let ty = &s.ty;
         let builder = local::shown_at(builder, ty.span());
         let name = s.name.to_string();
-        quote_spanned!(ty.span()=> let (#h, #i) = #builder.channel::<#ty>(#name);)
+        quote_spanned!(ty.span()=> let (#h, #i) = #builder.channel::<#ty>(#name, #sizes.queue_size(#index));)
     });
     let spawns = servers.iter().zip(&inboxes).map(|(s, i)| {
         let ty = &s.ty;
@@ -196,25 +200,13 @@ fn start(registry: &Registry) -> TokenStream {
              shuts the servers down in the background, as a task of this runtime: that drain needs the \
              runtime alive until it ends. If the runtime shuts down first (or is already gone), queued \
              messages are abandoned, `terminate` does not run, and a `tracing` warning says so; \
-             `shutdown().await` is how to be sure everything queued was handled.\n\n# Panics\n\n\
+             `shutdown().await` is how to be sure everything queued was handled.\n\n\
+             To choose queue sizes at run time, use `builder`.\n\n# Panics\n\n\
              Panics if called outside a Tokio runtime, or if a server's `channel_queue_size()` is 0.",
             servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
         )
     };
-    quote! {
-        #[doc = #doc]
-        #vis async fn start(#(#field_names: #field_types),*) -> Self {
-            let mut #builder = ::genflow::__private::Builder::new();
-            #(#channels)*
-            let #core = ::genflow::__private::Core::new(#builder, (#(#handles,)*));
-            let #this = Self { #(#field_names,)* __genflow: #core };
-            let mut #start = ::genflow::__private::Start::new();
-            #(#spawns)*
-            #start.wait().await;
-            let Self { #(#field_names,)* __genflow: #core } = #this;
-            Self { #(#field_names,)* __genflow: #core.into_outside() }
-        }
-    }
+    Parts { prepare: quote!(#(#channels)*), handles: quote!((#(#handles,)*)), spawns: quote!(#(#spawns)*), doc }
 }
 
 pub(super) fn server_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {

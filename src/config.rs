@@ -1,0 +1,271 @@
+//! Sizes chosen at start: the [`Builder`] every generated registry and
+//! pipeline offers through `builder(..)`, and the [`ConfigError`] it returns.
+//!
+//! A registry's declaration gives the defaults (`#[replicas(N)]`, each
+//! server's `channel_queue_size()`); a builder overrides them by name before
+//! anything starts, so a program can take its sizes from its command line or
+//! its configuration file. Every override is checked before the first queue
+//! is made or the first server spawned: when `start` returns an error,
+//! nothing ran. (Akka's `withDispatcher`/`withMailbox` props and Broadway's
+//! `processors: [default: [concurrency: n]]` options play the same part.)
+
+use std::{fmt, future::Future, marker::PhantomData};
+
+/// Why a [`Builder`] did not start its registry or pipeline.
+///
+/// Returned by [`Builder::start`] before anything was started. Its
+/// `Display` names the stage or server and the value at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No stage (or server) has this name; `valid` lists the names there
+    /// are, in declaration order.
+    UnknownName {
+        /// `"stage"` for a pipeline, `"server"` for a registry.
+        kind: &'static str,
+        /// The name given.
+        name: String,
+        /// The declared names.
+        valid: Vec<&'static str>,
+    },
+    /// A stage was given 0 replicas; it needs at least one.
+    ZeroReplicas {
+        /// The stage.
+        stage: &'static str,
+    },
+    /// A stage or server was given a queue size of 0; it needs at least one.
+    ZeroQueueSize {
+        /// `"stage"` or `"server"`.
+        kind: &'static str,
+        /// The stage or server.
+        name: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::UnknownName { kind, name, valid } if valid.is_empty() => {
+                write!(f, "unknown {kind} `{name}`: there are no {kind}s")
+            }
+            ConfigError::UnknownName { kind, name, valid } => {
+                let valid: Vec<String> = valid.iter().map(|v| format!("`{v}`")).collect();
+                write!(f, "unknown {kind} `{name}`: the {kind}s are {}", valid.join(", "))
+            }
+            ConfigError::ZeroReplicas { stage } => {
+                write!(f, "stage `{stage}` was given 0 replicas: a stage needs at least 1")
+            }
+            ConfigError::ZeroQueueSize { kind, name } => {
+                write!(f, "{kind} `{name}` was given a queue size of 0: a queue needs room for at least 1 item")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Sizes resolved by a [`Builder`], by declaration index: `None` keeps the
+/// declared default. Read by the generated `start`.
+#[doc(hidden)]
+#[derive(Clone, Debug, Default)]
+pub struct Sizes {
+    replicas: Vec<Option<usize>>,
+    queue: Vec<Option<usize>>,
+}
+
+impl Sizes {
+    /// The replica count of stage `index`: the override, else `declared`.
+    #[inline]
+    pub fn replicas(&self, index: usize, declared: usize) -> usize {
+        self.replicas.get(index).copied().flatten().unwrap_or(declared)
+    }
+
+    /// The queue size override of stage or server `index`, if any.
+    #[inline]
+    pub fn queue_size(&self, index: usize) -> Option<usize> {
+        self.queue.get(index).copied().flatten()
+    }
+}
+
+/// What every generated registry and pipeline implements so that a
+/// [`Builder`] can start it. Not public API.
+#[doc(hidden)]
+pub trait Configurable: Sized {
+    /// The user's fields, as a tuple in declaration order.
+    type Fields: Send;
+    /// `"stage"` or `"server"`.
+    const KIND: &'static str;
+    /// The stage or server names, in declaration order.
+    const NAMES: &'static [&'static str];
+    /// Starts with these sizes; the generated `start` uses the defaults.
+    fn start_sized(fields: Self::Fields, sizes: Sizes) -> impl Future<Output = Self>;
+}
+
+/// Implemented by generated pipelines only: they have stages to replicate.
+/// Not public API.
+#[doc(hidden)]
+pub trait Replicated: Configurable {}
+
+/// Starts a registry or pipeline `R` with sizes chosen at run time.
+///
+/// Made by the generated `R::builder(fields..)` (the same arguments as
+/// `R::start`). Each setting names a stage (or server) of `R`; what is not
+/// set keeps its declared default (`#[replicas(N)]`, `channel_queue_size()`).
+/// Setting one twice keeps the last value. Nothing is checked or started
+/// until [`start`](Self::start).
+///
+/// ```
+/// # use genflow::{Emitter, GenServer, Stage};
+/// # struct Double;
+/// # impl GenServer for Double {
+/// #     type Message = (); type Response = (); type Registry = Flow;
+/// #     fn new(_: Flow) -> Self { Double }
+/// #     async fn handle_call(&mut self, _: ()) {}
+/// #     async fn handle_cast(&mut self, _: ()) {}
+/// # }
+/// # impl Stage for Double {
+/// #     type In = u64; type Out = u64;
+/// #     async fn process(&mut self, n: u64, out: &mut Emitter<u64>) { out.emit(2 * n).await }
+/// # }
+/// #[genflow::pipeline{ double: Double }]
+/// struct Flow;
+///
+/// # #[tokio::main] async fn main() -> Result<(), genflow::ConfigError> {
+/// let flow = Flow::builder().replicas("double", 8).queue_size("double", 10_000).start().await?;
+/// assert_eq!(flow.metrics().stage("double").unwrap().replicas.len(), 8);
+/// let error = Flow::builder().replicas("tripple", 2).start().await.err().expect("a config error");
+/// assert_eq!(error.to_string(), "unknown stage `tripple`: the stages are `double`");
+/// # flow.shutdown().await; Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `start().await`"]
+pub struct Builder<R: Configurable> {
+    fields: R::Fields,
+    /// Every setting, in the order made.
+    settings: Vec<Setting>,
+    _registry: PhantomData<fn() -> R>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum What {
+    Replicas,
+    QueueSize,
+}
+
+#[derive(Debug)]
+struct Setting {
+    what: What,
+    name: String,
+    value: usize,
+}
+
+impl<R: Configurable> Builder<R> {
+    /// A builder for `R` with these fields; used by the generated `builder`.
+    #[doc(hidden)]
+    pub fn new(fields: R::Fields) -> Self {
+        Builder { fields, settings: Vec::new(), _registry: PhantomData }
+    }
+
+    /// Sets the queue size of the stage or server `name`, overriding its
+    /// `channel_queue_size()`: for a pipeline stage, each of its input
+    /// queues (one per replica under `partition_by`, else one) holds at most
+    /// `size` items; the mailbox of its calls and casts keeps its declared
+    /// size. For a registry server, its mailbox holds at most `size`
+    /// messages.
+    ///
+    /// Any `size` but 0 is valid: a queue size is a limit, not an
+    /// allocation, and sizes above tokio's `Semaphore::MAX_PERMITS` are
+    /// clamped to it. A 0, or an unknown name, makes
+    /// [`start`](Self::start) return a [`ConfigError`].
+    pub fn queue_size(mut self, name: impl Into<String>, size: usize) -> Self {
+        self.settings.push(Setting { what: What::QueueSize, name: name.into(), value: size });
+        self
+    }
+
+    /// Checks every setting, then starts `R` as its `start` does, with the
+    /// chosen sizes; returns once every server has run `new` and `init`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`]: the first unknown name, in the order the settings
+    /// were made; else the first 0 (replicas or queue size) that no later
+    /// setting of the same name replaced. When
+    /// it errs, nothing was started (no queue made, no `new` run).
+    ///
+    /// # Panics
+    ///
+    /// As `R::start`: outside a Tokio runtime, or if a server's
+    /// `channel_queue_size()` is 0 and no size is set for it here.
+    ///
+    /// # Cancel safety
+    ///
+    /// As `R::start`: not cancel safe once the settings were checked.
+    /// Dropped while it waits for the servers' `init`, the servers already
+    /// spawned are left running (no copy of the registry is outside to shut
+    /// them down) until the runtime ends. Dropped before its first poll, it
+    /// started nothing.
+    pub async fn start(self) -> Result<R, ConfigError> {
+        let sizes = self.sizes()?;
+        Ok(R::start_sized(self.fields, sizes).await)
+    }
+
+    /// The sizes set, or the first setting at fault: an unknown name, or a
+    /// 0 that no later setting of the same size replaces.
+    fn sizes(&self) -> Result<Sizes, ConfigError> {
+        let count = R::NAMES.len();
+        let mut sizes = Sizes { replicas: vec![None; count], queue: vec![None; count] };
+        for setting in &self.settings {
+            let Some(i) = R::NAMES.iter().position(|n| *n == setting.name) else {
+                return Err(ConfigError::UnknownName {
+                    kind: R::KIND,
+                    name: setting.name.clone(),
+                    valid: R::NAMES.to_vec(),
+                });
+            };
+            let slot = match setting.what {
+                What::Replicas => &mut sizes.replicas[i],
+                What::QueueSize => &mut sizes.queue[i],
+            };
+            *slot = Some(setting.value);
+        }
+        for (what, i) in
+            self.settings.iter().filter_map(|s| R::NAMES.iter().position(|n| *n == s.name).map(|i| (&s.what, i)))
+        {
+            let value = match what {
+                What::Replicas => sizes.replicas[i],
+                What::QueueSize => sizes.queue[i],
+            };
+            if value == Some(0) {
+                return Err(match what {
+                    What::Replicas => ConfigError::ZeroReplicas { stage: R::NAMES[i] },
+                    What::QueueSize => ConfigError::ZeroQueueSize { kind: R::KIND, name: R::NAMES[i] },
+                });
+            }
+        }
+        Ok(sizes)
+    }
+}
+
+impl<R: Replicated> Builder<R> {
+    /// Sets how many replicas run the stage `name`, overriding its
+    /// `#[replicas(N)]` (1 if it has none). `partition_by` then hashes keys
+    /// over `n` queues, and `ordered` keeps the input order over `n`
+    /// replicas. A count chosen here costs nothing per item over a declared
+    /// one.
+    ///
+    /// Only pipelines have this method: a registry server runs once.
+    /// 0, or an unknown name, makes [`start`](Self::start) return a
+    /// [`ConfigError`].
+    pub fn replicas(mut self, name: impl Into<String>, n: usize) -> Self {
+        self.settings.push(Setting { what: What::Replicas, name: name.into(), value: n });
+        self
+    }
+}
+
+impl<R: Configurable> fmt::Debug for Builder<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("registry", &std::any::type_name::<R>())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
