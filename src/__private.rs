@@ -2,9 +2,10 @@
 //! Not public API: they may change in any release.
 
 pub use crate::{
-    error::{CallError, SendError},
+    error::{CallError, FlushError, SendError},
     pipeline::{
         Pipeline, Stage,
+        flush::{FlushPoint, flush},
         key::hash_key,
         wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},
     },

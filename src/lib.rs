@@ -151,6 +151,7 @@ mod server;
 #[doc(hidden)]
 pub mod __private;
 
+pub use error::FlushError;
 pub use error::{CallError, SendError};
 pub use pipeline::{Emitter, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics};
 pub use server::{GenServer, RestartLimit};

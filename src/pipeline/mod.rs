@@ -44,6 +44,7 @@
 mod dispatch;
 mod drain;
 mod emitter;
+pub(crate) mod flush;
 mod generic;
 mod input;
 #[cfg(all(test, genflow_loom))]

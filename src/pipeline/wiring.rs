@@ -15,8 +15,16 @@ use futures::future::join_all;
 use tokio::time::Instant;
 
 use super::{
-    Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch, drain::StageDrain,
-    emitter::Link, metrics::Counters, output::OutputShared, queue::Queue, reorder::Reorder, run,
+    Emitter, Input, InputSink, Metrics, Output, Stage, StageMetrics,
+    dispatch::Dispatch,
+    drain::StageDrain,
+    emitter::Link,
+    flush::{FlushPoint, ReplicaMark},
+    metrics::Counters,
+    output::OutputShared,
+    queue::Queue,
+    reorder::Reorder,
+    run,
 };
 use crate::{
     CallError, SendError,
@@ -52,6 +60,7 @@ pub struct StageHandle<S: Stage> {
     counters: Box<[Arc<Counters>]>,
     input: Input<S::In>,
     next: AtomicUsize,
+    flush: Arc<FlushPoint>,
 }
 
 /// What the spawning of a stage's replicas needs; used once, in `start`.
@@ -67,6 +76,7 @@ struct StageControl<T> {
     dispatch: Dispatch<T>,
     replicas: Vec<Arc<ServerState>>,
     head: bool,
+    flush: Arc<FlushPoint>,
 }
 
 impl<T: Send + 'static> Stoppable for StageControl<T> {
@@ -84,6 +94,7 @@ impl<T: Send + 'static> Stoppable for StageControl<T> {
         for queue in self.dispatch.queues() {
             queue.close_and_clear();
         }
+        self.flush.abort();
     }
 }
 
@@ -108,10 +119,13 @@ impl Builder {
         let name = |i: usize| if spec.replicas == 1 { spec.name.to_owned() } else { format!("{}[{i}]", spec.name) };
         let (replicas, inboxes): (Vec<_>, Vec<_>) =
             (0..spec.replicas).map(|i| self.stage_channel::<S>(name(i))).unzip();
+        let registry = inboxes[0].state.registry;
+        let flush = Arc::new(FlushPoint::new(registry, dispatch.queues(), spec.replicas));
         self.control(StageControl {
             dispatch: dispatch.clone(),
             replicas: inboxes.iter().map(|inbox| inbox.state.clone()).collect(),
             head: spec.head,
+            flush: flush.clone(),
         });
         let handle = StageHandle {
             name: spec.name,
@@ -120,6 +134,7 @@ impl Builder {
             counters: (0..spec.replicas).map(|_| Arc::default()).collect(),
             input: Input::new(dispatch),
             next: AtomicUsize::new(0),
+            flush,
         };
         (handle, StageWiring { inboxes })
     }
@@ -156,7 +171,8 @@ impl<T: Send + Sync + 'static> Core<T> {
                 None => Emitter::new(link.clone(), counters),
             };
             let counters = stage.counters[i].clone();
-            let task = run::run::<S>(inbox, queue, out, registry.clone(), counters, start.add(), drain.clone());
+            let mark = ReplicaMark::new(stage.flush.clone(), i);
+            let task = run::run::<S>(inbox, queue, mark, out, registry.clone(), counters, start.add(), drain.clone());
             let join = self.spawn_task(context::scope(state.clone(), task));
             state.set_abort_handle(join.abort_handle());
         }
@@ -364,6 +380,11 @@ impl<S: Stage> StageHandle<S> {
     /// A sink into this stage.
     pub fn sink(&self) -> InputSink<S::In> {
         self.input.sink()
+    }
+
+    /// What `flush` watches of this stage.
+    pub fn flush_point(&self) -> &FlushPoint {
+        &self.flush
     }
 
     /// This stage's metrics.
