@@ -233,3 +233,91 @@ pub async fn flush(stages: &[&FlushPoint]) -> Result<(), FlushError> {
     }
     Ok(())
 }
+
+#[cfg(all(test, not(genflow_loom)))]
+mod tests {
+    use std::{
+        future::Future,
+        pin::pin,
+        sync::atomic::AtomicUsize,
+        task::{Context, Poll, Wake, Waker},
+    };
+
+    use super::*;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn woken(count: &Count) -> usize {
+        count.0.load(Ordering::SeqCst)
+    }
+
+    fn stage(replicas: usize) -> (Arc<Queue<u32>>, Arc<FlushPoint>) {
+        let queue = Arc::new(Queue::new(16));
+        let point = Arc::new(FlushPoint::new(0, std::slice::from_ref(&queue), replicas));
+        (queue, point)
+    }
+
+    #[test]
+    fn a_batch_taken_after_the_check_still_wakes_the_flusher() {
+        let (queue, point) = stage(1);
+        let mark = ReplicaMark::new(point.clone(), 0);
+        for i in 0..3 {
+            queue.try_push(i).unwrap();
+        }
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut flush = pin!(point.wait_past(&[3]));
+        assert!(flush.as_mut().poll(&mut cx).is_pending(), "nothing taken yet");
+        // The replica takes the batch after the check: the watched bit stays.
+        let mut reader = queue.marked_reader(mark.mark());
+        let mut batch = Vec::new();
+        assert_eq!(reader.poll_pop_numbered(&mut cx, &mut batch, 8), Poll::Ready(Some(0)));
+        assert_eq!(woken(&count), 0);
+        assert!(flush.as_mut().poll(&mut cx).is_pending(), "the batch is not done");
+        mark.ended();
+        assert_eq!(woken(&count), 1);
+        assert_eq!(flush.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+    }
+
+    #[test]
+    fn items_pushed_after_the_snapshot_are_not_waited_for() {
+        let (queue, point) = stage(2);
+        let marks = [ReplicaMark::new(point.clone(), 0), ReplicaMark::new(point.clone(), 1)];
+        queue.try_push(1).unwrap();
+        let snapshot = [queue.pushed().0];
+        let mut batch = Vec::new();
+        let mut first = queue.marked_reader(marks[0].mark());
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert_eq!(first.poll_pop_numbered(cx, &mut batch, 8), Poll::Ready(Some(0)));
+        // More items come, and the other replica is busy with them.
+        queue.try_push(2).unwrap();
+        let mut second = queue.marked_reader(marks[1].mark());
+        assert_eq!(second.poll_pop_numbered(cx, &mut batch, 8), Poll::Ready(Some(1)));
+        assert!(!point.past(&snapshot));
+        marks[0].ended();
+        assert!(point.past(&snapshot), "the batch of item 1 is still going, but it came after");
+    }
+
+    #[test]
+    fn an_abort_wakes_and_fails_the_flusher() {
+        let (queue, point) = stage(1);
+        queue.try_push(7).unwrap();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut flush = pin!(point.wait_past(&[1]));
+        assert!(flush.as_mut().poll(&mut cx).is_pending());
+        point.abort();
+        assert_eq!(woken(&count), 1);
+        assert_eq!(flush.as_mut().poll(&mut cx), Poll::Ready(Err(FlushError::Aborted)));
+    }
+}
