@@ -36,6 +36,12 @@
 //! emitted it) once `shutdown().await`, called after `abort()`, returns:
 //! see [`StageMetrics`].
 //!
+//! # Waiting for what was sent
+//!
+//! `flush().await` returns once every item accepted before the call has
+//! left the pipeline (emitted by the last stage, failed or dropped), without
+//! shutting anything down: see [`Pipeline::flush`].
+//!
 //! # Failures
 //!
 //! A panic inside [`Stage::process`] fails that item only (counted in
