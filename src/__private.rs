@@ -3,9 +3,10 @@
 
 pub use crate::{
     config::{Configurable, Replicated, Sizes},
-    error::{CallError, SendError},
+    error::{CallError, FlushError, SendError},
     pipeline::{
         Pipeline, Stage,
+        flush::{FlushPoint, flush},
         key::hash_key,
         stage::fail_item,
         wiring::{Downstream, FlowsInto, Plumbing, StageHandle, StageSpec, StageWiring},

@@ -224,3 +224,34 @@ impl<T> fmt::Display for SendError<T> {
 }
 
 impl<T> std::error::Error for SendError<T> {}
+
+/// Why a pipeline's `flush` could not wait for what was sent.
+///
+/// Returned by the generated `flush` method (and [`Pipeline::flush`](crate::Pipeline::flush)).
+/// There is no message to hand back: a flush sends nothing.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushError {
+    /// The pipeline was shut down (or is shutting down) or aborted before
+    /// the flush began: its input is closed, and its stages' state may be
+    /// gone.
+    Closed,
+    /// The pipeline was aborted while the flush waited: items it was waiting
+    /// for were dropped (and counted as `aborted`), not processed.
+    Aborted,
+    /// The flush was made by one of the pipeline's own stages (in `process`
+    /// or a handler), which would wait for itself: refused at once.
+    FromInside,
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "pipeline is shut down",
+            Self::Aborted => "pipeline was aborted while the flush waited",
+            Self::FromInside => "a stage cannot flush its own pipeline: it would wait for itself",
+        })
+    }
+}
+
+impl std::error::Error for FlushError {}

@@ -155,6 +155,7 @@ mod server;
 pub mod __private;
 
 pub use config::{Builder, ConfigError};
+pub use error::FlushError;
 pub use error::{CallError, SendError};
 pub use pipeline::{
     Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics,
@@ -296,6 +297,7 @@ pub use genflow_macros::make_registry;
 /// | `call_<stage>_all(msg).await` | every replica's response, in replica order (`Message: Clone`) |
 /// | `cast_<stage>_all(msg).await` | the same message cast to every replica |
 /// | `metrics()` | a [`Metrics`] snapshot, readable at any time, also after shutdown |
+/// | `flush().await` | wait until every item accepted before has left the pipeline, without shutting down ([`Pipeline::flush`], [`FlushError`]) |
 /// | `shutdown().await` | close the input, drain every stage in order, end the output |
 ///
 /// # Stage options

@@ -652,9 +652,12 @@ impl Stage for Fan {
     }
 }
 
+/// Each item and what its call to the stage returned.
+type Answers = Arc<Mutex<Vec<(u64, Result<u64, String>)>>>;
+
 #[genflow::pipeline{ #[replicas(3, ordered)] fan: Fan }]
 struct Fans {
-    answers: Arc<Mutex<Vec<(u64, Result<u64, String>)>>>,
+    answers: Answers,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,8 +33,8 @@
 //! - **Live state.** Once a second, `call_aggregate_all` asks each
 //!   `aggregate` replica for its partial results while lines flow; the bar
 //!   shows the top routes so far.
-//! - **Knowing when all went through**, without shutting down:
-//!   `collect_report` in `pipeline.rs`.
+//! - **Knowing when all went through**, without shutting down: `flush`,
+//!   then a call to each stage (`collect_report` in `pipeline.rs`).
 //! - **Graceful stop.** Ctrl-C stops reading; every line already fed is
 //!   processed and reported, and the exit code is 130. A second Ctrl-C quits
 //!   at once.

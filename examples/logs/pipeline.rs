@@ -33,10 +33,8 @@ use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashMap},
     convert::Infallible,
-    future::Future,
     io,
     net::IpAddr,
-    time::Duration,
 };
 
 use futures::Stream;
@@ -839,36 +837,20 @@ pub(crate) fn stage(metrics: &Metrics, name: &str) -> StageMetrics {
 /// `aggregate` replica. The pipeline keeps running: feed it more, or shut it
 /// down, afterwards.
 ///
-/// How it knows: each stage counts in its own state what it has taken and
-/// what it has passed on, and tells when called. A call is served between
-/// two items, never in the middle of one, so the counts are exact. Stage by
-/// stage, it asks until the stage has taken everything the previous one
-/// passed on: `parse` every line fed, `enrich` every request `parse` made,
-/// `aggregate` every hit `enrich` made. Then the last answers from `parse`
-/// and `aggregate` cover every line.
+/// `flush` returns once every line fed before it has gone through; a call
+/// is served between two items, never in the middle of one, so the answers
+/// of the stages after it cover every line, and each stage has taken all
+/// the previous one passed on (checked here: a mismatch is an error).
 pub(crate) async fn collect_report(pipeline: &Logs, fed: u64) -> Result<Report, BoxError> {
-    let parse = ask_until(|| pipeline.parse_stats(), |stats| stats.lines >= fed).await?;
-    let enriched =
-        ask_until(|| pipeline.enriched(), |replicas| EnrichCounts::sum(replicas).requests >= parse.parsed).await?;
-    let hits = EnrichCounts::sum(&enriched).hits;
-    let parts =
-        ask_until(|| pipeline.summaries(), |parts| parts.iter().map(Summary::requests).sum::<u64>() >= hits).await?;
-    Ok(Report { parse, summary: Summary::merged(&parts) })
-}
-
-/// Calls `ask` until its answer is `done`, pausing a millisecond between
-/// calls; returns that answer.
-async fn ask_until<T, F>(mut ask: impl FnMut() -> F, done: impl Fn(&T) -> bool) -> Result<T, BoxError>
-where
-    F: Future<Output = Result<T, BoxError>>,
-{
-    loop {
-        let answer = ask().await?;
-        if done(&answer) {
-            return Ok(answer);
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    pipeline.flush().await?;
+    let parse = pipeline.parse_stats().await?;
+    let enriched = EnrichCounts::sum(&pipeline.enriched().await?);
+    let summary = Summary::merged(&pipeline.summaries().await?);
+    let counts = [(parse.lines, fed), (enriched.requests, parse.parsed), (summary.requests(), enriched.hits)];
+    if counts.iter().any(|(taken, given)| taken != given) {
+        return Err(format!("after flush, a stage has not taken all it was given (taken, given): {counts:?}").into());
     }
+    Ok(Report { parse, summary })
 }
 
 // --- Input -------------------------------------------------------------------------

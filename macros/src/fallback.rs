@@ -119,6 +119,14 @@ fn stubs(kind: Kind, item: &ItemStruct, entries: &[Entry]) -> TokenStream {
             #vis fn metrics(&self) -> ::genflow::Metrics {
                 ::core::unreachable!()
             }
+
+            #vis fn failures(&self) -> ::core::option::Option<::genflow::Failures> {
+                ::core::unreachable!()
+            }
+
+            #vis async fn flush(&self) -> ::core::result::Result<(), ::genflow::FlushError> {
+                ::core::unreachable!()
+            }
         }
     });
     let pipeline_impl = match (kind, entries.first(), entries.last(), item.generics.params.is_empty()) {
@@ -336,8 +344,20 @@ fn pipeline_impl(ident: &Ident, head: &Type, tail: &Type) -> TokenStream {
                 ::core::unreachable!()
             }
 
+            fn failures(&self) -> ::core::option::Option<::genflow::Failures> {
+                ::core::unreachable!()
+            }
+
             fn metrics(&self) -> ::genflow::Metrics {
                 ::core::unreachable!()
+            }
+
+            fn flush(
+                &self,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), ::genflow::FlushError>,
+            > + ::core::marker::Send {
+                async { ::core::unreachable!() }
             }
 
             fn shutdown(&self) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {

@@ -6,7 +6,7 @@ use std::future::Future;
 use futures::Stream;
 
 use super::{Failures, Metrics, Output};
-use crate::SendError;
+use crate::{FlushError, SendError};
 
 /// A running pipeline, whatever its stages: the part of the generated API
 /// that does not depend on stage names.
@@ -37,6 +37,31 @@ pub trait Pipeline: Clone + Send + Sync + 'static {
 
     /// A snapshot of every stage's metrics.
     fn metrics(&self) -> Metrics;
+
+    /// Waits until every item accepted before the call has left the
+    /// pipeline, without shutting it down: each was emitted by the last
+    /// stage (into the output, or dropped there if the output is not taken),
+    /// failed, or dropped. Afterwards `call_<stage>` reads state that has
+    /// seen all of them. Items sent while it waits are not waited for, so
+    /// it returns under a steady stream of sends too.
+    ///
+    /// It waits as long as the items take: behind a slow stage, or while
+    /// the output is taken but not read and its queue is full
+    /// (backpressure). Wrap it in a timeout to bound the wait.
+    ///
+    /// # Errors
+    ///
+    /// [`FlushError::Closed`] if the pipeline was shut down or aborted before
+    /// the call (a shutdown that starts meanwhile drains the items, and the
+    /// flush returns `Ok` once they are out), [`FlushError::Aborted`] if it is
+    /// aborted meanwhile, [`FlushError::FromInside`] if one of its own
+    /// stages calls it (it would wait for itself).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a flush only watches; dropping it before it completes
+    /// changes nothing (at most a stage's replicas wake nobody once).
+    fn flush(&self) -> impl Future<Output = Result<(), FlushError>> + Send;
 
     /// Closes the input, drains every stage in order and ends the output.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;

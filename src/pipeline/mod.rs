@@ -37,6 +37,12 @@
 //! emitted it) once `shutdown().await`, called after `abort()`, returns:
 //! see [`StageMetrics`].
 //!
+//! # Waiting for what was sent
+//!
+//! `flush().await` returns once every item accepted before the call has
+//! left the pipeline (emitted by the last stage, failed or dropped), without
+//! shutting anything down: see [`Pipeline::flush`].
+//!
 //! # Failures
 //!
 //! A stage fails the item it processes with [`Emitter::fail`], or by
@@ -49,6 +55,7 @@ mod dispatch;
 mod drain;
 mod emitter;
 mod failure;
+pub(crate) mod flush;
 mod generic;
 mod input;
 #[cfg(all(test, genflow_loom))]

@@ -53,6 +53,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
+use super::flush::Mark;
 use crate::loom::sync::{Mutex, MutexGuard};
 
 /// The largest capacity a queue (or a server's mailbox) has: tokio's
@@ -444,6 +445,19 @@ impl<T> Queue<T> {
         out: &mut impl Extend<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
+        self.poll_pop_marked(cx, waiter, out, max, None)
+    }
+
+    /// [`poll_pop_numbered`](Self::poll_pop_numbered), recording the number
+    /// of the first item moved in `mark` under the lock (see [`Mark`]).
+    fn poll_pop_marked(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut Waiter,
+        out: &mut impl Extend<T>,
+        max: usize,
+        mark: Option<&Mark>,
+    ) -> Poll<Option<u64>> {
         debug_assert!(max > 0);
         let mut wakers = WakeList::new();
         let poll = {
@@ -460,6 +474,9 @@ impl<T> Queue<T> {
                 out.extend(state.items.drain(..n));
                 let first = state.popped;
                 state.popped += n as u64;
+                if let Some(mark) = mark {
+                    mark.took(first);
+                }
                 state.grant_room(self.capacity, &mut wakers);
                 // Items left over that no woken reader will take.
                 state.promise_items(&mut wakers);
@@ -498,6 +515,19 @@ impl<T> Queue<T> {
                 state.end_readers(wakers);
             }
         });
+    }
+
+    /// How many items were ever pushed (those taken out and those queued;
+    /// not those a clear dropped), and whether the queue is closed.
+    pub(crate) fn pushed(&self) -> (u64, bool) {
+        let state = self.lock();
+        (state.popped + state.items.len() as u64, state.closed)
+    }
+
+    /// Runs `check` under the lock with how many items were taken out so
+    /// far: no reader takes items (or records a [`Mark`]) meanwhile.
+    pub(crate) fn with_popped<R>(&self, check: impl FnOnce(u64) -> R) -> R {
+        check(self.lock().popped)
     }
 
     /// Lets items numbered below `limit` be taken out.
@@ -603,12 +633,21 @@ impl<T> Drop for Wait<'_, T> {
 
 /// A consumer of a queue that keeps its place in line between polls and
 /// gives it back when dropped.
-pub(crate) struct Reader<'a, T>(Wait<'a, T>);
+pub(crate) struct Reader<'a, T> {
+    wait: Wait<'a, T>,
+    /// Where the batches it takes are recorded, for `flush`.
+    mark: Option<&'a Mark>,
+}
 
 impl<T> Queue<T> {
     /// A consumer of this queue; see [`Reader`].
     pub(crate) fn reader(&self) -> Reader<'_, T> {
-        Reader(Wait { queue: self, waiter: Waiter::new() })
+        Reader { wait: Wait { queue: self, waiter: Waiter::new() }, mark: None }
+    }
+
+    /// A consumer that records the number of each batch it takes in `mark`.
+    pub(crate) fn marked_reader<'a>(&'a self, mark: &'a Mark) -> Reader<'a, T> {
+        Reader { mark: Some(mark), ..self.reader() }
     }
 }
 
@@ -620,8 +659,8 @@ impl<T> Reader<'_, T> {
         out: &mut impl Extend<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
-        let Wait { queue, waiter } = &mut self.0;
-        queue.poll_pop_numbered(cx, waiter, out, max)
+        let Wait { queue, waiter } = &mut self.wait;
+        queue.poll_pop_marked(cx, waiter, out, max, self.mark)
     }
 }
 

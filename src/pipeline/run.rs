@@ -13,7 +13,10 @@ use std::{
 use futures::FutureExt;
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{BATCH, Emitter, Panicked, Stage, drain::StageDrain, metrics::Counters, metrics::Delta, queue::Queue};
+use super::{
+    BATCH, Emitter, Panicked, Stage, drain::StageDrain, flush::ReplicaMark, metrics::Counters, metrics::Delta,
+    queue::Queue,
+};
 use crate::server::{
     handle::Inbox,
     restart::Restarts,
@@ -32,9 +35,11 @@ enum Work<S: Stage> {
 /// every replica of its stage (counted by `drain`) has drained; dropping
 /// `out` then closes the next stage's input (when this was the last replica
 /// of its stage).
+#[allow(clippy::too_many_arguments, reason = "one per part of the stage a replica uses")]
 pub(crate) async fn run<S: Stage>(
     mut control: Inbox<S>,
     input: Arc<Queue<S::In>>,
+    mark: ReplicaMark,
     mut out: Emitter<S::Out>,
     registry: S::Registry,
     counters: Arc<Counters>,
@@ -47,8 +52,9 @@ pub(crate) async fn run<S: Stage>(
     let mut batch = Batch { items: VecDeque::with_capacity(BATCH), first: 0, counters: counters.clone() };
     // Whether the input ended and `finish` ran.
     let mut ended = false;
-    // This replica's place in line for items.
-    let mut reader = input.reader();
+    // This replica's place in line for items; it records each batch taken
+    // in `mark`, which says when the batch ended, for `flush`.
+    let mut reader = input.marked_reader(mark.mark());
     'life: loop {
         let Some(mut server) = boot::<S>(&registry, &mut restarts).await else {
             break 'life;
@@ -60,6 +66,9 @@ pub(crate) async fn run<S: Stage>(
             // Items left by a handler that panicked go to the new state.
             if !batch.items.is_empty() {
                 let processed = process_batch(&mut server, &mut control, &mut batch, &mut out, &counters).await;
+                if batch.items.is_empty() {
+                    mark.ended();
+                }
                 if let Err(Crashed) = processed {
                     if restarts.allow() {
                         continue 'life;
@@ -144,6 +153,7 @@ pub(crate) async fn run<S: Stage>(
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
         out.fail_stopped(left).await;
         out.end_batch(batch.first, left).await;
+        mark.ended();
     }
     while let Some(first) = poll_fn(|cx| reader.poll_pop_numbered(cx, &mut batch.items, BATCH)).await {
         let n = batch.items.len() as u64;
@@ -152,6 +162,7 @@ pub(crate) async fn run<S: Stage>(
         out.fail_stopped(n).await;
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
+        mark.ended();
     }
     if !ended {
         out.end_input().await;

@@ -16,8 +16,16 @@ use tokio::time::Instant;
 
 pub(crate) use super::failure::FailureRoute;
 use super::{
-    Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics, dispatch::Dispatch,
-    drain::StageDrain, emitter::Link, metrics::Counters, output::OutputShared, queue::Queue, reorder::Reorder, run,
+    Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics,
+    dispatch::Dispatch,
+    drain::StageDrain,
+    emitter::Link,
+    flush::{FlushPoint, ReplicaMark},
+    metrics::Counters,
+    output::OutputShared,
+    queue::Queue,
+    reorder::Reorder,
+    run,
 };
 use crate::{
     CallError, SendError,
@@ -56,6 +64,7 @@ pub struct StageHandle<S: Stage> {
     counters: Box<[Arc<Counters>]>,
     input: Input<S::In>,
     next: AtomicUsize,
+    flush: Arc<FlushPoint>,
 }
 
 /// What the spawning of a stage's replicas needs; used once, in `start`.
@@ -72,6 +81,7 @@ struct StageControl<T> {
     dispatch: Dispatch<T>,
     replicas: Vec<Arc<ServerState>>,
     head: bool,
+    flush: Arc<FlushPoint>,
 }
 
 impl<T: Send + 'static> Stoppable for StageControl<T> {
@@ -89,6 +99,7 @@ impl<T: Send + 'static> Stoppable for StageControl<T> {
         for queue in self.dispatch.queues() {
             queue.close_and_clear();
         }
+        self.flush.abort();
     }
 }
 
@@ -113,10 +124,13 @@ impl Builder {
         let name = |i: usize| if spec.replicas == 1 { spec.name.to_owned() } else { format!("{}[{i}]", spec.name) };
         let (replicas, inboxes): (Vec<_>, Vec<_>) =
             (0..spec.replicas).map(|i| self.stage_channel::<S>(name(i))).unzip();
+        let registry = inboxes[0].state.registry;
+        let flush = Arc::new(FlushPoint::new(registry, dispatch.queues(), spec.replicas));
         self.control(StageControl {
             dispatch: dispatch.clone(),
             replicas: inboxes.iter().map(|inbox| inbox.state.clone()).collect(),
             head: spec.head,
+            flush: flush.clone(),
         });
         let handle = StageHandle {
             name: spec.name,
@@ -125,6 +139,7 @@ impl Builder {
             counters: (0..spec.replicas).map(|_| Arc::default()).collect(),
             input: Input::new(dispatch),
             next: AtomicUsize::new(0),
+            flush,
         };
         let failures = self.failures.get_or_insert_with(FailureRoute::new).clone();
         (handle, StageWiring { inboxes, failures })
@@ -163,7 +178,8 @@ impl<R> Core<R> {
             }
             .with_failing(wiring.failures.failing(stage.name, i));
             let counters = stage.counters[i].clone();
-            let task = run::run::<S>(inbox, queue, out, registry.clone(), counters, start.add(), drain.clone());
+            let mark = ReplicaMark::new(stage.flush.clone(), i);
+            let task = run::run::<S>(inbox, queue, mark, out, registry.clone(), counters, start.add(), drain.clone());
             let join = self.spawn_task(context::scope(state.clone(), task));
             state.set_abort_handle(join.abort_handle());
         }
@@ -217,14 +233,15 @@ impl<S: Stage> StageHandle<S> {
     /// recorded: another replica than the caller, one that is not waiting
     /// itself if there is one, and never one whose wait would close a cycle.
     fn pick(&self, caller: &Arc<ServerState>) -> Result<(&Handle<S>, Waiting), Refused> {
-        let others = self.others(caller);
+        // Replicas not waiting first; whether one waits is read once, so a
+        // replica that starts or stops waiting meanwhile is still tried.
+        let mut others: Vec<_> = self.others(caller).map(|r| (r.state().is_waiting(), r)).collect();
+        others.sort_by_key(|(waiting, _)| *waiting);
         let mut refused = Refused::SelfCall;
-        for idle in [true, false] {
-            for replica in others.clone().filter(|r| r.state().is_waiting() != idle) {
-                match replica.wait_from(caller) {
-                    Ok(waiting) => return Ok((replica, waiting)),
-                    Err(cycle) => refused = cycle,
-                }
+        for (_, replica) in others {
+            match replica.wait_from(caller) {
+                Ok(waiting) => return Ok((replica, waiting)),
+                Err(cycle) => refused = cycle,
             }
         }
         Err(refused)
@@ -371,6 +388,11 @@ impl<S: Stage> StageHandle<S> {
     /// A sink into this stage.
     pub fn sink(&self) -> InputSink<S::In> {
         self.input.sink()
+    }
+
+    /// What `flush` watches of this stage.
+    pub fn flush_point(&self) -> &FlushPoint {
+        &self.flush
     }
 
     /// This stage's metrics.

@@ -144,6 +144,7 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
     let tail = stage_trait(servers.last().expect("validated: at least one stage"));
     let plumbing = Index::from(servers.len());
     let metrics = (0..servers.len()).map(Index::from);
+    let flushes = (0..servers.len()).map(Index::from);
     let per_stage = servers.iter().enumerate().map(|(i, s)| stage_methods(registry, i, s));
     let (item, items, all) = (local::local("item"), local::local("items"), local::local("__servers"));
     quote! {
@@ -225,6 +226,27 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
             self.__genflow.servers().#plumbing.failures()
         }
 
+        /// Waits until every item accepted before the call (by `send`, `feed`,
+        /// a sink, or `sink_<stage>` into any stage) has left the pipeline:
+        /// emitted by the last stage (into the output, or dropped if the
+        /// output is not taken), failed, or dropped. Nothing is shut down:
+        /// afterwards `call_<stage>` reads state that has seen all of them.
+        /// Items sent meanwhile are not waited for. See `genflow::Pipeline::flush`.
+        ///
+        /// # Errors
+        ///
+        /// `FlushError::Closed` if the pipeline was shut down or aborted
+        /// before, `Aborted` if it is aborted meanwhile, `FromInside` if
+        /// called by one of its own stages.
+        ///
+        /// # Cancel safety
+        ///
+        /// Cancel safe: a flush only waits; dropping it changes nothing.
+        #vis async fn flush(&self) -> ::genflow::__private::Result<(), ::genflow::__private::FlushError> {
+            let #all = self.__genflow.servers();
+            ::genflow::__private::flush(&[#(#all.#flushes.flush_point(),)*]).await
+        }
+
         /// A snapshot of every stage's metrics; readable at any time, also
         /// after shutdown.
         #vis fn metrics(&self) -> ::genflow::Metrics {
@@ -280,6 +302,14 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
 
             fn metrics(&self) -> ::genflow::Metrics {
                 #ident::metrics(self)
+            }
+
+            fn flush(
+                &self,
+            ) -> impl ::core::future::Future<
+                Output = ::genflow::__private::Result<(), ::genflow::__private::FlushError>,
+            > + ::core::marker::Send {
+                #ident::flush(self)
             }
 
             fn shutdown(&self) -> impl ::core::future::Future<Output = ()> + ::core::marker::Send {

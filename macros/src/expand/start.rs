@@ -51,7 +51,7 @@ pub(super) fn items(registry: &Registry, parts: &Parts) -> TokenStream {
     let replicated = (*kind == Kind::Pipeline).then(|| {
         quote! {
             #[automatically_derived]
-            impl ::genflow::__private::Replicated for #ident {}
+            impl ::genflow::__private::Replicated for #ident where #bounds {}
         }
     });
     quote! {
