@@ -131,14 +131,12 @@ pub(crate) fn check(registry: &Registry, errors: &mut Errors) {
         ));
     }
     for server in &registry.servers {
-        if let (Some(ordered), Some(path)) = (server.replicas.ordered, &server.replicas.partition_by) {
-            let mut error = syn::Error::new(
+        if let (Some(ordered), Some(_)) = (server.replicas.ordered, &server.replicas.partition_by) {
+            errors.push(syn::Error::new(
                 ordered,
                 "`ordered` and `partition_by` cannot be combined: `partition_by` already keeps the order of \
                  each key; remove one of them",
-            );
-            error.combine(syn::Error::new_spanned(path, "`partition_by` is given here"));
-            errors.push(error);
+            ));
         }
     }
     // `call_x_all` of a stage `x` must not be the `call_` method of a stage `x_all`.
@@ -161,15 +159,21 @@ pub(crate) fn check(registry: &Registry, errors: &mut Errors) {
     }
     let noun = registry.kind.noun();
     let mut seen = HashMap::new();
-    for server in &registry.servers {
+    for (position, server) in registry.servers.iter().enumerate() {
         let name = server.name.to_string();
-        if let Some(first) = seen.insert(name.clone(), &server.name) {
-            let mut error = syn::Error::new(
+        if let Some(&first) = seen.get(&name) {
+            // One error, at the repeated name; the message says where the
+            // first one is, so nothing else needs pointing at.
+            errors.push(syn::Error::new(
                 server.name.span(),
-                format_args!("duplicate {noun} name `{name}`: each {noun} needs its own name"),
-            );
-            error.combine(syn::Error::new(first.span(), format_args!("`{name}` is first declared here")));
-            errors.push(error);
+                format_args!(
+                    "duplicate {noun} name `{name}`: each {noun} needs its own name (`{name}` is already {noun} \
+                     number {} of this list)",
+                    first + 1
+                ),
+            ));
+        } else {
+            seen.insert(name, position);
         }
     }
 }
