@@ -49,8 +49,7 @@ pub enum CallError<M> {
     /// fresh state (if its restart limit allowed it).
     Panicked,
     /// The server was aborted (or its runtime shut down) while it was
-    /// handling this call, or while the call was entering its queue as the
-    /// queue was dropped. The message is lost.
+    /// handling this call.
     Aborted,
 }
 

@@ -135,9 +135,6 @@ impl<S: GenServer> Handle<S> {
         let (tx, rx) = oneshot::channel();
         permit.send(Envelope::Call(Call::new(message, tx, waiting.as_ref().map(Waiting::share))));
         self.state.post();
-        if self.state.sent_to_gone() {
-            return self.abandoned(rx);
-        }
         let reply = rx.await;
         drop(waiting);
         self.reply(reply)
@@ -197,9 +194,6 @@ impl<S: GenServer> Handle<S> {
         let (tx, rx) = oneshot::channel();
         permit.send(Envelope::Call(Call::new(message, tx, waiting.as_ref().map(Waiting::share))));
         self.state.post();
-        if self.state.sent_to_gone() {
-            return self.abandoned(rx);
-        }
         let reply = self.on_runtime(|| timeout_at(deadline, rx)).await;
         drop(waiting);
         match reply {
@@ -318,19 +312,6 @@ impl<S: GenServer> Handle<S> {
         self.state.abort();
     }
 
-    /// The call was sent while the server's queue was being dropped (the
-    /// server was aborted or failed for good): its reply, or its message
-    /// handed back, may be there already; if not, it will never come.
-    fn abandoned(
-        &self,
-        mut rx: oneshot::Receiver<Reply<S::Response, S::Message>>,
-    ) -> Result<S::Response, CallError<S::Message>> {
-        match rx.try_recv() {
-            Ok(reply) => self.reply(Ok(reply)),
-            Err(_) => Err(CallError::Aborted),
-        }
-    }
-
     fn reply(
         &self,
         reply: Result<Reply<S::Response, S::Message>, oneshot::error::RecvError>,
@@ -376,10 +357,20 @@ impl<S: GenServer> fmt::Debug for Inbox<S> {
 
 impl<S: GenServer> Drop for Inbox<S> {
     fn drop(&mut self) {
-        // Before the queue drops: queued calls handed back then see the status,
-        // and callers that send after the drop know not to wait.
+        // Before the queue drops: queued calls handed back then see the status.
         self.state.set_closed();
-        self.state.set_gone();
+        // A caller that reserved room before the queue closed may still put
+        // its call in after this drop's drain (the server was aborted, or
+        // failed for good): nobody would take it, and the caller would wait
+        // forever. A task on the registry's runtime takes what still comes
+        // until no room is reserved any more; each call it drops hands its
+        // message back to its caller (`Closed`).
+        if let Some(runtime) = &self.state.runtime {
+            let (_, empty) = mpsc::channel(1);
+            let mut rx = std::mem::replace(&mut self.rx, empty);
+            rx.close();
+            drop(runtime.spawn(async move { while rx.recv().await.is_some() {} }));
+        }
     }
 }
 

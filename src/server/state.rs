@@ -2,7 +2,7 @@
 
 use std::sync::{
     Arc, Mutex, MutexGuard, OnceLock,
-    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering, fence},
+    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
 };
 
 use tokio::{runtime, task::AbortHandle};
@@ -41,10 +41,6 @@ pub(crate) struct ServerState {
     /// Set after each message is queued: lets a busy stage check for calls
     /// between items with one load instead of a queue poll.
     mail: AtomicBool,
-    /// Set when the server's queue is about to be dropped for good: a
-    /// message sent after that drop would stay in the queue, unhandled and
-    /// never handed back.
-    gone: AtomicBool,
 }
 
 impl ServerState {
@@ -59,26 +55,7 @@ impl ServerState {
             status: AtomicU8::new(RUNNING),
             abort: OnceLock::new(),
             mail: AtomicBool::new(false),
-            gone: AtomicBool::new(false),
         }
-    }
-
-    /// Called just before the server's queue is dropped (which drains it).
-    ///
-    /// With [`sent_to_gone`](Self::sent_to_gone) this is the store-buffer
-    /// pattern: the fences make sure that a sender that does not see the
-    /// mark sent before the queue's drain, which then hands its call back.
-    pub(crate) fn set_gone(&self) {
-        self.gone.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-    }
-
-    /// Called by a caller right after it put a call in the queue: whether
-    /// the queue may already have been dropped, so the call may never be
-    /// answered nor handed back.
-    pub(crate) fn sent_to_gone(&self) -> bool {
-        fence(Ordering::SeqCst);
-        self.gone.load(Ordering::Relaxed)
     }
 
     /// Whether the server went down for good after too many panics.
