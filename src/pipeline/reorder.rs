@@ -350,9 +350,7 @@ impl<T: Send + 'static> Place<T> {
 
     /// Sends `items` on if this replica may without waiting for its turn.
     pub(crate) async fn send_if_turn(&mut self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
-        if let Some(first) = self.batch
-            && !self.turn
-        {
+        if let (Some(first), false) = (self.batch, self.turn) {
             self.turn = self.reorder.has_turn(first);
         }
         if (self.turn && self.batch.is_some()) || self.finishing {
