@@ -202,34 +202,9 @@ fn stub(function: &ItemFn) -> TokenStream {
         (None, Err(_)) => quote!(()),
     };
     let (vis, ty) = (&function.vis, camel_case(&sig.ident));
-    let registry = format_ident!("R", span = Span::mixed_site());
     let doc = format!("The pipeline stage running [`{}`] (not built: see the error).", sig.ident);
-    quote! {
-        #[doc = #doc]
-        #vis struct #ty<#registry>(::core::marker::PhantomData<fn() -> #registry>);
-
-        impl<#registry> ::genflow::GenServer for #ty<#registry>
-        where
-            #registry: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
-        {
-            type Message = ();
-            type Response = ();
-            type Registry = #registry;
-            fn new(_: #registry) -> Self {
-                #ty(::core::marker::PhantomData)
-            }
-            async fn handle_call(&mut self, _: ()) {}
-        }
-
-        impl<#registry> ::genflow::Stage for #ty<#registry>
-        where
-            #registry: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,
-        {
-            type In = #item_ty;
-            type Out = #out_ty;
-            async fn process(&mut self, _: #item_ty, _: &mut ::genflow::Emitter<#out_ty>) {}
-        }
-    }
+    let process = quote!(async fn process(&mut self, _: #item_ty, _: &mut ::genflow::Emitter<#out_ty>) {});
+    unit_stage(Span::call_site(), vis, &ty, &doc, &item_ty, &out_ty, &process)
 }
 
 fn stage(function: &ItemFn) -> syn::Result<TokenStream> {
@@ -317,12 +292,32 @@ fn stage(function: &ItemFn) -> syn::Result<TokenStream> {
         None => call,
     };
     let emit = shape.emit(&value, &out);
-    let registry = format_ident!("R", span = Span::mixed_site());
     let doc = format!(
         "The pipeline stage running [`{name}`] on each item, in any pipeline: name it as \
          `{ty}<Pipeline>`. It takes no calls (`Message` and `Response` are `()`)."
     );
-    Ok(quote_spanned! {span=>
+    let process = quote_spanned! {span=>
+        async fn process(&mut self, #item: #item_ty, #out: &mut ::genflow::Emitter<#out_ty>) {
+            let #value = #call;
+            #emit
+        }
+    };
+    Ok(unit_stage(span, vis, &ty, &doc, &item_ty, &out_ty, &process))
+}
+
+/// A unit stage type generic over its registry (any pipeline), taking no
+/// calls, whose `process` is `process`; every token spanned at `span`.
+fn unit_stage(
+    span: Span,
+    vis: &syn::Visibility,
+    ty: &Ident,
+    doc: &str,
+    item_ty: &dyn quote::ToTokens,
+    out_ty: &dyn quote::ToTokens,
+    process: &TokenStream,
+) -> TokenStream {
+    let registry = format_ident!("R", span = Span::mixed_site());
+    quote_spanned! {span=>
         #[doc = #doc]
         #vis struct #ty<#registry>(::core::marker::PhantomData<fn() -> #registry>);
 
@@ -348,10 +343,7 @@ fn stage(function: &ItemFn) -> syn::Result<TokenStream> {
             type In = #item_ty;
             type Out = #out_ty;
 
-            async fn process(&mut self, #item: #item_ty, #out: &mut ::genflow::Emitter<#out_ty>) {
-                let #value = #call;
-                #emit
-            }
+            #process
         }
-    })
+    }
 }
