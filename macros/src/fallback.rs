@@ -1,7 +1,8 @@
 //! What a macro emits when its input has an error: the error, the user's
 //! struct unchanged, and stubs of everything the macro would have generated
-//! (`Clone`, `start`, the per-server methods, the pipeline methods and
-//! `impl Pipeline`), with the real signatures and bodies that never run.
+//! (`Clone`, `start`, `builder` and the hidden traits `genflow::Builder`
+//! needs, the per-server methods, the pipeline methods and `impl Pipeline`),
+//! with the real signatures and bodies that never run.
 //!
 //! The stubs keep the one mistake to one error: code that uses the struct
 //! (`Flow::start().await`, `flow.call_parse(..)`, a server whose `Registry`
@@ -16,9 +17,9 @@
 //! it would only add one at a call of that very method.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
+use quote::{ToTokens, format_ident, quote};
 use syn::{
-    Attribute, Fields, Ident, ItemStruct, Token, Type,
+    Attribute, Ident, ItemStruct, Token, Type,
     parse::{ParseStream, Parser},
 };
 
@@ -69,26 +70,13 @@ fn stubs(kind: Kind, item: &ItemStruct, entries: &[Entry]) -> TokenStream {
     let ident = &item.ident;
     let vis = &item.vis;
     let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
-    let params: Vec<TokenStream> = match &item.fields {
-        Fields::Named(named) => named
-            .named
-            .iter()
-            .map(|f| {
-                let (name, ty) = (&f.ident, &f.ty);
-                quote!(#name: #ty)
-            })
-            .collect(),
-        Fields::Unnamed(unnamed) => unnamed
-            .unnamed
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let (name, ty) = (format_ident!("field{}", i), &f.ty);
-                quote!(#name: #ty)
-            })
-            .collect(),
-        Fields::Unit => Vec::new(),
-    };
+    // A tuple struct is an error of its own; its fields are named by place.
+    let params: Vec<Param<'_>> = item
+        .fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Param(f.ident.clone().unwrap_or_else(|| format_ident!("field{}", i)), &f.ty))
+        .collect();
     // The struct's own `#[derive(Clone)]` is an error of its own; a second
     // `Clone` impl would add another.
     let clone = (!item.attrs.iter().any(derives_clone)).then(|| {
@@ -133,6 +121,20 @@ fn stubs(kind: Kind, item: &ItemStruct, entries: &[Entry]) -> TokenStream {
         (Kind::Pipeline, Some(head), Some(tail), true) => pipeline_impl(ident, &head.ty, &tail.ty),
         _ => TokenStream::new(),
     };
+    // A generic struct is an error of its own; its builder is not stubbed.
+    let (builder, configurable) = if item.generics.params.is_empty() {
+        let types: Vec<&Type> = params.iter().map(|Param(_, ty)| *ty).collect();
+        (
+            quote! {
+                #vis fn builder(#(#params),*) -> ::genflow::Builder<Self> {
+                    ::core::unreachable!()
+                }
+            },
+            configurable(kind, ident, &types, entries),
+        )
+    } else {
+        (TokenStream::new(), TokenStream::new())
+    };
     quote! {
         const _: () = {
             #clone
@@ -151,13 +153,59 @@ fn stubs(kind: Kind, item: &ItemStruct, entries: &[Entry]) -> TokenStream {
                     ::core::unreachable!()
                 }
 
+                #builder
                 #metrics
                 #pipeline
                 #(#servers)*
             }
 
             #pipeline_impl
+            #configurable
         };
+    }
+}
+
+/// One parameter of `start` and `builder`: a field's name and type.
+struct Param<'a>(Ident, &'a Type);
+
+impl ToTokens for Param<'_> {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        let Param(name, ty) = self;
+        tokens.extend(quote!(#name: #ty));
+    }
+}
+
+/// The hidden traits `genflow::Builder` needs of what it starts:
+/// `Configurable` with the declared names, and for a pipeline `Replicated`,
+/// so that `R::builder(..).replicas(..).queue_size(..).start()` type-checks
+/// as it would with the real expansion.
+fn configurable(kind: Kind, ident: &Ident, types: &[&Type], entries: &[Entry]) -> TokenStream {
+    let noun = kind.noun();
+    let mut seen = std::collections::HashSet::new();
+    let names = entries.iter().map(|e| e.name.to_string()).filter(|name| seen.insert(name.clone()));
+    let replicated = (kind == Kind::Pipeline).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl ::genflow::__private::Replicated for #ident {}
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        #[allow(clippy::all)]
+        impl ::genflow::__private::Configurable for #ident {
+            type Fields = (#(#types,)*);
+            const KIND: &'static str = #noun;
+            const NAMES: &'static [&'static str] = &[#(#names),*];
+
+            fn start_sized(
+                _: Self::Fields,
+                _: ::genflow::__private::Sizes,
+            ) -> impl ::core::future::Future<Output = Self> {
+                async { ::core::unreachable!() }
+            }
+        }
+
+        #replicated
     }
 }
 
