@@ -150,8 +150,8 @@ impl<R> Core<R> {
     /// Spawns the replicas of stage `S`, emitting into `next` (the next
     /// stage's input, or the output).
     ///
-    /// The bound `S::Out: FlowsInto<N>` is where a stage whose output type
-    /// differs from the next stage's input type is reported.
+    /// `S::Out: FlowsInto<N>` holds when `N` is `S::Out`; the generated
+    /// pipelines check their links with `__private::assert_flows`.
     pub fn spawn_stage<S, N>(
         &self,
         start: &mut Start,

@@ -14,7 +14,8 @@
 //! the call site, and it is never written inside tokens spanned at a user's
 //! type.
 
-use proc_macro2::{Ident, Span};
+use proc_macro2::{Ident, Span, TokenStream, TokenTree};
+use quote::ToTokens;
 
 /// A generated local named `name`.
 pub(super) fn local(name: &str) -> Ident {
@@ -38,6 +39,29 @@ pub(super) fn shown_at(ident: &Ident, at: Span) -> Ident {
     let mut ident = ident.clone();
     ident.set_span(ident.span().located_at(at));
     ident
+}
+
+/// The call `call` (`path(args)` or `path::<..>(args)`) shown over the
+/// whole of `ty`: its first token at `ty`'s first token, the path's last
+/// token and the arguments at `ty`'s last. rustc spans an expression from
+/// its first token to its last, so the call, its path and the type
+/// argument all cover exactly what the user wrote, and an error about any
+/// of them underlines the type once. (syn's span of a type is its first
+/// token's only.)
+pub(super) fn shown_over(call: TokenStream, ty: &impl ToTokens) -> TokenStream {
+    let mut spans = ty.to_token_stream().into_iter().map(|t| t.span());
+    let Some(first) = spans.next() else { return call };
+    let last = spans.last().unwrap_or(first);
+    let mut tokens: Vec<TokenTree> = call.into_iter().collect();
+    let count = tokens.len();
+    for (i, token) in tokens.iter_mut().enumerate() {
+        if i == 0 {
+            token.set_span(first);
+        } else if i + 2 >= count {
+            token.set_span(last);
+        }
+    }
+    tokens.into_iter().collect()
 }
 
 /// The locals of a generated `start`.

@@ -95,25 +95,27 @@ pub(crate) fn start(registry: &Registry) -> Parts {
         let ty = &s.ty;
         let index = Index::from(i);
         let wiring = &wirings[i];
-        // Naming the next input type (rather than letting it be inferred)
-        // makes a mismatch between this stage's `Out` and the next stage's
-        // `In` an unmet `FlowsInto` bound, reported at this stage's type.
-        let (next, next_in) = match servers.get(i + 1) {
-            Some(next) => {
-                let next_ty = &next.ty;
-                (Index::from(i + 1), quote!(<#next_ty as ::genflow::__private::Stage>::In))
+        // The stage is spawned emitting its own `Out`, and `relink` names
+        // the next stage's input by that type. That the two are one type is
+        // checked beside the check that each entry is a stage
+        // (`registry::check`), not here: this code assumes every entry is a
+        // stage, so an entry that is none would fail the link check too.
+        let next = match servers.get(i + 1) {
+            Some(_) => {
+                let next = Index::from(i + 1);
+                quote!(::genflow::__private::relink(#this.__genflow.servers().#next.downstream()))
             }
-            None => (plumbing.clone(), quote!(<#ty as ::genflow::__private::Stage>::Out)),
+            None => quote!(#this.__genflow.servers().#plumbing.downstream()),
         };
         // The registry argument is shown at the stage's type, where a stage
         // whose `Registry` is another type is reported.
         let registry_arg = local::shown_at(this, ty.span());
         quote_spanned! {ty.span()=>
-            #this.__genflow.spawn_stage::<#ty, #next_in>(
+            #this.__genflow.spawn_stage::<#ty, <#ty as ::genflow::__private::Stage>::Out>(
                 &mut #start,
                 &#this.__genflow.servers().#index,
                 #wiring,
-                #this.__genflow.servers().#next.downstream(),
+                #next,
                 &#registry_arg,
             );
         }

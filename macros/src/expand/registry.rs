@@ -133,23 +133,68 @@ pub(super) fn bounds(registry: &Registry) -> TokenStream {
 }
 
 /// Checks, once per distinct type, that each entry is a server (for a
-/// pipeline, a stage) of this registry, spanned at the entry's type.
+/// pipeline, a stage) of this registry, spanned at the entry's type; for a
+/// pipeline, also that each stage emits what the next one takes, spanned at
+/// the emitting stage's type.
+///
+/// Both checks share one function, which assumes nothing: there, the item
+/// types of an entry that is no stage are left unknown, so its links add no
+/// error of their own. (Everything else generated assumes every entry is a
+/// stage, and there such an entry's `Out` equals no type.)
 fn check(registry: &Registry) -> TokenStream {
     let assert = match registry.kind {
         Kind::Registry => quote!(assert_server),
         Kind::Pipeline => quote!(assert_stage),
     };
     let ident = &registry.ident;
-    let mut seen = std::collections::HashSet::new();
-    let asserts = registry.servers.iter().filter(|s| seen.insert(s.ty.to_token_stream().to_string())).map(|s| {
+    // The first entry of each type, by type; `ends[i]` names the local
+    // holding entry `i`'s item types.
+    let mut first = std::collections::HashMap::new();
+    let ends: Vec<_> = registry
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| *first.entry(s.ty.to_token_stream().to_string()).or_insert(i))
+        .collect();
+    let asserts = registry.servers.iter().enumerate().filter(|(i, _)| ends[*i] == *i).map(|(i, s)| {
         let ty = &s.ty;
-        quote_spanned!(ty.span()=> ::genflow::__private::#assert::<#ty, #ident>();)
+        let local = local::shown_at(&local::numbered("__ends", i), ty.span());
+        // The call is shown over the whole type, from its first token to its
+        // last, as rustc shows the type argument itself: a type that is no
+        // stage leaves the call's result type unknown, which rustc reports
+        // at the call; at the same place and for the same trait, it is the
+        // same error, reported once.
+        let call = quote_spanned!(ty.span()=> ::genflow::__private::#assert::<#ty, #ident>());
+        let call = local::shown_over(call, ty);
+        match registry.kind {
+            Kind::Registry => quote_spanned!(ty.span()=> #call;),
+            Kind::Pipeline => quote_spanned!(ty.span()=> let #local = #call;),
+        }
     });
+    let links = match registry.kind {
+        Kind::Registry => Vec::new(),
+        Kind::Pipeline => registry
+            .servers
+            .windows(2)
+            .enumerate()
+            .map(|(i, pair)| {
+                let ty = &pair[0].ty;
+                let from = local::shown_at(&local::numbered("__ends", ends[i]), ty.span());
+                let to = local::shown_at(&local::numbered("__ends", ends[i + 1]), ty.span());
+                let joint =
+                    local::shown_over(quote_spanned!(ty.span()=> ::genflow::__private::joint(&#from, &#to)), ty);
+                let call =
+                    local::shown_over(quote_spanned!(ty.span()=> ::genflow::__private::assert_flows(#joint)), ty);
+                quote_spanned!(ty.span()=> #call;)
+            })
+            .collect(),
+    };
     let name = local::local("__check");
     quote! {
         #[allow(dead_code)]
         fn #name() {
             #(#asserts)*
+            #(#links)*
         }
     }
 }
