@@ -26,13 +26,78 @@ pub fn assert_server<S: GenServer<Registry = R>, R>() {}
 
 /// Fails to compile unless `S` is a stage of pipeline `R`: the one check of
 /// a pipeline entry, spanned at it (the rest of the expansion assumes it).
-/// A type that is no stage is reported with `Stage`'s message.
+/// A type that is no stage is reported with `Stage`'s message, a stage of
+/// another registry with [`Hosts`]'s, the type of a stage function written
+/// without its pipeline with [`NamesPipeline`]'s.
 ///
 /// Returns the stage's item types, for [`assert_flows`]. For a type that is
 /// no stage they are left to inference, which the error above already
 /// stopped, so a link to or from that entry reports nothing more.
-pub fn assert_stage<S: Stage<Registry = R>, R>() -> Ends<S::In, S::Out> {
+pub fn assert_stage<S: Stage, R>() -> Ends<S::In, S::Out>
+where
+    S::Registry: Hosts<S, R>,
+{
     Ends(PhantomData)
+}
+
+/// `Self`, the `Registry` of stage `S`, is pipeline `P`: implemented by
+/// every generated pipeline for itself (`impl<S> Hosts<S, P> for P`), by
+/// [`Unknown`] for any pipeline, and by [`NoPipeline`] for none (it reports
+/// [`NamesPipeline`]'s message instead).
+///
+/// The generated pipeline's methods assume only that each entry is a
+/// `Stage`, not which `Registry` it has: this check alone says so, once,
+/// and the generated `start` hands each stage its pipeline through
+/// [`registry_as`].
+#[diagnostic::on_unimplemented(
+    message = "`{S}` is a stage of `{Self}`, not of pipeline `{P}`",
+    label = "a stage of `{Self}`",
+    note = "a stage runs in the pipeline its `type Registry` names: make it `{P}` to use this stage here"
+)]
+pub trait Hosts<S, P> {}
+
+/// The `Registry` of a stage declared with `#[genflow::stage]` on an `impl`
+/// block that names none: that error is reported by the macro, and any
+/// pipeline accepts the stage without a second one. A stage with this
+/// registry never starts: its program does not compile.
+#[derive(Clone, Copy, Debug)]
+pub struct Unknown(());
+
+impl<S, P> Hosts<S, P> for Unknown {}
+
+/// The default pipeline of a `#[genflow::stage]` function's type, so that
+/// the type written without its pipeline (`Parse` for `Parse<Flow>`) is
+/// still a type, and a pipeline naming it reports one precise error
+/// through [`NamesPipeline`] instead of a missing generic argument at every
+/// place the pipeline's expansion names it.
+#[derive(Clone, Copy, Debug)]
+pub struct NoPipeline(());
+
+impl<S: NamesPipeline<P>, P> Hosts<S, P> for NoPipeline {}
+
+/// Implemented by nothing: the type of a stage function names its pipeline
+/// as its parameter.
+#[diagnostic::on_unimplemented(
+    message = "the stage `{Self}` does not name its pipeline: write `{Self}<{P}>`",
+    label = "write `{Self}<{P}>`",
+    note = "the type of a `#[genflow::stage]` function is generic over the pipeline it runs in"
+)]
+pub trait NamesPipeline<P> {}
+
+/// `pipeline` as the `Registry` of a stage, `R`: the same value, since
+/// [`assert_stage`] proved the two types equal at compile time (the
+/// generated methods do not restate it, so that an entry of another
+/// registry is reported only there). One `TypeId` comparison per replica,
+/// at start.
+///
+/// # Panics
+///
+/// If `R` is not `P`, which [`assert_stage`] rules out at compile time.
+pub fn registry_as<P: 'static, R: 'static>(pipeline: &P) -> &R {
+    match (pipeline as &dyn Any).downcast_ref::<R>() {
+        Some(same) => same,
+        None => unreachable!("a stage's `Registry` is its pipeline: checked by `assert_stage`"),
+    }
 }
 
 /// The item types a stage takes and emits, as [`assert_stage`] found them.

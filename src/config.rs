@@ -103,7 +103,17 @@ pub trait Configurable: Sized {
 
 /// Implemented by generated pipelines only: they have stages to replicate.
 /// Not public API.
+///
+/// Bound on [`Builder::replicas`] itself rather than on an impl block, so
+/// that calling it on a registry's builder reports this message (E0277)
+/// instead of naming this trait in a method-not-found error (E0599).
 #[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`replicas` is for pipelines, and `{Self}` is a registry",
+    label = "a registry's builder has no `replicas`",
+    note = "each server of a registry runs as one instance; a pipeline's stage can run as several replicas \
+            (`#[replicas(N)]` or `builder(..).replicas(\"stage\", n)`); a registry's builder sets `queue_size`"
+)]
 pub trait Replicated: Configurable {}
 
 /// Starts a registry or pipeline `R` with sizes chosen at run time.
@@ -245,17 +255,21 @@ impl<R: Configurable> Builder<R> {
     }
 }
 
-impl<R: Replicated> Builder<R> {
+impl<R: Configurable> Builder<R> {
     /// Sets how many replicas run the stage `name`, overriding its
     /// `#[replicas(N)]` (1 if it has none). `partition_by` then hashes keys
     /// over `n` queues, and `ordered` keeps the input order over `n`
     /// replicas. A count chosen here costs nothing per item over a declared
     /// one.
     ///
-    /// Only pipelines have this method: a registry server runs once.
+    /// Only pipelines have this method: a registry server runs once, and
+    /// calling it on a registry's builder is a compile error saying so.
     /// 0, or an unknown name, makes [`start`](Self::start) return a
     /// [`ConfigError`].
-    pub fn replicas(mut self, name: impl Into<String>, n: usize) -> Self {
+    pub fn replicas(mut self, name: impl Into<String>, n: usize) -> Self
+    where
+        R: Replicated,
+    {
         self.settings.push(Setting { what: What::Replicas, name: name.into(), value: n });
         self
     }

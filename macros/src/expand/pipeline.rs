@@ -107,16 +107,17 @@ pub(crate) fn start(registry: &Registry) -> Parts {
             }
             None => quote!(#this.__genflow.servers().#plumbing.downstream()),
         };
-        // The registry argument is shown at the stage's type, where a stage
-        // whose `Registry` is another type is reported.
+        // The pipeline is the stage's `Registry`: checked by `check`, not
+        // restated here (see `registry::bounds`).
         let registry_arg = local::shown_at(this, ty.span());
+        let gs = gen_server(s);
         quote_spanned! {ty.span()=>
             #this.__genflow.spawn_stage::<#ty, <#ty as ::genflow::__private::Stage>::Out>(
                 &mut #start,
                 &#this.__genflow.servers().#index,
                 #wiring,
                 #next,
-                &#registry_arg,
+                ::genflow::__private::registry_as::<_, #gs::Registry>(&#registry_arg),
             );
         }
     });

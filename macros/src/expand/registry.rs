@@ -120,16 +120,25 @@ fn entry_trait(registry: &Registry) -> TokenStream {
     }
 }
 
-/// `for<'__genflow> Entry: GenServer<Registry = Self>` (or `Stage`) for
-/// every entry: the
-/// where-clause of everything generated that needs the entries to be
-/// servers. Higher-ranked, so it is assumed where it is written rather than
-/// checked there: an entry that is not a server is reported once, by
-/// `check`, not again by every generated item.
+/// `for<'__genflow> Entry: GenServer<Registry = Self>` (for a pipeline,
+/// `Entry: Stage`) for every entry: the where-clause of everything
+/// generated that needs the entries to be servers. Higher-ranked, so it is
+/// assumed where it is written rather than checked there: an entry that is
+/// not a server is reported once, by `check`, not again by every generated
+/// item.
+///
+/// A pipeline's bound leaves the stage's `Registry` out: `check` proves it
+/// is the pipeline (or a stand-in after a `#[genflow::stage]` error, which
+/// starts nothing), and `start` passes the pipeline on through
+/// `registry_as`. So a stage of another registry, or whose registry is
+/// missing, is reported by `check` alone, not again at each use of `start`.
 pub(super) fn bounds(registry: &Registry) -> TokenStream {
     let (entry_trait, ident) = (entry_trait(registry), &registry.ident);
     let types = registry.servers.iter().map(|s| &s.ty);
-    quote!(#(for<'__genflow> #types: #entry_trait<Registry = #ident>,)*)
+    match registry.kind {
+        Kind::Registry => quote!(#(for<'__genflow> #types: #entry_trait<Registry = #ident>,)*),
+        Kind::Pipeline => quote!(#(for<'__genflow> #types: #entry_trait,)*),
+    }
 }
 
 /// Checks, once per distinct type, that each entry is a server (for a
@@ -190,7 +199,17 @@ fn check(registry: &Registry) -> TokenStream {
             .collect(),
     };
     let name = local::local("__check");
+    // A pipeline is the registry of the stages whose `Registry` it is.
+    let hosts = (registry.kind == Kind::Pipeline).then(|| {
+        let stage = local::local("__Stage");
+        quote! {
+            #[automatically_derived]
+            impl<#stage> ::genflow::__private::Hosts<#stage, #ident> for #ident {}
+        }
+    });
     quote! {
+        #hosts
+
         #[allow(dead_code)]
         fn #name() {
             #(#asserts)*

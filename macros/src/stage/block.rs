@@ -67,7 +67,8 @@ pub(super) fn expand(mut block: ItemImpl) -> TokenStream {
              `type Registry = YourPipeline;` to this block (a stage for any pipeline is a \
              `#[genflow::stage]` function)",
         ));
-        fill.push(quote_spanned!(span=> type Registry = ();));
+        // A stand-in every pipeline accepts without an error of its own.
+        fill.push(quote_spanned!(span=> type Registry = ::genflow::__private::Unknown;));
     }
     if !has("Message") {
         fill.push(quote_spanned!(span=> type Message = ();));

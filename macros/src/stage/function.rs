@@ -307,6 +307,10 @@ fn stage(function: &ItemFn) -> syn::Result<TokenStream> {
 
 /// A unit stage type generic over its registry (any pipeline), taking no
 /// calls, whose `process` is `process`; every token spanned at `span`.
+///
+/// The registry parameter defaults to `NoPipeline`, so the type written
+/// without it is still a type: a pipeline naming it so reports one error,
+/// asking for `Type<Pipeline>` (see `genflow::__private::NamesPipeline`).
 fn unit_stage(
     span: Span,
     vis: &syn::Visibility,
@@ -319,7 +323,9 @@ fn unit_stage(
     let registry = format_ident!("R", span = Span::mixed_site());
     quote_spanned! {span=>
         #[doc = #doc]
-        #vis struct #ty<#registry>(::core::marker::PhantomData<fn() -> #registry>);
+        #vis struct #ty<#registry = ::genflow::__private::NoPipeline>(
+            ::core::marker::PhantomData<fn() -> #registry>,
+        );
 
         impl<#registry> ::genflow::GenServer for #ty<#registry>
         where
