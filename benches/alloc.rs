@@ -1,6 +1,6 @@
 //! Allocations per item in steady state, and memory per idle server,
 //! measured with a counting global allocator (criterion cannot count
-//! allocations).
+//! allocations) and the process's resident set.
 //!
 //! ```text
 //! cargo bench --bench alloc
@@ -9,9 +9,24 @@
 //! - A 1:1 stage of `u64` feeding a summing stage, against the same two
 //!   tasks joined by a bounded `tokio::sync::mpsc` channel.
 //! - A `call` round trip, against `mpsc` + `oneshot`.
-//! - 10 000 idle servers (each in a registry of its own), and one stage with
-//!   10 000 idle replicas: live heap bytes and resident memory per server.
-
+//! - Idle memory, each figure measured in a fresh process (this binary run
+//!   again with `GENFLOW_IDLE_PROBE` set): the growth of the resident set
+//!   (`/proc/self/statm`) while [`IDLE`] idle things start and settle,
+//!   divided by [`IDLE`]. The things: registries of one server (queue
+//!   1000); the replicas of one stage (queue 1000); and the baseline, tokio
+//!   tasks each waiting in `recv` on its own bounded `mpsc` channel (bound
+//!   1000, carrying a call-or-cast message `(u64, Option<oneshot::Sender>)`)
+//!   whose senders are kept. "Settled" means every worker of the runtime is
+//!   parked with nothing queued, so every task has reached its `recv`. The
+//!   live heap (bytes requested from the allocator, without its own
+//!   overhead) grown over the same span is printed beside it.
+//!
+//!   Fresh processes matter: measured one after the other in one process,
+//!   the later figures reuse memory the earlier ones freed and come out too
+//!   small (the replica figure this bench used to print, ~1.4 KB, was such
+//!   a live-heap delta taken after 10 000 registries had been started and
+//!   dropped in the same process; it left out the allocator's overhead and
+//!   counted nothing that was not requested as heap).
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
@@ -70,7 +85,6 @@ fn rss() -> u64 {
 const WARM_UP: u64 = 100_000;
 const ITEMS: u64 = 1_000_000;
 const CALLS: u64 = 100_000;
-const SERVERS: usize = 10_000;
 
 // --- the pipeline ---------------------------------------------------------------
 
@@ -211,7 +225,14 @@ fn raw_call_allocs(rt: &Runtime) -> f64 {
     })
 }
 
-// --- idle servers ------------------------------------------------------------------
+// --- idle memory --------------------------------------------------------------------
+
+/// How many idle things each idle-memory probe starts.
+const IDLE: usize = 10_000;
+
+/// The environment variable that makes this binary run one idle-memory
+/// probe and print its result instead of the whole bench.
+const PROBE_VAR: &str = "GENFLOW_IDLE_PROBE";
 
 struct Idle;
 quiet_server!(Idle, Single, Idle);
@@ -231,16 +252,100 @@ impl Stage for IdleStage {
 #[genflow::pipeline{ #[replicas(10000)] idle: IdleStage }]
 struct Wide;
 
-/// Heap bytes and resident bytes added per server while `start` runs.
-fn per_server<T>(rt: &Runtime, start: impl AsyncFnOnce() -> T) -> (T, u64, u64) {
+/// What a hand-written actor's queue carries: a message, and where to
+/// answer it if it is a call.
+type RawMessage = (u64, Option<oneshot::Sender<u64>>);
+
+/// Waits until every worker of `rt` is parked with nothing left in the
+/// injection queue, twice in a row with no park or unpark in between: then
+/// every spawned task has run until it waits. Gives up after 10 s.
+fn wait_idle(rt: &Runtime) {
+    let metrics = rt.metrics();
+    let state = || {
+        let counts: Vec<u64> = (0..metrics.num_workers()).map(|w| metrics.worker_park_unpark_count(w)).collect();
+        let idle = metrics.global_queue_depth() == 0 && counts.iter().all(|n| n % 2 == 1);
+        (idle, counts)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut last = state();
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let now = state();
+        if now.0 && last == now {
+            return;
+        }
+        last = now;
+    }
+    eprintln!("warning: the runtime did not settle in 10 s; the figure may be off");
+}
+
+/// Runs one idle-memory probe in this process: starts one thing of `kind`
+/// first (so lazily made runtime and crate state is not counted), then
+/// [`IDLE`] more, waits until they are idle, and prints resident and live
+/// heap bytes added per thing as `resident <B> heap <B>`.
+fn idle_probe(kind: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut registries = Vec::with_capacity(IDLE + 1);
+    let mut senders = Vec::with_capacity(IDLE + 1);
+    let mut flows = Vec::with_capacity(2);
+    let mut start = |n: usize| {
+        rt.block_on(async {
+            match kind {
+                "server" => {
+                    for _ in 0..n {
+                        registries.push(Single::start().await);
+                    }
+                }
+                "replica" => {
+                    // One stage of `n` replicas: the warm-up start makes a
+                    // one-replica stage.
+                    flows.push(Wide::builder().replicas("idle", n).start().await.unwrap());
+                }
+                _ => {
+                    for _ in 0..n {
+                        let (tx, mut rx) = mpsc::channel::<RawMessage>(1_000);
+                        tokio::spawn(async move {
+                            while let Some((n, reply)) = rx.recv().await {
+                                if let Some(reply) = reply {
+                                    let _ = reply.send(n);
+                                }
+                            }
+                        });
+                        senders.push(tx);
+                    }
+                }
+            }
+        });
+        wait_idle(&rt);
+    };
+    start(1);
     let (heap, resident) = (LIVE_BYTES.load(Ordering::Relaxed), rss());
-    let started = rt.block_on(start());
-    let heap = LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(heap) / SERVERS as u64;
-    let resident = rss().saturating_sub(resident) / SERVERS as u64;
-    (started, heap, resident)
+    start(IDLE);
+    let heap = LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(heap) / IDLE as u64;
+    let resident = rss().saturating_sub(resident) / IDLE as u64;
+    println!("resident {resident} heap {heap}");
+    black_box((&registries, &senders, &flows));
+    // Exit without tearing 10 000 things down one by one.
+    std::process::exit(0);
+}
+
+/// Runs [`idle_probe`] for `kind` in a fresh copy of this process; returns
+/// its resident and live heap bytes per thing.
+fn idle_in_fresh_process(kind: &str) -> (u64, u64) {
+    let exe = std::env::current_exe().expect("the bench binary's path");
+    let out = std::process::Command::new(exe).env(PROBE_VAR, kind).output().expect("the probe runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    match fields.as_slice() {
+        ["resident", resident, "heap", heap] => (resident.parse().unwrap(), heap.parse().unwrap()),
+        _ => panic!("the {kind} probe printed {text:?}; stderr: {}", String::from_utf8_lossy(&out.stderr)),
+    }
 }
 
 fn main() {
+    if let Ok(kind) = std::env::var(PROBE_VAR) {
+        return idle_probe(&kind);
+    }
     // `cargo bench` passes `--bench`; a filter argument, if any, is ignored.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("allocations per item, steady state ({ITEMS} items after {WARM_UP} to warm up):");
@@ -249,25 +354,15 @@ fn main() {
     println!("allocations per call round trip ({CALLS} calls):");
     println!("  genflow call                         {:.4}", call_allocs(&rt));
     println!("  mpsc + oneshot                       {:.4}", raw_call_allocs(&rt));
+    drop(rt);
 
-    let (registries, heap, resident) = per_server(&rt, async || {
-        let mut all = Vec::with_capacity(SERVERS);
-        for _ in 0..SERVERS {
-            all.push(Single::start().await);
-        }
-        all
-    });
-    println!("memory per idle server ({SERVERS} servers, each in its own registry):");
-    println!("  live heap {heap} B, resident {resident} B");
-    rt.block_on(async {
-        for registry in &registries {
-            registry.shutdown().await;
-        }
-    });
-    drop(registries);
-
-    let (wide, heap, resident) = per_server(&rt, async || Wide::start().await);
-    println!("memory per idle replica (one stage, {SERVERS} replicas):");
-    println!("  live heap {heap} B, resident {resident} B");
-    rt.block_on(wide.shutdown());
+    println!("memory per idle thing ({IDLE} of them, each kind in a fresh process, queues of 1000):");
+    for (kind, label) in [
+        ("server", "genflow server (a registry of one)  "),
+        ("replica", "genflow replica (one stage)         "),
+        ("baseline", "tokio task + bounded mpsc channel   "),
+    ] {
+        let (resident, heap) = idle_in_fresh_process(kind);
+        println!("  {label} resident {resident:>5} B   live heap {heap:>5} B");
+    }
 }

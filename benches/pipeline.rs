@@ -7,7 +7,13 @@
 //! cargo bench --bench pipeline
 //! ```
 //!
-//! - `w1_three_stages`: add 1 → multiply by 3 → sum, 1M `u64`, queue 1000.
+//! - `w1_three_stages`: add 1 → multiply by 3 → sum, 1M `u64`, queue 1000,
+//!   against three baselines: the naive chain (`mpsc_chain`: `recv` and
+//!   `send` per item), the same chain moving items in batches
+//!   (`mpsc_chain_batched`: `recv_many` and `reserve_many`, up to
+//!   [`CHAIN_BATCH`] at a time, as genflow's stages do), and the three steps
+//!   fused into one task (`fused_stream`: no queue and no hand-off at all,
+//!   the physical limit for this work on one core).
 //! - `w1_scaling`: 1, 3 and 8 stages, queues of 16 and 1000, 200k items.
 //! - `w3_replicas`: one CPU-bound stage (~2 µs per item) on 1, 2 and 4
 //!   replicas.
@@ -252,6 +258,71 @@ async fn chain(ops: &[Op], queue: usize, items: u64) -> u64 {
     sum.await.unwrap()
 }
 
+/// The most items a stage of the batched chain moves at a time, like
+/// genflow's `BATCH`.
+const CHAIN_BATCH: usize = 32;
+
+/// The hand-written chain moving items in batches, fed by a task on the
+/// runtime: each stage takes up to [`CHAIN_BATCH`] items with `recv_many`
+/// and reserves room for all its outputs at once with `reserve_many`, so a
+/// batch costs one wake-up and one reservation on each side.
+async fn run_batched_chain(ops: &[Op], queue: usize, items: u64) -> u64 {
+    let ops = ops.to_vec();
+    tokio::spawn(async move { batched_chain(&ops, queue, items).await }).await.unwrap()
+}
+
+async fn batched_chain(ops: &[Op], queue: usize, items: u64) -> u64 {
+    let batch = CHAIN_BATCH.min(queue);
+    let (head, mut rx) = mpsc::channel::<u64>(queue);
+    for &op in ops {
+        let (tx, next_rx) = mpsc::channel::<u64>(queue);
+        let mut input = std::mem::replace(&mut rx, next_rx);
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(batch);
+            while input.recv_many(&mut buf, batch).await > 0 {
+                let Ok(permits) = tx.reserve_many(buf.len()).await else { break };
+                for (permit, x) in permits.zip(buf.drain(..)) {
+                    permit.send(op.apply(x));
+                }
+            }
+        });
+    }
+    let sum = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(batch);
+        let mut sum = 0u64;
+        while rx.recv_many(&mut buf, batch).await > 0 {
+            sum = buf.drain(..).fold(sum, u64::wrapping_add);
+        }
+        sum
+    });
+    let mut next = 0;
+    while next < items {
+        let n = (items - next).min(batch as u64);
+        let permits = head.reserve_many(n as usize).await.unwrap();
+        for (permit, x) in permits.zip(next..next + n) {
+            permit.send(x);
+        }
+        next += n;
+    }
+    drop(head);
+    sum.await.unwrap()
+}
+
+/// The same steps fused into one task on the runtime: the feeder's items
+/// go through every op and into the sum in one stream, with no queue.
+async fn run_fused(ops: &[Op], items: u64) -> u64 {
+    use futures::StreamExt;
+    let ops = ops.to_vec();
+    tokio::spawn(async move {
+        futures::stream::iter(0..items)
+            .map(move |x| ops.iter().fold(x, |x, op| op.apply(x)))
+            .fold(0u64, |sum, x| async move { sum.wrapping_add(x) })
+            .await
+    })
+    .await
+    .unwrap()
+}
+
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
@@ -262,10 +333,14 @@ fn w1_three_stages(c: &mut Criterion) {
     let ops = [Op::AddOne, Op::Triple];
     let expected = rt.block_on(run_chain(&ops, 1_000, ITEMS));
     assert_eq!(rt.block_on(async { run_genflow!(S3Q1000, ITEMS) }), expected);
+    assert_eq!(rt.block_on(run_batched_chain(&ops, 1_000, ITEMS)), expected);
+    assert_eq!(rt.block_on(run_fused(&ops, ITEMS)), expected);
     let mut group = c.benchmark_group("w1_three_stages");
     group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(8));
     group.bench_function("genflow", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Q1000, ITEMS) }));
     group.bench_function("mpsc_chain", |b| b.to_async(&rt).iter(|| run_chain(&ops, 1_000, ITEMS)));
+    group.bench_function("mpsc_chain_batched", |b| b.to_async(&rt).iter(|| run_batched_chain(&ops, 1_000, ITEMS)));
+    group.bench_function("fused_stream", |b| b.to_async(&rt).iter(|| run_fused(&ops, ITEMS)));
     group.finish();
 }
 

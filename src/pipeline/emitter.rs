@@ -61,7 +61,8 @@ pub struct Emitter<T> {
 impl<T: Send + 'static> Emitter<T> {
     pub(crate) fn new(link: Link<T>, counters: Arc<Counters>) -> Self {
         Emitter {
-            buf: Vec::with_capacity(BATCH),
+            // Allocated by the first emit: an idle replica holds no buffer.
+            buf: Vec::new(),
             link,
             counters,
             emitted: 0,

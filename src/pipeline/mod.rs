@@ -56,6 +56,8 @@ mod drain;
 mod emitter;
 mod failure;
 pub(crate) mod flush;
+#[cfg(test)]
+mod footprint;
 mod generic;
 mod input;
 #[cfg(all(test, genflow_loom))]

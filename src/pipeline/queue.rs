@@ -42,9 +42,10 @@
 //!
 //! # Bounds
 //!
-//! A capacity is a limit, not an allocation: memory grows with what is
-//! queued (a queue allocates room for at most [`PREALLOCATED`] items up
-//! front), and capacities above [`MAX_CAPACITY`] are clamped to it.
+//! A capacity is a limit, not an allocation: a new queue allocates
+//! nothing, memory grows with what is queued (and is kept for reuse once
+//! grown, so a steady stream allocates nothing), and capacities above
+//! [`MAX_CAPACITY`] are clamped to it.
 
 use std::{
     collections::VecDeque,
@@ -61,10 +62,6 @@ use crate::loom::sync::{Mutex, MutexGuard};
 /// bound means the same for stages and servers. Larger sizes are clamped to
 /// it.
 pub(crate) const MAX_CAPACITY: usize = tokio::sync::Semaphore::MAX_PERMITS;
-
-/// How many items' room a queue allocates when it is made, at most; it
-/// grows from there as items are queued.
-pub(crate) const PREALLOCATED: usize = 1024;
 
 /// The queue was closed: nothing more goes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +262,7 @@ impl<T> Queue<T> {
         let capacity = capacity.min(MAX_CAPACITY);
         Queue {
             state: Mutex::new(State {
-                items: VecDeque::with_capacity(capacity.min(PREALLOCATED)),
+                items: VecDeque::new(),
                 reserved: 0,
                 closed: false,
                 cleared: false,

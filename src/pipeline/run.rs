@@ -14,8 +14,11 @@ use futures::FutureExt;
 use tokio::{sync::oneshot, time::Instant};
 
 use super::{
-    BATCH, Emitter, Panicked, Stage, drain::StageDrain, flush::ReplicaMark, metrics::Counters, metrics::Delta,
-    queue::Queue,
+    BATCH, Emitter, Panicked, Stage,
+    drain::StageDrain,
+    flush::ReplicaMark,
+    metrics::{Counters, Delta},
+    queue::{Queue, Reader},
 };
 use crate::server::{
     handle::Inbox,
@@ -35,8 +38,17 @@ enum Work<S: Stage> {
 /// every replica of its stage (counted by `drain`) has drained; dropping
 /// `out` then closes the next stage's input (when this was the last replica
 /// of its stage).
+///
+/// An idle replica's task holds this future for as long as it lives, so
+/// it is kept small: its parts are captured by an `async move` block (an
+/// `async fn` would hold its arguments twice, once as they came and once as
+/// locals), and what runs once per life (booting, the end of the input,
+/// the end after failing for good) runs in futures of its own on the heap,
+/// so the user's `init`, `finish` and `terminate` futures take no room in
+/// it while the replica waits. What runs per item or per call stays inline.
+#[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
 #[allow(clippy::too_many_arguments, reason = "one per part of the stage a replica uses")]
-pub(crate) async fn run<S: Stage>(
+pub(crate) fn run<S: Stage>(
     mut control: Inbox<S>,
     input: Arc<Queue<S::In>>,
     mark: ReplicaMark,
@@ -45,88 +57,51 @@ pub(crate) async fn run<S: Stage>(
     counters: Arc<Counters>,
     ready: oneshot::Sender<()>,
     drain: Arc<StageDrain>,
-) {
-    let mut ready = Some(ready);
-    let mut restarts = Restarts::new(S::restart_limit());
-    // The items taken but not processed yet, and the number of the first.
-    let mut batch = Batch { items: VecDeque::with_capacity(BATCH), first: 0, counters: counters.clone() };
-    // Whether the input ended and `finish` ran.
-    let mut ended = false;
-    // This replica's place in line for items; it records each batch taken
-    // in `mark`, which says when the batch ended, for `flush`.
-    let mut reader = input.marked_reader(mark.mark());
-    'life: loop {
-        let Some(mut server) = boot::<S>(&registry, &mut restarts).await else {
-            break 'life;
-        };
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
-        }
-        loop {
-            // Items left by a handler that panicked go to the new state.
-            if !batch.items.is_empty() {
-                let processed = process_batch(&mut server, &mut control, &mut batch, &mut out, &counters).await;
-                if batch.items.is_empty() {
-                    mark.ended();
-                }
-                if let Err(Crashed) = processed {
-                    if restarts.allow() {
-                        continue 'life;
-                    }
-                    break 'life;
-                }
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut ready = Some(ready);
+        let mut restarts = Restarts::new(S::restart_limit());
+        // The items taken but not processed yet, and the number of the
+        // first. Its room is allocated by the first batch, not before.
+        let mut batch = Batch { items: VecDeque::new(), first: 0, counters: counters.clone() };
+        // Whether the input ended and `finish` ran.
+        let mut ended = false;
+        // This replica's place in line for items; it records each batch
+        // taken in `mark`, which says when the batch ended, for `flush`.
+        let mut reader = input.marked_reader(mark.mark());
+        'life: loop {
+            let Some(mut server) = Box::pin(boot::<S>(&registry, &mut restarts)).await else {
+                break 'life;
+            };
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
             }
-            let work = poll_fn(|cx| {
-                // Calls and casts first.
-                if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
-                    return Poll::Ready(Work::Control(envelope));
-                }
-                reader
-                    .poll_pop_numbered(cx, &mut batch.items, BATCH)
-                    .map(|first| first.map_or(Work::InputDone, Work::Items))
-            })
-            .await;
-            match work {
-                Work::Control(envelope) => {
-                    if let Err(Crashed) = handle(&mut server, envelope).await {
+            loop {
+                // Items left by a handler that panicked go to the new state.
+                if !batch.items.is_empty() {
+                    let processed = process_batch(&mut server, &mut control, &mut batch, &mut out, &counters).await;
+                    if batch.items.is_empty() {
+                        mark.ended();
+                    }
+                    if let Err(Crashed) = processed {
                         if restarts.allow() {
                             continue 'life;
                         }
                         break 'life;
                     }
                 }
-                Work::Items(first) => {
-                    batch.first = first;
-                    counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
-                }
-                Work::InputDone => {
-                    // Let the stage emit what it still holds (once, even if
-                    // a call below panics and the state is rebuilt).
-                    if !ended {
-                        ended = true;
-                        out.begin_finish();
-                        let finished = AssertUnwindSafe(server.finish(&mut out)).catch_unwind().await;
-                        if let Err(panic) = finished {
-                            report::<S>("finish", &panic);
-                            out.fail_panic(Panicked::new(&panic));
-                        }
-                        out.send_failures().await;
-                        out.end_input().await;
-                        drain.finished();
+                let work = poll_fn(|cx| {
+                    // Calls and casts first.
+                    if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
+                        return Poll::Ready(Work::Control(envelope));
                     }
-                    // Serve calls and casts until every replica of the stage
-                    // has drained (the others may still call this one), then
-                    // those already queued, then end.
-                    loop {
-                        let envelope = tokio::select! {
-                            biased;
-                            envelope = control.rx.recv() => envelope,
-                            () = drain.wait() => {
-                                control.rx.close();
-                                control.rx.recv().await
-                            }
-                        };
-                        let Some(envelope) = envelope else { break };
+                    reader
+                        .poll_pop_numbered(cx, &mut batch.items, BATCH)
+                        .map(|first| first.map_or(Work::InputDone, Work::Items))
+                })
+                .await;
+                match work {
+                    Work::Control(envelope) => {
                         if let Err(Crashed) = handle(&mut server, envelope).await {
                             if restarts.allow() {
                                 continue 'life;
@@ -134,15 +109,82 @@ pub(crate) async fn run<S: Stage>(
                             break 'life;
                         }
                     }
-                    terminate(server).await;
-                    return;
+                    Work::Items(first) => {
+                        batch.first = first;
+                        counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
+                    }
+                    Work::InputDone => {
+                        let drained = Box::pin(end_of_input(&mut server, &mut control, &mut out, &drain, &mut ended));
+                        if let Err(Crashed) = drained.await {
+                            if restarts.allow() {
+                                continue 'life;
+                            }
+                            break 'life;
+                        }
+                        Box::pin(terminate(server)).await;
+                        return;
+                    }
                 }
             }
         }
+        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, &mut out, &counters, &drain, ended))
+            .await;
     }
-    // Failed for good: calls and casts get `Failed`; items are still taken
-    // and counted as failed (each with its `Failure`), so the pipeline is
-    // not blocked and every item is accounted for.
+}
+
+/// The input ended: lets the stage emit what it still holds (once, even if
+/// a call served below panics and the state is rebuilt), then serves calls
+/// and casts until every replica of the stage has drained (the others may
+/// still call this one), then those already queued. `Ok` once the control
+/// queue is closed and empty.
+async fn end_of_input<S: Stage>(
+    server: &mut S,
+    control: &mut Inbox<S>,
+    out: &mut Emitter<S::Out>,
+    drain: &StageDrain,
+    ended: &mut bool,
+) -> Result<(), Crashed> {
+    if !*ended {
+        *ended = true;
+        out.begin_finish();
+        let finished = AssertUnwindSafe(server.finish(out)).catch_unwind().await;
+        if let Err(panic) = finished {
+            report::<S>("finish", &panic);
+            out.fail_panic(Panicked::new(&panic));
+        }
+        out.send_failures().await;
+        out.end_input().await;
+        drain.finished();
+    }
+    loop {
+        let envelope = tokio::select! {
+            biased;
+            envelope = control.rx.recv() => envelope,
+            () = drain.wait() => {
+                control.rx.close();
+                control.rx.recv().await
+            }
+        };
+        let Some(envelope) = envelope else { return Ok(()) };
+        handle(server, envelope).await?;
+    }
+}
+
+/// Failed for good: calls and casts get `Failed`; items are still taken
+/// and counted as failed (each with its `Failure`), so the pipeline is not
+/// blocked and every item is accounted for.
+#[allow(clippy::too_many_arguments, reason = "the parts of the replica's task it ends")]
+async fn failed_for_good<S: Stage>(
+    mut ready: Option<oneshot::Sender<()>>,
+    control: Inbox<S>,
+    reader: &mut Reader<'_, S::In>,
+    mark: &ReplicaMark,
+    batch: &mut Batch<S::In>,
+    out: &mut Emitter<S::Out>,
+    counters: &Counters,
+    drain: &StageDrain,
+    ended: bool,
+) {
     if let Some(ready) = ready.take() {
         let _ = ready.send(());
     }

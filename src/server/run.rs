@@ -2,7 +2,7 @@
 //!
 //! The pieces are shared with pipeline stages, whose loop also takes items.
 
-use std::{any::Any, panic::AssertUnwindSafe};
+use std::{any::Any, future::Future, panic::AssertUnwindSafe};
 
 use futures::FutureExt;
 use tokio::sync::oneshot;
@@ -25,24 +25,38 @@ pub(crate) struct Crashed;
 ///
 /// `ready` fires once the server has booted (`new` + `init`), or has failed
 /// for good trying.
-pub(crate) async fn run<S: GenServer>(mut inbox: Inbox<S>, registry: S::Registry, ready: oneshot::Sender<()>) {
-    let mut ready = Some(ready);
-    let mut restarts = Restarts::new(S::restart_limit());
-    loop {
-        let Some(mut server) = boot::<S>(&registry, &mut restarts).await else {
-            return fail(inbox);
-        };
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
-        }
-        match serve(&mut server, &mut inbox).await {
-            Ok(()) => return terminate(server).await,
-            Err(Crashed) => {
-                drop(server);
-                if !restarts.allow() {
-                    return fail(inbox);
+///
+/// An idle server's task holds this future for as long as it lives, so it
+/// is kept small: its parts are captured by an `async move` block (an
+/// `async fn` would hold its arguments twice), and booting and
+/// `terminate`, which run once per life, run in futures of their own on
+/// the heap, so the user's `init` and `terminate` futures take no room in
+/// it while the server waits. Handling a message stays inline.
+#[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
+pub(crate) fn run<S: GenServer>(
+    mut inbox: Inbox<S>,
+    registry: S::Registry,
+    ready: oneshot::Sender<()>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut ready = Some(ready);
+        let mut restarts = Restarts::new(S::restart_limit());
+        loop {
+            let Some(mut server) = Box::pin(boot::<S>(&registry, &mut restarts)).await else {
+                return fail(inbox);
+            };
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
+            match serve(&mut server, &mut inbox).await {
+                Ok(()) => return Box::pin(terminate(server)).await,
+                Err(Crashed) => {
+                    drop(server);
+                    if !restarts.allow() {
+                        return fail(inbox);
+                    }
+                    tracing::warn!(server = std::any::type_name::<S>(), "restarting after a panic");
                 }
-                tracing::warn!(server = std::any::type_name::<S>(), "restarting after a panic");
             }
         }
     }

@@ -74,8 +74,15 @@ pub(crate) fn wait_for(waiter: &Arc<ServerState>, what: Arc<dyn WaitsFor>) -> Re
 /// A call's edge has two owners, the caller (dropped when it stops waiting,
 /// e.g. on a timeout) and the queued call (dropped once the reply is sent);
 /// the first drop removes the edge, the second finds nothing to remove.
+///
+/// One pointer wide, so a queued call (which every slot of a server's
+/// queue has room for) stays small; the edge itself is on the heap.
 #[derive(Debug)]
-pub(crate) struct Waiting {
+pub(crate) struct Waiting(Arc<Edge>);
+
+/// Who waits, and the token naming the edge in its list.
+#[derive(Debug)]
+struct Edge {
     caller: Arc<ServerState>,
     token: u64,
 }
@@ -83,13 +90,13 @@ pub(crate) struct Waiting {
 impl Waiting {
     /// A second owner of the same edge.
     pub(crate) fn share(&self) -> Waiting {
-        Waiting { caller: self.caller.clone(), token: self.token }
+        Waiting(self.0.clone())
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.caller.remove_wait(self.token);
+        self.0.caller.remove_wait(self.0.token);
     }
 }
 
@@ -103,7 +110,7 @@ impl Drop for Waiting {
 pub(crate) fn wait_on(caller: &Arc<ServerState>, callee: &Arc<ServerState>) -> Result<Waiting, Vec<String>> {
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     caller.add_wait(token, callee.clone());
-    let waiting = Waiting { caller: caller.clone(), token };
+    let waiting = Waiting(Arc::new(Edge { caller: caller.clone(), token }));
     let mut path = vec![callee.clone()];
     let mut seen = Vec::new();
     if reaches(callee, caller.id, &mut path, &mut seen) {

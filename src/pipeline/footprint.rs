@@ -1,0 +1,100 @@
+//! What an idle server and an idle stage replica hold: their task's future
+//! lives as long as they do, so what runs once per life (`init`, `finish`,
+//! `terminate`) must not take room in it, and a queued call must stay
+//! small (the server's queue allocates its slots in blocks of 32).
+//! `cargo test --lib footprint -- --nocapture` prints the sizes;
+//! `benches/alloc.rs` measures the whole cost in memory.
+
+use std::{future::Future, mem::size_of, sync::Arc};
+
+use super::{Emitter, Stage, metrics::Counters, queue::Queue, run};
+use crate::{
+    GenServer,
+    server::{self, envelope::Envelope, state::ServerState},
+};
+
+/// A stage whose hooks that run once per life hold `N` bytes across an
+/// `.await`; its handlers and `process` are the same whatever `N`.
+struct Hooks<const N: usize>;
+
+/// Holds `N` bytes across an `.await`.
+async fn hold<const N: usize>() {
+    let bytes = [1u8; N];
+    tokio::task::yield_now().await;
+    std::hint::black_box(bytes);
+}
+
+impl<const N: usize> GenServer for Hooks<N> {
+    type Message = u64;
+    type Response = u64;
+    type Registry = ();
+    fn new(_: ()) -> Self {
+        Hooks
+    }
+    async fn init(&mut self) {
+        hold::<N>().await;
+    }
+    async fn handle_call(&mut self, n: u64) -> u64 {
+        n
+    }
+    async fn handle_cast(&mut self, _: u64) {}
+    async fn terminate(&mut self) {
+        hold::<N>().await;
+    }
+}
+
+impl<const N: usize> Stage for Hooks<N> {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, item: u64, out: &mut Emitter<u64>) {
+        out.emit(item).await;
+    }
+    async fn finish(&mut self, _: &mut Emitter<u64>) {
+        hold::<N>().await;
+    }
+}
+
+/// The size of the future `f` returns, without calling it.
+fn future3<R: Future, A, B, C>(_: fn(A, B, C) -> R) -> usize {
+    size_of::<R>()
+}
+
+/// The same, for a function of eight arguments.
+#[allow(clippy::type_complexity, reason = "a function pointer type, spelled out")]
+fn future8<R: Future, A, B, C, D, E, F, G, H>(_: fn(A, B, C, D, E, F, G, H) -> R) -> usize {
+    size_of::<R>()
+}
+
+fn server_task<const N: usize>() -> usize {
+    future3(server::run::run::<Hooks<N>> as fn(_, _, _) -> _)
+}
+
+fn replica_task<const N: usize>() -> usize {
+    future8(run::run::<Hooks<N>> as fn(_, _, _, _, _, _, _, _) -> _)
+}
+
+#[test]
+fn hooks_run_once_per_life_take_no_room_in_an_idle_task() {
+    for (what, size) in [
+        ("server task future", server_task::<0>()),
+        ("replica task future", replica_task::<0>()),
+        ("queued message (u64)", size_of::<Envelope<Hooks<0>>>()),
+        ("ServerState", size_of::<ServerState>()),
+        ("Emitter<u64>", size_of::<Emitter<u64>>()),
+        ("Counters", size_of::<Counters>()),
+        ("Queue<u64>", size_of::<Queue<u64>>()),
+    ] {
+        println!("{what:<24} {size:>5} B");
+    }
+    assert_eq!(server_task::<4096>(), server_task::<0>());
+    assert_eq!(replica_task::<4096>(), replica_task::<0>());
+}
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn a_queued_call_is_its_message_plus_three_pointers() {
+    // The message, the reply's sender, the caller's wait-for edge (when a
+    // server calls), and no room for anything else: the variant tag fits
+    // in the call's own spare bits.
+    assert_eq!(size_of::<Envelope<Hooks<0>>>(), 8 + 3 * size_of::<Arc<()>>());
+}
