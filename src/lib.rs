@@ -154,7 +154,7 @@ mod server;
 #[doc(hidden)]
 pub mod __private;
 
-pub use config::{Builder, ConfigError};
+pub use config::{Builder, ConfigError, MAX_REPLICAS};
 pub use error::FlushError;
 pub use error::{CallError, SendError};
 pub use pipeline::{

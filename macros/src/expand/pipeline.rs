@@ -47,12 +47,19 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                     "the replica count `{}` of stage `{name}` is 0: a stage needs at least one replica",
                     quote!(#path).to_string().replace(' ', "")
                 );
+                let too_many = format!(
+                    "the replica count `{}` of stage `{name}` is above `genflow::MAX_REPLICAS` ({}): a stage \
+                     has at most that many replicas",
+                    quote!(#path).to_string().replace(' ', ""),
+                    crate::validate::MAX_REPLICAS,
+                );
                 let n = local::local("__count");
                 quote_spanned! {path.span()=>
                     {
                         const _: () = {
                             let #n: usize = #path;
                             ::core::assert!(#n > 0, #message);
+                            ::core::assert!(#n <= ::genflow::__private::MAX_REPLICAS, #too_many);
                         };
                         #path
                     }
