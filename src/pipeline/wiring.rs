@@ -179,7 +179,8 @@ impl<R> Core<R> {
         S: Stage,
         S::Out: FlowsInto<N>,
     {
-        let link = <S::Out as FlowsInto<N>>::downstream(next).0;
+        let mut link = <S::Out as FlowsInto<N>>::downstream(next).0;
+        link.fail_into(&wiring.failures);
         let dispatch = stage.input.dispatch();
         let replicas = wiring.inboxes.len();
         let order = stage.ordered.then(|| Arc::new(Reorder::new(link.clone(), dispatch.queues()[0].clone(), replicas)));
@@ -229,7 +230,7 @@ impl<S: Stage> StageHandle<S> {
     /// The link the previous stage emits into. Made once: when every copy
     /// of it is dropped, this stage's input closes.
     pub fn downstream(&self) -> Downstream<S::In> {
-        Downstream(Link::new(self.input.dispatch().clone(), None))
+        Downstream(Link::into_stage(self.input.dispatch().clone(), self.name, self.counters[0].clone()))
     }
 
     fn replica(&self) -> &Handle<S> {

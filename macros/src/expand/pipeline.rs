@@ -161,7 +161,8 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// # Errors
         ///
         /// `SendError::Closed`, holding the item, once the pipeline is
-        /// shutting down.
+        /// shutting down; `SendError::KeyPanicked`, holding it, if the
+        /// first stage's `partition_by` key function panicked on it.
         ///
         /// # Cancel safety
         ///
@@ -179,7 +180,8 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// # Errors
         ///
         /// `SendError::Full` if the queue is full, `Closed` once the
-        /// pipeline is shutting down; each holds the item.
+        /// pipeline is shutting down, `KeyPanicked` if the first stage's
+        /// `partition_by` key function panicked on it; each holds the item.
         #vis fn try_send(
             &self,
             #item: #head::In,
@@ -193,7 +195,9 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         ///
         /// # Errors
         ///
-        /// `SendError::Closed` if the pipeline shut down first. An item is
+        /// `SendError::Closed` if the pipeline shut down first, or
+        /// `KeyPanicked` if the first stage's `partition_by` key function
+        /// panicked on an item. An item is
         /// taken from the stream only when there is room for it, so the
         /// error holds the one item in hand; the rest stays in the stream.
         ///
