@@ -60,7 +60,8 @@ impl Failure {
     }
 
     /// The index of the stage's replica that failed it, from 0 (always 0
-    /// for a stage without replicas).
+    /// for a stage without replicas, and 0 for an item whose `partition_by`
+    /// key function panicked before any replica took it).
     pub fn replica(&self) -> usize {
         self.replica
     }
