@@ -2,7 +2,7 @@
 //! Not public API: they may change in any release.
 
 pub use crate::{
-    config::{Configurable, Replicated, Sizes},
+    config::{Configurable, MAX_REPLICAS, Replicated, Sizes},
     error::{CallError, FlushError, SendError},
     pipeline::{
         Pipeline, Stage,

@@ -33,6 +33,15 @@ pub enum ConfigError {
         /// The stage.
         stage: &'static str,
     },
+    /// A stage was given more replicas than [`MAX_REPLICAS`].
+    TooManyReplicas {
+        /// The stage.
+        stage: &'static str,
+        /// The count given.
+        replicas: usize,
+        /// The largest count allowed: [`MAX_REPLICAS`].
+        max: usize,
+    },
     /// A stage or server was given a queue size of 0; it needs at least one.
     ZeroQueueSize {
         /// `"stage"` or `"server"`.
@@ -55,6 +64,9 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroReplicas { stage } => {
                 write!(f, "stage `{stage}` was given 0 replicas: a stage needs at least 1")
             }
+            ConfigError::TooManyReplicas { stage, replicas, max } => {
+                write!(f, "stage `{stage}` was given {replicas} replicas: a stage has at most {max}")
+            }
             ConfigError::ZeroQueueSize { kind, name } => {
                 write!(f, "{kind} `{name}` was given a queue size of 0: a queue needs room for at least 1 item")
             }
@@ -63,6 +75,16 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The most replicas a pipeline stage can have: 65,536.
+///
+/// Each replica is a task with its own state, control mailbox and counters
+/// (and, under `partition_by`, its own input queue), so unlike a queue size,
+/// a replica count is an allocation made at start. A larger count given to
+/// [`Builder::replicas`] makes [`Builder::start`] return
+/// [`ConfigError::TooManyReplicas`]; a larger `#[replicas(N)]` (a literal,
+/// or a path to a `const`) does not compile.
+pub const MAX_REPLICAS: usize = 65_536;
 
 /// Sizes resolved by a [`Builder`], by declaration index: `None` keeps the
 /// declared default. Read by the generated `start`.
@@ -179,8 +201,11 @@ impl<R: Configurable> Builder<R> {
     /// `channel_queue_size()`: for a pipeline stage, each of its input
     /// queues (one per replica under `partition_by`, else one) holds at most
     /// `size` items; the mailbox of its calls and casts keeps its declared
-    /// size. For a registry server, its mailbox holds at most `size`
-    /// messages.
+    /// size, or takes `size` too where the declared size is 0. The last
+    /// stage's size also bounds the pipeline's output buffer. For a registry
+    /// server, its mailbox holds at most `size` messages. So a declared
+    /// `channel_queue_size()` of 0 is fine once a size is set here: only a
+    /// 0 with no size set panics, in `start` (see [`start`](Self::start)).
     ///
     /// Any `size` but 0 is valid: a queue size is a limit, not an
     /// allocation, and sizes above tokio's `Semaphore::MAX_PERMITS` are
@@ -197,8 +222,9 @@ impl<R: Configurable> Builder<R> {
     /// # Errors
     ///
     /// A [`ConfigError`]: the first unknown name, in the order the settings
-    /// were made; else the first 0 (replicas or queue size) that no later
-    /// setting of the same name replaced. When
+    /// were made; else the first 0 (replicas or queue size), or replica
+    /// count above [`MAX_REPLICAS`], that no later setting of the same name
+    /// replaced. When
     /// it errs, nothing was started (no queue made, no `new` run).
     ///
     /// # Panics
@@ -250,6 +276,12 @@ impl<R: Configurable> Builder<R> {
                     What::QueueSize => ConfigError::ZeroQueueSize { kind: R::KIND, name: R::NAMES[i] },
                 });
             }
+            match (what, value) {
+                (What::Replicas, Some(replicas)) if replicas > MAX_REPLICAS => {
+                    return Err(ConfigError::TooManyReplicas { stage: R::NAMES[i], replicas, max: MAX_REPLICAS });
+                }
+                _ => {}
+            }
         }
         Ok(sizes)
     }
@@ -264,8 +296,8 @@ impl<R: Configurable> Builder<R> {
     ///
     /// Only pipelines have this method: a registry server runs once, and
     /// calling it on a registry's builder is a compile error saying so.
-    /// 0, or an unknown name, makes [`start`](Self::start) return a
-    /// [`ConfigError`].
+    /// 0, a count above [`MAX_REPLICAS`], or an unknown name, makes
+    /// [`start`](Self::start) return a [`ConfigError`].
     pub fn replicas(mut self, name: impl Into<String>, n: usize) -> Self
     where
         R: Replicated,

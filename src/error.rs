@@ -159,13 +159,28 @@ pub enum SendError<T> {
         /// The servers in the cycle, from the caller round to it again.
         servers: Vec<String>,
     },
+    /// The `partition_by` key function of the stage the item was sent to
+    /// panicked on it, so it has no queue to go to. Only from sends into a
+    /// pipeline stage from outside (`send`, `try_send`, `feed`, sinks); the
+    /// item was not queued and the pipeline goes on. (An item the previous
+    /// stage emits fails at the stage instead: see the pipeline docs.)
+    KeyPanicked {
+        /// The item, not queued.
+        message: T,
+        /// The panic's message.
+        panic: crate::pipeline::Panicked,
+    },
 }
 
 impl<T> SendError<T> {
     /// Returns the message that was not sent.
     pub fn into_message(self) -> Option<T> {
         match self {
-            Self::Full(m) | Self::Closed(m) | Self::Failed(m) | Self::Cycle { message: m, .. } => Some(m),
+            Self::Full(m)
+            | Self::Closed(m)
+            | Self::Failed(m)
+            | Self::Cycle { message: m, .. }
+            | Self::KeyPanicked { message: m, .. } => Some(m),
         }
     }
 
@@ -191,6 +206,7 @@ impl<T> SendError<T> {
             Self::Closed(m) => SendError::Closed(f(m)),
             Self::Failed(m) => SendError::Failed(f(m)),
             Self::Cycle { message, servers } => SendError::Cycle { message: f(message), servers },
+            Self::KeyPanicked { message, panic } => SendError::KeyPanicked { message: f(message), panic },
         }
     }
 }
@@ -204,6 +220,9 @@ impl<T> fmt::Debug for SendError<T> {
             Self::Cycle { servers, .. } => {
                 return f.debug_struct("Cycle").field("servers", servers).finish_non_exhaustive();
             }
+            Self::KeyPanicked { panic, .. } => {
+                return f.debug_struct("KeyPanicked").field("panic", panic).finish_non_exhaustive();
+            }
         };
         f.debug_tuple(name).finish_non_exhaustive()
     }
@@ -214,6 +233,9 @@ impl<T> fmt::Display for SendError<T> {
         f.write_str(match self {
             Self::Cycle { servers, .. } => {
                 return write!(f, "cast would deadlock waiting for room: {}", servers.join(" -> "));
+            }
+            Self::KeyPanicked { panic, .. } => {
+                return write!(f, "the partition key function panicked: {panic}");
             }
             Self::Full(_) => "queue is full",
             Self::Closed(_) => "receiver is not running",

@@ -154,7 +154,7 @@ mod server;
 #[doc(hidden)]
 pub mod __private;
 
-pub use config::{Builder, ConfigError};
+pub use config::{Builder, ConfigError, MAX_REPLICAS};
 pub use error::FlushError;
 pub use error::{CallError, SendError};
 pub use pipeline::{
@@ -307,7 +307,13 @@ pub use genflow_macros::make_registry;
 ///   (demand-driven), at most [`pipeline::BATCH`] at a time.
 /// - `#[replicas(N, partition_by = path)]`, with `path: fn(&In) -> K` and
 ///   `K: Hash`, gives each replica its own queue and sends equal keys to the
-///   same replica, so the order of each key is kept.
+///   same replica, so the order of each key is kept. A key function that
+///   panics fails that one item and nothing else: an item the previous stage
+///   emitted fails *at the keyed stage* (a [`Failure`] of that stage with
+///   `is_panic()`, naming replica 0, which also counts the item as
+///   `received`, `processed` and `failed`, so every metrics identity holds);
+///   an item sent from outside (`send`, `try_send`, `feed`, sinks) is handed
+///   back in [`SendError::KeyPanicked`] without entering the pipeline.
 /// - `#[replicas(N, ordered)]` restores input order after the replicas: the
 ///   outputs of each input stay together and leave in input order. A
 ///   replica's outputs wait until every earlier input is done, and replicas

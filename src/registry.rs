@@ -281,12 +281,21 @@ pub struct Builder {
     runtime: Option<runtime::Handle>,
     /// A pipeline's failures queue, made by its first stage.
     pub(crate) failures: Option<crate::pipeline::wiring::FailureRoute>,
+    /// The input queue size of the pipeline stage made last: the tail's,
+    /// which the output buffer takes.
+    pub(crate) last_queue_size: Option<usize>,
 }
 
 impl Builder {
     /// A builder for a new registry.
     pub fn new() -> Self {
-        Builder { id: next_id(), controls: Vec::new(), runtime: runtime::Handle::try_current().ok(), failures: None }
+        Builder {
+            id: next_id(),
+            controls: Vec::new(),
+            runtime: runtime::Handle::try_current().ok(),
+            failures: None,
+            last_queue_size: None,
+        }
     }
 
     /// Makes the queue of one plain server, named `name` (its registry field
@@ -303,11 +312,12 @@ impl Builder {
         (handle, inbox)
     }
 
-    /// Makes the control queue of one pipeline stage replica, named `name`;
-    /// the pipeline stops it by closing its input instead.
+    /// Makes the control queue of one pipeline stage replica, named `name`,
+    /// for `size` messages; the pipeline stops it by closing its input
+    /// instead.
     #[track_caller]
-    pub(crate) fn stage_channel<S: GenServer>(&mut self, name: String) -> (Handle<S>, Inbox<S>) {
-        handle::channel::<S>(self.id, name.into(), self.runtime.clone(), None)
+    pub(crate) fn stage_channel<S: GenServer>(&mut self, name: String, size: usize) -> (Handle<S>, Inbox<S>) {
+        handle::channel::<S>(self.id, name.into(), self.runtime.clone(), Some(size))
     }
 
     /// Adds a part that shutdown stops and abort aborts.

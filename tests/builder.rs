@@ -153,7 +153,9 @@ async fn queue_size_bounds_the_input_queue() {
     let gate = Arc::new(Semaphore::new(0));
     let flow = Gate::builder(gate.clone()).queue_size("gated", 3).start().await.unwrap();
     assert_eq!(flow.metrics().stage("gated").unwrap().capacity, 3);
-    let output = flow.output().unwrap();
+    // The output buffer is as large as the last stage's queue: read it as
+    // items come.
+    let output = tokio::spawn(flow.output().unwrap().collect::<Vec<u32>>());
     // The replica takes the first item and waits at the gate with it.
     flow.send(0).await.unwrap();
     eventually(|| flow.metrics().stage("gated").unwrap().queued == 0).await;
@@ -164,7 +166,7 @@ async fn queue_size_bounds_the_input_queue() {
     assert_eq!(flow.metrics().stage("gated").unwrap().queued, 3);
     gate.add_permits(4);
     flow.shutdown().await;
-    assert_eq!(output.collect::<Vec<u32>>().await, [0, 1, 2, 3]);
+    assert_eq!(output.await.unwrap(), [0, 1, 2, 3]);
 }
 
 #[tokio::test]
@@ -174,10 +176,10 @@ async fn queue_size_applies_to_each_partition() {
     let gated = flow.metrics().stage("gated").unwrap();
     assert_eq!((gated.replicas.len(), gated.capacity), (3, 6));
     gate.add_permits(usize::MAX >> 4);
-    let output = flow.output().unwrap();
+    let output = tokio::spawn(flow.output().unwrap().collect::<Vec<u32>>());
     flow.feed(stream::iter(0..30)).await.unwrap();
     flow.shutdown().await;
-    let mut seen: Vec<u32> = output.collect().await;
+    let mut seen = output.await.unwrap();
     seen.sort_unstable();
     assert_eq!(seen, (0..30).collect::<Vec<_>>());
 }
@@ -342,6 +344,14 @@ async fn every_config_error_is_named_and_nothing_starts() {
         first.err().expect("a config error").to_string(),
         "stage `sink` was given a queue size of 0: a queue needs room for at least 1 item"
     );
+    for replicas in [usize::MAX, 1_000_000, genflow::MAX_REPLICAS + 1] {
+        let many = Checked::builder().replicas("enrich", replicas).start().await.err().expect("a config error");
+        assert_eq!(many, ConfigError::TooManyReplicas { stage: "enrich", replicas, max: 65_536 });
+        assert_eq!(
+            many.to_string(),
+            format!("stage `enrich` was given {replicas} replicas: a stage has at most 65536")
+        );
+    }
     let error: Box<dyn std::error::Error + Send + Sync + 'static> = Box::new(zero);
     assert!(error.downcast_ref::<ConfigError>().is_some());
     assert_eq!(NEW_CALLS.load(Ordering::SeqCst), 0, "a stage was started");
@@ -450,4 +460,81 @@ async fn a_const_count_is_the_default_and_can_be_overridden() {
     assert_eq!(flow.metrics().stage("work").unwrap().replicas.len(), 7);
     assert_eq!(flow.call_work_all(()).await.unwrap(), [1; 7]);
     flow.shutdown().await;
+}
+
+// ---- A declared queue size of 0 ----------------------------------------
+
+/// Declares a queue size of 0: usable only with a size from the builder.
+struct Unsized;
+
+impl GenServer for Unsized {
+    type Message = ();
+    type Response = u8;
+    type Registry = ZeroDeclared;
+    fn new(_: ZeroDeclared) -> Self {
+        Unsized
+    }
+    async fn handle_call(&mut self, _: ()) -> u8 {
+        7
+    }
+    async fn handle_cast(&mut self, _: ()) {}
+    fn channel_queue_size() -> usize {
+        0
+    }
+}
+
+impl Stage for Unsized {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        out.emit(x).await;
+    }
+}
+
+#[genflow::pipeline{ first: Unsized, last: Unsized }]
+struct ZeroDeclared;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_queue_size_of_0_takes_the_builders_size() {
+    let flow = ZeroDeclared::builder().queue_size("first", 3).queue_size("last", 2).start().await.unwrap();
+    let metrics = flow.metrics();
+    assert_eq!((metrics.stage("first").unwrap().capacity, metrics.stage("last").unwrap().capacity), (3, 2));
+    let out = tokio::spawn(flow.output().unwrap().collect::<Vec<_>>());
+    assert_eq!(flow.feed(stream::iter(0..100u64)).await.unwrap(), 100);
+    // Calls and casts go through a mailbox of the builder's size.
+    assert_eq!(flow.call_first(()).await.unwrap(), 7);
+    assert_eq!(flow.call_last(()).await.unwrap(), 7);
+    flow.cast_last(()).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(out.await.unwrap(), (0..100).collect::<Vec<_>>());
+}
+
+#[genflow::make_registry{ server: Solo }]
+struct ZeroRegistry;
+
+/// A server that declares a mailbox of 0.
+struct Solo;
+
+impl GenServer for Solo {
+    type Message = ();
+    type Response = u8;
+    type Registry = ZeroRegistry;
+    fn new(_: ZeroRegistry) -> Self {
+        Solo
+    }
+    async fn handle_call(&mut self, _: ()) -> u8 {
+        9
+    }
+    async fn handle_cast(&mut self, _: ()) {}
+    fn channel_queue_size() -> usize {
+        0
+    }
+}
+
+#[tokio::test]
+async fn a_server_declaring_a_mailbox_of_0_takes_the_builders_size() {
+    let app = ZeroRegistry::builder().queue_size("server", 1).start().await.unwrap();
+    assert_eq!(app.call_server(()).await.unwrap(), 9);
+    app.try_cast_server(()).unwrap();
+    app.shutdown().await;
 }

@@ -164,3 +164,88 @@ async fn a_busy_stage_is_the_bottleneck_and_an_idle_one_leaves_the_input_as_the_
     assert!(table.contains("no stage is busy more than half the time, the input is the limit"), "{table}");
     assert!(table.lines().next().unwrap().ends_with(" idle"), "{table}");
 }
+
+// ---- A key function that panics ----------------------------------------
+
+/// Passes items on unchanged.
+#[genflow::stage]
+fn pass(x: u64) -> u64 {
+    x
+}
+
+/// Panics on 13 and 57.
+fn picky_key(x: &u64) -> u64 {
+    assert!(*x != 13 && *x != 57, "no key for {x}");
+    *x
+}
+
+#[genflow::pipeline{ #[replicas(2)] a: Pass<Picky>, #[replicas(3, partition_by = picky_key)] b: Pass<Picky> }]
+struct Picky;
+
+#[genflow::pipeline{ #[replicas(3, partition_by = picky_key)] head: Pass<PickyHead> }]
+struct PickyHead;
+
+/// Fails the test if `future` does not end in time (instead of hanging).
+async fn in_time<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), future).await.expect("did not end in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_panics_fails_that_item_at_the_keyed_stage() {
+    use futures::StreamExt;
+    let flow = Picky::start().await;
+    let output = tokio::spawn(flow.output().unwrap().collect::<Vec<u64>>());
+    let failures = tokio::spawn(flow.failures().unwrap().collect::<Vec<genflow::Failure>>());
+    assert_eq!(in_time(flow.feed(stream::iter(0..100u64))).await.unwrap(), 100);
+    in_time(flow.flush()).await.unwrap();
+    in_time(flow.shutdown()).await;
+    let mut seen = output.await.unwrap();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..100).filter(|x| *x != 13 && *x != 57).collect::<Vec<_>>());
+    let mut failures: Vec<_> =
+        failures.await.unwrap().into_iter().map(|f| (f.stage().to_owned(), f.is_panic(), f.to_string())).collect();
+    failures.sort();
+    assert_eq!(
+        failures,
+        [
+            ("b".to_owned(), true, "stage `b` (replica 0) panicked: no key for 13".to_owned()),
+            ("b".to_owned(), true, "stage `b` (replica 0) panicked: no key for 57".to_owned()),
+        ]
+    );
+    let metrics = flow.metrics();
+    let (a, b) = (metrics.stage("a").unwrap(), metrics.stage("b").unwrap());
+    assert_eq!((a.received, a.processed, a.emitted, a.failed, a.dropped), (100, 100, 100, 0, 0));
+    // The two items count as received and failed by `b`, on its replica 0.
+    assert_eq!((b.received, b.processed, b.emitted, b.failed, b.dropped, b.queued), (100, 100, 98, 2, 0, 0));
+    assert_eq!(b.replicas[0].failed, 2);
+    assert_eq!(a.emitted, b.received + a.dropped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_panics_on_a_sent_item_hands_it_back() {
+    use futures::{SinkExt, StreamExt};
+    let flow = PickyHead::start().await;
+    let output = tokio::spawn(flow.output().unwrap().collect::<Vec<u64>>());
+    let key_panicked = |error: genflow::SendError<u64>| match error {
+        genflow::SendError::KeyPanicked { message, panic } => (message, panic.message().to_owned()),
+        other => panic!("expected KeyPanicked, got {other:?}"),
+    };
+    let expected = (13, "no key for 13".to_owned());
+    assert_eq!(key_panicked(in_time(flow.send(13)).await.unwrap_err()), expected);
+    assert_eq!(key_panicked(flow.try_send(13).unwrap_err()), expected);
+    assert_eq!(key_panicked(in_time(flow.sink().send(13)).await.unwrap_err()), expected);
+    // `feed` stops at the item, which comes back; the rest stays in the stream.
+    let mut items = stream::iter(0..100u64);
+    assert_eq!(key_panicked(in_time(flow.feed(&mut items)).await.unwrap_err()), expected);
+    assert_eq!(in_time(flow.feed(items.filter(|x| std::future::ready(*x != 57)))).await.unwrap(), 85);
+    let error = flow.send(57).await.unwrap_err();
+    assert_eq!(error.to_string(), "the partition key function panicked: no key for 57");
+    assert_eq!(error.into_message(), Some(57));
+    in_time(flow.flush()).await.unwrap();
+    in_time(flow.shutdown()).await;
+    let mut seen = output.await.unwrap();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..100).filter(|x| *x != 13 && *x != 57).collect::<Vec<_>>());
+    let head = flow.metrics().stage("head").unwrap();
+    assert_eq!((head.received, head.processed, head.failed), (98, 98, 0));
+}

@@ -13,6 +13,10 @@ use crate::{
     parse::{self, Count, ReplicaOption, StageAttrs},
 };
 
+/// The most replicas a stage can have: `genflow::MAX_REPLICAS`, which the
+/// expansion of a `const` count is checked against.
+pub(crate) const MAX_REPLICAS: usize = 65_536;
+
 /// Checks the struct and the entries' attributes.
 pub(crate) fn syntax(kind: Kind, item: &ItemStruct, args: &parse::Args, stages: &[StageAttrs], errors: &mut Errors) {
     let macro_name = kind.macro_name();
@@ -90,6 +94,12 @@ fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
             None => errors.at(&attr.attr, "`#[replicas(..)]` needs a replica count first, such as `#[replicas(4)]`"),
             Some(Count::Lit(lit)) => match lit.base10_parse::<usize>() {
                 Ok(0) => errors.at(lit, "a stage needs at least one replica: use `#[replicas(1)]` or more"),
+                Ok(n) if n > MAX_REPLICAS => errors.at(
+                    lit,
+                    format_args!(
+                        "a stage has at most {MAX_REPLICAS} replicas (`genflow::MAX_REPLICAS`): use a smaller count"
+                    ),
+                ),
                 Ok(_) => {}
                 Err(_) => errors.at(lit, "the replica count must be a positive integer"),
             },

@@ -3,10 +3,11 @@
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
+    panic::{self, AssertUnwindSafe},
     sync::Arc,
 };
 
-use super::queue::Queue;
+use super::{Panicked, queue::Queue};
 
 /// The input queues of one stage, and how an item picks one.
 pub(crate) enum Dispatch<T> {
@@ -17,10 +18,23 @@ pub(crate) enum Dispatch<T> {
 }
 
 impl<T> Dispatch<T> {
-    pub(crate) fn route(&self, item: &T) -> &Queue<T> {
+    /// The queue `item` goes to.
+    ///
+    /// # Errors
+    ///
+    /// The key function of a `partition_by` stage panicked on `item`: the
+    /// panic is caught here and its message returned, so the caller decides
+    /// what becomes of the item (the sender's error, or a failure of the
+    /// stage) and goes on.
+    pub(crate) fn route(&self, item: &T) -> Result<&Queue<T>, Panicked> {
         match self {
-            Dispatch::Shared(queue) => queue,
-            Dispatch::Keyed { queues, key } => &queues[(key(item) % queues.len() as u64) as usize],
+            Dispatch::Shared(queue) => Ok(queue),
+            Dispatch::Keyed { queues, key } => {
+                // The key function only reads the item; nothing it might
+                // leave half-changed is used after a panic.
+                let hash = panic::catch_unwind(AssertUnwindSafe(|| key(item))).map_err(|p| Panicked::new(&p))?;
+                Ok(&queues[(hash % queues.len() as u64) as usize])
+            }
         }
     }
 

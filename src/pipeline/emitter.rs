@@ -13,9 +13,9 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    BATCH,
+    BATCH, Panicked,
     dispatch::Dispatch,
-    failure::Failing,
+    failure::{Failing, FailureRoute},
     metrics::{Counters, Delta},
     queue::Closed,
     reorder::{Place, Reorder},
@@ -300,7 +300,26 @@ impl<T> Link<T> {
     /// A new set of links into `dispatch`; `taken`, for the pipeline's
     /// output, says whether anybody reads it.
     pub(crate) fn new(dispatch: Dispatch<T>, taken: Option<Arc<AtomicBool>>) -> Self {
-        Link { target: Arc::new(Target { dispatch, taken }) }
+        Link { target: Arc::new(Target { dispatch, taken, keyed: None }) }
+    }
+
+    /// A new set of links into the input of stage `stage`, whose items that
+    /// its `partition_by` key function panics on fail at that stage: they
+    /// count in `counters` (its replica 0's) as received and failed, and
+    /// their [`Failure`](crate::Failure)s go through the route given by
+    /// [`fail_into`](Self::fail_into).
+    pub(crate) fn into_stage(dispatch: Dispatch<T>, stage: &'static str, counters: Arc<Counters>) -> Self {
+        let keyed = matches!(dispatch, Dispatch::Keyed { .. }).then_some(KeyFailures { stage, counters, route: None });
+        Link { target: Arc::new(Target { dispatch, taken: None, keyed }) }
+    }
+
+    /// Sets the failures route of a link made by [`into_stage`](Self::into_stage),
+    /// before it is cloned (later, it does nothing). The route stays open
+    /// as long as the link: until the replicas emitting into it end.
+    pub(crate) fn fail_into(&mut self, route: &FailureRoute) {
+        if let Some(Target { keyed: Some(keyed), .. }) = Arc::get_mut(&mut self.target) {
+            keyed.route = Some(route.clone());
+        }
     }
 }
 
@@ -320,6 +339,16 @@ impl<T> Clone for Link<T> {
 struct Target<T> {
     dispatch: Dispatch<T>,
     taken: Option<Arc<AtomicBool>>,
+    /// For a `partition_by` stage: where the items its key function panics
+    /// on are counted and reported.
+    keyed: Option<KeyFailures>,
+}
+
+/// Where a `partition_by` stage's items whose key function panicked go.
+struct KeyFailures {
+    stage: &'static str,
+    counters: Arc<Counters>,
+    route: Option<FailureRoute>,
 }
 
 impl<T> Target<T> {
@@ -354,7 +383,14 @@ impl<T> Target<T> {
                 items.reverse();
                 let rest = Reversed(items);
                 while let Some(item) = rest.0.last() {
-                    let queue = self.dispatch.route(item);
+                    let queue = match self.dispatch.route(item) {
+                        Ok(queue) => queue,
+                        Err(panic) => {
+                            drop(rest.0.pop());
+                            self.key_panicked(panic, blocked, dropped).await;
+                            continue;
+                        }
+                    };
                     let room = blocking(blocked, queue.reserve(1)).await;
                     let item = rest.0.pop().expect("checked above");
                     match room {
@@ -363,6 +399,28 @@ impl<T> Target<T> {
                     }
                 }
             }
+        }
+    }
+}
+
+impl<T> Target<T> {
+    /// An item's key function panicked: the item (already dropped) fails at
+    /// the keyed stage, counted as received, processed and failed by its
+    /// replica 0, and its failure is sent, waiting for room as
+    /// [`Failing::send`](super::failure::Failing::send) does. Without a
+    /// stage to fail at (a target not made by [`Link::into_stage`]), the
+    /// item counts in `dropped`.
+    ///
+    /// Cancel safe: the item is counted before the first `.await`; a
+    /// failure not sent yet counts as a dropped failure.
+    async fn key_panicked(&self, panic: Panicked, blocked: &mut Duration, dropped: &mut u64) {
+        let Some(keyed) = &self.keyed else {
+            *dropped += 1;
+            return;
+        };
+        keyed.counters.add(&Delta { received: 1, processed: 1, failed: 1, ..Delta::default() });
+        if let Some(route) = &keyed.route {
+            route.key_panicked(keyed.stage, panic, blocked).await;
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::{
     error::Error,
     fmt,
+    future::Future,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
     task::{Context, Poll},
@@ -59,7 +60,8 @@ impl Failure {
     }
 
     /// The index of the stage's replica that failed it, from 0 (always 0
-    /// for a stage without replicas).
+    /// for a stage without replicas, and 0 for an item whose `partition_by`
+    /// key function panicked before any replica took it).
     pub fn replica(&self) -> usize {
         self.replica
     }
@@ -236,6 +238,30 @@ impl FailureRoute {
             item_failed: false,
             in_finish: false,
         }
+    }
+}
+
+impl FailureRoute {
+    /// Sends the failure of an item whose `partition_by` key function
+    /// panicked on its way into stage `stage`: no replica took it, so the
+    /// failure names replica 0. Waits for room while the reader is behind,
+    /// adding the time to `blocked` (the sender's).
+    ///
+    /// Boxed: the failures queue is fed through a link like any stage's, so
+    /// the future of a send would otherwise contain itself. Only a panic
+    /// pays for the allocation.
+    pub(crate) fn key_panicked<'a>(
+        &'a self,
+        stage: &'static str,
+        panic: Panicked,
+        blocked: &'a mut Duration,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let mut failing = self.failing(stage, 0);
+            failing.fail(Box::new(panic), true);
+            // The sender's blocked time is published by the sender.
+            failing.send(blocked, &Counters::default()).await;
+        })
     }
 }
 

@@ -31,7 +31,11 @@ impl<T: Send + 'static> Input<T> {
     }
 
     pub(crate) async fn send(&self, item: T) -> Result<(), SendError<T>> {
-        match self.dispatch.route(&item).reserve(1).await {
+        let queue = match self.dispatch.route(&item) {
+            Ok(queue) => queue,
+            Err(panic) => return Err(SendError::KeyPanicked { message: item, panic }),
+        };
+        match queue.reserve(1).await {
             Ok(room) => {
                 room.commit([item]);
                 Ok(())
@@ -41,7 +45,11 @@ impl<T: Send + 'static> Input<T> {
     }
 
     pub(crate) fn try_send(&self, item: T) -> Result<(), SendError<T>> {
-        self.dispatch.route(&item).try_push(item).map_err(|e| match e {
+        let queue = match self.dispatch.route(&item) {
+            Ok(queue) => queue,
+            Err(panic) => return Err(SendError::KeyPanicked { message: item, panic }),
+        };
+        queue.try_push(item).map_err(|e| match e {
             TryPush::Full(item) => SendError::Full(item),
             TryPush::Closed(item) => SendError::Closed(item),
         })
@@ -49,8 +57,9 @@ impl<T: Send + 'static> Input<T> {
 
     /// Sends every item of `items`, in order, waiting for room as needed.
     /// An item is taken from the stream only once there is room for it, so
-    /// if the stage closes first, the one item in hand comes back in the
-    /// error and the rest stays in the stream.
+    /// if the stage closes first (or its key function panics on the item),
+    /// the one item in hand comes back in the error and the rest stays in
+    /// the stream.
     pub(crate) async fn feed<S>(&self, items: S) -> Result<usize, SendError<T>>
     where
         S: Stream<Item = T> + Send,
@@ -59,7 +68,10 @@ impl<T: Send + 'static> Input<T> {
         let mut sent = 0;
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(first) = items.next().await {
-            let queue = self.dispatch.route(&first);
+            let queue = match self.dispatch.route(&first) {
+                Ok(queue) => queue,
+                Err(panic) => return Err(SendError::KeyPanicked { message: first, panic }),
+            };
             let room = match queue.reserve(BATCH).await {
                 Ok(room) => room,
                 Err(Closed) => return Err(SendError::Closed(first)),
@@ -102,7 +114,9 @@ impl<T> Clone for Input<T> {
 ///
 /// # Errors
 ///
-/// [`SendError::Closed`] once the pipeline has shut down, holding the item.
+/// [`SendError::Closed`] once the pipeline has shut down, holding the item;
+/// [`SendError::KeyPanicked`], holding it, if the stage's `partition_by`
+/// key function panicked on it.
 pub struct InputSink<T> {
     dispatch: Dispatch<T>,
     pending: Option<T>,
@@ -118,7 +132,13 @@ impl<T> InputSink<T> {
         let Some(item) = &self.pending else {
             return Poll::Ready(Ok(()));
         };
-        let queue = self.dispatch.route(item);
+        let queue = match self.dispatch.route(item) {
+            Ok(queue) => queue,
+            Err(panic) => {
+                let message = self.pending.take().expect("checked above");
+                return Poll::Ready(Err(SendError::KeyPanicked { message, panic }));
+            }
+        };
         match queue.poll_reserve(cx, &mut self.waiter, 1) {
             Poll::Ready(Ok(_)) => {
                 let item = self.pending.take().expect("checked above");
@@ -159,8 +179,9 @@ impl<T> futures::Sink<T> for InputSink<T> {
 impl<T> Drop for InputSink<T> {
     fn drop(&mut self) {
         // Only waiting with an item in hand fills the waiter.
-        if let Some(item) = &self.pending {
-            self.dispatch.route(item).cancel(&mut self.waiter);
+        // (a key that panics never filled it).
+        if let Some(Ok(queue)) = self.pending.as_ref().map(|item| self.dispatch.route(item)) {
+            queue.cancel(&mut self.waiter);
         }
     }
 }

@@ -107,6 +107,37 @@ fn loom_close_waits_for_reserved_room_and_refuses_new() {
 }
 
 #[test]
+fn loom_items_committed_while_a_clear_runs_are_discarded() {
+    loom::model(|| {
+        let q = Arc::new(Queue::new(2));
+        let writer = {
+            let q = q.clone();
+            thread::spawn(move || {
+                block_on(async {
+                    match q.reserve(1).await {
+                        Ok(room) => {
+                            room.commit([7]);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                })
+            })
+        };
+        let clearer = {
+            let q = q.clone();
+            thread::spawn(move || q.close_and_clear())
+        };
+        let pushed = writer.join().unwrap();
+        clearer.join().unwrap();
+        // Whether it went in before the clear or came after it, an item
+        // pushed is dropped and counted, never left in the queue.
+        assert_eq!(q.len(), 0);
+        assert_eq!(q.discarded(), u64::from(pushed));
+    });
+}
+
+#[test]
 fn loom_numbered_pops_respect_the_limit() {
     loom::model(|| {
         let q = Arc::new(Queue::new(4));

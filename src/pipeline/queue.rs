@@ -371,32 +371,32 @@ impl<T> Queue<T> {
     fn commit(&self, items: impl IntoIterator<Item = T>, reserved: usize) {
         let mut wakers = WakeList::new();
         let mut state = self.lock();
-        if state.cleared {
+        // `cleared` is read and the items placed in one critical section: a
+        // `close_and_clear` cannot come in between and leave them queued.
+        let late = if state.cleared {
             // Dropped outside the lock: an item's `Drop` may do anything.
             let late: Vec<T> = items.into_iter().collect();
             state.discarded += late.len() as u64;
             state.reserved -= reserved;
-            state.end_readers(&mut wakers);
-            drop(state);
-            wakers.wake_all();
-            drop(late);
-            return;
-        }
-        drop(state);
-        self.change(|state, wakers| {
+            Some(late)
+        } else {
             let before = state.items.len();
             state.items.extend(items);
             let pushed = state.items.len() - before;
             debug_assert!(pushed <= reserved, "pushed more than reserved");
             state.reserved -= reserved;
             if pushed > 0 {
-                state.promise_items(wakers);
+                state.promise_items(&mut wakers);
             }
             if pushed < reserved {
-                state.grant_room(self.capacity, wakers);
+                state.grant_room(self.capacity, &mut wakers);
             }
-            state.end_readers(wakers);
-        });
+            None
+        };
+        state.end_readers(&mut wakers);
+        drop(state);
+        wakers.wake_all();
+        drop(late);
     }
 
     /// Pushes one item into room reserved by [`poll_reserve`](Self::poll_reserve).

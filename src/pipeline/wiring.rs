@@ -28,7 +28,7 @@ use super::{
     run,
 };
 use crate::{
-    CallError, SendError,
+    CallError, MAX_REPLICAS, SendError,
     registry::{BoxFuture, Builder, Core, Start, Stoppable},
     server::{
         context,
@@ -107,14 +107,30 @@ impl Builder {
     /// Makes the queues of one stage: its input queue(s) and one control
     /// queue per replica.
     ///
+    /// The queue size is `spec.queue_size` (the builder's), else the
+    /// stage's `channel_queue_size()`. The control mailbox of each replica
+    /// (its calls and casts) has the declared `channel_queue_size()`, or,
+    /// where that is 0, the queue size; so does the pipeline's output
+    /// buffer after the last stage (see [`Plumbing::new`]).
+    ///
     /// # Panics
     ///
-    /// Panics if `replicas` is 0 or the queue size is 0.
+    /// Panics if `replicas` is 0 or above [`MAX_REPLICAS`] (the builder and
+    /// the macro check both before), or if the queue size is 0.
     #[track_caller]
     pub fn stage<S: Stage>(&mut self, spec: StageSpec<S::In>) -> (StageHandle<S>, StageWiring<S>) {
         assert!(spec.replicas > 0, "a stage needs at least one replica");
+        assert!(spec.replicas <= MAX_REPLICAS, "a stage has at most {MAX_REPLICAS} replicas");
         assert!(!(spec.ordered && spec.partition.is_some()), "`ordered` cannot be combined with `partition_by`");
-        let capacity = spec.queue_size.unwrap_or_else(S::channel_queue_size);
+        let declared = S::channel_queue_size();
+        let capacity = spec.queue_size.unwrap_or(declared);
+        assert!(
+            capacity > 0,
+            "{}::channel_queue_size() must be at least 1, or the stage given a queue size by the builder",
+            std::any::type_name::<S>()
+        );
+        let mailbox = if declared == 0 { capacity } else { declared };
+        self.last_queue_size = Some(capacity);
         let dispatch = match spec.partition {
             None => Dispatch::Shared(Arc::new(Queue::new(capacity))),
             Some(key) => {
@@ -123,7 +139,7 @@ impl Builder {
         };
         let name = |i: usize| if spec.replicas == 1 { spec.name.to_owned() } else { format!("{}[{i}]", spec.name) };
         let (replicas, inboxes): (Vec<_>, Vec<_>) =
-            (0..spec.replicas).map(|i| self.stage_channel::<S>(name(i))).unzip();
+            (0..spec.replicas).map(|i| self.stage_channel::<S>(name(i), mailbox)).unzip();
         let registry = inboxes[0].state.registry;
         let flush = Arc::new(FlushPoint::new(registry, dispatch.queues(), spec.replicas));
         self.control(StageControl {
@@ -163,7 +179,8 @@ impl<R> Core<R> {
         S: Stage,
         S::Out: FlowsInto<N>,
     {
-        let link = <S::Out as FlowsInto<N>>::downstream(next).0;
+        let mut link = <S::Out as FlowsInto<N>>::downstream(next).0;
+        link.fail_into(&wiring.failures);
         let dispatch = stage.input.dispatch();
         let replicas = wiring.inboxes.len();
         let order = stage.ordered.then(|| Arc::new(Reorder::new(link.clone(), dispatch.queues()[0].clone(), replicas)));
@@ -213,7 +230,7 @@ impl<S: Stage> StageHandle<S> {
     /// The link the previous stage emits into. Made once: when every copy
     /// of it is dropped, this stage's input closes.
     pub fn downstream(&self) -> Downstream<S::In> {
-        Downstream(Link::new(self.input.dispatch().clone(), None))
+        Downstream(Link::into_stage(self.input.dispatch().clone(), self.name, self.counters[0].clone()))
     }
 
     fn replica(&self) -> &Handle<S> {
@@ -458,12 +475,14 @@ pub struct Plumbing<T> {
 
 impl<T: Send + 'static> Plumbing<T> {
     /// The output of a pipeline whose last stage is `S`; its queue is as
-    /// large as that stage's. Takes the failures queue the stages made in
-    /// `builder` (so it closes once they all end).
+    /// large as that stage's input queue (the builder's size for it, else
+    /// its `channel_queue_size()`). Takes the failures queue the stages made
+    /// in `builder` (so it closes once they all end).
     pub fn new<S: Stage<Out = T>>(builder: &mut Builder) -> Self {
         let failures = builder.failures.take().unwrap_or_else(FailureRoute::new).shared;
+        let size = builder.last_queue_size.take().unwrap_or_else(S::channel_queue_size);
         Plumbing {
-            output: Arc::new(OutputShared::new(S::channel_queue_size())),
+            output: Arc::new(OutputShared::new(size)),
             unclaimed: Mutex::new(true),
             failures,
             failures_unclaimed: Mutex::new(true),
@@ -501,5 +520,53 @@ impl<T: Send + 'static> Plumbing<T> {
 impl<T> fmt::Debug for Plumbing<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Plumbing").finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(genflow_loom)))]
+mod tests {
+    use super::*;
+    use crate::GenServer;
+
+    /// A stage that declares a queue of 5.
+    struct Tail;
+
+    impl GenServer for Tail {
+        type Message = ();
+        type Response = ();
+        type Registry = ();
+        fn new(_: ()) -> Self {
+            Tail
+        }
+        async fn handle_call(&mut self, _: ()) {}
+        async fn handle_cast(&mut self, _: ()) {}
+        fn channel_queue_size() -> usize {
+            5
+        }
+    }
+
+    impl Stage for Tail {
+        type In = u8;
+        type Out = u8;
+        async fn process(&mut self, x: u8, out: &mut Emitter<u8>) {
+            out.emit(x).await;
+        }
+    }
+
+    /// The capacity of the output buffer of a one-stage pipeline whose
+    /// stage was given `queue_size`.
+    fn output_capacity(queue_size: Option<usize>) -> usize {
+        let mut builder = Builder::new();
+        let spec = StageSpec { name: "tail", replicas: 2, partition: None, head: true, ordered: false, queue_size };
+        let (handle, _wiring) = builder.stage::<Tail>(spec);
+        assert_eq!(handle.metrics().capacity, queue_size.unwrap_or(5) as u64);
+        Plumbing::new::<Tail>(&mut builder).output.queue.capacity()
+    }
+
+    #[test]
+    fn the_output_buffer_follows_the_last_stages_effective_queue_size() {
+        assert_eq!(output_capacity(Some(3)), 3);
+        assert_eq!(output_capacity(Some(70_000)), 70_000);
+        assert_eq!(output_capacity(None), 5);
     }
 }

@@ -47,12 +47,19 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                     "the replica count `{}` of stage `{name}` is 0: a stage needs at least one replica",
                     quote!(#path).to_string().replace(' ', "")
                 );
+                let too_many = format!(
+                    "the replica count `{}` of stage `{name}` is above `genflow::MAX_REPLICAS` ({}): a stage \
+                     has at most that many replicas",
+                    quote!(#path).to_string().replace(' ', ""),
+                    crate::validate::MAX_REPLICAS,
+                );
                 let n = local::local("__count");
                 quote_spanned! {path.span()=>
                     {
                         const _: () = {
                             let #n: usize = #path;
                             ::core::assert!(#n > 0, #message);
+                            ::core::assert!(#n <= ::genflow::__private::MAX_REPLICAS, #too_many);
                         };
                         #path
                     }
@@ -157,7 +164,8 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// # Errors
         ///
         /// `SendError::Closed`, holding the item, once the pipeline is
-        /// shutting down.
+        /// shutting down; `SendError::KeyPanicked`, holding it, if the
+        /// first stage's `partition_by` key function panicked on it.
         ///
         /// # Cancel safety
         ///
@@ -175,7 +183,8 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// # Errors
         ///
         /// `SendError::Full` if the queue is full, `Closed` once the
-        /// pipeline is shutting down; each holds the item.
+        /// pipeline is shutting down, `KeyPanicked` if the first stage's
+        /// `partition_by` key function panicked on it; each holds the item.
         #vis fn try_send(
             &self,
             #item: #head::In,
@@ -189,7 +198,9 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         ///
         /// # Errors
         ///
-        /// `SendError::Closed` if the pipeline shut down first. An item is
+        /// `SendError::Closed` if the pipeline shut down first, or
+        /// `KeyPanicked` if the first stage's `partition_by` key function
+        /// panicked on an item. An item is
         /// taken from the stream only when there is room for it, so the
         /// error holds the one item in hand; the rest stays in the stream.
         ///
