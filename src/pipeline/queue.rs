@@ -49,6 +49,7 @@
 use std::{
     collections::VecDeque,
     future::Future,
+    mem::ManuallyDrop,
     pin::Pin,
     task::{Context, Poll, Waker},
 };
@@ -385,21 +386,20 @@ impl<T> Queue<T> {
             drop(late);
             return;
         }
+        let before = state.items.len();
+        state.items.extend(items);
+        let pushed = state.items.len() - before;
+        debug_assert!(pushed <= reserved, "pushed more than reserved");
+        state.reserved -= reserved;
+        if pushed > 0 {
+            state.promise_items(&mut wakers);
+        }
+        if pushed < reserved {
+            state.grant_room(self.capacity, &mut wakers);
+        }
+        state.end_readers(&mut wakers);
         drop(state);
-        self.change(|state, wakers| {
-            let before = state.items.len();
-            state.items.extend(items);
-            let pushed = state.items.len() - before;
-            debug_assert!(pushed <= reserved, "pushed more than reserved");
-            state.reserved -= reserved;
-            if pushed > 0 {
-                state.promise_items(wakers);
-            }
-            if pushed < reserved {
-                state.grant_room(self.capacity, wakers);
-            }
-            state.end_readers(wakers);
-        });
+        wakers.wake_all();
     }
 
     /// Pushes one item into room reserved by [`poll_reserve`](Self::poll_reserve).
@@ -666,17 +666,29 @@ impl<T> Reader<'_, T> {
 
 /// Wakers picked under a lock, woken after it is released. Holds a few
 /// inline, so waking allocates nothing in the common case.
+///
+/// Made and dropped on every queue operation, most often empty: the inline
+/// slots past `len` are always `None`, so dropping looks at the first `len`
+/// only instead of running the drop glue of every slot.
 pub(crate) struct WakeList {
-    inline: [Option<Waker>; WakeList::INLINE],
+    inline: ManuallyDrop<[Option<Waker>; WakeList::INLINE]>,
     len: usize,
     more: Vec<Waker>,
+}
+
+impl Drop for WakeList {
+    fn drop(&mut self) {
+        for slot in &mut self.inline[..self.len] {
+            drop(slot.take());
+        }
+    }
 }
 
 impl WakeList {
     const INLINE: usize = 8;
 
     pub(crate) fn new() -> Self {
-        WakeList { inline: Default::default(), len: 0, more: Vec::new() }
+        WakeList { inline: ManuallyDrop::new([const { None }; WakeList::INLINE]), len: 0, more: Vec::new() }
     }
 
     pub(crate) fn push(&mut self, waker: Option<Waker>) {
