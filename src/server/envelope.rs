@@ -15,7 +15,7 @@ pub(crate) enum Envelope<S: GenServer> {
     /// once the reply is sent. Boxed, so the envelopes of calls from outside
     /// and of casts stay as small as they were without the graph (they
     /// travel by value through the queue's blocks).
-    CallFrom(Box<(Call<S::Message, S::Response>, Waiting)>),
+    CallFrom(Box<CallFrom<S::Message, S::Response>>),
     Cast(S::Message),
     /// Graceful shutdown: close the queue, handle what is in it, terminate.
     Stop,
@@ -36,6 +36,9 @@ impl<S: GenServer> Envelope<S> {
         }
     }
 }
+
+/// A call made by a server and that server's wait-for edge.
+pub(crate) type CallFrom<M, R> = (Call<M, R>, Waiting);
 
 /// How a call ended, as told to the caller.
 pub(crate) enum Reply<R, M> {
