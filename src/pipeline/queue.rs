@@ -50,6 +50,7 @@
 use std::{
     collections::VecDeque,
     future::Future,
+    mem::ManuallyDrop,
     pin::Pin,
     task::{Context, Poll, Waker},
 };
@@ -663,17 +664,29 @@ impl<T> Reader<'_, T> {
 
 /// Wakers picked under a lock, woken after it is released. Holds a few
 /// inline, so waking allocates nothing in the common case.
+///
+/// Made and dropped on every queue operation, most often empty: the inline
+/// slots past `len` are always `None`, so dropping looks at the first `len`
+/// only instead of running the drop glue of every slot.
 pub(crate) struct WakeList {
-    inline: [Option<Waker>; WakeList::INLINE],
+    inline: ManuallyDrop<[Option<Waker>; WakeList::INLINE]>,
     len: usize,
     more: Vec<Waker>,
+}
+
+impl Drop for WakeList {
+    fn drop(&mut self) {
+        for slot in &mut self.inline[..self.len] {
+            drop(slot.take());
+        }
+    }
 }
 
 impl WakeList {
     const INLINE: usize = 8;
 
     pub(crate) fn new() -> Self {
-        WakeList { inline: Default::default(), len: 0, more: Vec::new() }
+        WakeList { inline: ManuallyDrop::new([const { None }; WakeList::INLINE]), len: 0, more: Vec::new() }
     }
 
     pub(crate) fn push(&mut self, waker: Option<Waker>) {

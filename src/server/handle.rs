@@ -9,7 +9,7 @@ use tokio::{
 
 use super::{
     GenServer, context,
-    envelope::{Call, Envelope, Reply},
+    envelope::{Envelope, Reply},
     state::ServerState,
     waits::{self, Waiting},
 };
@@ -111,7 +111,13 @@ impl<S: GenServer> Handle<S> {
                 Err(refused) => return Err(refused.call_error(message)),
             },
         };
-        self.call_waiting(message, waiting).await
+        let permit = match self.tx.reserve().await {
+            Ok(permit) => permit,
+            Err(_) => return Err(self.stopped_call(message)),
+        };
+        let reply = self.post_call(permit, message, waiting.as_ref()).await;
+        drop(waiting);
+        self.reply(reply)
     }
 
     /// Records that `caller` waits on this server.
@@ -132,12 +138,25 @@ impl<S: GenServer> Handle<S> {
             Ok(permit) => permit,
             Err(_) => return Err(self.stopped_call(message)),
         };
-        let (tx, rx) = oneshot::channel();
-        permit.send(Envelope::Call(Call::new(message, tx, waiting.as_ref().map(Waiting::share))));
-        self.state.post();
-        let reply = rx.await;
+        let reply = self.post_call(permit, message, waiting.as_ref()).await;
         drop(waiting);
         self.reply(reply)
+    }
+
+    /// Puts a call into the room `permit` reserved and returns where its
+    /// reply comes; the queued call holds a second owner of the caller's
+    /// edge, if any.
+    #[inline]
+    fn post_call(
+        &self,
+        permit: mpsc::Permit<'_, Envelope<S>>,
+        message: S::Message,
+        waiting: Option<&Waiting>,
+    ) -> oneshot::Receiver<Reply<S::Response, S::Message>> {
+        let (tx, rx) = oneshot::channel();
+        permit.send(Envelope::call(message, tx, waiting.map(Waiting::share)));
+        self.state.post();
+        rx
     }
 
     /// Like [`call`](Self::call), but gives up after `timeout`, counted from
@@ -191,9 +210,7 @@ impl<S: GenServer> Handle<S> {
             Ok(Err(_)) => return Err(self.stopped_call(message)),
             Err(_) => return Err(CallError::Timeout(Some(message))),
         };
-        let (tx, rx) = oneshot::channel();
-        permit.send(Envelope::Call(Call::new(message, tx, waiting.as_ref().map(Waiting::share))));
-        self.state.post();
+        let rx = self.post_call(permit, message, waiting.as_ref());
         let reply = self.on_runtime(|| timeout_at(deadline, rx)).await;
         drop(waiting);
         match reply {
@@ -222,7 +239,14 @@ impl<S: GenServer> Handle<S> {
     /// or through others, on the caller does not wait; it returns
     /// [`SendError::Cycle`] at once. A server casting to itself never
     /// waits: with its queue full it gets [`SendError::Full`]. What the
-    /// check cannot see is described at [`call`](Self::call).
+    /// check cannot see is described at [`call`](Self::call). The check
+    /// runs only once the queue was found full: a cast into a queue with
+    /// room costs the same from inside a server and from outside.
+    ///
+    /// Like a send on a Tokio channel, a cast spends one unit of the task's
+    /// [cooperative scheduling budget](tokio::task::coop), so a task
+    /// casting in a loop into a queue with room still yields to others now
+    /// and then.
     ///
     /// # Errors
     ///
@@ -235,16 +259,27 @@ impl<S: GenServer> Handle<S> {
     /// If the future is dropped before it completes, the message was not
     /// queued (it is dropped).
     pub async fn cast(&self, message: S::Message) -> Result<(), SendError<S::Message>> {
-        if let Some(caller) = context::current() {
-            return self.cast_from(&caller, message).await;
-        }
-        match self.tx.reserve().await {
+        // The fast path: the budget, then one `try_reserve`; nothing about
+        // the caller is looked up unless the queue is full.
+        tokio::task::coop::consume_budget().await;
+        match self.tx.try_reserve() {
             Ok(permit) => {
                 permit.send(Envelope::Cast(message));
                 self.state.post();
                 Ok(())
             }
-            Err(_) => Err(self.stopped_send(message)),
+            Err(mpsc::error::TrySendError::Full(())) => self.cast_full(message).await,
+            Err(mpsc::error::TrySendError::Closed(())) => Err(self.stopped_send(message)),
+        }
+    }
+
+    /// The rest of a cast that found the queue full: only now does it
+    /// matter whether the caller is a server (an edge of the wait-for
+    /// graph while it waits for room).
+    async fn cast_full(&self, message: S::Message) -> Result<(), SendError<S::Message>> {
+        match context::current() {
+            Some(caller) => self.cast_wait_from(&caller, message).await,
+            None => self.cast_wait(message, None).await,
         }
     }
 
@@ -255,15 +290,29 @@ impl<S: GenServer> Handle<S> {
         caller: &Arc<ServerState>,
         message: S::Message,
     ) -> Result<(), SendError<S::Message>> {
-        let message = match self.try_cast(message) {
-            Err(SendError::Full(message)) => message,
-            done => return done,
-        };
-        let waiting = match self.wait_from(caller) {
-            Ok(waiting) => waiting,
-            Err(Refused::SelfCall) => return Err(SendError::Full(message)),
-            Err(Refused::Cycle(servers)) => return Err(SendError::Cycle { message, servers }),
-        };
+        match self.try_cast(message) {
+            Err(SendError::Full(message)) => self.cast_wait_from(caller, message).await,
+            done => done,
+        }
+    }
+
+    /// Waits for room for a cast from server `caller`, as an edge of the
+    /// wait-for graph; refused where waiting would close a cycle.
+    async fn cast_wait_from(
+        &self,
+        caller: &Arc<ServerState>,
+        message: S::Message,
+    ) -> Result<(), SendError<S::Message>> {
+        match self.wait_from(caller) {
+            Ok(waiting) => self.cast_wait(message, Some(waiting)).await,
+            Err(Refused::SelfCall) => Err(SendError::Full(message)),
+            Err(Refused::Cycle(servers)) => Err(SendError::Cycle { message, servers }),
+        }
+    }
+
+    /// Waits for room, then queues the cast; `waiting` (the caller's edge,
+    /// if any) goes once the wait ends.
+    async fn cast_wait(&self, message: S::Message, waiting: Option<Waiting>) -> Result<(), SendError<S::Message>> {
         let reserved = self.tx.reserve().await;
         drop(waiting);
         match reserved {
@@ -381,5 +430,62 @@ impl<S: GenServer> Stoppable for Handle<S> {
 
     fn abort(&self) {
         Handle::abort(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        pin::pin,
+        sync::atomic::{AtomicBool, Ordering},
+    };
+
+    use super::*;
+
+    struct Sink;
+
+    impl GenServer for Sink {
+        type Message = u64;
+        type Response = ();
+        type Registry = ();
+
+        fn new((): ()) -> Self {
+            Sink
+        }
+
+        async fn handle_call(&mut self, _: u64) {}
+    }
+
+    #[tokio::test]
+    async fn casts_into_a_queue_with_room_still_let_other_tasks_run() {
+        // Nobody takes from this queue: every cast finds room, none waits.
+        let (handle, _inbox) = channel::<Sink>(0, "sink".into(), None, Some(10_000));
+        let ran = Arc::new(AtomicBool::new(false));
+        tokio::spawn({
+            let ran = ran.clone();
+            async move { ran.store(true, Ordering::SeqCst) }
+        });
+        let mut casts_before_it_ran = None;
+        for n in 0..1_000 {
+            handle.cast(n).await.unwrap();
+            if ran.load(Ordering::SeqCst) {
+                casts_before_it_ran = Some(n + 1);
+                break;
+            }
+        }
+        // Tokio's budget is 128 operations per poll of a task: the cast
+        // after them yields, and completes once the other task ran.
+        assert_eq!(casts_before_it_ran, Some(129));
+    }
+
+    #[tokio::test]
+    async fn a_cast_into_a_full_queue_waits_for_room() {
+        let (handle, mut inbox) = channel::<Sink>(0, "sink".into(), None, Some(1));
+        handle.cast(1).await.unwrap();
+        let mut second = pin!(handle.cast(2));
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        assert!(matches!(inbox.rx.recv().await, Some(Envelope::Cast(1))));
+        assert!(matches!(second.await, Ok(())));
+        assert!(matches!(inbox.rx.recv().await, Some(Envelope::Cast(2))));
     }
 }

@@ -105,36 +105,40 @@ async fn serve<S: GenServer>(server: &mut S, inbox: &mut Inbox<S>) -> Result<(),
 
 /// Handles one call or cast. `Stop` is the caller's business.
 pub(crate) async fn handle<S: GenServer>(server: &mut S, envelope: Envelope<S>) -> Result<(), Crashed> {
-    match envelope {
-        Envelope::Call(call) => {
-            let (message, reply, waiting) = call.into_parts();
-            if reply.is_closed() {
-                // The caller gave up (timed out) while the call was queued.
-                return Ok(());
-            }
-            match AssertUnwindSafe(server.handle_call(message)).catch_unwind().await {
-                Ok(response) => {
-                    let _ = reply.send(Reply::Done(response));
-                    // The caller no longer waits on this server.
-                    drop(waiting);
-                }
-                Err(panic) => {
-                    let _ = reply.send(Reply::Panicked);
-                    drop(waiting);
-                    report::<S>("handle_call", &panic);
-                    return Err(Crashed);
-                }
-            }
+    let (call, waiting) = match envelope {
+        Envelope::Call(call) => (call, None),
+        Envelope::CallFrom(call) => {
+            let (call, waiting) = *call;
+            (call, Some(waiting))
         }
         Envelope::Cast(message) => {
             if let Err(panic) = AssertUnwindSafe(server.handle_cast(message)).catch_unwind().await {
                 report::<S>("handle_cast", &panic);
                 return Err(Crashed);
             }
+            return Ok(());
         }
-        Envelope::Stop => {}
+        Envelope::Stop => return Ok(()),
+    };
+    let (message, reply) = call.into_parts();
+    if reply.is_closed() {
+        // The caller gave up (timed out) while the call was queued.
+        return Ok(());
     }
-    Ok(())
+    match AssertUnwindSafe(server.handle_call(message)).catch_unwind().await {
+        Ok(response) => {
+            let _ = reply.send(Reply::Done(response));
+            // The caller no longer waits on this server.
+            drop(waiting);
+            Ok(())
+        }
+        Err(panic) => {
+            let _ = reply.send(Reply::Panicked);
+            drop(waiting);
+            report::<S>("handle_call", &panic);
+            Err(Crashed)
+        }
+    }
 }
 
 /// Runs `terminate`, reporting a panic in it.

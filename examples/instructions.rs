@@ -1,0 +1,244 @@
+//! Instruction-count probes of the hot paths, each beside its hand-written
+//! baseline, for `valgrind --tool=callgrind` (see docs/benchmarks.md).
+//!
+//! Everything runs on a `current_thread` runtime, so counts repeat to a few
+//! instructions. Run each mode at two sizes and divide the difference of
+//! the counts by the difference of the sizes: start-up and shutdown cancel
+//! out, what is left is the cost of one item, call or cast.
+//!
+//! ```text
+//! cargo build --release --example instructions
+//! valgrind --tool=callgrind target/release/examples/instructions w1-genflow 200000
+//! ```
+//!
+//! Modes (`N` = the size):
+//! - `w1-genflow N`, `w1-chain N`: W1 of `benches/pipeline.rs` (add 1 →
+//!   ×3 → sum, queues of 1000) over `0..N`, genflow and the `mpsc` chain;
+//! - `call-genflow N`, `call-raw N`: N call round trips from a task, genflow
+//!   and `mpsc` + `oneshot`;
+//! - `cast-genflow N`, `cast-raw N`: N rounds of 10 000 casts and one call,
+//!   as `cast_throughput` in `benches/call.rs`.
+
+use std::{
+    hint::black_box,
+    marker::PhantomData,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use genflow::{Emitter, GenServer, Stage};
+use tokio::sync::{mpsc, oneshot};
+
+const QUEUE: usize = 1_000;
+
+/// Adds one to calls, sums casts (as in `benches/call.rs`).
+struct Adder {
+    sum: u64,
+}
+impl GenServer for Adder {
+    type Message = u64;
+    type Response = u64;
+    type Registry = Bench;
+    fn new(_: Bench) -> Self {
+        Adder { sum: 0 }
+    }
+    async fn handle_call(&mut self, n: u64) -> u64 {
+        self.sum.wrapping_add(n + 1)
+    }
+    async fn handle_cast(&mut self, n: u64) {
+        self.sum = self.sum.wrapping_add(n);
+    }
+    fn channel_queue_size() -> usize {
+        QUEUE
+    }
+}
+#[genflow::make_registry{ adder: Adder }]
+struct Bench;
+
+/// The baseline server's messages: one task, one receiver, oneshot replies.
+enum Raw {
+    Call(u64, oneshot::Sender<u64>),
+    Cast(u64),
+}
+fn raw_server() -> mpsc::Sender<Raw> {
+    let (tx, mut rx) = mpsc::channel::<Raw>(QUEUE);
+    tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Raw::Call(n, reply) => {
+                    let _ = reply.send(sum.wrapping_add(n + 1));
+                }
+                Raw::Cast(n) => sum = sum.wrapping_add(n),
+            }
+        }
+    });
+    tx
+}
+async fn raw_call(tx: &mpsc::Sender<Raw>, n: u64) -> u64 {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Raw::Call(n, reply)).await.unwrap();
+    rx.await.unwrap()
+}
+
+/// Where the last stage leaves its sum.
+trait Res: Clone + Send + Sync + 'static {
+    fn result(&self) -> &AtomicU64;
+}
+/// A 1:1 stage: add 1 (`OP = 0`) or multiply by 3.
+struct Map<R, const OP: u8>(PhantomData<R>);
+impl<R: Res, const OP: u8> GenServer for Map<R, OP> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+    fn new(_: R) -> Self {
+        Map(PhantomData)
+    }
+    async fn handle_call(&mut self, _: ()) {}
+    async fn handle_cast(&mut self, _: ()) {}
+    fn channel_queue_size() -> usize {
+        QUEUE
+    }
+}
+impl<R: Res, const OP: u8> Stage for Map<R, OP> {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        out.emit(if OP == 0 { x.wrapping_add(1) } else { x.wrapping_mul(3) }).await;
+    }
+}
+/// The last stage: sums, reports on `terminate`.
+struct Sum<R> {
+    registry: R,
+    sum: u64,
+}
+impl<R: Res> GenServer for Sum<R> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+    fn new(registry: R) -> Self {
+        Sum { registry, sum: 0 }
+    }
+    async fn handle_call(&mut self, _: ()) {}
+    async fn handle_cast(&mut self, _: ()) {}
+    async fn terminate(&mut self) {
+        self.registry.result().fetch_add(self.sum, Ordering::Relaxed);
+    }
+    fn channel_queue_size() -> usize {
+        QUEUE
+    }
+}
+impl<R: Res> Stage for Sum<R> {
+    type In = u64;
+    type Out = ();
+    async fn process(&mut self, x: u64, _: &mut Emitter<()>) {
+        self.sum = self.sum.wrapping_add(x);
+    }
+}
+#[genflow::pipeline{ a: Map<S3, 0>, m: Map<S3, 1>, s: Sum<S3> }]
+struct S3 {
+    result: Arc<AtomicU64>,
+}
+impl Res for S3 {
+    fn result(&self) -> &AtomicU64 {
+        &self.result
+    }
+}
+
+/// The hand-written chain: one task per stage, bounded channels of `queue`.
+async fn chain(queue: usize, items: u64) -> u64 {
+    let (head, mut rx) = mpsc::channel::<u64>(queue);
+    for op in [0u8, 1] {
+        let (tx, next_rx) = mpsc::channel::<u64>(queue);
+        let mut input = std::mem::replace(&mut rx, next_rx);
+        tokio::spawn(async move {
+            while let Some(x) = input.recv().await {
+                let y = if op == 0 { x.wrapping_add(1) } else { x.wrapping_mul(3) };
+                if tx.send(y).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let sum = tokio::spawn(async move {
+        let mut sum = 0u64;
+        while let Some(x) = rx.recv().await {
+            sum = sum.wrapping_add(x);
+        }
+        sum
+    });
+    for x in 0..items {
+        head.send(x).await.unwrap();
+    }
+    drop(head);
+    sum.await.unwrap()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: instructions MODE N (see the file's docs)";
+    let mode = args.next().expect(usage);
+    let n: u64 = args.next().and_then(|n| n.parse().ok()).expect(usage);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let out = rt.block_on(async move {
+        tokio::spawn(async move {
+            match mode.as_str() {
+                "w1-genflow" => {
+                    let result = Arc::new(AtomicU64::new(0));
+                    let p = S3::start(result.clone()).await;
+                    p.feed(futures::stream::iter(0..n)).await.unwrap();
+                    p.shutdown().await;
+                    result.load(Ordering::Relaxed)
+                }
+                "w1-chain" => chain(QUEUE, n).await,
+                "call-genflow" => {
+                    let b = Bench::start().await;
+                    let mut s = 0;
+                    for _ in 0..n {
+                        s += black_box(b.call_adder(black_box(1)).await.unwrap());
+                    }
+                    b.shutdown().await;
+                    s
+                }
+                "call-raw" => {
+                    let raw = raw_server();
+                    let mut s = 0;
+                    for _ in 0..n {
+                        s += black_box(raw_call(&raw, black_box(1)).await);
+                    }
+                    s
+                }
+                // n rounds of 10 000 casts followed by one call, as the bench.
+                "cast-genflow" => {
+                    let b = Bench::start().await;
+                    let mut s = 0;
+                    for _ in 0..n {
+                        for i in 0..10_000 {
+                            b.cast_adder(black_box(i)).await.unwrap();
+                        }
+                        s += b.call_adder(0).await.unwrap();
+                    }
+                    b.shutdown().await;
+                    s
+                }
+                "cast-raw" => {
+                    let raw = raw_server();
+                    let mut s = 0;
+                    for _ in 0..n {
+                        for i in 0..10_000 {
+                            raw.send(Raw::Cast(black_box(i))).await.unwrap();
+                        }
+                        s += raw_call(&raw, 0).await;
+                    }
+                    s
+                }
+                other => panic!("unknown mode {other}; {usage}"),
+            }
+        })
+        .await
+        .unwrap()
+    });
+    println!("{} {n} {out}", std::env::args().nth(1).unwrap_or_default());
+}
