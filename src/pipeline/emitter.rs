@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{
     BATCH,
-    dispatch::Dispatch,
+    dispatch::{Dispatch, group_by_queue},
     failure::Failing,
     metrics::{Counters, Delta},
     queue::Closed,
@@ -346,33 +346,32 @@ impl<T> Target<T> {
                     }
                 }
             }
-            Dispatch::Keyed { .. } => {
-                // An item leaves `items` only once it is placed, so if this
-                // future is dropped while waiting, the rest is still there
-                // (in order) to be counted. Items are taken from the back.
-                items.reverse();
-                let rest = Reversed(items);
-                while let Some(item) = rest.0.last() {
-                    let queue = self.dispatch.route(item);
-                    let room = blocking(blocked, queue.reserve(1)).await;
-                    let item = rest.0.pop().expect("checked above");
-                    match room {
-                        Ok(room) => room.commit([item]),
-                        Err(Closed) => *dropped += 1,
+            Dispatch::Keyed { queues, key } => {
+                // One reservation per queue: the batch is grouped by queue
+                // first (each queue's items keep their order). An item
+                // leaves `items` only once it is placed, so if this future
+                // is dropped while waiting, the rest is still there to be
+                // counted.
+                let groups = group_by_queue(items, *key, queues.len());
+                for (queue, len) in groups.runs() {
+                    let mut left = len;
+                    while left > 0 {
+                        match blocking(blocked, queues[queue].reserve(left)).await {
+                            Ok(room) => {
+                                let n = room.len();
+                                room.commit(items.drain(..n));
+                                left -= n;
+                            }
+                            Err(Closed) => {
+                                *dropped += left as u64;
+                                items.drain(..left);
+                                left = 0;
+                            }
+                        }
                     }
                 }
             }
         }
-    }
-}
-
-/// Items kept in reverse order while a keyed send takes them from the back;
-/// put back in order when the send ends or is dropped.
-struct Reversed<'a, T>(&'a mut Vec<T>);
-
-impl<T> Drop for Reversed<'_, T> {
-    fn drop(&mut self) {
-        self.0.reverse();
     }
 }
 

@@ -385,21 +385,21 @@ impl<T> Queue<T> {
             drop(late);
             return;
         }
+        // Under the same lock as the check: one lock per commit.
+        let before = state.items.len();
+        state.items.extend(items);
+        let pushed = state.items.len() - before;
+        debug_assert!(pushed <= reserved, "pushed more than reserved");
+        state.reserved -= reserved;
+        if pushed > 0 {
+            state.promise_items(&mut wakers);
+        }
+        if pushed < reserved {
+            state.grant_room(self.capacity, &mut wakers);
+        }
+        state.end_readers(&mut wakers);
         drop(state);
-        self.change(|state, wakers| {
-            let before = state.items.len();
-            state.items.extend(items);
-            let pushed = state.items.len() - before;
-            debug_assert!(pushed <= reserved, "pushed more than reserved");
-            state.reserved -= reserved;
-            if pushed > 0 {
-                state.promise_items(wakers);
-            }
-            if pushed < reserved {
-                state.grant_room(self.capacity, wakers);
-            }
-            state.end_readers(wakers);
-        });
+        wakers.wake_all();
     }
 
     /// Pushes one item into room reserved by [`poll_reserve`](Self::poll_reserve).
