@@ -40,7 +40,7 @@ const LINES: u64 = 1_000_000;
 
 /// One run of the pipeline, as `main.rs` does it without its progress bar.
 async fn run_pipeline(lines: Vec<String>) -> Report {
-    let pipeline = Logs::start().await;
+    let pipeline = Logs::sized(&[], &[]).await.expect("the declared sizes are valid");
     let fed = pipeline.feed_lines(stream::iter(lines)).await.expect("the pipeline is running");
     let report = collect_report(&pipeline, fed).await.expect("every stage answers");
     pipeline.shutdown().await;
