@@ -203,7 +203,7 @@ fn histogram_percentiles_are_within_half_a_bucket_of_the_exact_ones() {
     let mut samples: HashMap<String, (Vec<u64>, Vec<u64>)> = HashMap::new();
     let lines = generated(20_000);
     let mut enricher = Enricher::default();
-    for request in lines.iter().filter_map(|line| parse_line(line)) {
+    for request in lines.iter().filter_map(parse_line) {
         let hit = enricher.enrich(request);
         let (latencies, sizes) = samples.entry(hit.route).or_default();
         latencies.extend(hit.latency_us);
@@ -274,7 +274,7 @@ fn parse_stats_of_replicas_merge_into_those_of_one() {
     assert_eq!(merged, whole);
     let numbers: Vec<u64> = merged.examples.iter().map(|e: &MalformedLine| e.number).collect();
     assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "{numbers:?}");
-    assert!(!parse_line(lines[numbers[0] as usize - 1].as_str()).is_some());
+    assert_eq!(parse_line(lines[numbers[0] as usize - 1].as_str()), None);
 }
 
 /// An `Enricher` writes each route into the buffer of the line before: the
@@ -342,9 +342,9 @@ async fn the_generator_is_deterministic_and_lazy() {
     let some: Vec<String> = generator::access_log_stream(1_000_000_000, SEED).take(10).collect().await;
     assert_eq!(some.len(), 10);
     // One day of traffic, in order.
-    let times: Vec<i64> = first.iter().filter_map(|line| parse_line(line)).map(|r| r.time).collect();
+    let times: Vec<i64> = first.iter().filter_map(parse_line).map(|r| r.time).collect();
     assert!(times.windows(2).all(|pair| pair[0] <= pair[1]));
-    let all: Vec<i64> = generated(50_000).iter().filter_map(|line| parse_line(line)).map(|r| r.time).collect();
+    let all: Vec<i64> = generated(50_000).iter().filter_map(parse_line).map(|r| r.time).collect();
     let (first, last) = (all[0], all[all.len() - 1]);
     assert!(first >= 1_710_028_800 && last < 1_710_028_800 + 86_400 && last - first > 86_000, "{first}..{last}");
 }
