@@ -10,26 +10,34 @@ mod generator;
 #[path = "../examples/logs/pipeline.rs"]
 mod pipeline;
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::{StreamExt, stream};
 use pipeline::{
-    AgentClass, Logs, Method, Report, collect_report, enrich, parse_line, read_lines, route, sequential, stage,
+    AgentClass, Enricher, Line, Logs, MalformedLine, Method, ParseStats, Report, collect_report, parse_line,
+    read_lines, route, sequential, stage,
 };
 
 const SEED: u64 = generator::DEFAULT_SEED;
 
-/// Feeds `lines` through the pipeline with `enrich` on `replicas` replicas
-/// (the declared count if `None`), collects the report (with a deadline),
-/// checks that every line is accounted for, and shuts down.
-async fn run_pipeline(replicas: Option<usize>, lines: Vec<String>) -> Report {
+/// Feeds `lines` through the pipeline with these replica counts (`(stage,
+/// n)`, the declared ones for the others), collects the report (with a
+/// deadline), checks that every line is accounted for, and shuts down.
+async fn run_pipeline(replicas: &[(&str, usize)], lines: Vec<String>) -> Report {
     let count = lines.len() as u64;
-    let pipeline = match replicas {
-        None => Logs::start().await,
-        Some(n) => Logs::builder().replicas("enrich", n).start().await.expect("a valid count"),
-    };
-    assert_eq!(stage(&pipeline.metrics(), "enrich").replicas.len(), replicas.unwrap_or(4));
-    let fed = pipeline.feed_lines(stream::iter(lines)).await.expect("the pipeline is running");
+    let sizes: Vec<(String, usize)> = replicas.iter().map(|&(stage, n)| (stage.to_string(), n)).collect();
+    let pipeline = Logs::sized(&sizes, &[]).await.expect("valid counts");
+    for (name, declared) in [("parse", 2), ("enrich", 4), ("aggregate", 2)] {
+        let n = replicas.iter().find(|(stage, _)| *stage == name).map_or(declared, |&(_, n)| n);
+        assert_eq!(stage(&pipeline.metrics(), name).replicas.len(), n, "{name}");
+    }
+    // Fed in two parts: line numbers go on from one feed to the next.
+    let mut lines = lines;
+    let second = lines.split_off(lines.len() / 2);
+    let mut fed = 0;
+    for part in [lines, second] {
+        fed += pipeline.feed_lines(stream::iter(part)).await.expect("the pipeline is running");
+    }
     assert_eq!(fed, count);
     let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
         .await
@@ -58,7 +66,7 @@ fn generated(count: u64) -> Vec<String> {
 async fn the_pipeline_report_equals_the_sequential_one() {
     let lines = generated(20_000);
     let expected = sequential(&lines);
-    let report = run_pipeline(None, lines).await;
+    let report = run_pipeline(&[], lines).await;
 
     // The parts that matter, one by one for readable failures, then all.
     assert_eq!(report.parse, expected.parse);
@@ -90,9 +98,14 @@ async fn the_pipeline_report_equals_the_sequential_one() {
 async fn every_replica_count_gives_the_same_report() {
     let lines = generated(5_000);
     let expected = sequential(&lines);
-    assert_eq!(run_pipeline(Some(1), lines.clone()).await, expected);
-    assert_eq!(run_pipeline(Some(3), lines.clone()).await, expected);
-    assert_eq!(run_pipeline(Some(8), lines).await, expected);
+    for replicas in [
+        &[("parse", 1), ("enrich", 1), ("aggregate", 1)][..],
+        &[("enrich", 3)],
+        &[("parse", 3), ("enrich", 8)],
+        &[("parse", 4), ("aggregate", 3)],
+    ] {
+        assert_eq!(run_pipeline(replicas, lines.clone()).await, expected, "{replicas:?}");
+    }
 }
 
 /// Lines that arrive a few at a time, as from a pipe, leave stages with
@@ -109,8 +122,12 @@ async fn a_trickling_input_is_reported_in_full() {
             }
             line
         });
-        let pipeline =
-            Logs::builder().replicas("enrich", 2).queue_size("parse", 16).start().await.expect("valid sizes");
+        let pipeline = Logs::builder(Arc::default())
+            .replicas("enrich", 2)
+            .queue_size("parse", 16)
+            .start()
+            .await
+            .expect("valid sizes");
         let fed = pipeline.feed_lines(trickle).await.expect("the pipeline is running");
         let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
             .await
@@ -166,9 +183,9 @@ async fn a_log_file_is_read_line_by_line() {
 
     // Streamed from the file straight into the pipeline.
     let expected = sequential(&read);
-    let pipeline = Logs::builder().replicas("enrich", 2).start().await.expect("a valid count");
+    let pipeline = Logs::builder(Arc::default()).replicas("enrich", 2).start().await.expect("a valid count");
     let reader = tokio::io::BufReader::new(tokio::fs::File::open(&file.0).await.expect("just written"));
-    let fed = pipeline.feed(read_lines(reader).map(|line| line.expect("the file is readable"))).await.unwrap() as u64;
+    let fed = pipeline.feed_lines(read_lines(reader).map(|line| line.expect("the file is readable"))).await.unwrap();
     assert_eq!(fed, read.len() as u64);
     let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
         .await
@@ -185,8 +202,9 @@ fn histogram_percentiles_are_within_half_a_bucket_of_the_exact_ones() {
     // percentiles the histograms approximate.
     let mut samples: HashMap<String, (Vec<u64>, Vec<u64>)> = HashMap::new();
     let lines = generated(20_000);
-    for request in lines.iter().filter_map(|line| parse_line(line)) {
-        let hit = enrich(request);
+    let mut enricher = Enricher::default();
+    for request in lines.iter().filter_map(parse_line) {
+        let hit = enricher.enrich(request);
         let (latencies, sizes) = samples.entry(hit.route).or_default();
         latencies.extend(hit.latency_us);
         sizes.push(hit.bytes);
@@ -214,16 +232,16 @@ fn parses_the_combined_format_with_and_without_extras() {
     let request = parse_line(line).expect("a valid line");
     assert_eq!(request.time, 1_710_078_936 - 3600, "13:55:36 at +01:00 is 12:55:36 UTC");
     assert_eq!(request.method, Method::Get);
-    assert_eq!(request.target, r#"/users/1?x=\"y\""#);
+    assert_eq!(request.target(), r#"/users/1?x=\"y\""#);
     assert_eq!((request.status, request.bytes), (200, 1534));
-    assert_eq!(request.user_agent, "curl/8.4.0");
+    assert_eq!(request.user_agent(), "curl/8.4.0");
     assert_eq!(request.latency_us, Some(42_000));
 
     // Common log format: no referer, agent or request time; `-` bytes.
     let request = parse_line(r#"::1 - - [29/Feb/2024:00:00:00 -0000] "PROPFIND / HTTP/1.0" 304 -"#).expect("valid");
     assert_eq!(request.time, 1_709_164_800);
     assert_eq!((request.method, request.bytes, request.latency_us), (Method::Other, 0, None));
-    assert_eq!(request.user_agent, "");
+    assert_eq!(request.user_agent(), "");
 
     for malformed in [
         "",
@@ -236,6 +254,44 @@ fn parses_the_combined_format_with_and_without_extras() {
     ] {
         assert_eq!(parse_line(malformed), None, "{malformed:?}");
     }
+}
+
+/// What `parse` replicas keep merges into what one `parse` would have kept:
+/// counts add up, and the examples are the lowest-numbered malformed lines.
+#[test]
+fn parse_stats_of_replicas_merge_into_those_of_one() {
+    let lines = generated(20_000);
+    let whole = sequential(&lines).parse;
+    assert_eq!(whole.examples.len(), ParseStats::EXAMPLES);
+    // Three replicas, each taking runs of 32 lines in turn, as from a shared
+    // queue: each sees its lines in increasing numbers.
+    let mut replicas = vec![ParseStats::default(); 3];
+    for (i, (text, number)) in lines.iter().zip(1..).enumerate() {
+        replicas[i / 32 % 3].parse(Line { number, text: text.clone() });
+    }
+    assert!(replicas.iter().all(|r| r.lines > 0 && r.lines < whole.lines));
+    let merged = ParseStats::merged(&replicas);
+    assert_eq!(merged, whole);
+    let numbers: Vec<u64> = merged.examples.iter().map(|e: &MalformedLine| e.number).collect();
+    assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "{numbers:?}");
+    assert_eq!(parse_line(lines[numbers[0] as usize - 1].as_str()), None);
+}
+
+/// An `Enricher` writes each route into the buffer of the line before: the
+/// hits are those of fresh routes, whatever came before.
+#[test]
+fn an_enricher_reusing_its_buffers_gives_the_routes_of_route() {
+    let lines = generated(2_000);
+    let mut enricher = Enricher::default();
+    let mut checked = 0;
+    for request in lines.iter().filter_map(|line| parse_line(line.as_str())) {
+        let expected = route(request.method, request.target());
+        let (agent, hour) = (AgentClass::of(request.user_agent()), request.time.div_euclid(3600));
+        let hit = enricher.enrich(request);
+        assert_eq!((hit.route.as_str(), hit.agent, hit.hour), (expected.as_str(), agent, hour));
+        checked += 1;
+    }
+    assert!(checked > 1_900, "{checked}");
 }
 
 #[test]
@@ -286,9 +342,9 @@ async fn the_generator_is_deterministic_and_lazy() {
     let some: Vec<String> = generator::access_log_stream(1_000_000_000, SEED).take(10).collect().await;
     assert_eq!(some.len(), 10);
     // One day of traffic, in order.
-    let times: Vec<i64> = first.iter().filter_map(|line| parse_line(line)).map(|r| r.time).collect();
+    let times: Vec<i64> = first.iter().filter_map(parse_line).map(|r| r.time).collect();
     assert!(times.windows(2).all(|pair| pair[0] <= pair[1]));
-    let all: Vec<i64> = generated(50_000).iter().filter_map(|line| parse_line(line)).map(|r| r.time).collect();
+    let all: Vec<i64> = generated(50_000).iter().filter_map(parse_line).map(|r| r.time).collect();
     let (first, last) = (all[0], all[all.len() - 1]);
     assert!(first >= 1_710_028_800 && last < 1_710_028_800 + 86_400 && last - first > 86_000, "{first}..{last}");
 }

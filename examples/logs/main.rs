@@ -11,7 +11,7 @@
 //! Lines go through three stages (see `pipeline.rs`):
 //!
 //! ```text
-//! parse ──▶ enrich ×N ──▶ aggregate ×2, partitioned by route
+//! parse ×2 ──▶ enrich ×N ──▶ aggregate ×2, partitioned by route
 //! ```
 //!
 //! At the end it prints the busiest routes with their error rates and
@@ -26,8 +26,10 @@
 //!   memory stays flat whatever the size of the log. The progress bar shows
 //!   how full each queue is: the stage before a full queue waits for the
 //!   stage after it.
-//! - **Replicas.** `enrich` runs on several copies (4 unless
-//!   `--replicas enrich=N`) taking lines as they are free; `aggregate` runs
+//! - **Replicas.** `parse` and `enrich` run on several copies (2 and 4
+//!   unless `--replicas parse=N` or `enrich=N`) taking lines as they are
+//!   free (lines are numbered as they are fed, so the malformed ones keep
+//!   their line numbers); `aggregate` runs
 //!   on two (or `--replicas aggregate=N`), each owning a share of the routes
 //!   (`partition_by`), so their partial results never overlap.
 //! - **Live state.** Once a second, `call_aggregate_all` asks each
@@ -73,7 +75,7 @@ const TOP_ROUTES: usize = 15;
 /// The exit code of a run stopped with Ctrl-C.
 const INTERRUPTED: u8 = 130;
 
-/// Web access-log analytics on a genflow pipeline: parse → enrich ×N → aggregate ×2.
+/// Web access-log analytics on a genflow pipeline: parse ×2 → enrich ×N → aggregate ×2.
 #[derive(Debug, Parser)]
 #[command(after_help = "Without --input, it generates a realistic access log (nginx combined format \
                         + request time) from a fixed seed.")]
@@ -87,7 +89,7 @@ struct Args {
     lines: Option<u64>,
 
     /// Replicas of a stage, as STAGE=N (repeatable), e.g. `enrich=8`
-    /// [defaults: parse=1, enrich=4, aggregate=2].
+    /// [defaults: parse=2, enrich=4, aggregate=2].
     #[arg(long, value_name = "STAGE=N", value_parser = setting)]
     replicas: Vec<(String, usize)>,
 

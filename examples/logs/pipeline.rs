@@ -2,15 +2,18 @@
 //! same computation as a plain loop to check them against.
 //!
 //! ```text
-//!  lines ──▶ parse ──▶ enrich ×N ──▶ aggregate ×2, partitioned by route
-//!  String    Request      Hit         (keeps a Summary; emits nothing)
+//!  lines ──▶ parse ×2 ──▶ enrich ×N ──▶ aggregate ×2, partitioned by route
+//!  Line      Request       Hit          (keeps a Summary; emits nothing)
 //! ```
 //!
-//! - `parse` turns a line into a [`Request`]. It runs on one replica, so it
-//!   sees the lines in order and can number them. Malformed lines emit
-//!   nothing: they are counted in the stage's state, with the first few kept
-//!   as examples ([`ParseStats`]).
-//! - `enrich` derives what the aggregates need ([`enrich`]): the route
+//! - Lines are numbered as they are fed ([`Logs::feed_lines`]), so `parse`
+//!   can run on several replicas and still name the malformed lines it
+//!   keeps.
+//! - `parse` turns a [`Line`] into a [`Request`], copying nothing: the
+//!   request keeps the line and where its fields are in it. Malformed lines
+//!   emit nothing: they are counted in the replica's state, with the first
+//!   few kept as examples ([`ParseStats`], merged over the replicas).
+//! - `enrich` derives what the aggregates need ([`Enricher`]): the route
 //!   (`GET /users/123` → `GET /users/:id`), the user-agent class and the hour.
 //!   It holds no state that matters, so it runs on N replicas and each line
 //!   goes to whichever replica is idle.
@@ -22,12 +25,17 @@
 //!   is read with `call_aggregate_all(Query::Snapshot)`, live while lines
 //!   flow and once at the end ([`collect_report`]).
 //!
+//! On the way, a line's buffer is allocated once, by whoever reads the log:
+//! `parse` keeps it in the request, `enrich` reuses it for the route of a
+//! later hit, and it is freed where a hit is recorded. Items crossing
+//! threads carry no other allocation.
+//!
 //! [`sequential`] computes the same [`Report`] in a plain loop with the same
 //! functions; `tests/logs.rs` checks that both agree exactly.
 //!
 //! The pipeline is declared once ([`Logs`]) with default sizes; `main` and
 //! the tests choose replica counts and queue sizes when they start it, with
-//! `Logs::builder().replicas("enrich", n).queue_size("parse", n)`.
+//! `Logs::builder(..).replicas("enrich", n).queue_size("parse", n)`.
 
 use std::{
     cmp::Reverse,
@@ -35,9 +43,14 @@ use std::{
     convert::Infallible,
     io,
     net::IpAddr,
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use genflow::{ConfigError, Emitter, GenServer, Metrics, Stage, StageMetrics};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
@@ -46,21 +59,49 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 // --- Parsing ---------------------------------------------------------------------
 
+/// A line of the log with its number (1-based, in the order the lines were
+/// fed): what `parse` takes. Lines are numbered before they enter the
+/// pipeline, so `parse` can run on several replicas and still name the
+/// malformed lines it keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Line {
+    pub(crate) number: u64,
+    pub(crate) text: String,
+}
+
 /// One request of the access log, as `parse` reads it.
+///
+/// It keeps the line it was read from and refers to the target and user
+/// agent by their place in it, so reading a line copies nothing; `enrich`
+/// then reuses the line's buffer for the route (see [`Enricher`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Request {
+    /// The whole line.
+    line: String,
     /// Unix time, in seconds.
     pub(crate) time: i64,
     pub(crate) method: Method,
-    /// The request target as sent: path and query string.
-    pub(crate) target: String,
+    /// Where the request target is in `line`.
+    target: Range<usize>,
     pub(crate) status: u16,
     /// Response body size (`-` counts as 0).
     pub(crate) bytes: u64,
-    /// Empty when the line has none (common log format).
-    pub(crate) user_agent: String,
+    /// Where the user agent is in `line` (empty when the line has none).
+    user_agent: Range<usize>,
     /// `$request_time`, when the line ends with it.
     pub(crate) latency_us: Option<u64>,
+}
+
+impl Request {
+    /// The request target as sent: path and query string.
+    pub(crate) fn target(&self) -> &str {
+        &self.line[self.target.clone()]
+    }
+
+    /// The user agent; empty when the line has none (common log format).
+    pub(crate) fn user_agent(&self) -> &str {
+        &self.line[self.user_agent.clone()]
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +153,44 @@ impl Method {
 /// ```text
 /// 203.0.113.7 - - [10/Mar/2024:13:55:36 +0000] "GET /users/1 HTTP/1.1" 200 1534 "-" "curl/8.4.0" 0.042
 /// ```
-pub(crate) fn parse_line(line: &str) -> Option<Request> {
+#[allow(dead_code, reason = "for tests/logs.rs; the stages use `ParseStats::parse`")]
+pub(crate) fn parse_line(line: impl Into<String>) -> Option<Request> {
+    read_line(line.into()).ok()
+}
+
+/// [`parse_line`], handing a malformed line back.
+fn read_line(line: String) -> Result<Request, String> {
+    match scan(&line) {
+        Some(scanned) => Ok(scanned.into_request(line)),
+        None => Err(line),
+    }
+}
+
+/// What [`scan`] found in a line: the fields of a [`Request`] but the line.
+struct Scanned {
+    time: i64,
+    method: Method,
+    target: Range<usize>,
+    status: u16,
+    bytes: u64,
+    user_agent: Range<usize>,
+    latency_us: Option<u64>,
+}
+
+impl Scanned {
+    fn into_request(self, line: String) -> Request {
+        let Scanned { time, method, target, status, bytes, user_agent, latency_us } = self;
+        Request { line, time, method, target, status, bytes, user_agent, latency_us }
+    }
+}
+
+/// Reads the fields of `line`; `None` if it is malformed.
+fn scan(line: &str) -> Option<Scanned> {
+    // Where a field borrowed from `line` sits in it.
+    let span = |field: &str| {
+        let start = field.as_ptr() as usize - line.as_ptr() as usize;
+        start..start + field.len()
+    };
     let mut fields = Fields(line);
     fields.word()?.parse::<IpAddr>().ok()?;
     let _ident = fields.word()?;
@@ -136,21 +214,13 @@ pub(crate) fn parse_line(line: &str) -> Option<Request> {
         bytes => bytes.parse().ok()?,
     };
     let user_agent = if fields.is_empty() {
-        ""
+        0..0
     } else {
         let _referer = fields.enclosed('"', '"')?;
-        fields.enclosed('"', '"')?
+        span(fields.enclosed('"', '"')?)
     };
     let latency_us = fields.word().and_then(parse_seconds);
-    Some(Request {
-        time,
-        method,
-        target: target.to_owned(),
-        status,
-        bytes,
-        user_agent: user_agent.to_owned(),
-        latency_us,
-    })
+    Some(Scanned { time, method, target: span(target), status, bytes, user_agent, latency_us })
 }
 
 /// The unread rest of a line, taken field by field.
@@ -237,6 +307,8 @@ fn parse_seconds(text: &str) -> Option<u64> {
 }
 
 /// What `parse` knows: how many lines it read and which were malformed.
+///
+/// Each `parse` replica keeps its own; [`ParseStats::merge`] adds them up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ParseStats {
     /// Lines taken, counted before reading them.
@@ -244,7 +316,7 @@ pub(crate) struct ParseStats {
     /// Lines read into a [`Request`] and passed on.
     pub(crate) parsed: u64,
     pub(crate) malformed: u64,
-    /// The first [`ParseStats::EXAMPLES`] malformed lines.
+    /// The first [`ParseStats::EXAMPLES`] malformed lines, by line number.
     pub(crate) examples: Vec<MalformedLine>,
 }
 
@@ -265,20 +337,47 @@ impl ParseStats {
     pub(crate) const EXAMPLES: usize = 3;
 
     /// Parses the next line, counting it as parsed or malformed, and keeping
-    /// it as an example if it is one of the first malformed ones.
-    pub(crate) fn parse(&mut self, line: &str) -> Option<Request> {
+    /// it as an example if it is one of the first malformed ones this
+    /// `ParseStats` saw. Lines must come in increasing numbers (a replica
+    /// takes its lines in queue order), so that the first ones seen are the
+    /// lowest numbers.
+    pub(crate) fn parse(&mut self, line: Line) -> Option<Request> {
         self.lines += 1;
-        let request = parse_line(line);
-        if request.is_some() {
-            self.parsed += 1;
-        } else {
-            self.malformed += 1;
-            if self.examples.len() < Self::EXAMPLES {
-                let text = line.chars().take(MalformedLine::MAX_CHARS).collect();
-                self.examples.push(MalformedLine { number: self.lines, text });
+        match read_line(line.text) {
+            Ok(request) => {
+                self.parsed += 1;
+                Some(request)
+            }
+            Err(text) => {
+                self.malformed += 1;
+                if self.examples.len() < Self::EXAMPLES {
+                    let text = text.chars().take(MalformedLine::MAX_CHARS).collect();
+                    self.examples.push(MalformedLine { number: line.number, text });
+                }
+                None
             }
         }
-        request
+    }
+
+    /// Adds another replica's counts, and keeps the lowest-numbered examples
+    /// of both: each replica kept its first malformed lines, so the first
+    /// of all the lines are among them.
+    pub(crate) fn merge(&mut self, other: &ParseStats) {
+        self.lines += other.lines;
+        self.parsed += other.parsed;
+        self.malformed += other.malformed;
+        self.examples.extend(other.examples.iter().cloned());
+        self.examples.sort_unstable_by_key(|example| example.number);
+        self.examples.truncate(Self::EXAMPLES);
+    }
+
+    /// Merges the snapshots of several replicas.
+    pub(crate) fn merged<'a>(parts: impl IntoIterator<Item = &'a ParseStats>) -> ParseStats {
+        let mut stats = ParseStats::default();
+        for part in parts {
+            stats.merge(part);
+        }
+        stats
     }
 }
 
@@ -305,15 +404,33 @@ impl Hit {
     }
 }
 
-/// Derives the route, user-agent class and hour of a request.
-pub(crate) fn enrich(request: Request) -> Hit {
-    Hit {
-        route: route(request.method, &request.target),
-        status: request.status,
-        bytes: request.bytes,
-        latency_us: request.latency_us,
-        agent: AgentClass::of(&request.user_agent),
-        hour: request.time.div_euclid(3600),
+/// Derives the route, user-agent class and hour of requests.
+///
+/// It keeps the buffer of the last request's line and writes the next route
+/// into it, so a [`Hit`] costs no allocation once the first one is made: the
+/// route travels in a buffer the log's reader allocated, and is freed where
+/// the hit is recorded.
+#[derive(Debug, Default)]
+pub(crate) struct Enricher {
+    spare: String,
+}
+
+impl Enricher {
+    /// The [`Hit`] of `request`.
+    pub(crate) fn enrich(&mut self, request: Request) -> Hit {
+        let mut route = std::mem::take(&mut self.spare);
+        route.clear();
+        write_route(&mut route, request.method, request.target());
+        let hit = Hit {
+            route,
+            status: request.status,
+            bytes: request.bytes,
+            latency_us: request.latency_us,
+            agent: AgentClass::of(request.user_agent()),
+            hour: request.time.div_euclid(3600),
+        };
+        self.spare = request.line;
+        hit
     }
 }
 
@@ -328,14 +445,22 @@ pub(crate) fn enrich(request: Request) -> Hit {
 /// ```
 ///
 /// A target that is not a path (`*`, `host:443`) becomes `(other)`.
+#[allow(dead_code, reason = "for tests/logs.rs; the stages use `Enricher`")]
 pub(crate) fn route(method: Method, target: &str) -> String {
+    let mut route = String::new();
+    write_route(&mut route, method, target);
+    route
+}
+
+/// [`route`], written at the end of `route`.
+fn write_route(route: &mut String, method: Method, target: &str) {
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    let mut route = String::with_capacity(method.as_str().len() + 1 + path.len());
+    route.reserve(method.as_str().len() + 1 + path.len());
     route.push_str(method.as_str());
     route.push(' ');
     if !path.starts_with('/') {
         route.push_str("(other)");
-        return route;
+        return;
     }
     for (i, segment) in path.split('/').enumerate() {
         if i > 0 {
@@ -349,7 +474,6 @@ pub(crate) fn route(method: Method, target: &str) -> String {
             route.push_str(placeholder(part).unwrap_or(part));
         }
     }
-    route
 }
 
 /// The placeholder for a variable path part: a number, a UUID, or a hex
@@ -637,11 +761,12 @@ pub(crate) struct Report {
 /// The report of `lines`, computed in a plain loop with the functions the
 /// stages use: the reference the pipeline is checked against.
 #[allow(dead_code, reason = "the reference for tests/logs.rs")]
-pub(crate) fn sequential<L: AsRef<str>>(lines: impl IntoIterator<Item = L>) -> Report {
+pub(crate) fn sequential<L: Into<String>>(lines: impl IntoIterator<Item = L>) -> Report {
     let mut report = Report::default();
-    for line in lines {
-        if let Some(request) = report.parse.parse(line.as_ref()) {
-            report.summary.record(enrich(request));
+    let mut enricher = Enricher::default();
+    for (text, number) in lines.into_iter().zip(1..) {
+        if let Some(request) = report.parse.parse(Line { number, text: text.into() }) {
+            report.summary.record(enricher.enrich(request));
         }
     }
     report
@@ -659,7 +784,7 @@ pub(crate) enum Query {
     Snapshot,
 }
 
-/// `String` → [`Request`]; malformed lines are counted and dropped.
+/// [`Line`] → [`Request`]; malformed lines are counted and dropped.
 pub(crate) struct Parse {
     stats: ParseStats,
 }
@@ -683,11 +808,11 @@ impl GenServer for Parse {
 }
 
 impl Stage for Parse {
-    type In = String;
+    type In = Line;
     type Out = Request;
 
-    async fn process(&mut self, line: String, out: &mut Emitter<Request>) {
-        if let Some(request) = self.stats.parse(&line) {
+    async fn process(&mut self, line: Line, out: &mut Emitter<Request>) {
+        if let Some(request) = self.stats.parse(line) {
             out.emit(request).await;
         }
     }
@@ -714,6 +839,7 @@ impl EnrichCounts {
 /// [`Request`] → [`Hit`]; counts what it does.
 pub(crate) struct Enrich {
     counts: EnrichCounts,
+    enricher: Enricher,
 }
 
 impl GenServer for Enrich {
@@ -722,7 +848,7 @@ impl GenServer for Enrich {
     type Registry = Logs;
 
     fn new(_: Logs) -> Self {
-        Enrich { counts: EnrichCounts::default() }
+        Enrich { counts: EnrichCounts::default(), enricher: Enricher::default() }
     }
 
     async fn handle_call(&mut self, query: Query) -> EnrichCounts {
@@ -740,7 +866,7 @@ impl Stage for Enrich {
 
     async fn process(&mut self, request: Request, out: &mut Emitter<Hit>) {
         self.counts.requests += 1;
-        let hit = enrich(request);
+        let hit = self.enricher.enrich(request);
         self.counts.hits += 1;
         out.emit(hit).await;
     }
@@ -781,22 +907,28 @@ impl Stage for Aggregate {
 
 // --- Pipelines -----------------------------------------------------------------------
 
-/// The log pipeline. Its declared sizes (`enrich` on four replicas, queues
-/// of 1,000 lines) are defaults: [`Logs::sized`] starts it with others.
+/// The log pipeline. Its declared sizes (`parse` on two replicas, `enrich`
+/// on four, `aggregate` on two, queues of 1,000 lines) are defaults:
+/// [`Logs::sized`] starts it with others.
 #[genflow::pipeline{
+    #[replicas(2)]
     parse: Parse,
     #[replicas(4)]
     enrich: Enrich,
     #[replicas(2, partition_by = Hit::route_key)]
     aggregate: Aggregate,
 }]
-pub(crate) struct Logs;
+pub(crate) struct Logs {
+    /// Lines fed so far, by every [`Logs::feed_lines`]: the number of the
+    /// next line, less one.
+    lines_fed: Arc<AtomicU64>,
+}
 
 impl Logs {
     /// Starts the pipeline with these replica counts and queue sizes, each
     /// `(stage, n)`.
     pub(crate) async fn sized(replicas: &[(String, usize)], queues: &[(String, usize)]) -> Result<Logs, ConfigError> {
-        let mut builder = Logs::builder();
+        let mut builder = Logs::builder(Arc::default());
         for (stage, n) in replicas {
             builder = builder.replicas(stage.as_str(), *n);
         }
@@ -806,14 +938,16 @@ impl Logs {
         builder.start().await
     }
 
-    /// Feeds every line, with backpressure; how many went in.
+    /// Feeds every line, with backpressure, numbering them after the lines
+    /// fed before; how many went in.
     pub(crate) async fn feed_lines(&self, lines: impl Stream<Item = String> + Send) -> Result<u64, BoxError> {
-        Ok(self.feed(lines).await? as u64)
+        let numbered = lines.map(|text| Line { number: self.lines_fed.fetch_add(1, Ordering::Relaxed) + 1, text });
+        Ok(self.feed(numbered).await? as u64)
     }
 
-    /// `call_parse(Query::Snapshot)`.
+    /// `call_parse_all(Query::Snapshot)`, merged: what every replica read.
     pub(crate) async fn parse_stats(&self) -> Result<ParseStats, BoxError> {
-        Ok(self.call_parse(Query::Snapshot).await?)
+        Ok(ParseStats::merged(&self.call_parse_all(Query::Snapshot).await?))
     }
 
     /// `call_enrich_all(Query::Snapshot)`: what each replica did.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{
     BATCH, Panicked,
-    dispatch::Dispatch,
+    dispatch::{Dispatch, group_by_queue},
     failure::{Failing, FailureRoute},
     metrics::{Counters, Delta},
     queue::Closed,
@@ -376,26 +376,37 @@ impl<T> Target<T> {
                     }
                 }
             }
-            Dispatch::Keyed { .. } => {
-                // An item leaves `items` only once it is placed, so if this
-                // future is dropped while waiting, the rest is still there
-                // (in order) to be counted. Items are taken from the back.
-                items.reverse();
-                let rest = Reversed(items);
-                while let Some(item) = rest.0.last() {
-                    let queue = match self.dispatch.route(item) {
-                        Ok(queue) => queue,
-                        Err(panic) => {
-                            drop(rest.0.pop());
+            Dispatch::Keyed { queues, key } => {
+                // One reservation per queue: the batch is grouped by queue
+                // first (each queue's items keep their order). An item
+                // leaves `items` only once it is placed, so if this future
+                // is dropped while waiting, the rest is still there to be
+                // counted. Items whose key function panicked come last.
+                let grouped = group_by_queue(items, *key, queues.len());
+                let mut panics = grouped.panics.into_iter();
+                for (queue, len) in grouped.groups.runs() {
+                    if queue == queues.len() {
+                        for _ in 0..len {
+                            drop(items.remove(0));
+                            let panic = panics.next().expect("one panic per item whose key panicked");
                             self.key_panicked(panic, blocked, dropped).await;
-                            continue;
                         }
-                    };
-                    let room = blocking(blocked, queue.reserve(1)).await;
-                    let item = rest.0.pop().expect("checked above");
-                    match room {
-                        Ok(room) => room.commit([item]),
-                        Err(Closed) => *dropped += 1,
+                        continue;
+                    }
+                    let mut left = len;
+                    while left > 0 {
+                        match blocking(blocked, queues[queue].reserve(left)).await {
+                            Ok(room) => {
+                                let n = room.len();
+                                room.commit(items.drain(..n));
+                                left -= n;
+                            }
+                            Err(Closed) => {
+                                *dropped += left as u64;
+                                items.drain(..left);
+                                left = 0;
+                            }
+                        }
                     }
                 }
             }
@@ -422,16 +433,6 @@ impl<T> Target<T> {
         if let Some(route) = &keyed.route {
             route.key_panicked(keyed.stage, panic, blocked).await;
         }
-    }
-}
-
-/// Items kept in reverse order while a keyed send takes them from the back;
-/// put back in order when the send ends or is dropped.
-struct Reversed<'a, T>(&'a mut Vec<T>);
-
-impl<T> Drop for Reversed<'_, T> {
-    fn drop(&mut self) {
-        self.0.reverse();
     }
 }
 
