@@ -164,7 +164,12 @@ impl<T: Send + 'static> Emitter<T> {
     /// Sends the failures recorded so far, waiting for room in the
     /// failures buffer if its reader is behind.
     pub(crate) async fn send_failures(&mut self) {
-        self.failing.send(&mut self.blocked, &self.counters).await;
+        let before = self.blocked;
+        shown(&self.counters, true, self.failing.send(&mut self.blocked, &self.counters)).await;
+        let failures_blocked = self.blocked - before;
+        if !failures_blocked.is_zero() {
+            self.counters.add(&Delta { failures_blocked, ..Delta::default() });
+        }
     }
 
     /// Sends every item buffered so far, waiting for room as needed, and
@@ -212,16 +217,19 @@ impl<T: Send + 'static> Emitter<T> {
     async fn send(&mut self, what: Outgoing) {
         self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
         let blocked_before = self.blocked;
-        let Emitter { buf, link, blocked, dropped, order, .. } = self;
-        match (what, order) {
-            (Outgoing::Full, Some(order)) => order.send_full(buf, blocked, dropped).await,
-            (Outgoing::IfTurn, Some(order)) => order.send_if_turn(buf, blocked, dropped).await,
-            (Outgoing::Chunk { first, inputs }, Some(order)) => {
-                order.end_batch(first, inputs, buf, blocked, dropped).await;
+        let Emitter { buf, link, blocked, dropped, order, counters, .. } = self;
+        let sending = async move {
+            match (what, order) {
+                (Outgoing::Full, Some(order)) => order.send_full(buf, blocked, dropped).await,
+                (Outgoing::IfTurn, Some(order)) => order.send_if_turn(buf, blocked, dropped).await,
+                (Outgoing::Chunk { first, inputs }, Some(order)) => {
+                    order.end_batch(first, inputs, buf, blocked, dropped).await;
+                }
+                (Outgoing::Last, Some(order)) => order.end_input(buf, blocked, dropped).await,
+                _ => link.send(buf, blocked, dropped).await,
             }
-            (Outgoing::Last, Some(order)) => order.end_input(buf, blocked, dropped).await,
-            _ => link.send(buf, blocked, dropped).await,
-        }
+        };
+        shown(counters, false, sending).await;
         self.counters.add(&Delta {
             dropped: std::mem::take(&mut self.dropped),
             blocked: self.blocked - blocked_before,
@@ -252,6 +260,47 @@ pub(crate) async fn blocking<F: Future>(blocked: &mut Duration, future: F) -> F:
         *blocked += since.elapsed();
     }
     output
+}
+
+/// Awaits `send`, a send of the emitter's items (or, if `failures`, of its
+/// failures), and shows a wait in `counters` while it lasts, so that a
+/// snapshot taken during a stall counts the time blocked so far. Every
+/// `.await` inside such a send is a wait for room or for a turn, so the
+/// send is blocked from its first `Pending` until it is done. Reads the
+/// clock only if it has to wait; otherwise costs a flag check per poll.
+async fn shown<F: Future>(counters: &Counters, failures: bool, send: F) -> F::Output {
+    let mut send = pin!(send);
+    let mut wait = Wait { counters, failures, since: None, done: false };
+    let output = poll_fn(|cx| {
+        let poll = send.as_mut().poll(cx);
+        if poll.is_pending() && wait.since.is_none() {
+            let now = Instant::now();
+            wait.since = Some(now);
+            counters.begin_wait(now, failures);
+        }
+        poll
+    })
+    .await;
+    wait.done = true;
+    output
+}
+
+/// A wait shown in a replica's counters; ends it when dropped. If the send
+/// was dropped before it was done (abort), the time waited is published
+/// here, since the send never added it.
+struct Wait<'a> {
+    counters: &'a Counters,
+    failures: bool,
+    since: Option<Instant>,
+    done: bool,
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(since) = self.since {
+            self.counters.end_wait(since, Instant::now(), self.failures, !self.done);
+        }
+    }
 }
 
 /// A replica's task dropped before its emitter was done (the pipeline was

@@ -1,11 +1,20 @@
 use std::{
     fmt,
+    num::NonZero,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
+use tokio::time::Instant;
+
 /// Counters of one replica, written once per batch by its task.
-#[derive(Debug, Default)]
+///
+/// Besides the sums, the replica publishes what it is doing now, so that a
+/// snapshot taken in the middle of a long `process` or a long wait counts
+/// the time so far: the *stamps* below are instants (nanoseconds since
+/// `epoch`, plus one; 0: not set), each one atomic store per batch, or per
+/// wait that really waits.
+#[derive(Debug)]
 pub(crate) struct Counters {
     received: AtomicU64,
     processed: AtomicU64,
@@ -15,6 +24,39 @@ pub(crate) struct Counters {
     aborted: AtomicU64,
     busy_ns: AtomicU64,
     blocked_ns: AtomicU64,
+    failures_blocked_ns: AtomicU64,
+    /// When the batch in progress started, moved later by each wait in it:
+    /// the batch's busy time so far is the time since (or, while it waits,
+    /// from this to the wait's start).
+    busy_since: AtomicU64,
+    /// When the wait in progress for room downstream (or a turn) started.
+    blocked_since: AtomicU64,
+    /// When the wait in progress for room in the failures buffer started.
+    failing_since: AtomicU64,
+    /// When the replica's task ended (drained or aborted).
+    ended: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            received: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            emitted: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            blocked_ns: AtomicU64::new(0),
+            failures_blocked_ns: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// What one batch changed.
@@ -28,6 +70,8 @@ pub(crate) struct Delta {
     pub(crate) aborted: u64,
     pub(crate) busy: Duration,
     pub(crate) blocked: Duration,
+    /// Of `blocked`, the time waiting for room in the failures buffer.
+    pub(crate) failures_blocked: Duration,
 }
 
 impl Counters {
@@ -45,10 +89,85 @@ impl Counters {
         add(&self.aborted, delta.aborted);
         add(&self.busy_ns, delta.busy.as_nanos() as u64);
         add(&self.blocked_ns, delta.blocked.as_nanos() as u64);
+        add(&self.failures_blocked_ns, delta.failures_blocked.as_nanos() as u64);
     }
 
+    /// `at` as a stamp.
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// A batch starts at `at`.
+    #[inline]
+    pub(crate) fn begin_busy(&self, at: Instant) {
+        self.busy_since.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// The batch in progress ended; the caller publishes its busy time.
+    #[inline]
+    pub(crate) fn end_busy(&self) {
+        self.busy_since.store(0, Ordering::Relaxed);
+    }
+
+    /// The batch in progress was dropped: returns its busy time so far,
+    /// which the caller publishes.
+    pub(crate) fn drop_busy(&self) -> Duration {
+        let since = self.busy_since.swap(0, Ordering::Relaxed);
+        if since == 0 {
+            return Duration::ZERO;
+        }
+        let now = self.stamp(Instant::now());
+        Duration::from_nanos(now.saturating_sub(since))
+    }
+
+    /// A wait (for room in the failures buffer if `failures`) starts at
+    /// `at`.
+    pub(crate) fn begin_wait(&self, at: Instant, failures: bool) {
+        let since = if failures { &self.failing_since } else { &self.blocked_since };
+        since.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// The wait that started at `since` ends at `now`: the batch in progress
+    /// was not busy meanwhile. The caller publishes the time blocked; if
+    /// `publish`, this does (the wait was dropped before it ended).
+    pub(crate) fn end_wait(&self, since: Instant, now: Instant, failures: bool, publish: bool) {
+        let waited = now.saturating_duration_since(since);
+        let stamp = if failures { &self.failing_since } else { &self.blocked_since };
+        stamp.store(0, Ordering::Relaxed);
+        // Only this replica writes `busy_since`: a load and a store suffice.
+        let busy = self.busy_since.load(Ordering::Relaxed);
+        if busy != 0 {
+            let shift = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            self.busy_since.store(busy.saturating_add(shift), Ordering::Relaxed);
+        }
+        if publish {
+            let failures_blocked = if failures { waited } else { Duration::ZERO };
+            self.add(&Delta { blocked: waited, failures_blocked, ..Delta::default() });
+        }
+    }
+
+    /// The replica's task ends now.
+    pub(crate) fn end(&self) {
+        self.ended.store(self.stamp(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// The counts so far, with the time of the batch and the wait in
+    /// progress, if any, up to now (or up to the task's end).
     pub(crate) fn snapshot(&self) -> ReplicaMetrics {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let ended = get(&self.ended);
+        let now = if ended != 0 { ended } else { self.stamp(Instant::now()) };
+        let (busy_since, blocked_since, failing_since) =
+            (get(&self.busy_since), get(&self.blocked_since), get(&self.failing_since));
+        let waiting = blocked_since.max(failing_since);
+        let live_busy = match (busy_since, waiting) {
+            (0, _) => 0,
+            (busy, 0) => now.saturating_sub(busy),
+            (busy, wait) => wait.saturating_sub(busy),
+        };
+        let live = |since: u64| if since == 0 { 0 } else { now.saturating_sub(since) };
+        let (live_blocked, live_failing) = (live(blocked_since), live(failing_since));
+        let ns = Duration::from_nanos;
         ReplicaMetrics {
             received: get(&self.received),
             processed: get(&self.processed),
@@ -57,8 +176,10 @@ impl Counters {
             dropped: get(&self.dropped),
             aborted: get(&self.aborted),
             queued: 0,
-            busy: Duration::from_nanos(get(&self.busy_ns)),
-            blocked: Duration::from_nanos(get(&self.blocked_ns)),
+            busy: ns(get(&self.busy_ns).saturating_add(live_busy)),
+            blocked: ns(get(&self.blocked_ns).saturating_add(live_blocked).saturating_add(live_failing)),
+            failures_blocked: ns(get(&self.failures_blocked_ns).saturating_add(live_failing)),
+            ended: (ended != 0).then(|| self.epoch + ns(ended - 1)),
         }
     }
 }
@@ -95,10 +216,21 @@ pub struct ReplicaMetrics {
     /// their stage's one queue have no queue of their own and show 0 here;
     /// the shared queue is [`StageMetrics::queued`].
     pub queued: u64,
-    /// Time spent in `process`, not counting time blocked.
+    /// Time spent in `process`, not counting time blocked. Includes the
+    /// batch in progress: a snapshot taken in the middle of a long
+    /// `process` counts its time so far.
     pub busy: Duration,
-    /// Time spent waiting for room in the next queue.
+    /// Time spent waiting: for room in the next queue (the output, for the
+    /// last stage), for an `ordered` batch's turn, or for room in the
+    /// failures buffer (also counted in
+    /// [`failures_blocked`](Self::failures_blocked)). Includes the wait in
+    /// progress, so a stalled pipeline shows its stall while it lasts.
     pub blocked: Duration,
+    /// Of [`blocked`](Self::blocked), the time spent waiting for room in
+    /// the failures buffer: the reader of `failures()` was behind.
+    pub failures_blocked: Duration,
+    /// When the replica's task ended (drained or aborted).
+    ended: Option<Instant>,
 }
 
 /// A snapshot of one stage's counts, summed over its replicas.
@@ -171,10 +303,15 @@ pub struct StageMetrics {
     pub queued: u64,
     /// The capacity of the stage's queue(s), summed.
     pub capacity: u64,
-    /// Time spent in `process`, summed over replicas.
+    /// Time spent in `process`, summed over replicas: see
+    /// [`ReplicaMetrics::busy`].
     pub busy: Duration,
-    /// Time spent waiting for room in the next queue, summed over replicas.
+    /// Time spent waiting for room downstream, summed over replicas: see
+    /// [`ReplicaMetrics::blocked`].
     pub blocked: Duration,
+    /// Of `blocked`, the time spent waiting for room in the failures
+    /// buffer, summed over replicas.
+    pub failures_blocked: Duration,
     /// The same counts for each replica, in replica order.
     pub replicas: Vec<ReplicaMetrics>,
     /// Whether each replica has its own queue (`partition_by`).
@@ -199,6 +336,7 @@ impl StageMetrics {
             stage.aborted += r.aborted;
             stage.busy += r.busy;
             stage.blocked += r.blocked;
+            stage.failures_blocked += r.failures_blocked;
         }
         stage.replicas = replicas;
         stage
@@ -271,7 +409,8 @@ impl ReplicaMetrics {
 }
 
 /// A stage (or replica) busy more than this share of the time limits the
-/// pipeline; below it, whoever feeds the pipeline is the limit.
+/// pipeline; so does a reader that keeps a stage blocked more than this
+/// share of the time.
 const BUSY: f64 = 0.5;
 
 /// `part / whole`, between 0 and 1; 0 if `whole` is zero.
@@ -279,13 +418,61 @@ fn share(part: Duration, whole: Duration) -> f64 {
     if whole.is_zero() { 0.0 } else { (part.as_secs_f64() / whole.as_secs_f64()).min(1.0) }
 }
 
+/// What limits a pipeline's throughput, as [`Metrics::limit`] reads it from
+/// a snapshot. The `Display` of [`Metrics`] says the same in its last line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit<'a> {
+    /// No item was processed yet, and no stage was busy or blocked.
+    NothingYet,
+    /// This stage: it was busy more than half the time (the
+    /// [`bottleneck`](Metrics::bottleneck)).
+    Stage(&'a str),
+    /// The reader of the pipeline's `output()`: the last stage, named here,
+    /// was blocked on a full output more than half the time.
+    Output(&'a str),
+    /// The reader of the pipeline's `failures()`: the stage named here was
+    /// blocked on a full failures buffer more than half the time.
+    Failures(&'a str),
+    /// The machine's CPU: no stage was busy more than half the time, yet
+    /// the stages, together, were busy or blocked more than half of it
+    /// (their replicas take turns on too few cores, and wait for one).
+    Cpu {
+        /// The cores available to the process
+        /// ([`std::thread::available_parallelism`]).
+        cores: usize,
+    },
+    /// Whoever feeds the pipeline: the stages were idle, waiting for input,
+    /// most of the time.
+    Input,
+}
+
 /// A snapshot of a pipeline's metrics, stage by stage.
 ///
 /// Taken with the pipeline's `metrics()` method, at any time, also after
-/// shutdown. `Display` prints it as a table (one row per stage, and one per
-/// replica for partitioned stages) that names the bottleneck, or says that
-/// the input is the limit. Shares of time are over the time since the
-/// pipeline started ([`elapsed`](Self::elapsed)).
+/// shutdown. Shares of time are over the time since the pipeline started
+/// ([`elapsed`](Self::elapsed)); the clock stops once the pipeline has
+/// drained (or was aborted and every replica stopped), so a snapshot taken
+/// later reads the same. Time in progress counts: a replica in the middle of
+/// a long `process`, or waiting for room downstream, shows that time so far.
+///
+/// `Display` prints it as a table (one row per stage, and one per replica
+/// for partitioned stages) whose last line says what limits throughput, by
+/// this rule ([`limit`](Self::limit)), first match wins:
+///
+/// 1. a stage busy more than half the time (in `process`; for a partitioned
+///    stage, its busiest replica): that stage is the bottleneck
+///    ([`bottleneck`](Self::bottleneck));
+/// 2. the last stage blocked on a full output more than half the time, or a
+///    stage blocked on a full failures buffer more than half the time
+///    (whichever longer): the reader of `output()` (or of `failures()`) is
+///    the limit;
+/// 3. the stages, together, idle (waiting for input) less than half the
+///    time, so mostly busy or blocked: the machine's CPU is the limit (the
+///    replicas wait for a core; the line says how many there are);
+/// 4. else the stages mostly wait for input: the input is the limit.
+///
+/// Before any item was processed, the line says so instead.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metrics {
     stages: Vec<StageMetrics>,
@@ -294,8 +481,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(stages: Vec<StageMetrics>, elapsed: Duration) -> Self {
-        Metrics { stages, elapsed, failures_dropped: 0 }
+    /// The snapshot of `stages` of a pipeline started at `started`: its
+    /// clock runs until every replica has ended.
+    pub(crate) fn new(stages: Vec<StageMetrics>, started: Instant) -> Self {
+        let ended = stages.iter().flat_map(|s| &s.replicas).try_fold(None, |last: Option<Instant>, r| {
+            r.ended.map(|ended| Some(last.map_or(ended, |last| last.max(ended))))
+        });
+        let end = ended.flatten().unwrap_or_else(Instant::now);
+        Metrics { stages, elapsed: end.saturating_duration_since(started), failures_dropped: 0 }
     }
 
     pub(crate) fn with_failures_dropped(mut self, failures_dropped: u64) -> Self {
@@ -322,7 +515,9 @@ impl Metrics {
         &self.stages
     }
 
-    /// Time since the pipeline started.
+    /// Time since the pipeline started, until it ended: once every replica
+    /// of every stage has stopped (drained by `shutdown`, or aborted), this
+    /// no longer grows.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
     }
@@ -333,11 +528,61 @@ impl Metrics {
     /// stage the share is its busiest replica's, since the others cannot
     /// take over its keys.
     ///
-    /// `None` when no stage was busy more than half the time: then the
-    /// stages wait for input, and whoever feeds the pipeline is the limit
-    /// (or nothing was processed yet).
+    /// `None` when no stage was busy more than half the time: then
+    /// [`limit`](Self::limit) tells whether the reader of the output or of
+    /// the failures, the CPU or the input is the limit (or nothing was
+    /// processed yet).
     pub fn bottleneck(&self) -> Option<&str> {
-        self.limit().map(|s| s.name)
+        self.busiest().map(|s| s.name)
+    }
+
+    /// What limits throughput, by the rule given in the type's docs: a
+    /// stage busy more than half the time, else the reader of `output()` or
+    /// `failures()` if it kept a stage blocked more than half the time,
+    /// else the CPU if the stages were idle less than half the time, else
+    /// the input.
+    pub fn limit(&self) -> Limit<'_> {
+        if let Some(stage) = self.busiest() {
+            return Limit::Stage(stage.name);
+        }
+        if self.stages.iter().all(|s| s.processed == 0 && s.busy.is_zero() && s.blocked.is_zero()) {
+            return Limit::NothingYet;
+        }
+        let output = self.stages.last().map(|tail| (tail, self.output_blocked(tail)));
+        let failures = self.stages.iter().map(|s| (s, self.failures_blocked(s))).max_by(|a, b| a.1.total_cmp(&b.1));
+        match (output, failures) {
+            (Some((tail, out)), Some((_, fail))) if out > BUSY && out >= fail => return Limit::Output(tail.name),
+            (_, Some((stage, fail))) if fail > BUSY => return Limit::Failures(stage.name),
+            _ => {}
+        }
+        if self.idle() < BUSY {
+            return Limit::Cpu { cores: std::thread::available_parallelism().map_or(1, NonZero::get) };
+        }
+        Limit::Input
+    }
+
+    /// The share of the time the last stage's replicas were blocked on a
+    /// full output.
+    fn output_blocked(&self, tail: &StageMetrics) -> f64 {
+        share(tail.blocked.saturating_sub(tail.failures_blocked), self.available(tail))
+    }
+
+    /// The share of the time `stage`'s replicas were blocked on a full
+    /// failures buffer.
+    fn failures_blocked(&self, stage: &StageMetrics) -> f64 {
+        share(stage.failures_blocked, self.available(stage))
+    }
+
+    /// `elapsed` times `stage`'s replicas.
+    fn available(&self, stage: &StageMetrics) -> Duration {
+        self.elapsed * stage.replicas.len().max(1) as u32
+    }
+
+    /// The share of the time every stage's replicas, together, spent idle.
+    fn idle(&self) -> f64 {
+        let replicas: usize = self.stages.iter().map(|s| s.replicas.len().max(1)).sum();
+        let idle: f64 = self.stages.iter().map(|s| s.idle(self.elapsed) * s.replicas.len().max(1) as f64).sum();
+        if replicas == 0 { 1.0 } else { idle / replicas as f64 }
     }
 
     /// When the bottleneck is a partitioned stage held back by one replica
@@ -350,17 +595,59 @@ impl Metrics {
     /// in it at the stage's dispatch: see the guide's section on hot
     /// partitions for what to do.
     pub fn hot_partition(&self) -> Option<(&str, usize)> {
-        let stage = self.limit()?;
+        let stage = self.busiest()?;
         stage.hot_replica(self.elapsed).map(|i| (stage.name, i))
     }
 
-    fn limit(&self) -> Option<&StageMetrics> {
+    fn busiest(&self) -> Option<&StageMetrics> {
         self.stages
             .iter()
             .map(|s| (s, s.load(self.elapsed)))
             .filter(|(_, load)| *load > BUSY)
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(s, _)| s)
+    }
+
+    /// Writes the verdict line, `bottleneck: ...`, for a limit other than a
+    /// stage (the table and the harness's report word that one
+    /// themselves).
+    pub(crate) fn write_no_bottleneck(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = |x: f64| format!("{:.0}%", x * 100.0);
+        match self.limit() {
+            Limit::Stage(name) => write!(f, "bottleneck: {name}"),
+            Limit::NothingYet => write!(f, "bottleneck: none yet (no item was processed)"),
+            Limit::Output(tail) => {
+                let blocked = self.stages.last().map_or(0.0, |s| self.output_blocked(s));
+                write!(
+                    f,
+                    "bottleneck: none: {tail} is blocked on a full output {} of the time, the reader of `output()` \
+                     is the limit",
+                    pct(blocked)
+                )
+            }
+            Limit::Failures(stage) => {
+                let blocked = self.stages.iter().find(|s| s.name == stage).map_or(0.0, |s| self.failures_blocked(s));
+                write!(
+                    f,
+                    "bottleneck: none: {stage} is blocked on a full failures buffer {} of the time, the reader of \
+                     `failures()` is the limit",
+                    pct(blocked)
+                )
+            }
+            Limit::Cpu { cores } => write!(
+                f,
+                "bottleneck: none: no stage is busy more than half the time, but the stages are idle only {} of it: \
+                 the machine's CPU ({cores} core{}) is the limit",
+                pct(self.idle()),
+                if cores == 1 { "" } else { "s" }
+            ),
+            Limit::Input => write!(
+                f,
+                "bottleneck: none: no stage is busy more than half the time, the input is the limit (the stages \
+                 are idle {} of it)",
+                pct(self.idle())
+            ),
+        }
     }
 }
 
@@ -425,15 +712,9 @@ impl fmt::Display for Metrics {
                 )?;
             }
         }
-        let Some(limit) = self.limit() else {
-            if self.stages.iter().all(|s| s.processed == 0) {
-                return write!(f, "bottleneck: none yet (elapsed {elapsed:.1?})");
-            }
-            return write!(
-                f,
-                "bottleneck: none: no stage is busy more than half the time, the input is the limit \
-                 (elapsed {elapsed:.1?})"
-            );
+        let Some(limit) = self.busiest() else {
+            self.write_no_bottleneck(f)?;
+            return write!(f, " (elapsed {elapsed:.1?})");
         };
         match limit.hot_replica(elapsed) {
             Some(i) => {

@@ -46,6 +46,8 @@ pub(crate) async fn run<S: Stage>(
     ready: oneshot::Sender<()>,
     drain: Arc<StageDrain>,
 ) {
+    // Stops the pipeline's clock once every replica's task ended, however.
+    let _ended = Ended(counters.clone());
     let mut ready = Some(ready);
     let mut restarts = Restarts::new(S::restart_limit());
     // The items taken but not processed yet, and the number of the first.
@@ -170,6 +172,15 @@ pub(crate) async fn run<S: Stage>(
     }
 }
 
+/// Records in a replica's counters that its task ended (or was dropped).
+struct Ended(Arc<Counters>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 /// Items a replica took from its queue, numbered from `first` on.
 struct Batch<T> {
     items: VecDeque<T>,
@@ -196,6 +207,8 @@ struct Progress<'a> {
     delta: Delta,
     /// 1 while an item is in `process`.
     in_process: u64,
+    /// Whether the batch ended and `delta.busy` holds its busy time.
+    ended: bool,
 }
 
 impl Progress<'_> {
@@ -208,6 +221,11 @@ impl Progress<'_> {
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
         self.delta.aborted += self.in_process;
+        if self.ended {
+            self.counters.end_busy();
+        } else {
+            self.delta.busy = self.counters.drop_busy();
+        }
         self.publish();
     }
 }
@@ -223,8 +241,9 @@ async fn process_batch<S: Stage>(
     counters: &Counters,
 ) -> Result<(), Crashed> {
     let started = Instant::now();
+    counters.begin_busy(started);
     out.begin_batch(batch.first);
-    let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
+    let mut progress = Progress { counters, delta: Delta::default(), in_process: 0, ended: false };
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
     while let Some(item) = batch.items.pop_front() {
@@ -268,6 +287,7 @@ async fn process_batch<S: Stage>(
     out.end_batch(batch.first, done).await;
     batch.first += done;
     progress.delta.busy = started.elapsed().saturating_sub(out.take_blocked());
+    progress.ended = true;
     drop(progress);
     result
 }
