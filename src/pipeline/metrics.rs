@@ -615,7 +615,7 @@ impl Metrics {
         let pct = |x: f64| format!("{:.0}%", x * 100.0);
         match self.limit() {
             Limit::Stage(name) => write!(f, "bottleneck: {name}"),
-            Limit::NothingYet => write!(f, "bottleneck: none yet (no item was processed)"),
+            Limit::NothingYet => write!(f, "bottleneck: none yet, no item was processed"),
             Limit::Output(tail) => {
                 let blocked = self.stages.last().map_or(0.0, |s| self.output_blocked(s));
                 write!(
@@ -643,8 +643,8 @@ impl Metrics {
             ),
             Limit::Input => write!(
                 f,
-                "bottleneck: none: no stage is busy more than half the time, the input is the limit (the stages \
-                 are idle {} of it)",
+                "bottleneck: none: no stage is busy more than half the time, the input is the limit: the stages \
+                 wait for it {} of the time",
                 pct(self.idle())
             ),
         }
@@ -734,5 +734,112 @@ impl fmt::Display for Metrics {
             }
             None => write!(f, "bottleneck: {} (elapsed {elapsed:.1?})", limit.name),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A replica that processed an item and spent these shares of a second
+    /// busy, blocked, and blocked on the failures buffer (part of blocked).
+    fn replica(busy: f64, blocked: f64, failures: f64) -> ReplicaMetrics {
+        ReplicaMetrics {
+            received: 1,
+            processed: 1,
+            busy: SECOND.mul_f64(busy),
+            blocked: SECOND.mul_f64(blocked),
+            failures_blocked: SECOND.mul_f64(failures),
+            ..ReplicaMetrics::default()
+        }
+    }
+
+    /// A snapshot over one second of stages named `s0, s1, ..`.
+    fn metrics(stages: Vec<Vec<ReplicaMetrics>>) -> Metrics {
+        const NAMES: [&str; 3] = ["s0", "s1", "s2"];
+        let stages =
+            stages.into_iter().zip(NAMES).map(|(r, name)| StageMetrics::new(name, r, 0, 1_000, false)).collect();
+        Metrics { stages, elapsed: SECOND, failures_dropped: 0 }
+    }
+
+    fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, NonZero::get)
+    }
+
+    #[test]
+    fn a_stage_busy_more_than_half_the_time_is_the_limit_whatever_else_waits() {
+        let m = metrics(vec![vec![replica(0.1, 0.9, 0.0)], vec![replica(0.6, 0.4, 0.0)], vec![replica(0.0, 0.9, 0.0)]]);
+        assert_eq!(m.limit(), Limit::Stage("s1"));
+        assert_eq!(m.bottleneck(), Some("s1"));
+        assert!(m.to_string().ends_with("bottleneck: s1 (elapsed 1.0s)"), "{m}");
+    }
+
+    #[test]
+    fn a_tail_blocked_most_of_the_time_names_the_output_reader() {
+        let m = metrics(vec![vec![replica(0.1, 0.8, 0.0)], vec![replica(0.1, 0.7, 0.1)]]);
+        assert_eq!(m.limit(), Limit::Output("s1"));
+        assert_eq!(m.bottleneck(), None);
+        assert!(m.to_string().contains("s1 is blocked on a full output 60% of the time"), "{m}");
+    }
+
+    #[test]
+    fn a_stage_blocked_on_failures_most_of_the_time_names_the_failures_reader() {
+        let m = metrics(vec![vec![replica(0.1, 0.9, 0.0)], vec![replica(0.1, 0.8, 0.8)], vec![replica(0.0, 0.0, 0.0)]]);
+        assert_eq!(m.limit(), Limit::Failures("s1"));
+        assert!(m.to_string().contains("s1 is blocked on a full failures buffer 80% of the time"), "{m}");
+        // Both readers behind: the longer wait wins.
+        let m = metrics(vec![vec![replica(0.0, 0.6, 0.6)], vec![replica(0.0, 0.9, 0.0)]]);
+        assert_eq!(m.limit(), Limit::Output("s1"));
+    }
+
+    #[test]
+    fn stages_mostly_busy_or_blocked_name_the_cpu() {
+        // Two replicas each: busy 40%, blocked 30% (not on the output for
+        // more than half the time), idle 30%.
+        let m = metrics(vec![vec![replica(0.4, 0.3, 0.0); 2], vec![replica(0.4, 0.3, 0.0); 2]]);
+        assert_eq!(m.limit(), Limit::Cpu { cores: cores() });
+        assert_eq!(m.bottleneck(), None);
+        let table = m.to_string();
+        assert!(table.contains("the stages are idle only 30% of it: the machine's CPU ("), "{table}");
+        assert!(table.contains(&format!("({} core", cores())), "{table}");
+    }
+
+    #[test]
+    fn stages_mostly_idle_name_the_input() {
+        let m = metrics(vec![vec![replica(0.4, 0.1, 0.0)], vec![replica(0.3, 0.0, 0.0)]]);
+        assert_eq!(m.limit(), Limit::Input);
+        assert!(
+            m.to_string().ends_with("the input is the limit: the stages wait for it 60% of the time (elapsed 1.0s)"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn nothing_processed_says_so() {
+        let m = metrics(vec![vec![ReplicaMetrics::default()], vec![ReplicaMetrics::default()]]);
+        assert_eq!(m.limit(), Limit::NothingYet);
+        assert!(m.to_string().ends_with("bottleneck: none yet, no item was processed (elapsed 1.0s)"), "{m}");
+    }
+
+    #[test]
+    fn a_wait_and_a_batch_in_progress_count_until_the_task_ended() {
+        let counters = Counters::default();
+        let start = counters.epoch;
+        counters.begin_busy(start);
+        counters.begin_wait(start + SECOND, false);
+        // A snapshot while the wait lasts, read after the task ended at 3 s:
+        // busy 1 s, blocked 2 s, and nothing runs on past the end.
+        counters.ended.store(counters.stamp(start + 3 * SECOND), Ordering::Relaxed);
+        let r = counters.snapshot();
+        assert_eq!((r.busy, r.blocked, r.failures_blocked), (SECOND, 2 * SECOND, Duration::ZERO));
+        assert_eq!(r.ended, Some(start + 3 * SECOND));
+        // The wait ends at 3 s: the batch's busy clock resumes after it.
+        counters.ended.store(0, Ordering::Relaxed);
+        counters.end_wait(start + SECOND, start + 3 * SECOND, false, true);
+        counters.ended.store(counters.stamp(start + 4 * SECOND), Ordering::Relaxed);
+        let r = counters.snapshot();
+        assert_eq!((r.busy, r.blocked), (2 * SECOND, 2 * SECOND));
     }
 }
