@@ -201,8 +201,8 @@ pub struct ReplicaMetrics {
     /// Items it emitted.
     pub emitted: u64,
     /// Items that failed: `process` called [`Emitter::fail`](crate::Emitter::fail)
-    /// (once or more) or panicked. Each counts once, and is also counted in
-    /// `processed`.
+    /// (once or more; a `#[genflow::stage]` fn that returned `Err` does) or
+    /// panicked. Each counts once, and is also counted in `processed`.
     pub failed: u64,
     /// Items it emitted that nobody could take (the pipeline's output was
     /// not taken or was dropped, or the pipeline was aborted).
