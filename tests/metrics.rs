@@ -270,3 +270,44 @@ async fn stages_waiting_for_input_name_the_input() {
         "{table}"
     );
 }
+
+#[genflow::pipeline{ a: Pass<Sorted>, #[replicas(2, ordered)] b: Pass<Sorted> }]
+struct Sorted;
+
+#[tokio::test(start_paused = true)]
+async fn an_ordered_stage_stalled_on_its_output_shows_the_stall_while_it_lasts() {
+    let flow = Sorted::start().await;
+    let output = flow.output().expect("taken once");
+    let feeder = tokio::spawn({
+        let flow = flow.clone();
+        async move { flow.feed(stream::iter(0..20_000u64)).await }
+    });
+    until(
+        || flow.metrics(),
+        |m| {
+            let (a, b) = (stage(m, "a"), stage(m, "b"));
+            b.emitted > OUTPUT && a.emitted > b.received + b.capacity && a.queued == a.capacity
+        },
+    )
+    .await;
+    tokio::time::advance(STALL).await;
+    let during = flow.metrics();
+    let b = stage(&during, "b");
+    // Each replica waits: for room in the output, or for its batch's turn.
+    for replica in &b.replicas {
+        assert_eq!((replica.blocked, replica.busy), (STALL, Duration::ZERO), "{during}");
+    }
+    assert_eq!(stage(&during, "a").blocked, STALL, "{during}");
+    assert_eq!(during.limit(), Limit::Output("b"), "{during}");
+
+    let reader = tokio::spawn(output.collect::<Vec<u64>>());
+    assert_eq!(feeder.await.unwrap().unwrap(), 20_000);
+    flow.shutdown().await;
+    assert_eq!(reader.await.unwrap(), (0..20_000).collect::<Vec<u64>>());
+    let after = flow.metrics();
+    let b = stage(&after, "b");
+    for replica in &b.replicas {
+        assert_eq!(replica.blocked, STALL, "{after}");
+    }
+    assert_eq!(after.elapsed(), STALL);
+}

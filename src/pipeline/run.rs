@@ -207,8 +207,6 @@ struct Progress<'a> {
     delta: Delta,
     /// 1 while an item is in `process`.
     in_process: u64,
-    /// Whether the batch ended and `delta.busy` holds its busy time.
-    ended: bool,
 }
 
 impl Progress<'_> {
@@ -221,11 +219,7 @@ impl Progress<'_> {
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
         self.delta.aborted += self.in_process;
-        if self.ended {
-            self.counters.end_busy();
-        } else {
-            self.delta.busy = self.counters.drop_busy();
-        }
+        self.delta.busy = self.counters.end_busy();
         self.publish();
     }
 }
@@ -240,10 +234,9 @@ async fn process_batch<S: Stage>(
     out: &mut Emitter<S::Out>,
     counters: &Counters,
 ) -> Result<(), Crashed> {
-    let started = Instant::now();
-    counters.begin_busy(started);
+    counters.begin_busy(Instant::now());
     out.begin_batch(batch.first);
-    let mut progress = Progress { counters, delta: Delta::default(), in_process: 0, ended: false };
+    let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
     while let Some(item) = batch.items.pop_front() {
@@ -286,8 +279,6 @@ async fn process_batch<S: Stage>(
     let done = taken - batch.items.len() as u64;
     out.end_batch(batch.first, done).await;
     batch.first += done;
-    progress.delta.busy = started.elapsed().saturating_sub(out.take_blocked());
-    progress.ended = true;
     drop(progress);
     result
 }
