@@ -264,8 +264,8 @@ async fn stages_waiting_for_input_name_the_input() {
     let table = m.to_string();
     assert!(
         table.ends_with(
-            "bottleneck: none: no stage is busy more than half the time, the input is the limit: the stages wait \
-             for it 100% of the time (elapsed 1.0s)"
+            "bottleneck: none: no stage is busy more than half the time, the input is the limit: a waits for it \
+             100% of the time (all stages: 100%) (elapsed 1.0s)"
         ),
         "{table}"
     );

@@ -434,8 +434,10 @@ pub enum Limit<'a> {
     /// blocked on a full failures buffer more than half the time.
     Failures(&'a str),
     /// The machine's CPU: no stage was busy more than half the time, yet
-    /// the stages, together, were busy or blocked more than half of it
-    /// (their replicas take turns on too few cores, and wait for one).
+    /// the first stage, or the stages together, were busy or blocked more
+    /// than half of it, not waiting for input (their replicas take turns
+    /// on too few cores: a stage blocked on a next stage that is not busy
+    /// waits for that stage to get a core).
     Cpu {
         /// The cores available to the process
         /// ([`std::thread::available_parallelism`]).
@@ -466,9 +468,10 @@ pub enum Limit<'a> {
 ///    stage blocked on a full failures buffer more than half the time
 ///    (whichever longer): the reader of `output()` (or of `failures()`) is
 ///    the limit;
-/// 3. the stages, together, idle (waiting for input) less than half the
-///    time, so mostly busy or blocked: the machine's CPU is the limit (the
-///    replicas wait for a core; the line says how many there are);
+/// 3. the first stage, or the stages taken together, idle (waiting for
+///    input) less than half the time, so mostly busy or blocked: the
+///    machine's CPU is the limit (the replicas wait for a core; the line
+///    says how many there are);
 /// 4. else the stages mostly wait for input: the input is the limit.
 ///
 /// Before any item was processed, the line says so instead.
@@ -538,8 +541,8 @@ impl Metrics {
     /// What limits throughput, by the rule given in the type's docs: a
     /// stage busy more than half the time, else the reader of `output()` or
     /// `failures()` if it kept a stage blocked more than half the time,
-    /// else the CPU if the stages were idle less than half the time, else
-    /// the input.
+    /// else the CPU if the first stage (or the stages together) were idle
+    /// less than half the time, else the input.
     pub fn limit(&self) -> Limit<'_> {
         if let Some(stage) = self.busiest() {
             return Limit::Stage(stage.name);
@@ -554,7 +557,7 @@ impl Metrics {
             (_, Some((stage, fail))) if fail > BUSY => return Limit::Failures(stage.name),
             _ => {}
         }
-        if self.idle() < BUSY {
+        if self.head_idle() < BUSY || self.idle() < BUSY {
             return Limit::Cpu { cores: std::thread::available_parallelism().map_or(1, NonZero::get) };
         }
         Limit::Input
@@ -575,6 +578,12 @@ impl Metrics {
     /// `elapsed` times `stage`'s replicas.
     fn available(&self, stage: &StageMetrics) -> Duration {
         self.elapsed * stage.replicas.len().max(1) as u32
+    }
+
+    /// The share of the time the first stage's replicas spent idle: waiting
+    /// for input.
+    fn head_idle(&self) -> f64 {
+        self.stages.first().map_or(1.0, |head| head.idle(self.elapsed))
     }
 
     /// The share of the time every stage's replicas, together, spent idle.
@@ -635,15 +644,19 @@ impl Metrics {
             }
             Limit::Cpu { cores } => write!(
                 f,
-                "bottleneck: none: no stage is busy more than half the time, but the stages are idle only {} of it: \
-                 the machine's CPU ({cores} core{}) is the limit",
+                "bottleneck: none: no stage is busy more than half the time, yet {} waits for input only {} of it \
+                 (all stages: {}): the machine's CPU ({cores} core{}) is the limit",
+                self.stages.first().map_or("", |s| s.name),
+                pct(self.head_idle()),
                 pct(self.idle()),
                 if cores == 1 { "" } else { "s" }
             ),
             Limit::Input => write!(
                 f,
-                "bottleneck: none: no stage is busy more than half the time, the input is the limit: the stages \
-                 wait for it {} of the time",
+                "bottleneck: none: no stage is busy more than half the time, the input is the limit: {} waits for \
+                 it {} of the time (all stages: {})",
+                self.stages.first().map_or("", |s| s.name),
+                pct(self.head_idle()),
                 pct(self.idle())
             ),
         }
@@ -801,8 +814,20 @@ mod tests {
         assert_eq!(m.limit(), Limit::Cpu { cores: cores() });
         assert_eq!(m.bottleneck(), None);
         let table = m.to_string();
-        assert!(table.contains("the stages are idle only 30% of it: the machine's CPU ("), "{table}");
+        assert!(
+            table.contains("yet s0 waits for input only 30% of it (all stages: 30%): the machine's CPU ("),
+            "{table}"
+        );
         assert!(table.contains(&format!("({} core", cores())), "{table}");
+    }
+
+    #[test]
+    fn a_first_stage_blocked_on_idle_stages_names_the_cpu() {
+        // The first stage waits for room in the next stage's queue while
+        // the many replicas of that stage look idle: they wait for a core.
+        let m = metrics(vec![vec![replica(0.45, 0.3, 0.0)], vec![replica(0.1, 0.05, 0.0); 4]]);
+        assert_eq!(m.limit(), Limit::Cpu { cores: cores() });
+        assert!(m.to_string().contains("yet s0 waits for input only 25% of it (all stages: 73%)"), "{m}");
     }
 
     #[test]
@@ -810,7 +835,8 @@ mod tests {
         let m = metrics(vec![vec![replica(0.4, 0.1, 0.0)], vec![replica(0.3, 0.0, 0.0)]]);
         assert_eq!(m.limit(), Limit::Input);
         assert!(
-            m.to_string().ends_with("the input is the limit: the stages wait for it 60% of the time (elapsed 1.0s)"),
+            m.to_string()
+                .ends_with("the input is the limit: s0 waits for it 50% of the time (all stages: 60%) (elapsed 1.0s)"),
             "{m}"
         );
     }
