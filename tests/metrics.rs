@@ -124,7 +124,7 @@ async fn a_stall_on_an_unread_output_shows_while_it_lasts_and_names_the_reader()
     }
     assert_eq!(during.elapsed(), STALL);
     assert_eq!(during.bottleneck(), None, "{during}");
-    assert_eq!(during.limit(), Limit::Output("b"), "{during}");
+    assert_eq!(during.limit(), Limit::OutputReader("b"), "{during}");
     let table = during.to_string();
     assert!(
         table.ends_with(
@@ -145,7 +145,7 @@ async fn a_stall_on_an_unread_output_shows_while_it_lasts_and_names_the_reader()
         assert_eq!((s.received, s.emitted, s.blocked), (20_000, 20_000, STALL), "{after}");
     }
     assert_eq!(after.elapsed(), STALL);
-    assert_eq!(after.limit(), Limit::Output("b"), "{after}");
+    assert_eq!(after.limit(), Limit::OutputReader("b"), "{after}");
     // The clock stopped when the pipeline drained.
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(flow.metrics(), after);
@@ -176,7 +176,7 @@ async fn a_stall_on_unread_failures_shows_while_it_lasts_and_names_the_reader() 
     assert_eq!((a.blocked, a.failures_blocked), (STALL, Duration::ZERO), "{during}");
     assert_eq!((check.blocked, check.failures_blocked), (STALL, STALL), "{during}");
     assert_eq!(check.busy, Duration::ZERO, "{during}");
-    assert_eq!(during.limit(), Limit::Failures("check"), "{during}");
+    assert_eq!(during.limit(), Limit::FailuresReader("check"), "{during}");
     let table = during.to_string();
     assert!(
         table.ends_with(
@@ -193,7 +193,7 @@ async fn a_stall_on_unread_failures_shows_while_it_lasts_and_names_the_reader() 
     let after = flow.metrics();
     let check = stage(&after, "check");
     assert_eq!((check.failed, check.blocked, check.failures_blocked), (5_000, STALL, STALL), "{after}");
-    assert_eq!(after.limit(), Limit::Failures("check"), "{after}");
+    assert_eq!(after.limit(), Limit::FailuresReader("check"), "{after}");
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(flow.metrics(), after);
 }
@@ -212,7 +212,7 @@ async fn a_long_process_counts_as_busy_while_it_lasts() {
     assert_eq!((slow.processed, slow.busy), (0, Duration::from_secs(3)), "{during}");
     assert_eq!(slow.utilization(during.elapsed()), 1.0, "{during}");
     assert_eq!(during.bottleneck(), Some("slow"), "{during}");
-    assert_eq!(during.limit(), Limit::Stage("slow"), "{during}");
+    assert_eq!(during.limit(), Limit::Bottleneck("slow"), "{during}");
     assert!(during.to_string().ends_with("bottleneck: slow (elapsed 3.0s)"), "{during}");
 
     // When the item is done, the time is published once, not twice.
@@ -224,7 +224,7 @@ async fn a_long_process_counts_as_busy_while_it_lasts() {
     let slow = stage(&after, "slow");
     assert_eq!((slow.processed, slow.busy), (1, Duration::from_secs(3)), "{after}");
     assert_eq!(after.elapsed(), Duration::from_secs(3));
-    assert_eq!(after.limit(), Limit::Stage("slow"), "{after}");
+    assert_eq!(after.limit(), Limit::Bottleneck("slow"), "{after}");
     tokio::time::advance(Duration::from_secs(60)).await;
     assert_eq!(flow.metrics(), after);
 }
@@ -298,7 +298,7 @@ async fn an_ordered_stage_stalled_on_its_output_shows_the_stall_while_it_lasts()
         assert_eq!((replica.blocked, replica.busy), (STALL, Duration::ZERO), "{during}");
     }
     assert_eq!(stage(&during, "a").blocked, STALL, "{during}");
-    assert_eq!(during.limit(), Limit::Output("b"), "{during}");
+    assert_eq!(during.limit(), Limit::OutputReader("b"), "{during}");
 
     let reader = tokio::spawn(output.collect::<Vec<u64>>());
     assert_eq!(feeder.await.unwrap().unwrap(), 20_000);

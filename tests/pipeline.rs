@@ -532,11 +532,11 @@ async fn metrics_add_up_and_name_the_bottleneck() {
     let table = m.to_string();
     if busiest.utilization(m.elapsed()) > 0.5 {
         assert_eq!(m.bottleneck(), Some(busiest.name), "{table}");
-        assert_eq!(m.limit(), genflow::Limit::Stage(busiest.name), "{table}");
+        assert_eq!(m.limit(), genflow::Limit::Bottleneck(busiest.name), "{table}");
     } else {
         assert_eq!(m.bottleneck(), None, "{table}");
         let verdict = match m.limit() {
-            genflow::Limit::Output(_) => "the reader of `output()` is the limit",
+            genflow::Limit::OutputReader(_) => "the reader of `output()` is the limit",
             genflow::Limit::Cpu { .. } => "the machine's CPU",
             genflow::Limit::Input => "the input is the limit",
             other => panic!("unexpected limit {other:?}: {table}"),

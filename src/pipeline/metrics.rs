@@ -426,13 +426,13 @@ pub enum Limit<'a> {
     NothingYet,
     /// This stage: it was busy more than half the time (the
     /// [`bottleneck`](Metrics::bottleneck)).
-    Stage(&'a str),
+    Bottleneck(&'a str),
     /// The reader of the pipeline's `output()`: the last stage, named here,
     /// was blocked on a full output more than half the time.
-    Output(&'a str),
+    OutputReader(&'a str),
     /// The reader of the pipeline's `failures()`: the stage named here was
     /// blocked on a full failures buffer more than half the time.
-    Failures(&'a str),
+    FailuresReader(&'a str),
     /// The machine's CPU: no stage was busy more than half the time, yet
     /// the first stage, or the stages together, were busy or blocked more
     /// than half of it, not waiting for input (their replicas take turns
@@ -545,7 +545,7 @@ impl Metrics {
     /// less than half the time, else the input.
     pub fn limit(&self) -> Limit<'_> {
         if let Some(stage) = self.busiest() {
-            return Limit::Stage(stage.name);
+            return Limit::Bottleneck(stage.name);
         }
         if self.stages.iter().all(|s| s.processed == 0 && s.busy.is_zero() && s.blocked.is_zero()) {
             return Limit::NothingYet;
@@ -553,8 +553,8 @@ impl Metrics {
         let output = self.stages.last().map(|tail| (tail, self.output_blocked(tail)));
         let failures = self.stages.iter().map(|s| (s, self.failures_blocked(s))).max_by(|a, b| a.1.total_cmp(&b.1));
         match (output, failures) {
-            (Some((tail, out)), Some((_, fail))) if out > BUSY && out >= fail => return Limit::Output(tail.name),
-            (_, Some((stage, fail))) if fail > BUSY => return Limit::Failures(stage.name),
+            (Some((tail, out)), Some((_, fail))) if out > BUSY && out >= fail => return Limit::OutputReader(tail.name),
+            (_, Some((stage, fail))) if fail > BUSY => return Limit::FailuresReader(stage.name),
             _ => {}
         }
         if self.head_idle() < BUSY || self.idle() < BUSY {
@@ -622,9 +622,9 @@ impl Metrics {
     pub(crate) fn write_no_bottleneck(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let pct = |x: f64| format!("{:.0}%", x * 100.0);
         match self.limit() {
-            Limit::Stage(name) => write!(f, "bottleneck: {name}"),
+            Limit::Bottleneck(name) => write!(f, "bottleneck: {name}"),
             Limit::NothingYet => write!(f, "bottleneck: none yet, no item was processed"),
-            Limit::Output(tail) => {
+            Limit::OutputReader(tail) => {
                 let blocked = self.stages.last().map_or(0.0, |s| self.output_blocked(s));
                 write!(
                     f,
@@ -633,7 +633,7 @@ impl Metrics {
                     pct(blocked)
                 )
             }
-            Limit::Failures(stage) => {
+            Limit::FailuresReader(stage) => {
                 let blocked = self.stages.iter().find(|s| s.name == stage).map_or(0.0, |s| self.failures_blocked(s));
                 write!(
                     f,
@@ -783,7 +783,7 @@ mod tests {
     #[test]
     fn a_stage_busy_more_than_half_the_time_is_the_limit_whatever_else_waits() {
         let m = metrics(vec![vec![replica(0.1, 0.9, 0.0)], vec![replica(0.6, 0.4, 0.0)], vec![replica(0.0, 0.9, 0.0)]]);
-        assert_eq!(m.limit(), Limit::Stage("s1"));
+        assert_eq!(m.limit(), Limit::Bottleneck("s1"));
         assert_eq!(m.bottleneck(), Some("s1"));
         assert!(m.to_string().ends_with("bottleneck: s1 (elapsed 1.0s)"), "{m}");
     }
@@ -791,7 +791,7 @@ mod tests {
     #[test]
     fn a_tail_blocked_most_of_the_time_names_the_output_reader() {
         let m = metrics(vec![vec![replica(0.1, 0.8, 0.0)], vec![replica(0.1, 0.7, 0.1)]]);
-        assert_eq!(m.limit(), Limit::Output("s1"));
+        assert_eq!(m.limit(), Limit::OutputReader("s1"));
         assert_eq!(m.bottleneck(), None);
         assert!(m.to_string().contains("s1 is blocked on a full output 60% of the time"), "{m}");
     }
@@ -799,11 +799,11 @@ mod tests {
     #[test]
     fn a_stage_blocked_on_failures_most_of_the_time_names_the_failures_reader() {
         let m = metrics(vec![vec![replica(0.1, 0.9, 0.0)], vec![replica(0.1, 0.8, 0.8)], vec![replica(0.0, 0.0, 0.0)]]);
-        assert_eq!(m.limit(), Limit::Failures("s1"));
+        assert_eq!(m.limit(), Limit::FailuresReader("s1"));
         assert!(m.to_string().contains("s1 is blocked on a full failures buffer 80% of the time"), "{m}");
         // Both readers behind: the longer wait wins.
         let m = metrics(vec![vec![replica(0.0, 0.6, 0.6)], vec![replica(0.0, 0.9, 0.0)]]);
-        assert_eq!(m.limit(), Limit::Output("s1"));
+        assert_eq!(m.limit(), Limit::OutputReader("s1"));
     }
 
     #[test]
