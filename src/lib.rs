@@ -157,6 +157,7 @@ pub mod __private;
 pub use config::{Builder, ConfigError, MAX_REPLICAS};
 pub use error::FlushError;
 pub use error::{CallError, SendError};
+pub use pipeline::Limit;
 pub use pipeline::{
     Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics,
 };

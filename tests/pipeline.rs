@@ -526,15 +526,22 @@ async fn metrics_add_up_and_name_the_bottleneck() {
     assert_eq!(double.capacity, 1_000);
     assert!(m.stage("nope").is_none());
     // The bottleneck is the busiest stage if it was busy more than half the
-    // time; otherwise the table says the input is the limit.
+    // time; otherwise the table says what else limits the pipeline.
     let busiest = m.stages().iter().max_by(|a, b| a.utilization(m.elapsed()).total_cmp(&b.utilization(m.elapsed())));
     let busiest = busiest.unwrap();
     let table = m.to_string();
     if busiest.utilization(m.elapsed()) > 0.5 {
         assert_eq!(m.bottleneck(), Some(busiest.name), "{table}");
+        assert_eq!(m.limit(), genflow::Limit::Bottleneck(busiest.name), "{table}");
     } else {
         assert_eq!(m.bottleneck(), None, "{table}");
-        assert!(table.contains("the input is the limit"), "{table}");
+        let verdict = match m.limit() {
+            genflow::Limit::OutputReader(_) => "the reader of `output()` is the limit",
+            genflow::Limit::Cpu { .. } => "the machine's CPU",
+            genflow::Limit::Input => "the input is the limit",
+            other => panic!("unexpected limit {other:?}: {table}"),
+        };
+        assert!(table.contains(verdict), "{table}");
     }
     for name in ["double", "fanout", "total", "bottleneck:"] {
         assert!(table.contains(name), "{table}");

@@ -120,10 +120,7 @@ impl fmt::Display for Report {
         }
         match bottleneck {
             Some(name) => write!(f, "bottleneck: {name}"),
-            None if self.metrics.stages().iter().all(|s| s.processed == 0) => {
-                write!(f, "bottleneck: none (no item was processed)")
-            }
-            None => write!(f, "bottleneck: none: no stage is busy more than half the time, the input is the limit"),
+            None => self.metrics.write_no_bottleneck(f),
         }
     }
 }

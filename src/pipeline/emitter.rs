@@ -50,7 +50,8 @@ pub struct Emitter<T> {
     /// Counts not yet published to `counters`.
     emitted: u64,
     dropped: u64,
-    /// Time blocked since the last [`take_blocked`](Self::take_blocked).
+    /// Time blocked in a send of an `ordered` stage's outputs or of
+    /// failures, not yet published.
     blocked: Duration,
     /// For an `ordered` stage: where each batch's outputs wait their turn.
     order: Option<Place<T>>,
@@ -165,7 +166,12 @@ impl<T: Send + 'static> Emitter<T> {
     /// Sends the failures recorded so far, waiting for room in the
     /// failures buffer if its reader is behind.
     pub(crate) async fn send_failures(&mut self) {
-        self.failing.send(&mut self.blocked, &self.counters).await;
+        let before = self.blocked;
+        shown(&self.counters, true, self.failing.send(&mut self.blocked, &self.counters)).await;
+        let failures_blocked = self.blocked - before;
+        if !failures_blocked.is_zero() {
+            self.counters.add(&Delta { failures_blocked, ..Delta::default() });
+        }
     }
 
     /// Sends every item buffered so far, waiting for room as needed, and
@@ -213,26 +219,26 @@ impl<T: Send + 'static> Emitter<T> {
     async fn send(&mut self, what: Outgoing) {
         self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
         let blocked_before = self.blocked;
-        let Emitter { buf, link, blocked, dropped, order, .. } = self;
+        let Emitter { buf, link, blocked, dropped, order, counters, .. } = self;
+        // Straight to the next stage, each wait is shown and published as
+        // it goes; an ordered stage's send is shown as a whole (moving its
+        // future into `shown` costs a copy that the plain path avoids).
         match (what, order) {
-            (Outgoing::Full, Some(order)) => order.send_full(buf, blocked, dropped).await,
-            (Outgoing::IfTurn, Some(order)) => order.send_if_turn(buf, blocked, dropped).await,
-            (Outgoing::Chunk { first, inputs }, Some(order)) => {
-                order.end_batch(first, inputs, buf, blocked, dropped).await;
+            (Outgoing::Full, Some(order)) => shown(counters, false, order.send_full(buf, blocked, dropped)).await,
+            (Outgoing::IfTurn, Some(order)) => {
+                shown(counters, false, order.send_if_turn(buf, blocked, dropped)).await;
             }
-            (Outgoing::Last, Some(order)) => order.end_input(buf, blocked, dropped).await,
-            _ => link.send(buf, blocked, dropped).await,
+            (Outgoing::Chunk { first, inputs }, Some(order)) => {
+                shown(counters, false, order.end_batch(first, inputs, buf, blocked, dropped)).await;
+            }
+            (Outgoing::Last, Some(order)) => shown(counters, false, order.end_input(buf, blocked, dropped)).await,
+            _ => link.target.send(buf, blocked, dropped, Some(counters)).await,
         }
         self.counters.add(&Delta {
             dropped: std::mem::take(&mut self.dropped),
             blocked: self.blocked - blocked_before,
             ..Delta::default()
         });
-    }
-
-    /// The time spent blocked since the last call.
-    pub(crate) fn take_blocked(&mut self) -> Duration {
-        std::mem::take(&mut self.blocked)
     }
 }
 
@@ -253,6 +259,68 @@ pub(crate) async fn blocking<F: Future>(blocked: &mut Duration, future: F) -> F:
         *blocked += since.elapsed();
     }
     output
+}
+
+/// Awaits `future` as [`blocking`] does, but shows the wait in `counters`
+/// while it lasts and publishes its time there when it ends (or when the
+/// wait is dropped), instead of adding it to a sum. Reads the clock only if
+/// it has to wait.
+async fn blocking_shown<F: Future>(counters: &Counters, future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut wait = Wait { counters, failures: false, since: None, publish: true };
+    poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() && wait.since.is_none() {
+            let now = Instant::now();
+            wait.since = Some(now);
+            counters.begin_wait(now, false);
+        }
+        poll
+    })
+    .await
+}
+
+/// Awaits `send`, a send of the emitter's items (or, if `failures`, of its
+/// failures), and shows a wait in `counters` while it lasts, so that a
+/// snapshot taken during a stall counts the time blocked so far. Every
+/// `.await` inside such a send is a wait for room or for a turn, so the
+/// send is blocked from its first `Pending` until it is done. Reads the
+/// clock only if it has to wait; otherwise costs a flag check per poll.
+async fn shown<F: Future>(counters: &Counters, failures: bool, send: F) -> F::Output {
+    let mut send = pin!(send);
+    let mut wait = Wait { counters, failures, since: None, publish: true };
+    let output = poll_fn(|cx| {
+        let poll = send.as_mut().poll(cx);
+        if poll.is_pending() && wait.since.is_none() {
+            let now = Instant::now();
+            wait.since = Some(now);
+            counters.begin_wait(now, failures);
+        }
+        poll
+    })
+    .await;
+    // The send added the time to its sum, which its caller publishes.
+    wait.publish = false;
+    output
+}
+
+/// A wait shown in a replica's counters; ends it when dropped, and then
+/// publishes the time waited if `publish` (always for [`blocking_shown`];
+/// for [`shown`], only if the send was dropped before it was done, since
+/// then it never added the time to its sum).
+struct Wait<'a> {
+    counters: &'a Counters,
+    failures: bool,
+    since: Option<Instant>,
+    publish: bool,
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(since) = self.since {
+            self.counters.end_wait(since, Instant::now(), self.failures, self.publish);
+        }
+    }
 }
 
 /// A replica's task dropped before its emitter was done (the pipeline was
@@ -326,7 +394,7 @@ impl<T> Link<T> {
 impl<T: Send> Link<T> {
     /// Moves every item of `items` downstream; see [`Target::send`].
     pub(crate) async fn send(&self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
-        self.target.send(items, blocked, dropped).await;
+        self.target.send(items, blocked, dropped, None).await;
     }
 }
 
@@ -354,8 +422,9 @@ struct KeyFailures {
 impl<T> Target<T> {
     /// Moves every item of `items` into the target, in order, waiting for
     /// room; items nobody can take are counted in `dropped`. Time spent
-    /// waiting is added to `blocked`.
-    async fn send(&self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+    /// waiting is added to `blocked`, or with `shown`, shown and published
+    /// there as it goes.
+    async fn send(&self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64, shown: Option<&Counters>) {
         if self.taken.as_ref().is_some_and(|taken| !taken.load(Ordering::Acquire)) {
             *dropped += items.len() as u64;
             items.clear();
@@ -364,7 +433,11 @@ impl<T> Target<T> {
         match &self.dispatch {
             Dispatch::Shared(queue) => {
                 while !items.is_empty() {
-                    match blocking(blocked, queue.reserve(items.len())).await {
+                    let room = match shown {
+                        Some(counters) => blocking_shown(counters, queue.reserve(items.len())).await,
+                        None => blocking(blocked, queue.reserve(items.len())).await,
+                    };
+                    match room {
                         Ok(room) => {
                             let n = room.len();
                             room.commit(items.drain(..n));
@@ -395,7 +468,11 @@ impl<T> Target<T> {
                     }
                     let mut left = len;
                     while left > 0 {
-                        match blocking(blocked, queues[queue].reserve(left)).await {
+                        let room = match shown {
+                            Some(counters) => blocking_shown(counters, queues[queue].reserve(left)).await,
+                            None => blocking(blocked, queues[queue].reserve(left)).await,
+                        };
+                        match room {
                             Ok(room) => {
                                 let n = room.len();
                                 room.commit(items.drain(..n));

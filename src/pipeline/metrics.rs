@@ -1,11 +1,20 @@
 use std::{
     fmt,
+    num::NonZero,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
+use tokio::time::Instant;
+
 /// Counters of one replica, written once per batch by its task.
-#[derive(Debug, Default)]
+///
+/// Besides the sums, the replica publishes what it is doing now, so that a
+/// snapshot taken in the middle of a long `process` or a long wait counts
+/// the time so far: the *stamps* below are instants (nanoseconds since
+/// `epoch`, plus one; 0: not set), each one atomic store per batch, or per
+/// wait that really waits.
+#[derive(Debug)]
 pub(crate) struct Counters {
     received: AtomicU64,
     processed: AtomicU64,
@@ -15,6 +24,39 @@ pub(crate) struct Counters {
     aborted: AtomicU64,
     busy_ns: AtomicU64,
     blocked_ns: AtomicU64,
+    failures_blocked_ns: AtomicU64,
+    /// When the batch in progress started, moved later by each wait in it:
+    /// the batch's busy time so far is the time since (or, while it waits,
+    /// from this to the wait's start).
+    busy_since: AtomicU64,
+    /// When the wait in progress for room downstream (or a turn) started.
+    blocked_since: AtomicU64,
+    /// When the wait in progress for room in the failures buffer started.
+    failing_since: AtomicU64,
+    /// When the replica's task ended (drained or aborted).
+    ended: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            received: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            emitted: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            aborted: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            blocked_ns: AtomicU64::new(0),
+            failures_blocked_ns: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// What one batch changed.
@@ -28,6 +70,8 @@ pub(crate) struct Delta {
     pub(crate) aborted: u64,
     pub(crate) busy: Duration,
     pub(crate) blocked: Duration,
+    /// Of `blocked`, the time waiting for room in the failures buffer.
+    pub(crate) failures_blocked: Duration,
 }
 
 impl Counters {
@@ -45,10 +89,84 @@ impl Counters {
         add(&self.aborted, delta.aborted);
         add(&self.busy_ns, delta.busy.as_nanos() as u64);
         add(&self.blocked_ns, delta.blocked.as_nanos() as u64);
+        add(&self.failures_blocked_ns, delta.failures_blocked.as_nanos() as u64);
     }
 
+    /// `at` as a stamp.
+    #[inline]
+    fn stamp(&self, at: Instant) -> u64 {
+        // u64 arithmetic: cheaper than `as_nanos`'s u128 on the item path.
+        let since = at.saturating_duration_since(self.epoch);
+        since.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(since.subsec_nanos()) + 1)
+    }
+
+    /// A batch starts at `at`.
+    #[inline]
+    pub(crate) fn begin_busy(&self, at: Instant) {
+        self.busy_since.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// The batch in progress ended (or was dropped): returns its busy
+    /// time, the time since it started not spent waiting, which the caller
+    /// publishes.
+    #[inline]
+    pub(crate) fn end_busy(&self) -> Duration {
+        let since = self.busy_since.swap(0, Ordering::Relaxed);
+        if since == 0 {
+            return Duration::ZERO;
+        }
+        let now = self.stamp(Instant::now());
+        Duration::from_nanos(now.saturating_sub(since))
+    }
+
+    /// A wait (for room in the failures buffer if `failures`) starts at
+    /// `at`.
+    pub(crate) fn begin_wait(&self, at: Instant, failures: bool) {
+        let since = if failures { &self.failing_since } else { &self.blocked_since };
+        since.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// The wait that started at `since` ends at `now`: the batch in progress
+    /// was not busy meanwhile. The caller publishes the time blocked; if
+    /// `publish`, this does (the wait was dropped before it ended).
+    pub(crate) fn end_wait(&self, since: Instant, now: Instant, failures: bool, publish: bool) {
+        let waited = now.saturating_duration_since(since);
+        let stamp = if failures { &self.failing_since } else { &self.blocked_since };
+        stamp.store(0, Ordering::Relaxed);
+        // Only this replica writes `busy_since`: a load and a store suffice.
+        let busy = self.busy_since.load(Ordering::Relaxed);
+        if busy != 0 {
+            let shift = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            self.busy_since.store(busy.saturating_add(shift), Ordering::Relaxed);
+        }
+        if publish {
+            let failures_blocked = if failures { waited } else { Duration::ZERO };
+            self.add(&Delta { blocked: waited, failures_blocked, ..Delta::default() });
+        }
+    }
+
+    /// The replica's task ends now.
+    pub(crate) fn end(&self) {
+        self.ended.store(self.stamp(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// The counts so far, with the time of the batch and the wait in
+    /// progress, if any, up to now (or up to the task's end).
     pub(crate) fn snapshot(&self) -> ReplicaMetrics {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let ended = get(&self.ended);
+        let now = if ended != 0 { ended } else { self.stamp(Instant::now()) };
+        let (busy_since, blocked_since, failing_since) =
+            (get(&self.busy_since), get(&self.blocked_since), get(&self.failing_since));
+        let waiting = blocked_since.max(failing_since);
+        let live_busy = match (busy_since, waiting) {
+            (0, _) => 0,
+            (busy, 0) => now.saturating_sub(busy),
+            (busy, wait) => wait.saturating_sub(busy),
+        };
+        let live = |since: u64| if since == 0 { 0 } else { now.saturating_sub(since) };
+        let (live_blocked, live_failing) = (live(blocked_since), live(failing_since));
+        let ns = Duration::from_nanos;
         ReplicaMetrics {
             received: get(&self.received),
             processed: get(&self.processed),
@@ -57,8 +175,10 @@ impl Counters {
             dropped: get(&self.dropped),
             aborted: get(&self.aborted),
             queued: 0,
-            busy: Duration::from_nanos(get(&self.busy_ns)),
-            blocked: Duration::from_nanos(get(&self.blocked_ns)),
+            busy: ns(get(&self.busy_ns).saturating_add(live_busy)),
+            blocked: ns(get(&self.blocked_ns).saturating_add(live_blocked).saturating_add(live_failing)),
+            failures_blocked: ns(get(&self.failures_blocked_ns).saturating_add(live_failing)),
+            ended: (ended != 0).then(|| self.epoch + ns(ended - 1)),
         }
     }
 }
@@ -80,8 +200,8 @@ pub struct ReplicaMetrics {
     /// Items it emitted.
     pub emitted: u64,
     /// Items that failed: `process` called [`Emitter::fail`](crate::Emitter::fail)
-    /// (once or more) or panicked. Each counts once, and is also counted in
-    /// `processed`.
+    /// (once or more; a `#[genflow::stage]` fn that returned `Err` does) or
+    /// panicked. Each counts once, and is also counted in `processed`.
     pub failed: u64,
     /// Items it emitted that nobody could take (the pipeline's output was
     /// not taken or was dropped, or the pipeline was aborted).
@@ -95,10 +215,21 @@ pub struct ReplicaMetrics {
     /// their stage's one queue have no queue of their own and show 0 here;
     /// the shared queue is [`StageMetrics::queued`].
     pub queued: u64,
-    /// Time spent in `process`, not counting time blocked.
+    /// Time spent in `process`, not counting time blocked. Includes the
+    /// batch in progress: a snapshot taken in the middle of a long
+    /// `process` counts its time so far.
     pub busy: Duration,
-    /// Time spent waiting for room in the next queue.
+    /// Time spent waiting: for room in the next queue (the output, for the
+    /// last stage), for an `ordered` batch's turn, or for room in the
+    /// failures buffer (also counted in
+    /// [`failures_blocked`](Self::failures_blocked)). Includes the wait in
+    /// progress, so a stalled pipeline shows its stall while it lasts.
     pub blocked: Duration,
+    /// Of [`blocked`](Self::blocked), the time spent waiting for room in
+    /// the failures buffer: the reader of `failures()` was behind.
+    pub failures_blocked: Duration,
+    /// When the replica's task ended (drained or aborted).
+    ended: Option<Instant>,
 }
 
 /// A snapshot of one stage's counts, summed over its replicas.
@@ -171,10 +302,15 @@ pub struct StageMetrics {
     pub queued: u64,
     /// The capacity of the stage's queue(s), summed.
     pub capacity: u64,
-    /// Time spent in `process`, summed over replicas.
+    /// Time spent in `process`, summed over replicas: see
+    /// [`ReplicaMetrics::busy`].
     pub busy: Duration,
-    /// Time spent waiting for room in the next queue, summed over replicas.
+    /// Time spent waiting for room downstream, summed over replicas: see
+    /// [`ReplicaMetrics::blocked`].
     pub blocked: Duration,
+    /// Of `blocked`, the time spent waiting for room in the failures
+    /// buffer, summed over replicas.
+    pub failures_blocked: Duration,
     /// The same counts for each replica, in replica order.
     pub replicas: Vec<ReplicaMetrics>,
     /// Whether each replica has its own queue (`partition_by`).
@@ -199,6 +335,7 @@ impl StageMetrics {
             stage.aborted += r.aborted;
             stage.busy += r.busy;
             stage.blocked += r.blocked;
+            stage.failures_blocked += r.failures_blocked;
         }
         stage.replicas = replicas;
         stage
@@ -271,7 +408,8 @@ impl ReplicaMetrics {
 }
 
 /// A stage (or replica) busy more than this share of the time limits the
-/// pipeline; below it, whoever feeds the pipeline is the limit.
+/// pipeline; so does a reader that keeps a stage blocked more than this
+/// share of the time.
 const BUSY: f64 = 0.5;
 
 /// `part / whole`, between 0 and 1; 0 if `whole` is zero.
@@ -279,13 +417,64 @@ fn share(part: Duration, whole: Duration) -> f64 {
     if whole.is_zero() { 0.0 } else { (part.as_secs_f64() / whole.as_secs_f64()).min(1.0) }
 }
 
+/// What limits a pipeline's throughput, as [`Metrics::limit`] reads it from
+/// a snapshot. The `Display` of [`Metrics`] says the same in its last line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit<'a> {
+    /// No item was processed yet, and no stage was busy or blocked.
+    NothingYet,
+    /// This stage: it was busy more than half the time (the
+    /// [`bottleneck`](Metrics::bottleneck)).
+    Bottleneck(&'a str),
+    /// The reader of the pipeline's `output()`: the last stage, named here,
+    /// was blocked on a full output more than half the time.
+    OutputReader(&'a str),
+    /// The reader of the pipeline's `failures()`: the stage named here was
+    /// blocked on a full failures buffer more than half the time.
+    FailuresReader(&'a str),
+    /// The machine's CPU: no stage was busy more than half the time, yet
+    /// the first stage, or the stages together, were busy or blocked more
+    /// than half of it, not waiting for input (their replicas take turns
+    /// on too few cores: a stage blocked on a next stage that is not busy
+    /// waits for that stage to get a core).
+    Cpu {
+        /// The cores available to the process
+        /// ([`std::thread::available_parallelism`]).
+        cores: usize,
+    },
+    /// Whoever feeds the pipeline: the stages were idle, waiting for input,
+    /// most of the time.
+    Input,
+}
+
 /// A snapshot of a pipeline's metrics, stage by stage.
 ///
 /// Taken with the pipeline's `metrics()` method, at any time, also after
-/// shutdown. `Display` prints it as a table (one row per stage, and one per
-/// replica for partitioned stages) that names the bottleneck, or says that
-/// the input is the limit. Shares of time are over the time since the
-/// pipeline started ([`elapsed`](Self::elapsed)).
+/// shutdown. Shares of time are over the time since the pipeline started
+/// ([`elapsed`](Self::elapsed)); the clock stops once the pipeline has
+/// drained (or was aborted and every replica stopped), so a snapshot taken
+/// later reads the same. Time in progress counts: a replica in the middle of
+/// a long `process`, or waiting for room downstream, shows that time so far.
+///
+/// `Display` prints it as a table (one row per stage, and one per replica
+/// for partitioned stages) whose last line says what limits throughput, by
+/// this rule ([`limit`](Self::limit)), first match wins:
+///
+/// 1. a stage busy more than half the time (in `process`; for a partitioned
+///    stage, its busiest replica): that stage is the bottleneck
+///    ([`bottleneck`](Self::bottleneck));
+/// 2. the last stage blocked on a full output more than half the time, or a
+///    stage blocked on a full failures buffer more than half the time
+///    (whichever longer): the reader of `output()` (or of `failures()`) is
+///    the limit;
+/// 3. the first stage, or the stages taken together, idle (waiting for
+///    input) less than half the time, so mostly busy or blocked: the
+///    machine's CPU is the limit (the replicas wait for a core; the line
+///    says how many there are);
+/// 4. else the stages mostly wait for input: the input is the limit.
+///
+/// Before any item was processed, the line says so instead.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metrics {
     stages: Vec<StageMetrics>,
@@ -294,8 +483,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(stages: Vec<StageMetrics>, elapsed: Duration) -> Self {
-        Metrics { stages, elapsed, failures_dropped: 0 }
+    /// The snapshot of `stages` of a pipeline started at `started`: its
+    /// clock runs until every replica has ended.
+    pub(crate) fn new(stages: Vec<StageMetrics>, started: Instant) -> Self {
+        let ended = stages.iter().flat_map(|s| &s.replicas).try_fold(None, |last: Option<Instant>, r| {
+            r.ended.map(|ended| Some(last.map_or(ended, |last| last.max(ended))))
+        });
+        let end = ended.flatten().unwrap_or_else(Instant::now);
+        Metrics { stages, elapsed: end.saturating_duration_since(started), failures_dropped: 0 }
     }
 
     pub(crate) fn with_failures_dropped(mut self, failures_dropped: u64) -> Self {
@@ -322,7 +517,9 @@ impl Metrics {
         &self.stages
     }
 
-    /// Time since the pipeline started.
+    /// Time since the pipeline started, until it ended: once every replica
+    /// of every stage has stopped (drained by `shutdown`, or aborted), this
+    /// no longer grows.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
     }
@@ -333,11 +530,67 @@ impl Metrics {
     /// stage the share is its busiest replica's, since the others cannot
     /// take over its keys.
     ///
-    /// `None` when no stage was busy more than half the time: then the
-    /// stages wait for input, and whoever feeds the pipeline is the limit
-    /// (or nothing was processed yet).
+    /// `None` when no stage was busy more than half the time: then
+    /// [`limit`](Self::limit) tells whether the reader of the output or of
+    /// the failures, the CPU or the input is the limit (or nothing was
+    /// processed yet).
     pub fn bottleneck(&self) -> Option<&str> {
-        self.limit().map(|s| s.name)
+        self.busiest().map(|s| s.name)
+    }
+
+    /// What limits throughput, by the rule given in the type's docs: a
+    /// stage busy more than half the time, else the reader of `output()` or
+    /// `failures()` if it kept a stage blocked more than half the time,
+    /// else the CPU if the first stage (or the stages together) were idle
+    /// less than half the time, else the input.
+    pub fn limit(&self) -> Limit<'_> {
+        if let Some(stage) = self.busiest() {
+            return Limit::Bottleneck(stage.name);
+        }
+        if self.stages.iter().all(|s| s.processed == 0 && s.busy.is_zero() && s.blocked.is_zero()) {
+            return Limit::NothingYet;
+        }
+        let output = self.stages.last().map(|tail| (tail, self.output_blocked(tail)));
+        let failures = self.stages.iter().map(|s| (s, self.failures_blocked(s))).max_by(|a, b| a.1.total_cmp(&b.1));
+        match (output, failures) {
+            (Some((tail, out)), Some((_, fail))) if out > BUSY && out >= fail => return Limit::OutputReader(tail.name),
+            (_, Some((stage, fail))) if fail > BUSY => return Limit::FailuresReader(stage.name),
+            _ => {}
+        }
+        if self.head_idle() < BUSY || self.idle() < BUSY {
+            return Limit::Cpu { cores: std::thread::available_parallelism().map_or(1, NonZero::get) };
+        }
+        Limit::Input
+    }
+
+    /// The share of the time the last stage's replicas were blocked on a
+    /// full output.
+    fn output_blocked(&self, tail: &StageMetrics) -> f64 {
+        share(tail.blocked.saturating_sub(tail.failures_blocked), self.available(tail))
+    }
+
+    /// The share of the time `stage`'s replicas were blocked on a full
+    /// failures buffer.
+    fn failures_blocked(&self, stage: &StageMetrics) -> f64 {
+        share(stage.failures_blocked, self.available(stage))
+    }
+
+    /// `elapsed` times `stage`'s replicas.
+    fn available(&self, stage: &StageMetrics) -> Duration {
+        self.elapsed * stage.replicas.len().max(1) as u32
+    }
+
+    /// The share of the time the first stage's replicas spent idle: waiting
+    /// for input.
+    fn head_idle(&self) -> f64 {
+        self.stages.first().map_or(1.0, |head| head.idle(self.elapsed))
+    }
+
+    /// The share of the time every stage's replicas, together, spent idle.
+    fn idle(&self) -> f64 {
+        let replicas: usize = self.stages.iter().map(|s| s.replicas.len().max(1)).sum();
+        let idle: f64 = self.stages.iter().map(|s| s.idle(self.elapsed) * s.replicas.len().max(1) as f64).sum();
+        if replicas == 0 { 1.0 } else { idle / replicas as f64 }
     }
 
     /// When the bottleneck is a partitioned stage held back by one replica
@@ -350,17 +603,63 @@ impl Metrics {
     /// in it at the stage's dispatch: see the guide's section on hot
     /// partitions for what to do.
     pub fn hot_partition(&self) -> Option<(&str, usize)> {
-        let stage = self.limit()?;
+        let stage = self.busiest()?;
         stage.hot_replica(self.elapsed).map(|i| (stage.name, i))
     }
 
-    fn limit(&self) -> Option<&StageMetrics> {
+    fn busiest(&self) -> Option<&StageMetrics> {
         self.stages
             .iter()
             .map(|s| (s, s.load(self.elapsed)))
             .filter(|(_, load)| *load > BUSY)
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(s, _)| s)
+    }
+
+    /// Writes the verdict line, `bottleneck: ...`, for a limit other than a
+    /// stage (the table and the harness's report word that one
+    /// themselves).
+    pub(crate) fn write_no_bottleneck(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = |x: f64| format!("{:.0}%", x * 100.0);
+        match self.limit() {
+            Limit::Bottleneck(name) => write!(f, "bottleneck: {name}"),
+            Limit::NothingYet => write!(f, "bottleneck: none yet, no item was processed"),
+            Limit::OutputReader(tail) => {
+                let blocked = self.stages.last().map_or(0.0, |s| self.output_blocked(s));
+                write!(
+                    f,
+                    "bottleneck: none: {tail} is blocked on a full output {} of the time, the reader of `output()` \
+                     is the limit",
+                    pct(blocked)
+                )
+            }
+            Limit::FailuresReader(stage) => {
+                let blocked = self.stages.iter().find(|s| s.name == stage).map_or(0.0, |s| self.failures_blocked(s));
+                write!(
+                    f,
+                    "bottleneck: none: {stage} is blocked on a full failures buffer {} of the time, the reader of \
+                     `failures()` is the limit",
+                    pct(blocked)
+                )
+            }
+            Limit::Cpu { cores } => write!(
+                f,
+                "bottleneck: none: no stage is busy more than half the time, yet {} waits for input only {} of it \
+                 (all stages: {}): the machine's CPU ({cores} core{}) is the limit",
+                self.stages.first().map_or("", |s| s.name),
+                pct(self.head_idle()),
+                pct(self.idle()),
+                if cores == 1 { "" } else { "s" }
+            ),
+            Limit::Input => write!(
+                f,
+                "bottleneck: none: no stage is busy more than half the time, the input is the limit: {} waits for \
+                 it {} of the time (all stages: {})",
+                self.stages.first().map_or("", |s| s.name),
+                pct(self.head_idle()),
+                pct(self.idle())
+            ),
+        }
     }
 }
 
@@ -425,15 +724,9 @@ impl fmt::Display for Metrics {
                 )?;
             }
         }
-        let Some(limit) = self.limit() else {
-            if self.stages.iter().all(|s| s.processed == 0) {
-                return write!(f, "bottleneck: none yet (elapsed {elapsed:.1?})");
-            }
-            return write!(
-                f,
-                "bottleneck: none: no stage is busy more than half the time, the input is the limit \
-                 (elapsed {elapsed:.1?})"
-            );
+        let Some(limit) = self.busiest() else {
+            self.write_no_bottleneck(f)?;
+            return write!(f, " (elapsed {elapsed:.1?})");
         };
         match limit.hot_replica(elapsed) {
             Some(i) => {
@@ -453,5 +746,125 @@ impl fmt::Display for Metrics {
             }
             None => write!(f, "bottleneck: {} (elapsed {elapsed:.1?})", limit.name),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A replica that processed an item and spent these shares of a second
+    /// busy, blocked, and blocked on the failures buffer (part of blocked).
+    fn replica(busy: f64, blocked: f64, failures: f64) -> ReplicaMetrics {
+        ReplicaMetrics {
+            received: 1,
+            processed: 1,
+            busy: SECOND.mul_f64(busy),
+            blocked: SECOND.mul_f64(blocked),
+            failures_blocked: SECOND.mul_f64(failures),
+            ..ReplicaMetrics::default()
+        }
+    }
+
+    /// A snapshot over one second of stages named `s0, s1, ..`.
+    fn metrics(stages: Vec<Vec<ReplicaMetrics>>) -> Metrics {
+        const NAMES: [&str; 3] = ["s0", "s1", "s2"];
+        let stages =
+            stages.into_iter().zip(NAMES).map(|(r, name)| StageMetrics::new(name, r, 0, 1_000, false)).collect();
+        Metrics { stages, elapsed: SECOND, failures_dropped: 0 }
+    }
+
+    fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, NonZero::get)
+    }
+
+    #[test]
+    fn a_stage_busy_more_than_half_the_time_is_the_limit_whatever_else_waits() {
+        let m = metrics(vec![vec![replica(0.1, 0.9, 0.0)], vec![replica(0.6, 0.4, 0.0)], vec![replica(0.0, 0.9, 0.0)]]);
+        assert_eq!(m.limit(), Limit::Bottleneck("s1"));
+        assert_eq!(m.bottleneck(), Some("s1"));
+        assert!(m.to_string().ends_with("bottleneck: s1 (elapsed 1.0s)"), "{m}");
+    }
+
+    #[test]
+    fn a_tail_blocked_most_of_the_time_names_the_output_reader() {
+        let m = metrics(vec![vec![replica(0.1, 0.8, 0.0)], vec![replica(0.1, 0.7, 0.1)]]);
+        assert_eq!(m.limit(), Limit::OutputReader("s1"));
+        assert_eq!(m.bottleneck(), None);
+        assert!(m.to_string().contains("s1 is blocked on a full output 60% of the time"), "{m}");
+    }
+
+    #[test]
+    fn a_stage_blocked_on_failures_most_of_the_time_names_the_failures_reader() {
+        let m = metrics(vec![vec![replica(0.1, 0.9, 0.0)], vec![replica(0.1, 0.8, 0.8)], vec![replica(0.0, 0.0, 0.0)]]);
+        assert_eq!(m.limit(), Limit::FailuresReader("s1"));
+        assert!(m.to_string().contains("s1 is blocked on a full failures buffer 80% of the time"), "{m}");
+        // Both readers behind: the longer wait wins.
+        let m = metrics(vec![vec![replica(0.0, 0.6, 0.6)], vec![replica(0.0, 0.9, 0.0)]]);
+        assert_eq!(m.limit(), Limit::OutputReader("s1"));
+    }
+
+    #[test]
+    fn stages_mostly_busy_or_blocked_name_the_cpu() {
+        // Two replicas each: busy 40%, blocked 30% (not on the output for
+        // more than half the time), idle 30%.
+        let m = metrics(vec![vec![replica(0.4, 0.3, 0.0); 2], vec![replica(0.4, 0.3, 0.0); 2]]);
+        assert_eq!(m.limit(), Limit::Cpu { cores: cores() });
+        assert_eq!(m.bottleneck(), None);
+        let table = m.to_string();
+        assert!(
+            table.contains("yet s0 waits for input only 30% of it (all stages: 30%): the machine's CPU ("),
+            "{table}"
+        );
+        assert!(table.contains(&format!("({} core", cores())), "{table}");
+    }
+
+    #[test]
+    fn a_first_stage_blocked_on_idle_stages_names_the_cpu() {
+        // The first stage waits for room in the next stage's queue while
+        // the many replicas of that stage look idle: they wait for a core.
+        let m = metrics(vec![vec![replica(0.45, 0.3, 0.0)], vec![replica(0.1, 0.05, 0.0); 4]]);
+        assert_eq!(m.limit(), Limit::Cpu { cores: cores() });
+        assert!(m.to_string().contains("yet s0 waits for input only 25% of it (all stages: 73%)"), "{m}");
+    }
+
+    #[test]
+    fn stages_mostly_idle_name_the_input() {
+        let m = metrics(vec![vec![replica(0.4, 0.1, 0.0)], vec![replica(0.3, 0.0, 0.0)]]);
+        assert_eq!(m.limit(), Limit::Input);
+        assert!(
+            m.to_string()
+                .ends_with("the input is the limit: s0 waits for it 50% of the time (all stages: 60%) (elapsed 1.0s)"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn nothing_processed_says_so() {
+        let m = metrics(vec![vec![ReplicaMetrics::default()], vec![ReplicaMetrics::default()]]);
+        assert_eq!(m.limit(), Limit::NothingYet);
+        assert!(m.to_string().ends_with("bottleneck: none yet, no item was processed (elapsed 1.0s)"), "{m}");
+    }
+
+    #[test]
+    fn a_wait_and_a_batch_in_progress_count_until_the_task_ended() {
+        let counters = Counters::default();
+        let start = counters.epoch;
+        counters.begin_busy(start);
+        counters.begin_wait(start + SECOND, false);
+        // A snapshot while the wait lasts, read after the task ended at 3 s:
+        // busy 1 s, blocked 2 s, and nothing runs on past the end.
+        counters.ended.store(counters.stamp(start + 3 * SECOND), Ordering::Relaxed);
+        let r = counters.snapshot();
+        assert_eq!((r.busy, r.blocked, r.failures_blocked), (SECOND, 2 * SECOND, Duration::ZERO));
+        assert_eq!(r.ended, Some(start + 3 * SECOND));
+        // The wait ends at 3 s: the batch's busy clock resumes after it.
+        counters.ended.store(0, Ordering::Relaxed);
+        counters.end_wait(start + SECOND, start + 3 * SECOND, false, true);
+        counters.ended.store(counters.stamp(start + 4 * SECOND), Ordering::Relaxed);
+        let r = counters.snapshot();
+        assert_eq!((r.busy, r.blocked), (2 * SECOND, 2 * SECOND));
     }
 }

@@ -74,7 +74,7 @@ pub use emitter::Emitter;
 pub use failure::{FAILURES_BUFFER, Failure, Failures, Panicked};
 pub use generic::Pipeline;
 pub use input::InputSink;
-pub use metrics::{Metrics, ReplicaMetrics, StageMetrics};
+pub use metrics::{Limit, Metrics, ReplicaMetrics, StageMetrics};
 pub use output::Output;
 pub use stage::Stage;
 

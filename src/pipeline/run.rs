@@ -59,6 +59,8 @@ pub(crate) fn run<S: Stage>(
     drain: Arc<StageDrain>,
 ) -> impl Future<Output = ()> + Send {
     async move {
+        // Stops the pipeline's clock once every replica's task ended, however.
+        let _ended = Ended(counters.clone());
         let mut ready = Some(ready);
         let mut restarts = Restarts::new(S::restart_limit());
         // The items taken but not processed yet, and the number of the
@@ -212,6 +214,15 @@ async fn failed_for_good<S: Stage>(
     }
 }
 
+/// Records in a replica's counters that its task ended (or was dropped).
+struct Ended(Arc<Counters>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 /// Items a replica took from its queue, numbered from `first` on.
 struct Batch<T> {
     items: VecDeque<T>,
@@ -250,6 +261,7 @@ impl Progress<'_> {
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
         self.delta.aborted += self.in_process;
+        self.delta.busy = self.counters.end_busy();
         self.publish();
     }
 }
@@ -264,7 +276,7 @@ async fn process_batch<S: Stage>(
     out: &mut Emitter<S::Out>,
     counters: &Counters,
 ) -> Result<(), Crashed> {
-    let started = Instant::now();
+    counters.begin_busy(Instant::now());
     out.begin_batch(batch.first);
     let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
     let taken = batch.items.len() as u64;
@@ -309,7 +321,6 @@ async fn process_batch<S: Stage>(
     let done = taken - batch.items.len() as u64;
     out.end_batch(batch.first, done).await;
     batch.first += done;
-    progress.delta.busy = started.elapsed().saturating_sub(out.take_blocked());
     drop(progress);
     result
 }

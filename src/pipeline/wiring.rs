@@ -513,7 +513,7 @@ impl<T: Send + 'static> Plumbing<T> {
         if let Some(tail) = stages.last_mut() {
             tail.dropped += self.output.dropped();
         }
-        Metrics::new(stages, self.started.elapsed()).with_failures_dropped(self.failures.dropped())
+        Metrics::new(stages, self.started).with_failures_dropped(self.failures.dropped())
     }
 }
 
