@@ -56,6 +56,7 @@ mod drain;
 mod emitter;
 mod failure;
 pub(crate) mod flush;
+mod fused;
 mod generic;
 mod input;
 #[cfg(all(test, genflow_loom))]
