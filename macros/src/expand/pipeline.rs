@@ -91,33 +91,64 @@ pub(crate) fn start(registry: &Registry) -> Parts {
     });
     let tail_ty = &servers.last().expect("validated: at least one stage").ty;
     let plumbing = Index::from(servers.len());
-    let spawns = servers.iter().enumerate().map(|(i, s)| {
+    // A `#[fused]` stage is not spawned: `fuse_stage` turns it into the
+    // downstream of the stage before it. Those are made first, from the
+    // last stage back, so a fused stage can emit into a fused one.
+    let fused_locals: Vec<_> = (0..servers.len()).map(|i| local::numbered("__fused", i)).collect();
+    let downstream = |i: usize| match servers.get(i + 1) {
+        Some(next) if next.fused => {
+            let local = &fused_locals[i + 1];
+            quote!(#local)
+        }
+        Some(_) => {
+            let next = Index::from(i + 1);
+            quote!(#this.__genflow.servers().#next.downstream())
+        }
+        None => quote!(#this.__genflow.servers().#plumbing.downstream()),
+    };
+    let spawn = |i: usize, s: &crate::model::Server| {
         let ty = &s.ty;
         let index = Index::from(i);
         let wiring = &wirings[i];
         // Naming the next input type (rather than letting it be inferred)
         // makes a mismatch between this stage's `Out` and the next stage's
         // `In` an unmet `FlowsInto` bound, reported at this stage's type.
-        let (next, next_in) = match servers.get(i + 1) {
+        let next_in = match servers.get(i + 1) {
             Some(next) => {
                 let next_ty = &next.ty;
-                (Index::from(i + 1), quote!(<#next_ty as ::genflow::__private::Stage>::In))
+                quote!(<#next_ty as ::genflow::__private::Stage>::In)
             }
-            None => (plumbing.clone(), quote!(<#ty as ::genflow::__private::Stage>::Out)),
+            None => quote!(<#ty as ::genflow::__private::Stage>::Out),
         };
+        let next = downstream(i);
         // The registry argument is shown at the stage's type, where a stage
         // whose `Registry` is another type is reported.
         let registry_arg = local::shown_at(this, ty.span());
-        quote_spanned! {ty.span()=>
-            #this.__genflow.spawn_stage::<#ty, #next_in>(
-                &mut #start,
-                &#this.__genflow.servers().#index,
-                #wiring,
-                #this.__genflow.servers().#next.downstream(),
-                &#registry_arg,
-            );
+        if s.fused {
+            let local = &fused_locals[i];
+            quote_spanned! {ty.span()=>
+                let #local = #this.__genflow.fuse_stage::<#ty, #next_in>(
+                    &#this.__genflow.servers().#index,
+                    #wiring,
+                    #next,
+                    &#registry_arg,
+                );
+            }
+        } else {
+            quote_spanned! {ty.span()=>
+                #this.__genflow.spawn_stage::<#ty, #next_in>(
+                    &mut #start,
+                    &#this.__genflow.servers().#index,
+                    #wiring,
+                    #next,
+                    &#registry_arg,
+                );
+            }
         }
-    });
+    };
+    let fuses: Vec<_> = servers.iter().enumerate().rev().filter(|(_, s)| s.fused).map(|(i, s)| spawn(i, s)).collect();
+    let spawns: Vec<_> = servers.iter().enumerate().filter(|(_, s)| !s.fused).map(|(i, s)| spawn(i, s)).collect();
+    let spawns = quote!(#(#fuses)* #(#spawns)*);
     let names = servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(" → ");
     let doc = format!(
         "Starts every stage ({names}), wired in that order, and returns once each replica has run `new` and \
@@ -133,7 +164,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
             let #plumbing_local = ::genflow::__private::Plumbing::new::<#tail_ty>(&mut #builder);
         },
         handles: quote!((#(#stages,)* #plumbing_local,)),
-        spawns: quote!(#(#spawns)*),
+        spawns,
         doc,
     }
 }
