@@ -81,7 +81,8 @@ fn fusion(args: &parse::Args, stages: &[StageAttrs], errors: &mut Errors) {
             errors.at(
                 fused,
                 format_args!(
-                    "the first stage `{name}` cannot be `#[fused]`: a fused stage runs in the task of the stage                      before it; remove `#[fused]` here"
+                    "the first stage `{name}` cannot be `#[fused]`: a fused stage runs in the task of the stage \
+                     before it; remove `#[fused]` here"
                 ),
             );
             continue;
@@ -94,13 +95,16 @@ fn fusion(args: &parse::Args, stages: &[StageAttrs], errors: &mut Errors) {
                 Some(Count::Lit(lit)) if lit.base10_parse::<usize>().is_ok_and(|n| n > 1) => errors.at(
                     lit,
                     format_args!(
-                        "`{name}` is `#[fused]` into `{previous}`: both run in one task, so {whose},                          `{stage_name}`, needs one replica; remove `#[replicas({lit})]` or `#[fused]`"
+                        "`{name}` is `#[fused]` into `{previous}`: both run in one task, so {whose}, \
+                         `{stage_name}`, needs one replica; remove `#[replicas({lit})]` or `#[fused]`"
                     ),
                 ),
                 Some(Count::Const(path)) => errors.at(
                     path,
                     format_args!(
-                        "`{name}` is `#[fused]` into `{previous}`: both run in one task, so {whose},                          `{stage_name}`, needs one replica; a const count cannot be checked here, remove it                          or `#[fused]`"
+                        "`{name}` is `#[fused]` into `{previous}`: both run in one task, so {whose}, \
+                         `{stage_name}`, needs one replica; a const count cannot be checked here, remove it \
+                         or `#[fused]`"
                     ),
                 ),
                 _ => {}
@@ -110,7 +114,8 @@ fn fusion(args: &parse::Args, stages: &[StageAttrs], errors: &mut Errors) {
                     errors.push(syn::Error::new(
                         *span,
                         format!(
-                            "`{name}` is `#[fused]` into `{previous}`: `ordered` on {whose}, `{stage_name}`, has                              nothing to reorder with one replica; remove `ordered` or `#[fused]`"
+                            "`{name}` is `#[fused]` into `{previous}`: `ordered` on {whose}, `{stage_name}`, has \
+                             nothing to reorder with one replica; remove `ordered` or `#[fused]`"
                         ),
                     ));
                 }
