@@ -7,7 +7,9 @@
 //! cargo bench --bench pipeline
 //! ```
 //!
-//! - `w1_three_stages`: add 1 → multiply by 3 → sum, 1M `u64`, queue 1000.
+//! - `w1_three_stages`: add 1 → multiply by 3 → sum, 1M `u64`, queue 1000;
+//!   also with the last two stages `#[fused]` (`genflow_fused`), and the
+//!   same work as one `futures::stream` in one task (`fused_stream`).
 //! - `w1_scaling`: 1, 3 and 8 stages, queues of 16 and 1000, 200k items.
 //! - `w3_replicas`: one CPU-bound stage (~2 µs per item) on 1, 2 and 4
 //!   replicas.
@@ -199,7 +201,12 @@ struct R2 {
 struct R4 {
     result: Arc<AtomicU64>,
 }
-result!(S1Q16, S1Q1000, S3Q16, S3Q1000, S8Q16, S8Q1000, R1, R2, R4);
+/// W1 with the second and third stage `#[fused]`: one task for all three.
+#[genflow::pipeline{ a: Map<S3Fused, 0, 1000>, #[fused] m: Map<S3Fused, 1, 1000>, #[fused] s: Sum<S3Fused, 1000> }]
+struct S3Fused {
+    result: Arc<AtomicU64>,
+}
+result!(S1Q16, S1Q1000, S3Q16, S3Q1000, S8Q16, S8Q1000, R1, R2, R4, S3Fused);
 
 /// Runs one pipeline over `0..items`: start, feed, drain; returns the sum.
 /// The feeder is a task on the runtime, like the stages (and like the
@@ -252,6 +259,21 @@ async fn chain(ops: &[Op], queue: usize, items: u64) -> u64 {
     sum.await.unwrap()
 }
 
+/// The same work fused by hand: one `futures::stream` map/map/fold in one
+/// task on the runtime.
+async fn run_fused_stream(ops: &[Op], items: u64) -> u64 {
+    use futures::StreamExt;
+    let ops = ops.to_vec();
+    tokio::spawn(async move {
+        futures::stream::iter(0..items)
+            .map(move |x| ops.iter().fold(x, |x, op| op.apply(x)))
+            .fold(0u64, |sum, x| async move { sum.wrapping_add(x) })
+            .await
+    })
+    .await
+    .unwrap()
+}
+
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
@@ -262,10 +284,14 @@ fn w1_three_stages(c: &mut Criterion) {
     let ops = [Op::AddOne, Op::Triple];
     let expected = rt.block_on(run_chain(&ops, 1_000, ITEMS));
     assert_eq!(rt.block_on(async { run_genflow!(S3Q1000, ITEMS) }), expected);
+    assert_eq!(rt.block_on(async { run_genflow!(S3Fused, ITEMS) }), expected);
+    assert_eq!(rt.block_on(run_fused_stream(&ops, ITEMS)), expected);
     let mut group = c.benchmark_group("w1_three_stages");
     group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(8));
     group.bench_function("genflow", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Q1000, ITEMS) }));
     group.bench_function("mpsc_chain", |b| b.to_async(&rt).iter(|| run_chain(&ops, 1_000, ITEMS)));
+    group.bench_function("genflow_fused", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Fused, ITEMS) }));
+    group.bench_function("fused_stream", |b| b.to_async(&rt).iter(|| run_fused_stream(&ops, ITEMS)));
     group.finish();
 }
 
