@@ -14,6 +14,7 @@
 //!   [`CHAIN_BATCH`] at a time, as genflow's stages do), and the three steps
 //!   fused into one task (`fused_stream`: no queue and no hand-off at all,
 //!   the physical limit for this work on one core).
+//!   Also with the last two stages `#[fused]` (`genflow_fused`).
 //! - `w1_scaling`: 1, 3 and 8 stages, queues of 16 and 1000, 200k items.
 //! - `w3_replicas`: one CPU-bound stage (~2 µs per item) on 1, 2 and 4
 //!   replicas.
@@ -205,7 +206,12 @@ struct R2 {
 struct R4 {
     result: Arc<AtomicU64>,
 }
-result!(S1Q16, S1Q1000, S3Q16, S3Q1000, S8Q16, S8Q1000, R1, R2, R4);
+/// W1 with the second and third stage `#[fused]`: one task for all three.
+#[genflow::pipeline{ a: Map<S3Fused, 0, 1000>, #[fused] m: Map<S3Fused, 1, 1000>, #[fused] s: Sum<S3Fused, 1000> }]
+struct S3Fused {
+    result: Arc<AtomicU64>,
+}
+result!(S1Q16, S1Q1000, S3Q16, S3Q1000, S8Q16, S8Q1000, R1, R2, R4, S3Fused);
 
 /// Runs one pipeline over `0..items`: start, feed, drain; returns the sum.
 /// The feeder is a task on the runtime, like the stages (and like the
@@ -335,10 +341,12 @@ fn w1_three_stages(c: &mut Criterion) {
     assert_eq!(rt.block_on(async { run_genflow!(S3Q1000, ITEMS) }), expected);
     assert_eq!(rt.block_on(run_batched_chain(&ops, 1_000, ITEMS)), expected);
     assert_eq!(rt.block_on(run_fused(&ops, ITEMS)), expected);
+    assert_eq!(rt.block_on(async { run_genflow!(S3Fused, ITEMS) }), expected);
     let mut group = c.benchmark_group("w1_three_stages");
     group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(8));
     group.bench_function("genflow", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Q1000, ITEMS) }));
     group.bench_function("mpsc_chain", |b| b.to_async(&rt).iter(|| run_chain(&ops, 1_000, ITEMS)));
+    group.bench_function("genflow_fused", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Fused, ITEMS) }));
     group.bench_function("mpsc_chain_batched", |b| b.to_async(&rt).iter(|| run_batched_chain(&ops, 1_000, ITEMS)));
     group.bench_function("fused_stream", |b| b.to_async(&rt).iter(|| run_fused(&ops, ITEMS)));
     group.finish();

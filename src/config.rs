@@ -49,6 +49,16 @@ pub enum ConfigError {
         /// The stage or server.
         name: &'static str,
     },
+    /// A stage that is `#[fused]`, or that a `#[fused]` stage follows, was
+    /// given more than one replica: fused stages run in one task.
+    FusedReplicas {
+        /// The stage given `replicas`.
+        stage: &'static str,
+        /// The replica count given.
+        replicas: usize,
+        /// The `#[fused]` stage: `stage` itself or the one after it.
+        fused: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -70,6 +80,16 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroQueueSize { kind, name } => {
                 write!(f, "{kind} `{name}` was given a queue size of 0: a queue needs room for at least 1 item")
             }
+            ConfigError::FusedReplicas { stage, replicas, fused } if stage == fused => write!(
+                f,
+                "stage `{stage}` was given {replicas} replicas, but it is `#[fused]`: it runs in the task of the \
+                 stage before it, with one replica"
+            ),
+            ConfigError::FusedReplicas { stage, replicas, fused } => write!(
+                f,
+                "stage `{stage}` was given {replicas} replicas, but `#[fused]` stage `{fused}` runs in its task: \
+                 it needs one replica"
+            ),
         }
     }
 }
@@ -119,6 +139,8 @@ pub trait Configurable: Sized {
     const KIND: &'static str;
     /// The stage or server names, in declaration order.
     const NAMES: &'static [&'static str];
+    /// The names of the `#[fused]` stages, in declaration order.
+    const FUSED: &'static [&'static str] = &[];
     /// Starts with these sizes; the generated `start` uses the defaults.
     fn start_sized(fields: Self::Fields, sizes: Sizes) -> impl Future<Output = Self>;
 }
@@ -283,7 +305,20 @@ impl<R: Configurable> Builder<R> {
                 _ => {}
             }
         }
+        Self::check_fused(&sizes)?;
         Ok(sizes)
+    }
+
+    /// A fused stage and the stage it follows keep one replica.
+    fn check_fused(sizes: &Sizes) -> Result<(), ConfigError> {
+        let fused = |i: usize| R::NAMES.get(i).filter(|name| R::FUSED.contains(name)).copied();
+        for (i, replicas) in sizes.replicas.iter().enumerate() {
+            let Some(replicas) = replicas.filter(|&n| n > 1) else { continue };
+            if let Some(fused) = fused(i).or_else(|| fused(i + 1)) {
+                return Err(ConfigError::FusedReplicas { stage: R::NAMES[i], replicas, fused });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -58,6 +58,8 @@ pub(crate) struct Server {
     pub(crate) ty: Type,
     /// `#[replicas(..)]`, pipeline stages only.
     pub(crate) replicas: Replicas,
+    /// `#[fused]`: runs in the task of the stage before it.
+    pub(crate) fused: bool,
 }
 
 /// How a stage is replicated by default (a builder may change the count).
@@ -99,11 +101,14 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
         .entries
         .into_iter()
         .map(|entry| {
-            let replicas = match kind {
-                Kind::Registry => Replicas::default(),
-                Kind::Pipeline => stage_attrs.next().map(replicas).unwrap_or_default(),
+            let (replicas, fused) = match (kind, stage_attrs.next()) {
+                (Kind::Pipeline, Some(attrs)) => {
+                    let fused = !attrs.fused.is_empty();
+                    (replicas(attrs), fused)
+                }
+                _ => (Replicas::default(), false),
             };
-            Server { name: entry.name, ty: entry.ty, replicas }
+            Server { name: entry.name, ty: entry.ty, replicas, fused }
         })
         .collect();
     Registry { kind, attrs: item.attrs, vis: item.vis, span: item.ident.span(), ident: item.ident, fields, servers }

@@ -77,6 +77,8 @@ mod kw {
 pub(crate) struct StageAttrs {
     pub(crate) unknown: Vec<Path>,
     pub(crate) replicas: Vec<ReplicasAttr>,
+    /// Every `#[fused]`, as written (arguments included).
+    pub(crate) fused: Vec<Attribute>,
 }
 
 /// One `#[replicas(count, options..)]`.
@@ -107,6 +109,10 @@ pub(crate) const REPLICA_OPTIONS: &str = "expected one of: a replica count such 
 pub(crate) fn stage_attrs(attrs: &[Attribute], errors: &mut Errors) -> StageAttrs {
     let mut out = StageAttrs::default();
     for attr in attrs {
+        if attr.path().is_ident("fused") {
+            out.fused.push(attr.clone());
+            continue;
+        }
         if !attr.path().is_ident("replicas") {
             out.unknown.push(attr.path().clone());
             continue;

@@ -63,6 +63,69 @@ pub(crate) fn syntax(kind: Kind, item: &ItemStruct, args: &parse::Args, stages: 
     for stage in stages {
         stage_attrs(stage, errors);
     }
+    fusion(args, stages, errors);
+}
+
+/// `#[fused]` is written bare, once, not on the first stage, and the stage
+/// and the one before it have one replica and no `ordered`. One error per
+/// attribute at fault, at the part to change.
+fn fusion(args: &parse::Args, stages: &[StageAttrs], errors: &mut Errors) {
+    let names: Vec<_> = args.entries.iter().map(|entry| &entry.name).collect();
+    for (i, stage) in stages.iter().enumerate() {
+        for (k, attr) in stage.fused.iter().enumerate() {
+            if k > 0 {
+                errors.at(attr, "duplicate `#[fused]`");
+            } else if !matches!(attr.meta, syn::Meta::Path(_)) {
+                errors.at(&attr.meta, "`#[fused]` takes no arguments");
+            }
+        }
+        let Some(fused) = stage.fused.first() else { continue };
+        let Some(name) = names.get(i) else { continue };
+        if i == 0 {
+            errors.at(
+                fused,
+                format_args!(
+                    "the first stage `{name}` cannot be `#[fused]`: a fused stage runs in the task of the stage \
+                     before it; remove `#[fused]` here"
+                ),
+            );
+            continue;
+        }
+        let previous = names[i - 1];
+        for (j, whose) in [(i - 1, "the stage before it"), (i, "the fused stage")] {
+            let Some(replicas) = stages[j].replicas.first() else { continue };
+            let stage_name = names[j];
+            match &replicas.count {
+                Some(Count::Lit(lit)) if lit.base10_parse::<usize>().is_ok_and(|n| n > 1) => errors.at(
+                    lit,
+                    format_args!(
+                        "`{name}` is `#[fused]` into `{previous}`: both run in one task, so {whose}, \
+                         `{stage_name}`, needs one replica; remove `#[replicas({lit})]` or `#[fused]`"
+                    ),
+                ),
+                Some(Count::Const(path)) => errors.at(
+                    path,
+                    format_args!(
+                        "`{name}` is `#[fused]` into `{previous}`: both run in one task, so {whose}, \
+                         `{stage_name}`, needs one replica; a const count cannot be checked here, remove it \
+                         or `#[fused]`"
+                    ),
+                ),
+                _ => {}
+            }
+            for option in &replicas.options {
+                if let ReplicaOption::Ordered(span) = option {
+                    errors.push(syn::Error::new(
+                        *span,
+                        format!(
+                            "`{name}` is `#[fused]` into `{previous}`: `ordered` on {whose}, `{stage_name}`, has \
+                             nothing to reorder with one replica; remove `ordered` or `#[fused]`"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn derives_clone(attr: &Attribute) -> bool {
@@ -83,7 +146,7 @@ fn derives_clone(attr: &Attribute) -> bool {
 /// at most once.
 fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
     for path in &stage.unknown {
-        errors.at(path, "unknown stage attribute; the only one is `#[replicas(..)]`");
+        errors.at(path, "unknown stage attribute; the stage attributes are `#[replicas(..)]` and `#[fused]`");
     }
     for (i, attr) in stage.replicas.iter().enumerate() {
         if i > 0 {

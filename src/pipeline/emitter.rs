@@ -4,9 +4,10 @@ use std::{
     future::{Future, poll_fn},
     pin::pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -16,6 +17,7 @@ use super::{
     BATCH, Panicked,
     dispatch::{Dispatch, group_by_queue},
     failure::{Failing, FailureRoute},
+    fused::Fused,
     metrics::{Counters, Delta},
     queue::Closed,
     reorder::{Place, Reorder},
@@ -57,6 +59,10 @@ pub struct Emitter<T> {
     order: Option<Place<T>>,
     /// Failures of the item being processed, on their way to `failures()`.
     failing: Failing,
+    /// A `#[fused]` next stage, run in this task instead of through a queue
+    /// (in a `Mutex` only so the emitter stays `Sync`: it is reached
+    /// through `&mut self`, with `get_mut`, never locked).
+    fused: Option<Mutex<Box<dyn Fused<T>>>>,
 }
 
 impl<T: Send + 'static> Emitter<T> {
@@ -71,7 +77,15 @@ impl<T: Send + 'static> Emitter<T> {
             blocked: Duration::ZERO,
             order: None,
             failing: Failing::detached(),
+            fused: None,
         }
+    }
+
+    /// Sends this emitter's items into `next`, a stage fused into this
+    /// one, instead of through the link.
+    pub(crate) fn with_fused(mut self, next: Box<dyn Fused<T>>) -> Self {
+        self.fused = Some(Mutex::new(next));
+        self
     }
 
     /// Sends this emitter's failures through `failing`.
@@ -207,6 +221,9 @@ impl<T: Send + 'static> Emitter<T> {
     /// Called once, after the replica's last batch and its `Stage::finish`:
     /// sends what `finish` emitted.
     pub(crate) async fn end_input(&mut self) {
+        if self.fused.is_some() {
+            return self.end_fused().await;
+        }
         match self.order {
             None => self.flush().await,
             Some(_) => self.send(Outgoing::Last).await,
@@ -217,6 +234,9 @@ impl<T: Send + 'static> Emitter<T> {
     /// before waiting, so metrics read while this stage is blocked are up to
     /// date, then what was dropped and the time blocked.
     async fn send(&mut self, what: Outgoing) {
+        if self.fused.is_some() {
+            return self.send_fused().await;
+        }
         self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
         let blocked_before = self.blocked;
         let Emitter { buf, link, blocked, dropped, order, counters, .. } = self;
@@ -239,6 +259,68 @@ impl<T: Send + 'static> Emitter<T> {
             blocked: self.blocked - blocked_before,
             ..Delta::default()
         });
+    }
+}
+
+/// Driving a `#[fused]` next stage (see `pipeline/fused.rs`).
+impl<T: Send + 'static> Emitter<T> {
+    fn next(&mut self) -> Option<&mut Box<dyn Fused<T>>> {
+        self.fused.as_mut().map(|next| next.get_mut().unwrap_or_else(|poison| poison.into_inner()))
+    }
+
+    /// Boots the fused stages after this one (once; later calls do nothing).
+    pub(crate) async fn start_fused(&mut self) {
+        if let Some(next) = self.next() {
+            next.start().await;
+        }
+    }
+
+    /// `Ready` when a fused stage after this one has a call, a cast or
+    /// items of its own input to handle (then [`serve_fused`](Self::serve_fused)
+    /// handles it); `Pending` without one.
+    pub(crate) fn poll_fused(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.next() {
+            Some(next) => next.poll_work(cx),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The servers of the fused stages after this one.
+    pub(crate) fn fused_servers(&self, into: &mut Vec<Arc<crate::server::state::ServerState>>) {
+        if let Some(next) = &self.fused {
+            next.lock().unwrap_or_else(|poison| poison.into_inner()).servers(into);
+        }
+    }
+
+    /// Handles what [`poll_fused`](Self::poll_fused) found.
+    pub(crate) async fn serve_fused(&mut self) {
+        if let Some(next) = self.next() {
+            next.serve().await;
+        }
+    }
+
+    /// Runs the buffer through the fused stage, publishing the count
+    /// emitted first; the time it takes is not this stage's busy time.
+    async fn send_fused(&mut self) {
+        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+        let started = Instant::now();
+        let Emitter { fused, buf, .. } = self;
+        if let Some(next) = fused {
+            next.get_mut().unwrap_or_else(|poison| poison.into_inner()).push(buf).await;
+        }
+        // Time in the fused stage is its busy time, not this stage's.
+        self.counters.shift_busy(started.elapsed());
+    }
+
+    /// This stage's input ended and its `finish` ran: sends what is
+    /// buffered, then drains the fused stage (see [`Fused::end_input`]).
+    async fn end_fused(&mut self) {
+        if !self.buf.is_empty() {
+            self.send_fused().await;
+        }
+        if let Some(next) = self.next() {
+            next.end_input().await;
+        }
     }
 }
 

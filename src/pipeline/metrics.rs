@@ -145,6 +145,18 @@ impl Counters {
         }
     }
 
+    /// The batch in progress spent `elsewhere` working for another stage
+    /// (a `#[fused]` stage after this one, run in this task): not this
+    /// stage's busy time, nor time blocked.
+    pub(crate) fn shift_busy(&self, elsewhere: Duration) {
+        // Only this replica writes `busy_since`: a load and a store suffice.
+        let busy = self.busy_since.load(Ordering::Relaxed);
+        if busy != 0 {
+            let shift = u64::try_from(elsewhere.as_nanos()).unwrap_or(u64::MAX);
+            self.busy_since.store(busy.saturating_add(shift), Ordering::Relaxed);
+        }
+    }
+
     /// The replica's task ends now.
     pub(crate) fn end(&self) {
         self.ended.store(self.stamp(Instant::now()), Ordering::Relaxed);

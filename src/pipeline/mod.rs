@@ -43,6 +43,24 @@
 //! left the pipeline (emitted by the last stage, failed or dropped), without
 //! shutting anything down: see [`Pipeline::flush`].
 //!
+//! # Fusion
+//!
+//! A `#[fused]` stage runs in the task of the stage before it: the
+//! previous stage's [`Emitter`] hands each batch it would push into a queue
+//! (up to [`BATCH`] items) to the fused stage, which processes it at once,
+//! one boxed future per batch. Everything else of a stage stays the fused
+//! stage's own: its calls and casts (served by the group's task between
+//! batches, while it waits for input, and between the fused stage's
+//! items), its state, restart limit and failures, its metrics (`received`
+//! counts the items handed over; the previous stage's `busy` leaves out the
+//! time spent in the fused stage), and an input queue fed only by
+//! `sink_<stage>()`, which the stage's `queue_size` bounds and its `queued`
+//! metric counts. `flush` needs nothing more: the previous stage's batch
+//! ends once the items handed over have left the group. At shutdown, the
+//! fused stage drains after the stage before it has run `finish` and sent
+//! its outputs through: its own queue is closed and emptied, then it runs
+//! `finish`, serves its last calls and casts and `terminate`s.
+//!
 //! # Failures
 //!
 //! A stage fails the item it processes with [`Emitter::fail`], or by
@@ -58,6 +76,7 @@ mod failure;
 pub(crate) mod flush;
 #[cfg(test)]
 mod footprint;
+mod fused;
 mod generic;
 mod input;
 #[cfg(all(test, genflow_loom))]

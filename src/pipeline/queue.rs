@@ -662,6 +662,23 @@ impl<T> Reader<'_, T> {
     }
 }
 
+impl<T> Queue<T> {
+    /// [`Queue::poll_pop_numbered`] for a consumer that keeps its own
+    /// `waiter` (and cancels it with [`cancel`](Self::cancel) when done),
+    /// recording each batch taken in `mark`: a `#[fused]` stage reading
+    /// its own input from the task it runs in.
+    pub(crate) fn poll_pop_owned(
+        &self,
+        cx: &mut Context<'_>,
+        waiter: &mut Waiter,
+        out: &mut impl Extend<T>,
+        max: usize,
+        mark: &Mark,
+    ) -> Poll<Option<u64>> {
+        self.poll_pop_marked(cx, waiter, out, max, Some(mark))
+    }
+}
+
 /// Wakers picked under a lock, woken after it is released. Holds a few
 /// inline, so waking allocates nothing in the common case.
 ///

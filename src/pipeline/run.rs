@@ -32,6 +32,8 @@ enum Work<S: Stage> {
     /// A batch of items, numbered from this one on.
     Items(u64),
     InputDone,
+    /// A call, cast or item for a stage fused into this one.
+    Fused,
 }
 
 /// The body of one replica's task. It ends once its input is closed and
@@ -65,7 +67,7 @@ pub(crate) fn run<S: Stage>(
         let mut restarts = Restarts::new(S::restart_limit());
         // The items taken but not processed yet, and the number of the
         // first. Its room is allocated by the first batch, not before.
-        let mut batch = Batch { items: VecDeque::new(), first: 0, counters: counters.clone() };
+        let mut batch = Batch::new(counters.clone());
         // Whether the input ended and `finish` ran.
         let mut ended = false;
         // This replica's place in line for items; it records each batch
@@ -75,6 +77,8 @@ pub(crate) fn run<S: Stage>(
             let Some(mut server) = Box::pin(boot::<S>(&registry, &mut restarts)).await else {
                 break 'life;
             };
+            // Stages fused into this one boot in this task, before it is ready.
+            out.start_fused().await;
             if let Some(ready) = ready.take() {
                 let _ = ready.send(());
             }
@@ -97,6 +101,9 @@ pub(crate) fn run<S: Stage>(
                     if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
                         return Poll::Ready(Work::Control(envelope));
                     }
+                    if out.poll_fused(cx).is_ready() {
+                        return Poll::Ready(Work::Fused);
+                    }
                     reader
                         .poll_pop_numbered(cx, &mut batch.items, BATCH)
                         .map(|first| first.map_or(Work::InputDone, Work::Items))
@@ -111,6 +118,7 @@ pub(crate) fn run<S: Stage>(
                             break 'life;
                         }
                     }
+                    Work::Fused => out.serve_fused().await,
                     Work::Items(first) => {
                         batch.first = first;
                         counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
@@ -224,10 +232,19 @@ impl Drop for Ended {
 }
 
 /// Items a replica took from its queue, numbered from `first` on.
-struct Batch<T> {
-    items: VecDeque<T>,
-    first: u64,
+pub(crate) struct Batch<T> {
+    pub(crate) items: VecDeque<T>,
+    pub(crate) first: u64,
     counters: Arc<Counters>,
+}
+
+impl<T> Batch<T> {
+    /// An empty batch whose items count as aborted in `counters` if it is
+    /// dropped holding some. Its room is allocated by the first batch, not
+    /// before.
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        Batch { items: VecDeque::new(), first: 0, counters }
+    }
 }
 
 /// The replica's task was dropped (the pipeline was aborted, or the runtime
@@ -269,7 +286,7 @@ impl Drop for Progress<'_> {
 /// Processes the batch item by item, serving calls and casts that arrive in
 /// between. If one of those handlers panics, the items not processed yet
 /// stay in the batch for the restarted state.
-async fn process_batch<S: Stage>(
+pub(crate) async fn process_batch<S: Stage>(
     server: &mut S,
     control: &mut Inbox<S>,
     batch: &mut Batch<S::In>,

@@ -21,6 +21,7 @@ use super::{
     drain::StageDrain,
     emitter::Link,
     flush::{FlushPoint, ReplicaMark},
+    fused::{Fused, FusedStage},
     metrics::Counters,
     output::OutputShared,
     queue::Queue,
@@ -179,10 +180,15 @@ impl<R> Core<R> {
         S: Stage,
         S::Out: FlowsInto<N>,
     {
-        let mut link = <S::Out as FlowsInto<N>>::downstream(next).0;
+        let Downstream(mut link, fused) = <S::Out as FlowsInto<N>>::downstream(next);
         link.fail_into(&wiring.failures);
         let dispatch = stage.input.dispatch();
         let replicas = wiring.inboxes.len();
+        let mut fused = fused;
+        assert!(
+            fused.is_none() || (replicas == 1 && !stage.ordered),
+            "a stage followed by a fused one has one replica and is not ordered"
+        );
         let order = stage.ordered.then(|| Arc::new(Reorder::new(link.clone(), dispatch.queues()[0].clone(), replicas)));
         let drain = Arc::new(StageDrain::new(replicas));
         for (i, inbox) in wiring.inboxes.into_iter().enumerate() {
@@ -194,12 +200,60 @@ impl<R> Core<R> {
                 None => Emitter::new(link.clone(), counters),
             }
             .with_failing(wiring.failures.failing(stage.name, i));
+            // A fused next stage runs in this (single) replica's task.
+            let mut fused_servers = Vec::new();
+            let out = match fused.take() {
+                Some(next) => {
+                    next.servers(&mut fused_servers);
+                    out.with_fused(next)
+                }
+                None => out,
+            };
             let counters = stage.counters[i].clone();
             let mark = ReplicaMark::new(stage.flush.clone(), i);
             let task = run::run::<S>(inbox, queue, mark, out, registry.clone(), counters, start.add(), drain.clone());
             let join = self.spawn_task(context::scope(state.clone(), task));
             state.set_abort_handle(join.abort_handle());
+            for server in fused_servers {
+                server.set_abort_handle(join.abort_handle());
+            }
         }
+    }
+
+    /// Makes stage `S` a `#[fused]` stage: instead of spawning it, returns
+    /// the downstream the previous stage emits into, which runs `S` (and
+    /// `next`, if it is fused too) in the previous stage's task. See
+    /// `pipeline/fused.rs`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `S` has more than one replica or is `ordered` (the macro
+    /// and the builder refuse both before).
+    #[track_caller]
+    pub fn fuse_stage<S, N>(
+        &self,
+        stage: &StageHandle<S>,
+        wiring: StageWiring<S>,
+        next: Downstream<N>,
+        registry: &S::Registry,
+    ) -> Downstream<S::In>
+    where
+        S: Stage,
+        S::Out: FlowsInto<N>,
+    {
+        assert!(wiring.inboxes.len() == 1 && !stage.ordered, "a fused stage has one replica and is not ordered");
+        let Downstream(mut link, fused) = <S::Out as FlowsInto<N>>::downstream(next);
+        link.fail_into(&wiring.failures);
+        let counters = stage.counters[0].clone();
+        let mut out = Emitter::new(link, counters.clone()).with_failing(wiring.failures.failing(stage.name, 0));
+        if let Some(next) = fused {
+            out = out.with_fused(next);
+        }
+        let inbox = wiring.inboxes.into_iter().next().expect("checked above");
+        let input = stage.input.dispatch().queues()[0].clone();
+        let mark = ReplicaMark::new(stage.flush.clone(), 0);
+        let fused = FusedStage::<S>::new(inbox, input, mark, out, registry.clone(), counters);
+        Downstream(stage.downstream().0, Some(Box::new(fused)))
     }
 }
 
@@ -223,14 +277,16 @@ impl<T> FlowsInto<T> for T {
     }
 }
 
-/// Where a stage's items go; made once per stage by `start`.
-pub struct Downstream<T>(Link<T>);
+/// Where a stage's items go; made once per stage by `start`: the next
+/// stage's input, the pipeline's output, or a `#[fused]` next stage run in
+/// the emitting stage's task.
+pub struct Downstream<T>(Link<T>, Option<Box<dyn Fused<T>>>);
 
 impl<S: Stage> StageHandle<S> {
     /// The link the previous stage emits into. Made once: when every copy
     /// of it is dropped, this stage's input closes.
     pub fn downstream(&self) -> Downstream<S::In> {
-        Downstream(Link::into_stage(self.input.dispatch().clone(), self.name, self.counters[0].clone()))
+        Downstream(Link::into_stage(self.input.dispatch().clone(), self.name, self.counters[0].clone()), None)
     }
 
     fn replica(&self) -> &Handle<S> {
@@ -498,7 +554,7 @@ impl<T: Send + 'static> Plumbing<T> {
 
     /// The link the last stage emits into.
     pub fn downstream(&self) -> Downstream<T> {
-        Downstream(Link::new(Dispatch::Shared(self.output.queue.clone()), Some(self.output.taken.clone())))
+        Downstream(Link::new(Dispatch::Shared(self.output.queue.clone()), Some(self.output.taken.clone())), None)
     }
 
     /// The output stream, the first time.

@@ -98,36 +98,64 @@ pub(crate) fn start(registry: &Registry) -> Parts {
     });
     let tail_ty = &servers.last().expect("validated: at least one stage").ty;
     let plumbing = Index::from(servers.len());
-    let spawns = servers.iter().enumerate().map(|(i, s)| {
+    // A `#[fused]` stage is not spawned: `fuse_stage` turns it into the
+    // downstream of the stage before it. Those are made first, from the
+    // last stage back, so a fused stage can emit into a fused one.
+    let fused_locals: Vec<_> = (0..servers.len()).map(|i| local::numbered("__fused", i)).collect();
+    let downstream = |i: usize| match servers.get(i + 1) {
+        Some(next) if next.fused => {
+            let local = &fused_locals[i + 1];
+            quote!(#local)
+        }
+        Some(_) => {
+            let next = Index::from(i + 1);
+            quote!(#this.__genflow.servers().#next.downstream())
+        }
+        None => quote!(#this.__genflow.servers().#plumbing.downstream()),
+    };
+    let spawn = |i: usize, s: &crate::model::Server| {
         let ty = &s.ty;
         let index = Index::from(i);
         let wiring = &wirings[i];
-        // The stage is spawned emitting its own `Out`, and `relink` names
-        // the next stage's input by that type. That the two are one type is
-        // checked beside the check that each entry is a stage
-        // (`registry::check`), not here: this code assumes every entry is a
-        // stage, so an entry that is none would fail the link check too.
+        // The stage is emitting its own `Out`, and `relink` names the next
+        // stage's input by that type. That the two are one type is checked
+        // beside the check that each entry is a stage (`registry::check`),
+        // not here: this code assumes every entry is a stage, so an entry
+        // that is none would fail the link check too.
+        let next = downstream(i);
         let next = match servers.get(i + 1) {
-            Some(_) => {
-                let next = Index::from(i + 1);
-                quote!(::genflow::__private::relink(#this.__genflow.servers().#next.downstream()))
-            }
-            None => quote!(#this.__genflow.servers().#plumbing.downstream()),
+            Some(_) => quote!(::genflow::__private::relink(#next)),
+            None => next,
         };
         // The pipeline is the stage's `Registry`: checked by `check`, not
         // restated here (see `registry::bounds`).
         let registry_arg = local::shown_at(this, ty.span());
         let gs = gen_server(s);
-        quote_spanned! {ty.span()=>
-            #this.__genflow.spawn_stage::<#ty, <#ty as ::genflow::__private::Stage>::Out>(
-                &mut #start,
-                &#this.__genflow.servers().#index,
-                #wiring,
-                #next,
-                ::genflow::__private::registry_as::<_, #gs::Registry>(&#registry_arg),
-            );
+        if s.fused {
+            let local = &fused_locals[i];
+            quote_spanned! {ty.span()=>
+                let #local = #this.__genflow.fuse_stage::<#ty, <#ty as ::genflow::__private::Stage>::Out>(
+                    &#this.__genflow.servers().#index,
+                    #wiring,
+                    #next,
+                    ::genflow::__private::registry_as::<_, #gs::Registry>(&#registry_arg),
+                );
+            }
+        } else {
+            quote_spanned! {ty.span()=>
+                #this.__genflow.spawn_stage::<#ty, <#ty as ::genflow::__private::Stage>::Out>(
+                    &mut #start,
+                    &#this.__genflow.servers().#index,
+                    #wiring,
+                    #next,
+                    ::genflow::__private::registry_as::<_, #gs::Registry>(&#registry_arg),
+                );
+            }
         }
-    });
+    };
+    let fuses: Vec<_> = servers.iter().enumerate().rev().filter(|(_, s)| s.fused).map(|(i, s)| spawn(i, s)).collect();
+    let spawns: Vec<_> = servers.iter().enumerate().filter(|(_, s)| !s.fused).map(|(i, s)| spawn(i, s)).collect();
+    let spawns = quote!(#(#fuses)* #(#spawns)*);
     let names = servers.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(" → ");
     let doc = format!(
         "Starts every stage ({names}), wired in that order, and returns once each replica has run `new` and \
@@ -143,7 +171,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
             let #plumbing_local = ::genflow::__private::Plumbing::new::<#tail_ty>(&mut #builder);
         },
         handles: quote!((#(#stages,)* #plumbing_local,)),
-        spawns: quote!(#(#spawns)*),
+        spawns,
         doc,
     }
 }

@@ -46,6 +46,8 @@ pub(super) fn items(registry: &Registry, parts: &Parts) -> TokenStream {
     let Parts { prepare, handles, spawns, .. } = parts;
     let noun = kind.noun();
     let names = servers.iter().map(|s| s.name.to_string());
+    let fused: Vec<_> = servers.iter().filter(|s| s.fused).map(|s| s.name.to_string()).collect();
+    let fused = (!fused.is_empty()).then(|| quote!(const FUSED: &'static [&'static str] = &[#(#fused),*];));
     let fields_local = local::local("__fields");
     let bounds = super::registry::bounds(registry);
     let replicated = (*kind == Kind::Pipeline).then(|| {
@@ -78,6 +80,7 @@ pub(super) fn items(registry: &Registry, parts: &Parts) -> TokenStream {
             type Fields = (#(#field_types,)*);
             const KIND: &'static str = #noun;
             const NAMES: &'static [&'static str] = &[#(#names),*];
+            #fused
 
             fn start_sized(
                 #fields_local: Self::Fields,

@@ -1,0 +1,341 @@
+//! Stage fusion: a `#[fused]` stage runs in the task of the stage before
+//! it, with no queue between them.
+//!
+//! The idea is Flink's operator chaining (a chained operator's
+//! `processElement` is called directly by the one before it, and keeps its
+//! own metrics) and Akka Streams' operator fusion (fused operators share one
+//! actor, driven by its graph interpreter). Here the previous stage's
+//! [`Emitter`] hands each batch it would push into a queue (up to
+//! [`BATCH`] items) to a [`Fused`] trait object instead: a [`FusedStage`]
+//! owning the fused stage's state, its own `Emitter` (which may itself feed
+//! a further fused stage), its counters and its control queue. One boxed
+//! future per batch, not per item.
+//!
+//! What the fused stage keeps of its own:
+//!
+//! - its control queue: the group's task serves it between batches, while
+//!   it waits for work (`run.rs` polls [`Fused::poll_work`] after its own
+//!   control queue and before its input), and between the fused stage's
+//!   items, so `call_<stage>` is answered while the group works;
+//! - its input queue, fed only by `sink_<stage>()`: read by the group's task
+//!   like the control queue, bounded by the stage's queue size and counted
+//!   in its `queued` metric;
+//! - its metrics: `received` counts the items handed over by the previous
+//!   stage and those taken from its own queue; `busy` is measured per batch
+//!   and the previous stage's `busy` leaves out the time spent here;
+//! - its restart limit: a handler panic rebuilds this stage's state only;
+//!   past the limit, this stage fails its items (as `stopped`) and its
+//!   calls, the rest of the group goes on;
+//! - its failures, named after it, and its `flush` mark, for the items of
+//!   its own queue (items handed over are covered by the previous stage's
+//!   mark, which ends only once they left the group).
+//!
+//! Draining keeps the pipeline's order: the previous stage's input ends, it
+//! runs `finish`, what it emitted goes through this stage, then this stage's
+//! own queue is closed and drained, then this stage runs `finish` (whose
+//! outputs go on, through further fused stages), then the calls and casts
+//! still queued are served and `terminate` runs.
+
+use std::{
+    future::poll_fn,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::{FutureExt, future::BoxFuture};
+
+use super::{
+    BATCH, Emitter, Panicked, Stage,
+    flush::ReplicaMark,
+    metrics::{Counters, Delta},
+    queue::{Queue, Waiter},
+    run::{Batch, process_batch},
+};
+use crate::server::{
+    context,
+    envelope::Envelope,
+    handle::Inbox,
+    restart::Restarts,
+    run::{Crashed, boot, fail, handle, report, terminate},
+    state::ServerState,
+};
+
+/// A stage fused into the one before it, as that stage's [`Emitter`] drives
+/// it. Every method runs in the group's task.
+pub(crate) trait Fused<T>: Send {
+    /// Boots the stage (`new` + `init`) and the fused stages after it, once.
+    fn start(&mut self) -> BoxFuture<'_, ()>;
+
+    /// Processes `items` (all of them, in order), as if taken from a queue.
+    fn push<'a>(&'a mut self, items: &'a mut Vec<T>) -> BoxFuture<'a, ()>;
+
+    /// `Ready` once this stage or a fused one after it has a call, cast or
+    /// items of its own queue to handle; [`serve`](Self::serve) handles it.
+    fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// Handles what [`poll_work`](Self::poll_work) found.
+    fn serve(&mut self) -> BoxFuture<'_, ()>;
+
+    /// The previous stage is done: closes and drains this stage's own
+    /// queue, runs `finish`, ends the fused stages after it, serves the
+    /// calls and casts left and runs `terminate`.
+    fn end_input(&mut self) -> BoxFuture<'_, ()>;
+
+    /// The servers of this stage and the fused stages after it, whose
+    /// abort stops the group's task.
+    fn servers(&self, into: &mut Vec<Arc<ServerState>>);
+}
+
+/// What [`FusedStage::poll_work`] found.
+enum Work<S: Stage> {
+    Control(Envelope<S>),
+    /// A batch of the stage's own queue, numbered from this one on.
+    Items(u64),
+}
+
+/// The fused stage `S`: its state and everything its own task would hold.
+pub(crate) struct FusedStage<S: Stage> {
+    /// `None` before boot and once failed for good.
+    server: Option<S>,
+    booted: bool,
+    restarts: Restarts,
+    registry: S::Registry,
+    /// `None` once failed for good.
+    control: Option<Inbox<S>>,
+    state: Arc<ServerState>,
+    input: Arc<Queue<S::In>>,
+    waiter: Waiter,
+    mark: ReplicaMark,
+    batch: Batch<S::In>,
+    out: Emitter<S::Out>,
+    counters: Arc<Counters>,
+    work: Option<Work<S>>,
+    /// The own queue is closed and empty.
+    input_done: bool,
+    ended: bool,
+}
+
+impl<S: Stage> FusedStage<S> {
+    pub(crate) fn new(
+        control: Inbox<S>,
+        input: Arc<Queue<S::In>>,
+        mark: ReplicaMark,
+        out: Emitter<S::Out>,
+        registry: S::Registry,
+        counters: Arc<Counters>,
+    ) -> Self {
+        FusedStage {
+            server: None,
+            booted: false,
+            restarts: Restarts::new(S::restart_limit()),
+            registry,
+            state: control.state.clone(),
+            control: Some(control),
+            input,
+            waiter: Waiter::new(),
+            mark,
+            batch: Batch::new(counters.clone()),
+            out,
+            counters,
+            work: None,
+            input_done: false,
+            ended: false,
+        }
+    }
+
+    async fn boot(&mut self) {
+        if self.booted {
+            return;
+        }
+        self.booted = true;
+        self.server = boot::<S>(&self.registry, &mut self.restarts).await;
+        if self.server.is_none() {
+            self.fail_for_good();
+        }
+        self.out.start_fused().await;
+    }
+
+    /// Past the restart limit: calls and casts fail from now on, items are
+    /// failed as they come.
+    fn fail_for_good(&mut self) {
+        self.server = None;
+        if let Some(control) = self.control.take() {
+            fail(control);
+        }
+    }
+
+    /// A handler panicked: rebuilds the state if the limit allows.
+    async fn crashed(&mut self) {
+        self.server = None;
+        if self.restarts.allow() {
+            tracing::warn!(server = std::any::type_name::<S>(), "restarting after a panic");
+            self.server = boot::<S>(&self.registry, &mut self.restarts).await;
+        }
+        if self.server.is_none() {
+            self.fail_for_good();
+        }
+    }
+
+    /// Processes every item of the batch, serving calls and casts waiting
+    /// in between; after a handler's panic, the rest goes to the new state.
+    async fn run_batch(&mut self) {
+        while !self.batch.items.is_empty() {
+            match (&mut self.server, &mut self.control) {
+                (Some(server), Some(control)) => {
+                    let processed =
+                        process_batch(server, control, &mut self.batch, &mut self.out, &self.counters).await;
+                    if let Err(Crashed) = processed {
+                        self.crashed().await;
+                    }
+                }
+                _ => {
+                    let n = self.batch.items.len() as u64;
+                    self.batch.items.clear();
+                    self.counters.add(&Delta { processed: n, failed: n, ..Delta::default() });
+                    self.out.fail_stopped(n).await;
+                    self.out.end_batch(self.batch.first, n).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, envelope: Envelope<S>) {
+        let Some(server) = &mut self.server else { return };
+        if let Err(Crashed) = handle(server, envelope).await {
+            self.crashed().await;
+        }
+    }
+
+    fn poll_own(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.work.is_some() {
+            return Poll::Ready(());
+        }
+        if let Some(control) = &mut self.control {
+            if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
+                self.work = Some(Work::Control(envelope));
+                return Poll::Ready(());
+            }
+        }
+        if !self.input_done {
+            match self.input.poll_pop_owned(cx, &mut self.waiter, &mut self.batch.items, BATCH, self.mark.mark()) {
+                Poll::Ready(Some(first)) => {
+                    self.work = Some(Work::Items(first));
+                    return Poll::Ready(());
+                }
+                Poll::Ready(None) => self.input_done = true,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    async fn serve_own(&mut self) {
+        match self.work.take() {
+            Some(Work::Control(envelope)) => self.handle(envelope).await,
+            Some(Work::Items(first)) => {
+                self.batch.first = first;
+                self.counters.add(&Delta { received: self.batch.items.len() as u64, ..Delta::default() });
+                self.run_batch().await;
+                self.mark.ended();
+            }
+            None => {}
+        }
+    }
+
+    async fn end(&mut self) {
+        self.boot().await;
+        self.input.close();
+        // The own queue until it is closed and empty, calls and casts first.
+        while poll_fn(|cx| match self.poll_own(cx) {
+            Poll::Ready(()) => Poll::Ready(true),
+            Poll::Pending if self.input_done => Poll::Ready(false),
+            Poll::Pending => Poll::Pending,
+        })
+        .await
+        {
+            self.serve_own().await;
+        }
+        self.input.cancel(&mut self.waiter);
+        if !self.ended {
+            self.ended = true;
+            self.out.begin_finish();
+            if let Some(server) = &mut self.server {
+                let finished = AssertUnwindSafe(server.finish(&mut self.out)).catch_unwind().await;
+                if let Err(panic) = finished {
+                    report::<S>("finish", &panic);
+                    self.out.fail_panic(Panicked::new(&panic));
+                }
+            }
+            self.out.send_failures().await;
+            self.out.end_input().await;
+        }
+        // Calls and casts already queued, then the end.
+        if let Some(control) = &mut self.control {
+            control.rx.close();
+        }
+        while let Some(envelope) = match &mut self.control {
+            Some(control) => control.rx.recv().await,
+            None => None,
+        } {
+            self.handle(envelope).await;
+        }
+        if let Some(server) = self.server.take() {
+            terminate(server).await;
+        }
+    }
+}
+
+impl<S: Stage> Fused<S::In> for FusedStage<S> {
+    fn start(&mut self) -> BoxFuture<'_, ()> {
+        let state = self.state.clone();
+        Box::pin(context::scope(state, self.boot()))
+    }
+
+    fn push<'a>(&'a mut self, items: &'a mut Vec<S::In>) -> BoxFuture<'a, ()> {
+        let state = self.state.clone();
+        Box::pin(context::scope(state, async move {
+            self.boot().await;
+            self.counters.add(&Delta { received: items.len() as u64, ..Delta::default() });
+            self.batch.items.extend(items.drain(..));
+            self.run_batch().await;
+        }))
+    }
+
+    fn poll_work(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.poll_own(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        self.out.poll_fused(cx)
+    }
+
+    fn serve(&mut self) -> BoxFuture<'_, ()> {
+        let state = self.state.clone();
+        Box::pin(context::scope(state, async move {
+            self.boot().await;
+            if self.work.is_some() {
+                self.serve_own().await;
+            } else {
+                self.out.serve_fused().await;
+            }
+        }))
+    }
+
+    fn end_input(&mut self) -> BoxFuture<'_, ()> {
+        let state = self.state.clone();
+        Box::pin(context::scope(state, self.end()))
+    }
+
+    fn servers(&self, into: &mut Vec<Arc<ServerState>>) {
+        into.push(self.state.clone());
+        self.out.fused_servers(into);
+    }
+}
+
+/// A fused stage dropped while waiting in its own queue gives its place
+/// in line back.
+impl<S: Stage> Drop for FusedStage<S> {
+    fn drop(&mut self) {
+        self.input.cancel(&mut self.waiter);
+    }
+}

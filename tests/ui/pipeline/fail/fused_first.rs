@@ -1,0 +1,7 @@
+#[genflow::pipeline{ #[fused] a: A, b: B }]
+struct Flow;
+
+struct A;
+struct B;
+
+fn main() {}
