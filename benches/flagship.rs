@@ -8,9 +8,10 @@
 //!
 //! - `flagship/pipeline`: the pipeline as `cargo run --release --example
 //!   logs` runs it by default (its declared topology and queue sizes): start,
-//!   `feed` every line, `collect_report` (flush, then a call to each stage),
-//!   `shutdown`. Everything runs in a task on a 2-worker multi-thread
-//!   runtime, as in `main.rs`.
+//!   take `failures()` and read it in a task (`MalformedLines`), `feed` every
+//!   line, `collect_report` (flush, then a call to each stage and the
+//!   malformed lines read from the failures), `shutdown`. Everything runs in
+//!   tasks on a 2-worker multi-thread runtime, as in `main.rs`.
 //! - `flagship/sequential`: `sequential` on the bench's thread.
 //!
 //! Both get their own copy of the same lines, made before the timed part,
@@ -32,7 +33,7 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::stream;
-use pipeline::{Logs, Report, collect_report, sequential};
+use pipeline::{Logs, MalformedLines, Report, collect_report, sequential};
 use tokio::runtime::Runtime;
 
 /// Lines per run.
@@ -41,8 +42,9 @@ const LINES: u64 = 1_000_000;
 /// One run of the pipeline, as `main.rs` does it without its progress bar.
 async fn run_pipeline(lines: Vec<String>) -> Report {
     let pipeline = Logs::sized(&[], &[]).await.expect("the declared sizes are valid");
+    let mut malformed = MalformedLines::read(&pipeline).expect("failures() is not taken yet");
     let fed = pipeline.feed_lines(stream::iter(lines)).await.expect("the pipeline is running");
-    let report = collect_report(&pipeline, fed).await.expect("every stage answers");
+    let report = collect_report(&pipeline, &mut malformed, fed).await.expect("every stage answers");
     pipeline.shutdown().await;
     report
 }
@@ -65,6 +67,7 @@ fn flagship(c: &mut Criterion) {
     let report = pipeline_on(&rt, lines.clone());
     assert!(report == expected, "the pipeline's report differs from the sequential loop's");
     assert_eq!(report.parse.lines, LINES);
+    assert!(report.malformed.count > 0, "the generated log has malformed lines");
 
     let mut group = c.benchmark_group("flagship");
     group.throughput(Throughput::Elements(LINES)).sample_size(10).measurement_time(Duration::from_secs(15));

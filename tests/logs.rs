@@ -14,8 +14,8 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::{StreamExt, stream};
 use pipeline::{
-    AgentClass, Enricher, Line, Logs, MalformedLine, Method, ParseStats, Report, collect_report, parse_line,
-    read_lines, route, sequential, stage,
+    AgentClass, Enricher, Line, Logs, Malformed, MalformedLine, MalformedLines, Method, ParseCounts, Report,
+    collect_report, parse_line, read_lines, route, sequential, stage,
 };
 
 const SEED: u64 = generator::DEFAULT_SEED;
@@ -23,6 +23,8 @@ const SEED: u64 = generator::DEFAULT_SEED;
 /// Feeds `lines` through the pipeline with these replica counts (`(stage,
 /// n)`, the declared ones for the others), collects the report (with a
 /// deadline), checks that every line is accounted for, and shuts down.
+/// The malformed lines are read from the pipeline's `failures()`, taken
+/// before the first line goes in.
 async fn run_pipeline(replicas: &[(&str, usize)], lines: Vec<String>) -> Report {
     let count = lines.len() as u64;
     let sizes: Vec<(String, usize)> = replicas.iter().map(|&(stage, n)| (stage.to_string(), n)).collect();
@@ -31,6 +33,8 @@ async fn run_pipeline(replicas: &[(&str, usize)], lines: Vec<String>) -> Report 
         let n = replicas.iter().find(|(stage, _)| *stage == name).map_or(declared, |&(_, n)| n);
         assert_eq!(stage(&pipeline.metrics(), name).replicas.len(), n, "{name}");
     }
+    let mut malformed = MalformedLines::read(&pipeline).expect("failures() not taken yet");
+    assert!(MalformedLines::read(&pipeline).is_err(), "failures() is handed out once");
     // Fed in two parts: line numbers go on from one feed to the next.
     let mut lines = lines;
     let second = lines.split_off(lines.len() / 2);
@@ -39,7 +43,7 @@ async fn run_pipeline(replicas: &[(&str, usize)], lines: Vec<String>) -> Report 
         fed += pipeline.feed_lines(stream::iter(part)).await.expect("the pipeline is running");
     }
     assert_eq!(fed, count);
-    let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
+    let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, &mut malformed, fed))
         .await
         .expect("every line went through in time")
         .expect("the stages answer");
@@ -49,12 +53,16 @@ async fn run_pipeline(replicas: &[(&str, usize)], lines: Vec<String>) -> Report 
     let (parse, enrich, aggregate) =
         (stage(&metrics, "parse"), stage(&metrics, "enrich"), stage(&metrics, "aggregate"));
     assert_eq!(parse.received, fed, "{metrics}");
-    assert_eq!(parse.emitted + report.parse.malformed, parse.received, "{metrics}");
+    assert_eq!(parse.emitted + parse.failed, parse.received, "{metrics}");
+    // Every malformed line was failed, and read back from `failures()`.
+    assert_eq!(parse.failed, report.malformed.count, "{metrics}");
+    assert_eq!(metrics.failures_dropped(), 0, "{metrics}");
     assert_eq!(report.parse.parsed, parse.emitted, "{metrics}");
+    assert_eq!(report.parse.lines, parse.received, "{metrics}");
     assert_eq!(enrich.received, parse.emitted, "{metrics}");
     assert_eq!(aggregate.received, enrich.emitted, "{metrics}");
     assert_eq!(report.summary.requests(), aggregate.received, "{metrics}");
-    assert_eq!(parse.failed + enrich.failed + aggregate.failed, 0, "{metrics}");
+    assert_eq!(enrich.failed + aggregate.failed, 0, "{metrics}");
     report
 }
 
@@ -70,6 +78,7 @@ async fn the_pipeline_report_equals_the_sequential_one() {
 
     // The parts that matter, one by one for readable failures, then all.
     assert_eq!(report.parse, expected.parse);
+    assert_eq!(report.malformed, expected.malformed);
     assert_eq!(report.summary.statuses(), expected.summary.statuses());
     assert_eq!(report.summary.agents, expected.summary.agents);
     assert_eq!(report.summary.hours, expected.summary.hours);
@@ -87,9 +96,10 @@ async fn the_pipeline_report_equals_the_sequential_one() {
 
     // The input is what it claims to be.
     assert_eq!(report.parse.lines, 20_000);
-    let malformed = report.parse.malformed;
+    let malformed = report.malformed.count;
     assert!((50..=150).contains(&malformed), "about 0.5% malformed, got {malformed}");
-    assert_eq!(report.parse.examples.len(), 3);
+    assert_eq!(report.parse.parsed + malformed, report.parse.lines);
+    assert_eq!(report.malformed.examples.len(), Malformed::EXAMPLES);
     assert!(report.summary.routes.len() >= 20, "{} routes", report.summary.routes.len());
     assert!(AgentClass::ALL.iter().all(|&class| report.summary.agents[class as usize] > 0));
 }
@@ -128,8 +138,9 @@ async fn a_trickling_input_is_reported_in_full() {
             .start()
             .await
             .expect("valid sizes");
+        let mut malformed = MalformedLines::read(&pipeline).expect("failures() not taken yet");
         let fed = pipeline.feed_lines(trickle).await.expect("the pipeline is running");
-        let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
+        let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, &mut malformed, fed))
             .await
             .expect("every line went through in time")
             .expect("the stages answer");
@@ -184,10 +195,11 @@ async fn a_log_file_is_read_line_by_line() {
     // Streamed from the file straight into the pipeline.
     let expected = sequential(&read);
     let pipeline = Logs::builder(Arc::default()).replicas("enrich", 2).start().await.expect("a valid count");
+    let mut malformed = MalformedLines::read(&pipeline).expect("failures() not taken yet");
     let reader = tokio::io::BufReader::new(tokio::fs::File::open(&file.0).await.expect("just written"));
     let fed = pipeline.feed_lines(read_lines(reader).map(|line| line.expect("the file is readable"))).await.unwrap();
     assert_eq!(fed, read.len() as u64);
-    let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, fed))
+    let report = tokio::time::timeout(Duration::from_secs(60), collect_report(&pipeline, &mut malformed, fed))
         .await
         .expect("every line went through in time")
         .expect("the stages answer");
@@ -256,25 +268,76 @@ fn parses_the_combined_format_with_and_without_extras() {
     }
 }
 
-/// What `parse` replicas keep merges into what one `parse` would have kept:
-/// counts add up, and the examples are the lowest-numbered malformed lines.
+/// What `parse` replicas count adds up to what one `parse` counts, and the
+/// malformed lines they fail make the same [`Malformed`] as the plain loop
+/// whatever order they reach `failures()` in: the examples are the
+/// lowest-numbered malformed lines.
 #[test]
-fn parse_stats_of_replicas_merge_into_those_of_one() {
+fn malformed_lines_in_any_order_give_the_loops_report() {
     let lines = generated(20_000);
-    let whole = sequential(&lines).parse;
-    assert_eq!(whole.examples.len(), ParseStats::EXAMPLES);
+    let whole = sequential(&lines);
+    assert_eq!(whole.malformed.examples.len(), Malformed::EXAMPLES);
     // Three replicas, each taking runs of 32 lines in turn, as from a shared
-    // queue: each sees its lines in increasing numbers.
-    let mut replicas = vec![ParseStats::default(); 3];
+    // queue.
+    let mut replicas = [ParseCounts::default(); 3];
+    let mut failed: Vec<Vec<MalformedLine>> = vec![Vec::new(); 3];
     for (i, (text, number)) in lines.iter().zip(1..).enumerate() {
-        replicas[i / 32 % 3].parse(Line { number, text: text.clone() });
+        if let Err(malformed) = replicas[i / 32 % 3].parse(Line { number, text: text.clone() }) {
+            failed[i / 32 % 3].push(malformed);
+        }
     }
-    assert!(replicas.iter().all(|r| r.lines > 0 && r.lines < whole.lines));
-    let merged = ParseStats::merged(&replicas);
-    assert_eq!(merged, whole);
-    let numbers: Vec<u64> = merged.examples.iter().map(|e: &MalformedLine| e.number).collect();
+    assert!(replicas.iter().all(|r| r.lines > 0 && r.lines < whole.parse.lines));
+    assert_eq!(ParseCounts::sum(&replicas), whole.parse);
+    // The replicas' failures one replica after the other, the last replica
+    // first; then all of them, highest numbers first.
+    let by_replica: Vec<&MalformedLine> = failed.iter().rev().flatten().collect();
+    let mut backwards: Vec<&MalformedLine> = failed.iter().flatten().collect();
+    backwards.sort_unstable_by_key(|line| std::cmp::Reverse(line.number));
+    for order in [by_replica, backwards] {
+        let mut malformed = Malformed::default();
+        for line in order {
+            malformed.record(line);
+        }
+        assert_eq!(malformed, whole.malformed);
+    }
+    // The examples are the first malformed lines of the log.
+    let numbers: Vec<u64> = whole.malformed.examples.iter().map(|e| e.number).collect();
     assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "{numbers:?}");
-    assert_eq!(parse_line(lines[numbers[0] as usize - 1].as_str()), None);
+    let first = numbers[0] as usize - 1;
+    assert_eq!(parse_line(lines[first].as_str()), None);
+    assert!(lines[..first].iter().all(|line| parse_line(line.as_str()).is_some()));
+}
+
+/// The error `parse` fails a line with keeps its number and its first
+/// `MAX_CHARS` characters, cut on a character boundary.
+#[test]
+fn a_malformed_line_keeps_its_number_and_first_characters() {
+    let long = "é".repeat(MalformedLine::MAX_CHARS + 20);
+    let cut = MalformedLine::new(Line { number: 7, text: long });
+    assert_eq!((cut.number, cut.text), (7, "é".repeat(MalformedLine::MAX_CHARS)));
+
+    let mut counts = ParseCounts::default();
+    let failed = counts.parse(Line { number: 3, text: "oops\t".to_string() });
+    let expected = MalformedLine { number: 3, text: "oops\t".to_string() };
+    assert_eq!(failed, Err(expected.clone()));
+    assert_eq!(counts, ParseCounts { lines: 1, parsed: 0 });
+    assert_eq!(expected.to_string(), r#"line 3: not an access-log line: "oops\t""#);
+}
+
+/// Far more malformed lines than the failures buffer holds: the task
+/// reading `failures()` keeps up while they are fed, so `parse` never waits
+/// on it for good, none is dropped, and the report is still the loop's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_mostly_malformed_lines_is_reported_in_full() {
+    let good = generated(500);
+    let lines: Vec<String> =
+        (0..5_000).map(|i| if i % 10 == 0 { good[i / 10].clone() } else { format!("garbage {i}") }).collect();
+    let expected = sequential(&lines);
+    assert!(expected.malformed.count > 4 * genflow::pipeline::FAILURES_BUFFER as u64, "{}", expected.malformed.count);
+    let report = run_pipeline(&[("parse", 3)], lines).await;
+    assert_eq!(report, expected);
+    let numbers: Vec<u64> = report.malformed.examples.iter().map(|e| e.number).collect();
+    assert_eq!(numbers, [2, 3, 4]);
 }
 
 /// An `Enricher` writes each route into the buffer of the line before: the

@@ -16,8 +16,8 @@
 //!
 //! At the end it prints the busiest routes with their error rates and
 //! latency percentiles, the status and user-agent mix, traffic by hour, the
-//! malformed lines, the pipeline's metrics (which name the bottleneck) and
-//! the throughput.
+//! malformed lines, the pipeline's metrics (which name the bottleneck; the
+//! malformed lines are `parse`'s `failed`) and the throughput.
 //!
 //! What it shows of genflow:
 //!
@@ -32,6 +32,11 @@
 //!   their line numbers); `aggregate` runs
 //!   on two (or `--replicas aggregate=N`), each owning a share of the routes
 //!   (`partition_by`), so their partial results never overlap.
+//! - **Failing items.** `parse` fails a malformed line with
+//!   `out.fail(MalformedLine { .. })` instead of dropping it; a task reads
+//!   the pipeline's `failures()` while lines are fed and downcasts each
+//!   failure back to its line, for the count and the examples in the report
+//!   (`MalformedLines` in `pipeline.rs`).
 //! - **Live state.** Once a second, `call_aggregate_all` asks each
 //!   `aggregate` replica for its partial results while lines flow; the bar
 //!   shows the top routes so far.
@@ -64,7 +69,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::{io::BufReader, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use pipeline::{AgentClass, BoxError, Logs, Report, RouteStats, Summary, stage};
+use pipeline::{AgentClass, BoxError, Logs, MalformedLines, Report, RouteStats, Summary, stage};
 
 /// Lines generated when no `--input` is given.
 const DEFAULT_LINES: u64 = 1_000_000;
@@ -196,6 +201,8 @@ async fn analyse(args: &Args, input: Input) -> Result<ExitCode, BoxError> {
         .map(|s| format!("{} ×{} (queue {})", s.name, s.replicas.len(), thousands(s.capacity)))
         .collect();
     println!("{description}: {}\n", shape.join(" → "));
+    // Taken before any line goes in: until then, failures are dropped.
+    let mut malformed = MalformedLines::read(&pipeline)?;
 
     let stop = CancellationToken::new();
     let ctrl_c = tokio::spawn(stop_on_ctrl_c(stop.clone()));
@@ -206,9 +213,9 @@ async fn analyse(args: &Args, input: Input) -> Result<ExitCode, BoxError> {
     });
 
     let progress = Progress::new(expected);
-    let fed = progress.follow(&pipeline, feeding).await??;
+    let fed = progress.follow(&pipeline, &malformed, feeding).await??;
     progress.draining(stop.is_cancelled());
-    let report = pipeline::collect_report(&pipeline, fed).await?;
+    let report = pipeline::collect_report(&pipeline, &mut malformed, fed).await?;
     pipeline.shutdown().await;
     let elapsed = started.elapsed();
     progress.finish();
@@ -249,7 +256,8 @@ async fn stop_on_ctrl_c(stop: CancellationToken) {
 // --- Progress ------------------------------------------------------------------------
 
 /// The live progress bar: lines taken by `parse`, throughput, how full each
-/// stage's queue is, and the top routes so far.
+/// stage's queue is, the malformed lines read from `failures()` so far, and
+/// the top routes so far.
 struct Progress {
     bar: ProgressBar,
 }
@@ -273,14 +281,19 @@ impl Progress {
     }
 
     /// Updates the bar until `feeding` ends, and returns its result.
-    async fn follow<T>(&self, pipeline: &Logs, mut feeding: JoinHandle<T>) -> Result<T, BoxError> {
+    async fn follow<T>(
+        &self,
+        pipeline: &Logs,
+        malformed: &MalformedLines,
+        mut feeding: JoinHandle<T>,
+    ) -> Result<T, BoxError> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_peek = Instant::now();
         loop {
             tokio::select! {
                 fed = &mut feeding => return Ok(fed?),
                 _ = tick.tick() => {
-                    self.update(pipeline);
+                    self.update(pipeline, malformed.so_far());
                     if last_peek.elapsed() >= Duration::from_secs(1) {
                         last_peek = Instant::now();
                         // Each replica answers between two lines, with what it has so far.
@@ -293,7 +306,7 @@ impl Progress {
         }
     }
 
-    fn update(&self, pipeline: &Logs) {
+    fn update(&self, pipeline: &Logs, malformed: u64) {
         let metrics = pipeline.metrics();
         self.bar.set_position(stage(&metrics, "parse").received);
         let queues: Vec<String> = metrics
@@ -301,7 +314,7 @@ impl Progress {
             .iter()
             .map(|s| format!("{} {:>3.0}%", s.name, 100.0 * s.queued as f64 / s.capacity.max(1) as f64))
             .collect();
-        self.bar.set_prefix(queues.join(" · "));
+        self.bar.set_prefix(format!("{}   (malformed so far: {})", queues.join(" · "), thousands(malformed)));
     }
 
     fn draining(&self, interrupted: bool) {
@@ -346,15 +359,15 @@ fn print_report(report: &Report) {
         println!("traffic     {line}");
     }
 
-    let parse = &report.parse;
+    let (malformed, lines) = (&report.malformed, report.parse.lines);
     print!(
-        "malformed   {} of {} lines ({})",
-        thousands(parse.malformed),
-        thousands(parse.lines),
-        percent(parse.malformed, parse.lines)
+        "malformed   {} of {} lines ({}), failed by parse",
+        thousands(malformed.count),
+        thousands(lines),
+        percent(malformed.count, lines)
     );
-    println!("{}", if parse.examples.is_empty() { "" } else { ", such as:" });
-    for example in &parse.examples {
+    println!("{}", if malformed.examples.is_empty() { "" } else { ", such as:" });
+    for example in &malformed.examples {
         let text = if example.text.is_empty() { "(empty line)".to_string() } else { printable(&example.text) };
         println!("            line {}: {text}", thousands(example.number));
     }
@@ -428,11 +441,13 @@ fn hour_text(hour: i64) -> String {
 /// so. `false` if anything is missing.
 fn print_accounting(report: &Report, metrics: &genflow::Metrics, fed: u64) -> bool {
     let (parse, enrich, aggregate) = (stage(metrics, "parse"), stage(metrics, "enrich"), stage(metrics, "aggregate"));
-    let malformed = report.parse.malformed;
+    let malformed = report.malformed.count;
     let aggregated = report.summary.requests();
     let checks = [
         ("parse received every line fed", parse.received == fed),
-        ("every line parsed, malformed or failed", parse.emitted + malformed + parse.failed == parse.received),
+        ("every line parsed or failed", parse.emitted + parse.failed == parse.received),
+        ("parse failed exactly the malformed lines", parse.failed == malformed),
+        ("every failure was read from failures()", metrics.failures_dropped() == 0),
         ("parse passed on what it parsed", report.parse.parsed == parse.emitted),
         ("enrich received every parsed line", enrich.received == parse.emitted),
         ("aggregate received every enriched line", aggregate.received == enrich.emitted),
@@ -440,11 +455,11 @@ fn print_accounting(report: &Report, metrics: &genflow::Metrics, fed: u64) -> bo
     ];
     let failed: Vec<&str> = checks.iter().filter(|(_, ok)| !ok).map(|(what, _)| *what).collect();
     println!(
-        "accounting  {} lines fed = {} parsed + {} malformed + {} failed; {} aggregated  {}",
+        "accounting  {} lines fed = {} parsed + {} failed ({} malformed); {} aggregated  {}",
         thousands(fed),
         thousands(parse.emitted),
-        thousands(malformed),
         thousands(parse.failed),
+        thousands(malformed),
         thousands(aggregated),
         if failed.is_empty() { "✓" } else { "✗" }
     );

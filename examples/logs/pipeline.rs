@@ -8,11 +8,17 @@
 //!
 //! - Lines are numbered as they are fed ([`Logs::feed_lines`]), so `parse`
 //!   can run on several replicas and still name the malformed lines it
-//!   keeps.
+//!   fails.
 //! - `parse` turns a [`Line`] into a [`Request`], copying nothing: the
-//!   request keeps the line and where its fields are in it. Malformed lines
-//!   emit nothing: they are counted in the replica's state, with the first
-//!   few kept as examples ([`ParseStats`], merged over the replicas).
+//!   request keeps the line and where its fields are in it. A malformed line
+//!   is failed, as the guide's "Failing items" teaches:
+//!   `out.fail(MalformedLine { number, text })`. The pipeline counts it in
+//!   `parse`'s `failed` metric and sends it to its `failures()` stream, which
+//!   a task reads while lines are fed ([`MalformedLines`]), downcasting each
+//!   failure back to its [`MalformedLine`]: that gives the report's count of
+//!   malformed lines and its first few examples ([`Malformed`]). So the
+//!   metrics table shows `failed` = malformed for `parse`. A replica counts
+//!   only the lines it took and passed on ([`ParseCounts`]).
 //! - `enrich` derives what the aggregates need ([`Enricher`]): the route
 //!   (`GET /users/123` → `GET /users/:id`), the user-agent class and the hour.
 //!   It holds no state that matters, so it runs on N replicas and each line
@@ -28,7 +34,9 @@
 //! On the way, a line's buffer is allocated once, by whoever reads the log:
 //! `parse` keeps it in the request, `enrich` reuses it for the route of a
 //! later hit, and it is freed where a hit is recorded. Items crossing
-//! threads carry no other allocation.
+//! threads carry no other allocation. Only a malformed line costs more
+//! (about 0.5% of generated lines): its error is boxed by `fail` and
+//! crosses to the task reading the failures.
 //!
 //! [`sequential`] computes the same [`Report`] in a plain loop with the same
 //! functions; `tests/logs.rs` checks that both agree exactly.
@@ -41,7 +49,7 @@ use std::{
     cmp::Reverse,
     collections::{BTreeMap, HashMap},
     convert::Infallible,
-    io,
+    fmt, io,
     net::IpAddr,
     ops::Range,
     sync::{
@@ -51,8 +59,11 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use genflow::{ConfigError, Emitter, GenServer, Metrics, Stage, StageMetrics};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use genflow::{ConfigError, Emitter, Failure, GenServer, Metrics, Stage, StageMetrics};
+use tokio::{
+    io::{AsyncBufRead, AsyncBufReadExt},
+    sync::watch,
+};
 
 /// Any error, as returned by the pipeline's calls and feeds.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -62,7 +73,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A line of the log with its number (1-based, in the order the lines were
 /// fed): what `parse` takes. Lines are numbered before they enter the
 /// pipeline, so `parse` can run on several replicas and still name the
-/// malformed lines it keeps.
+/// malformed lines it fails.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Line {
     pub(crate) number: u64,
@@ -153,16 +164,18 @@ impl Method {
 /// ```text
 /// 203.0.113.7 - - [10/Mar/2024:13:55:36 +0000] "GET /users/1 HTTP/1.1" 200 1534 "-" "curl/8.4.0" 0.042
 /// ```
-#[allow(dead_code, reason = "for tests/logs.rs; the stages use `ParseStats::parse`")]
+#[allow(dead_code, reason = "for tests/logs.rs; the stages use `ParseCounts::parse`")]
 pub(crate) fn parse_line(line: impl Into<String>) -> Option<Request> {
-    read_line(line.into()).ok()
+    let line = line.into();
+    scan(&line).map(|scanned| scanned.into_request(line))
 }
 
-/// [`parse_line`], handing a malformed line back.
-fn read_line(line: String) -> Result<Request, String> {
-    match scan(&line) {
-        Some(scanned) => Ok(scanned.into_request(line)),
-        None => Err(line),
+/// [`parse_line`] for a numbered line; a malformed one comes back as the
+/// error `parse` fails it with.
+fn read_line(line: Line) -> Result<Request, MalformedLine> {
+    match scan(&line.text) {
+        Some(scanned) => Ok(scanned.into_request(line.text)),
+        None => Err(MalformedLine::new(line)),
     }
 }
 
@@ -306,78 +319,178 @@ fn parse_seconds(text: &str) -> Option<u64> {
     whole.parse::<u64>().ok()?.checked_mul(1_000_000)?.checked_add(micros)
 }
 
-/// What `parse` knows: how many lines it read and which were malformed.
-///
-/// Each `parse` replica keeps its own; [`ParseStats::merge`] adds them up.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct ParseStats {
+/// What one `parse` replica read: every line it took, and those it passed
+/// on. The others it failed, each with a [`MalformedLine`]: they are counted
+/// by the pipeline (the stage's `failed` metric) and read back from its
+/// `failures()` stream ([`MalformedLines`]), not here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ParseCounts {
     /// Lines taken, counted before reading them.
     pub(crate) lines: u64,
     /// Lines read into a [`Request`] and passed on.
     pub(crate) parsed: u64,
-    pub(crate) malformed: u64,
-    /// The first [`ParseStats::EXAMPLES`] malformed lines, by line number.
-    pub(crate) examples: Vec<MalformedLine>,
 }
 
+impl ParseCounts {
+    /// Reads the next line, counting it; a malformed line comes back as the
+    /// error to fail it with.
+    pub(crate) fn parse(&mut self, line: Line) -> Result<Request, MalformedLine> {
+        self.lines += 1;
+        let request = read_line(line)?;
+        self.parsed += 1;
+        Ok(request)
+    }
+
+    pub(crate) fn sum(replicas: &[ParseCounts]) -> ParseCounts {
+        replicas.iter().fold(ParseCounts::default(), |sum, r| ParseCounts {
+            lines: sum.lines + r.lines,
+            parsed: sum.parsed + r.parsed,
+        })
+    }
+}
+
+/// A line `parse` could not read: the error it fails the line with
+/// (`out.fail(MalformedLine { .. })`), which reaches the pipeline's
+/// `failures()` stream inside a `genflow::Failure`, where
+/// `failure.error().downcast_ref::<MalformedLine>()` gets it back.
+///
+/// The line itself is moved into `process`, so the error carries what the
+/// report needs of it: its number and its first [`MalformedLine::MAX_CHARS`]
+/// characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct MalformedLine {
-    /// 1-based.
+    /// 1-based, in the order the lines were fed.
     pub(crate) number: u64,
-    /// The line, cut to [`MalformedLine::MAX_CHARS`].
+    /// The line, cut to [`MalformedLine::MAX_CHARS`] characters.
     pub(crate) text: String,
 }
 
 impl MalformedLine {
     pub(crate) const MAX_CHARS: usize = 100;
+
+    /// The error for `line`, cut in place (its buffer is reused, not
+    /// copied).
+    pub(crate) fn new(line: Line) -> MalformedLine {
+        let Line { number, mut text } = line;
+        if let Some((cut, _)) = text.char_indices().nth(Self::MAX_CHARS) {
+            text.truncate(cut);
+        }
+        MalformedLine { number, text }
+    }
 }
 
-impl ParseStats {
+/// `line 12: not an access-log line: "…"`, the text escaped as in Rust.
+impl fmt::Display for MalformedLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: not an access-log line: {:?}", self.number, self.text)
+    }
+}
+
+impl std::error::Error for MalformedLine {}
+
+/// The malformed lines of a log: how many, and the first few by line
+/// number, as the report shows them.
+///
+/// Built from the pipeline's failures, which arrive in no particular order
+/// when `parse` runs on several replicas, or in a plain loop
+/// ([`sequential`]); both give the same value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Malformed {
+    pub(crate) count: u64,
+    /// The [`Malformed::EXAMPLES`] lowest-numbered malformed lines, in
+    /// increasing numbers.
+    pub(crate) examples: Vec<MalformedLine>,
+}
+
+impl Malformed {
     /// How many malformed lines are kept as examples.
     pub(crate) const EXAMPLES: usize = 3;
 
-    /// Parses the next line, counting it as parsed or malformed, and keeping
-    /// it as an example if it is one of the first malformed ones this
-    /// `ParseStats` saw. Lines must come in increasing numbers (a replica
-    /// takes its lines in queue order), so that the first ones seen are the
-    /// lowest numbers.
-    pub(crate) fn parse(&mut self, line: Line) -> Option<Request> {
-        self.lines += 1;
-        match read_line(line.text) {
-            Ok(request) => {
-                self.parsed += 1;
-                Some(request)
-            }
-            Err(text) => {
-                self.malformed += 1;
-                if self.examples.len() < Self::EXAMPLES {
-                    let text = text.chars().take(MalformedLine::MAX_CHARS).collect();
-                    self.examples.push(MalformedLine { number: line.number, text });
-                }
-                None
+    /// Counts `line`, and keeps it if it is one of the lowest-numbered so
+    /// far. Lines may come in any order; the line is cloned only when kept.
+    pub(crate) fn record(&mut self, line: &MalformedLine) {
+        self.count += 1;
+        let at = self.examples.partition_point(|kept| kept.number < line.number);
+        if at < Self::EXAMPLES {
+            self.examples.insert(at, line.clone());
+            self.examples.truncate(Self::EXAMPLES);
+        }
+    }
+}
+
+/// What [`MalformedLines`] has read from the failures stream so far.
+#[derive(Debug, Default)]
+struct FailureTally {
+    malformed: Malformed,
+    /// Failures that are not a [`MalformedLine`] (a panic in a stage), with
+    /// the first one's text: the report would be wrong, so
+    /// [`collect_report`] returns it as an error.
+    others: u64,
+    first_other: Option<String>,
+}
+
+impl FailureTally {
+    fn record(&mut self, failure: &Failure) {
+        match failure.error().downcast_ref::<MalformedLine>() {
+            Some(line) if failure.stage() == "parse" => self.malformed.record(line),
+            _ => {
+                self.others += 1;
+                self.first_other.get_or_insert_with(|| failure.to_string());
             }
         }
     }
 
-    /// Adds another replica's counts, and keeps the lowest-numbered examples
-    /// of both: each replica kept its first malformed lines, so the first
-    /// of all the lines are among them.
-    pub(crate) fn merge(&mut self, other: &ParseStats) {
-        self.lines += other.lines;
-        self.parsed += other.parsed;
-        self.malformed += other.malformed;
-        self.examples.extend(other.examples.iter().cloned());
-        self.examples.sort_unstable_by_key(|example| example.number);
-        self.examples.truncate(Self::EXAMPLES);
+    /// Failures read.
+    fn read(&self) -> u64 {
+        self.malformed.count + self.others
+    }
+}
+
+/// The malformed lines of a [`Logs`] pipeline, read from its `failures()`
+/// stream by a task while lines are fed.
+///
+/// Start it before feeding ([`MalformedLines::read`]): until `failures()`
+/// is taken, failures are dropped (and counted as dropped in the metrics).
+/// The task reads each failure as it comes, so `parse` never waits for room
+/// in the failures buffer; it ends with the stream, once the pipeline has
+/// shut down. [`collect_report`] waits until it has read every failure of
+/// the lines flushed.
+pub(crate) struct MalformedLines {
+    tally: watch::Receiver<FailureTally>,
+}
+
+impl MalformedLines {
+    /// Takes `pipeline.failures()` and spawns the task that reads it (on
+    /// the current Tokio runtime). An error if the stream was taken before.
+    pub(crate) fn read(pipeline: &Logs) -> Result<MalformedLines, BoxError> {
+        let mut failures = pipeline.failures().ok_or("the pipeline's failures() stream was taken already")?;
+        let (sender, tally) = watch::channel(FailureTally::default());
+        tokio::spawn(async move {
+            while let Some(failure) = failures.next().await {
+                sender.send_modify(|tally| tally.record(&failure));
+            }
+        });
+        Ok(MalformedLines { tally })
     }
 
-    /// Merges the snapshots of several replicas.
-    pub(crate) fn merged<'a>(parts: impl IntoIterator<Item = &'a ParseStats>) -> ParseStats {
-        let mut stats = ParseStats::default();
-        for part in parts {
-            stats.merge(part);
+    /// Malformed lines read so far.
+    pub(crate) fn so_far(&self) -> u64 {
+        self.tally.borrow().malformed.count
+    }
+
+    /// Waits until `failures` failures were read, then returns the
+    /// malformed lines among them; an error if one of them is something
+    /// else, or if the stream ended first.
+    async fn after(&mut self, failures: u64) -> Result<Malformed, BoxError> {
+        let tally = self
+            .tally
+            .wait_for(|tally| tally.read() >= failures)
+            .await
+            .map_err(|_| format!("the failures stream ended before its {failures} failures were read"))?;
+        if let Some(other) = &tally.first_other {
+            return Err(format!("{} failures that are not malformed lines, the first: {other}", tally.others).into());
         }
-        stats
+        Ok(tally.malformed.clone())
     }
 }
 
@@ -751,10 +864,15 @@ impl Summary {
     }
 }
 
-/// The result of a run: what `parse` saw and what `aggregate` built.
+/// The result of a run: what `parse` read, the lines it failed, and what
+/// `aggregate` built.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Report {
-    pub(crate) parse: ParseStats,
+    /// From the `parse` replicas' state.
+    pub(crate) parse: ParseCounts,
+    /// From the pipeline's `failures()` stream.
+    pub(crate) malformed: Malformed,
+    /// From the `aggregate` replicas' state.
     pub(crate) summary: Summary,
 }
 
@@ -765,8 +883,9 @@ pub(crate) fn sequential<L: Into<String>>(lines: impl IntoIterator<Item = L>) ->
     let mut report = Report::default();
     let mut enricher = Enricher::default();
     for (text, number) in lines.into_iter().zip(1..) {
-        if let Some(request) = report.parse.parse(Line { number, text: text.into() }) {
-            report.summary.record(enricher.enrich(request));
+        match report.parse.parse(Line { number, text: text.into() }) {
+            Ok(request) => report.summary.record(enricher.enrich(request)),
+            Err(malformed) => report.malformed.record(&malformed),
         }
     }
     report
@@ -778,29 +897,29 @@ pub(crate) fn sequential<L: Into<String>>(lines: impl IntoIterator<Item = L>) ->
 /// `call_aggregate_all`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Query {
-    /// The stage's state so far: [`ParseStats`] from `parse`,
+    /// The stage's state so far: [`ParseCounts`] from each `parse` replica,
     /// [`EnrichCounts`] from each `enrich` replica, a [`Summary`] from each
     /// `aggregate` replica.
     Snapshot,
 }
 
-/// [`Line`] → [`Request`]; malformed lines are counted and dropped.
+/// [`Line`] → [`Request`]; a malformed line fails with a [`MalformedLine`].
 pub(crate) struct Parse {
-    stats: ParseStats,
+    counts: ParseCounts,
 }
 
 impl GenServer for Parse {
     type Message = Query;
-    type Response = ParseStats;
+    type Response = ParseCounts;
     type Registry = Logs;
 
     fn new(_: Logs) -> Self {
-        Parse { stats: ParseStats::default() }
+        Parse { counts: ParseCounts::default() }
     }
 
-    async fn handle_call(&mut self, query: Query) -> ParseStats {
+    async fn handle_call(&mut self, query: Query) -> ParseCounts {
         match query {
-            Query::Snapshot => self.stats.clone(),
+            Query::Snapshot => self.counts,
         }
     }
 
@@ -812,8 +931,10 @@ impl Stage for Parse {
     type Out = Request;
 
     async fn process(&mut self, line: Line, out: &mut Emitter<Request>) {
-        if let Some(request) = self.stats.parse(line) {
-            out.emit(request).await;
+        match self.counts.parse(line) {
+            Ok(request) => out.emit(request).await,
+            // Counted in `failed`, sent to `failures()`; nothing is printed.
+            Err(malformed) => out.fail(malformed),
         }
     }
 }
@@ -945,9 +1066,9 @@ impl Logs {
         Ok(self.feed(numbered).await? as u64)
     }
 
-    /// `call_parse_all(Query::Snapshot)`, merged: what every replica read.
-    pub(crate) async fn parse_stats(&self) -> Result<ParseStats, BoxError> {
-        Ok(ParseStats::merged(&self.call_parse_all(Query::Snapshot).await?))
+    /// `call_parse_all(Query::Snapshot)`, summed: what every replica read.
+    pub(crate) async fn parse_counts(&self) -> Result<ParseCounts, BoxError> {
+        Ok(ParseCounts::sum(&self.call_parse_all(Query::Snapshot).await?))
     }
 
     /// `call_enrich_all(Query::Snapshot)`: what each replica did.
@@ -967,24 +1088,39 @@ pub(crate) fn stage(metrics: &Metrics, name: &str) -> StageMetrics {
 }
 
 /// Waits until every one of the `fed` lines went through all three stages,
-/// then returns the report built from the state of `parse` and of every
-/// `aggregate` replica. The pipeline keeps running: feed it more, or shut it
-/// down, afterwards.
+/// then returns the report built from the state of every `parse` and
+/// `aggregate` replica and from the failures `malformed` read. The pipeline
+/// keeps running: feed it more, or shut it down, afterwards.
 ///
-/// `flush` returns once every line fed before it has gone through; a call
-/// is served between two items, never in the middle of one, so the answers
-/// of the stages after it cover every line, and each stage has taken all
-/// the previous one passed on (checked here: a mismatch is an error).
-pub(crate) async fn collect_report(pipeline: &Logs, fed: u64) -> Result<Report, BoxError> {
+/// `flush` returns once every line fed before it has gone through, failed
+/// lines included: a replica sends an item's failures before it ends the
+/// batch that held it. A call is served between two items, never in the
+/// middle of one, so the answers of the stages after the flush cover every
+/// line, and each stage has taken all the previous one passed on (checked
+/// here: a mismatch is an error). The lines `parse` took but did not pass
+/// on are the failures to wait for: once `malformed` has read that many,
+/// the report is complete.
+pub(crate) async fn collect_report(
+    pipeline: &Logs,
+    malformed: &mut MalformedLines,
+    fed: u64,
+) -> Result<Report, BoxError> {
     pipeline.flush().await?;
-    let parse = pipeline.parse_stats().await?;
+    let parse = pipeline.parse_counts().await?;
     let enriched = EnrichCounts::sum(&pipeline.enriched().await?);
     let summary = Summary::merged(&pipeline.summaries().await?);
-    let counts = [(parse.lines, fed), (enriched.requests, parse.parsed), (summary.requests(), enriched.hits)];
-    if counts.iter().any(|(taken, given)| taken != given) {
-        return Err(format!("after flush, a stage has not taken all it was given (taken, given): {counts:?}").into());
+    let failed = parse.lines.saturating_sub(parse.parsed);
+    let malformed = malformed.after(failed).await?;
+    let checks = [
+        ("lines `parse` took", parse.lines, "lines fed", fed),
+        ("malformed lines in failures()", malformed.count, "lines `parse` did not pass on", failed),
+        ("requests `enrich` took", enriched.requests, "lines `parse` passed on", parse.parsed),
+        ("hits `aggregate` recorded", summary.requests(), "hits `enrich` passed on", enriched.hits),
+    ];
+    if let Some((taken, n, given, m)) = checks.iter().find(|(_, n, _, m)| n != m) {
+        return Err(format!("after flush, {taken} ({n}) differ from the {given} ({m})").into());
     }
-    Ok(Report { parse, summary })
+    Ok(Report { parse, malformed, summary })
 }
 
 // --- Input -------------------------------------------------------------------------
