@@ -46,6 +46,13 @@
 //! nothing, memory grows with what is queued (and is kept for reuse once
 //! grown, so a steady stream allocates nothing), and capacities above
 //! [`MAX_CAPACITY`] are clamped to it.
+//!
+//! # Moving items
+//!
+//! Items are kept in chunks of up to a batch ([`Chunks`]): a commit fills
+//! the last chunk, and a reader that takes a whole chunk into its empty
+//! batch swaps buffers with it, so the items of a batch are not moved one
+//! by one on their way out.
 
 use std::{
     collections::VecDeque,
@@ -55,7 +62,10 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use super::flush::Mark;
+use super::{
+    chunks::{Batch, Chunks},
+    flush::Mark,
+};
 use crate::loom::sync::{Mutex, MutexGuard};
 
 /// The largest capacity a queue (or a server's mailbox) has: tokio's
@@ -101,7 +111,7 @@ impl Waiter {
 }
 
 struct State<T> {
-    items: VecDeque<T>,
+    items: Chunks<T>,
     reserved: usize,
     closed: bool,
     /// Set by [`Queue::close_and_clear`]: items committed into room reserved
@@ -263,7 +273,7 @@ impl<T> Queue<T> {
         let capacity = capacity.min(MAX_CAPACITY);
         Queue {
             state: Mutex::new(State {
-                items: VecDeque::new(),
+                items: Chunks::new(capacity),
                 reserved: 0,
                 closed: false,
                 cleared: false,
@@ -427,7 +437,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Extend<T>,
+        out: &mut impl Batch<T>,
         max: usize,
     ) -> Poll<bool> {
         self.poll_pop_numbered(cx, waiter, out, max).map(|first| first.is_some())
@@ -440,7 +450,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Extend<T>,
+        out: &mut impl Batch<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
         self.poll_pop_marked(cx, waiter, out, max, None)
@@ -452,7 +462,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Extend<T>,
+        out: &mut impl Batch<T>,
         max: usize,
         mark: Option<&Mark>,
     ) -> Poll<Option<u64>> {
@@ -469,7 +479,7 @@ impl<T> Queue<T> {
             let available = state.available();
             if available > 0 {
                 let n = available.min(max);
-                out.extend(state.items.drain(..n));
+                state.items.pop_into(out, n);
                 let first = state.popped;
                 state.popped += n as u64;
                 if let Some(mark) = mark {
@@ -562,12 +572,13 @@ impl<T> Queue<T> {
             state.closed = true;
             state.cleared = true;
             state.wake_writers(wakers);
-            let dropped = std::mem::take(&mut state.items);
-            state.discarded += dropped.len() as u64;
+            let n = state.items.len();
+            let dropped = state.items.take_all();
+            state.discarded += n as u64;
             state.end_readers(wakers);
-            dropped
+            (n, dropped)
         });
-        dropped.len()
+        dropped.0
     }
 }
 
@@ -654,7 +665,7 @@ impl<T> Reader<'_, T> {
     pub(crate) fn poll_pop_numbered(
         &mut self,
         cx: &mut Context<'_>,
-        out: &mut impl Extend<T>,
+        out: &mut impl Batch<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
         let Wait { queue, waiter } = &mut self.wait;
