@@ -101,6 +101,26 @@ impl<T> Chunks<T> {
         }
     }
 
+    /// Appends every item of `items`, leaving it empty. When they make a
+    /// chunk on their own (the last chunk is full, they are a batch at
+    /// most, and their buffer has a chunk's size), their buffer becomes
+    /// the chunk and `items` gets a spare one instead of the items being
+    /// moved one by one.
+    pub(crate) fn append_vec(&mut self, items: &mut Vec<T>) {
+        let whole = !items.is_empty()
+            && items.len() <= CHUNK
+            && (CHUNK..=2 * CHUNK).contains(&items.capacity())
+            && self.chunks.back().is_none_or(|back| back.len() >= CHUNK);
+        if whole {
+            let spare = Vec::from(self.fresh());
+            let chunk = std::mem::replace(items, spare);
+            self.len += chunk.len();
+            self.chunks.push_back(VecDeque::from(chunk));
+        } else {
+            self.extend(items.drain(..));
+        }
+    }
+
     /// Moves the first `n` items to the back of `out`, whole chunks by
     /// [`Batch::take_chunk`].
     ///
@@ -175,6 +195,27 @@ mod tests {
         let expected: Vec<u32> = (0..CHUNK as u32 + 3).chain([100]).collect();
         assert_eq!(out, expected);
         assert!(chunks.is_empty());
+    }
+
+    #[test]
+    fn a_batch_in_a_buffer_of_its_own_becomes_a_chunk() {
+        let mut chunks = Chunks::new(1000);
+        let mut items: Vec<u32> = Vec::with_capacity(CHUNK);
+        items.extend(0..5);
+        let buffer = items.as_ptr();
+        chunks.append_vec(&mut items);
+        assert!(items.is_empty());
+        assert!(items.capacity() >= CHUNK, "a spare buffer of a chunk's size");
+        assert_eq!(chunks.chunks.back().unwrap().as_slices().0.as_ptr(), buffer);
+        // The last chunk has room: the next items fill it instead.
+        items.extend(5..8);
+        let buffer = items.as_ptr();
+        chunks.append_vec(&mut items);
+        assert_eq!(items.as_ptr(), buffer, "kept its buffer");
+        assert_eq!(chunk_lens(&chunks), [8]);
+        let mut out = Vec::new();
+        chunks.pop_into(&mut out, 8);
+        assert_eq!(out, (0..8).collect::<Vec<_>>());
     }
 
     #[test]

@@ -365,10 +365,7 @@ impl<T> Target<T> {
             Dispatch::Shared(queue) => {
                 while !items.is_empty() {
                     match blocking(blocked, queue.reserve(items.len())).await {
-                        Ok(room) => {
-                            let n = room.len();
-                            room.commit(items.drain(..n));
-                        }
+                        Ok(room) => room.commit_from(items),
                         Err(Closed) => {
                             *dropped += items.len() as u64;
                             items.clear();

@@ -380,19 +380,45 @@ impl<T> Queue<T> {
     /// before, and gives back the room not used.
     /// Into a cleared queue, the items are dropped and counted instead.
     fn commit(&self, items: impl IntoIterator<Item = T>, reserved: usize) {
+        self.commit_by(reserved, |items_in| match items_in {
+            Some(chunks) => {
+                chunks.extend(items);
+                Vec::new()
+            }
+            None => items.into_iter().collect(),
+        });
+    }
+
+    /// Pushes every item of `items` into room reserved before (`reserved`
+    /// at least as large), leaving it empty; see [`Chunks::append_vec`].
+    fn commit_vec(&self, items: &mut Vec<T>, reserved: usize) {
+        debug_assert!(items.len() <= reserved, "pushed more than reserved");
+        self.commit_by(reserved, |items_in| match items_in {
+            Some(chunks) => {
+                chunks.append_vec(items);
+                Vec::new()
+            }
+            None => std::mem::take(items),
+        });
+    }
+
+    /// Commits into room reserved before: `place` puts the items into the
+    /// queue's items, or, given `None` (the queue was cleared), returns
+    /// them to be dropped and counted.
+    fn commit_by(&self, reserved: usize, place: impl FnOnce(Option<&mut Chunks<T>>) -> Vec<T>) {
         let mut wakers = WakeList::new();
         let mut state = self.lock();
         // `cleared` is read and the items placed in one critical section: a
         // `close_and_clear` cannot come in between and leave them queued.
         let late = if state.cleared {
             // Dropped outside the lock: an item's `Drop` may do anything.
-            let late: Vec<T> = items.into_iter().collect();
+            let late = place(None);
             state.discarded += late.len() as u64;
             state.reserved -= reserved;
             Some(late)
         } else {
             let before = state.items.len();
-            state.items.extend(items);
+            place(Some(&mut state.items));
             let pushed = state.items.len() - before;
             debug_assert!(pushed <= reserved, "pushed more than reserved");
             state.reserved -= reserved;
@@ -599,6 +625,19 @@ impl<T> Reservation<'_, T> {
     pub(crate) fn commit(mut self, items: impl IntoIterator<Item = T>) {
         let n = std::mem::take(&mut self.n);
         self.queue.commit(items.into_iter().take(n), n);
+    }
+
+    /// Moves up to [`len`](Self::len) items from the front of `items` into
+    /// the queue and gives back the rest of the room. When they all fit,
+    /// their buffer may move into the queue whole (see
+    /// [`Chunks::append_vec`]), `items` getting an empty one instead.
+    pub(crate) fn commit_from(mut self, items: &mut Vec<T>) {
+        let n = std::mem::take(&mut self.n);
+        if items.len() <= n {
+            self.queue.commit_vec(items, n);
+        } else {
+            self.queue.commit(items.drain(..n), n);
+        }
     }
 }
 
