@@ -122,12 +122,12 @@ impl<T> Chunks<T> {
     }
 
     /// Moves the first `n` items to the back of `out`, whole chunks by
-    /// [`Batch::take_chunk`].
+    /// [`PopInto::take_chunk`].
     ///
     /// # Panics
     ///
     /// Panics if fewer than `n` items are held.
-    pub(crate) fn pop_into(&mut self, out: &mut impl Batch<T>, n: usize) {
+    pub(crate) fn pop_into(&mut self, out: &mut impl PopInto<T>, n: usize) {
         assert!(n <= self.len, "popped more items than held");
         let mut left = n;
         while left > 0 {
@@ -153,7 +153,7 @@ impl<T> Chunks<T> {
 }
 
 /// Where a reader puts the items it takes out of a queue.
-pub(crate) trait Batch<T>: Extend<T> {
+pub(crate) trait PopInto<T>: Extend<T> {
     /// Moves every item of `chunk` to the back of `self`, leaving `chunk`
     /// empty (its buffer may be another one afterwards).
     fn take_chunk(&mut self, chunk: &mut VecDeque<T>) {
@@ -161,11 +161,11 @@ pub(crate) trait Batch<T>: Extend<T> {
     }
 }
 
-impl<T> Batch<T> for Vec<T> {}
+impl<T> PopInto<T> for Vec<T> {}
 
 /// Takes an empty buffer's place: the chunk's buffer becomes the batch, and
 /// the batch's buffer (empty) goes back to the queue.
-impl<T> Batch<T> for VecDeque<T> {
+impl<T> PopInto<T> for VecDeque<T> {
     fn take_chunk(&mut self, chunk: &mut VecDeque<T>) {
         if self.is_empty() {
             std::mem::swap(self, chunk);

@@ -63,7 +63,7 @@ use std::{
 };
 
 use super::{
-    chunks::{Batch, Chunks},
+    chunks::{Chunks, PopInto},
     flush::Mark,
 };
 use crate::loom::sync::{Mutex, MutexGuard};
@@ -463,7 +463,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Batch<T>,
+        out: &mut impl PopInto<T>,
         max: usize,
     ) -> Poll<bool> {
         self.poll_pop_numbered(cx, waiter, out, max).map(|first| first.is_some())
@@ -476,7 +476,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Batch<T>,
+        out: &mut impl PopInto<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
         self.poll_pop_marked(cx, waiter, out, max, None)
@@ -488,7 +488,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Batch<T>,
+        out: &mut impl PopInto<T>,
         max: usize,
         mark: Option<&Mark>,
     ) -> Poll<Option<u64>> {
@@ -704,7 +704,7 @@ impl<T> Reader<'_, T> {
     pub(crate) fn poll_pop_numbered(
         &mut self,
         cx: &mut Context<'_>,
-        out: &mut impl Batch<T>,
+        out: &mut impl PopInto<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
         let Wait { queue, waiter } = &mut self.wait;
