@@ -520,10 +520,7 @@ impl<T> Target<T> {
                         None => blocking(blocked, queue.reserve(items.len())).await,
                     };
                     match room {
-                        Ok(room) => {
-                            let n = room.len();
-                            room.commit(items.drain(..n));
-                        }
+                        Ok(room) => room.commit_from(items),
                         Err(Closed) => {
                             *dropped += items.len() as u64;
                             items.clear();
