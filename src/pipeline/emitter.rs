@@ -520,7 +520,10 @@ impl<T> Target<T> {
                         None => blocking(blocked, queue.reserve(items.len())).await,
                     };
                     match room {
-                        Ok(room) => room.commit_from(items),
+                        Ok(room) => {
+                            let n = room.len();
+                            room.commit(items.drain(..n));
+                        }
                         Err(Closed) => {
                             *dropped += items.len() as u64;
                             items.clear();

@@ -320,15 +320,9 @@ impl Failing {
     }
 
     /// Whether the item that just finished `process` failed; resets it.
-    /// Writes only when it failed, so items that do not fail pay one read.
     #[inline]
     pub(crate) fn take_item_failed(&mut self) -> bool {
-        if self.item_failed {
-            self.item_failed = false;
-            true
-        } else {
-            false
-        }
+        std::mem::take(&mut self.item_failed)
     }
 
     /// From now on, failures come from `finish`.

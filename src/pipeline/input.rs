@@ -88,7 +88,7 @@ impl<T: Send + 'static> Input<T> {
                 }
             }
             sent += batch.len();
-            room.commit_from(&mut batch);
+            room.commit(batch.drain(..));
         }
         Ok(sent)
     }

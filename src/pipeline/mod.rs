@@ -69,7 +69,6 @@
 //! the pipeline's `failures()` stream as a [`Failure`] (see [`Failures`]
 //! for what happens when nobody reads it). See [`Stage`].
 
-mod chunks;
 mod dispatch;
 mod drain;
 mod emitter;

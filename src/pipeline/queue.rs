@@ -46,13 +46,6 @@
 //! nothing, memory grows with what is queued (and is kept for reuse once
 //! grown, so a steady stream allocates nothing), and capacities above
 //! [`MAX_CAPACITY`] are clamped to it.
-//!
-//! # Moving items
-//!
-//! Items are kept in chunks of up to a batch ([`Chunks`]): a commit fills
-//! the last chunk, and a reader that takes a whole chunk into its empty
-//! batch swaps buffers with it, so the items of a batch are not moved one
-//! by one on their way out.
 
 use std::{
     collections::VecDeque,
@@ -62,10 +55,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use super::{
-    chunks::{Chunks, PopInto},
-    flush::Mark,
-};
+use super::flush::Mark;
 use crate::loom::sync::{Mutex, MutexGuard};
 
 /// The largest capacity a queue (or a server's mailbox) has: tokio's
@@ -111,7 +101,7 @@ impl Waiter {
 }
 
 struct State<T> {
-    items: Chunks<T>,
+    items: VecDeque<T>,
     reserved: usize,
     closed: bool,
     /// Set by [`Queue::close_and_clear`]: items committed into room reserved
@@ -273,7 +263,7 @@ impl<T> Queue<T> {
         let capacity = capacity.min(MAX_CAPACITY);
         Queue {
             state: Mutex::new(State {
-                items: Chunks::new(capacity),
+                items: VecDeque::new(),
                 reserved: 0,
                 closed: false,
                 cleared: false,
@@ -380,45 +370,19 @@ impl<T> Queue<T> {
     /// before, and gives back the room not used.
     /// Into a cleared queue, the items are dropped and counted instead.
     fn commit(&self, items: impl IntoIterator<Item = T>, reserved: usize) {
-        self.commit_by(reserved, |items_in| match items_in {
-            Some(chunks) => {
-                chunks.extend(items);
-                Vec::new()
-            }
-            None => items.into_iter().collect(),
-        });
-    }
-
-    /// Pushes every item of `items` into room reserved before (`reserved`
-    /// at least as large), leaving it empty; see [`Chunks::append_vec`].
-    fn commit_vec(&self, items: &mut Vec<T>, reserved: usize) {
-        debug_assert!(items.len() <= reserved, "pushed more than reserved");
-        self.commit_by(reserved, |items_in| match items_in {
-            Some(chunks) => {
-                chunks.append_vec(items);
-                Vec::new()
-            }
-            None => std::mem::take(items),
-        });
-    }
-
-    /// Commits into room reserved before: `place` puts the items into the
-    /// queue's items, or, given `None` (the queue was cleared), returns
-    /// them to be dropped and counted.
-    fn commit_by(&self, reserved: usize, place: impl FnOnce(Option<&mut Chunks<T>>) -> Vec<T>) {
         let mut wakers = WakeList::new();
         let mut state = self.lock();
         // `cleared` is read and the items placed in one critical section: a
         // `close_and_clear` cannot come in between and leave them queued.
         let late = if state.cleared {
             // Dropped outside the lock: an item's `Drop` may do anything.
-            let late = place(None);
+            let late: Vec<T> = items.into_iter().collect();
             state.discarded += late.len() as u64;
             state.reserved -= reserved;
             Some(late)
         } else {
             let before = state.items.len();
-            place(Some(&mut state.items));
+            state.items.extend(items);
             let pushed = state.items.len() - before;
             debug_assert!(pushed <= reserved, "pushed more than reserved");
             state.reserved -= reserved;
@@ -463,7 +427,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl PopInto<T>,
+        out: &mut impl Extend<T>,
         max: usize,
     ) -> Poll<bool> {
         self.poll_pop_numbered(cx, waiter, out, max).map(|first| first.is_some())
@@ -476,7 +440,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl PopInto<T>,
+        out: &mut impl Extend<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
         self.poll_pop_marked(cx, waiter, out, max, None)
@@ -488,7 +452,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl PopInto<T>,
+        out: &mut impl Extend<T>,
         max: usize,
         mark: Option<&Mark>,
     ) -> Poll<Option<u64>> {
@@ -505,7 +469,7 @@ impl<T> Queue<T> {
             let available = state.available();
             if available > 0 {
                 let n = available.min(max);
-                state.items.pop_into(out, n);
+                out.extend(state.items.drain(..n));
                 let first = state.popped;
                 state.popped += n as u64;
                 if let Some(mark) = mark {
@@ -598,13 +562,12 @@ impl<T> Queue<T> {
             state.closed = true;
             state.cleared = true;
             state.wake_writers(wakers);
-            let n = state.items.len();
-            let dropped = state.items.take_all();
-            state.discarded += n as u64;
+            let dropped = std::mem::take(&mut state.items);
+            state.discarded += dropped.len() as u64;
             state.end_readers(wakers);
-            (n, dropped)
+            dropped
         });
-        dropped.0
+        dropped.len()
     }
 }
 
@@ -625,19 +588,6 @@ impl<T> Reservation<'_, T> {
     pub(crate) fn commit(mut self, items: impl IntoIterator<Item = T>) {
         let n = std::mem::take(&mut self.n);
         self.queue.commit(items.into_iter().take(n), n);
-    }
-
-    /// Moves up to [`len`](Self::len) items from the front of `items` into
-    /// the queue and gives back the rest of the room. When they all fit,
-    /// their buffer may move into the queue whole (see
-    /// [`Chunks::append_vec`]), `items` getting an empty one instead.
-    pub(crate) fn commit_from(mut self, items: &mut Vec<T>) {
-        let n = std::mem::take(&mut self.n);
-        if items.len() <= n {
-            self.queue.commit_vec(items, n);
-        } else {
-            self.queue.commit(items.drain(..n), n);
-        }
     }
 }
 
@@ -704,7 +654,7 @@ impl<T> Reader<'_, T> {
     pub(crate) fn poll_pop_numbered(
         &mut self,
         cx: &mut Context<'_>,
-        out: &mut impl PopInto<T>,
+        out: &mut impl Extend<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
         let Wait { queue, waiter } = &mut self.wait;
@@ -721,7 +671,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl PopInto<T>,
+        out: &mut impl Extend<T>,
         max: usize,
         mark: &Mark,
     ) -> Poll<Option<u64>> {

@@ -261,17 +261,11 @@ impl<T> Drop for Batch<T> {
 /// The counts of a batch in progress, published when it is dropped: at the
 /// end of the batch, or when the task is dropped in the middle of it (then
 /// the item in `process`, if any, counts as aborted).
-///
-/// An item counts as processed from the moment `process` is called, so the
-/// item path pays no bookkeeping of its own: the awaits outside `process`
-/// (sending failures or outputs, serving calls) are rare, and only they
-/// mark that no item is in `process` while they wait.
 struct Progress<'a> {
     counters: &'a Counters,
     delta: Delta,
-    /// Whether the replica waits outside `process` (the last item counted
-    /// in `processed` is done).
-    between_items: bool,
+    /// 1 while an item is in `process`.
+    in_process: u64,
 }
 
 impl Progress<'_> {
@@ -283,11 +277,7 @@ impl Progress<'_> {
 
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
-        if !self.between_items && self.delta.processed > 0 {
-            // Dropped while the last item counted was in `process`.
-            self.delta.processed -= 1;
-            self.delta.aborted += 1;
-        }
+        self.delta.aborted += self.in_process;
         self.delta.busy = self.counters.end_busy();
         self.publish();
     }
@@ -305,12 +295,12 @@ pub(crate) async fn process_batch<S: Stage>(
 ) -> Result<(), Crashed> {
     counters.begin_busy(Instant::now());
     out.begin_batch(batch.first);
-    let mut progress = Progress { counters, delta: Delta::default(), between_items: false };
+    let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
     while let Some(item) = batch.items.pop_front() {
         let mut waited = false;
-        progress.delta.processed += 1;
+        progress.in_process = 1;
         let processed = {
             let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
             poll_fn(|cx| {
@@ -320,6 +310,8 @@ pub(crate) async fn process_batch<S: Stage>(
             })
             .await
         };
+        progress.in_process = 0;
+        progress.delta.processed += 1;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
             out.fail_panic(Panicked::new(&panic));
@@ -327,29 +319,22 @@ pub(crate) async fn process_batch<S: Stage>(
         // An item counts as failed once, however many failures it gave.
         if out.take_item_failed() {
             progress.delta.failed += 1;
-            progress.between_items = true;
             out.send_failures().await;
-            progress.between_items = false;
         }
         if waited {
             // A stage that awaits per item is slow: send its output now.
-            progress.between_items = true;
             out.flush().await;
-            progress.between_items = false;
         }
         if !batch.items.is_empty() && control.state.take_mail() {
             // Publish what is done, so a call sees metrics as current as
             // the state it reads.
             progress.publish();
-            progress.between_items = true;
             result = serve_waiting(server, control).await;
-            progress.between_items = false;
             if result.is_err() {
                 break;
             }
         }
     }
-    progress.between_items = true;
     let done = taken - batch.items.len() as u64;
     out.end_batch(batch.first, done).await;
     batch.first += done;

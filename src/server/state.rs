@@ -79,7 +79,6 @@ impl ServerState {
 
     /// Whether messages may have been queued since the last call. Clears
     /// the mark: whoever sees `true` must then take every queued message.
-    #[inline]
     pub(crate) fn take_mail(&self) -> bool {
         self.mail.load(Ordering::Relaxed) && self.mail.swap(false, Ordering::Acquire)
     }
