@@ -311,3 +311,73 @@ async fn an_ordered_stage_stalled_on_its_output_shows_the_stall_while_it_lasts()
     }
     assert_eq!(after.elapsed(), STALL);
 }
+
+/// Takes 1 s to boot, 2 s per call and 3 s per item.
+struct Timed;
+
+impl GenServer for Timed {
+    type Message = ();
+    type Response = ();
+    type Registry = Times;
+
+    fn new(_: Times) -> Self {
+        Timed
+    }
+
+    async fn init(&mut self) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    async fn handle_call(&mut self, _: ()) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    async fn handle_cast(&mut self, _: ()) {}
+}
+
+impl Stage for Timed {
+    type In = u64;
+    type Out = u64;
+
+    async fn process(&mut self, n: u64, out: &mut Emitter<u64>) {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        out.emit(n).await;
+    }
+}
+
+#[genflow::pipeline{ timed: Timed }]
+struct Times;
+
+#[tokio::test(start_paused = true)]
+async fn busy_is_the_time_at_work_on_items_not_booting_waiting_or_serving_calls() {
+    let flow = Times::start().await;
+    // Booted (1 s), then idle for 4 s, then a call (2 s).
+    tokio::time::advance(Duration::from_secs(4)).await;
+    flow.call_timed(()).await.unwrap();
+    let idle = flow.metrics();
+    assert_eq!((stage(&idle, "timed").busy, idle.elapsed()), (Duration::ZERO, Duration::from_secs(7)), "{idle}");
+    // Two items in one batch (3 s each), and a call that arrives during
+    // the first one, served between them (2 s).
+    flow.send(1).await.unwrap();
+    flow.send(2).await.unwrap();
+    until(|| flow.metrics(), |m| stage(m, "timed").received == 2).await;
+    let call = tokio::spawn({
+        let flow = flow.clone();
+        async move { flow.call_timed(()).await }
+    });
+    // The first item is done at 10 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = until(|| flow.metrics(), |m| stage(m, "timed").processed == 1).await;
+    assert_eq!(during.elapsed(), Duration::from_secs(10), "{during}");
+    assert_eq!(stage(&during, "timed").busy, Duration::from_secs(3), "{during}");
+    call.await.unwrap().unwrap();
+    flow.shutdown().await;
+    let after = flow.metrics();
+    let timed = stage(&after, "timed");
+    assert_eq!((timed.processed, timed.dropped), (2, 2), "{after}");
+    assert_eq!(
+        (timed.busy, timed.blocked, after.elapsed()),
+        (Duration::from_secs(6), Duration::ZERO, Duration::from_secs(15)),
+        "{after}"
+    );
+}

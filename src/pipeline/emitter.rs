@@ -303,13 +303,13 @@ impl<T: Send + 'static> Emitter<T> {
     /// emitted first; the time it takes is not this stage's busy time.
     async fn send_fused(&mut self) {
         self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
-        let started = Instant::now();
+        // Time in the fused stage is its busy time, not this stage's.
+        let away = self.counters.step_away();
         let Emitter { fused, buf, .. } = self;
         if let Some(next) = fused {
             next.get_mut().unwrap_or_else(|poison| poison.into_inner()).push(buf).await;
         }
-        // Time in the fused stage is its busy time, not this stage's.
-        self.counters.shift_busy(started.elapsed());
+        self.counters.step_back(away);
     }
 
     /// This stage's input ended and its `finish` ran: sends what is

@@ -125,6 +125,8 @@ impl<S: Stage> FusedStage<S> {
         registry: S::Registry,
         counters: Arc<Counters>,
     ) -> Self {
+        // Run in another stage's task: its busy time is timed per batch.
+        counters.measure_batches();
         FusedStage {
             server: None,
             booted: false,

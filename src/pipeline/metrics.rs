@@ -1,7 +1,7 @@
 use std::{
     fmt,
     num::NonZero,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -12,8 +12,17 @@ use tokio::time::Instant;
 /// Besides the sums, the replica publishes what it is doing now, so that a
 /// snapshot taken in the middle of a long `process` or a long wait counts
 /// the time so far: the *stamps* below are instants (nanoseconds since
-/// `epoch`, plus one; 0: not set), each one atomic store per batch, or per
-/// wait that really waits.
+/// `epoch`, plus one; 0: not set), each one atomic store per wait that
+/// really waits.
+///
+/// Busy time is not timed per batch: a replica's busy time is the time it
+/// was alive, less the time it was *aside* (waiting for work, booting,
+/// serving calls and casts, running a `#[fused]` stage after it) and the
+/// time it was blocked. So a replica that goes from batch to batch without
+/// waiting reads no clock at all; the clock is read when it starts or stops
+/// waiting, which costs little next to the wait itself. A `#[fused]` stage
+/// runs inside another stage's task, so it cannot be timed that way: its
+/// counters time each batch instead (`measure_batches`).
 #[derive(Debug)]
 pub(crate) struct Counters {
     received: AtomicU64,
@@ -22,12 +31,20 @@ pub(crate) struct Counters {
     failed: AtomicU64,
     dropped: AtomicU64,
     aborted: AtomicU64,
-    busy_ns: AtomicU64,
     blocked_ns: AtomicU64,
     failures_blocked_ns: AtomicU64,
-    /// When the batch in progress started, moved later by each wait in it:
-    /// the batch's busy time so far is the time since (or, while it waits,
-    /// from this to the wait's start).
+    /// Time aside, not counting the stretch in progress.
+    aside_ns: AtomicU64,
+    /// When the stretch aside in progress started (from `epoch` on: a
+    /// replica is aside until it takes its first batch).
+    aside_since: AtomicU64,
+    /// Whether busy time is timed per batch (a fused stage) instead.
+    per_batch: AtomicBool,
+    /// Per batch: the busy time of the batches done.
+    busy_ns: AtomicU64,
+    /// Per batch: when the batch in progress started, moved later by each
+    /// wait in it: the batch's busy time so far is the time since (or,
+    /// while it waits, from this to the wait's start).
     busy_since: AtomicU64,
     /// When the wait in progress for room downstream (or a turn) started.
     blocked_since: AtomicU64,
@@ -47,9 +64,12 @@ impl Default for Counters {
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             aborted: AtomicU64::new(0),
-            busy_ns: AtomicU64::new(0),
             blocked_ns: AtomicU64::new(0),
             failures_blocked_ns: AtomicU64::new(0),
+            aside_ns: AtomicU64::new(0),
+            aside_since: AtomicU64::new(1),
+            per_batch: AtomicBool::new(false),
+            busy_ns: AtomicU64::new(0),
             busy_since: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
             failing_since: AtomicU64::new(0),
@@ -57,6 +77,14 @@ impl Default for Counters {
             epoch: Instant::now(),
         }
     }
+}
+
+/// A stretch aside begun by [`Counters::step_away`].
+#[must_use = "pass it to `step_back`"]
+pub(crate) struct Away {
+    since: Instant,
+    /// Whether `step_away` set the replica aside (it was not already).
+    set: bool,
 }
 
 /// What one batch changed.
@@ -100,23 +128,95 @@ impl Counters {
         since.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(since.subsec_nanos()) + 1)
     }
 
-    /// A batch starts at `at`.
+    /// Times this replica's busy time per batch from now on (a `#[fused]`
+    /// stage, run in another stage's task).
+    pub(crate) fn measure_batches(&self) {
+        self.per_batch.store(true, Ordering::Relaxed);
+    }
+
     #[inline]
-    pub(crate) fn begin_busy(&self, at: Instant) {
-        self.busy_since.store(self.stamp(at), Ordering::Relaxed);
+    fn per_batch(&self) -> bool {
+        self.per_batch.load(Ordering::Relaxed)
+    }
+
+    /// A batch starts: the replica works on items from now on.
+    #[inline]
+    pub(crate) fn begin_batch(&self) {
+        if self.per_batch() {
+            self.busy_since.store(self.stamp(Instant::now()), Ordering::Relaxed);
+        } else {
+            self.resume();
+        }
     }
 
     /// The batch in progress ended (or was dropped): returns its busy
-    /// time, the time since it started not spent waiting, which the caller
-    /// publishes.
+    /// time, which the caller publishes, if timed per batch (else zero:
+    /// the replica keeps working until it is set aside).
     #[inline]
-    pub(crate) fn end_busy(&self) -> Duration {
+    pub(crate) fn end_batch(&self) -> Duration {
+        if !self.per_batch() {
+            return Duration::ZERO;
+        }
         let since = self.busy_since.swap(0, Ordering::Relaxed);
         if since == 0 {
             return Duration::ZERO;
         }
         let now = self.stamp(Instant::now());
         Duration::from_nanos(now.saturating_sub(since))
+    }
+
+    /// The replica stops working on items now (it waits for work, boots,
+    /// or serves a call or a cast), unless it already had. Only the
+    /// replica's task calls this, `resume` and `step_away`.
+    #[inline]
+    pub(crate) fn set_aside(&self) {
+        if !self.per_batch() && self.aside_since.load(Ordering::Relaxed) == 0 {
+            self.set_aside_at(Instant::now());
+        }
+    }
+
+    fn set_aside_at(&self, at: Instant) {
+        self.aside_since.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// The replica works on items again, if it was aside.
+    #[inline]
+    pub(crate) fn resume(&self) {
+        if self.aside_since.load(Ordering::Relaxed) != 0 && !self.per_batch() {
+            self.resume_at(Instant::now());
+        }
+    }
+
+    fn resume_at(&self, at: Instant) {
+        let since = self.aside_since.load(Ordering::Relaxed);
+        if since != 0 {
+            let now = self.stamp(at);
+            // Added before the stamp is cleared: a snapshot in between
+            // counts the stretch twice (less busy), never not at all.
+            self.aside_ns.fetch_add(now.saturating_sub(since), Ordering::Relaxed);
+            self.aside_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The replica, in the middle of a batch, steps away from its items
+    /// (to serve calls and casts, or to run a fused stage) until
+    /// [`step_back`](Self::step_back): that time is not its busy time.
+    pub(crate) fn step_away(&self) -> Away {
+        let since = Instant::now();
+        let set = !self.per_batch() && self.aside_since.load(Ordering::Relaxed) == 0;
+        if set {
+            self.aside_since.store(self.stamp(since), Ordering::Relaxed);
+        }
+        Away { since, set }
+    }
+
+    /// The replica is back from [`step_away`](Self::step_away).
+    pub(crate) fn step_back(&self, away: Away) {
+        if self.per_batch() {
+            self.shift_busy(away.since.elapsed());
+        } else if away.set {
+            self.resume();
+        }
     }
 
     /// A wait (for room in the failures buffer if `failures`) starts at
@@ -128,27 +228,22 @@ impl Counters {
 
     /// The wait that started at `since` ends at `now`: the batch in progress
     /// was not busy meanwhile. The caller publishes the time blocked; if
-    /// `publish`, this does (the wait was dropped before it ended).
+    /// `publish`, this does (the wait was dropped before it ended), before
+    /// it clears the stamp, so a snapshot never misses the wait.
     pub(crate) fn end_wait(&self, since: Instant, now: Instant, failures: bool, publish: bool) {
         let waited = now.saturating_duration_since(since);
-        let stamp = if failures { &self.failing_since } else { &self.blocked_since };
-        stamp.store(0, Ordering::Relaxed);
-        // Only this replica writes `busy_since`: a load and a store suffice.
-        let busy = self.busy_since.load(Ordering::Relaxed);
-        if busy != 0 {
-            let shift = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-            self.busy_since.store(busy.saturating_add(shift), Ordering::Relaxed);
-        }
         if publish {
             let failures_blocked = if failures { waited } else { Duration::ZERO };
             self.add(&Delta { blocked: waited, failures_blocked, ..Delta::default() });
         }
+        let stamp = if failures { &self.failing_since } else { &self.blocked_since };
+        stamp.store(0, Ordering::Relaxed);
+        self.shift_busy(waited);
     }
 
-    /// The batch in progress spent `elsewhere` working for another stage
-    /// (a `#[fused]` stage after this one, run in this task): not this
-    /// stage's busy time, nor time blocked.
-    pub(crate) fn shift_busy(&self, elsewhere: Duration) {
+    /// Per batch: the batch in progress spent `elsewhere` not working (a
+    /// wait, or a `#[fused]` stage after this one run in this task).
+    fn shift_busy(&self, elsewhere: Duration) {
         // Only this replica writes `busy_since`: a load and a store suffice.
         let busy = self.busy_since.load(Ordering::Relaxed);
         if busy != 0 {
@@ -168,16 +263,23 @@ impl Counters {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let ended = get(&self.ended);
         let now = if ended != 0 { ended } else { self.stamp(Instant::now()) };
-        let (busy_since, blocked_since, failing_since) =
-            (get(&self.busy_since), get(&self.blocked_since), get(&self.failing_since));
-        let waiting = blocked_since.max(failing_since);
-        let live_busy = match (busy_since, waiting) {
-            (0, _) => 0,
-            (busy, 0) => now.saturating_sub(busy),
-            (busy, wait) => wait.saturating_sub(busy),
-        };
+        let (blocked_since, failing_since) = (get(&self.blocked_since), get(&self.failing_since));
         let live = |since: u64| if since == 0 { 0 } else { now.saturating_sub(since) };
         let (live_blocked, live_failing) = (live(blocked_since), live(failing_since));
+        let blocked = get(&self.blocked_ns).saturating_add(live_blocked).saturating_add(live_failing);
+        let busy = if self.per_batch() {
+            let busy_since = get(&self.busy_since);
+            let live_busy = match (busy_since, blocked_since.max(failing_since)) {
+                (0, _) => 0,
+                (busy, 0) => now.saturating_sub(busy),
+                (busy, wait) => wait.saturating_sub(busy),
+            };
+            get(&self.busy_ns).saturating_add(live_busy)
+        } else {
+            let aside = get(&self.aside_ns).saturating_add(live(get(&self.aside_since)));
+            // Stamps count from 1 at `epoch`.
+            now.saturating_sub(1).saturating_sub(aside).saturating_sub(blocked)
+        };
         let ns = Duration::from_nanos;
         ReplicaMetrics {
             received: get(&self.received),
@@ -187,8 +289,8 @@ impl Counters {
             dropped: get(&self.dropped),
             aborted: get(&self.aborted),
             queued: 0,
-            busy: ns(get(&self.busy_ns).saturating_add(live_busy)),
-            blocked: ns(get(&self.blocked_ns).saturating_add(live_blocked).saturating_add(live_failing)),
+            busy: ns(busy),
+            blocked: ns(blocked),
             failures_blocked: ns(get(&self.failures_blocked_ns).saturating_add(live_failing)),
             ended: (ended != 0).then(|| self.epoch + ns(ended - 1)),
         }
@@ -227,9 +329,11 @@ pub struct ReplicaMetrics {
     /// their stage's one queue have no queue of their own and show 0 here;
     /// the shared queue is [`StageMetrics::queued`].
     pub queued: u64,
-    /// Time spent in `process`, not counting time blocked. Includes the
-    /// batch in progress: a snapshot taken in the middle of a long
-    /// `process` counts its time so far.
+    /// Time spent at work on items: in `process` (and `finish`), not
+    /// counting time blocked. Time booting (`init`), waiting for items and
+    /// serving calls and casts (also between the items of a batch) is not
+    /// busy. Includes the work in progress: a snapshot taken in the middle
+    /// of a long `process` counts its time so far.
     pub busy: Duration,
     /// Time spent waiting: for room in the next queue (the output, for the
     /// last stage), for an `ordered` batch's turn, or for room in the
@@ -314,7 +418,7 @@ pub struct StageMetrics {
     pub queued: u64,
     /// The capacity of the stage's queue(s), summed.
     pub capacity: u64,
-    /// Time spent in `process`, summed over replicas: see
+    /// Time spent at work on items, summed over replicas: see
     /// [`ReplicaMetrics::busy`].
     pub busy: Duration,
     /// Time spent waiting for room downstream, summed over replicas: see
@@ -861,21 +965,42 @@ mod tests {
     }
 
     #[test]
-    fn a_wait_and_a_batch_in_progress_count_until_the_task_ended() {
+    fn a_wait_and_work_in_progress_count_until_the_task_ended() {
         let counters = Counters::default();
         let start = counters.epoch;
-        counters.begin_busy(start);
-        counters.begin_wait(start + SECOND, false);
-        // A snapshot while the wait lasts, read after the task ended at 3 s:
+        // Aside from its start (booting, waiting for work) until 1 s.
+        counters.resume_at(start + SECOND);
+        counters.begin_wait(start + 2 * SECOND, false);
+        // A snapshot while the wait lasts, read after the task ended at 4 s:
         // busy 1 s, blocked 2 s, and nothing runs on past the end.
-        counters.ended.store(counters.stamp(start + 3 * SECOND), Ordering::Relaxed);
+        counters.ended.store(counters.stamp(start + 4 * SECOND), Ordering::Relaxed);
         let r = counters.snapshot();
         assert_eq!((r.busy, r.blocked, r.failures_blocked), (SECOND, 2 * SECOND, Duration::ZERO));
-        assert_eq!(r.ended, Some(start + 3 * SECOND));
-        // The wait ends at 3 s: the batch's busy clock resumes after it.
+        assert_eq!(r.ended, Some(start + 4 * SECOND));
+        // The wait ends at 4 s: work resumes after it, until the replica is
+        // set aside again at 5 s; only its time at work is busy.
         counters.ended.store(0, Ordering::Relaxed);
-        counters.end_wait(start + SECOND, start + 3 * SECOND, false, true);
+        counters.end_wait(start + 2 * SECOND, start + 4 * SECOND, false, true);
+        counters.set_aside_at(start + 5 * SECOND);
+        counters.ended.store(counters.stamp(start + 9 * SECOND), Ordering::Relaxed);
+        let r = counters.snapshot();
+        assert_eq!((r.busy, r.blocked), (2 * SECOND, 2 * SECOND));
+    }
+
+    #[test]
+    fn a_fused_stage_times_its_batches() {
+        let counters = Counters::default();
+        counters.measure_batches();
+        let start = counters.epoch;
+        counters.busy_since.store(counters.stamp(start + SECOND), Ordering::Relaxed);
+        counters.begin_wait(start + 2 * SECOND, false);
         counters.ended.store(counters.stamp(start + 4 * SECOND), Ordering::Relaxed);
+        let r = counters.snapshot();
+        assert_eq!((r.busy, r.blocked), (SECOND, 2 * SECOND));
+        // The wait ends at 4 s: the batch's clock resumes after it.
+        counters.ended.store(0, Ordering::Relaxed);
+        counters.end_wait(start + 2 * SECOND, start + 4 * SECOND, false, true);
+        counters.ended.store(counters.stamp(start + 5 * SECOND), Ordering::Relaxed);
         let r = counters.snapshot();
         assert_eq!((r.busy, r.blocked), (2 * SECOND, 2 * SECOND));
     }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::FutureExt;
-use tokio::{sync::oneshot, time::Instant};
+use tokio::sync::oneshot;
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
@@ -74,6 +74,9 @@ pub(crate) fn run<S: Stage>(
         // taken in `mark`, which says when the batch ended, for `flush`.
         let mut reader = input.marked_reader(mark.mark());
         'life: loop {
+            // Booting is not working on items (a replica is aside from its
+            // start until its first batch).
+            counters.set_aside();
             let Some(mut server) = Box::pin(boot::<S>(&registry, &mut restarts)).await else {
                 break 'life;
             };
@@ -104,13 +107,17 @@ pub(crate) fn run<S: Stage>(
                     if out.poll_fused(cx).is_ready() {
                         return Poll::Ready(Work::Fused);
                     }
-                    reader
-                        .poll_pop_numbered(cx, &mut batch.items, BATCH)
-                        .map(|first| first.map_or(Work::InputDone, Work::Items))
+                    let popped = reader.poll_pop_numbered(cx, &mut batch.items, BATCH);
+                    if popped.is_pending() {
+                        // Waiting for work.
+                        counters.set_aside();
+                    }
+                    popped.map(|first| first.map_or(Work::InputDone, Work::Items))
                 })
                 .await;
                 match work {
                     Work::Control(envelope) => {
+                        counters.set_aside();
                         if let Err(Crashed) = handle(&mut server, envelope).await {
                             if restarts.allow() {
                                 continue 'life;
@@ -118,13 +125,18 @@ pub(crate) fn run<S: Stage>(
                             break 'life;
                         }
                     }
-                    Work::Fused => out.serve_fused().await,
+                    Work::Fused => {
+                        // The fused stage's work, not this one's.
+                        counters.set_aside();
+                        out.serve_fused().await;
+                    }
                     Work::Items(first) => {
                         batch.first = first;
                         counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
                     }
                     Work::InputDone => {
-                        let drained = Box::pin(end_of_input(&mut server, &mut control, &mut out, &drain, &mut ended));
+                        let drained =
+                            Box::pin(end_of_input(&mut server, &mut control, &mut out, &counters, &drain, &mut ended));
                         if let Err(Crashed) = drained.await {
                             if restarts.allow() {
                                 continue 'life;
@@ -151,11 +163,14 @@ async fn end_of_input<S: Stage>(
     server: &mut S,
     control: &mut Inbox<S>,
     out: &mut Emitter<S::Out>,
+    counters: &Counters,
     drain: &StageDrain,
     ended: &mut bool,
 ) -> Result<(), Crashed> {
     if !*ended {
         *ended = true;
+        // `finish` works on what the replica holds.
+        counters.resume();
         out.begin_finish();
         let finished = AssertUnwindSafe(server.finish(out)).catch_unwind().await;
         if let Err(panic) = finished {
@@ -166,6 +181,8 @@ async fn end_of_input<S: Stage>(
         out.end_input().await;
         drain.finished();
     }
+    // From here on, only calls and casts.
+    counters.set_aside();
     loop {
         let envelope = tokio::select! {
             biased;
@@ -199,6 +216,9 @@ async fn failed_for_good<S: Stage>(
         let _ = ready.send(());
     }
     fail(control);
+    // Failing items is its work (and its waits for room in the failures
+    // buffer count as blocked); waiting for them is not.
+    counters.resume();
     let left = batch.items.len() as u64;
     if left > 0 {
         batch.items.clear();
@@ -207,7 +227,15 @@ async fn failed_for_good<S: Stage>(
         out.end_batch(batch.first, left).await;
         mark.ended();
     }
-    while let Some(first) = poll_fn(|cx| reader.poll_pop_numbered(cx, &mut batch.items, BATCH)).await {
+    let pop = |cx: &mut std::task::Context<'_>, reader: &mut Reader<'_, S::In>, items: &mut VecDeque<S::In>| {
+        let popped = reader.poll_pop_numbered(cx, items, BATCH);
+        if popped.is_pending() {
+            counters.set_aside();
+        }
+        popped
+    };
+    while let Some(first) = poll_fn(|cx| pop(cx, reader, &mut batch.items)).await {
+        counters.resume();
         let n = batch.items.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
         batch.items.clear();
@@ -278,7 +306,7 @@ impl Progress<'_> {
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
         self.delta.aborted += self.in_process;
-        self.delta.busy = self.counters.end_busy();
+        self.delta.busy = self.counters.end_batch();
         self.publish();
     }
 }
@@ -293,7 +321,7 @@ pub(crate) async fn process_batch<S: Stage>(
     out: &mut Emitter<S::Out>,
     counters: &Counters,
 ) -> Result<(), Crashed> {
-    counters.begin_busy(Instant::now());
+    counters.begin_batch();
     out.begin_batch(batch.first);
     let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
     let taken = batch.items.len() as u64;
@@ -329,7 +357,9 @@ pub(crate) async fn process_batch<S: Stage>(
             // Publish what is done, so a call sees metrics as current as
             // the state it reads.
             progress.publish();
+            let away = counters.step_away();
             result = serve_waiting(server, control).await;
+            counters.step_back(away);
             if result.is_err() {
                 break;
             }
