@@ -49,6 +49,12 @@ pub enum ConfigError {
         /// The stage or server.
         name: &'static str,
     },
+    /// A stage was given a `max_demand` of 0; a replica takes at least
+    /// one item at a time.
+    ZeroMaxDemand {
+        /// The stage.
+        stage: &'static str,
+    },
     /// A stage that is `#[fused]`, or that a `#[fused]` stage follows, was
     /// given more than one replica: fused stages run in one task.
     FusedReplicas {
@@ -79,6 +85,9 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::ZeroQueueSize { kind, name } => {
                 write!(f, "{kind} `{name}` was given a queue size of 0: a queue needs room for at least 1 item")
+            }
+            ConfigError::ZeroMaxDemand { stage } => {
+                write!(f, "stage `{stage}` was given a max_demand of 0: a replica takes at least 1 item at a time")
             }
             ConfigError::FusedReplicas { stage, replicas, fused } if stage == fused => write!(
                 f,
@@ -113,6 +122,7 @@ pub const MAX_REPLICAS: usize = 65_536;
 pub struct Sizes {
     replicas: Vec<Option<usize>>,
     queue: Vec<Option<usize>>,
+    demand: Vec<Option<usize>>,
 }
 
 impl Sizes {
@@ -120,6 +130,12 @@ impl Sizes {
     #[inline]
     pub fn replicas(&self, index: usize, declared: usize) -> usize {
         self.replicas.get(index).copied().flatten().unwrap_or(declared)
+    }
+
+    /// The `max_demand` of stage `index`: the override, else `declared`.
+    #[inline]
+    pub fn max_demand(&self, index: usize, declared: usize) -> usize {
+        self.demand.get(index).copied().flatten().unwrap_or(declared)
     }
 
     /// The queue size override of stage or server `index`, if any.
@@ -148,15 +164,16 @@ pub trait Configurable: Sized {
 /// Implemented by generated pipelines only: they have stages to replicate.
 /// Not public API.
 ///
-/// Bound on [`Builder::replicas`] itself rather than on an impl block, so
-/// that calling it on a registry's builder reports this message (E0277)
+/// Bound on [`Builder::replicas`] and [`Builder::max_demand`] themselves
+/// rather than on an impl block, so that calling either on a registry's builder reports this message (E0277)
 /// instead of naming this trait in a method-not-found error (E0599).
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
-    message = "`replicas` is for pipelines, and `{Self}` is a registry",
-    label = "a registry's builder has no `replicas`",
-    note = "each server of a registry runs as one instance; a pipeline's stage can run as several replicas \
-            (`#[replicas(N)]` or `builder(..).replicas(\"stage\", n)`); a registry's builder sets `queue_size`"
+    message = "`replicas` and `max_demand` are for pipelines, and `{Self}` is a registry",
+    label = "a registry's builder has neither `replicas` nor `max_demand`",
+    note = "each server of a registry runs as one instance and takes one message at a time; a pipeline's stage \
+            can run as several replicas (`#[replicas(N)]` or `builder(..).replicas(\"stage\", n)`), each taking \
+            up to `max_demand` items at a time; a registry's builder sets `queue_size`"
 )]
 pub trait Replicated: Configurable {}
 
@@ -203,6 +220,7 @@ pub struct Builder<R: Configurable> {
 enum What {
     Replicas,
     QueueSize,
+    MaxDemand,
 }
 
 #[derive(Debug)]
@@ -270,7 +288,7 @@ impl<R: Configurable> Builder<R> {
     /// 0 that no later setting of the same size replaces.
     fn sizes(&self) -> Result<Sizes, ConfigError> {
         let count = R::NAMES.len();
-        let mut sizes = Sizes { replicas: vec![None; count], queue: vec![None; count] };
+        let mut sizes = Sizes { replicas: vec![None; count], queue: vec![None; count], demand: vec![None; count] };
         for setting in &self.settings {
             let Some(i) = R::NAMES.iter().position(|n| *n == setting.name) else {
                 return Err(ConfigError::UnknownName {
@@ -282,6 +300,7 @@ impl<R: Configurable> Builder<R> {
             let slot = match setting.what {
                 What::Replicas => &mut sizes.replicas[i],
                 What::QueueSize => &mut sizes.queue[i],
+                What::MaxDemand => &mut sizes.demand[i],
             };
             *slot = Some(setting.value);
         }
@@ -291,11 +310,13 @@ impl<R: Configurable> Builder<R> {
             let value = match what {
                 What::Replicas => sizes.replicas[i],
                 What::QueueSize => sizes.queue[i],
+                What::MaxDemand => sizes.demand[i],
             };
             if value == Some(0) {
                 return Err(match what {
                     What::Replicas => ConfigError::ZeroReplicas { stage: R::NAMES[i] },
                     What::QueueSize => ConfigError::ZeroQueueSize { kind: R::KIND, name: R::NAMES[i] },
+                    What::MaxDemand => ConfigError::ZeroMaxDemand { stage: R::NAMES[i] },
                 });
             }
             match (what, value) {
@@ -338,6 +359,26 @@ impl<R: Configurable> Builder<R> {
         R: Replicated,
     {
         self.settings.push(Setting { what: What::Replicas, name: name.into(), value: n });
+        self
+    }
+
+    /// Sets the stage `name`'s `max_demand`, overriding its
+    /// `#[max_demand(N)]` (else [`BATCH`](crate::pipeline::BATCH), 32): the
+    /// most items one replica takes from its queue at a time, and so holds
+    /// before it has processed them. A replica takes fewer when there is
+    /// less to share: at most its even share of the items waiting, over the
+    /// stage's replicas (rounded up), so a burst of slow items spreads over
+    /// idle replicas whatever this is set to. Set it to 1 when each item is
+    /// slow and should go to the first replica free; larger values cut the
+    /// per-batch cost of cheap items. The idea is GenStage's `max_demand`.
+    ///
+    /// Only pipelines have this method. 0, or an unknown name, makes
+    /// [`start`](Self::start) return a [`ConfigError`].
+    pub fn max_demand(mut self, name: impl Into<String>, n: usize) -> Self
+    where
+        R: Replicated,
+    {
+        self.settings.push(Setting { what: What::MaxDemand, name: name.into(), value: n });
         self
     }
 }

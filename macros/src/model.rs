@@ -60,6 +60,8 @@ pub(crate) struct Server {
     pub(crate) replicas: Replicas,
     /// `#[fused]`: runs in the task of the stage before it.
     pub(crate) fused: bool,
+    /// `#[max_demand(..)]`, pipeline stages only.
+    pub(crate) max_demand: Option<Count>,
 }
 
 /// How a stage is replicated by default (a builder may change the count).
@@ -101,14 +103,19 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
         .entries
         .into_iter()
         .map(|entry| {
-            let (replicas, fused) = match (kind, stage_attrs.next()) {
-                (Kind::Pipeline, Some(attrs)) => {
+            let (replicas, fused, max_demand) = match (kind, stage_attrs.next()) {
+                (Kind::Pipeline, Some(mut attrs)) => {
                     let fused = !attrs.fused.is_empty();
-                    (replicas(attrs), fused)
+                    let max_demand =
+                        std::mem::take(&mut attrs.max_demand).into_iter().next().map(|(_, count)| match count {
+                            parse::Count::Lit(lit) => Count::Lit(lit.base10_parse().unwrap_or(1).max(1)),
+                            parse::Count::Const(path) => Count::Const(path),
+                        });
+                    (replicas(attrs), fused, max_demand)
                 }
-                _ => (Replicas::default(), false),
+                _ => (Replicas::default(), false, None),
             };
-            Server { name: entry.name, ty: entry.ty, replicas, fused }
+            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand }
         })
         .collect();
     Registry { kind, attrs: item.attrs, vis: item.vis, span: item.ident.span(), ident: item.ident, fields, servers }

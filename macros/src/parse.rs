@@ -79,6 +79,8 @@ pub(crate) struct StageAttrs {
     pub(crate) replicas: Vec<ReplicasAttr>,
     /// Every `#[fused]`, as written (arguments included).
     pub(crate) fused: Vec<Attribute>,
+    /// Every `#[max_demand(..)]` that parsed, with its count.
+    pub(crate) max_demand: Vec<(Attribute, Count)>,
 }
 
 /// One `#[replicas(count, options..)]`.
@@ -113,6 +115,13 @@ pub(crate) fn stage_attrs(attrs: &[Attribute], errors: &mut Errors) -> StageAttr
             out.fused.push(attr.clone());
             continue;
         }
+        if attr.path().is_ident("max_demand") {
+            match attr.parse_args_with(parse_demand) {
+                Ok(count) => out.max_demand.push((attr.clone(), count)),
+                Err(error) => errors.push(error),
+            }
+            continue;
+        }
         if !attr.path().is_ident("replicas") {
             out.unknown.push(attr.path().clone());
             continue;
@@ -139,6 +148,25 @@ fn parse_replicas(input: ParseStream<'_>) -> syn::Result<(Option<Count>, Vec<Rep
     }
     let options = Punctuated::<ReplicaOption, Token![,]>::parse_terminated(input)?;
     Ok((count, options.into_iter().collect()))
+}
+
+const MAX_DEMAND: &str = "`#[max_demand(..)]` takes how many items one replica takes at a time: a count such as \
+     `#[max_demand(1)]`, or the path of a `const usize`";
+
+/// The count of `#[max_demand(..)]`: a literal or the path of a const.
+fn parse_demand(input: ParseStream<'_>) -> syn::Result<Count> {
+    let count = if input.peek(LitInt) {
+        Count::Lit(input.parse()?)
+    } else {
+        match input.parse::<Path>() {
+            Ok(path) => Count::Const(path),
+            Err(error) => return Err(syn::Error::new(error.span(), MAX_DEMAND)),
+        }
+    };
+    if !input.is_empty() {
+        return Err(syn::Error::new(input.span(), MAX_DEMAND));
+    }
+    Ok(count)
 }
 
 impl Parse for Count {

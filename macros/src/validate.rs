@@ -146,7 +146,23 @@ fn derives_clone(attr: &Attribute) -> bool {
 /// at most once.
 fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
     for path in &stage.unknown {
-        errors.at(path, "unknown stage attribute; the stage attributes are `#[replicas(..)]` and `#[fused]`");
+        errors.at(
+            path,
+            "unknown stage attribute; the stage attributes are `#[replicas(..)]`, `#[max_demand(..)]` and `#[fused]`",
+        );
+    }
+    for (i, (attr, count)) in stage.max_demand.iter().enumerate() {
+        if i > 0 {
+            errors.at(attr, "duplicate `#[max_demand(..)]`");
+            continue;
+        }
+        if let Count::Lit(lit) = count {
+            match lit.base10_parse::<usize>() {
+                Ok(0) => errors.at(lit, "a replica takes at least one item at a time: use `#[max_demand(1)]` or more"),
+                Ok(_) => {}
+                Err(_) => errors.at(lit, "the max_demand must be a positive integer"),
+            }
+        }
     }
     for (i, attr) in stage.replicas.iter().enumerate() {
         if i > 0 {

@@ -59,9 +59,9 @@ fn future3<R: Future, A, B, C>(_: fn(A, B, C) -> R) -> usize {
     size_of::<R>()
 }
 
-/// The same, for a function of eight arguments.
+/// The same, for a function of nine arguments.
 #[allow(clippy::type_complexity, reason = "a function pointer type, spelled out")]
-fn future8<R: Future, A, B, C, D, E, F, G, H>(_: fn(A, B, C, D, E, F, G, H) -> R) -> usize {
+fn future9<R: Future, A, B, C, D, E, F, G, H, I>(_: fn(A, B, C, D, E, F, G, H, I) -> R) -> usize {
     size_of::<R>()
 }
 
@@ -70,7 +70,7 @@ fn server_task<const N: usize>() -> usize {
 }
 
 fn replica_task<const N: usize>() -> usize {
-    future8(run::run::<Hooks<N>> as fn(_, _, _, _, _, _, _, _) -> _)
+    future9(run::run::<Hooks<N>> as fn(_, _, _, _, _, _, _, _, _) -> _)
 }
 
 #[test]

@@ -9,8 +9,12 @@
 //! `partition_by`). [`Emitter::emit`] waits while the next queue
 //! is full, so a slow stage slows the ones before it, up to whoever feeds the
 //! pipeline: memory stays bounded whatever the input rate. Items move in
-//! batches of up to 32 between queues; besides the queues, each replica holds
-//! at most one batch it is working through and one batch it is emitting.
+//! batches between queues: a replica takes up to its stage's `max_demand`
+//! items at a time ([`BATCH`], 32, unless `#[max_demand(N)]` or the
+//! builder's `max_demand` says otherwise; fewer when there is less to share
+//! with the other replicas), and an emitter sends up to [`BATCH`] at a time.
+//! Besides the queues, each replica holds at most one batch it is working
+//! through (`max_demand` items) and one batch it is emitting ([`BATCH`]).
 //! That holds for `#[replicas(N, ordered)]` stages too, whatever their
 //! fan-out: outputs of a batch whose turn has not come wait in `emit` once a
 //! batch's worth is held, and what waits to be put back in order is bounded
@@ -102,9 +106,10 @@ pub(crate) mod key {
 }
 pub(crate) use input::Input;
 
-/// How many items move together between queues: the most a replica takes
-/// from its queue at once, and the most an [`Emitter`] holds before it waits
-/// for room in the next queue.
+/// How many items move together between queues: the most an [`Emitter`]
+/// holds before it waits for room in the next queue, and the default
+/// `max_demand` of a stage, the most one replica takes from its queue at
+/// once (see [`Builder::max_demand`](crate::Builder::max_demand)).
 #[cfg(not(genflow_loom))]
 pub const BATCH: usize = 32;
 

@@ -22,6 +22,12 @@
 //!   of the line are woken until their batch sizes cover the items not yet
 //!   promised to a woken reader; a reader that takes fewer than are left
 //!   wakes the next.
+//! - Items are *shared*: a reader takes at most its even share of the items
+//!   available, over the replicas that read the queue (rounded up), and up
+//!   to its `max_demand`. Sixteen slow items arriving at once at sixteen
+//!   idle replicas go one to each, not all to the first one woken; a
+//!   queue read by one replica, or one deep enough, is taken a full
+//!   batch at a time.
 //! - A woken waiter whose future is dropped before it used the wake-up (the
 //!   room handed to it, or the items promised to it) passes it on, like
 //!   tokio's `Acquire` drop: see [`Queue::cancel`].
@@ -122,6 +128,9 @@ struct State<T> {
     readers: VecDeque<usize>,
     /// Keys of the writers waiting for room, oldest first.
     writers: VecDeque<usize>,
+    /// How many replicas share this queue: a reader takes at most its
+    /// share of the items available (see [`State::share`]).
+    replicas: usize,
 }
 
 /// One waiter.
@@ -147,6 +156,17 @@ impl<T> State<T> {
     fn available(&self) -> usize {
         let allowed = usize::try_from(self.limit - self.popped).unwrap_or(usize::MAX);
         self.items.len().min(allowed)
+    }
+
+    /// The most items one reader takes of `available`: an even share over
+    /// the replicas reading this queue, rounded up. So a burst of slow
+    /// items spreads over idle replicas instead of going to the first one
+    /// woken, while a queue read by one replica, or a deep queue, is taken
+    /// a full batch at a time.
+    #[inline]
+    fn share(&self, available: usize) -> usize {
+        // No division for the common queue of one reader.
+        if self.replicas == 1 { available } else { available.div_ceil(self.replicas) }
     }
 
     fn finished(&self) -> bool {
@@ -208,11 +228,13 @@ impl<T> State<T> {
     /// Wakes the readers at the head of the line until the items available
     /// and not promised yet are promised.
     fn promise_items(&mut self, wakers: &mut WakeList) {
-        let mut left = self.available().saturating_sub(self.promised);
+        let available = self.available();
+        let mut left = available.saturating_sub(self.promised);
+        let share = self.share(available);
         while left > 0 {
             let Some(key) = self.readers.pop_front() else { break };
             let slot = &mut self.slots[key];
-            let n = slot.want.min(left);
+            let n = slot.want.min(share).min(left);
             slot.given = n;
             slot.queued = false;
             self.promised += n;
@@ -259,6 +281,18 @@ impl<T> Queue<T> {
     /// Panics if `capacity` is 0.
     #[track_caller]
     pub(crate) fn new(capacity: usize) -> Self {
+        Self::shared_by(capacity, 1)
+    }
+
+    /// A queue for `capacity` items read by `replicas` replicas (at least
+    /// 1), each taking at most an even share of the items available at a
+    /// time (see the module docs).
+    ///
+    /// # Panics
+    ///
+    /// Panics if `capacity` is 0.
+    #[track_caller]
+    pub(crate) fn shared_by(capacity: usize, replicas: usize) -> Self {
         assert!(capacity > 0, "a queue needs room for at least one item");
         let capacity = capacity.min(MAX_CAPACITY);
         Queue {
@@ -275,6 +309,7 @@ impl<T> Queue<T> {
                 free: Vec::new(),
                 readers: VecDeque::new(),
                 writers: VecDeque::new(),
+                replicas: replicas.max(1),
             }),
             capacity,
         }
@@ -468,7 +503,7 @@ impl<T> Queue<T> {
             }
             let available = state.available();
             if available > 0 {
-                let n = available.min(max);
+                let n = state.share(available).min(max);
                 out.extend(state.items.drain(..n));
                 let first = state.popped;
                 state.popped += n as u64;

@@ -14,7 +14,7 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use super::{
-    BATCH, Emitter, Panicked, Stage,
+    Emitter, Panicked, Stage,
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -59,6 +59,7 @@ pub(crate) fn run<S: Stage>(
     counters: Arc<Counters>,
     ready: oneshot::Sender<()>,
     drain: Arc<StageDrain>,
+    max_demand: usize,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // Stops the pipeline's clock once every replica's task ended, however.
@@ -107,7 +108,7 @@ pub(crate) fn run<S: Stage>(
                     if out.poll_fused(cx).is_ready() {
                         return Poll::Ready(Work::Fused);
                     }
-                    let popped = reader.poll_pop_numbered(cx, &mut batch.items, BATCH);
+                    let popped = reader.poll_pop_numbered(cx, &mut batch.items, max_demand);
                     if popped.is_pending() {
                         // Waiting for work.
                         counters.set_aside();
@@ -149,8 +150,20 @@ pub(crate) fn run<S: Stage>(
                 }
             }
         }
-        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, &mut out, &counters, &drain, ended))
-            .await;
+        let (out, counters) = (&mut out, &counters);
+        Box::pin(failed_for_good(
+            ready,
+            control,
+            &mut reader,
+            &mark,
+            &mut batch,
+            max_demand,
+            out,
+            counters,
+            &drain,
+            ended,
+        ))
+        .await;
     }
 }
 
@@ -207,6 +220,7 @@ async fn failed_for_good<S: Stage>(
     reader: &mut Reader<'_, S::In>,
     mark: &ReplicaMark,
     batch: &mut Batch<S::In>,
+    max_demand: usize,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
     drain: &StageDrain,
@@ -228,7 +242,7 @@ async fn failed_for_good<S: Stage>(
         mark.ended();
     }
     let pop = |cx: &mut std::task::Context<'_>, reader: &mut Reader<'_, S::In>, items: &mut VecDeque<S::In>| {
-        let popped = reader.poll_pop_numbered(cx, items, BATCH);
+        let popped = reader.poll_pop_numbered(cx, items, max_demand);
         if popped.is_pending() {
             counters.set_aside();
         }

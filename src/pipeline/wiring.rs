@@ -55,12 +55,16 @@ pub struct StageSpec<T> {
     /// The size of each input queue; `None`: the stage's
     /// `channel_queue_size()`.
     pub queue_size: Option<usize>,
+    /// The most items one replica takes from its queue at a time (at
+    /// least 1).
+    pub max_demand: usize,
 }
 
 /// A running stage, as the pipeline holds it.
 pub struct StageHandle<S: Stage> {
     name: &'static str,
     ordered: bool,
+    max_demand: usize,
     replicas: Box<[Handle<S>]>,
     counters: Box<[Arc<Counters>]>,
     input: Input<S::In>,
@@ -133,7 +137,7 @@ impl Builder {
         let mailbox = if declared == 0 { capacity } else { declared };
         self.last_queue_size = Some(capacity);
         let dispatch = match spec.partition {
-            None => Dispatch::Shared(Arc::new(Queue::new(capacity))),
+            None => Dispatch::Shared(Arc::new(Queue::shared_by(capacity, spec.replicas))),
             Some(key) => {
                 Dispatch::Keyed { queues: (0..spec.replicas).map(|_| Arc::new(Queue::new(capacity))).collect(), key }
             }
@@ -152,6 +156,7 @@ impl Builder {
         let handle = StageHandle {
             name: spec.name,
             ordered: spec.ordered,
+            max_demand: spec.max_demand.max(1),
             replicas: replicas.into(),
             counters: (0..spec.replicas).map(|_| Arc::default()).collect(),
             input: Input::new(dispatch),
@@ -211,7 +216,17 @@ impl<R> Core<R> {
             };
             let counters = stage.counters[i].clone();
             let mark = ReplicaMark::new(stage.flush.clone(), i);
-            let task = run::run::<S>(inbox, queue, mark, out, registry.clone(), counters, start.add(), drain.clone());
+            let task = run::run::<S>(
+                inbox,
+                queue,
+                mark,
+                out,
+                registry.clone(),
+                counters,
+                start.add(),
+                drain.clone(),
+                stage.max_demand,
+            );
             let join = self.spawn_task(context::scope(state.clone(), task));
             state.set_abort_handle(join.abort_handle());
             for server in fused_servers {
@@ -613,7 +628,15 @@ mod tests {
     /// stage was given `queue_size`.
     fn output_capacity(queue_size: Option<usize>) -> usize {
         let mut builder = Builder::new();
-        let spec = StageSpec { name: "tail", replicas: 2, partition: None, head: true, ordered: false, queue_size };
+        let spec = StageSpec {
+            name: "tail",
+            replicas: 2,
+            partition: None,
+            head: true,
+            ordered: false,
+            queue_size,
+            max_demand: 32,
+        };
         let (handle, _wiring) = builder.stage::<Tail>(spec);
         assert_eq!(handle.metrics().capacity, queue_size.unwrap_or(5) as u64);
         Plumbing::new::<Tail>(&mut builder).output.queue.capacity()

@@ -66,6 +66,26 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                 }
             }
         };
+        let max_demand = match &s.max_demand {
+            None => quote!(::genflow::pipeline::BATCH),
+            Some(Count::Lit(n)) => quote!(#n),
+            Some(Count::Const(path)) => {
+                let message = format!(
+                    "the max_demand `{}` of stage `{name}` is 0: a replica takes at least one item at a time",
+                    quote!(#path).to_string().replace(' ', "")
+                );
+                let n = local::local("__demand");
+                quote_spanned! {path.span()=>
+                    {
+                        const _: () = {
+                            let #n: usize = #path;
+                            ::core::assert!(#n > 0, #message);
+                        };
+                        #path
+                    }
+                }
+            }
+        };
         let head = i == 0;
         let ordered = s.replicas.ordered.is_some();
         let input = stage_trait(s);
@@ -90,6 +110,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                 name: #name,
                 replicas: #sizes.replicas(#i, #count),
                 queue_size: #sizes.queue_size(#i),
+                max_demand: #sizes.max_demand(#i, #max_demand),
                 partition: #partition,
                 head: #head,
                 ordered: #ordered,
