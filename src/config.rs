@@ -9,7 +9,7 @@
 //! nothing ran. (Akka's `withDispatcher`/`withMailbox` props and Broadway's
 //! `processors: [default: [concurrency: n]]` options play the same part.)
 
-use std::{fmt, future::Future, marker::PhantomData};
+use std::{fmt, future::Future, marker::PhantomData, time::Duration};
 
 /// Why a [`Builder`] did not start its registry or pipeline.
 ///
@@ -55,6 +55,11 @@ pub enum ConfigError {
         /// The stage.
         stage: &'static str,
     },
+    /// A stage was given a rate limit of 0 items, or per a zero interval.
+    ZeroRateLimit {
+        /// The stage.
+        stage: &'static str,
+    },
     /// A stage that is `#[fused]`, or that a `#[fused]` stage follows, was
     /// given more than one replica: fused stages run in one task.
     FusedReplicas {
@@ -89,6 +94,11 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroMaxDemand { stage } => {
                 write!(f, "stage `{stage}` was given a max_demand of 0: a replica takes at least 1 item at a time")
             }
+            ConfigError::ZeroRateLimit { stage } => write!(
+                f,
+                "stage `{stage}` was given a rate limit of 0 items, or per 0 s: a rate limit lets at least 1 item \
+                 through per interval longer than 0"
+            ),
             ConfigError::FusedReplicas { stage, replicas, fused } if stage == fused => write!(
                 f,
                 "stage `{stage}` was given {replicas} replicas, but it is `#[fused]`: it runs in the task of the \
@@ -123,6 +133,7 @@ pub struct Sizes {
     replicas: Vec<Option<usize>>,
     queue: Vec<Option<usize>>,
     demand: Vec<Option<usize>>,
+    rate: Vec<Option<(u32, Duration)>>,
 }
 
 impl Sizes {
@@ -136,6 +147,22 @@ impl Sizes {
     #[inline]
     pub fn max_demand(&self, index: usize, declared: usize) -> usize {
         self.demand.get(index).copied().flatten().unwrap_or(declared)
+    }
+
+    /// The rate limit of stage `index` (items, per interval): the
+    /// override, else `declared`.
+    ///
+    /// # Panics
+    ///
+    /// If the limit in use lets no item through: 0 items, or per 0 s (a
+    /// declared one; an override was checked by `start`).
+    #[track_caller]
+    pub fn rate_limit(&self, index: usize, declared: Option<(u32, Duration)>) -> Option<(u32, Duration)> {
+        let limit = self.rate.get(index).copied().flatten().or(declared);
+        if let Some((n, per)) = limit {
+            assert!(n > 0 && !per.is_zero(), "a rate limit lets at least 1 item through per interval longer than 0");
+        }
+        limit
     }
 
     /// The queue size override of stage or server `index`, if any.
@@ -221,6 +248,7 @@ enum What {
     Replicas,
     QueueSize,
     MaxDemand,
+    RateLimit(Duration),
 }
 
 #[derive(Debug)]
@@ -288,7 +316,12 @@ impl<R: Configurable> Builder<R> {
     /// 0 that no later setting of the same size replaces.
     fn sizes(&self) -> Result<Sizes, ConfigError> {
         let count = R::NAMES.len();
-        let mut sizes = Sizes { replicas: vec![None; count], queue: vec![None; count], demand: vec![None; count] };
+        let mut sizes = Sizes {
+            replicas: vec![None; count],
+            queue: vec![None; count],
+            demand: vec![None; count],
+            rate: vec![None; count],
+        };
         for setting in &self.settings {
             let Some(i) = R::NAMES.iter().position(|n| *n == setting.name) else {
                 return Err(ConfigError::UnknownName {
@@ -301,6 +334,12 @@ impl<R: Configurable> Builder<R> {
                 What::Replicas => &mut sizes.replicas[i],
                 What::QueueSize => &mut sizes.queue[i],
                 What::MaxDemand => &mut sizes.demand[i],
+                What::RateLimit(per) => {
+                    // Items above u32::MAX per interval are as good as no limit.
+                    let n = u32::try_from(setting.value).unwrap_or(u32::MAX);
+                    sizes.rate[i] = Some((n, per));
+                    continue;
+                }
             };
             *slot = Some(setting.value);
         }
@@ -311,12 +350,17 @@ impl<R: Configurable> Builder<R> {
                 What::Replicas => sizes.replicas[i],
                 What::QueueSize => sizes.queue[i],
                 What::MaxDemand => sizes.demand[i],
+                What::RateLimit(_) => match sizes.rate[i] {
+                    Some((n, per)) if n == 0 || per.is_zero() => Some(0),
+                    _ => None,
+                },
             };
             if value == Some(0) {
                 return Err(match what {
                     What::Replicas => ConfigError::ZeroReplicas { stage: R::NAMES[i] },
                     What::QueueSize => ConfigError::ZeroQueueSize { kind: R::KIND, name: R::NAMES[i] },
                     What::MaxDemand => ConfigError::ZeroMaxDemand { stage: R::NAMES[i] },
+                    What::RateLimit(_) => ConfigError::ZeroRateLimit { stage: R::NAMES[i] },
                 });
             }
             match (what, value) {
@@ -379,6 +423,25 @@ impl<R: Configurable> Builder<R> {
         R: Replicated,
     {
         self.settings.push(Setting { what: What::MaxDemand, name: name.into(), value: n });
+        self
+    }
+
+    /// Sets the stage `name`'s rate limit, overriding its
+    /// `#[rate_limit(..)]`: at most `n` items per `per` go through the
+    /// stage, over all its replicas, for calling a service that allows no
+    /// more. Each item waits for a token before `process`, from a bucket of
+    /// `n` tokens refilled one every `per / n` (a token bucket: after a
+    /// pause, `n` go at once). The time a replica waits shows as
+    /// `throttled` in the metrics, not as busy. The idea is Broadway's
+    /// `rate_limiting`; the algorithm is the `governor` crate's GCRA.
+    ///
+    /// Only pipelines have this method. 0 items, a `per` of 0, or an
+    /// unknown name, makes [`start`](Self::start) return a [`ConfigError`].
+    pub fn rate_limit(mut self, name: impl Into<String>, n: u32, per: Duration) -> Self
+    where
+        R: Replicated,
+    {
+        self.settings.push(Setting { what: What::RateLimit(per), name: name.into(), value: n as usize });
         self
     }
 }

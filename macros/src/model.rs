@@ -62,6 +62,9 @@ pub(crate) struct Server {
     pub(crate) fused: bool,
     /// `#[max_demand(..)]`, pipeline stages only.
     pub(crate) max_demand: Option<Count>,
+    /// `#[rate_limit(n, per = ..)]`, pipeline stages only: the count and
+    /// the interval's expression.
+    pub(crate) rate_limit: Option<(Count, syn::Expr)>,
 }
 
 /// How a stage is replicated by default (a builder may change the count).
@@ -103,7 +106,7 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
         .entries
         .into_iter()
         .map(|entry| {
-            let (replicas, fused, max_demand) = match (kind, stage_attrs.next()) {
+            let (replicas, fused, max_demand, rate_limit) = match (kind, stage_attrs.next()) {
                 (Kind::Pipeline, Some(mut attrs)) => {
                     let fused = !attrs.fused.is_empty();
                     let max_demand =
@@ -111,11 +114,18 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
                             parse::Count::Lit(lit) => Count::Lit(lit.base10_parse().unwrap_or(1).max(1)),
                             parse::Count::Const(path) => Count::Const(path),
                         });
-                    (replicas(attrs), fused, max_demand)
+                    let rate_limit = std::mem::take(&mut attrs.rate_limit).into_iter().next().and_then(|rate| {
+                        let count = match rate.count {
+                            parse::Count::Lit(lit) => Count::Lit(lit.base10_parse().unwrap_or(1).max(1)),
+                            parse::Count::Const(path) => Count::Const(path),
+                        };
+                        rate.per.map(|per| (count, per))
+                    });
+                    (replicas(attrs), fused, max_demand, rate_limit)
                 }
-                _ => (Replicas::default(), false, None),
+                _ => (Replicas::default(), false, None, None),
             };
-            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand }
+            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand, rate_limit }
         })
         .collect();
     Registry { kind, attrs: item.attrs, vis: item.vis, span: item.ident.span(), ident: item.ident, fields, servers }

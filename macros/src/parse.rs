@@ -81,6 +81,16 @@ pub(crate) struct StageAttrs {
     pub(crate) fused: Vec<Attribute>,
     /// Every `#[max_demand(..)]` that parsed, with its count.
     pub(crate) max_demand: Vec<(Attribute, Count)>,
+    /// Every `#[rate_limit(..)]` that parsed.
+    pub(crate) rate_limit: Vec<RateLimitAttr>,
+}
+
+/// One `#[rate_limit(n, per = duration)]`.
+pub(crate) struct RateLimitAttr {
+    pub(crate) attr: Attribute,
+    pub(crate) count: Count,
+    /// The interval: an expression of type `std::time::Duration`.
+    pub(crate) per: Option<syn::Expr>,
 }
 
 /// One `#[replicas(count, options..)]`.
@@ -113,6 +123,13 @@ pub(crate) fn stage_attrs(attrs: &[Attribute], errors: &mut Errors) -> StageAttr
     for attr in attrs {
         if attr.path().is_ident("fused") {
             out.fused.push(attr.clone());
+            continue;
+        }
+        if attr.path().is_ident("rate_limit") {
+            match attr.parse_args_with(parse_rate_limit) {
+                Ok((count, per)) => out.rate_limit.push(RateLimitAttr { attr: attr.clone(), count, per }),
+                Err(error) => errors.push(error),
+            }
             continue;
         }
         if attr.path().is_ident("max_demand") {
@@ -167,6 +184,39 @@ fn parse_demand(input: ParseStream<'_>) -> syn::Result<Count> {
         return Err(syn::Error::new(input.span(), MAX_DEMAND));
     }
     Ok(count)
+}
+
+const RATE_LIMIT: &str = "`#[rate_limit(..)]` takes how many items may go through per interval, and the \
+     interval: `#[rate_limit(100, per = Duration::from_secs(1))]` (a count, or the path of a `const u32`; a \
+     `std::time::Duration`)";
+
+/// The count and the interval of `#[rate_limit(n, per = duration)]`.
+fn parse_rate_limit(input: ParseStream<'_>) -> syn::Result<(Count, Option<syn::Expr>)> {
+    let count = if input.peek(LitInt) {
+        Count::Lit(input.parse()?)
+    } else {
+        match input.parse::<Path>() {
+            Ok(path) => Count::Const(path),
+            Err(error) => return Err(syn::Error::new(error.span(), RATE_LIMIT)),
+        }
+    };
+    if input.is_empty() {
+        return Ok((count, None));
+    }
+    input.parse::<Token![,]>()?;
+    let key: Ident = input.parse().map_err(|e| syn::Error::new(e.span(), RATE_LIMIT))?;
+    if key != "per" {
+        return Err(syn::Error::new(key.span(), RATE_LIMIT));
+    }
+    input.parse::<Token![=]>()?;
+    let per: syn::Expr = input.parse()?;
+    if !input.is_empty() {
+        input.parse::<Option<Token![,]>>()?;
+        if !input.is_empty() {
+            return Err(syn::Error::new(input.span(), RATE_LIMIT));
+        }
+    }
+    Ok((count, Some(per)))
 }
 
 impl Parse for Count {

@@ -148,8 +148,28 @@ fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
     for path in &stage.unknown {
         errors.at(
             path,
-            "unknown stage attribute; the stage attributes are `#[replicas(..)]`, `#[max_demand(..)]` and `#[fused]`",
+            "unknown stage attribute; the stage attributes are `#[replicas(..)]`, `#[max_demand(..)]`, \
+             `#[rate_limit(..)]` and `#[fused]`",
         );
+    }
+    for (i, rate) in stage.rate_limit.iter().enumerate() {
+        if i > 0 {
+            errors.at(&rate.attr, "duplicate `#[rate_limit(..)]`");
+            continue;
+        }
+        if let Count::Lit(lit) = &rate.count {
+            match lit.base10_parse::<u32>() {
+                Ok(0) => errors.at(lit, "a rate limit lets at least one item through per interval"),
+                Ok(_) => {}
+                Err(_) => errors.at(lit, "the rate limit's count must be a positive integer that fits in a `u32`"),
+            }
+        }
+        if rate.per.is_none() {
+            errors.at(
+                &rate.attr,
+                "`#[rate_limit(..)]` needs its interval: `#[rate_limit(100, per = Duration::from_secs(1))]`",
+            );
+        }
     }
     for (i, (attr, count)) in stage.max_demand.iter().enumerate() {
         if i > 0 {

@@ -288,6 +288,15 @@ impl<S: Stage> FusedStage<S> {
     }
 }
 
+impl<S: Stage> FusedStage<S> {
+    /// Its items each wait for a token of `limit`, if any (the stage's
+    /// rate limit).
+    pub(crate) fn with_limit(mut self, limit: Option<Arc<super::rate::RateLimit>>) -> Self {
+        self.batch.limit = limit;
+        self
+    }
+}
+
 impl<S: Stage> Fused<S::In> for FusedStage<S> {
     fn start(&mut self) -> BoxFuture<'_, ()> {
         let state = self.state.clone();

@@ -33,6 +33,10 @@ pub(crate) struct Counters {
     aborted: AtomicU64,
     blocked_ns: AtomicU64,
     failures_blocked_ns: AtomicU64,
+    /// Time waiting for the stage's rate limit, and when the wait in
+    /// progress started.
+    throttled_ns: AtomicU64,
+    throttled_since: AtomicU64,
     /// Time aside, not counting the stretch in progress.
     aside_ns: AtomicU64,
     /// When the stretch aside in progress started (from `epoch` on: a
@@ -66,6 +70,8 @@ impl Default for Counters {
             aborted: AtomicU64::new(0),
             blocked_ns: AtomicU64::new(0),
             failures_blocked_ns: AtomicU64::new(0),
+            throttled_ns: AtomicU64::new(0),
+            throttled_since: AtomicU64::new(0),
             aside_ns: AtomicU64::new(0),
             aside_since: AtomicU64::new(1),
             per_batch: AtomicBool::new(false),
@@ -241,6 +247,20 @@ impl Counters {
         self.shift_busy(waited);
     }
 
+    /// A wait for a token of the stage's rate limit starts at `at`.
+    pub(crate) fn begin_throttle(&self, at: Instant) {
+        self.throttled_since.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// The wait for a token that started at `since` ends at `now`: it is
+    /// published before the stamp is cleared, so a snapshot never misses it.
+    pub(crate) fn end_throttle(&self, since: Instant, now: Instant) {
+        let waited = now.saturating_duration_since(since);
+        self.throttled_ns.fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.throttled_since.store(0, Ordering::Relaxed);
+        self.shift_busy(waited);
+    }
+
     /// Per batch: the batch in progress spent `elsewhere` not working (a
     /// wait, or a `#[fused]` stage after this one run in this task).
     fn shift_busy(&self, elsewhere: Duration) {
@@ -267,9 +287,11 @@ impl Counters {
         let live = |since: u64| if since == 0 { 0 } else { now.saturating_sub(since) };
         let (live_blocked, live_failing) = (live(blocked_since), live(failing_since));
         let blocked = get(&self.blocked_ns).saturating_add(live_blocked).saturating_add(live_failing);
+        let throttled_since = get(&self.throttled_since);
+        let throttled = get(&self.throttled_ns).saturating_add(live(throttled_since));
         let busy = if self.per_batch() {
             let busy_since = get(&self.busy_since);
-            let live_busy = match (busy_since, blocked_since.max(failing_since)) {
+            let live_busy = match (busy_since, blocked_since.max(failing_since).max(throttled_since)) {
                 (0, _) => 0,
                 (busy, 0) => now.saturating_sub(busy),
                 (busy, wait) => wait.saturating_sub(busy),
@@ -278,7 +300,7 @@ impl Counters {
         } else {
             let aside = get(&self.aside_ns).saturating_add(live(get(&self.aside_since)));
             // Stamps count from 1 at `epoch`.
-            now.saturating_sub(1).saturating_sub(aside).saturating_sub(blocked)
+            now.saturating_sub(1).saturating_sub(aside).saturating_sub(blocked).saturating_sub(throttled)
         };
         let ns = Duration::from_nanos;
         ReplicaMetrics {
@@ -292,6 +314,7 @@ impl Counters {
             busy: ns(busy),
             blocked: ns(blocked),
             failures_blocked: ns(get(&self.failures_blocked_ns).saturating_add(live_failing)),
+            throttled: ns(throttled),
             ended: (ended != 0).then(|| self.epoch + ns(ended - 1)),
         }
     }
@@ -344,6 +367,9 @@ pub struct ReplicaMetrics {
     /// Of [`blocked`](Self::blocked), the time spent waiting for room in
     /// the failures buffer: the reader of `failures()` was behind.
     pub failures_blocked: Duration,
+    /// Time spent waiting for the stage's `#[rate_limit(..)]` before an
+    /// item: neither busy nor blocked. Includes the wait in progress.
+    pub throttled: Duration,
     /// When the replica's task ended (drained or aborted).
     ended: Option<Instant>,
 }
@@ -427,6 +453,9 @@ pub struct StageMetrics {
     /// Of `blocked`, the time spent waiting for room in the failures
     /// buffer, summed over replicas.
     pub failures_blocked: Duration,
+    /// Time spent waiting for the stage's rate limit, summed over
+    /// replicas: see [`ReplicaMetrics::throttled`].
+    pub throttled: Duration,
     /// The same counts for each replica, in replica order.
     pub replicas: Vec<ReplicaMetrics>,
     /// Whether each replica has its own queue (`partition_by`).
@@ -452,6 +481,7 @@ impl StageMetrics {
             stage.busy += r.busy;
             stage.blocked += r.blocked;
             stage.failures_blocked += r.failures_blocked;
+            stage.throttled += r.throttled;
         }
         stage.replicas = replicas;
         stage
@@ -464,11 +494,17 @@ impl StageMetrics {
     }
 
     /// The share of the elapsed time this stage's replicas spent neither
-    /// processing nor blocked on the next stage: waiting for input. Between
-    /// 0 and 1.
+    /// processing, nor blocked on the next stage, nor waiting for their
+    /// rate limit: waiting for input. Between 0 and 1.
     pub fn idle(&self, elapsed: Duration) -> f64 {
         let available = elapsed * self.replicas.len().max(1) as u32;
-        (1.0 - share(self.busy, available) - share(self.blocked, available)).max(0.0)
+        (1.0 - share(self.busy, available) - share(self.blocked, available) - share(self.throttled, available)).max(0.0)
+    }
+
+    /// The share of the elapsed time this stage's replicas spent waiting
+    /// for its rate limit, between 0 and 1.
+    pub fn throttled(&self, elapsed: Duration) -> f64 {
+        share(self.throttled, elapsed * self.replicas.len().max(1) as u32)
     }
 
     /// Whether each replica has its own queue (`partition_by`): then
@@ -519,7 +555,7 @@ impl ReplicaMetrics {
     /// The share of the elapsed time this replica spent neither processing
     /// nor blocked on the next stage, between 0 and 1.
     pub fn idle(&self, elapsed: Duration) -> f64 {
-        (1.0 - share(self.busy, elapsed) - share(self.blocked, elapsed)).max(0.0)
+        (1.0 - share(self.busy, elapsed) - share(self.blocked, elapsed) - share(self.throttled, elapsed)).max(0.0)
     }
 }
 
@@ -543,6 +579,9 @@ pub enum Limit<'a> {
     /// This stage: it was busy more than half the time (the
     /// [`bottleneck`](Metrics::bottleneck)).
     Bottleneck(&'a str),
+    /// This stage's `#[rate_limit(..)]`: its replicas waited for it more
+    /// than half the time (and no stage was busy more than half of it).
+    RateLimit(&'a str),
     /// The reader of the pipeline's `output()`: the last stage, named here,
     /// was blocked on a full output more than half the time.
     OutputReader(&'a str),
@@ -580,15 +619,17 @@ pub enum Limit<'a> {
 /// 1. a stage busy more than half the time (in `process`; for a partitioned
 ///    stage, its busiest replica): that stage is the bottleneck
 ///    ([`bottleneck`](Self::bottleneck));
-/// 2. the last stage blocked on a full output more than half the time, or a
+/// 2. a stage waiting for its `#[rate_limit(..)]` more than half the time:
+///    that rate limit is the limit;
+/// 3. the last stage blocked on a full output more than half the time, or a
 ///    stage blocked on a full failures buffer more than half the time
 ///    (whichever longer): the reader of `output()` (or of `failures()`) is
 ///    the limit;
-/// 3. the first stage, or the stages taken together, idle (waiting for
+/// 4. the first stage, or the stages taken together, idle (waiting for
 ///    input) less than half the time, so mostly busy or blocked: the
 ///    machine's CPU is the limit (the replicas wait for a core; the line
 ///    says how many there are);
-/// 4. else the stages mostly wait for input: the input is the limit.
+/// 5. else the stages mostly wait for input: the input is the limit.
 ///
 /// Before any item was processed, the line says so instead.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -666,6 +707,12 @@ impl Metrics {
         if self.stages.iter().all(|s| s.processed == 0 && s.busy.is_zero() && s.blocked.is_zero()) {
             return Limit::NothingYet;
         }
+        let throttled = self.stages.iter().map(|s| (s, s.throttled(self.elapsed))).max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((stage, share)) = throttled {
+            if share > BUSY {
+                return Limit::RateLimit(stage.name);
+            }
+        }
         let output = self.stages.last().map(|tail| (tail, self.output_blocked(tail)));
         let failures = self.stages.iter().map(|s| (s, self.failures_blocked(s))).max_by(|a, b| a.1.total_cmp(&b.1));
         match (output, failures) {
@@ -740,6 +787,14 @@ impl Metrics {
         match self.limit() {
             Limit::Bottleneck(name) => write!(f, "bottleneck: {name}"),
             Limit::NothingYet => write!(f, "bottleneck: none yet, no item was processed"),
+            Limit::RateLimit(stage) => {
+                let share = self.stages.iter().find(|s| s.name == stage).map_or(0.0, |s| s.throttled(self.elapsed));
+                write!(
+                    f,
+                    "bottleneck: none: {stage} waits for its rate limit {} of the time, the rate limit is the limit",
+                    pct(share)
+                )
+            }
             Limit::OutputReader(tail) => {
                 let blocked = self.stages.last().map_or(0.0, |s| self.output_blocked(s));
                 write!(
@@ -783,7 +838,7 @@ impl fmt::Display for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let elapsed = self.elapsed;
         let width = self.stages.iter().map(|s| s.name.len()).max().unwrap_or(0).max(6);
-        writeln!(
+        write!(
             f,
             "{:<width$} {:>8} {:>10} {:>10} {:>7} {:>8} {:>8} {:>11} {:>10} {:>10} {:>5} {:>5}",
             "stage",
@@ -799,9 +854,15 @@ impl fmt::Display for Metrics {
             "util",
             "idle"
         )?;
+        // Only pipelines whose stages waited for a rate limit show that column.
+        let throttling = self.stages.iter().any(|s| !s.throttled.is_zero());
+        if throttling {
+            write!(f, " {:>10}", "throttled")?;
+        }
+        writeln!(f)?;
         let pct = |x: f64| format!("{:.0}%", x * 100.0);
         for s in &self.stages {
-            writeln!(
+            write!(
                 f,
                 "{:<width$} {:>8} {:>10} {:>10} {:>7} {:>8} {:>8} {:>11} {:>10} {:>10} {:>5} {:>5}",
                 s.name,
@@ -817,12 +878,16 @@ impl fmt::Display for Metrics {
                 pct(s.utilization(elapsed)),
                 pct(s.idle(elapsed)),
             )?;
+            if throttling {
+                write!(f, " {:>10}", format!("{:.1?}", s.throttled))?;
+            }
+            writeln!(f)?;
             if !s.partitioned {
                 continue;
             }
             let per_replica = s.capacity / s.replicas.len().max(1) as u64;
             for (i, r) in s.replicas.iter().enumerate() {
-                writeln!(
+                write!(
                     f,
                     "{:<width$} {:>8} {:>10} {:>10} {:>7} {:>8} {:>8} {:>11} {:>10} {:>10} {:>5} {:>5}",
                     "",
@@ -838,6 +903,10 @@ impl fmt::Display for Metrics {
                     pct(r.utilization(elapsed)),
                     pct(r.idle(elapsed)),
                 )?;
+                if throttling {
+                    write!(f, " {:>10}", format!("{:.1?}", r.throttled))?;
+                }
+                writeln!(f)?;
             }
         }
         let Some(limit) = self.busiest() else {

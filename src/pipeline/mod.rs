@@ -88,6 +88,7 @@ mod loom_models;
 mod metrics;
 mod output;
 mod queue;
+mod rate;
 mod reorder;
 mod run;
 pub(crate) mod stage;

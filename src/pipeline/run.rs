@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::FutureExt;
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, time::Instant};
 
 use super::{
     Emitter, Panicked, Stage,
@@ -19,6 +19,7 @@ use super::{
     flush::ReplicaMark,
     metrics::{Counters, Delta},
     queue::{Queue, Reader},
+    rate::RateLimit,
 };
 use crate::server::{
     handle::Inbox,
@@ -59,7 +60,7 @@ pub(crate) fn run<S: Stage>(
     counters: Arc<Counters>,
     ready: oneshot::Sender<()>,
     drain: Arc<StageDrain>,
-    max_demand: usize,
+    pace: Pace,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // Stops the pipeline's clock once every replica's task ended, however.
@@ -68,7 +69,8 @@ pub(crate) fn run<S: Stage>(
         let mut restarts = Restarts::new(S::restart_limit());
         // The items taken but not processed yet, and the number of the
         // first. Its room is allocated by the first batch, not before.
-        let mut batch = Batch::new(counters.clone());
+        let Pace { max_demand, limit } = pace;
+        let mut batch = Batch::new(counters.clone()).with_limit(limit);
         // Whether the input ended and `finish` ran.
         let mut ended = false;
         // This replica's place in line for items; it records each batch
@@ -273,11 +275,22 @@ impl Drop for Ended {
     }
 }
 
+/// How a replica of a stage takes and goes through items: up to
+/// `max_demand` at a time, each after a token of the stage's rate limit,
+/// if it has one.
+#[derive(Clone)]
+pub(crate) struct Pace {
+    pub(crate) max_demand: usize,
+    pub(crate) limit: Option<Arc<RateLimit>>,
+}
+
 /// Items a replica took from its queue, numbered from `first` on.
 pub(crate) struct Batch<T> {
     pub(crate) items: VecDeque<T>,
     pub(crate) first: u64,
     counters: Arc<Counters>,
+    /// The stage's rate limit: each item waits for a token before `process`.
+    pub(crate) limit: Option<Arc<RateLimit>>,
 }
 
 impl<T> Batch<T> {
@@ -285,7 +298,13 @@ impl<T> Batch<T> {
     /// dropped holding some. Its room is allocated by the first batch, not
     /// before.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Batch { items: VecDeque::new(), first: 0, counters }
+        Batch { items: VecDeque::new(), first: 0, counters, limit: None }
+    }
+
+    /// The same, whose items each wait for a token of `limit`, if any.
+    pub(crate) fn with_limit(mut self, limit: Option<Arc<RateLimit>>) -> Self {
+        self.limit = limit;
+        self
     }
 }
 
@@ -341,6 +360,9 @@ pub(crate) async fn process_batch<S: Stage>(
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
     while let Some(item) = batch.items.pop_front() {
+        if let Some(limit) = &batch.limit {
+            throttle(limit, counters).await;
+        }
         let mut waited = false;
         progress.in_process = 1;
         let processed = {
@@ -384,6 +406,27 @@ pub(crate) async fn process_batch<S: Stage>(
     batch.first += done;
     drop(progress);
     result
+}
+
+/// Waits for a token of the stage's rate limit, showing the wait in
+/// `counters` as time throttled while it lasts. Reads the clock only if it
+/// has to wait.
+async fn throttle(limit: &RateLimit, counters: &Counters) {
+    let mut acquire = pin!(limit.acquire());
+    let mut since = None;
+    poll_fn(|cx| {
+        let poll = acquire.as_mut().poll(cx);
+        if poll.is_pending() && since.is_none() {
+            let now = Instant::now();
+            since = Some(now);
+            counters.begin_throttle(now);
+        }
+        poll
+    })
+    .await;
+    if let Some(since) = since {
+        counters.end_throttle(since, Instant::now());
+    }
 }
 
 /// Handles the calls and casts already waiting, without waiting for more.

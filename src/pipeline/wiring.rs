@@ -3,6 +3,7 @@
 
 use std::{
     fmt,
+    num::NonZeroU32,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -25,8 +26,9 @@ use super::{
     metrics::Counters,
     output::OutputShared,
     queue::Queue,
+    rate::RateLimit,
     reorder::Reorder,
-    run,
+    run::{self, Pace},
 };
 use crate::{
     CallError, MAX_REPLICAS, SendError,
@@ -58,13 +60,16 @@ pub struct StageSpec<T> {
     /// The most items one replica takes from its queue at a time (at
     /// least 1).
     pub max_demand: usize,
+    /// At most `n` items per interval through the stage, over all its
+    /// replicas (`n` of 0: no limit).
+    pub rate_limit: Option<(u32, Duration)>,
 }
 
 /// A running stage, as the pipeline holds it.
 pub struct StageHandle<S: Stage> {
     name: &'static str,
     ordered: bool,
-    max_demand: usize,
+    pace: Pace,
     replicas: Box<[Handle<S>]>,
     counters: Box<[Arc<Counters>]>,
     input: Input<S::In>,
@@ -156,7 +161,12 @@ impl Builder {
         let handle = StageHandle {
             name: spec.name,
             ordered: spec.ordered,
-            max_demand: spec.max_demand.max(1),
+            pace: Pace {
+                max_demand: spec.max_demand.max(1),
+                limit: spec
+                    .rate_limit
+                    .and_then(|(n, per)| NonZeroU32::new(n).map(|n| Arc::new(RateLimit::new(n, per)))),
+            },
             replicas: replicas.into(),
             counters: (0..spec.replicas).map(|_| Arc::default()).collect(),
             input: Input::new(dispatch),
@@ -225,7 +235,7 @@ impl<R> Core<R> {
                 counters,
                 start.add(),
                 drain.clone(),
-                stage.max_demand,
+                stage.pace.clone(),
             );
             let join = self.spawn_task(context::scope(state.clone(), task));
             state.set_abort_handle(join.abort_handle());
@@ -267,7 +277,8 @@ impl<R> Core<R> {
         let inbox = wiring.inboxes.into_iter().next().expect("checked above");
         let input = stage.input.dispatch().queues()[0].clone();
         let mark = ReplicaMark::new(stage.flush.clone(), 0);
-        let fused = FusedStage::<S>::new(inbox, input, mark, out, registry.clone(), counters);
+        let fused = FusedStage::<S>::new(inbox, input, mark, out, registry.clone(), counters)
+            .with_limit(stage.pace.limit.clone());
         Downstream(stage.downstream().0, Some(Box::new(fused)))
     }
 }
@@ -636,6 +647,7 @@ mod tests {
             ordered: false,
             queue_size,
             max_demand: 32,
+            rate_limit: None,
         };
         let (handle, _wiring) = builder.stage::<Tail>(spec);
         assert_eq!(handle.metrics().capacity, queue_size.unwrap_or(5) as u64);

@@ -86,6 +86,39 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                 }
             }
         };
+        let rate_limit = match &s.rate_limit {
+            None => quote!(::core::option::Option::None),
+            Some((count, per)) => {
+                let n = match count {
+                    Count::Lit(n) => {
+                        let n = u32::try_from(*n).unwrap_or(u32::MAX);
+                        quote!(#n)
+                    }
+                    Count::Const(path) => {
+                        let message = format!(
+                            "the rate limit `{}` of stage `{name}` is 0: a rate limit lets at least one item \
+                             through per interval",
+                            quote!(#path).to_string().replace(' ', "")
+                        );
+                        let n = local::local("__rate");
+                        quote_spanned! {path.span()=>
+                            {
+                                const _: () = {
+                                    let #n: u32 = #path;
+                                    ::core::assert!(#n > 0, #message);
+                                };
+                                #path
+                            }
+                        }
+                    }
+                };
+                let per = quote_spanned!(per.span()=> {
+                    let per: ::core::time::Duration = #per;
+                    per
+                });
+                quote!(::core::option::Option::Some((#n, #per)))
+            }
+        };
         let head = i == 0;
         let ordered = s.replicas.ordered.is_some();
         let input = stage_trait(s);
@@ -111,6 +144,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                 replicas: #sizes.replicas(#i, #count),
                 queue_size: #sizes.queue_size(#i),
                 max_demand: #sizes.max_demand(#i, #max_demand),
+                rate_limit: #sizes.rate_limit(#i, #rate_limit),
                 partition: #partition,
                 head: #head,
                 ordered: #ordered,
