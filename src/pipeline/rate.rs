@@ -32,6 +32,11 @@ impl RateLimit {
         RateLimit { limiter: RateLimiter::direct_with_clock(quota, TokioClock) }
     }
 
+    /// Lets one more item through now if the limit allows.
+    pub(crate) fn try_acquire(&self) -> bool {
+        self.limiter.check().is_ok()
+    }
+
     /// Waits until one more item may go through; `true` if it had to wait.
     ///
     /// Cancel safe: the token is taken only when this returns.
