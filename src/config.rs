@@ -59,6 +59,10 @@ pub enum ConfigError {
     ZeroRateLimit {
         /// The stage.
         stage: &'static str,
+        /// The items per interval given.
+        items: u32,
+        /// The interval given.
+        per: Duration,
     },
     /// A stage that is `#[fused]`, or that a `#[fused]` stage follows, was
     /// given more than one replica: fused stages run in one task.
@@ -94,10 +98,10 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroMaxDemand { stage } => {
                 write!(f, "stage `{stage}` was given a max_demand of 0: a replica takes at least 1 item at a time")
             }
-            ConfigError::ZeroRateLimit { stage } => write!(
+            ConfigError::ZeroRateLimit { stage, items, per } => write!(
                 f,
-                "stage `{stage}` was given a rate limit of 0 items, or per 0 s: a rate limit lets at least 1 item \
-                 through per interval longer than 0"
+                "stage `{stage}` was given a rate limit of {items} items per {per:?}: a rate limit lets at least \
+                 1 item through per interval longer than 0"
             ),
             ConfigError::FusedReplicas { stage, replicas, fused } if stage == fused => write!(
                 f,
@@ -157,10 +161,14 @@ impl Sizes {
     /// If the limit in use lets no item through: 0 items, or per 0 s (a
     /// declared one; an override was checked by `start`).
     #[track_caller]
-    pub fn rate_limit(&self, index: usize, declared: Option<(u32, Duration)>) -> Option<(u32, Duration)> {
+    pub fn rate_limit(&self, index: usize, stage: &str, declared: Option<(u32, Duration)>) -> Option<(u32, Duration)> {
         let limit = self.rate.get(index).copied().flatten().or(declared);
         if let Some((n, per)) = limit {
-            assert!(n > 0 && !per.is_zero(), "a rate limit lets at least 1 item through per interval longer than 0");
+            assert!(
+                n > 0 && !per.is_zero(),
+                "stage `{stage}` declares a rate limit of {n} items per {per:?}: a rate limit lets at least 1 item \
+                 through per interval longer than 0"
+            );
         }
         limit
     }
@@ -196,8 +204,8 @@ pub trait Configurable: Sized {
 /// instead of naming this trait in a method-not-found error (E0599).
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
-    message = "`replicas` and `max_demand` are for pipelines, and `{Self}` is a registry",
-    label = "a registry's builder has neither `replicas` nor `max_demand`",
+    message = "`replicas`, `max_demand` and `rate_limit` are for pipelines, and `{Self}` is a registry",
+    label = "a registry's builder sets only `queue_size`",
     note = "each server of a registry runs as one instance and takes one message at a time; a pipeline's stage \
             can run as several replicas (`#[replicas(N)]` or `builder(..).replicas(\"stage\", n)`), each taking \
             up to `max_demand` items at a time; a registry's builder sets `queue_size`"
@@ -297,8 +305,10 @@ impl<R: Configurable> Builder<R> {
     ///
     /// # Panics
     ///
-    /// As `R::start`: outside a Tokio runtime, or if a server's
-    /// `channel_queue_size()` is 0 and no size is set for it here.
+    /// As `R::start`: outside a Tokio runtime, if a server's
+    /// `channel_queue_size()` is 0 and no size is set for it here, or if a
+    /// stage's declared `#[rate_limit(n, per = ..)]` gives 0 items or an
+    /// interval of 0 and no limit is set for it here.
     ///
     /// # Cancel safety
     ///
@@ -360,7 +370,10 @@ impl<R: Configurable> Builder<R> {
                     What::Replicas => ConfigError::ZeroReplicas { stage: R::NAMES[i] },
                     What::QueueSize => ConfigError::ZeroQueueSize { kind: R::KIND, name: R::NAMES[i] },
                     What::MaxDemand => ConfigError::ZeroMaxDemand { stage: R::NAMES[i] },
-                    What::RateLimit(_) => ConfigError::ZeroRateLimit { stage: R::NAMES[i] },
+                    What::RateLimit(_) => {
+                        let (items, per) = sizes.rate[i].unwrap_or_default();
+                        ConfigError::ZeroRateLimit { stage: R::NAMES[i], items, per }
+                    }
                 });
             }
             match (what, value) {

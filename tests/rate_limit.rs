@@ -91,7 +91,14 @@ async fn a_limit_never_reached_shows_no_throttled_column() {
 async fn a_limit_of_nothing_is_refused_before_anything_starts() {
     for (n, per) in [(0, PER), (10, Duration::ZERO)] {
         let error = Limited::builder().rate_limit("call", n, per).start().await.err().expect("refused");
-        assert_eq!(error, ConfigError::ZeroRateLimit { stage: "call" });
+        assert_eq!(error, ConfigError::ZeroRateLimit { stage: "call", items: n, per });
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "stage `call` was given a rate limit of {n} items per {per:?}: a rate limit lets at least 1 item \
+                 through per interval longer than 0"
+            )
+        );
     }
     let error = Limited::builder().rate_limit("cal", 1, PER).start().await.err().expect("refused");
     assert_eq!(error.to_string(), "unknown stage `cal`: the stages are `call`");

@@ -318,9 +318,13 @@ impl<T: Send + 'static> Emitter<T> {
         if !self.buf.is_empty() {
             self.send_fused().await;
         }
+        // The fused stage's end (its own queue, `finish`, what follows)
+        // is its work, not this stage's.
+        let away = self.counters.step_away();
         if let Some(next) = self.next() {
             next.end_input().await;
         }
+        self.counters.step_back(away);
     }
 }
 

@@ -348,5 +348,7 @@ impl<S: Stage> Fused<S::In> for FusedStage<S> {
 impl<S: Stage> Drop for FusedStage<S> {
     fn drop(&mut self) {
         self.input.cancel(&mut self.waiter);
+        // Its task ended: the pipeline's clock may stop.
+        self.counters.end();
     }
 }

@@ -138,6 +138,8 @@ impl Counters {
     /// stage, run in another stage's task).
     pub(crate) fn measure_batches(&self) {
         self.per_batch.store(true, Ordering::Relaxed);
+        // Not aside from its start: nothing reads that stamp per batch.
+        self.aside_since.store(0, Ordering::Relaxed);
     }
 
     #[inline]
@@ -207,9 +209,13 @@ impl Counters {
     /// The replica, in the middle of a batch, steps away from its items
     /// (to serve calls and casts, or to run a fused stage) until
     /// [`step_back`](Self::step_back): that time is not its busy time.
+    ///
+    /// Timed per batch, the stretch away is stamped too (in `aside_since`,
+    /// unused otherwise), so that a snapshot meanwhile does not count it
+    /// as busy.
     pub(crate) fn step_away(&self) -> Away {
         let since = Instant::now();
-        let set = !self.per_batch() && self.aside_since.load(Ordering::Relaxed) == 0;
+        let set = self.aside_since.load(Ordering::Relaxed) == 0;
         if set {
             self.aside_since.store(self.stamp(since), Ordering::Relaxed);
         }
@@ -219,7 +225,10 @@ impl Counters {
     /// The replica is back from [`step_away`](Self::step_away).
     pub(crate) fn step_back(&self, away: Away) {
         if self.per_batch() {
-            self.shift_busy(away.since.elapsed());
+            if away.set {
+                self.shift_busy(away.since.elapsed());
+                self.aside_since.store(0, Ordering::Relaxed);
+            }
         } else if away.set {
             self.resume();
         }
@@ -291,7 +300,8 @@ impl Counters {
         let throttled = get(&self.throttled_ns).saturating_add(live(throttled_since));
         let busy = if self.per_batch() {
             let busy_since = get(&self.busy_since);
-            let live_busy = match (busy_since, blocked_since.max(failing_since).max(throttled_since)) {
+            let away = blocked_since.max(failing_since).max(throttled_since).max(get(&self.aside_since));
+            let live_busy = match (busy_since, away) {
                 (0, _) => 0,
                 (busy, 0) => now.saturating_sub(busy),
                 (busy, wait) => wait.saturating_sub(busy),
@@ -495,7 +505,8 @@ impl StageMetrics {
 
     /// The share of the elapsed time this stage's replicas spent neither
     /// processing, nor blocked on the next stage, nor waiting for their
-    /// rate limit: waiting for input. Between 0 and 1.
+    /// rate limit: waiting for input (or booting, or serving calls and
+    /// casts). Between 0 and 1.
     pub fn idle(&self, elapsed: Duration) -> f64 {
         let available = elapsed * self.replicas.len().max(1) as u32;
         (1.0 - share(self.busy, available) - share(self.blocked, available) - share(self.throttled, available)).max(0.0)
@@ -552,8 +563,10 @@ impl ReplicaMetrics {
         share(self.busy, elapsed)
     }
 
-    /// The share of the elapsed time this replica spent neither processing
-    /// nor blocked on the next stage, between 0 and 1.
+    /// The share of the elapsed time this replica spent neither processing,
+    /// nor blocked on the next stage, nor waiting for its stage's rate
+    /// limit: waiting for input (or booting, or serving calls and casts).
+    /// Between 0 and 1.
     pub fn idle(&self, elapsed: Duration) -> f64 {
         (1.0 - share(self.busy, elapsed) - share(self.blocked, elapsed) - share(self.throttled, elapsed)).max(0.0)
     }
@@ -574,7 +587,8 @@ fn share(part: Duration, whole: Duration) -> f64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Limit<'a> {
-    /// No item was processed yet, and no stage was busy or blocked.
+    /// No item was processed yet, and no stage was busy, blocked or
+    /// throttled.
     NothingYet,
     /// This stage: it was busy more than half the time (the
     /// [`bottleneck`](Metrics::bottleneck)).
@@ -619,14 +633,15 @@ pub enum Limit<'a> {
 /// 1. a stage busy more than half the time (in `process`; for a partitioned
 ///    stage, its busiest replica): that stage is the bottleneck
 ///    ([`bottleneck`](Self::bottleneck));
-/// 2. a stage waiting for its `#[rate_limit(..)]` more than half the time:
-///    that rate limit is the limit;
+/// 2. a stage waiting for its `#[rate_limit(..)]` more than half the time
+///    (one of its replicas did, or its replicas did more than half the
+///    time they were not idle): that rate limit is the limit;
 /// 3. the last stage blocked on a full output more than half the time, or a
 ///    stage blocked on a full failures buffer more than half the time
 ///    (whichever longer): the reader of `output()` (or of `failures()`) is
 ///    the limit;
 /// 4. the first stage, or the stages taken together, idle (waiting for
-///    input) less than half the time, so mostly busy or blocked: the
+///    input) or throttled less than half the time, so mostly busy or blocked: the
 ///    machine's CPU is the limit (the replicas wait for a core; the line
 ///    says how many there are);
 /// 5. else the stages mostly wait for input: the input is the limit.
@@ -696,22 +711,25 @@ impl Metrics {
     }
 
     /// What limits throughput, by the rule given in the type's docs: a
-    /// stage busy more than half the time, else the reader of `output()` or
-    /// `failures()` if it kept a stage blocked more than half the time,
-    /// else the CPU if the first stage (or the stages together) were idle
-    /// less than half the time, else the input.
+    /// stage busy more than half the time, else a stage's rate limit if
+    /// its replicas waited for it more than half the time, else the reader
+    /// of `output()` or `failures()` if it kept a stage blocked more than
+    /// half the time, else the CPU if the first stage (or the stages
+    /// together) were idle or throttled less than half the time, else the
+    /// input.
     pub fn limit(&self) -> Limit<'_> {
         if let Some(stage) = self.busiest() {
             return Limit::Bottleneck(stage.name);
         }
-        if self.stages.iter().all(|s| s.processed == 0 && s.busy.is_zero() && s.blocked.is_zero()) {
+        if self
+            .stages
+            .iter()
+            .all(|s| s.processed == 0 && s.busy.is_zero() && s.blocked.is_zero() && s.throttled.is_zero())
+        {
             return Limit::NothingYet;
         }
-        let throttled = self.stages.iter().map(|s| (s, s.throttled(self.elapsed))).max_by(|a, b| a.1.total_cmp(&b.1));
-        if let Some((stage, share)) = throttled {
-            if share > BUSY {
-                return Limit::RateLimit(stage.name);
-            }
+        if let Some((stage, _)) = self.rate_limited() {
+            return Limit::RateLimit(stage.name);
         }
         let output = self.stages.last().map(|tail| (tail, self.output_blocked(tail)));
         let failures = self.stages.iter().map(|s| (s, self.failures_blocked(s))).max_by(|a, b| a.1.total_cmp(&b.1));
@@ -720,7 +738,9 @@ impl Metrics {
             (_, Some((stage, fail))) if fail > BUSY => return Limit::FailuresReader(stage.name),
             _ => {}
         }
-        if self.head_idle() < BUSY || self.idle() < BUSY {
+        // Waiting for a rate limit's token uses no CPU either.
+        let head_throttled = self.stages.first().map_or(0.0, |head| head.throttled(self.elapsed));
+        if self.head_idle() + head_throttled < BUSY || self.idle() + self.throttled() < BUSY {
             return Limit::Cpu { cores: std::thread::available_parallelism().map_or(1, NonZero::get) };
         }
         Limit::Input
@@ -747,6 +767,33 @@ impl Metrics {
     /// for input.
     fn head_idle(&self) -> f64 {
         self.stages.first().map_or(1.0, |head| head.idle(self.elapsed))
+    }
+
+    /// The stage most held back by its rate limit, and by how much, if
+    /// that is more than half: a replica of it waited for tokens more than
+    /// half the time (a stall shows even while the other replicas idle),
+    /// or its replicas, while not idle, waited for tokens more than half
+    /// of that time (and were idle less than half of it).
+    fn rate_limited(&self) -> Option<(&StageMetrics, f64)> {
+        self.stages
+            .iter()
+            .map(|s| {
+                let replica = s.replicas.iter().map(|r| share(r.throttled, self.elapsed)).fold(0.0, f64::max);
+                let working = s.busy + s.blocked + s.throttled;
+                let stage = if s.idle(self.elapsed) < BUSY { share(s.throttled, working) } else { 0.0 };
+                (s, replica.max(stage))
+            })
+            .filter(|(_, share)| *share > BUSY)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// The share of the time every stage's replicas, together, waited for
+    /// a rate limit.
+    fn throttled(&self) -> f64 {
+        let replicas: usize = self.stages.iter().map(|s| s.replicas.len().max(1)).sum();
+        let throttled: f64 =
+            self.stages.iter().map(|s| s.throttled(self.elapsed) * s.replicas.len().max(1) as f64).sum();
+        if replicas == 0 { 0.0 } else { throttled / replicas as f64 }
     }
 
     /// The share of the time every stage's replicas, together, spent idle.
@@ -795,6 +842,15 @@ impl Metrics {
                     pct(share)
                 )
             }
+            Limit::Cpu { cores } if self.head_idle() >= BUSY => write!(
+                f,
+                "bottleneck: none: no stage is busy more than half the time, yet the stages together wait for \
+                 input only {} of it ({}: {}): the machine's CPU ({cores} core{}) is the limit",
+                pct(self.idle()),
+                self.stages.first().map_or("", |s| s.name),
+                pct(self.head_idle()),
+                if cores == 1 { "" } else { "s" }
+            ),
             Limit::OutputReader(tail) => {
                 let blocked = self.stages.last().map_or(0.0, |s| self.output_blocked(s));
                 write!(
@@ -963,6 +1019,33 @@ mod tests {
 
     fn cores() -> usize {
         std::thread::available_parallelism().map_or(1, NonZero::get)
+    }
+
+    fn throttled(busy: f64, throttled: f64) -> ReplicaMetrics {
+        ReplicaMetrics { throttled: SECOND.mul_f64(throttled), ..replica(busy, 0.0, 0.0) }
+    }
+
+    #[test]
+    fn a_rate_limit_waited_for_most_of_the_working_time_is_the_limit() {
+        // Busy 35 %, throttled 48 %, idle 17 %: the tokens, not the CPU.
+        let m = metrics(vec![vec![replica(0.0, 0.0, 0.0)], vec![throttled(0.35, 0.48); 8]]);
+        assert_eq!(m.limit(), Limit::RateLimit("s1"), "{m}");
+        assert!(m.to_string().contains("bottleneck: none: s1 waits for its rate limit 48% of the time"), "{m}");
+        // One replica of four stuck on its token, the others idle.
+        let m = metrics(vec![vec![throttled(0.0, 1.0), throttled(0.0, 0.0), throttled(0.0, 0.0), throttled(0.0, 0.0)]]);
+        assert_eq!(m.limit(), Limit::RateLimit("s0"), "{m}");
+        // Mostly idle, throttled a little: the input.
+        let m = metrics(vec![vec![throttled(0.1, 0.2); 4]]);
+        assert_eq!(m.limit(), Limit::Input, "{m}");
+    }
+
+    #[test]
+    fn the_cpu_line_names_the_stages_together_when_only_they_are_short_of_input() {
+        // The first stage mostly idle, the others mostly blocked.
+        let m =
+            metrics(vec![vec![replica(0.2, 0.0, 0.0)], vec![replica(0.3, 0.6, 0.0); 3], vec![replica(0.45, 0.0, 0.0)]]);
+        assert_eq!(m.limit(), Limit::Cpu { cores: cores() });
+        assert!(m.to_string().contains("yet the stages together wait for input only 33% of it (s0: 80%)"), "{m}");
     }
 
     #[test]

@@ -145,6 +145,9 @@ struct Slot {
     queued: bool,
     /// A reader (or else a writer).
     reader: bool,
+    /// A reader that takes at most its share of the items (see
+    /// [`State::share`]); else as many as it wants.
+    shares: bool,
 }
 
 impl<T> State<T> {
@@ -174,8 +177,8 @@ impl<T> State<T> {
     }
 
     /// Puts a new waiter at the end of its line; returns its key.
-    fn insert(&mut self, reader: bool, want: usize, waker: &Waker) -> usize {
-        let slot = Slot { waker: Some(waker.clone()), want, given: 0, queued: true, reader };
+    fn insert(&mut self, reader: bool, want: usize, shares: bool, waker: &Waker) -> usize {
+        let slot = Slot { waker: Some(waker.clone()), want, given: 0, queued: true, reader, shares };
         let key = match self.free.pop() {
             Some(key) => {
                 self.slots[key] = slot;
@@ -234,7 +237,7 @@ impl<T> State<T> {
         while left > 0 {
             let Some(key) = self.readers.pop_front() else { break };
             let slot = &mut self.slots[key];
-            let n = slot.want.min(share).min(left);
+            let n = if slot.shares { slot.want.min(share) } else { slot.want }.min(left);
             slot.given = n;
             slot.queued = false;
             self.promised += n;
@@ -387,7 +390,7 @@ impl<T> Queue<T> {
             state.reserved += n;
             Poll::Ready(Ok(n))
         } else {
-            let key = state.insert(false, max, cx.waker());
+            let key = state.insert(false, max, false, cx.waker());
             waiter.key = Some(key);
             Poll::Pending
         }
@@ -478,7 +481,7 @@ impl<T> Queue<T> {
         out: &mut impl Extend<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
-        self.poll_pop_marked(cx, waiter, out, max, None)
+        self.poll_pop_marked(cx, waiter, out, max, true, None)
     }
 
     /// [`poll_pop_numbered`](Self::poll_pop_numbered), recording the number
@@ -489,6 +492,7 @@ impl<T> Queue<T> {
         waiter: &mut Waiter,
         out: &mut impl Extend<T>,
         max: usize,
+        shares: bool,
         mark: Option<&Mark>,
     ) -> Poll<Option<u64>> {
         debug_assert!(max > 0);
@@ -503,7 +507,7 @@ impl<T> Queue<T> {
             }
             let available = state.available();
             if available > 0 {
-                let n = state.share(available).min(max);
+                let n = if shares { state.share(available) } else { available }.min(max);
                 out.extend(state.items.drain(..n));
                 let first = state.popped;
                 state.popped += n as u64;
@@ -518,7 +522,7 @@ impl<T> Queue<T> {
             } else if state.finished() {
                 Poll::Ready(None)
             } else {
-                let key = state.insert(true, max, cx.waker());
+                let key = state.insert(true, max, shares, cx.waker());
                 waiter.key = Some(key);
                 Poll::Pending
             }
@@ -670,12 +674,15 @@ pub(crate) struct Reader<'a, T> {
     wait: Wait<'a, T>,
     /// Where the batches it takes are recorded, for `flush`.
     mark: Option<&'a Mark>,
+    /// Whether it takes at most its share of the items (see
+    /// [`State::share`]).
+    shares: bool,
 }
 
 impl<T> Queue<T> {
     /// A consumer of this queue; see [`Reader`].
     pub(crate) fn reader(&self) -> Reader<'_, T> {
-        Reader { wait: Wait { queue: self, waiter: Waiter::new() }, mark: None }
+        Reader { wait: Wait { queue: self, waiter: Waiter::new() }, mark: None, shares: true }
     }
 
     /// A consumer that records the number of each batch it takes in `mark`.
@@ -693,7 +700,16 @@ impl<T> Reader<'_, T> {
         max: usize,
     ) -> Poll<Option<u64>> {
         let Wait { queue, waiter } = &mut self.wait;
-        queue.poll_pop_marked(cx, waiter, out, max, self.mark)
+        queue.poll_pop_marked(cx, waiter, out, max, self.shares, self.mark)
+    }
+
+    /// Whether this reader takes at most its even share of the items
+    /// waiting (from its next wait on): for a replica whose items take long
+    /// enough to await something, so that a burst spreads over the
+    /// replicas; a replica whose items never await takes full batches,
+    /// which costs fewer wake-ups than spreading cheap items would save.
+    pub(crate) fn share(&mut self, shares: bool) {
+        self.shares = shares;
     }
 }
 
@@ -710,7 +726,7 @@ impl<T> Queue<T> {
         max: usize,
         mark: &Mark,
     ) -> Poll<Option<u64>> {
-        self.poll_pop_marked(cx, waiter, out, max, Some(mark))
+        self.poll_pop_marked(cx, waiter, out, max, true, Some(mark))
     }
 }
 

@@ -5,7 +5,9 @@
 //! interval, one every `per / n`: governor's GCRA, kept on Tokio's clock
 //! (so that paused time in tests moves it) and waited for with Tokio's
 //! timer. A replica takes a token before each item's `process`; every
-//! replica of the stage shares the bucket.
+//! replica of the stage shares the bucket. Tokio's timer ticks in
+//! milliseconds, so a bucket refilled faster than one token per millisecond
+//! holds a millisecond's worth of tokens instead of `n`.
 
 use std::{num::NonZeroU32, ops::Add, time::Duration};
 
@@ -18,6 +20,9 @@ use governor::{
 };
 use tokio::time::Instant;
 
+/// The resolution of Tokio's timer.
+const TICK: Duration = Duration::from_millis(1);
+
 /// A stage's rate limit, shared by its replicas.
 pub(crate) struct RateLimit {
     limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<At>>,
@@ -27,8 +32,15 @@ impl RateLimit {
     /// At most `n` items per `per`, `n` of them at once after a pause.
     /// `per` of zero means no pause between items at all.
     pub(crate) fn new(n: NonZeroU32, per: Duration) -> Self {
+        // governor counts in u64 nanoseconds: about 584 years at most.
+        let per = per.min(Duration::from_nanos(u64::MAX));
         let period = (per / n.get()).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period).expect("a period of at least 1 ns").allow_burst(n);
+        // Tokio's timer wakes in whole milliseconds: a bucket that refills
+        // faster holds a millisecond's worth, or a wait would cost a tick
+        // per token.
+        let per_tick = u32::try_from(TICK.as_nanos().div_ceil(period.as_nanos())).unwrap_or(u32::MAX);
+        let burst = NonZeroU32::new(per_tick).map_or(n, |per_tick| n.max(per_tick));
+        let quota = Quota::with_period(period).expect("a period of at least 1 ns").allow_burst(burst);
         RateLimit { limiter: RateLimiter::direct_with_clock(quota, TokioClock) }
     }
 
@@ -107,5 +119,16 @@ mod tests {
             limit.acquire().await;
         }
         assert_eq!(start.elapsed(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_finer_than_the_timer_keeps_its_rate() {
+        // One per 10 µs: 100 per millisecond, a millisecond's worth at once.
+        let limit = RateLimit::new(NonZeroU32::new(1).unwrap(), Duration::from_micros(10));
+        let start = Instant::now();
+        for _ in 0..1_000 {
+            limit.acquire().await;
+        }
+        assert!(start.elapsed() <= Duration::from_millis(10), "{:?}", start.elapsed());
     }
 }

@@ -102,6 +102,8 @@ pub(crate) fn run<S: Stage>(
                         break 'life;
                     }
                 }
+                // A replica whose items await take only its share of a burst.
+                reader.share(batch.awaited);
                 let work = poll_fn(|cx| {
                     // Calls and casts first.
                     if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
@@ -291,6 +293,10 @@ pub(crate) struct Batch<T> {
     counters: Arc<Counters>,
     /// The stage's rate limit: each item waits for a token before `process`.
     pub(crate) limit: Option<Arc<RateLimit>>,
+    /// Whether `process` awaited something for an item of the last batch
+    /// (true before the first): such a replica takes only its share of
+    /// the items waiting, so that slow items spread over the replicas.
+    pub(crate) awaited: bool,
 }
 
 impl<T> Batch<T> {
@@ -298,7 +304,7 @@ impl<T> Batch<T> {
     /// dropped holding some. Its room is allocated by the first batch, not
     /// before.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Batch { items: VecDeque::new(), first: 0, counters, limit: None }
+        Batch { items: VecDeque::new(), first: 0, counters, limit: None, awaited: true }
     }
 
     /// The same, whose items each wait for a token of `limit`, if any.
@@ -359,14 +365,21 @@ pub(crate) async fn process_batch<S: Stage>(
     let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
-    while let Some(item) = batch.items.pop_front() {
+    let mut awaited = false;
+    while !batch.items.is_empty() {
         if let Some(limit) = &batch.limit {
             // The wait, rare on the item path, takes no room in the
-            // replica's future.
+            // replica's future. The item stays in the batch meanwhile, so
+            // it counts as aborted if the task is dropped.
             if !limit.try_acquire() {
-                Box::pin(throttle(limit, counters)).await;
+                progress.publish();
+                result = Box::pin(throttle(limit, counters, server, control)).await;
+                if result.is_err() {
+                    break;
+                }
             }
         }
+        let Some(item) = batch.items.pop_front() else { break };
         let mut waited = false;
         progress.in_process = 1;
         let processed = {
@@ -380,6 +393,7 @@ pub(crate) async fn process_batch<S: Stage>(
         };
         progress.in_process = 0;
         progress.delta.processed += 1;
+        awaited |= waited;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
             out.fail_panic(Panicked::new(&panic));
@@ -406,6 +420,9 @@ pub(crate) async fn process_batch<S: Stage>(
         }
     }
     let done = taken - batch.items.len() as u64;
+    if done > 0 {
+        batch.awaited = awaited;
+    }
     out.end_batch(batch.first, done).await;
     batch.first += done;
     drop(progress);
@@ -413,23 +430,45 @@ pub(crate) async fn process_batch<S: Stage>(
 }
 
 /// Waits for a token of the stage's rate limit, showing the wait in
-/// `counters` as time throttled while it lasts. Reads the clock only if it
-/// has to wait.
-async fn throttle(limit: &RateLimit, counters: &Counters) {
+/// `counters` as time throttled while it lasts (until the wait ends or is
+/// dropped), and serving the calls and casts that arrive meanwhile.
+/// `Err` if one of their handlers panicked.
+async fn throttle<S: Stage>(
+    limit: &RateLimit,
+    counters: &Counters,
+    server: &mut S,
+    control: &mut Inbox<S>,
+) -> Result<(), Crashed> {
+    let _throttled = Throttled::begin(counters);
     let mut acquire = pin!(limit.acquire());
-    let mut since = None;
-    poll_fn(|cx| {
-        let poll = acquire.as_mut().poll(cx);
-        if poll.is_pending() && since.is_none() {
-            let now = Instant::now();
-            since = Some(now);
-            counters.begin_throttle(now);
-        }
-        poll
-    })
-    .await;
-    if let Some(since) = since {
-        counters.end_throttle(since, Instant::now());
+    loop {
+        let envelope = tokio::select! {
+            biased;
+            Some(envelope) = control.rx.recv() => envelope,
+            _ = acquire.as_mut() => return Ok(()),
+        };
+        handle(server, envelope).await?;
+    }
+}
+
+/// A wait for a rate limit's token, shown in a replica's counters from
+/// its start until it is dropped.
+struct Throttled<'a> {
+    counters: &'a Counters,
+    since: Instant,
+}
+
+impl<'a> Throttled<'a> {
+    fn begin(counters: &'a Counters) -> Self {
+        let since = Instant::now();
+        counters.begin_throttle(since);
+        Throttled { counters, since }
+    }
+}
+
+impl Drop for Throttled<'_> {
+    fn drop(&mut self) {
+        self.counters.end_throttle(self.since, Instant::now());
     }
 }
 

@@ -144,7 +144,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                 replicas: #sizes.replicas(#i, #count),
                 queue_size: #sizes.queue_size(#i),
                 max_demand: #sizes.max_demand(#i, #max_demand),
-                rate_limit: #sizes.rate_limit(#i, #rate_limit),
+                rate_limit: #sizes.rate_limit(#i, #name, #rate_limit),
                 partition: #partition,
                 head: #head,
                 ordered: #ordered,
@@ -218,7 +218,8 @@ pub(crate) fn start(registry: &Registry) -> Parts {
          Dropping the last copy of the returned pipeline (copies held by the stages do not count) shuts it down \
          in the background, draining what was sent.\n\nTo choose replica counts or queue sizes at run time, use \
          `builder`.\n\n# Panics\n\nPanics if called outside a Tokio runtime, \
-         or if a stage's `channel_queue_size()` is 0."
+         if a stage's `channel_queue_size()` is 0, or if a stage's `#[rate_limit(n, per = ..)]` gives \
+         0 items or an interval of 0 (the message names the stage)."
     );
     Parts {
         prepare: quote! {
