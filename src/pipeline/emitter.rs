@@ -179,9 +179,12 @@ impl<T: Send + 'static> Emitter<T> {
 
     /// Sends the failures recorded so far, waiting for room in the
     /// failures buffer if its reader is behind.
+    ///
+    /// Rare (an item failed), so the send runs boxed: its future takes no
+    /// room in the replica's task while it waits for items.
     pub(crate) async fn send_failures(&mut self) {
         let before = self.blocked;
-        shown(&self.counters, true, self.failing.send(&mut self.blocked, &self.counters)).await;
+        Box::pin(shown(&self.counters, true, self.failing.send(&mut self.blocked, &self.counters))).await;
         let failures_blocked = self.blocked - before;
         if !failures_blocked.is_zero() {
             self.counters.add(&Delta { failures_blocked, ..Delta::default() });
@@ -233,9 +236,14 @@ impl<T: Send + 'static> Emitter<T> {
     /// Sends the buffer on as `what`, publishing the counts: `emitted`
     /// before waiting, so metrics read while this stage is blocked are up to
     /// date, then what was dropped and the time blocked.
+    ///
+    /// The sends of an `ordered` stage and into a fused stage run boxed (an
+    /// allocation per send): their futures are several times the size of
+    /// a plain send's, and `emit` holds this future inline in `process`'s,
+    /// which every idle replica's task holds whole.
     async fn send(&mut self, what: Outgoing) {
         if self.fused.is_some() {
-            return self.send_fused().await;
+            return Box::pin(self.send_fused()).await;
         }
         self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
         let blocked_before = self.blocked;
@@ -244,14 +252,18 @@ impl<T: Send + 'static> Emitter<T> {
         // it goes; an ordered stage's send is shown as a whole (moving its
         // future into `shown` costs a copy that the plain path avoids).
         match (what, order) {
-            (Outgoing::Full, Some(order)) => shown(counters, false, order.send_full(buf, blocked, dropped)).await,
+            (Outgoing::Full, Some(order)) => {
+                Box::pin(shown(counters, false, order.send_full(buf, blocked, dropped))).await;
+            }
             (Outgoing::IfTurn, Some(order)) => {
-                shown(counters, false, order.send_if_turn(buf, blocked, dropped)).await;
+                Box::pin(shown(counters, false, order.send_if_turn(buf, blocked, dropped))).await;
             }
             (Outgoing::Chunk { first, inputs }, Some(order)) => {
-                shown(counters, false, order.end_batch(first, inputs, buf, blocked, dropped)).await;
+                Box::pin(shown(counters, false, order.end_batch(first, inputs, buf, blocked, dropped))).await;
             }
-            (Outgoing::Last, Some(order)) => shown(counters, false, order.end_input(buf, blocked, dropped)).await,
+            (Outgoing::Last, Some(order)) => {
+                Box::pin(shown(counters, false, order.end_input(buf, blocked, dropped))).await;
+            }
             _ => link.target.send(buf, blocked, dropped, Some(counters)).await,
         }
         self.counters.add(&Delta {
@@ -544,7 +556,8 @@ impl<T> Target<T> {
                         for _ in 0..len {
                             drop(items.remove(0));
                             let panic = panics.next().expect("one panic per item whose key panicked");
-                            self.key_panicked(panic, blocked, dropped).await;
+                            // Rare: boxed, to take no room in the send's future.
+                            Box::pin(self.key_panicked(panic, blocked, dropped)).await;
                         }
                         continue;
                     }

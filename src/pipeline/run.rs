@@ -57,14 +57,13 @@ pub(crate) fn run<S: Stage>(
     mut out: Emitter<S::Out>,
     registry: S::Registry,
     counters: Arc<Counters>,
-    ready: oneshot::Sender<()>,
+    mut ready: Option<oneshot::Sender<()>>,
     drain: Arc<StageDrain>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // Stops the pipeline's clock once every replica's task ended, however.
         let _ended = Ended(counters.clone());
-        let mut ready = Some(ready);
-        let mut restarts = Restarts::new(S::restart_limit());
+        let mut restarts = Restarts::new(S::restart_limit);
         // The items taken but not processed yet, and the number of the
         // first. Its room is allocated by the first batch, not before.
         let mut batch = Batch::new(counters.clone());

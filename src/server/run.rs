@@ -23,8 +23,8 @@ pub(crate) struct Crashed;
 
 /// The body of a plain server's task.
 ///
-/// `ready` fires once the server has booted (`new` + `init`), or has failed
-/// for good trying.
+/// `ready` (taken once) fires once the server has booted (`new` + `init`),
+/// or has failed for good trying.
 ///
 /// An idle server's task holds this future for as long as it lives, so it
 /// is kept small: its parts are captured by an `async move` block (an
@@ -36,11 +36,10 @@ pub(crate) struct Crashed;
 pub(crate) fn run<S: GenServer>(
     mut inbox: Inbox<S>,
     registry: S::Registry,
-    ready: oneshot::Sender<()>,
+    mut ready: Option<oneshot::Sender<()>>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut ready = Some(ready);
-        let mut restarts = Restarts::new(S::restart_limit());
+        let mut restarts = Restarts::new(S::restart_limit);
         loop {
             let Some(mut server) = Box::pin(boot::<S>(&registry, &mut restarts)).await else {
                 return fail(inbox);
