@@ -50,6 +50,7 @@ impl Default for RestartLimit {
 #[derive(Debug)]
 pub(crate) struct Restarts {
     limit: fn() -> RestartLimit,
+    #[allow(clippy::box_collection, reason = "one pointer while empty, instead of a `VecDeque`'s four words")]
     recent: Option<Box<VecDeque<Instant>>>,
 }
 
