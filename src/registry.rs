@@ -20,7 +20,7 @@ use std::{
     },
 };
 
-use tokio::{runtime, sync::oneshot};
+use tokio::{runtime, sync::Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::server::{
@@ -366,10 +366,19 @@ impl Default for Builder {
     }
 }
 
-/// Collects the readiness of servers being started.
-#[derive(Debug, Default)]
+/// Collects the readiness of servers being started: a count of servers
+/// not ready yet, as permits of a semaphore that each server's [`Ready`]
+/// adds one to.
+#[derive(Debug)]
 pub struct Start {
-    ready: Vec<oneshot::Receiver<()>>,
+    ready: Arc<Semaphore>,
+    servers: u32,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start { ready: Arc::new(Semaphore::new(0)), servers: 0 }
+    }
 }
 
 impl Start {
@@ -378,19 +387,28 @@ impl Start {
         Start::default()
     }
 
-    /// One more server to wait for: it fires the sender once booted. Given
-    /// as the `Option` a server's task takes it from.
-    pub(crate) fn add(&mut self) -> Option<oneshot::Sender<()>> {
-        let (ready, ready_rx) = oneshot::channel();
-        self.ready.push(ready_rx);
-        Some(ready)
+    /// One more server to wait for: it drops the token once booted. Given
+    /// as the `Option` a server's task takes it from (one pointer, so it
+    /// takes little room in a task that holds it for its whole life).
+    pub(crate) fn add(&mut self) -> Option<Ready> {
+        self.servers += 1;
+        Some(Ready(self.ready.clone()))
     }
 
     /// Waits until every spawned server has run `new` + `init` (or failed
-    /// for good trying).
+    /// for good trying, or its task was dropped).
     pub async fn wait(self) {
-        for ready in self.ready {
-            let _ = ready.await;
-        }
+        // The semaphore is never closed.
+        let _ = self.ready.acquire_many(self.servers).await;
+    }
+}
+
+/// A server's part of a [`Start`]: says the server is ready when dropped.
+#[derive(Debug)]
+pub(crate) struct Ready(Arc<Semaphore>);
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
     }
 }

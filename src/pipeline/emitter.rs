@@ -56,7 +56,8 @@ pub struct Emitter<T> {
     /// failures, not yet published.
     blocked: Duration,
     /// For an `ordered` stage: where each batch's outputs wait their turn.
-    order: Option<Place<T>>,
+    /// Boxed: every replica's task holds its emitter for its whole life.
+    order: Option<Box<Place<T>>>,
     /// Failures of the item being processed, on their way to `failures()`.
     failing: Failing,
     /// A `#[fused]` next stage, run in this task instead of through a queue
@@ -98,7 +99,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// `order`, a batch at a time.
     pub(crate) fn ordered(link: Link<T>, counters: Arc<Counters>, order: Arc<Reorder<T>>) -> Self {
         let mut emitter = Emitter::new(link, counters);
-        emitter.order = Some(Place::new(order));
+        emitter.order = Some(Box::new(Place::new(order)));
         emitter
     }
 
@@ -114,7 +115,8 @@ impl<T: Send + 'static> Emitter<T> {
         self.emitted += 1;
         if self.buf.len() >= BATCH {
             match self.order {
-                None => self.flush().await,
+                // As `flush`, whose check for an empty buffer is known false.
+                None => self.send(Outgoing::Buffered).await,
                 Some(_) => self.send(Outgoing::Full).await,
             }
         }

@@ -10,9 +10,6 @@ use std::{
     task::Poll,
 };
 
-use futures::FutureExt;
-use tokio::sync::oneshot;
-
 use super::{
     BATCH, Emitter, Panicked, Stage,
     drain::StageDrain,
@@ -20,11 +17,15 @@ use super::{
     metrics::{Counters, Delta},
     queue::{Queue, Reader},
 };
-use crate::server::{
-    handle::Inbox,
-    restart::Restarts,
-    run::{Crashed, boot, fail, handle, report, terminate},
+use crate::{
+    registry::Ready,
+    server::{
+        handle::Inbox,
+        restart::Restarts,
+        run::{Crashed, boot, fail, handle, report, terminate},
+    },
 };
+use futures::FutureExt;
 
 /// What woke the replica up.
 enum Work<S: Stage> {
@@ -57,16 +58,15 @@ pub(crate) fn run<S: Stage>(
     mut out: Emitter<S::Out>,
     registry: S::Registry,
     counters: Arc<Counters>,
-    mut ready: Option<oneshot::Sender<()>>,
+    mut ready: Option<Ready>,
     drain: Arc<StageDrain>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // Stops the pipeline's clock once every replica's task ended, however.
-        let _ended = Ended(counters.clone());
         let mut restarts = Restarts::new(S::restart_limit);
         // The items taken but not processed yet, and the number of the
         // first. Its room is allocated by the first batch, not before.
-        let mut batch = Batch::new(counters.clone());
+        // Stops the pipeline's clock once every replica's task ended, however.
+        let mut batch = Ended(Batch::new(counters.clone()));
         // Whether the input ended and `finish` ran.
         let mut ended = false;
         // This replica's place in line for items; it records each batch
@@ -81,9 +81,8 @@ pub(crate) fn run<S: Stage>(
             };
             // Stages fused into this one boot in this task, before it is ready.
             out.start_fused().await;
-            if let Some(ready) = ready.take() {
-                let _ = ready.send(());
-            }
+            // Ready.
+            drop(ready.take());
             loop {
                 // Items left by a handler that panicked go to the new state.
                 if !batch.items.is_empty() {
@@ -201,7 +200,7 @@ async fn end_of_input<S: Stage>(
 /// blocked and every item is accounted for.
 #[allow(clippy::too_many_arguments, reason = "the parts of the replica's task it ends")]
 async fn failed_for_good<S: Stage>(
-    mut ready: Option<oneshot::Sender<()>>,
+    mut ready: Option<Ready>,
     control: Inbox<S>,
     reader: &mut Reader<'_, S::In>,
     mark: &ReplicaMark,
@@ -211,9 +210,8 @@ async fn failed_for_good<S: Stage>(
     drain: &StageDrain,
     ended: bool,
 ) {
-    if let Some(ready) = ready.take() {
-        let _ = ready.send(());
-    }
+    // Ready, failed for good.
+    drop(ready.take());
     fail(control);
     // Failing items is its work (and its waits for room in the failures
     // buffer count as blocked); waiting for them is not.
@@ -249,12 +247,30 @@ async fn failed_for_good<S: Stage>(
     }
 }
 
-/// Records in a replica's counters that its task ended (or was dropped).
-struct Ended(Arc<Counters>);
+/// A replica's batch, which records in the replica's counters that its
+/// task ended (or was dropped) when it goes: after counting the items it
+/// still holds as aborted, as the batch's own drop does. (One field of the
+/// task instead of two handles of the same counters.)
+struct Ended<T>(Batch<T>);
 
-impl Drop for Ended {
+impl<T> Drop for Ended<T> {
     fn drop(&mut self) {
-        self.0.end();
+        self.0.abort_held();
+        self.0.counters.end();
+    }
+}
+
+impl<T> std::ops::Deref for Ended<T> {
+    type Target = Batch<T>;
+
+    fn deref(&self) -> &Batch<T> {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Ended<T> {
+    fn deref_mut(&mut self) -> &mut Batch<T> {
+        &mut self.0
     }
 }
 
@@ -274,39 +290,60 @@ impl<T> Batch<T> {
     }
 }
 
-/// The replica's task was dropped (the pipeline was aborted, or the runtime
-/// shut down): the items it took and did not process count as aborted.
-impl<T> Drop for Batch<T> {
-    fn drop(&mut self) {
+impl<T> Batch<T> {
+    /// Counts the items held as aborted and lets them go.
+    fn abort_held(&mut self) {
         let aborted = self.items.len() as u64;
         if aborted > 0 {
+            self.items.clear();
             self.counters.add(&Delta { aborted, ..Delta::default() });
         }
     }
 }
 
+/// The replica's task was dropped (the pipeline was aborted, or the runtime
+/// shut down): the items it took and did not process count as aborted.
+impl<T> Drop for Batch<T> {
+    fn drop(&mut self) {
+        self.abort_held();
+    }
+}
+
 /// The counts of a batch in progress, published when it is dropped: at the
 /// end of the batch, or when the task is dropped in the middle of it (then
-/// the item in `process`, if any, counts as aborted).
+/// the item in `process`, if any, counts as aborted). Only the counts a
+/// batch moves, not a whole [`Delta`]: an idle replica's task holds room
+/// for it.
 struct Progress<'a> {
     counters: &'a Counters,
-    delta: Delta,
+    processed: u64,
+    failed: u64,
     /// 1 while an item is in `process`.
     in_process: u64,
 }
 
-impl Progress<'_> {
+impl<'a> Progress<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        Progress { counters, processed: 0, failed: 0, in_process: 0 }
+    }
+
     /// Publishes what is done so far.
     fn publish(&mut self) {
-        self.counters.add(&std::mem::take(&mut self.delta));
+        self.publish_with(Delta::default());
+    }
+
+    /// Publishes what is done so far, with `delta`.
+    fn publish_with(&mut self, delta: Delta) {
+        let processed = std::mem::take(&mut self.processed);
+        let failed = std::mem::take(&mut self.failed);
+        self.counters.add(&Delta { processed, failed, ..delta });
     }
 }
 
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
-        self.delta.aborted += self.in_process;
-        self.delta.busy = self.counters.end_batch();
-        self.publish();
+        let busy = self.counters.end_batch();
+        self.publish_with(Delta { aborted: self.in_process, busy, ..Delta::default() });
     }
 }
 
@@ -322,7 +359,7 @@ pub(crate) async fn process_batch<S: Stage>(
 ) -> Result<(), Crashed> {
     counters.begin_batch();
     out.begin_batch(batch.first);
-    let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
+    let mut progress = Progress::new(counters);
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
     while let Some(item) = batch.items.pop_front() {
@@ -338,14 +375,14 @@ pub(crate) async fn process_batch<S: Stage>(
             .await
         };
         progress.in_process = 0;
-        progress.delta.processed += 1;
+        progress.processed += 1;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
             out.fail_panic(Panicked::new(&panic));
         }
         // An item counts as failed once, however many failures it gave.
         if out.take_item_failed() {
-            progress.delta.failed += 1;
+            progress.failed += 1;
             out.send_failures().await;
         }
         if waited {

@@ -43,19 +43,19 @@ impl Default for RestartLimit {
 
 /// Remembers recent restarts and decides whether another one is allowed.
 ///
-/// Two pointers: every server's task holds one for its whole life, and
-/// most never restart, so the limit is read when a crash asks for it
-/// (`limit` is the server's `restart_limit`) and the record of restarts is
-/// allocated by the first one.
+/// One pointer: every server's task holds one for its whole life, and most
+/// never restart, so the limit is read when a crash asks for it (`limit`
+/// is the server's `restart_limit`, given as the function item, which takes
+/// no room) and the record of restarts is allocated by the first one.
 #[derive(Debug)]
-pub(crate) struct Restarts {
-    limit: fn() -> RestartLimit,
+pub(crate) struct Restarts<L = fn() -> RestartLimit> {
+    limit: L,
     #[allow(clippy::box_collection, reason = "one pointer while empty, instead of a `VecDeque`'s four words")]
     recent: Option<Box<VecDeque<Instant>>>,
 }
 
-impl Restarts {
-    pub(crate) fn new(limit: fn() -> RestartLimit) -> Self {
+impl<L: Fn() -> RestartLimit> Restarts<L> {
+    pub(crate) fn new(limit: L) -> Self {
         Restarts { limit, recent: None }
     }
 

@@ -4,14 +4,14 @@
 
 use std::{any::Any, future::Future, panic::AssertUnwindSafe};
 
+use crate::registry::Ready;
 use futures::FutureExt;
-use tokio::sync::oneshot;
 
 use super::{
     GenServer,
     envelope::{Envelope, Reply},
     handle::Inbox,
-    restart::Restarts,
+    restart::{RestartLimit, Restarts},
 };
 
 /// The payload of a caught panic.
@@ -36,7 +36,7 @@ pub(crate) struct Crashed;
 pub(crate) fn run<S: GenServer>(
     mut inbox: Inbox<S>,
     registry: S::Registry,
-    mut ready: Option<oneshot::Sender<()>>,
+    mut ready: Option<Ready>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let mut restarts = Restarts::new(S::restart_limit);
@@ -44,9 +44,8 @@ pub(crate) fn run<S: GenServer>(
             let Some(mut server) = Box::pin(boot::<S>(&registry, &mut restarts)).await else {
                 return fail(inbox);
             };
-            if let Some(ready) = ready.take() {
-                let _ = ready.send(());
-            }
+            // Ready.
+            drop(ready.take());
             match serve(&mut server, &mut inbox).await {
                 Ok(()) => return Box::pin(terminate(server)).await,
                 Err(Crashed) => {
@@ -63,7 +62,10 @@ pub(crate) fn run<S: GenServer>(
 
 /// `new` + `init`, retried while `restarts` allows; `None` if the server
 /// failed for good.
-pub(crate) async fn boot<S: GenServer>(registry: &S::Registry, restarts: &mut Restarts) -> Option<S> {
+pub(crate) async fn boot<S: GenServer>(
+    registry: &S::Registry,
+    restarts: &mut Restarts<impl Fn() -> RestartLimit>,
+) -> Option<S> {
     loop {
         match try_boot::<S>(registry).await {
             Some(server) => return Some(server),
