@@ -63,7 +63,9 @@ pub struct Emitter<T> {
     /// A `#[fused]` next stage, run in this task instead of through a queue
     /// (in a `Mutex` only so the emitter stays `Sync`: it is reached
     /// through `&mut self`, with `get_mut`, never locked).
-    fused: Option<Mutex<Box<dyn Fused<T>>>>,
+    /// Boxed whole: one pointer in every replica's task, fused or not.
+    #[allow(clippy::type_complexity, reason = "the `Mutex` and its box, spelled out once")]
+    fused: Option<Box<Mutex<Box<dyn Fused<T>>>>>,
 }
 
 impl<T: Send + 'static> Emitter<T> {
@@ -85,7 +87,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// Sends this emitter's items into `next`, a stage fused into this
     /// one, instead of through the link.
     pub(crate) fn with_fused(mut self, next: Box<dyn Fused<T>>) -> Self {
-        self.fused = Some(Mutex::new(next));
+        self.fused = Some(Box::new(Mutex::new(next)));
         self
     }
 
