@@ -19,7 +19,10 @@
 //!   whose senders are kept. "Settled" means every worker of the runtime is
 //!   parked with nothing queued, so every task has reached its `recv`. The
 //!   live heap (bytes requested from the allocator, without its own
-//!   overhead) grown over the same span is printed beside it.
+//!   overhead) grown over the same span is printed beside it. With
+//!   `GENFLOW_IDLE_SIZES=1` as well, the probe also lists (on stderr) the
+//!   live allocations added per thing by requested size, which is how
+//!   `docs/benchmarks.md` says where the bytes go.
 //!
 //!   Fresh processes matter: measured one after the other in one process,
 //!   the later figures reuse memory the earlier ones freed and come out too
