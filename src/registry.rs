@@ -367,7 +367,7 @@ impl Default for Builder {
 }
 
 /// Collects the readiness of servers being started: a count of servers
-/// not ready yet, as permits of a semaphore that each server's [`Ready`]
+/// not ready yet, as permits of a semaphore that each server's `Ready`
 /// adds one to.
 #[derive(Debug)]
 pub struct Start {
