@@ -19,7 +19,10 @@
 //!   whose senders are kept. "Settled" means every worker of the runtime is
 //!   parked with nothing queued, so every task has reached its `recv`. The
 //!   live heap (bytes requested from the allocator, without its own
-//!   overhead) grown over the same span is printed beside it.
+//!   overhead) grown over the same span is printed beside it. With
+//!   `GENFLOW_IDLE_SIZES=1` as well, the probe also lists (on stderr) the
+//!   live allocations added per thing by requested size, which is how
+//!   `docs/benchmarks.md` says where the bytes go.
 //!
 //!   Fresh processes matter: measured one after the other in one process,
 //!   the later figures reuse memory the earlier ones freed and come out too
@@ -30,7 +33,7 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicI64, AtomicU64, Ordering},
 };
 
 use genflow::{Emitter, GenServer, Stage};
@@ -45,17 +48,28 @@ struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
 
+/// Live allocations by requested size (the last entry: larger ones), for
+/// the idle probe's breakdown (`GENFLOW_IDLE_SIZES=1`).
+static LIVE_BY_SIZE: [AtomicI64; SIZES + 1] = [const { AtomicI64::new(0) }; SIZES + 1];
+const SIZES: usize = 4096;
+
+fn live_by_size(size: usize, delta: i64) {
+    LIVE_BY_SIZE[size.min(SIZES)].fetch_add(delta, Ordering::Relaxed);
+}
+
 // SAFETY: every call is forwarded to `System` unchanged.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        live_by_size(layout.size(), 1);
         // SAFETY: the caller's contract is `System::alloc`'s.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        live_by_size(layout.size(), -1);
         // SAFETY: the caller's contract is `System::dealloc`'s.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -64,6 +78,8 @@ unsafe impl GlobalAlloc for Counting {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
         LIVE_BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        live_by_size(layout.size(), -1);
+        live_by_size(new_size, 1);
         // SAFETY: the caller's contract is `System::realloc`'s.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -319,11 +335,21 @@ fn idle_probe(kind: &str) {
         wait_idle(&rt);
     };
     start(1);
-    let (heap, resident) = (LIVE_BYTES.load(Ordering::Relaxed), rss());
+    let sizes = || LIVE_BY_SIZE.iter().map(|n| n.load(Ordering::Relaxed)).collect::<Vec<_>>();
+    let (heap, resident, before) = (LIVE_BYTES.load(Ordering::Relaxed), rss(), sizes());
     start(IDLE);
     let heap = LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(heap) / IDLE as u64;
     let resident = rss().saturating_sub(resident) / IDLE as u64;
     println!("resident {resident} heap {heap}");
+    if std::env::var_os("GENFLOW_IDLE_SIZES").is_some() {
+        // Live allocations made per thing, by requested size.
+        for (size, (after, before)) in sizes().iter().zip(before).enumerate() {
+            let per_thing = (after - before) as f64 / IDLE as f64;
+            if per_thing.abs() >= 0.01 {
+                eprintln!("  {per_thing:>6.2} × {size} B{}", if size == SIZES { " or more" } else { "" });
+            }
+        }
+    }
     black_box((&registries, &senders, &flows));
     // Exit without tearing 10 000 things down one by one.
     std::process::exit(0);

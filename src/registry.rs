@@ -10,16 +10,24 @@
 //! runtime: if the runtime is gone first, the drain is dropped with it, and
 //! a `tracing` warning says so.
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
-use tokio::{runtime, sync::oneshot};
+use tokio::{runtime, sync::Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::server::{
     GenServer, context,
     handle::{self, Handle, Inbox},
     run,
-    state::next_id,
+    state::{Name, next_id},
 };
 
 pub(crate) type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -76,8 +84,9 @@ impl fmt::Debug for Control {
 /// `Servers` are `Send + Sync`.
 pub struct Core<R> {
     shared: Arc<Shared<dyn Servers<R>>>,
-    /// Present in outside copies only.
-    outside: Option<Arc<OutsideGuard>>,
+    /// Whether this is an outside copy, counted in the lifecycle's
+    /// `outside`.
+    outside: bool,
 }
 
 /// What a generated registry is made of: implemented by the macros, with
@@ -88,8 +97,11 @@ pub trait Parts: Sized + 'static {
     type Servers: Send + Sync + 'static;
 }
 
+/// The one allocation a registry shares between its copies: its
+/// lifecycle and its servers' handles (an idle registry of one server is
+/// that, its server's task and queue, and the server's shared state).
 struct Shared<S: ?Sized> {
-    life: Arc<Lifecycle>,
+    life: Lifecycle,
     servers: S,
 }
 
@@ -99,6 +111,11 @@ trait Servers<R>: Send + Sync {
     fn get(&self) -> &R::Servers
     where
         R: Parts;
+
+    /// Runs the graceful shutdown of `shared` (whose servers are `self`) in
+    /// a task of the registry's runtime; see [`background_shutdown`].
+    /// Here, where `R: Parts` and so `'static`, the task may own `shared`.
+    fn shutdown_in_background(&self, shared: Arc<Shared<dyn Servers<R>>>);
 }
 
 /// The handles of registry `R`, as stored.
@@ -109,38 +126,34 @@ impl<R: Parts> Servers<R> for Typed<R> {
     fn get(&self) -> &R::Servers {
         &self.0
     }
+
+    fn shutdown_in_background(&self, shared: Arc<Shared<dyn Servers<R>>>) {
+        background_shutdown(shared);
+    }
 }
 
 /// What shutdown and abort need, whatever the servers' types.
 struct Lifecycle {
     id: usize,
-    controls: Vec<Control>,
+    controls: Box<[Control]>,
     tasks: TaskTracker,
     runtime: runtime::Handle,
-}
-
-/// Shuts the registry down when the last outside copy is dropped.
-struct OutsideGuard {
-    life: Arc<Lifecycle>,
-}
-
-impl Drop for OutsideGuard {
-    fn drop(&mut self) {
-        background_shutdown(self.life.clone());
-    }
+    /// The outside copies alive; the one that brings it to 0 shuts the
+    /// registry down.
+    outside: AtomicUsize,
 }
 
 /// Runs the graceful shutdown in a task of the registry's runtime. The
 /// drain needs that runtime alive: if the runtime is already gone, or shuts
 /// down before the drain ends, the task is dropped and a warning says that
 /// queued work was abandoned.
-fn background_shutdown(life: Arc<Lifecycle>) {
-    let drain = Drain { registry: life.id, started: false, done: false };
-    drop(life.runtime.clone().spawn(async move {
+fn background_shutdown<S: ?Sized + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
+    let drain = Drain { registry: shared.life.id, started: false, done: false };
+    drop(shared.life.runtime.clone().spawn(async move {
         // Moved in whole, so it is dropped with the task.
         let mut drain = drain;
         drain.started = true;
-        life.shutdown().await;
+        shared.life.shutdown().await;
         drain.done = true;
     }));
 }
@@ -201,12 +214,13 @@ impl<R: Parts> Core<R> {
     pub fn new(builder: Builder, servers: R::Servers) -> Self {
         let life = Lifecycle {
             id: builder.id,
-            controls: builder.controls,
+            controls: builder.controls.into_boxed_slice(),
             tasks: TaskTracker::new(),
             runtime: runtime::Handle::current(),
+            outside: AtomicUsize::new(0),
         };
-        let shared: Arc<Shared<Typed<R>>> = Arc::new(Shared { life: Arc::new(life), servers: Typed(servers) });
-        Core { shared, outside: None }
+        let shared: Arc<Shared<Typed<R>>> = Arc::new(Shared { life, servers: Typed(servers) });
+        Core { shared, outside: false }
     }
 
     /// The handles of the servers, as the tuple the registry was built with.
@@ -236,7 +250,10 @@ impl<R> Core<R> {
     /// Turns this copy into an outside copy: from now on, dropping the last
     /// outside copy shuts the registry down.
     pub fn into_outside(mut self) -> Self {
-        self.outside = Some(Arc::new(OutsideGuard { life: self.shared.life.clone() }));
+        if !self.outside {
+            self.shared.life.outside.fetch_add(1, Ordering::Relaxed);
+            self.outside = true;
+        }
         self
     }
 
@@ -245,7 +262,7 @@ impl<R> Core<R> {
         let life = &self.shared.life;
         if context::in_registry(life.id) {
             // A server of this registry cannot wait for its own end.
-            background_shutdown(life.clone());
+            self.shared.servers.shutdown_in_background(self.shared.clone());
             return;
         }
         life.shutdown().await;
@@ -259,7 +276,24 @@ impl<R> Core<R> {
 
 impl<R> Clone for Core<R> {
     fn clone(&self) -> Self {
-        Core { shared: self.shared.clone(), outside: self.outside.clone() }
+        if self.outside {
+            // As `Arc::clone`: the new copy is made from a live one, so the
+            // count cannot be at 0 here.
+            self.shared.life.outside.fetch_add(1, Ordering::Relaxed);
+        }
+        Core { shared: self.shared.clone(), outside: self.outside }
+    }
+}
+
+/// The last outside copy shuts the registry down in the background.
+impl<R> Drop for Core<R> {
+    fn drop(&mut self) {
+        // As `Arc`'s drop: `Release` so every use of this copy happens
+        // before the shutdown, `Acquire` in the last one to see them all.
+        if self.outside && self.shared.life.outside.fetch_sub(1, Ordering::Release) == 1 {
+            std::sync::atomic::fence(Ordering::Acquire);
+            self.shared.servers.shutdown_in_background(self.shared.clone());
+        }
     }
 }
 
@@ -267,7 +301,7 @@ impl<R> fmt::Debug for Core<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
             .field("servers", &self.shared.life.controls.len())
-            .field("outside", &self.outside.is_some())
+            .field("outside", &self.outside)
             .finish_non_exhaustive()
     }
 }
@@ -307,7 +341,7 @@ impl Builder {
     /// Panics if the size is 0.
     #[track_caller]
     pub fn channel<S: GenServer>(&mut self, name: &'static str, size: Option<usize>) -> (Handle<S>, Inbox<S>) {
-        let (handle, inbox) = handle::channel::<S>(self.id, name.into(), self.runtime.clone(), size);
+        let (handle, inbox) = handle::channel::<S>(self.id, Name::new(name), self.runtime.clone(), size);
         self.controls.push(Control::new(handle.clone()));
         (handle, inbox)
     }
@@ -316,8 +350,8 @@ impl Builder {
     /// for `size` messages; the pipeline stops it by closing its input
     /// instead.
     #[track_caller]
-    pub(crate) fn stage_channel<S: GenServer>(&mut self, name: String, size: usize) -> (Handle<S>, Inbox<S>) {
-        handle::channel::<S>(self.id, name.into(), self.runtime.clone(), Some(size))
+    pub(crate) fn stage_channel<S: GenServer>(&mut self, name: Name, size: usize) -> (Handle<S>, Inbox<S>) {
+        handle::channel::<S>(self.id, name, self.runtime.clone(), Some(size))
     }
 
     /// Adds a part that shutdown stops and abort aborts.
@@ -332,10 +366,19 @@ impl Default for Builder {
     }
 }
 
-/// Collects the readiness of servers being started.
-#[derive(Debug, Default)]
+/// Collects the readiness of servers being started: a count of servers
+/// not ready yet, as permits of a semaphore that each server's `Ready`
+/// adds one to.
+#[derive(Debug)]
 pub struct Start {
-    ready: Vec<oneshot::Receiver<()>>,
+    ready: Arc<Semaphore>,
+    servers: u32,
+}
+
+impl Default for Start {
+    fn default() -> Self {
+        Start { ready: Arc::new(Semaphore::new(0)), servers: 0 }
+    }
 }
 
 impl Start {
@@ -344,18 +387,28 @@ impl Start {
         Start::default()
     }
 
-    /// One more server to wait for: it fires the sender once booted.
-    pub(crate) fn add(&mut self) -> oneshot::Sender<()> {
-        let (ready, ready_rx) = oneshot::channel();
-        self.ready.push(ready_rx);
-        ready
+    /// One more server to wait for: it drops the token once booted. Given
+    /// as the `Option` a server's task takes it from (one pointer, so it
+    /// takes little room in a task that holds it for its whole life).
+    pub(crate) fn add(&mut self) -> Option<Ready> {
+        self.servers += 1;
+        Some(Ready(self.ready.clone()))
     }
 
     /// Waits until every spawned server has run `new` + `init` (or failed
-    /// for good trying).
+    /// for good trying, or its task was dropped).
     pub async fn wait(self) {
-        for ready in self.ready {
-            let _ = ready.await;
-        }
+        // The semaphore is never closed.
+        let _ = self.ready.acquire_many(self.servers).await;
+    }
+}
+
+/// A server's part of a [`Start`]: says the server is ready when dropped.
+#[derive(Debug)]
+pub(crate) struct Ready(Arc<Semaphore>);
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
     }
 }

@@ -2,7 +2,7 @@ use std::{
     error::Error,
     fmt,
     future::{Future, poll_fn},
-    pin::pin,
+    pin::{Pin, pin},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     BATCH, Panicked,
-    dispatch::{Dispatch, group_by_queue},
+    dispatch::{Dispatch, Grouped, group_by_queue},
     failure::{Failing, FailureRoute},
     fused::Fused,
     metrics::{Counters, Delta},
@@ -56,13 +56,16 @@ pub struct Emitter<T> {
     /// failures, not yet published.
     blocked: Duration,
     /// For an `ordered` stage: where each batch's outputs wait their turn.
-    order: Option<Place<T>>,
+    /// Boxed: every replica's task holds its emitter for its whole life.
+    order: Option<Box<Place<T>>>,
     /// Failures of the item being processed, on their way to `failures()`.
     failing: Failing,
     /// A `#[fused]` next stage, run in this task instead of through a queue
     /// (in a `Mutex` only so the emitter stays `Sync`: it is reached
     /// through `&mut self`, with `get_mut`, never locked).
-    fused: Option<Mutex<Box<dyn Fused<T>>>>,
+    /// Boxed whole: one pointer in every replica's task, fused or not.
+    #[allow(clippy::type_complexity, reason = "the `Mutex` and its box, spelled out once")]
+    fused: Option<Box<Mutex<Box<dyn Fused<T>>>>>,
 }
 
 impl<T: Send + 'static> Emitter<T> {
@@ -84,7 +87,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// Sends this emitter's items into `next`, a stage fused into this
     /// one, instead of through the link.
     pub(crate) fn with_fused(mut self, next: Box<dyn Fused<T>>) -> Self {
-        self.fused = Some(Mutex::new(next));
+        self.fused = Some(Box::new(Mutex::new(next)));
         self
     }
 
@@ -98,7 +101,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// `order`, a batch at a time.
     pub(crate) fn ordered(link: Link<T>, counters: Arc<Counters>, order: Arc<Reorder<T>>) -> Self {
         let mut emitter = Emitter::new(link, counters);
-        emitter.order = Some(Place::new(order));
+        emitter.order = Some(Box::new(Place::new(order)));
         emitter
     }
 
@@ -114,7 +117,8 @@ impl<T: Send + 'static> Emitter<T> {
         self.emitted += 1;
         if self.buf.len() >= BATCH {
             match self.order {
-                None => self.flush().await,
+                // As `flush`, whose check for an empty buffer is known false.
+                None => self.send_plain().await,
                 Some(_) => self.send(Outgoing::Full).await,
             }
         }
@@ -179,9 +183,12 @@ impl<T: Send + 'static> Emitter<T> {
 
     /// Sends the failures recorded so far, waiting for room in the
     /// failures buffer if its reader is behind.
+    ///
+    /// Rare (an item failed), so the send runs boxed: its future takes no
+    /// room in the replica's task while it waits for items.
     pub(crate) async fn send_failures(&mut self) {
         let before = self.blocked;
-        shown(&self.counters, true, self.failing.send(&mut self.blocked, &self.counters)).await;
+        Box::pin(shown(&self.counters, true, self.failing.send(&mut self.blocked, &self.counters))).await;
         let failures_blocked = self.blocked - before;
         if !failures_blocked.is_zero() {
             self.counters.add(&Delta { failures_blocked, ..Delta::default() });
@@ -196,7 +203,7 @@ impl<T: Send + 'static> Emitter<T> {
             return;
         }
         match self.order {
-            None => self.send(Outgoing::Buffered).await,
+            None => self.send_plain().await,
             Some(_) => self.send(Outgoing::IfTurn).await,
         }
     }
@@ -233,32 +240,77 @@ impl<T: Send + 'static> Emitter<T> {
     /// Sends the buffer on as `what`, publishing the counts: `emitted`
     /// before waiting, so metrics read while this stage is blocked are up to
     /// date, then what was dropped and the time blocked.
-    async fn send(&mut self, what: Outgoing) {
-        if self.fused.is_some() {
-            return self.send_fused().await;
-        }
-        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
-        let blocked_before = self.blocked;
-        let Emitter { buf, link, blocked, dropped, order, counters, .. } = self;
-        // Straight to the next stage, each wait is shown and published as
-        // it goes; an ordered stage's send is shown as a whole (moving its
-        // future into `shown` costs a copy that the plain path avoids).
-        match (what, order) {
-            (Outgoing::Full, Some(order)) => shown(counters, false, order.send_full(buf, blocked, dropped)).await,
-            (Outgoing::IfTurn, Some(order)) => {
-                shown(counters, false, order.send_if_turn(buf, blocked, dropped)).await;
+    ///
+    /// The sends of an `ordered` stage and into a fused stage run boxed (an
+    /// allocation per send): their futures are several times the size of
+    /// a plain send's, and `emit` holds this future inline in `process`'s,
+    /// which every idle replica's task holds whole.
+    ///
+    /// A function returning an `async move` block, as [`Target::send`].
+    /// Made for an `ordered` stage; without one,
+    /// [`send_plain`](Self::send_plain) sends the buffer, and this one
+    /// falls back to it (boxed: so this future holds no plain send).
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
+    fn send(&mut self, what: Outgoing) -> impl Future<Output = ()> + '_ {
+        async move {
+            if self.fused.is_some() {
+                return Box::pin(self.send_fused()).await;
             }
-            (Outgoing::Chunk { first, inputs }, Some(order)) => {
-                shown(counters, false, order.end_batch(first, inputs, buf, blocked, dropped)).await;
+            if self.order.is_none() {
+                return Box::pin(self.send_plain()).await;
             }
-            (Outgoing::Last, Some(order)) => shown(counters, false, order.end_input(buf, blocked, dropped)).await,
-            _ => link.target.send(buf, blocked, dropped, Some(counters)).await,
+            self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+            let blocked_before = self.blocked;
+            let Emitter { buf, blocked, dropped, order, counters, .. } = self;
+            // An ordered stage's send is shown as a whole (moving its future
+            // into `shown` costs a copy that the plain path avoids).
+            match (what, order) {
+                (Outgoing::Full, Some(order)) => {
+                    Box::pin(shown(counters, false, order.send_full(buf, blocked, dropped))).await;
+                }
+                (Outgoing::IfTurn, Some(order)) => {
+                    Box::pin(shown(counters, false, order.send_if_turn(buf, blocked, dropped))).await;
+                }
+                (Outgoing::Chunk { first, inputs }, Some(order)) => {
+                    Box::pin(shown(counters, false, order.end_batch(first, inputs, buf, blocked, dropped))).await;
+                }
+                (Outgoing::Last, Some(order)) => {
+                    Box::pin(shown(counters, false, order.end_input(buf, blocked, dropped))).await;
+                }
+                // Checked above.
+                (_, None) => {}
+            }
+            self.counters.add(&Delta {
+                dropped: std::mem::take(&mut self.dropped),
+                blocked: self.blocked - blocked_before,
+                ..Delta::default()
+            });
         }
-        self.counters.add(&Delta {
-            dropped: std::mem::take(&mut self.dropped),
-            blocked: self.blocked - blocked_before,
-            ..Delta::default()
-        });
+    }
+}
+
+impl<T: Send + 'static> Emitter<T> {
+    /// Sends the buffer straight to the next stage, for a stage that is not
+    /// `ordered`, publishing the counts as [`send`](Self::send) does; each
+    /// wait is shown and published as it goes. Apart from `send`, so that
+    /// its future holds no [`Outgoing`] and no ordered send: it sits inside
+    /// `emit`'s, which every idle replica's task holds room for.
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
+    fn send_plain(&mut self) -> impl Future<Output = ()> + '_ {
+        async move {
+            if self.fused.is_some() {
+                return Box::pin(self.send_fused()).await;
+            }
+            self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+            let blocked_before = self.blocked;
+            let target = &self.link.target;
+            target.send(&mut self.buf, &mut self.blocked, &mut self.dropped, Some(&self.counters)).await;
+            self.counters.add(&Delta {
+                dropped: std::mem::take(&mut self.dropped),
+                blocked: self.blocked - blocked_before,
+                ..Delta::default()
+            });
+        }
     }
 }
 
@@ -330,40 +382,59 @@ impl<T: Send + 'static> Emitter<T> {
 
 /// Awaits `future`, adding the time it spent pending to `blocked`. Reads the
 /// clock only if it has to wait.
-pub(crate) async fn blocking<F: Future>(blocked: &mut Duration, future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut since = None;
-    let output = poll_fn(|cx| {
-        let poll = future.as_mut().poll(cx);
-        if poll.is_pending() && since.is_none() {
-            since = Some(Instant::now());
+///
+/// `future` is `Unpin` and polled where it lies, and this is a function
+/// returning an `async move` block rather than an `async fn`: so the
+/// returned future holds `future` once, not twice (an `async fn` keeps
+/// its arguments as they came and again as locals, and pinning moves it
+/// once more). A send's wait for room sits inside `emit`'s future, which
+/// every idle replica's task holds room for.
+#[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
+pub(crate) fn blocking<'a, F: Future + Unpin + 'a>(
+    blocked: &'a mut Duration,
+    mut future: F,
+) -> impl Future<Output = F::Output> + 'a {
+    async move {
+        let mut since = None;
+        let output = poll_fn(|cx| {
+            let poll = Pin::new(&mut future).poll(cx);
+            if poll.is_pending() && since.is_none() {
+                since = Some(Instant::now());
+            }
+            poll
+        })
+        .await;
+        if let Some(since) = since {
+            *blocked += since.elapsed();
         }
-        poll
-    })
-    .await;
-    if let Some(since) = since {
-        *blocked += since.elapsed();
+        output
     }
-    output
 }
 
 /// Awaits `future` as [`blocking`] does, but shows the wait in `counters`
 /// while it lasts and publishes its time there when it ends (or when the
 /// wait is dropped), instead of adding it to a sum. Reads the clock only if
 /// it has to wait.
-async fn blocking_shown<F: Future>(counters: &Counters, future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut wait = Wait { counters, failures: false, since: None, publish: true };
-    poll_fn(|cx| {
-        let poll = future.as_mut().poll(cx);
-        if poll.is_pending() && wait.since.is_none() {
-            let now = Instant::now();
-            wait.since = Some(now);
-            counters.begin_wait(now, false);
-        }
-        poll
-    })
-    .await
+///
+/// Holds `future` once, as [`blocking`] does.
+#[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
+fn blocking_shown<'a, F: Future + Unpin + 'a>(
+    counters: &'a Counters,
+    mut future: F,
+) -> impl Future<Output = F::Output> + 'a {
+    async move {
+        let mut wait = Wait { counters, failures: false, since: None, publish: true };
+        poll_fn(|cx| {
+            let poll = Pin::new(&mut future).poll(cx);
+            if poll.is_pending() && wait.since.is_none() {
+                let now = Instant::now();
+                wait.since = Some(now);
+                counters.begin_wait(now, false);
+            }
+            poll
+        })
+        .await
+    }
 }
 
 /// Awaits `send`, a send of the emitter's items (or, if `failures`, of its
@@ -431,8 +502,6 @@ impl<T> fmt::Debug for Emitter<T> {
 
 /// What [`Emitter::send`] sends.
 enum Outgoing {
-    /// The buffer, straight to the next stage.
-    Buffered,
     /// A batch's worth of an ordered stage's outputs, once it is their turn.
     Full,
     /// An ordered stage's outputs, if it is their turn.
@@ -510,64 +579,78 @@ impl<T> Target<T> {
     /// room; items nobody can take are counted in `dropped`. Time spent
     /// waiting is added to `blocked`, or with `shown`, shown and published
     /// there as it goes.
-    async fn send(&self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64, shown: Option<&Counters>) {
-        if self.taken.as_ref().is_some_and(|taken| !taken.load(Ordering::Acquire)) {
-            *dropped += items.len() as u64;
-            items.clear();
-            return;
-        }
-        match &self.dispatch {
-            Dispatch::Shared(queue) => {
-                while !items.is_empty() {
-                    let room = match shown {
-                        Some(counters) => blocking_shown(counters, queue.reserve(items.len())).await,
-                        None => blocking(blocked, queue.reserve(items.len())).await,
-                    };
-                    match room {
-                        Ok(room) => {
-                            let n = room.len();
-                            room.commit(items.drain(..n));
-                        }
-                        Err(Closed) => {
-                            *dropped += items.len() as u64;
-                            items.clear();
-                        }
-                    }
-                }
+    ///
+    /// Written as a function returning an `async move` block, not as an
+    /// `async fn`, which would hold its arguments twice: this future sits
+    /// inside `emit`'s, which every idle replica's task holds room for.
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
+    fn send<'a>(
+        &'a self,
+        items: &'a mut Vec<T>,
+        blocked: &'a mut Duration,
+        dropped: &'a mut u64,
+        shown: Option<&'a Counters>,
+    ) -> impl Future<Output = ()> + 'a {
+        async move {
+            if self.taken.as_ref().is_some_and(|taken| !taken.load(Ordering::Acquire)) {
+                *dropped += items.len() as u64;
+                items.clear();
+                return;
             }
-            Dispatch::Keyed { queues, key } => {
-                // One reservation per queue: the batch is grouped by queue
-                // first (each queue's items keep their order). An item
-                // leaves `items` only once it is placed, so if this future
-                // is dropped while waiting, the rest is still there to be
-                // counted. Items whose key function panicked come last.
-                let grouped = group_by_queue(items, *key, queues.len());
-                let mut panics = grouped.panics.into_iter();
-                for (queue, len) in grouped.groups.runs() {
-                    if queue == queues.len() {
-                        for _ in 0..len {
-                            drop(items.remove(0));
-                            let panic = panics.next().expect("one panic per item whose key panicked");
-                            self.key_panicked(panic, blocked, dropped).await;
-                        }
-                        continue;
-                    }
-                    let mut left = len;
-                    while left > 0 {
+            match &self.dispatch {
+                Dispatch::Shared(queue) => {
+                    while !items.is_empty() {
                         let room = match shown {
-                            Some(counters) => blocking_shown(counters, queues[queue].reserve(left)).await,
-                            None => blocking(blocked, queues[queue].reserve(left)).await,
+                            Some(counters) => blocking_shown(counters, queue.reserve(items.len())).await,
+                            None => blocking(blocked, queue.reserve(items.len())).await,
                         };
                         match room {
                             Ok(room) => {
                                 let n = room.len();
                                 room.commit(items.drain(..n));
-                                left -= n;
                             }
                             Err(Closed) => {
-                                *dropped += left as u64;
-                                items.drain(..left);
-                                left = 0;
+                                *dropped += items.len() as u64;
+                                items.clear();
+                            }
+                        }
+                    }
+                }
+                Dispatch::Keyed { queues, key } => {
+                    // One reservation per queue: the batch is grouped by queue
+                    // first (each queue's items keep their order). An item
+                    // leaves `items` only once it is placed, so if this future
+                    // is dropped while waiting, the rest is still there to be
+                    // counted. Items whose key function panicked come last.
+                    let Grouped { groups, panics } = group_by_queue(items, *key, queues.len());
+                    let mut panics = panics.into_iter();
+                    for (queue, len) in groups.runs() {
+                        if queue == queues.len() {
+                            for _ in 0..len {
+                                drop(items.remove(0));
+                                let panic = panics.next().expect("one panic per item whose key panicked");
+                                // Rare: boxed, to take no room in the send's future.
+                                Box::pin(self.key_panicked(panic, blocked, dropped)).await;
+                            }
+                            continue;
+                        }
+                        let mut left = len;
+                        while left > 0 {
+                            let room = match shown {
+                                Some(counters) => blocking_shown(counters, queues[queue].reserve(left)).await,
+                                None => blocking(blocked, queues[queue].reserve(left)).await,
+                            };
+                            match room {
+                                Ok(room) => {
+                                    let n = room.len();
+                                    room.commit(items.drain(..n));
+                                    left -= n;
+                                }
+                                Err(Closed) => {
+                                    *dropped += left as u64;
+                                    items.drain(..left);
+                                    left = 0;
+                                }
                             }
                         }
                     }

@@ -130,7 +130,7 @@ impl<S: Stage> FusedStage<S> {
         FusedStage {
             server: None,
             booted: false,
-            restarts: Restarts::new(S::restart_limit()),
+            restarts: Restarts::new(S::restart_limit),
             registry,
             state: control.state.clone(),
             control: Some(control),

@@ -10,22 +10,24 @@ use std::{
     task::Poll,
 };
 
-use futures::FutureExt;
-use tokio::{sync::oneshot, time::Instant};
-
 use super::{
-    Emitter, Panicked, Stage,
+    BATCH, Emitter, Panicked, Stage,
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
     queue::{Queue, Reader},
     rate::RateLimit,
 };
-use crate::server::{
-    handle::Inbox,
-    restart::Restarts,
-    run::{Crashed, boot, fail, handle, report, terminate},
+use crate::{
+    registry::Ready,
+    server::{
+        handle::Inbox,
+        restart::Restarts,
+        run::{Crashed, boot, fail, handle, report, terminate},
+    },
 };
+use futures::FutureExt;
+use tokio::time::Instant;
 
 /// What woke the replica up.
 enum Work<S: Stage> {
@@ -58,19 +60,19 @@ pub(crate) fn run<S: Stage>(
     mut out: Emitter<S::Out>,
     registry: S::Registry,
     counters: Arc<Counters>,
-    ready: oneshot::Sender<()>,
+    mut ready: Option<Ready>,
     drain: Arc<StageDrain>,
     pace: Pace,
 ) -> impl Future<Output = ()> + Send {
+    // The items taken but not processed yet, and the number of the first,
+    // with how the replica takes and goes through them. Its room is
+    // allocated by the first batch, not before. Made here, so that the
+    // task holds it once.
+    // Its drop stops the pipeline's clock once every replica's task ended,
+    // however.
+    let mut batch = Ended(Batch::new(counters.clone()).with_pace(pace));
     async move {
-        // Stops the pipeline's clock once every replica's task ended, however.
-        let _ended = Ended(counters.clone());
-        let mut ready = Some(ready);
-        let mut restarts = Restarts::new(S::restart_limit());
-        // The items taken but not processed yet, and the number of the
-        // first. Its room is allocated by the first batch, not before.
-        let Pace { max_demand, limit } = pace;
-        let mut batch = Batch::new(counters.clone()).with_limit(limit);
+        let mut restarts = Restarts::new(S::restart_limit);
         // Whether the input ended and `finish` ran.
         let mut ended = false;
         // This replica's place in line for items; it records each batch
@@ -85,9 +87,8 @@ pub(crate) fn run<S: Stage>(
             };
             // Stages fused into this one boot in this task, before it is ready.
             out.start_fused().await;
-            if let Some(ready) = ready.take() {
-                let _ = ready.send(());
-            }
+            // Ready.
+            drop(ready.take());
             loop {
                 // Items left by a handler that panicked go to the new state.
                 if !batch.items.is_empty() {
@@ -112,7 +113,8 @@ pub(crate) fn run<S: Stage>(
                     if out.poll_fused(cx).is_ready() {
                         return Poll::Ready(Work::Fused);
                     }
-                    let popped = reader.poll_pop_numbered(cx, &mut batch.items, max_demand);
+                    let taken: &mut Batch<S::In> = &mut batch;
+                    let popped = reader.poll_pop_numbered(cx, &mut taken.items, taken.max_demand as usize);
                     if popped.is_pending() {
                         // Waiting for work.
                         counters.set_aside();
@@ -155,19 +157,7 @@ pub(crate) fn run<S: Stage>(
             }
         }
         let (out, counters) = (&mut out, &counters);
-        Box::pin(failed_for_good(
-            ready,
-            control,
-            &mut reader,
-            &mark,
-            &mut batch,
-            max_demand,
-            out,
-            counters,
-            &drain,
-            ended,
-        ))
-        .await;
+        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, out, counters, &drain, ended)).await;
     }
 }
 
@@ -219,20 +209,18 @@ async fn end_of_input<S: Stage>(
 /// blocked and every item is accounted for.
 #[allow(clippy::too_many_arguments, reason = "the parts of the replica's task it ends")]
 async fn failed_for_good<S: Stage>(
-    mut ready: Option<oneshot::Sender<()>>,
+    mut ready: Option<Ready>,
     control: Inbox<S>,
     reader: &mut Reader<'_, S::In>,
     mark: &ReplicaMark,
     batch: &mut Batch<S::In>,
-    max_demand: usize,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
     drain: &StageDrain,
     ended: bool,
 ) {
-    if let Some(ready) = ready.take() {
-        let _ = ready.send(());
-    }
+    // Ready, failed for good.
+    drop(ready.take());
     fail(control);
     // Failing items is its work (and its waits for room in the failures
     // buffer count as blocked); waiting for them is not.
@@ -245,6 +233,7 @@ async fn failed_for_good<S: Stage>(
         out.end_batch(batch.first, left).await;
         mark.ended();
     }
+    let max_demand = batch.max_demand as usize;
     let pop = |cx: &mut std::task::Context<'_>, reader: &mut Reader<'_, S::In>, items: &mut VecDeque<S::In>| {
         let popped = reader.poll_pop_numbered(cx, items, max_demand);
         if popped.is_pending() {
@@ -268,12 +257,30 @@ async fn failed_for_good<S: Stage>(
     }
 }
 
-/// Records in a replica's counters that its task ended (or was dropped).
-struct Ended(Arc<Counters>);
+/// A replica's batch, which records in the replica's counters that its
+/// task ended (or was dropped) when it goes: after counting the items it
+/// still holds as aborted, as the batch's own drop does. (One field of the
+/// task instead of two handles of the same counters.)
+struct Ended<T>(Batch<T>);
 
-impl Drop for Ended {
+impl<T> Drop for Ended<T> {
     fn drop(&mut self) {
-        self.0.end();
+        self.0.abort_held();
+        self.0.counters.end();
+    }
+}
+
+impl<T> std::ops::Deref for Ended<T> {
+    type Target = Batch<T>;
+
+    fn deref(&self) -> &Batch<T> {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Ended<T> {
+    fn deref_mut(&mut self) -> &mut Batch<T> {
+        &mut self.0
     }
 }
 
@@ -297,6 +304,9 @@ pub(crate) struct Batch<T> {
     /// (true before the first): such a replica takes only its share of
     /// the items waiting, so that slow items spread over the replicas.
     pub(crate) awaited: bool,
+    /// The most items the replica takes at a time (the stage's
+    /// `max_demand`, at most `u32::MAX`).
+    pub(crate) max_demand: u32,
 }
 
 impl<T> Batch<T> {
@@ -304,13 +314,25 @@ impl<T> Batch<T> {
     /// dropped holding some. Its room is allocated by the first batch, not
     /// before.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Batch { items: VecDeque::new(), first: 0, counters, limit: None, awaited: true }
+        Batch { items: VecDeque::new(), first: 0, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
     }
 
-    /// The same, whose items each wait for a token of `limit`, if any.
-    pub(crate) fn with_limit(mut self, limit: Option<Arc<RateLimit>>) -> Self {
-        self.limit = limit;
+    /// The same, taking and going through items at `pace`.
+    pub(crate) fn with_pace(mut self, pace: Pace) -> Self {
+        self.limit = pace.limit;
+        self.max_demand = u32::try_from(pace.max_demand).unwrap_or(u32::MAX).max(1);
         self
+    }
+}
+
+impl<T> Batch<T> {
+    /// Counts the items held as aborted and lets them go.
+    fn abort_held(&mut self) {
+        let aborted = self.items.len() as u64;
+        if aborted > 0 {
+            self.items.clear();
+            self.counters.add(&Delta { aborted, ..Delta::default() });
+        }
     }
 }
 
@@ -318,35 +340,45 @@ impl<T> Batch<T> {
 /// shut down): the items it took and did not process count as aborted.
 impl<T> Drop for Batch<T> {
     fn drop(&mut self) {
-        let aborted = self.items.len() as u64;
-        if aborted > 0 {
-            self.counters.add(&Delta { aborted, ..Delta::default() });
-        }
+        self.abort_held();
     }
 }
 
 /// The counts of a batch in progress, published when it is dropped: at the
 /// end of the batch, or when the task is dropped in the middle of it (then
-/// the item in `process`, if any, counts as aborted).
+/// the item in `process`, if any, counts as aborted). Only the counts a
+/// batch moves, not a whole [`Delta`]: an idle replica's task holds room
+/// for it.
 struct Progress<'a> {
     counters: &'a Counters,
-    delta: Delta,
+    processed: u64,
+    failed: u64,
     /// 1 while an item is in `process`.
     in_process: u64,
 }
 
-impl Progress<'_> {
+impl<'a> Progress<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        Progress { counters, processed: 0, failed: 0, in_process: 0 }
+    }
+
     /// Publishes what is done so far.
     fn publish(&mut self) {
-        self.counters.add(&std::mem::take(&mut self.delta));
+        self.publish_with(Delta::default());
+    }
+
+    /// Publishes what is done so far, with `delta`.
+    fn publish_with(&mut self, delta: Delta) {
+        let processed = std::mem::take(&mut self.processed);
+        let failed = std::mem::take(&mut self.failed);
+        self.counters.add(&Delta { processed, failed, ..delta });
     }
 }
 
 impl Drop for Progress<'_> {
     fn drop(&mut self) {
-        self.delta.aborted += self.in_process;
-        self.delta.busy = self.counters.end_batch();
-        self.publish();
+        let busy = self.counters.end_batch();
+        self.publish_with(Delta { aborted: self.in_process, busy, ..Delta::default() });
     }
 }
 
@@ -362,7 +394,7 @@ pub(crate) async fn process_batch<S: Stage>(
 ) -> Result<(), Crashed> {
     counters.begin_batch();
     out.begin_batch(batch.first);
-    let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
+    let mut progress = Progress::new(counters);
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
     let mut awaited = false;
@@ -392,7 +424,7 @@ pub(crate) async fn process_batch<S: Stage>(
             .await
         };
         progress.in_process = 0;
-        progress.delta.processed += 1;
+        progress.processed += 1;
         awaited |= waited;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
@@ -400,7 +432,7 @@ pub(crate) async fn process_batch<S: Stage>(
         }
         // An item counts as failed once, however many failures it gave.
         if out.take_item_failed() {
-            progress.delta.failed += 1;
+            progress.failed += 1;
             out.send_failures().await;
         }
         if waited {

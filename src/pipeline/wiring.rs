@@ -36,7 +36,7 @@ use crate::{
     server::{
         context,
         handle::{Handle, Inbox, Refused},
-        state::ServerState,
+        state::{Name, ServerState},
         waits::Waiting,
     },
 };
@@ -147,7 +147,10 @@ impl Builder {
                 Dispatch::Keyed { queues: (0..spec.replicas).map(|_| Arc::new(Queue::new(capacity))).collect(), key }
             }
         };
-        let name = |i: usize| if spec.replicas == 1 { spec.name.to_owned() } else { format!("{}[{i}]", spec.name) };
+        let name = |i: usize| match u32::try_from(i) {
+            Ok(i) if spec.replicas > 1 => Name::replica(spec.name, i),
+            _ => Name::new(spec.name),
+        };
         let (replicas, inboxes): (Vec<_>, Vec<_>) =
             (0..spec.replicas).map(|i| self.stage_channel::<S>(name(i), mailbox)).unzip();
         let registry = inboxes[0].state.registry;

@@ -10,7 +10,7 @@ use tokio::{
 use super::{
     GenServer, context,
     envelope::{Envelope, Reply},
-    state::ServerState,
+    state::{Name, ServerState},
     waits::{self, Waiting},
 };
 use crate::{
@@ -45,7 +45,7 @@ pub struct Inbox<S: GenServer> {
 #[track_caller]
 pub(crate) fn channel<S: GenServer>(
     registry: usize,
-    name: Box<str>,
+    name: Name,
     runtime: Option<tokio::runtime::Handle>,
     size: Option<usize>,
 ) -> (Handle<S>, Inbox<S>) {
@@ -459,7 +459,7 @@ mod tests {
     #[tokio::test]
     async fn casts_into_a_queue_with_room_still_let_other_tasks_run() {
         // Nobody takes from this queue: every cast finds room, none waits.
-        let (handle, _inbox) = channel::<Sink>(0, "sink".into(), None, Some(10_000));
+        let (handle, _inbox) = channel::<Sink>(0, Name::new("sink"), None, Some(10_000));
         let ran = Arc::new(AtomicBool::new(false));
         tokio::spawn({
             let ran = ran.clone();
@@ -480,7 +480,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cast_into_a_full_queue_waits_for_room() {
-        let (handle, mut inbox) = channel::<Sink>(0, "sink".into(), None, Some(1));
+        let (handle, mut inbox) = channel::<Sink>(0, Name::new("sink"), None, Some(1));
         handle.cast(1).await.unwrap();
         let mut second = pin!(handle.cast(2));
         assert!(futures::poll!(second.as_mut()).is_pending());

@@ -42,25 +42,33 @@ impl Default for RestartLimit {
 }
 
 /// Remembers recent restarts and decides whether another one is allowed.
+///
+/// One pointer: every server's task holds one for its whole life, and most
+/// never restart, so the limit is read when a crash asks for it (`limit`
+/// is the server's `restart_limit`, given as the function item, which takes
+/// no room) and the record of restarts is allocated by the first one.
 #[derive(Debug)]
-pub(crate) struct Restarts {
-    limit: RestartLimit,
-    recent: VecDeque<Instant>,
+pub(crate) struct Restarts<L = fn() -> RestartLimit> {
+    limit: L,
+    #[allow(clippy::box_collection, reason = "one pointer while empty, instead of a `VecDeque`'s four words")]
+    recent: Option<Box<VecDeque<Instant>>>,
 }
 
-impl Restarts {
-    pub(crate) fn new(limit: RestartLimit) -> Self {
-        Restarts { limit, recent: VecDeque::new() }
+impl<L: Fn() -> RestartLimit> Restarts<L> {
+    pub(crate) fn new(limit: L) -> Self {
+        Restarts { limit, recent: None }
     }
 
     /// Records a crash; returns whether the server may be restarted.
     pub(crate) fn allow(&mut self) -> bool {
+        let limit = (self.limit)();
         let now = Instant::now();
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= self.limit.within) {
-            self.recent.pop_front();
+        let recent = self.recent.get_or_insert_default();
+        while recent.front().is_some_and(|t| now.duration_since(*t) >= limit.within) {
+            recent.pop_front();
         }
-        if self.recent.len() < self.limit.max_restarts as usize {
-            self.recent.push_back(now);
+        if recent.len() < limit.max_restarts as usize {
+            recent.push_back(now);
             true
         } else {
             false
@@ -74,7 +82,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn allows_max_restarts_within_the_window() {
-        let mut r = Restarts::new(RestartLimit::new(3, Duration::from_secs(5)));
+        let mut r = Restarts::new(|| RestartLimit::new(3, Duration::from_secs(5)));
         assert!(r.allow());
         assert!(r.allow());
         assert!(r.allow());
@@ -83,7 +91,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn forgets_restarts_older_than_the_window() {
-        let mut r = Restarts::new(RestartLimit::new(3, Duration::from_secs(5)));
+        let mut r = Restarts::new(|| RestartLimit::new(3, Duration::from_secs(5)));
         for _ in 0..3 {
             assert!(r.allow());
         }
@@ -96,6 +104,6 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn never_allows_no_restart() {
-        assert!(!Restarts::new(RestartLimit::NEVER).allow());
+        assert!(!Restarts::new(|| RestartLimit::NEVER).allow());
     }
 }

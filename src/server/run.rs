@@ -4,14 +4,14 @@
 
 use std::{any::Any, future::Future, panic::AssertUnwindSafe};
 
+use crate::registry::Ready;
 use futures::FutureExt;
-use tokio::sync::oneshot;
 
 use super::{
     GenServer,
     envelope::{Envelope, Reply},
     handle::Inbox,
-    restart::Restarts,
+    restart::{RestartLimit, Restarts},
 };
 
 /// The payload of a caught panic.
@@ -23,8 +23,8 @@ pub(crate) struct Crashed;
 
 /// The body of a plain server's task.
 ///
-/// `ready` fires once the server has booted (`new` + `init`), or has failed
-/// for good trying.
+/// `ready` (taken once) fires once the server has booted (`new` + `init`),
+/// or has failed for good trying.
 ///
 /// An idle server's task holds this future for as long as it lives, so it
 /// is kept small: its parts are captured by an `async move` block (an
@@ -36,18 +36,16 @@ pub(crate) struct Crashed;
 pub(crate) fn run<S: GenServer>(
     mut inbox: Inbox<S>,
     registry: S::Registry,
-    ready: oneshot::Sender<()>,
+    mut ready: Option<Ready>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut ready = Some(ready);
-        let mut restarts = Restarts::new(S::restart_limit());
+        let mut restarts = Restarts::new(S::restart_limit);
         loop {
             let Some(mut server) = Box::pin(boot::<S>(&registry, &mut restarts)).await else {
                 return fail(inbox);
             };
-            if let Some(ready) = ready.take() {
-                let _ = ready.send(());
-            }
+            // Ready.
+            drop(ready.take());
             match serve(&mut server, &mut inbox).await {
                 Ok(()) => return Box::pin(terminate(server)).await,
                 Err(Crashed) => {
@@ -64,7 +62,10 @@ pub(crate) fn run<S: GenServer>(
 
 /// `new` + `init`, retried while `restarts` allows; `None` if the server
 /// failed for good.
-pub(crate) async fn boot<S: GenServer>(registry: &S::Registry, restarts: &mut Restarts) -> Option<S> {
+pub(crate) async fn boot<S: GenServer>(
+    registry: &S::Registry,
+    restarts: &mut Restarts<impl Fn() -> RestartLimit>,
+) -> Option<S> {
     loop {
         match try_boot::<S>(registry).await {
             Some(server) => return Some(server),

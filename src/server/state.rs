@@ -1,8 +1,11 @@
 //! What a server's handles and its task share.
 
-use std::sync::{
-    Arc, Mutex, MutexGuard, OnceLock,
-    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+    },
 };
 
 use tokio::{runtime, task::AbortHandle};
@@ -20,13 +23,44 @@ pub(crate) fn next_id() -> usize {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A server's name in its registry: its field name, and for a replica of a
+/// stage of several, its index (`enrich[1]`). Made without allocating:
+/// written out only when an error names the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Name {
+    field: &'static str,
+    /// The replica's index, if its stage has several.
+    index: Option<u32>,
+}
+
+impl Name {
+    /// The name of a plain server, or of a stage's only replica.
+    pub(crate) const fn new(field: &'static str) -> Self {
+        Name { field, index: None }
+    }
+
+    /// The name of replica `index` of a stage of several.
+    pub(crate) const fn replica(field: &'static str, index: u32) -> Self {
+        Name { field, index: Some(index) }
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.index {
+            None => f.write_str(self.field),
+            Some(i) => write!(f, "{}[{i}]", self.field),
+        }
+    }
+}
+
 /// Identity and liveness of one server.
 #[derive(Debug)]
 pub(crate) struct ServerState {
     pub(crate) id: usize,
     pub(crate) registry: usize,
     /// The registry field name (`enrich[1]` for a replica), for errors.
-    name: Box<str>,
+    name: Name,
     /// The runtime the registry was started on: timers of timed calls are
     /// made there, so they work from any thread.
     pub(crate) runtime: Option<runtime::Handle>,
@@ -44,7 +78,7 @@ pub(crate) struct ServerState {
 }
 
 impl ServerState {
-    pub(crate) fn new(registry: usize, name: Box<str>, runtime: Option<runtime::Handle>) -> Self {
+    pub(crate) fn new(registry: usize, name: Name, runtime: Option<runtime::Handle>) -> Self {
         ServerState {
             id: next_id(),
             registry,
@@ -94,8 +128,8 @@ impl ServerState {
     }
 
     /// The server's name in its registry.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
+    pub(crate) fn name(&self) -> Name {
+        self.name
     }
 
     fn lock_waits(&self) -> MutexGuard<'_, Vec<(u64, Arc<ServerState>)>> {

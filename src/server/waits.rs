@@ -61,8 +61,8 @@ pub(crate) fn wait_for(waiter: &Arc<ServerState>, what: Arc<dyn WaitsFor>) -> Re
         if reaches(&first, waiter.id, &mut path, &mut Vec::new()) {
             drop(waiting);
             let mut names = Vec::with_capacity(path.len() + 1);
-            names.push(waiter.name().to_owned());
-            names.extend(path.iter().map(|state| state.name().to_owned()));
+            names.push(waiter.name().to_string());
+            names.extend(path.iter().map(|state| state.name().to_string()));
             return Err(names);
         }
     }
@@ -116,8 +116,8 @@ pub(crate) fn wait_on(caller: &Arc<ServerState>, callee: &Arc<ServerState>) -> R
     if reaches(callee, caller.id, &mut path, &mut seen) {
         drop(waiting);
         let mut names = Vec::with_capacity(path.len() + 1);
-        names.push(caller.name().to_owned());
-        names.extend(path.iter().map(|state| state.name().to_owned()));
+        names.push(caller.name().to_string());
+        names.extend(path.iter().map(|state| state.name().to_string()));
         return Err(names);
     }
     Ok(waiting)
@@ -146,9 +146,10 @@ fn reaches(from: &Arc<ServerState>, target: usize, path: &mut Vec<Arc<ServerStat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::state::Name;
 
-    fn server(name: &str) -> Arc<ServerState> {
-        Arc::new(ServerState::new(0, name.into(), None))
+    fn server(name: &'static str) -> Arc<ServerState> {
+        Arc::new(ServerState::new(0, Name::new(name), None))
     }
 
     #[test]
