@@ -798,6 +798,35 @@ mod tests {
         Context::from_waker(noop_waker_ref())
     }
 
+    #[test]
+    fn a_sharing_reader_takes_its_share_and_the_others_take_full_batches() {
+        // Sixteen items queued for four replicas.
+        let q = Queue::shared_by(100, 4);
+        for i in 0..16 {
+            q.try_push(i).unwrap_or_else(|_| panic!("room"));
+        }
+        let mut out = Vec::new();
+        let mut sharing = q.reader();
+        assert_eq!(sharing.poll_pop_numbered(&mut cx(), &mut out, 32), Poll::Ready(Some(0)));
+        assert_eq!(out, [0, 1, 2, 3], "a quarter of 16");
+        out.clear();
+        assert_eq!(sharing.poll_pop_numbered(&mut cx(), &mut out, 32), Poll::Ready(Some(4)));
+        assert_eq!(out, [4, 5, 6], "a quarter of 12, rounded up");
+        out.clear();
+        let mut whole = q.reader();
+        whole.share(false);
+        assert_eq!(whole.poll_pop_numbered(&mut cx(), &mut out, 32), Poll::Ready(Some(7)));
+        assert_eq!(out, (7..16).collect::<Vec<_>>(), "all that is left");
+        // A queue read by one replica is taken whole.
+        let q = Queue::shared_by(100, 1);
+        for i in 0..16 {
+            q.try_push(i).unwrap_or_else(|_| panic!("room"));
+        }
+        out.clear();
+        assert_eq!(q.reader().poll_pop_numbered(&mut cx(), &mut out, 32), Poll::Ready(Some(0)));
+        assert_eq!(out.len(), 16);
+    }
+
     /// A waker that counts its wake-ups.
     #[derive(Default)]
     struct Count(AtomicUsize);
