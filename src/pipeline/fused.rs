@@ -39,11 +39,18 @@
 use std::{
     future::poll_fn,
     panic::AssertUnwindSafe,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Waker},
 };
 
-use futures::{FutureExt, future::BoxFuture};
+use futures::{
+    FutureExt,
+    future::BoxFuture,
+    task::{ArcWake, AtomicWaker},
+};
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
@@ -111,9 +118,31 @@ pub(crate) struct FusedStage<S: Stage> {
     out: Emitter<S::Out>,
     counters: Arc<Counters>,
     work: Option<Work<S>>,
+    /// Rung when the control queue or the own queue may have something.
+    bell: Arc<Bell>,
+    /// Wakes `bell`: the waker both queues hold while this stage waits.
+    bell_waker: Waker,
     /// The own queue is closed and empty.
     input_done: bool,
     ended: bool,
+}
+
+/// A fused stage's doorbell: its control queue and its own input queue
+/// wake it, not the group's task directly, so that polling for the
+/// stage's work between the group's batches costs one atomic swap while
+/// neither queue changed, instead of a poll of each (which takes the
+/// input queue's lock and registers a waker each time). Ringing it wakes
+/// the group's task.
+struct Bell {
+    rang: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for Bell {
+    fn wake_by_ref(bell: &Arc<Self>) {
+        bell.rang.store(true, Ordering::Release);
+        bell.task.wake();
+    }
 }
 
 impl<S: Stage> FusedStage<S> {
@@ -127,7 +156,11 @@ impl<S: Stage> FusedStage<S> {
     ) -> Self {
         // Run in another stage's task: its busy time is timed per batch.
         counters.measure_batches();
+        // Rung from the start: the first poll looks at both queues.
+        let bell = Arc::new(Bell { rang: AtomicBool::new(true), task: AtomicWaker::new() });
         FusedStage {
+            bell_waker: futures::task::waker(bell.clone()),
+            bell,
             server: None,
             booted: false,
             restarts: Restarts::new(S::restart_limit()),
@@ -209,19 +242,31 @@ impl<S: Stage> FusedStage<S> {
         }
     }
 
+    /// `Ready` once a call, a cast or a batch of the own queue is in
+    /// `work`. Looks at the queues only if the bell rang since they were
+    /// last seen empty (each then holds the bell's waker, which rings it).
     fn poll_own(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.work.is_some() {
             return Poll::Ready(());
         }
+        self.bell.task.register(cx.waker());
+        if !self.bell.rang.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        let mut bell = Context::from_waker(&self.bell_waker);
         if let Some(control) = &mut self.control {
-            if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
+            if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(&mut bell) {
+                // More may be queued: look again next time.
+                self.bell.rang.store(true, Ordering::Relaxed);
                 self.work = Some(Work::Control(envelope));
                 return Poll::Ready(());
             }
         }
         if !self.input_done {
-            match self.input.poll_pop_owned(cx, &mut self.waiter, &mut self.batch.items, BATCH, self.mark.mark()) {
+            match self.input.poll_pop_owned(&mut bell, &mut self.waiter, &mut self.batch.items, BATCH, self.mark.mark())
+            {
                 Poll::Ready(Some(first)) => {
+                    self.bell.rang.store(true, Ordering::Relaxed);
                     self.work = Some(Work::Items(first));
                     return Poll::Ready(());
                 }
