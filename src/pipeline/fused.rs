@@ -37,6 +37,7 @@
 //! still queued are served and `terminate` runs.
 
 use std::{
+    collections::VecDeque,
     future::poll_fn,
     panic::AssertUnwindSafe,
     sync::{
@@ -51,6 +52,7 @@ use futures::{
     future::BoxFuture,
     task::{ArcWake, AtomicWaker},
 };
+use tokio::time::Instant;
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
@@ -74,8 +76,11 @@ pub(crate) trait Fused<T>: Send {
     /// Boots the stage (`new` + `init`) and the fused stages after it, once.
     fn start(&mut self) -> BoxFuture<'_, ()>;
 
-    /// Processes `items` (all of them, in order), as if taken from a queue.
-    fn push<'a>(&'a mut self, items: &'a mut Vec<T>) -> BoxFuture<'a, ()>;
+    /// Processes `items` (all of them, in order), as if taken from a queue,
+    /// handed over at `since`; returns when it was done with them (both
+    /// read by one stage and used by the other, so a hand-over reads the
+    /// clock twice, not four times).
+    fn push<'a>(&'a mut self, items: &'a mut Vec<T>, since: Instant) -> BoxFuture<'a, Instant>;
 
     /// `Ready` once this stage or a fused one after it has a call, cast or
     /// items of its own queue to handle; [`serve`](Self::serve) handles it.
@@ -235,6 +240,20 @@ impl<S: Stage> FusedStage<S> {
         }
     }
 
+    /// Moves the items handed over into the batch without copying them:
+    /// the batch takes the emitter's buffer, and gives the emitter its own
+    /// (empty) room in exchange, so neither allocates in a steady stream.
+    fn take(&mut self, items: &mut Vec<S::In>) {
+        if self.batch.items.is_empty() {
+            // Both conversions reuse the allocation: `VecDeque::from` always,
+            // `Vec::from` for a deque that is empty.
+            let room = Vec::from(std::mem::take(&mut self.batch.items));
+            self.batch.items = VecDeque::from(std::mem::replace(items, room));
+        } else {
+            self.batch.items.extend(items.drain(..));
+        }
+    }
+
     async fn handle(&mut self, envelope: Envelope<S>) {
         let Some(server) = &mut self.server else { return };
         if let Err(Crashed) = handle(server, envelope).await {
@@ -339,13 +358,19 @@ impl<S: Stage> Fused<S::In> for FusedStage<S> {
         Box::pin(context::scope(state, self.boot()))
     }
 
-    fn push<'a>(&'a mut self, items: &'a mut Vec<S::In>) -> BoxFuture<'a, ()> {
+    fn push<'a>(&'a mut self, items: &'a mut Vec<S::In>, since: Instant) -> BoxFuture<'a, Instant> {
         let state = self.state.clone();
         Box::pin(context::scope(state, async move {
-            self.boot().await;
+            if self.booted {
+                self.counters.begin_batch_at(since);
+            } else {
+                // Booting is not busy: the batch is timed from after it.
+                self.boot().await;
+            }
             self.counters.add(&Delta { received: items.len() as u64, ..Delta::default() });
-            self.batch.items.extend(items.drain(..));
+            self.take(items);
             self.run_batch().await;
+            self.counters.handover_end()
         }))
     }
 
