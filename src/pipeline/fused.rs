@@ -37,7 +37,6 @@
 //! still queued are served and `terminate` runs.
 
 use std::{
-    collections::VecDeque,
     future::poll_fn,
     panic::AssertUnwindSafe,
     sync::{
@@ -245,12 +244,11 @@ impl<S: Stage> FusedStage<S> {
     /// (empty) room in exchange, so neither allocates in a steady stream.
     fn take(&mut self, items: &mut Vec<S::In>) {
         if self.batch.items.is_empty() {
-            // Both conversions reuse the allocation: `VecDeque::from` always,
-            // `Vec::from` for a deque that is empty.
-            let room = Vec::from(std::mem::take(&mut self.batch.items));
-            self.batch.items = VecDeque::from(std::mem::replace(items, room));
+            std::mem::swap(&mut self.batch.items, items);
+            self.batch.items.reverse();
         } else {
-            self.batch.items.extend(items.drain(..));
+            // Items left by a panic first (the batch is last to first).
+            self.batch.items.splice(0..0, items.drain(..).rev());
         }
     }
 
@@ -301,6 +299,7 @@ impl<S: Stage> FusedStage<S> {
             Some(Work::Control(envelope)) => self.handle(envelope).await,
             Some(Work::Items(first)) => {
                 self.batch.first = first;
+                self.batch.items.reverse();
                 self.counters.add(&Delta { received: self.batch.items.len() as u64, ..Delta::default() });
                 self.run_batch().await;
                 self.mark.ended();

@@ -2,7 +2,6 @@
 //! drain on shutdown.
 
 use std::{
-    collections::VecDeque,
     future::{Future, poll_fn},
     panic::AssertUnwindSafe,
     pin::pin,
@@ -132,6 +131,7 @@ pub(crate) fn run<S: Stage>(
                     }
                     Work::Items(first) => {
                         batch.first = first;
+                        batch.items.reverse();
                         counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
                     }
                     Work::InputDone => {
@@ -227,7 +227,7 @@ async fn failed_for_good<S: Stage>(
         out.end_batch(batch.first, left).await;
         mark.ended();
     }
-    let pop = |cx: &mut std::task::Context<'_>, reader: &mut Reader<'_, S::In>, items: &mut VecDeque<S::In>| {
+    let pop = |cx: &mut std::task::Context<'_>, reader: &mut Reader<'_, S::In>, items: &mut Vec<S::In>| {
         let popped = reader.poll_pop_numbered(cx, items, BATCH);
         if popped.is_pending() {
             counters.set_aside();
@@ -261,7 +261,9 @@ impl Drop for Ended {
 
 /// Items a replica took from its queue, numbered from `first` on.
 pub(crate) struct Batch<T> {
-    pub(crate) items: VecDeque<T>,
+    /// Last to first: the next item is popped from the end (a `Vec` pops
+    /// for less than a `VecDeque`); whoever fills it reverses it.
+    pub(crate) items: Vec<T>,
     pub(crate) first: u64,
     counters: Arc<Counters>,
 }
@@ -271,7 +273,7 @@ impl<T> Batch<T> {
     /// dropped holding some. Its room is allocated by the first batch, not
     /// before.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Batch { items: VecDeque::new(), first: 0, counters }
+        Batch { items: Vec::new(), first: 0, counters }
     }
 }
 
@@ -326,7 +328,7 @@ pub(crate) async fn process_batch<S: Stage>(
     let mut progress = Progress { counters, delta: Delta::default(), in_process: 0 };
     let taken = batch.items.len() as u64;
     let mut result = Ok(());
-    while let Some(item) = batch.items.pop_front() {
+    while let Some(item) = batch.items.pop() {
         let mut waited = false;
         progress.in_process = 1;
         let processed = {
