@@ -9,19 +9,25 @@
 //! [`BATCH`] items) to a [`Fused`] trait object instead: a [`FusedStage`]
 //! owning the fused stage's state, its own `Emitter` (which may itself feed
 //! a further fused stage), its counters and its control queue. One boxed
-//! future per batch, not per item.
+//! future per batch, not per item; the batch's items are not copied (the
+//! fused stage takes the emitter's buffer and gives back its own), and the
+//! clock is read once at each end of the hand-over, for both stages.
 //!
 //! What the fused stage keeps of its own:
 //!
 //! - its control queue: the group's task serves it between batches, while
 //!   it waits for work (`run.rs` polls [`Fused::poll_work`] after its own
 //!   control queue and before its input), and between the fused stage's
-//!   items, so `call_<stage>` is answered while the group works;
+//!   items, so `call_<stage>` is answered while the group works; a
+//!   doorbell (`Bell`) says when this queue or the own input may have
+//!   something, so the polls between batches cost an atomic swap;
 //! - its input queue, fed only by `sink_<stage>()`: read by the group's task
 //!   like the control queue, bounded by the stage's queue size and counted
 //!   in its `queued` metric;
 //! - its metrics: `received` counts the items handed over by the previous
 //!   stage and those taken from its own queue; `busy` is measured per batch
+//!   (from the instant the previous stage handed it over to the instant
+//!   this stage was done with it, less the time in fused stages after it)
 //!   and the previous stage's `busy` leaves out the time spent here;
 //! - its restart limit: a handler panic rebuilds this stage's state only;
 //!   past the limit, this stage fails its items (as `stopped`) and its
