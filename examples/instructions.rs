@@ -14,6 +14,9 @@
 //! Modes (`N` = the size):
 //! - `w1-genflow N`, `w1-chain N`: W1 of `benches/pipeline.rs` (add 1 →
 //!   ×3 → sum, queues of 1000) over `0..N`, genflow and the `mpsc` chain;
+//! - `w1-fused N`, `w1-stream N`: the same with the last two stages
+//!   `#[fused]` (one task), and its baseline, a `futures` stream mapped,
+//!   mapped and folded in one task;
 //! - `call-genflow N`, `call-raw N`: N call round trips from a task, genflow
 //!   and `mpsc` + `oneshot`;
 //! - `cast-genflow N`, `cast-raw N`: N rounds of 10 000 casts and one call,
@@ -146,6 +149,15 @@ impl Res for S3 {
         &self.result
     }
 }
+#[genflow::pipeline{ a: Map<S3Fused, 0>, #[fused] m: Map<S3Fused, 1>, #[fused] s: Sum<S3Fused> }]
+struct S3Fused {
+    result: Arc<AtomicU64>,
+}
+impl Res for S3Fused {
+    fn result(&self) -> &AtomicU64 {
+        &self.result
+    }
+}
 
 /// The hand-written chain: one task per stage, bounded channels of `queue`.
 async fn chain(queue: usize, items: u64) -> u64 {
@@ -193,6 +205,21 @@ fn main() {
                     result.load(Ordering::Relaxed)
                 }
                 "w1-chain" => chain(QUEUE, n).await,
+                "w1-fused" => {
+                    let result = Arc::new(AtomicU64::new(0));
+                    let p = S3Fused::start(result.clone()).await;
+                    p.feed(futures::stream::iter(0..n)).await.unwrap();
+                    p.shutdown().await;
+                    result.load(Ordering::Relaxed)
+                }
+                "w1-stream" => {
+                    use futures::StreamExt;
+                    futures::stream::iter(0..n)
+                        .map(|x| black_box(x).wrapping_add(1))
+                        .map(|x| black_box(x).wrapping_mul(3))
+                        .fold(0u64, |sum, x| async move { sum.wrapping_add(x) })
+                        .await
+                }
                 "call-genflow" => {
                     let b = Bench::start().await;
                     let mut s = 0;

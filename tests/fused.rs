@@ -605,3 +605,53 @@ async fn the_builder_keeps_fused_stages_to_one_replica() {
     out.sort_unstable();
     assert_eq!(out, (0..100).map(|x| (x + 1) * 3).collect::<Vec<_>>());
 }
+
+/// Passes each item on after `MS` milliseconds of (paused) time.
+struct Slow<R, const MS: u64>(PhantomData<R>);
+
+impl<R: Clone + Send + Sync + 'static, const MS: u64> GenServer for Slow<R, MS> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+    fn new(_: R) -> Self {
+        Slow(PhantomData)
+    }
+    async fn handle_call(&mut self, (): ()) {}
+    async fn handle_cast(&mut self, (): ()) {}
+}
+
+impl<R: Clone + Send + Sync + 'static, const MS: u64> Stage for Slow<R, MS> {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        if MS > 0 {
+            tokio::time::sleep(Duration::from_millis(MS)).await;
+        }
+        out.emit(x).await;
+    }
+}
+
+#[genflow::pipeline{ head: Slow<Timed, 0>, #[fused] mid: Slow<Timed, 2>, #[fused] tail: Slow<Timed, 3> }]
+struct Timed;
+
+/// A fused stage's batch is timed from the instant the stage before it
+/// handed the batch over to the instant it was done, less the time of the
+/// fused stages after it; the stage before it is not busy meanwhile. So
+/// each stage of the group is busy exactly for its own work.
+#[tokio::test(start_paused = true)]
+async fn each_stage_of_a_fused_group_is_busy_for_its_own_work_only() {
+    const N: u64 = 100;
+    let flow = Timed::start().await;
+    let reading = tokio::spawn(flow.output().unwrap().collect::<Vec<u64>>());
+    assert_eq!(flow.feed(stream::iter(0..N)).await.unwrap(), N as usize);
+    within(flow.shutdown()).await;
+    assert_eq!(reading.await.unwrap(), (0..N).collect::<Vec<_>>());
+    let m = flow.metrics();
+    let busy = |name: &str| m.stage(name).unwrap().busy;
+    assert_eq!(busy("head"), Duration::ZERO, "{m}");
+    assert_eq!(busy("mid"), Duration::from_millis(2 * N), "{m}");
+    assert_eq!(busy("tail"), Duration::from_millis(3 * N), "{m}");
+    for name in ["head", "mid", "tail"] {
+        assert_eq!(m.stage(name).unwrap().blocked, Duration::ZERO, "{name}\n{m}");
+    }
+}

@@ -353,15 +353,19 @@ impl<T: Send + 'static> Emitter<T> {
 
     /// Runs the buffer through the fused stage, publishing the count
     /// emitted first; the time it takes is not this stage's busy time.
+    /// Reads one clock: the fused stage times its batch from the instant
+    /// this stage stepped away, and this stage steps back at the instant
+    /// the fused stage's batch ended.
     async fn send_fused(&mut self) {
         self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
         // Time in the fused stage is its busy time, not this stage's.
         let away = self.counters.step_away();
         let Emitter { fused, buf, .. } = self;
-        if let Some(next) = fused {
-            next.get_mut().unwrap_or_else(|poison| poison.into_inner()).push(buf).await;
-        }
-        self.counters.step_back(away);
+        let back = match fused {
+            Some(next) => next.get_mut().unwrap_or_else(|poison| poison.into_inner()).push(buf, away.since).await,
+            None => Instant::now(),
+        };
+        self.counters.step_back_at(away, back);
     }
 
     /// This stage's input ended and its `finish` ran: sends what is

@@ -6,22 +6,28 @@
 //! own metrics) and Akka Streams' operator fusion (fused operators share one
 //! actor, driven by its graph interpreter). Here the previous stage's
 //! [`Emitter`] hands each batch it would push into a queue (up to
-//! [`BATCH`] items) to a [`Fused`] trait object instead: a [`FusedStage`]
+//! [`BATCH`](super::BATCH) items) to a [`Fused`] trait object instead: a [`FusedStage`]
 //! owning the fused stage's state, its own `Emitter` (which may itself feed
 //! a further fused stage), its counters and its control queue. One boxed
-//! future per batch, not per item.
+//! future per batch, not per item; the batch's items are not copied (the
+//! fused stage takes the emitter's buffer and gives back its own), and the
+//! clock is read once at each end of the hand-over, for both stages.
 //!
 //! What the fused stage keeps of its own:
 //!
 //! - its control queue: the group's task serves it between batches, while
 //!   it waits for work (`run.rs` polls [`Fused::poll_work`] after its own
 //!   control queue and before its input), and between the fused stage's
-//!   items, so `call_<stage>` is answered while the group works;
+//!   items, so `call_<stage>` is answered while the group works; a
+//!   doorbell (`Bell`) says when this queue or the own input may have
+//!   something, so the polls between batches cost an atomic swap;
 //! - its input queue, fed only by `sink_<stage>()`: read by the group's task
 //!   like the control queue, bounded by the stage's queue size and counted
 //!   in its `queued` metric;
 //! - its metrics: `received` counts the items handed over by the previous
 //!   stage and those taken from its own queue; `busy` is measured per batch
+//!   (from the instant the previous stage handed it over to the instant
+//!   this stage was done with it, less the time in fused stages after it)
 //!   and the previous stage's `busy` leaves out the time spent here;
 //! - its restart limit: a handler panic rebuilds this stage's state only;
 //!   past the limit, this stage fails its items (as `stopped`) and its
@@ -39,14 +45,22 @@
 use std::{
     future::poll_fn,
     panic::AssertUnwindSafe,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Waker},
 };
 
-use futures::{FutureExt, future::BoxFuture};
+use futures::{
+    FutureExt,
+    future::BoxFuture,
+    task::{ArcWake, AtomicWaker},
+};
+use tokio::time::Instant;
 
 use super::{
-    BATCH, Emitter, Panicked, Stage,
+    Emitter, Panicked, Stage,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
     queue::{Queue, Waiter},
@@ -67,8 +81,11 @@ pub(crate) trait Fused<T>: Send {
     /// Boots the stage (`new` + `init`) and the fused stages after it, once.
     fn start(&mut self) -> BoxFuture<'_, ()>;
 
-    /// Processes `items` (all of them, in order), as if taken from a queue.
-    fn push<'a>(&'a mut self, items: &'a mut Vec<T>) -> BoxFuture<'a, ()>;
+    /// Processes `items` (all of them, in order), as if taken from a queue,
+    /// handed over at `since`; returns when it was done with them (both
+    /// read by one stage and used by the other, so a hand-over reads the
+    /// clock twice, not four times).
+    fn push<'a>(&'a mut self, items: &'a mut Vec<T>, since: Instant) -> BoxFuture<'a, Instant>;
 
     /// `Ready` once this stage or a fused one after it has a call, cast or
     /// items of its own queue to handle; [`serve`](Self::serve) handles it.
@@ -111,9 +128,31 @@ pub(crate) struct FusedStage<S: Stage> {
     out: Emitter<S::Out>,
     counters: Arc<Counters>,
     work: Option<Work<S>>,
+    /// Rung when the control queue or the own queue may have something.
+    bell: Arc<Bell>,
+    /// Wakes `bell`: the waker both queues hold while this stage waits.
+    bell_waker: Waker,
     /// The own queue is closed and empty.
     input_done: bool,
     ended: bool,
+}
+
+/// A fused stage's doorbell: its control queue and its own input queue
+/// wake it, not the group's task directly, so that polling for the
+/// stage's work between the group's batches costs one atomic swap while
+/// neither queue changed, instead of a poll of each (which takes the
+/// input queue's lock and registers a waker each time). Ringing it wakes
+/// the group's task.
+struct Bell {
+    rang: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for Bell {
+    fn wake_by_ref(bell: &Arc<Self>) {
+        bell.rang.store(true, Ordering::Release);
+        bell.task.wake();
+    }
 }
 
 impl<S: Stage> FusedStage<S> {
@@ -127,7 +166,11 @@ impl<S: Stage> FusedStage<S> {
     ) -> Self {
         // Run in another stage's task: its busy time is timed per batch.
         counters.measure_batches();
+        // Rung from the start: the first poll looks at both queues.
+        let bell = Arc::new(Bell { rang: AtomicBool::new(true), task: AtomicWaker::new() });
         FusedStage {
+            bell_waker: futures::task::waker(bell.clone()),
+            bell,
             server: None,
             booted: false,
             restarts: Restarts::new(S::restart_limit),
@@ -202,6 +245,19 @@ impl<S: Stage> FusedStage<S> {
         }
     }
 
+    /// Moves the items handed over into the batch without copying them:
+    /// the batch takes the emitter's buffer, and gives the emitter its own
+    /// (empty) room in exchange, so neither allocates in a steady stream.
+    fn take(&mut self, items: &mut Vec<S::In>) {
+        if self.batch.items.is_empty() {
+            std::mem::swap(&mut self.batch.items, items);
+            self.batch.items.reverse();
+        } else {
+            // Items left by a panic first (the batch is last to first).
+            self.batch.items.splice(0..0, items.drain(..).rev());
+        }
+    }
+
     async fn handle(&mut self, envelope: Envelope<S>) {
         let Some(server) = &mut self.server else { return };
         if let Err(Crashed) = handle(server, envelope).await {
@@ -209,19 +265,36 @@ impl<S: Stage> FusedStage<S> {
         }
     }
 
+    /// `Ready` once a call, a cast or a batch of the own queue is in
+    /// `work`. Looks at the queues only if the bell rang since they were
+    /// last seen empty (each then holds the bell's waker, which rings it).
     fn poll_own(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if self.work.is_some() {
             return Poll::Ready(());
         }
+        self.bell.task.register(cx.waker());
+        if !self.bell.rang.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        let mut bell = Context::from_waker(&self.bell_waker);
         if let Some(control) = &mut self.control {
-            if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
+            if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(&mut bell) {
+                // More may be queued: look again next time.
+                self.bell.rang.store(true, Ordering::Relaxed);
                 self.work = Some(Work::Control(envelope));
                 return Poll::Ready(());
             }
         }
         if !self.input_done {
-            match self.input.poll_pop_owned(cx, &mut self.waiter, &mut self.batch.items, BATCH, self.mark.mark()) {
+            match self.input.poll_pop_owned(
+                &mut bell,
+                &mut self.waiter,
+                &mut self.batch.items,
+                self.batch.max_demand as usize,
+                self.mark.mark(),
+            ) {
                 Poll::Ready(Some(first)) => {
+                    self.bell.rang.store(true, Ordering::Relaxed);
                     self.work = Some(Work::Items(first));
                     return Poll::Ready(());
                 }
@@ -237,6 +310,7 @@ impl<S: Stage> FusedStage<S> {
             Some(Work::Control(envelope)) => self.handle(envelope).await,
             Some(Work::Items(first)) => {
                 self.batch.first = first;
+                self.batch.items.reverse();
                 self.counters.add(&Delta { received: self.batch.items.len() as u64, ..Delta::default() });
                 self.run_batch().await;
                 self.mark.ended();
@@ -289,10 +363,12 @@ impl<S: Stage> FusedStage<S> {
 }
 
 impl<S: Stage> FusedStage<S> {
-    /// Its items each wait for a token of `limit`, if any (the stage's
-    /// rate limit).
-    pub(crate) fn with_limit(mut self, limit: Option<Arc<super::rate::RateLimit>>) -> Self {
-        self.batch.limit = limit;
+    /// It takes items from its own queue up to the stage's `max_demand`
+    /// at a time, and each waits for a token of the stage's rate limit, if
+    /// any.
+    pub(crate) fn with_pace(mut self, pace: super::run::Pace) -> Self {
+        let batch = std::mem::replace(&mut self.batch, Batch::new(self.counters.clone()));
+        self.batch = batch.with_pace(pace);
         self
     }
 }
@@ -303,13 +379,19 @@ impl<S: Stage> Fused<S::In> for FusedStage<S> {
         Box::pin(context::scope(state, self.boot()))
     }
 
-    fn push<'a>(&'a mut self, items: &'a mut Vec<S::In>) -> BoxFuture<'a, ()> {
+    fn push<'a>(&'a mut self, items: &'a mut Vec<S::In>, since: Instant) -> BoxFuture<'a, Instant> {
         let state = self.state.clone();
         Box::pin(context::scope(state, async move {
-            self.boot().await;
+            if self.booted {
+                self.counters.begin_batch_at(since);
+            } else {
+                // Booting is not busy: the batch is timed from after it.
+                self.boot().await;
+            }
             self.counters.add(&Delta { received: items.len() as u64, ..Delta::default() });
-            self.batch.items.extend(items.drain(..));
+            self.take(items);
             self.run_batch().await;
+            self.counters.handover_end()
         }))
     }
 

@@ -54,6 +54,8 @@ pub(crate) struct Counters {
     blocked_since: AtomicU64,
     /// When the wait in progress for room in the failures buffer started.
     failing_since: AtomicU64,
+    /// Per batch: when the last batch ended (see `handover_end`).
+    batch_ended: AtomicU64,
     /// When the replica's task ended (drained or aborted).
     ended: AtomicU64,
     epoch: Instant,
@@ -79,6 +81,7 @@ impl Default for Counters {
             busy_since: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
             failing_since: AtomicU64::new(0),
+            batch_ended: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -88,7 +91,8 @@ impl Default for Counters {
 /// A stretch aside begun by [`Counters::step_away`].
 #[must_use = "pass it to `step_back`"]
 pub(crate) struct Away {
-    since: Instant,
+    /// When it began.
+    pub(crate) since: Instant,
     /// Whether `step_away` set the replica aside (it was not already).
     set: bool,
 }
@@ -147,13 +151,39 @@ impl Counters {
         self.per_batch.load(Ordering::Relaxed)
     }
 
-    /// A batch starts: the replica works on items from now on.
+    /// A batch starts: the replica works on items from now on (per batch:
+    /// unless [`begin_batch_at`](Self::begin_batch_at) started it).
     #[inline]
     pub(crate) fn begin_batch(&self) {
         if self.per_batch() {
-            self.busy_since.store(self.stamp(Instant::now()), Ordering::Relaxed);
+            if self.busy_since.load(Ordering::Relaxed) == 0 {
+                self.busy_since.store(self.stamp(Instant::now()), Ordering::Relaxed);
+            }
         } else {
             self.resume();
+        }
+    }
+
+    /// Per batch: the batch handed over at `at` starts, timed from that
+    /// instant, which the stage handing it over read (so the hand-over
+    /// reads one clock, not two).
+    #[inline]
+    pub(crate) fn begin_batch_at(&self, at: Instant) {
+        self.busy_since.store(self.stamp(at), Ordering::Relaxed);
+    }
+
+    /// Per batch: ends the hand-over begun by [`begin_batch_at`](Self::begin_batch_at),
+    /// publishing the busy time of a batch still open, and returns when the
+    /// last batch ended, for the stage that handed it over (so it reads no
+    /// clock of its own to step back).
+    pub(crate) fn handover_end(&self) -> Instant {
+        if self.busy_since.load(Ordering::Relaxed) != 0 {
+            let busy = self.end_batch();
+            self.add(&Delta { busy, ..Delta::default() });
+        }
+        match self.batch_ended.load(Ordering::Relaxed) {
+            0 => Instant::now(),
+            ended => self.epoch + Duration::from_nanos(ended - 1),
         }
     }
 
@@ -170,6 +200,7 @@ impl Counters {
             return Duration::ZERO;
         }
         let now = self.stamp(Instant::now());
+        self.batch_ended.store(now, Ordering::Relaxed);
         Duration::from_nanos(now.saturating_sub(since))
     }
 
@@ -231,6 +262,15 @@ impl Counters {
             }
         } else if away.set {
             self.resume();
+        }
+    }
+
+    /// [`step_back`](Self::step_back) at `now`, an instant the caller read.
+    pub(crate) fn step_back_at(&self, away: Away, now: Instant) {
+        if self.per_batch() {
+            self.shift_busy(now.saturating_duration_since(away.since));
+        } else if away.set {
+            self.resume_at(now);
         }
     }
 

@@ -508,7 +508,10 @@ impl<T> Queue<T> {
             let available = state.available();
             if available > 0 {
                 let n = if shares { state.share(available) } else { available }.min(max);
-                out.extend(state.items.drain(..n));
+                // A `Map` of a range has an exact length: `out` reserves
+                // once and moves items without a check each (a `Drain` of
+                // a deque is read and written one checked item at a time).
+                out.extend((0..n).map(|_| state.items.pop_front().expect("`n` items are queued")));
                 let first = state.popped;
                 state.popped += n as u64;
                 if let Some(mark) = mark {

@@ -2,7 +2,6 @@
 //! drain on shutdown.
 
 use std::{
-    collections::VecDeque,
     future::{Future, poll_fn},
     panic::AssertUnwindSafe,
     pin::pin,
@@ -139,6 +138,7 @@ pub(crate) fn run<S: Stage>(
                     }
                     Work::Items(first) => {
                         batch.first = first;
+                        batch.items.reverse();
                         counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
                     }
                     Work::InputDone => {
@@ -234,7 +234,7 @@ async fn failed_for_good<S: Stage>(
         mark.ended();
     }
     let max_demand = batch.max_demand as usize;
-    let pop = |cx: &mut std::task::Context<'_>, reader: &mut Reader<'_, S::In>, items: &mut VecDeque<S::In>| {
+    let pop = |cx: &mut std::task::Context<'_>, reader: &mut Reader<'_, S::In>, items: &mut Vec<S::In>| {
         let popped = reader.poll_pop_numbered(cx, items, max_demand);
         if popped.is_pending() {
             counters.set_aside();
@@ -295,7 +295,9 @@ pub(crate) struct Pace {
 
 /// Items a replica took from its queue, numbered from `first` on.
 pub(crate) struct Batch<T> {
-    pub(crate) items: VecDeque<T>,
+    /// Last to first: the next item is popped from the end (a `Vec` pops
+    /// for less than a `VecDeque`); whoever fills it reverses it.
+    pub(crate) items: Vec<T>,
     pub(crate) first: u64,
     counters: Arc<Counters>,
     /// The stage's rate limit: each item waits for a token before `process`.
@@ -314,7 +316,7 @@ impl<T> Batch<T> {
     /// dropped holding some. Its room is allocated by the first batch, not
     /// before.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Batch { items: VecDeque::new(), first: 0, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
+        Batch { items: Vec::new(), first: 0, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
     }
 
     /// The same, taking and going through items at `pace`.
@@ -411,7 +413,7 @@ pub(crate) async fn process_batch<S: Stage>(
                 }
             }
         }
-        let Some(item) = batch.items.pop_front() else { break };
+        let Some(item) = batch.items.pop() else { break };
         let mut waited = false;
         progress.in_process = 1;
         let processed = {

@@ -280,8 +280,8 @@ impl<R> Core<R> {
         let inbox = wiring.inboxes.into_iter().next().expect("checked above");
         let input = stage.input.dispatch().queues()[0].clone();
         let mark = ReplicaMark::new(stage.flush.clone(), 0);
-        let fused = FusedStage::<S>::new(inbox, input, mark, out, registry.clone(), counters)
-            .with_limit(stage.pace.limit.clone());
+        let fused =
+            FusedStage::<S>::new(inbox, input, mark, out, registry.clone(), counters).with_pace(stage.pace.clone());
         Downstream(stage.downstream().0, Some(Box::new(fused)))
     }
 }
