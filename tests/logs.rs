@@ -29,7 +29,7 @@ async fn run_pipeline(replicas: &[(&str, usize)], lines: Vec<String>) -> Report 
     let count = lines.len() as u64;
     let sizes: Vec<(String, usize)> = replicas.iter().map(|&(stage, n)| (stage.to_string(), n)).collect();
     let pipeline = Logs::sized(&sizes, &[]).await.expect("valid counts");
-    for (name, declared) in [("parse", 2), ("enrich", 4), ("aggregate", 2)] {
+    for (name, declared) in [("parse", 2), ("enrich", 2), ("aggregate", 1)] {
         let n = replicas.iter().find(|(stage, _)| *stage == name).map_or(declared, |&(_, n)| n);
         assert_eq!(stage(&pipeline.metrics(), name).replicas.len(), n, "{name}");
     }

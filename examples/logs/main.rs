@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example logs                      # 1,000,000 generated lines
-//! cargo run --release --example logs -- --lines 50000 --replicas enrich=2
+//! cargo run --release --example logs -- --lines 50000 --replicas aggregate=2
 //! cargo run --release --example logs -- --replicas enrich=8 --queue parse=10000
 //! cargo run --release --example logs -- --input /var/log/nginx/access.log
 //! zcat access.log.gz | cargo run --release --example logs -- --input -
@@ -11,7 +11,7 @@
 //! Lines go through three stages (see `pipeline.rs`):
 //!
 //! ```text
-//! parse ×2 ──▶ enrich ×N ──▶ aggregate ×2, partitioned by route
+//! parse ×2 ──▶ enrich ×N ──▶ aggregate ×M, partitioned by route
 //! ```
 //!
 //! At the end it prints the busiest routes with their error rates and
@@ -26,12 +26,12 @@
 //!   memory stays flat whatever the size of the log. The progress bar shows
 //!   how full each queue is: the stage before a full queue waits for the
 //!   stage after it.
-//! - **Replicas.** `parse` and `enrich` run on several copies (2 and 4
+//! - **Replicas.** `parse` and `enrich` run on several copies (2 each
 //!   unless `--replicas parse=N` or `enrich=N`) taking lines as they are
 //!   free (lines are numbered as they are fed, so the malformed ones keep
-//!   their line numbers); `aggregate` runs
-//!   on two (or `--replicas aggregate=N`), each owning a share of the routes
-//!   (`partition_by`), so their partial results never overlap.
+//!   their line numbers); `aggregate` runs on one (the fastest on two
+//!   cores) or, with `--replicas aggregate=N`, on N, each owning a share of
+//!   the routes (`partition_by`), so their partial results never overlap.
 //! - **Failing items.** `parse` fails a malformed line with
 //!   `out.fail(MalformedLine { .. })` instead of dropping it; a task reads
 //!   the pipeline's `failures()` while lines are fed and downcasts each
@@ -80,7 +80,7 @@ const TOP_ROUTES: usize = 15;
 /// The exit code of a run stopped with Ctrl-C.
 const INTERRUPTED: u8 = 130;
 
-/// Web access-log analytics on a genflow pipeline: parse ×2 → enrich ×N → aggregate ×2.
+/// Web access-log analytics on a genflow pipeline: parse ×2 → enrich ×N → aggregate ×M.
 #[derive(Debug, Parser)]
 #[command(after_help = "Without --input, it generates a realistic access log (nginx combined format \
                         + request time) from a fixed seed.")]
@@ -94,7 +94,7 @@ struct Args {
     lines: Option<u64>,
 
     /// Replicas of a stage, as STAGE=N (repeatable), e.g. `enrich=8`
-    /// [defaults: parse=2, enrich=4, aggregate=2].
+    /// [defaults: parse=2, enrich=2, aggregate=1].
     #[arg(long, value_name = "STAGE=N", value_parser = setting)]
     replicas: Vec<(String, usize)>,
 

@@ -2,7 +2,7 @@
 //! same computation as a plain loop to check them against.
 //!
 //! ```text
-//!  lines ──▶ parse ×2 ──▶ enrich ×N ──▶ aggregate ×2, partitioned by route
+//!  lines ──▶ parse ×2 ──▶ enrich ×N ──▶ aggregate ×M, partitioned by route
 //!  Line      Request       Hit          (keeps a Summary; emits nothing)
 //! ```
 //!
@@ -24,10 +24,12 @@
 //!   It holds no state that matters, so it runs on N replicas and each line
 //!   goes to whichever replica is idle.
 //! - `aggregate` keeps a [`Summary`]: per-route counts, status classes, and
-//!   latency and size [`Histogram`]s. It runs on two replicas with
-//!   `partition_by = Hit::route_key`: every hit of a route lands on the same
-//!   replica, so each replica's numbers for its routes are complete and the
-//!   replicas' route tables merge by simple union. It emits nothing: its state
+//!   latency and size [`Histogram`]s. It is declared with
+//!   `partition_by = Hit::route_key`: on M replicas (one by default, the
+//!   fastest on two cores; more with `--replicas aggregate=M`), every hit of
+//!   a route lands on the same replica, so each replica's numbers for its
+//!   routes are complete and the replicas' route tables merge by simple
+//!   union. It emits nothing: its state
 //!   is read with `call_aggregate_all(Query::Snapshot)`, live while lines
 //!   flow and once at the end ([`collect_report`]).
 //!
@@ -1029,14 +1031,15 @@ impl Stage for Aggregate {
 // --- Pipelines -----------------------------------------------------------------------
 
 /// The log pipeline. Its declared sizes (`parse` on two replicas, `enrich`
-/// on four, `aggregate` on two, queues of 1,000 lines) are defaults:
+/// on two, `aggregate` on one, queues of 1,000 lines) are defaults, the
+/// fastest of those tried on a 2-core machine (docs/benchmarks.md):
 /// [`Logs::sized`] starts it with others.
 #[genflow::pipeline{
     #[replicas(2)]
     parse: Parse,
-    #[replicas(4)]
+    #[replicas(2)]
     enrich: Enrich,
-    #[replicas(2, partition_by = Hit::route_key)]
+    #[replicas(1, partition_by = Hit::route_key)]
     aggregate: Aggregate,
 }]
 pub(crate) struct Logs {
