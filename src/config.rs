@@ -422,10 +422,11 @@ impl<R: Configurable> Builder<R> {
     /// Sets the stage `name`'s `max_demand`, overriding its
     /// `#[max_demand(N)]` (else [`BATCH`](crate::pipeline::BATCH), 32): the
     /// most items one replica takes from its queue at a time, and so holds
-    /// before it has processed them. A replica takes fewer when there is
-    /// less to share: at most its even share of the items waiting, over the
-    /// stage's replicas (rounded up), so a burst of slow items spreads over
-    /// idle replicas whatever this is set to. Set it to 1 when each item is
+    /// before it has processed them. A replica whose items await something
+    /// in `process` (and one that has processed none yet) takes fewer when
+    /// there is less to share: at most its even share of the items waiting,
+    /// over the stage's replicas (rounded up), so a burst of slow items
+    /// spreads over idle replicas whatever this is set to. Set it to 1 when each item is
     /// slow and should go to the first replica free; larger values cut the
     /// per-batch cost of cheap items. The idea is GenStage's `max_demand`.
     ///

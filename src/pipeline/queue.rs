@@ -22,12 +22,13 @@
 //!   of the line are woken until their batch sizes cover the items not yet
 //!   promised to a woken reader; a reader that takes fewer than are left
 //!   wakes the next.
-//! - Items are *shared*: a reader takes at most its even share of the items
-//!   available, over the replicas that read the queue (rounded up), and up
-//!   to its `max_demand`. Sixteen slow items arriving at once at sixteen
-//!   idle replicas go one to each, not all to the first one woken; a
-//!   queue read by one replica, or one deep enough, is taken a full
-//!   batch at a time.
+//! - Items are *shared*: a reader that asks to (a replica whose items
+//!   await something, see [`Reader::share`]) takes at most its even share
+//!   of the items available, over the replicas that read the queue
+//!   (rounded up), and up to its `max_demand`. Sixteen slow items arriving
+//!   at once at sixteen idle replicas go one to each, not all to the first
+//!   one woken; a queue read by one replica, or one deep enough, is taken
+//!   a full batch at a time.
 //! - A woken waiter whose future is dropped before it used the wake-up (the
 //!   room handed to it, or the items promised to it) passes it on, like
 //!   tokio's `Acquire` drop: see [`Queue::cancel`].
