@@ -351,6 +351,19 @@ impl<T: Send + 'static> Emitter<T> {
         }
     }
 
+    /// Serves what the fused stages after this one have waiting (calls,
+    /// casts, items of their own queues), without waiting for more.
+    pub(crate) async fn serve_fused_waiting(&mut self) {
+        if self.fused.is_none() {
+            return;
+        }
+        while poll_fn(|cx| Poll::Ready(self.poll_fused(cx).is_ready())).await {
+            let away = self.counters.step_away();
+            self.serve_fused().await;
+            self.counters.step_back(away);
+        }
+    }
+
     /// Runs the buffer through the fused stage, publishing the count
     /// emitted first; the time it takes is not this stage's busy time.
     /// Reads one clock: the fused stage times its batch from the instant

@@ -234,14 +234,29 @@ async fn failed_for_good<S: Stage>(
         mark.ended();
     }
     let max_demand = batch.max_demand as usize;
-    let pop = |cx: &mut std::task::Context<'_>, reader: &mut Reader<'_, S::In>, items: &mut Vec<S::In>| {
-        let popped = reader.poll_pop_numbered(cx, items, max_demand);
-        if popped.is_pending() {
-            counters.set_aside();
-        }
-        popped
-    };
-    while let Some(first) = poll_fn(|cx| pop(cx, reader, &mut batch.items)).await {
+    loop {
+        // The stages fused into this one go on: their calls, casts and own
+        // items are still served here.
+        let work = poll_fn(|cx| {
+            if out.poll_fused(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            let popped = reader.poll_pop_numbered(cx, &mut batch.items, max_demand);
+            if popped.is_pending() {
+                counters.set_aside();
+            }
+            popped.map(Some)
+        })
+        .await;
+        let first = match work {
+            None => {
+                counters.set_aside();
+                out.serve_fused().await;
+                continue;
+            }
+            Some(None) => break,
+            Some(Some(first)) => first,
+        };
         counters.resume();
         let n = batch.items.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
@@ -407,7 +422,7 @@ pub(crate) async fn process_batch<S: Stage>(
             // it counts as aborted if the task is dropped.
             if !limit.try_acquire() {
                 progress.publish();
-                result = Box::pin(throttle(limit, counters, server, control)).await;
+                result = Box::pin(throttle(limit, counters, server, control, out)).await;
                 if result.is_err() {
                     break;
                 }
@@ -438,8 +453,11 @@ pub(crate) async fn process_batch<S: Stage>(
             out.send_failures().await;
         }
         if waited {
-            // A stage that awaits per item is slow: send its output now.
+            // A stage that awaits per item is slow: send its output now, and
+            // serve the stages fused into this one, which otherwise would
+            // wait for the end of the batch.
             out.flush().await;
+            out.serve_fused_waiting().await;
         }
         if !batch.items.is_empty() && control.state.take_mail() {
             // Publish what is done, so a call sees metrics as current as
@@ -472,16 +490,33 @@ async fn throttle<S: Stage>(
     counters: &Counters,
     server: &mut S,
     control: &mut Inbox<S>,
+    out: &mut Emitter<S::Out>,
 ) -> Result<(), Crashed> {
+    /// What came first.
+    enum Next<E> {
+        Envelope(E),
+        Fused,
+        Token,
+    }
     let _throttled = Throttled::begin(counters);
     let mut acquire = pin!(limit.acquire());
     loop {
-        let envelope = tokio::select! {
-            biased;
-            Some(envelope) = control.rx.recv() => envelope,
-            _ = acquire.as_mut() => return Ok(()),
-        };
-        handle(server, envelope).await?;
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(Some(envelope)) = control.rx.poll_recv(cx) {
+                return Poll::Ready(Next::Envelope(envelope));
+            }
+            // The stages fused into this one are served meanwhile too.
+            if out.poll_fused(cx).is_ready() {
+                return Poll::Ready(Next::Fused);
+            }
+            acquire.as_mut().poll(cx).map(|_| Next::Token)
+        })
+        .await;
+        match next {
+            Next::Envelope(envelope) => handle(server, envelope).await?,
+            Next::Fused => out.serve_fused().await,
+            Next::Token => return Ok(()),
+        }
     }
 }
 

@@ -1,0 +1,177 @@
+//! A `#[fused]` stage keeps being served when its host stage cannot
+//! process items: failed for good, waiting for a rate limit's token, or
+//! going slowly through a batch. Paused time, with deadlines.
+use std::{marker::PhantomData, time::Duration};
+
+use futures::{SinkExt, stream};
+use genflow::{Emitter, GenServer, RestartLimit, Stage};
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Passes items on; a call answers how many it saw; `true` as a call panics.
+pub struct S<R> {
+    seen: u64,
+    registry: PhantomData<R>,
+}
+impl<R: Clone + Send + Sync + 'static> GenServer for S<R> {
+    type Message = bool;
+    type Response = u64;
+    type Registry = R;
+    fn new(_: R) -> Self {
+        S { seen: 0, registry: PhantomData }
+    }
+    async fn handle_call(&mut self, crash: bool) -> u64 {
+        if crash {
+            panic!("crash")
+        }
+        self.seen
+    }
+    async fn handle_cast(&mut self, _: bool) {}
+    fn restart_limit() -> RestartLimit {
+        RestartLimit::NEVER
+    }
+    fn channel_queue_size() -> usize {
+        2
+    }
+}
+impl<R: Clone + Send + Sync + 'static> Stage for S<R> {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        self.seen += 1;
+        out.emit(x).await;
+    }
+}
+
+// The host stage fails for good (past its restart limit): the fused
+// stage's calls, casts and own-queue items are still served.
+#[genflow::pipeline{ a: S<Down>, #[fused] b: S<Down> }]
+struct Down;
+
+#[tokio::test(start_paused = true)]
+async fn a_fused_stage_answers_calls_after_its_host_failed_for_good() {
+    let flow = Down::start().await;
+    let _out = flow.output().unwrap();
+    assert!(flow.call_a(true).await.is_err()); // a: RestartLimit::NEVER -> failed for good
+    let r = tokio::time::timeout(DEADLINE, flow.call_b(false)).await;
+    assert!(r.is_ok(), "call_b never answered after `a` failed for good");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fused_stage_processes_its_own_items_after_its_host_failed_for_good() {
+    let flow = Down::start().await;
+    let _out = flow.output().unwrap();
+    assert!(flow.call_a(true).await.is_err());
+    flow.sink_b().send(5).await.unwrap();
+    let r = tokio::time::timeout(DEADLINE, flow.flush()).await;
+    assert!(r.is_ok(), "flush never returns: b's own item never processed ({})", flow.metrics());
+}
+
+// The host waits for a rate-limit token: the fused stage is served
+// meanwhile, as an unfused one is.
+const HOUR: Duration = Duration::from_secs(3600);
+#[genflow::pipeline{ #[rate_limit(1, per = HOUR)] a: S<Slow>, #[fused] b: S<Slow> }]
+struct Slow;
+
+#[tokio::test(start_paused = true)]
+async fn a_fused_stage_answers_calls_while_its_host_waits_for_a_token() {
+    let flow = Slow::start().await;
+    let _out = flow.output().unwrap();
+    flow.send(1).await.unwrap(); // takes the hour's token
+    flow.flush().await.unwrap();
+    flow.send(2).await.unwrap(); // a waits up to an hour for the next token
+    assert_eq!(flow.call_a(false).await.unwrap(), 1); // a itself answers
+    let r = tokio::time::timeout(DEADLINE, flow.call_b(false)).await;
+    assert!(r.is_ok(), "call_b not answered while `a` is throttled");
+}
+
+#[genflow::pipeline{ #[rate_limit(1, per = HOUR)] a: S<SlowUnfused>, b: S<SlowUnfused> }]
+struct SlowUnfused;
+
+#[tokio::test(start_paused = true)]
+async fn an_unfused_stage_answers_calls_while_the_stage_before_waits_for_a_token() {
+    let flow = SlowUnfused::start().await;
+    let _out = flow.output().unwrap();
+    flow.send(1).await.unwrap();
+    flow.flush().await.unwrap();
+    flow.send(2).await.unwrap();
+    assert_eq!(tokio::time::timeout(DEADLINE, flow.call_b(false)).await.unwrap().unwrap(), 1);
+}
+
+// A host that awaits per item: a call to its fused stage is answered
+// between the host's items, not at the end of its batch.
+pub struct Nap<R>(u64, PhantomData<R>);
+impl<R: Clone + Send + Sync + 'static> GenServer for Nap<R> {
+    type Message = ();
+    type Response = u64;
+    type Registry = R;
+    fn new(_: R) -> Self {
+        Nap(0, PhantomData)
+    }
+    async fn handle_call(&mut self, (): ()) -> u64 {
+        self.0
+    }
+    async fn handle_cast(&mut self, (): ()) {}
+}
+impl<R: Clone + Send + Sync + 'static> Stage for Nap<R> {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        self.0 += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        out.emit(x).await;
+    }
+}
+pub struct Q<R>(u64, PhantomData<R>);
+impl<R: Clone + Send + Sync + 'static> GenServer for Q<R> {
+    type Message = ();
+    type Response = u64;
+    type Registry = R;
+    fn new(_: R) -> Self {
+        Q(0, PhantomData)
+    }
+    async fn handle_call(&mut self, (): ()) -> u64 {
+        self.0
+    }
+    async fn handle_cast(&mut self, (): ()) {}
+}
+impl<R: Clone + Send + Sync + 'static> Stage for Q<R> {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        self.0 += 1;
+        out.emit(x).await;
+    }
+}
+
+#[genflow::pipeline{ a: Nap<F>, #[fused] b: Q<F> }]
+struct F;
+#[genflow::pipeline{ a: Nap<U>, b: Q<U> }]
+struct U;
+
+#[tokio::test(start_paused = true)]
+async fn a_call_to_a_fused_stage_is_answered_between_a_slow_hosts_items() {
+    let flow = F::start().await;
+    let out = flow.output().unwrap();
+    let _r = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(out));
+    flow.feed(stream::iter(0..200u64)).await.unwrap();
+    // Paused time: moves the clock to the middle of the host's batch.
+    tokio::time::sleep(Duration::from_millis(35)).await;
+    let t = Instant::now();
+    let seen = tokio::time::timeout(Duration::from_secs(60), flow.call_b(())).await.unwrap().unwrap();
+    let fused = t.elapsed();
+    let flow2 = U::start().await;
+    let out2 = flow2.output().unwrap();
+    let _r2 = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(out2));
+    flow2.feed(stream::iter(0..200u64)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(35)).await;
+    let t = Instant::now();
+    let seen2 = flow2.call_b(()).await.unwrap();
+    let unfused = t.elapsed();
+    assert!(seen > 0 && seen2 > 0);
+    assert!(
+        fused <= Duration::from_millis(20),
+        "fused call_b waited {fused:?} while items flowed (unfused {unfused:?})"
+    );
+}
