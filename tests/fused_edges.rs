@@ -175,3 +175,46 @@ async fn a_call_to_a_fused_stage_is_answered_between_a_slow_hosts_items() {
         "fused call_b waited {fused:?} while items flowed (unfused {unfused:?})"
     );
 }
+
+/// Sleeps 200 ms on its third item.
+pub struct Third<R>(u64, PhantomData<R>);
+impl<R: Clone + Send + Sync + 'static> GenServer for Third<R> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+    fn new(_: R) -> Self {
+        Third(0, PhantomData)
+    }
+    async fn handle_call(&mut self, (): ()) {}
+}
+impl<R: Clone + Send + Sync + 'static> Stage for Third<R> {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        self.0 += 1;
+        if self.0 == 3 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        out.emit(x).await;
+    }
+}
+
+#[genflow::pipeline{ a: Q<Trickle>, #[fused] b: Third<Trickle>, #[fused] c: Q<Trickle> }]
+struct Trickle;
+
+// Items one at a time: a long `process` in a fused stage shows as its busy
+// time while it lasts, after earlier hand-overs into and out of it.
+#[tokio::test(start_paused = true)]
+async fn a_long_process_in_a_fused_stage_shows_as_busy_while_it_lasts() {
+    let flow = Trickle::start().await;
+    let _out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
+    for x in 0..3 {
+        flow.send(x).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(49)).await;
+    let m = flow.metrics();
+    assert_eq!(m.stage("b").unwrap().busy, Duration::from_millis(50), "{m}");
+    assert_eq!(m.limit(), genflow::Limit::Bottleneck("b"), "{m}");
+    tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
+}

@@ -268,7 +268,10 @@ impl Counters {
     /// [`step_back`](Self::step_back) at `now`, an instant the caller read.
     pub(crate) fn step_back_at(&self, away: Away, now: Instant) {
         if self.per_batch() {
-            self.shift_busy(now.saturating_duration_since(away.since));
+            if away.set {
+                self.shift_busy(now.saturating_duration_since(away.since));
+                self.aside_since.store(0, Ordering::Relaxed);
+            }
         } else if away.set {
             self.resume_at(now);
         }
