@@ -218,3 +218,65 @@ async fn a_long_process_in_a_fused_stage_shows_as_busy_while_it_lasts() {
     assert_eq!(m.limit(), genflow::Limit::Bottleneck("b"), "{m}");
     tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
 }
+
+/// Calls (or casts to) the stage fused after it from `process`, and keeps
+/// what came back.
+pub struct Caller(HostCalls);
+impl GenServer for Caller {
+    type Message = ();
+    type Response = ();
+    type Registry = HostCalls;
+    fn new(registry: HostCalls) -> Self {
+        Caller(registry)
+    }
+    async fn handle_call(&mut self, (): ()) {}
+}
+impl Stage for Caller {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        let answer = if self.0.cast {
+            self.0.cast_b(false).await.map(|()| 0).map_err(|e| e.to_string())
+        } else {
+            self.0.call_b(false).await.map_err(|e| e.to_string())
+        };
+        self.0.answers.lock().unwrap().push(answer);
+        out.emit(x).await;
+    }
+}
+#[genflow::pipeline{ a: Caller, #[fused] b: S<HostCalls> }]
+pub struct HostCalls {
+    cast: bool,
+    answers: std::sync::Arc<std::sync::Mutex<Vec<Result<u64, String>>>>,
+}
+
+// A stage calling the stage fused into it would wait on its own task: the
+// call is refused as a cycle at once, and the group goes on.
+#[tokio::test(start_paused = true)]
+async fn a_call_from_a_host_to_its_fused_stage_is_refused_as_a_cycle() {
+    let answers = std::sync::Arc::default();
+    let flow = HostCalls::start(false, std::sync::Arc::clone(&answers)).await;
+    let _out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
+    flow.send(1).await.unwrap();
+    tokio::time::timeout(DEADLINE, flow.flush()).await.expect("no deadlock").unwrap();
+    assert_eq!(*answers.lock().unwrap(), [Err("call would deadlock: a -> b -> a".to_owned())]);
+    // Calls from outside are answered as ever.
+    assert_eq!(flow.call_b(false).await.unwrap(), 1);
+    tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
+}
+
+// Casts into the fused stage's queue are fine while it has room (2); the
+// one that would wait for room is refused.
+#[tokio::test(start_paused = true)]
+async fn a_cast_from_a_host_into_its_fused_stages_full_queue_is_refused() {
+    let answers = std::sync::Arc::default();
+    let flow = HostCalls::start(true, std::sync::Arc::clone(&answers)).await;
+    let _out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
+    flow.feed(stream::iter(0..3)).await.unwrap();
+    tokio::time::timeout(DEADLINE, flow.flush()).await.expect("no deadlock").unwrap();
+    let answers = answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 2, "{answers:?}");
+    assert!(answers.iter().any(|a| a.as_ref().is_err_and(|e| e.contains("a -> b -> a"))), "{answers:?}");
+    tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
+}

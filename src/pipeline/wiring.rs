@@ -37,7 +37,7 @@ use crate::{
         context,
         handle::{Handle, Inbox, Refused},
         state::{Name, ServerState},
-        waits::Waiting,
+        waits::{RunBy, Waiting},
     },
 };
 
@@ -244,6 +244,9 @@ impl<R> Core<R> {
             state.set_abort_handle(join.abort_handle());
             for server in fused_servers {
                 server.set_abort_handle(join.abort_handle());
+                // Served by this replica's task: waits within the group
+                // are cycles.
+                server.set_waits_for(Some(Arc::new(RunBy::new(&state))));
             }
         }
     }

@@ -167,6 +167,13 @@ impl ServerState {
         on
     }
 
+    /// The id of the server whose task runs this one: its own, or for a
+    /// `#[fused]` stage, the first stage of its group (see `waits::RunBy`).
+    pub(crate) fn task_id(&self) -> usize {
+        let what = self.waits_for.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        what.as_ref().and_then(|what| what.task()).unwrap_or(self.id)
+    }
+
     /// Whether this server's task waits on another server now.
     pub(crate) fn is_waiting(&self) -> bool {
         !self.lock_waits().is_empty()

@@ -25,7 +25,7 @@
 //! `emit`, a lock, a channel), is not seen.
 
 use std::sync::{
-    Arc,
+    Arc, Weak,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -38,6 +38,39 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 pub(crate) trait WaitsFor: Send + Sync + std::fmt::Debug {
     /// The servers it waits on now.
     fn servers(&self) -> Vec<Arc<ServerState>>;
+
+    /// The id of the server whose task runs this server, if another's: a
+    /// `#[fused]` stage runs in the task of the stage before its group.
+    fn task(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A `#[fused]` stage runs in the task of `host`, the first stage of its
+/// group: the stages of a group are served one at a time by that task, so
+/// each waits on it for good. A call between two stages of one group
+/// would wait on its own task, and is refused as a cycle; so is any chain
+/// of waits that comes back to the group.
+#[derive(Debug)]
+pub(crate) struct RunBy {
+    host: Weak<ServerState>,
+    id: usize,
+}
+
+impl RunBy {
+    pub(crate) fn new(host: &Arc<ServerState>) -> Self {
+        RunBy { host: Arc::downgrade(host), id: host.id }
+    }
+}
+
+impl WaitsFor for RunBy {
+    fn servers(&self) -> Vec<Arc<ServerState>> {
+        self.host.upgrade().into_iter().collect()
+    }
+
+    fn task(&self) -> Option<usize> {
+        Some(self.id)
+    }
 }
 
 /// `waiter` waits for `what` until this is dropped.
@@ -113,20 +146,25 @@ pub(crate) fn wait_on(caller: &Arc<ServerState>, callee: &Arc<ServerState>) -> R
     let waiting = Waiting(Arc::new(Edge { caller: caller.clone(), token }));
     let mut path = vec![callee.clone()];
     let mut seen = Vec::new();
-    if reaches(callee, caller.id, &mut path, &mut seen) {
+    // The caller's task: its own, or for a fused stage its group's.
+    if reaches(callee, caller.task_id(), &mut path, &mut seen) {
         drop(waiting);
-        let mut names = Vec::with_capacity(path.len() + 1);
+        let mut names = Vec::with_capacity(path.len() + 2);
         names.push(caller.name().to_string());
         names.extend(path.iter().map(|state| state.name().to_string()));
+        if path.last().is_some_and(|last| last.id != caller.id) {
+            // Back to the caller's group: round to the caller itself.
+            names.push(caller.name().to_string());
+        }
         return Err(names);
     }
     Ok(waiting)
 }
 
-/// Depth-first search from `from` for server `target`; on success `path`
-/// ends with it.
+/// Depth-first search from `from` for task `target` (a server, or one run
+/// by it); on success `path` ends with it.
 fn reaches(from: &Arc<ServerState>, target: usize, path: &mut Vec<Arc<ServerState>>, seen: &mut Vec<usize>) -> bool {
-    if from.id == target {
+    if from.id == target || from.task_id() == target {
         return true;
     }
     if seen.contains(&from.id) {
