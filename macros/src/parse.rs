@@ -170,16 +170,18 @@ fn parse_replicas(input: ParseStream<'_>) -> syn::Result<(Option<Count>, Vec<Rep
 const MAX_DEMAND: &str = "`#[max_demand(..)]` takes how many items one replica takes at a time: a count such as \
      `#[max_demand(1)]`, or the path of a `const usize`";
 
+/// A count of an attribute other than `#[replicas(..)]`: a literal or the
+/// path of a const; anything else is an error saying `usage`.
+fn parse_count(input: ParseStream<'_>, usage: &str) -> syn::Result<Count> {
+    if input.peek(LitInt) {
+        return Ok(Count::Lit(input.parse()?));
+    }
+    input.parse::<Path>().map(Count::Const).map_err(|error| syn::Error::new(error.span(), usage))
+}
+
 /// The count of `#[max_demand(..)]`: a literal or the path of a const.
 fn parse_demand(input: ParseStream<'_>) -> syn::Result<Count> {
-    let count = if input.peek(LitInt) {
-        Count::Lit(input.parse()?)
-    } else {
-        match input.parse::<Path>() {
-            Ok(path) => Count::Const(path),
-            Err(error) => return Err(syn::Error::new(error.span(), MAX_DEMAND)),
-        }
-    };
+    let count = parse_count(input, MAX_DEMAND)?;
     if !input.is_empty() {
         return Err(syn::Error::new(input.span(), MAX_DEMAND));
     }
@@ -192,14 +194,7 @@ const RATE_LIMIT: &str = "`#[rate_limit(..)]` takes how many items may go throug
 
 /// The count and the interval of `#[rate_limit(n, per = duration)]`.
 fn parse_rate_limit(input: ParseStream<'_>) -> syn::Result<(Count, Option<syn::Expr>)> {
-    let count = if input.peek(LitInt) {
-        Count::Lit(input.parse()?)
-    } else {
-        match input.parse::<Path>() {
-            Ok(path) => Count::Const(path),
-            Err(error) => return Err(syn::Error::new(error.span(), RATE_LIMIT)),
-        }
-    };
+    let count = parse_count(input, RATE_LIMIT)?;
     if input.is_empty() {
         return Ok((count, None));
     }

@@ -833,17 +833,20 @@ impl Metrics {
     /// The share of the time every stage's replicas, together, waited for
     /// a rate limit.
     fn throttled(&self) -> f64 {
-        let replicas: usize = self.stages.iter().map(|s| s.replicas.len().max(1)).sum();
-        let throttled: f64 =
-            self.stages.iter().map(|s| s.throttled(self.elapsed) * s.replicas.len().max(1) as f64).sum();
-        if replicas == 0 { 0.0 } else { throttled / replicas as f64 }
+        self.over_replicas(StageMetrics::throttled).unwrap_or(0.0)
     }
 
     /// The share of the time every stage's replicas, together, spent idle.
     fn idle(&self) -> f64 {
+        self.over_replicas(StageMetrics::idle).unwrap_or(1.0)
+    }
+
+    /// A stage's `share` of the time, averaged over every replica of every
+    /// stage; `None` without stages.
+    fn over_replicas(&self, share: impl Fn(&StageMetrics, Duration) -> f64) -> Option<f64> {
         let replicas: usize = self.stages.iter().map(|s| s.replicas.len().max(1)).sum();
-        let idle: f64 = self.stages.iter().map(|s| s.idle(self.elapsed) * s.replicas.len().max(1) as f64).sum();
-        if replicas == 0 { 1.0 } else { idle / replicas as f64 }
+        let total: f64 = self.stages.iter().map(|s| share(s, self.elapsed) * s.replicas.len().max(1) as f64).sum();
+        (replicas > 0).then(|| total / replicas as f64)
     }
 
     /// When the bottleneck is a partitioned stage held back by one replica

@@ -12,6 +12,27 @@ use super::{
 };
 use crate::model::{Count, Registry, Server};
 
+/// A count given as the path of a `const` of type `ty`, checked when the
+/// pipeline compiles: each of `checks` is a condition on the const's value
+/// (named `n`) and the message of the compile error when it fails.
+fn checked_const(path: &syn::Path, ty: TokenStream, n: &syn::Ident, checks: &[(TokenStream, String)]) -> TokenStream {
+    let (conditions, messages): (Vec<_>, Vec<_>) = checks.iter().cloned().unzip();
+    quote_spanned! {path.span()=>
+        {
+            const _: () = {
+                let #n: #ty = #path;
+                #(::core::assert!(#conditions, #messages);)*
+            };
+            #path
+        }
+    }
+}
+
+/// How a path reads in a compile error: `REPLICAS`, `config::REPLICAS`.
+fn shown(path: &syn::Path) -> String {
+    quote!(#path).to_string().replace(' ', "")
+}
+
 fn stage_trait(server: &Server) -> TokenStream {
     let ty = &server.ty;
     quote_spanned!(ty.span()=> <#ty as ::genflow::__private::Stage>)
@@ -45,25 +66,21 @@ pub(crate) fn start(registry: &Registry) -> Parts {
             Count::Const(path) => {
                 let message = format!(
                     "the replica count `{}` of stage `{name}` is 0: a stage needs at least one replica",
-                    quote!(#path).to_string().replace(' ', "")
+                    shown(path)
                 );
                 let too_many = format!(
                     "the replica count `{}` of stage `{name}` is above `genflow::MAX_REPLICAS` ({}): a stage \
                      has at most that many replicas",
-                    quote!(#path).to_string().replace(' ', ""),
+                    shown(path),
                     crate::validate::MAX_REPLICAS,
                 );
                 let n = local::local("__count");
-                quote_spanned! {path.span()=>
-                    {
-                        const _: () = {
-                            let #n: usize = #path;
-                            ::core::assert!(#n > 0, #message);
-                            ::core::assert!(#n <= ::genflow::__private::MAX_REPLICAS, #too_many);
-                        };
-                        #path
-                    }
-                }
+                checked_const(
+                    path,
+                    quote!(usize),
+                    &n,
+                    &[(quote!(#n > 0), message), (quote!(#n <= ::genflow::__private::MAX_REPLICAS), too_many)],
+                )
             }
         };
         let max_demand = match &s.max_demand {
@@ -72,18 +89,10 @@ pub(crate) fn start(registry: &Registry) -> Parts {
             Some(Count::Const(path)) => {
                 let message = format!(
                     "the max_demand `{}` of stage `{name}` is 0: a replica takes at least one item at a time",
-                    quote!(#path).to_string().replace(' ', "")
+                    shown(path)
                 );
                 let n = local::local("__demand");
-                quote_spanned! {path.span()=>
-                    {
-                        const _: () = {
-                            let #n: usize = #path;
-                            ::core::assert!(#n > 0, #message);
-                        };
-                        #path
-                    }
-                }
+                checked_const(path, quote!(usize), &n, &[(quote!(#n > 0), message)])
             }
         };
         let rate_limit = match &s.rate_limit {
@@ -98,18 +107,10 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                         let message = format!(
                             "the rate limit `{}` of stage `{name}` is 0: a rate limit lets at least one item \
                              through per interval",
-                            quote!(#path).to_string().replace(' ', "")
+                            shown(path)
                         );
                         let n = local::local("__rate");
-                        quote_spanned! {path.span()=>
-                            {
-                                const _: () = {
-                                    let #n: u32 = #path;
-                                    ::core::assert!(#n > 0, #message);
-                                };
-                                #path
-                            }
-                        }
+                        checked_const(path, quote!(u32), &n, &[(quote!(#n > 0), message)])
                     }
                 };
                 let per = quote_spanned!(per.span()=> {
