@@ -1,12 +1,12 @@
 //! The flagship `logs` example's pipeline against the plain loop that
-//! computes the same report (`sequential` in `examples/logs/pipeline.rs`),
+//! computes the same report (`sequential` in `src/pipeline.rs`),
 //! on the same pre-generated access-log lines.
 //!
 //! ```text
-//! cargo bench --bench flagship
+//! cargo bench -p logs --bench flagship
 //! ```
 //!
-//! - `flagship/pipeline`: the pipeline as `cargo run --release --example
+//! - `flagship/pipeline`: the pipeline as `cargo run --release -p
 //!   logs` runs it by default (its declared topology and queue sizes): start,
 //!   take `failures()` and read it in a task (`MalformedLines`), `feed` every
 //!   line, `collect_report` (flush, then a call to each stage and the
@@ -20,10 +20,10 @@
 //! to be exactly equal.
 
 #[allow(dead_code, reason = "the example's modules; the bench uses part of them")]
-#[path = "../examples/logs/gen.rs"]
+#[path = "../src/gen.rs"]
 mod generator;
 #[allow(dead_code, reason = "the example's modules; the bench uses part of them")]
-#[path = "../examples/logs/pipeline.rs"]
+#[path = "../src/pipeline.rs"]
 mod pipeline;
 
 use std::{

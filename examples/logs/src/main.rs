@@ -1,11 +1,11 @@
 //! Web access-log analytics on a genflow pipeline.
 //!
 //! ```text
-//! cargo run --release --example logs                      # 1,000,000 generated lines
-//! cargo run --release --example logs -- --lines 50000 --replicas aggregate=2
-//! cargo run --release --example logs -- --replicas enrich=8 --queue parse=10000
-//! cargo run --release --example logs -- --input /var/log/nginx/access.log
-//! zcat access.log.gz | cargo run --release --example logs -- --input -
+//! cargo run --release -p logs                      # 1,000,000 generated lines
+//! cargo run --release -p logs -- --lines 50000 --replicas aggregate=2
+//! cargo run --release -p logs -- --replicas enrich=8 --queue parse=10000
+//! cargo run --release -p logs -- --input /var/log/nginx/access.log
+//! zcat access.log.gz | cargo run --release -p logs -- --input -
 //! ```
 //!
 //! Lines go through three stages (see `pipeline.rs`):

@@ -4,10 +4,10 @@
 //! histograms must do what they say.
 
 #[allow(dead_code, reason = "the example's modules; the tests use part of them")]
-#[path = "../examples/logs/gen.rs"]
+#[path = "../src/gen.rs"]
 mod generator;
 #[allow(dead_code, reason = "the example's modules; the tests use part of them")]
-#[path = "../examples/logs/pipeline.rs"]
+#[path = "../src/pipeline.rs"]
 mod pipeline;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
