@@ -147,6 +147,8 @@ mod config;
 mod error;
 pub mod harness;
 mod loom;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod pipeline;
 mod registry;
 mod server;

@@ -1,0 +1,87 @@
+//! What can go wrong between a pipeline and NATS.
+
+use std::{error::Error, fmt, io, path::PathBuf};
+
+use super::Codec;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// An error of the `nats` feature: connecting to the broker, reading
+/// credentials, or turning items into payloads and back.
+///
+/// `Display` names what was asked for (the server, with any password in
+/// its URL left out; the credentials file; the codec) and the cause;
+/// [`source`](Error::source) gives the underlying error. No secret
+/// (token, password, credentials) is ever part of the message.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// The broker could not be reached, refused the credentials, or the TLS
+    /// handshake failed. Returned by [`Connect::connect`](super::Connect::connect)
+    /// after one attempt: a wrong credential is not retried.
+    Connect {
+        /// The server address as given, without user information.
+        server: String,
+        /// Whether the broker refused the credentials (an authorization
+        /// violation or a failed authentication), as opposed to not being
+        /// reachable.
+        auth: bool,
+        /// async-nats' error.
+        source: async_nats::ConnectError,
+    },
+    /// The credentials file could not be read or parsed.
+    Credentials {
+        /// The file given to [`Connect::credentials_file`](super::Connect::credentials_file).
+        path: PathBuf,
+        /// The I/O or parse error (never the file's content).
+        source: io::Error,
+    },
+    /// An item could not be written as a payload.
+    Encode {
+        /// The codec asked to write it.
+        codec: Codec,
+        /// serde's error.
+        source: BoxError,
+    },
+    /// A payload could not be read as an item.
+    Decode {
+        /// The codec asked to read it.
+        codec: Codec,
+        /// The payload's length in bytes.
+        len: usize,
+        /// serde's error.
+        source: BoxError,
+    },
+}
+
+impl fmt::Display for NatsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatsError::Connect { server, auth: true, source } => write!(
+                f,
+                "NATS server {server} refused the credentials ({source}): check the token, user and password, or \
+                 credentials file"
+            ),
+            NatsError::Connect { server, auth: false, source } => {
+                write!(f, "cannot connect to the NATS server {server}: {source}")
+            }
+            NatsError::Credentials { path, source } => {
+                write!(f, "cannot read the NATS credentials file {}: {source}", path.display())
+            }
+            NatsError::Encode { codec, source } => write!(f, "cannot encode an item as {}: {source}", codec.name()),
+            NatsError::Decode { codec, len, source } => {
+                write!(f, "cannot decode a {len}-byte {} payload: {source}", codec.name())
+            }
+        }
+    }
+}
+
+impl Error for NatsError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            NatsError::Connect { source, .. } => Some(source),
+            NatsError::Credentials { source, .. } => Some(source),
+            NatsError::Encode { source, .. } | NatsError::Decode { source, .. } => Some(source.as_ref()),
+        }
+    }
+}
