@@ -11,6 +11,7 @@ use std::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
+    batch::{BatchSpec, Take, TakeFrom},
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -52,9 +53,9 @@ enum Work<S: Stage> {
 /// it while the replica waits. What runs per item or per call stays inline.
 #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
 #[allow(clippy::too_many_arguments, reason = "one per part of the stage a replica uses")]
-pub(crate) fn run<S: Stage>(
+pub(crate) fn run<S: Stage, K: TakeFrom<S::In>>(
     mut control: Inbox<S>,
-    input: Arc<Queue<S::In>>,
+    input: Arc<Queue<K::Item>>,
     mark: ReplicaMark,
     mut out: Emitter<S::Out>,
     registry: S::Registry,
@@ -69,6 +70,7 @@ pub(crate) fn run<S: Stage>(
     // task holds it once.
     // Its drop stops the pipeline's clock once every replica's task ended,
     // however.
+    let mut intake = K::open(&pace, &mark, &counters);
     let mut batch = Ended(Batch::new(counters.clone()).with_pace(pace));
     async move {
         let mut restarts = Restarts::new(S::restart_limit);
@@ -76,7 +78,7 @@ pub(crate) fn run<S: Stage>(
         let mut ended = false;
         // This replica's place in line for items; it records each batch
         // taken in `mark`, which says when the batch ended, for `flush`.
-        let mut reader = input.marked_reader(mark.mark());
+        let mut reader = K::reader(&input, &mark);
         'life: loop {
             // Booting is not working on items (a replica is aside from its
             // start until its first batch).
@@ -91,7 +93,8 @@ pub(crate) fn run<S: Stage>(
             loop {
                 // Items left by a handler that panicked go to the new state.
                 if !batch.items.is_empty() {
-                    let processed = process_batch(&mut server, &mut control, &mut batch, &mut out, &counters).await;
+                    let processed =
+                        process_batch::<S, K>(&mut server, &mut control, &mut batch, &mut out, &counters).await;
                     if batch.items.is_empty() {
                         mark.ended();
                     }
@@ -112,8 +115,7 @@ pub(crate) fn run<S: Stage>(
                     if out.poll_fused(cx).is_ready() {
                         return Poll::Ready(Work::Fused);
                     }
-                    let taken: &mut Batch<S::In> = &mut batch;
-                    let popped = reader.poll_pop_numbered(cx, &mut taken.items, taken.max_demand as usize);
+                    let popped = intake.poll_take(cx, &mut reader, &mut batch, &counters);
                     if popped.is_pending() {
                         // Waiting for work.
                         counters.set_aside();
@@ -136,11 +138,7 @@ pub(crate) fn run<S: Stage>(
                         counters.set_aside();
                         out.serve_fused().await;
                     }
-                    Work::Items(first) => {
-                        batch.first = first;
-                        batch.items.reverse();
-                        counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
-                    }
+                    Work::Items(first) => intake.took(&mut batch, first, &counters),
                     Work::InputDone => {
                         let drained =
                             Box::pin(end_of_input(&mut server, &mut control, &mut out, &counters, &drain, &mut ended));
@@ -157,7 +155,9 @@ pub(crate) fn run<S: Stage>(
             }
         }
         let (out, counters) = (&mut out, &counters);
-        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, out, counters, &drain, ended)).await;
+        let held = intake.release();
+        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, held, out, counters, &drain, ended))
+            .await;
     }
 }
 
@@ -208,12 +208,13 @@ async fn end_of_input<S: Stage>(
 /// and counted as failed (each with its `Failure`), so the pipeline is not
 /// blocked and every item is accounted for.
 #[allow(clippy::too_many_arguments, reason = "the parts of the replica's task it ends")]
-async fn failed_for_good<S: Stage>(
+async fn failed_for_good<S: Stage, Q>(
     mut ready: Option<Ready>,
     control: Inbox<S>,
-    reader: &mut Reader<'_, S::In>,
+    reader: &mut Reader<'_, Q>,
     mark: &ReplicaMark,
     batch: &mut Batch<S::In>,
+    open: u64,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
     drain: &StageDrain,
@@ -225,15 +226,20 @@ async fn failed_for_good<S: Stage>(
     // Failing items is its work (and its waits for room in the failures
     // buffer count as blocked); waiting for them is not.
     counters.resume();
-    let left = batch.items.len() as u64;
+    // The inputs taken, and the items of an open batch (of a `#[batch]`
+    // stage), which were received but not processed.
+    let left = batch.held() + open;
     if left > 0 {
         batch.items.clear();
+        batch.extra = 0;
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
         out.fail_stopped(left).await;
         out.end_batch(batch.first, left).await;
         mark.ended();
     }
     let max_demand = batch.max_demand as usize;
+    // What is taken from the queue from now on, failed at once.
+    let mut taken = Vec::new();
     loop {
         // The stages fused into this one go on: their calls, casts and own
         // items are still served here.
@@ -241,7 +247,7 @@ async fn failed_for_good<S: Stage>(
             if out.poll_fused(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            let popped = reader.poll_pop_numbered(cx, &mut batch.items, max_demand);
+            let popped = reader.poll_pop_numbered(cx, &mut taken, max_demand);
             if popped.is_pending() {
                 counters.set_aside();
             }
@@ -258,9 +264,9 @@ async fn failed_for_good<S: Stage>(
             Some(Some(first)) => first,
         };
         counters.resume();
-        let n = batch.items.len() as u64;
+        let n = taken.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
-        batch.items.clear();
+        taken.clear();
         out.fail_stopped(n).await;
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
@@ -306,6 +312,8 @@ impl<T> std::ops::DerefMut for Ended<T> {
 pub(crate) struct Pace {
     pub(crate) max_demand: usize,
     pub(crate) limit: Option<Arc<RateLimit>>,
+    /// `#[batch(..)]`: how its replicas cut their batches.
+    pub(crate) batch: Option<BatchSpec>,
 }
 
 /// Items a replica took from its queue, numbered from `first` on.
@@ -314,6 +322,9 @@ pub(crate) struct Batch<T> {
     /// for less than a `VecDeque`); whoever fills it reverses it.
     pub(crate) items: Vec<T>,
     pub(crate) first: u64,
+    /// Items beyond one per input (`#[batch]` stages, whose inputs are
+    /// batches of items), for the counts.
+    pub(crate) extra: u64,
     counters: Arc<Counters>,
     /// The stage's rate limit: each item waits for a token before `process`.
     pub(crate) limit: Option<Arc<RateLimit>>,
@@ -331,7 +342,7 @@ impl<T> Batch<T> {
     /// dropped holding some. Its room is allocated by the first batch, not
     /// before.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Batch { items: Vec::new(), first: 0, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
+        Batch { items: Vec::new(), first: 0, extra: 0, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
     }
 
     /// The same, taking and going through items at `pace`.
@@ -343,11 +354,18 @@ impl<T> Batch<T> {
 }
 
 impl<T> Batch<T> {
+    /// How many items it holds (an input of a `#[batch]` stage holds
+    /// several).
+    pub(crate) fn held(&self) -> u64 {
+        self.items.len() as u64 + self.extra
+    }
+
     /// Counts the items held as aborted and lets them go.
     fn abort_held(&mut self) {
-        let aborted = self.items.len() as u64;
+        let aborted = self.held();
         if aborted > 0 {
             self.items.clear();
+            self.extra = 0;
             self.counters.add(&Delta { aborted, ..Delta::default() });
         }
     }
@@ -402,7 +420,7 @@ impl Drop for Progress<'_> {
 /// Processes the batch item by item, serving calls and casts that arrive in
 /// between. If one of those handlers panics, the items not processed yet
 /// stay in the batch for the restarted state.
-pub(crate) async fn process_batch<S: Stage>(
+pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S::In>>(
     server: &mut S,
     control: &mut Inbox<S>,
     batch: &mut Batch<S::In>,
@@ -429,8 +447,11 @@ pub(crate) async fn process_batch<S: Stage>(
             }
         }
         let Some(item) = batch.items.pop() else { break };
+        // 1 but for an input of a `#[batch]` stage.
+        let weight = K::weight(&item);
+        batch.extra -= weight - 1;
         let mut waited = false;
-        progress.in_process = 1;
+        progress.in_process = weight;
         let processed = {
             let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
             poll_fn(|cx| {
@@ -441,7 +462,7 @@ pub(crate) async fn process_batch<S: Stage>(
             .await
         };
         progress.in_process = 0;
-        progress.processed += 1;
+        progress.processed += weight;
         awaited |= waited;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
@@ -449,7 +470,7 @@ pub(crate) async fn process_batch<S: Stage>(
         }
         // An item counts as failed once, however many failures it gave.
         if out.take_item_failed() {
-            progress.failed += 1;
+            progress.failed += out.settle_failed(weight);
             out.send_failures().await;
         }
         if waited {

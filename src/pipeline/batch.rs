@@ -1,0 +1,350 @@
+//! `#[batch(size = N, timeout = ..)]`: a stage that receives `Vec<T>`
+//! batches of the items its input queue carries, cut per replica by size,
+//! by time, at `flush` and at the end of the input.
+//!
+//! # How
+//!
+//! A replica gets its next input through an *intake*
+//! ([`Intake`]): for a plain stage ([`Whole`]) that is the batch of items
+//! it pops from its queue, as they are; for a batch stage ([`Batched`]) it
+//! is an [`Open`] batch, which pops the queue's items into a `Vec` and
+//! hands the replica that `Vec` as one input once it is cut. The replica
+//! loop (`run.rs`) is the same for both: only the intake differs, chosen
+//! by a type parameter, so a plain stage pays nothing for batching.
+//!
+//! An open batch never takes more than it has room for (`size` less what
+//! it holds, and at most the stage's `max_demand` at a time), so a cut
+//! always empties it: a replica holds at most one open batch of up to
+//! `size` items besides the batch it processes. Its flush [`Mark`] stays
+//! at the first item of the open batch while it fills (the queue reader
+//! *holds* its mark), so a flush waits for those items; a flush that
+//! waits on the stage also asks every replica to cut what it holds
+//! ([`FlushPoint`]'s cut requests), so it never waits for the timeout.
+//!
+//! The timeout is a [`tokio::time::Sleep`] allocated on the first batch a
+//! replica opens and reset for each later one.
+//!
+//! The ideas are Akka Streams' `groupedWithin(n, d)`, tokio-stream's
+//! `chunks_timeout` and Broadway's batchers (`batch_size`,
+//! `batch_timeout`).
+//!
+//! [`Mark`]: super::flush::Mark
+//! [`FlushPoint`]: super::flush::FlushPoint
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::time::{Instant, Sleep};
+
+use super::{
+    flush::ReplicaMark,
+    metrics::{Counters, Delta},
+    queue::{Queue, Reader},
+    run::{Batch, Pace},
+};
+
+/// How a `#[batch(..)]` stage cuts its batches: at `size` items, or once
+/// the oldest item of the open batch has waited `timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSpec {
+    /// The most items in one batch (at least 1).
+    pub size: usize,
+    /// How long the oldest item of an open batch waits for more; zero:
+    /// the batch is cut as soon as the queue has no more items at hand.
+    pub timeout: Duration,
+}
+
+/// The input type of a `#[batch(..)]` stage: a `Vec` of the items its
+/// queue carries. Implemented for `Vec<T>` only.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a `#[batch(..)]` stage takes a `Vec` of items, but this stage's `In` is `{Self}`",
+    label = "`#[batch(..)]` needs `type In = Vec<T>`, where `T` is what the stage before it emits",
+    note = "a batch stage receives `Vec<T>` batches of the previous stage's `T` items (or of what is sent into \
+            the pipeline, for the first stage): write `type In = Vec<T>`"
+)]
+pub trait BatchOf: Send + 'static {
+    /// The items the stage's queue carries.
+    type Item: Send + 'static;
+
+    /// The batch of `items`.
+    fn from_items(items: Vec<Self::Item>) -> Self;
+
+    /// How many items the batch holds.
+    fn items(&self) -> usize;
+}
+
+impl<T: Send + 'static> BatchOf for Vec<T> {
+    type Item = T;
+
+    #[inline]
+    fn from_items(items: Vec<T>) -> Self {
+        items
+    }
+
+    #[inline]
+    fn items(&self) -> usize {
+        self.len()
+    }
+}
+
+/// The intake of a plain stage: each item of its queue is one input.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Whole;
+
+/// The intake of a `#[batch(..)]` stage: its inputs are `Vec`s of the
+/// items of its queue.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Batched;
+
+/// How the replicas of a stage whose input is `In` get their inputs: from
+/// a queue of `Item`s. Implemented by [`Whole`] and [`Batched`] only.
+#[doc(hidden)]
+pub trait Intake<In>: Send + Sync + 'static {
+    /// What the stage's queue carries.
+    type Item: Send + 'static;
+}
+
+/// The engine's side of an [`Intake`].
+pub(crate) trait TakeFrom<In>: Intake<In> {
+    /// One replica's state.
+    type Open: Take<In, Self::Item>;
+    /// Whether the queue reader keeps its flush mark at the first item it
+    /// holds while it takes more (see [`Reader::hold_mark`]).
+    const HOLDS: bool;
+
+    /// A replica's state, for the stage paced by `pace`.
+    fn open(pace: &Pace, mark: &ReplicaMark, counters: &Arc<Counters>) -> Self::Open;
+
+    /// How many of the queue's items `input` stands for.
+    fn weight(input: &In) -> u64;
+
+    /// A reader of `queue` for a replica recording its batches in `mark`.
+    fn reader<'a>(queue: &'a Queue<Self::Item>, mark: &'a ReplicaMark) -> Reader<'a, Self::Item> {
+        let mut reader = queue.marked_reader(mark.mark());
+        reader.hold_mark(Self::HOLDS);
+        reader
+    }
+}
+
+/// One replica's way to its next inputs.
+pub(crate) trait Take<In, Item>: Send {
+    /// Puts the next inputs in `batch` (empty): `Ready(Some(first))` with
+    /// the number of their first item, `Ready(None)` once the input ended
+    /// and nothing is held, `Pending` meanwhile.
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut Reader<'_, Item>,
+        batch: &mut Batch<In>,
+        counters: &Counters,
+    ) -> Poll<Option<u64>>;
+
+    /// The inputs taken by `poll_take`, numbered from `first`, are about
+    /// to be processed.
+    fn took(&mut self, batch: &mut Batch<In>, first: u64, counters: &Counters);
+
+    /// The items held in an open batch, which the replica (failed for
+    /// good) will not process: let go and counted by the caller.
+    fn release(&mut self) -> u64;
+}
+
+impl<In: Send + 'static> Intake<In> for Whole {
+    type Item = In;
+}
+
+impl<In: Send + 'static> TakeFrom<In> for Whole {
+    type Open = Whole;
+    const HOLDS: bool = false;
+
+    #[inline]
+    fn open(_: &Pace, _: &ReplicaMark, _: &Arc<Counters>) -> Whole {
+        Whole
+    }
+
+    #[inline]
+    fn weight(_: &In) -> u64 {
+        1
+    }
+}
+
+impl<In: Send + 'static> Take<In, In> for Whole {
+    #[inline]
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut Reader<'_, In>,
+        batch: &mut Batch<In>,
+        _: &Counters,
+    ) -> Poll<Option<u64>> {
+        let max = batch.max_demand as usize;
+        reader.poll_pop_numbered(cx, &mut batch.items, max)
+    }
+
+    #[inline]
+    fn took(&mut self, batch: &mut Batch<In>, first: u64, counters: &Counters) {
+        batch.first = first;
+        batch.items.reverse();
+        counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
+    }
+
+    fn release(&mut self) -> u64 {
+        0
+    }
+}
+
+impl<In: BatchOf> Intake<In> for Batched {
+    type Item = In::Item;
+}
+
+impl<In: BatchOf> TakeFrom<In> for Batched {
+    type Open = Open<In::Item>;
+    const HOLDS: bool = true;
+
+    fn open(pace: &Pace, mark: &ReplicaMark, counters: &Arc<Counters>) -> Open<In::Item> {
+        let spec = pace.batch.unwrap_or(BatchSpec { size: 1, timeout: Duration::ZERO });
+        Open {
+            items: Vec::new(),
+            first: 0,
+            size: spec.size.max(1),
+            timeout: spec.timeout,
+            deadline: None,
+            armed: false,
+            mark: mark.clone(),
+            counters: counters.clone(),
+        }
+    }
+
+    #[inline]
+    fn weight(input: &In) -> u64 {
+        input.items() as u64
+    }
+}
+
+/// A replica's open batch.
+pub(crate) struct Open<T> {
+    /// In arrival order.
+    items: Vec<T>,
+    /// The number of the first item.
+    first: u64,
+    size: usize,
+    timeout: Duration,
+    /// Allocated by the first batch opened with a timeout.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether `deadline` is set for the open batch.
+    armed: bool,
+    /// Where flushes ask the replica to cut.
+    mark: ReplicaMark,
+    /// The items held count as aborted if the replica's task is dropped.
+    counters: Arc<Counters>,
+}
+
+impl<T> Open<T> {
+    /// Starts the clock of a batch just opened.
+    fn arm(&mut self) {
+        if self.timeout.is_zero() {
+            return;
+        }
+        let at = Instant::now() + self.timeout;
+        match &mut self.deadline {
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.armed = true;
+    }
+
+    /// Whether the open batch is due now: its timeout passed (or is zero),
+    /// or a flush waits for it. Registers `cx` for both otherwise.
+    fn due(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timeout.is_zero() || self.mark.cut_wanted(cx) {
+            return true;
+        }
+        match &mut self.deadline {
+            Some(sleep) if self.armed => sleep.as_mut().poll(cx).is_ready(),
+            _ => false,
+        }
+    }
+
+    /// Hands the open batch to `batch` as one input.
+    fn cut<In: BatchOf<Item = T>>(&mut self, batch: &mut Batch<In>) -> Poll<Option<u64>> {
+        self.armed = false;
+        let items = std::mem::take(&mut self.items);
+        batch.extra += items.len() as u64 - 1;
+        batch.items.push(In::from_items(items));
+        Poll::Ready(Some(self.first))
+    }
+}
+
+impl<In: BatchOf> Take<In, In::Item> for Open<In::Item> {
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut Reader<'_, In::Item>,
+        batch: &mut Batch<In>,
+        counters: &Counters,
+    ) -> Poll<Option<u64>> {
+        loop {
+            let held = self.items.len();
+            if held >= self.size {
+                return self.cut(batch);
+            }
+            let max = (self.size - held).min(batch.max_demand as usize);
+            match reader.poll_pop_numbered(cx, &mut self.items, max) {
+                Poll::Ready(Some(first)) => {
+                    counters.add(&Delta { received: (self.items.len() - held) as u64, ..Delta::default() });
+                    if held == 0 {
+                        self.first = first;
+                        self.arm();
+                    }
+                }
+                Poll::Ready(None) if held == 0 => return Poll::Ready(None),
+                // The input ended: the rest goes as a last batch.
+                Poll::Ready(None) => return self.cut(batch),
+                Poll::Pending if held > 0 && self.due(cx) => {
+                    // Not waiting in line any more: items coming meanwhile
+                    // go to another replica.
+                    reader.cancel();
+                    return self.cut(batch);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    #[inline]
+    fn took(&mut self, batch: &mut Batch<In>, first: u64, _: &Counters) {
+        // Received as they were taken into the open batch.
+        batch.first = first;
+    }
+
+    fn release(&mut self) -> u64 {
+        self.release_held()
+    }
+}
+
+impl<T> Open<T> {
+    /// Lets the items held go; returns how many.
+    fn release_held(&mut self) -> u64 {
+        self.armed = false;
+        let held = self.items.len() as u64;
+        self.items.clear();
+        held
+    }
+}
+
+/// The replica's task was dropped: what the open batch held counts as
+/// aborted.
+impl<T> Drop for Open<T> {
+    fn drop(&mut self) {
+        let aborted = self.release_held();
+        if aborted > 0 {
+            self.counters.add(&Delta { aborted, ..Delta::default() });
+        }
+    }
+}
