@@ -33,7 +33,6 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -113,14 +112,17 @@ pub trait Intake<In>: Send + Sync + 'static {
 
 /// The engine's side of an [`Intake`].
 pub(crate) trait TakeFrom<In>: Intake<In> {
-    /// One replica's state.
+    /// What a replica holds besides the inputs it took: nothing for a
+    /// plain stage, its open batch for a batch stage. Kept in the
+    /// replica's [`Batch`], so the replica's task holds one more value
+    /// only where there is one.
     type Open: Take<In, Self::Item>;
     /// Whether the queue reader keeps its flush mark at the first item it
     /// holds while it takes more (see [`Reader::hold_mark`]).
     const HOLDS: bool;
 
     /// A replica's state, for the stage paced by `pace`.
-    fn open(pace: &Pace, mark: &ReplicaMark, counters: &Arc<Counters>) -> Self::Open;
+    fn open(pace: &Pace, mark: &ReplicaMark) -> Self::Open;
 
     /// How many of the queue's items `input` stands for.
     fn weight(input: &In) -> u64;
@@ -133,26 +135,36 @@ pub(crate) trait TakeFrom<In>: Intake<In> {
     }
 }
 
+/// What a replica holds of its input besides the inputs it took, counted
+/// in its metrics when it lets go of it.
+pub(crate) trait Hold: Send {
+    /// Items held beyond one per input taken, and in an open batch.
+    fn held(&self) -> u64;
+
+    /// An input that stood for `weight` items was taken out to be
+    /// processed.
+    fn processed(&mut self, weight: u64);
+
+    /// Lets go of what it holds besides the inputs; returns how many items
+    /// that was, with those inputs' items beyond one each.
+    fn release(&mut self) -> u64;
+}
+
 /// One replica's way to its next inputs.
-pub(crate) trait Take<In, Item>: Send {
+pub(crate) trait Take<In, Item>: Hold + Sized {
     /// Puts the next inputs in `batch` (empty): `Ready(Some(first))` with
     /// the number of their first item, `Ready(None)` once the input ended
     /// and nothing is held, `Pending` meanwhile.
     fn poll_take(
-        &mut self,
         cx: &mut Context<'_>,
         reader: &mut Reader<'_, Item>,
-        batch: &mut Batch<In>,
+        batch: &mut Batch<In, Self>,
         counters: &Counters,
     ) -> Poll<Option<u64>>;
 
     /// The inputs taken by `poll_take`, numbered from `first`, are about
     /// to be processed.
-    fn took(&mut self, batch: &mut Batch<In>, first: u64, counters: &Counters);
-
-    /// The items held in an open batch, which the replica (failed for
-    /// good) will not process: let go and counted by the caller.
-    fn release(&mut self) -> u64;
+    fn took(batch: &mut Batch<In, Self>, first: u64, counters: &Counters);
 }
 
 impl<In: Send + 'static> Intake<In> for Whole {
@@ -164,7 +176,7 @@ impl<In: Send + 'static> TakeFrom<In> for Whole {
     const HOLDS: bool = false;
 
     #[inline]
-    fn open(_: &Pace, _: &ReplicaMark, _: &Arc<Counters>) -> Whole {
+    fn open(_: &Pace, _: &ReplicaMark) -> Whole {
         Whole
     }
 
@@ -174,10 +186,24 @@ impl<In: Send + 'static> TakeFrom<In> for Whole {
     }
 }
 
+impl Hold for Whole {
+    #[inline]
+    fn held(&self) -> u64 {
+        0
+    }
+
+    #[inline]
+    fn processed(&mut self, _: u64) {}
+
+    #[inline]
+    fn release(&mut self) -> u64 {
+        0
+    }
+}
+
 impl<In: Send + 'static> Take<In, In> for Whole {
     #[inline]
     fn poll_take(
-        &mut self,
         cx: &mut Context<'_>,
         reader: &mut Reader<'_, In>,
         batch: &mut Batch<In>,
@@ -188,14 +214,10 @@ impl<In: Send + 'static> Take<In, In> for Whole {
     }
 
     #[inline]
-    fn took(&mut self, batch: &mut Batch<In>, first: u64, counters: &Counters) {
+    fn took(batch: &mut Batch<In>, first: u64, counters: &Counters) {
         batch.first = first;
         batch.items.reverse();
         counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
-    }
-
-    fn release(&mut self) -> u64 {
-        0
     }
 }
 
@@ -207,7 +229,7 @@ impl<In: BatchOf> TakeFrom<In> for Batched {
     type Open = Open<In::Item>;
     const HOLDS: bool = true;
 
-    fn open(pace: &Pace, mark: &ReplicaMark, counters: &Arc<Counters>) -> Open<In::Item> {
+    fn open(pace: &Pace, mark: &ReplicaMark) -> Open<In::Item> {
         let spec = pace.batch.unwrap_or(BatchSpec { size: 1, timeout: Duration::ZERO });
         Open {
             items: Vec::new(),
@@ -216,8 +238,8 @@ impl<In: BatchOf> TakeFrom<In> for Batched {
             timeout: spec.timeout,
             deadline: None,
             armed: false,
+            cut: 0,
             mark: mark.clone(),
-            counters: counters.clone(),
         }
     }
 
@@ -239,10 +261,11 @@ pub(crate) struct Open<T> {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Whether `deadline` is set for the open batch.
     armed: bool,
+    /// Items of the batches cut and not processed yet, beyond one per
+    /// batch.
+    cut: u64,
     /// Where flushes ask the replica to cut.
     mark: ReplicaMark,
-    /// The items held count as aborted if the replica's task is dropped.
-    counters: Arc<Counters>,
 }
 
 impl<T> Open<T> {
@@ -270,81 +293,76 @@ impl<T> Open<T> {
             _ => false,
         }
     }
+}
 
-    /// Hands the open batch to `batch` as one input.
-    fn cut<In: BatchOf<Item = T>>(&mut self, batch: &mut Batch<In>) -> Poll<Option<u64>> {
+impl<T: Send> Hold for Open<T> {
+    fn held(&self) -> u64 {
+        self.cut + self.items.len() as u64
+    }
+
+    #[inline]
+    fn processed(&mut self, weight: u64) {
+        self.cut -= weight.saturating_sub(1);
+    }
+
+    fn release(&mut self) -> u64 {
+        let held = self.held();
         self.armed = false;
-        let items = std::mem::take(&mut self.items);
-        batch.extra += items.len() as u64 - 1;
-        batch.items.push(In::from_items(items));
-        Poll::Ready(Some(self.first))
+        self.items.clear();
+        self.cut = 0;
+        held
     }
 }
 
 impl<In: BatchOf> Take<In, In::Item> for Open<In::Item> {
     fn poll_take(
-        &mut self,
         cx: &mut Context<'_>,
         reader: &mut Reader<'_, In::Item>,
-        batch: &mut Batch<In>,
+        batch: &mut Batch<In, Self>,
         counters: &Counters,
     ) -> Poll<Option<u64>> {
-        loop {
-            let held = self.items.len();
-            if held >= self.size {
-                return self.cut(batch);
+        let max_demand = batch.max_demand as usize;
+        let open = &mut batch.open;
+        let cut = loop {
+            let held = open.items.len();
+            if held >= open.size {
+                break true;
             }
-            let max = (self.size - held).min(batch.max_demand as usize);
-            match reader.poll_pop_numbered(cx, &mut self.items, max) {
+            let max = (open.size - held).min(max_demand);
+            match reader.poll_pop_numbered(cx, &mut open.items, max) {
                 Poll::Ready(Some(first)) => {
-                    counters.add(&Delta { received: (self.items.len() - held) as u64, ..Delta::default() });
+                    counters.add(&Delta { received: (open.items.len() - held) as u64, ..Delta::default() });
                     if held == 0 {
-                        self.first = first;
-                        self.arm();
+                        open.first = first;
+                        open.arm();
                     }
                 }
                 Poll::Ready(None) if held == 0 => return Poll::Ready(None),
                 // The input ended: the rest goes as a last batch.
-                Poll::Ready(None) => return self.cut(batch),
-                Poll::Pending if held > 0 && self.due(cx) => {
+                Poll::Ready(None) => break true,
+                Poll::Pending if held > 0 && open.due(cx) => {
                     // Not waiting in line any more: items coming meanwhile
                     // go to another replica.
                     reader.cancel();
-                    return self.cut(batch);
+                    break true;
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => break false,
             }
+        };
+        if !cut {
+            return Poll::Pending;
         }
+        open.armed = false;
+        let items = std::mem::take(&mut open.items);
+        open.cut += items.len() as u64 - 1;
+        let first = open.first;
+        batch.items.push(In::from_items(items));
+        Poll::Ready(Some(first))
     }
 
     #[inline]
-    fn took(&mut self, batch: &mut Batch<In>, first: u64, _: &Counters) {
+    fn took(batch: &mut Batch<In, Self>, first: u64, _: &Counters) {
         // Received as they were taken into the open batch.
         batch.first = first;
-    }
-
-    fn release(&mut self) -> u64 {
-        self.release_held()
-    }
-}
-
-impl<T> Open<T> {
-    /// Lets the items held go; returns how many.
-    fn release_held(&mut self) -> u64 {
-        self.armed = false;
-        let held = self.items.len() as u64;
-        self.items.clear();
-        held
-    }
-}
-
-/// The replica's task was dropped: what the open batch held counts as
-/// aborted.
-impl<T> Drop for Open<T> {
-    fn drop(&mut self) {
-        let aborted = self.release_held();
-        if aborted > 0 {
-            self.counters.add(&Delta { aborted, ..Delta::default() });
-        }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
-    batch::{BatchSpec, Take, TakeFrom},
+    batch::{BatchSpec, Hold, Take, TakeFrom, Whole},
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -70,8 +70,8 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S::In>>(
     // task holds it once.
     // Its drop stops the pipeline's clock once every replica's task ended,
     // however.
-    let mut intake = K::open(&pace, &mark, &counters);
-    let mut batch = Ended(Batch::new(counters.clone()).with_pace(pace));
+    let open = K::open(&pace, &mark);
+    let mut batch = Ended(Batch::holding(counters.clone(), open).with_pace(pace));
     async move {
         let mut restarts = Restarts::new(S::restart_limit);
         // Whether the input ended and `finish` ran.
@@ -115,7 +115,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S::In>>(
                     if out.poll_fused(cx).is_ready() {
                         return Poll::Ready(Work::Fused);
                     }
-                    let popped = intake.poll_take(cx, &mut reader, &mut batch, &counters);
+                    let popped = K::Open::poll_take(cx, &mut reader, &mut batch, &counters);
                     if popped.is_pending() {
                         // Waiting for work.
                         counters.set_aside();
@@ -138,7 +138,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S::In>>(
                         counters.set_aside();
                         out.serve_fused().await;
                     }
-                    Work::Items(first) => intake.took(&mut batch, first, &counters),
+                    Work::Items(first) => K::Open::took(&mut batch, first, &counters),
                     Work::InputDone => {
                         let drained =
                             Box::pin(end_of_input(&mut server, &mut control, &mut out, &counters, &drain, &mut ended));
@@ -155,9 +155,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S::In>>(
             }
         }
         let (out, counters) = (&mut out, &counters);
-        let held = intake.release();
-        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, held, out, counters, &drain, ended))
-            .await;
+        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, out, counters, &drain, ended)).await;
     }
 }
 
@@ -208,13 +206,12 @@ async fn end_of_input<S: Stage>(
 /// and counted as failed (each with its `Failure`), so the pipeline is not
 /// blocked and every item is accounted for.
 #[allow(clippy::too_many_arguments, reason = "the parts of the replica's task it ends")]
-async fn failed_for_good<S: Stage, Q>(
+async fn failed_for_good<S: Stage, Q, O: Hold>(
     mut ready: Option<Ready>,
     control: Inbox<S>,
     reader: &mut Reader<'_, Q>,
     mark: &ReplicaMark,
-    batch: &mut Batch<S::In>,
-    open: u64,
+    batch: &mut Batch<S::In, O>,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
     drain: &StageDrain,
@@ -228,10 +225,9 @@ async fn failed_for_good<S: Stage, Q>(
     counters.resume();
     // The inputs taken, and the items of an open batch (of a `#[batch]`
     // stage), which were received but not processed.
-    let left = batch.held() + open;
+    let left = batch.items.len() as u64 + batch.open.release();
     if left > 0 {
         batch.items.clear();
-        batch.extra = 0;
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
         out.fail_stopped(left).await;
         out.end_batch(batch.first, left).await;
@@ -282,25 +278,25 @@ async fn failed_for_good<S: Stage, Q>(
 /// task ended (or was dropped) when it goes: after counting the items it
 /// still holds as aborted, as the batch's own drop does. (One field of the
 /// task instead of two handles of the same counters.)
-struct Ended<T>(Batch<T>);
+struct Ended<T, O: Hold>(Batch<T, O>);
 
-impl<T> Drop for Ended<T> {
+impl<T, O: Hold> Drop for Ended<T, O> {
     fn drop(&mut self) {
         self.0.abort_held();
         self.0.counters.end();
     }
 }
 
-impl<T> std::ops::Deref for Ended<T> {
-    type Target = Batch<T>;
+impl<T, O: Hold> std::ops::Deref for Ended<T, O> {
+    type Target = Batch<T, O>;
 
-    fn deref(&self) -> &Batch<T> {
+    fn deref(&self) -> &Batch<T, O> {
         &self.0
     }
 }
 
-impl<T> std::ops::DerefMut for Ended<T> {
-    fn deref_mut(&mut self) -> &mut Batch<T> {
+impl<T, O: Hold> std::ops::DerefMut for Ended<T, O> {
+    fn deref_mut(&mut self) -> &mut Batch<T, O> {
         &mut self.0
     }
 }
@@ -316,15 +312,16 @@ pub(crate) struct Pace {
     pub(crate) batch: Option<BatchSpec>,
 }
 
-/// Items a replica took from its queue, numbered from `first` on.
-pub(crate) struct Batch<T> {
+/// Items a replica took from its queue, numbered from `first` on, and
+/// what it holds besides (`open`: for a `#[batch]` stage, its open batch).
+pub(crate) struct Batch<T, O: Hold = Whole> {
     /// Last to first: the next item is popped from the end (a `Vec` pops
     /// for less than a `VecDeque`); whoever fills it reverses it.
     pub(crate) items: Vec<T>,
     pub(crate) first: u64,
-    /// Items beyond one per input (`#[batch]` stages, whose inputs are
-    /// batches of items), for the counts.
-    pub(crate) extra: u64,
+    /// What the replica holds besides: nothing for a plain stage, the
+    /// open batch of a `#[batch]` stage.
+    pub(crate) open: O,
     counters: Arc<Counters>,
     /// The stage's rate limit: each item waits for a token before `process`.
     pub(crate) limit: Option<Arc<RateLimit>>,
@@ -342,7 +339,14 @@ impl<T> Batch<T> {
     /// dropped holding some. Its room is allocated by the first batch, not
     /// before.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Batch { items: Vec::new(), first: 0, extra: 0, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
+        Batch::holding(counters, Whole)
+    }
+}
+
+impl<T, O: Hold> Batch<T, O> {
+    /// The same, holding `open` besides its inputs.
+    pub(crate) fn holding(counters: Arc<Counters>, open: O) -> Self {
+        Batch { items: Vec::new(), first: 0, open, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
     }
 
     /// The same, taking and going through items at `pace`.
@@ -353,19 +357,12 @@ impl<T> Batch<T> {
     }
 }
 
-impl<T> Batch<T> {
-    /// How many items it holds (an input of a `#[batch]` stage holds
-    /// several).
-    pub(crate) fn held(&self) -> u64 {
-        self.items.len() as u64 + self.extra
-    }
-
+impl<T, O: Hold> Batch<T, O> {
     /// Counts the items held as aborted and lets them go.
     fn abort_held(&mut self) {
-        let aborted = self.held();
+        let aborted = self.items.len() as u64 + self.open.release();
         if aborted > 0 {
             self.items.clear();
-            self.extra = 0;
             self.counters.add(&Delta { aborted, ..Delta::default() });
         }
     }
@@ -373,7 +370,7 @@ impl<T> Batch<T> {
 
 /// The replica's task was dropped (the pipeline was aborted, or the runtime
 /// shut down): the items it took and did not process count as aborted.
-impl<T> Drop for Batch<T> {
+impl<T, O: Hold> Drop for Batch<T, O> {
     fn drop(&mut self) {
         self.abort_held();
     }
@@ -423,7 +420,7 @@ impl Drop for Progress<'_> {
 pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S::In>>(
     server: &mut S,
     control: &mut Inbox<S>,
-    batch: &mut Batch<S::In>,
+    batch: &mut Batch<S::In, K::Open>,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
 ) -> Result<(), Crashed> {
@@ -446,12 +443,14 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S::In>>(
                 }
             }
         }
+        // How many items the next input stands for: 1 but for an input of a
+        // `#[batch]` stage. Read before it is popped and kept in `progress`
+        // alone while `process` runs: a borrowed local, or a copy, would
+        // take room in the task.
+        progress.in_process = batch.items.last().map_or(1, K::weight);
         let Some(item) = batch.items.pop() else { break };
-        // 1 but for an input of a `#[batch]` stage.
-        let weight = K::weight(&item);
-        batch.extra -= weight - 1;
+        batch.open.processed(progress.in_process);
         let mut waited = false;
-        progress.in_process = weight;
         let processed = {
             let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
             poll_fn(|cx| {
@@ -461,18 +460,20 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S::In>>(
             })
             .await
         };
-        progress.in_process = 0;
-        progress.processed += weight;
+        progress.processed += progress.in_process;
         awaited |= waited;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
             out.fail_panic(Panicked::new(&panic));
         }
-        // An item counts as failed once, however many failures it gave.
+        // An item counts as failed once, however many failures it gave (an
+        // input of a `#[batch]` stage: at most as many as its items).
         if out.take_item_failed() {
-            progress.failed += out.settle_failed(weight);
+            progress.failed += out.settle_failed(progress.in_process);
+            progress.in_process = 0;
             out.send_failures().await;
         }
+        progress.in_process = 0;
         if waited {
             // A stage that awaits per item is slow: send its output now, and
             // serve the stages fused into this one, which otherwise would
