@@ -368,6 +368,32 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_that_holds_its_mark_keeps_the_first_item_it_took() {
+        let (queue, point) = stage(1);
+        let point = Arc::new(Arc::into_inner(point).unwrap().cutting());
+        let mark = ReplicaMark::new(point.clone(), 0);
+        let cx = &mut Context::from_waker(Waker::noop());
+        queue.try_push(1).unwrap();
+        let mut reader = queue.marked_reader(mark.mark());
+        reader.hold_mark(true);
+        let mut open = Vec::new();
+        assert_eq!(reader.poll_pop_numbered(cx, &mut open, 8), Poll::Ready(Some(0)));
+        queue.try_push(2).unwrap();
+        let snapshot = [queue.pushed().0];
+        assert_eq!(reader.poll_pop_numbered(cx, &mut open, 8), Poll::Ready(Some(1)));
+        // Both are taken, but item 0 is still held: not past.
+        assert!(!point.past(&snapshot));
+        assert!(!mark.cut_wanted(cx), "no flush waits");
+        {
+            let _flushing = WantsCuts::new(point.cuts.as_deref());
+            assert!(mark.cut_wanted(cx), "a flush waits: cut what is held");
+        }
+        assert!(!mark.cut_wanted(cx));
+        mark.ended();
+        assert!(point.past(&snapshot));
+    }
+
+    #[test]
     fn an_abort_wakes_and_fails_the_flusher() {
         let (queue, point) = stage(1);
         queue.try_push(7).unwrap();
