@@ -341,7 +341,6 @@ pub use genflow_macros::make_registry;
 ///   spent in it), its failures, restarts and `flush`. `sink_<stage>()`
 ///   sends into its own input queue, which `queue_size` bounds and
 ///   `queued` counts. See the pipeline module's docs, "Fusion".
-
 /// - `#[batch(size = N, timeout = d)]` makes the stage receive `Vec<T>`
 ///   batches of the `T` items the stage before it emits (or that are sent
 ///   into the pipeline, for the first stage, whose `send`/`feed`/sinks then
