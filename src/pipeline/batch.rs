@@ -32,6 +32,8 @@
 //! [`FlushPoint`]: super::flush::FlushPoint
 
 use std::{
+    any::Any,
+    marker::PhantomData,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -40,6 +42,7 @@ use std::{
 use tokio::time::{Instant, Sleep};
 
 use super::{
+    Stage,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
     queue::{Queue, Reader},
@@ -69,26 +72,10 @@ pub struct BatchSpec {
 pub trait BatchOf: Send + 'static {
     /// The items the stage's queue carries.
     type Item: Send + 'static;
-
-    /// The batch of `items`.
-    fn from_items(items: Vec<Self::Item>) -> Self;
-
-    /// How many items the batch holds.
-    fn items(&self) -> usize;
 }
 
 impl<T: Send + 'static> BatchOf for Vec<T> {
     type Item = T;
-
-    #[inline]
-    fn from_items(items: Vec<T>) -> Self {
-        items
-    }
-
-    #[inline]
-    fn items(&self) -> usize {
-        self.len()
-    }
 }
 
 /// The intake of a plain stage: each item of its queue is one input.
@@ -96,27 +83,32 @@ impl<T: Send + 'static> BatchOf for Vec<T> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Whole;
 
-/// The intake of a `#[batch(..)]` stage: its inputs are `Vec`s of the
-/// items of its queue.
+/// The intake of a `#[batch(..)]` stage whose queue carries `T`s: its
+/// inputs are `Vec<T>`s.
+///
+/// `T` is named by the macro (the previous stage's `Out`), not derived
+/// from the stage's `In`: so a stage whose `In` is no `Vec` is reported
+/// once, by `__private::assert_batch`, and everything else still has a
+/// type. The `Vec<T>` is handed over as the stage's `In` with a `TypeId`
+/// comparison per batch, which that check makes always succeed.
 #[doc(hidden)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Batched;
+pub struct Batched<T>(PhantomData<fn(T) -> T>);
 
-/// How the replicas of a stage whose input is `In` get their inputs: from
-/// a queue of `Item`s. Implemented by [`Whole`] and [`Batched`] only.
+/// How the replicas of stage `S` get their inputs: from a queue of
+/// `Item`s. Implemented by [`Whole`] and [`Batched`] only.
 #[doc(hidden)]
-pub trait Intake<In>: Send + Sync + 'static {
+pub trait Intake<S: Stage>: Send + Sync + 'static {
     /// What the stage's queue carries.
     type Item: Send + 'static;
 }
 
 /// The engine's side of an [`Intake`].
-pub(crate) trait TakeFrom<In>: Intake<In> {
+pub(crate) trait TakeFrom<S: Stage>: Intake<S> {
     /// What a replica holds besides the inputs it took: nothing for a
     /// plain stage, its open batch for a batch stage. Kept in the
     /// replica's [`Batch`], so the replica's task holds one more value
     /// only where there is one.
-    type Open: Take<In, Self::Item>;
+    type Open: Take<S::In, Self::Item>;
     /// Whether the queue reader keeps its flush mark at the first item it
     /// holds while it takes more (see [`Reader::hold_mark`]).
     const HOLDS: bool;
@@ -125,7 +117,7 @@ pub(crate) trait TakeFrom<In>: Intake<In> {
     fn open(pace: &Pace, mark: &ReplicaMark) -> Self::Open;
 
     /// How many of the queue's items `input` stands for.
-    fn weight(input: &In) -> u64;
+    fn weight(input: &S::In) -> u64;
 
     /// A reader of `queue` for a replica recording its batches in `mark`.
     fn reader<'a>(queue: &'a Queue<Self::Item>, mark: &'a ReplicaMark) -> Reader<'a, Self::Item> {
@@ -167,11 +159,11 @@ pub(crate) trait Take<In, Item>: Hold + Sized {
     fn took(batch: &mut Batch<In, Self>, first: u64, counters: &Counters);
 }
 
-impl<In: Send + 'static> Intake<In> for Whole {
-    type Item = In;
+impl<S: Stage> Intake<S> for Whole {
+    type Item = S::In;
 }
 
-impl<In: Send + 'static> TakeFrom<In> for Whole {
+impl<S: Stage> TakeFrom<S> for Whole {
     type Open = Whole;
     const HOLDS: bool = false;
 
@@ -181,7 +173,7 @@ impl<In: Send + 'static> TakeFrom<In> for Whole {
     }
 
     #[inline]
-    fn weight(_: &In) -> u64 {
+    fn weight(_: &S::In) -> u64 {
         1
     }
 }
@@ -221,15 +213,15 @@ impl<In: Send + 'static> Take<In, In> for Whole {
     }
 }
 
-impl<In: BatchOf> Intake<In> for Batched {
-    type Item = In::Item;
+impl<S: Stage, T: Send + 'static> Intake<S> for Batched<T> {
+    type Item = T;
 }
 
-impl<In: BatchOf> TakeFrom<In> for Batched {
-    type Open = Open<In::Item>;
+impl<S: Stage, T: Send + 'static> TakeFrom<S> for Batched<T> {
+    type Open = Open<T>;
     const HOLDS: bool = true;
 
-    fn open(pace: &Pace, mark: &ReplicaMark) -> Open<In::Item> {
+    fn open(pace: &Pace, mark: &ReplicaMark) -> Open<T> {
         let spec = pace.batch.unwrap_or(BatchSpec { size: 1, timeout: Duration::ZERO });
         Open {
             items: Vec::new(),
@@ -244,8 +236,22 @@ impl<In: BatchOf> TakeFrom<In> for Batched {
     }
 
     #[inline]
-    fn weight(input: &In) -> u64 {
-        input.items() as u64
+    fn weight(input: &S::In) -> u64 {
+        (input as &dyn Any).downcast_ref::<Vec<T>>().map_or(1, |batch| batch.len() as u64)
+    }
+}
+
+/// `items` as the input of a stage whose `In` is `Vec<T>`: the same value.
+///
+/// # Panics
+///
+/// If `In` is not `Vec<T>`, which `__private::assert_batch` rules out at
+/// compile time.
+fn as_input<In: 'static, T: 'static>(items: Vec<T>) -> In {
+    let mut items = Some(items);
+    match (&mut items as &mut dyn Any).downcast_mut::<Option<In>>().and_then(Option::take) {
+        Some(input) => input,
+        None => unreachable!("a `#[batch]` stage's `In` is a `Vec` of its queue's items: checked by `assert_batch`"),
     }
 }
 
@@ -314,10 +320,10 @@ impl<T: Send> Hold for Open<T> {
     }
 }
 
-impl<In: BatchOf> Take<In, In::Item> for Open<In::Item> {
+impl<In: Send + 'static, T: Send + 'static> Take<In, T> for Open<T> {
     fn poll_take(
         cx: &mut Context<'_>,
-        reader: &mut Reader<'_, In::Item>,
+        reader: &mut Reader<'_, T>,
         batch: &mut Batch<In, Self>,
         counters: &Counters,
     ) -> Poll<Option<u64>> {
@@ -356,7 +362,7 @@ impl<In: BatchOf> Take<In, In::Item> for Open<In::Item> {
         let items = std::mem::take(&mut open.items);
         open.cut += items.len() as u64 - 1;
         let first = open.first;
-        batch.items.push(In::from_items(items));
+        batch.items.push(as_input(items));
         Poll::Ready(Some(first))
     }
 

@@ -53,7 +53,7 @@ enum Work<S: Stage> {
 /// it while the replica waits. What runs per item or per call stays inline.
 #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
 #[allow(clippy::too_many_arguments, reason = "one per part of the stage a replica uses")]
-pub(crate) fn run<S: Stage, K: TakeFrom<S::In>>(
+pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
     mut control: Inbox<S>,
     input: Arc<Queue<K::Item>>,
     mark: ReplicaMark,
@@ -417,7 +417,7 @@ impl Drop for Progress<'_> {
 /// Processes the batch item by item, serving calls and casts that arrive in
 /// between. If one of those handlers panics, the items not processed yet
 /// stay in the batch for the restarted state.
-pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S::In>>(
+pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
     server: &mut S,
     control: &mut Inbox<S>,
     batch: &mut Batch<S::In, K::Open>,

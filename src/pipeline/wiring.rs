@@ -71,7 +71,7 @@ pub struct StageSpec<T> {
 /// A running stage, as the pipeline holds it. `K` says how its replicas
 /// take their inputs from its queue: [`Whole`] items, or
 /// [`Batched`](super::batch::Batched) for a `#[batch(..)]` stage.
-pub struct StageHandle<S: Stage, K: Intake<S::In> = Whole> {
+pub struct StageHandle<S: Stage, K: Intake<S> = Whole> {
     name: &'static str,
     ordered: bool,
     pace: Pace,
@@ -133,10 +133,7 @@ impl Builder {
     /// Panics if `replicas` is 0 or above [`MAX_REPLICAS`] (the builder and
     /// the macro check both before), or if the queue size is 0.
     #[track_caller]
-    pub fn stage<S: Stage, K: Intake<S::In>>(
-        &mut self,
-        spec: StageSpec<K::Item>,
-    ) -> (StageHandle<S, K>, StageWiring<S>) {
+    pub fn stage<S: Stage, K: Intake<S>>(&mut self, spec: StageSpec<K::Item>) -> (StageHandle<S, K>, StageWiring<S>) {
         assert!(spec.replicas > 0, "a stage needs at least one replica");
         assert!(spec.replicas <= MAX_REPLICAS, "a stage has at most {MAX_REPLICAS} replicas");
         assert!(!(spec.ordered && spec.partition.is_some()), "`ordered` cannot be combined with `partition_by`");
@@ -208,7 +205,7 @@ impl<R> Core<R> {
     ) where
         S: Stage,
         S::Out: FlowsInto<N>,
-        K: TakeFrom<S::In>,
+        K: TakeFrom<S>,
     {
         let Downstream(mut link, fused) = <S::Out as FlowsInto<N>>::downstream(next);
         link.fail_into(&wiring.failures);
@@ -326,7 +323,7 @@ impl<T> FlowsInto<T> for T {
 /// the emitting stage's task.
 pub struct Downstream<T>(Link<T>, Option<Box<dyn Fused<T>>>);
 
-impl<S: Stage, K: Intake<S::In>> StageHandle<S, K> {
+impl<S: Stage, K: Intake<S>> StageHandle<S, K> {
     /// The link the previous stage emits into. Made once: when every copy
     /// of it is dropped, this stage's input closes.
     pub fn downstream(&self) -> Downstream<K::Item> {
@@ -543,7 +540,7 @@ impl<S: Stage, K: Intake<S::In>> StageHandle<S, K> {
     }
 }
 
-impl<S: Stage, K: Intake<S::In>> fmt::Debug for StageHandle<S, K> {
+impl<S: Stage, K: Intake<S>> fmt::Debug for StageHandle<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StageHandle")
             .field("name", &self.name)

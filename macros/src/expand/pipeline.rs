@@ -38,23 +38,30 @@ fn stage_trait(server: &Server) -> TokenStream {
     quote_spanned!(ty.span()=> <#ty as ::genflow::__private::Stage>)
 }
 
-/// What the stage's input queue carries: its `In`, or for a `#[batch]`
-/// stage, the items its `Vec` batches hold.
-pub(crate) fn queued(server: &Server) -> TokenStream {
+/// What the input queue of stage `i` carries: its `In`, or for a
+/// `#[batch]` stage, the items its `Vec` batches hold: what the stage
+/// before it emits, or for the first stage, the items of its `In` (whose
+/// `BatchOf` the pipeline's bounds assume; `check` proves it).
+pub(crate) fn queued(registry: &Registry, i: usize) -> TokenStream {
+    let server = &registry.servers[i];
     let ty = &server.ty;
-    match &server.batch {
-        None => quote_spanned!(ty.span()=> <#ty as ::genflow::__private::Stage>::In),
-        Some(_) => quote_spanned!(ty.span()=>
+    match (&server.batch, i.checked_sub(1).map(|prev| &registry.servers[prev].ty)) {
+        (None, _) => quote_spanned!(ty.span()=> <#ty as ::genflow::__private::Stage>::In),
+        (Some(_), Some(prev)) => quote_spanned!(ty.span()=> <#prev as ::genflow::__private::Stage>::Out),
+        (Some(_), None) => quote_spanned!(ty.span()=>
             <<#ty as ::genflow::__private::Stage>::In as ::genflow::__private::BatchOf>::Item
         ),
     }
 }
 
-/// How the stage's replicas take their inputs from its queue.
-fn intake(server: &Server) -> TokenStream {
-    match &server.batch {
+/// How the replicas of stage `i` take their inputs from its queue.
+fn intake(registry: &Registry, i: usize) -> TokenStream {
+    match &registry.servers[i].batch {
         None => quote!(::genflow::__private::Whole),
-        Some(_) => quote!(::genflow::__private::Batched),
+        Some(_) => {
+            let item = queued(registry, i);
+            quote!(::genflow::__private::Batched<#item>)
+        }
     }
 }
 
@@ -66,7 +73,7 @@ fn gen_server(server: &Server) -> TokenStream {
 /// The tuple held by the pipeline: every stage's handle, then the output.
 pub(crate) fn handles(registry: &Registry) -> TokenStream {
     let types = registry.servers.iter().map(|s| &s.ty);
-    let intakes = registry.servers.iter().map(intake);
+    let intakes = (0..registry.servers.len()).map(|i| intake(registry, i));
     let tail = registry.servers.last().map(stage_trait);
     quote!((#(::genflow::__private::StageHandle<#types, #intakes>,)* ::genflow::__private::Plumbing<#tail::Out>,))
 }
@@ -163,10 +170,10 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                 quote!(::core::option::Option::Some(::genflow::__private::BatchSpec { size: #size, timeout: #timeout }))
             }
         };
-        let intake = intake(s);
+        let intake = intake(registry, i);
         let head = i == 0;
         let ordered = s.replicas.ordered.is_some();
-        let input = queued(s);
+        let input = queued(registry, i);
         let partition = match &s.replicas.partition_by {
             None => quote!(::core::option::Option::None),
             Some(path) => {
@@ -232,7 +239,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
         // restated here (see `registry::bounds`).
         let registry_arg = local::shown_at(this, ty.span());
         let gs = gen_server(s);
-        let intake = intake(s);
+        let intake = intake(registry, i);
         if s.fused {
             let local = &fused_locals[i];
             quote_spanned! {ty.span()=>
@@ -281,7 +288,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
 
 pub(crate) fn methods(registry: &Registry) -> TokenStream {
     let Registry { vis, servers, .. } = registry;
-    let head = queued(&servers[0]);
+    let head = queued(registry, 0);
     let tail = stage_trait(servers.last().expect("validated: at least one stage"));
     let plumbing = Index::from(servers.len());
     let metrics = (0..servers.len()).map(Index::from);
@@ -406,7 +413,7 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
 /// `impl genflow::Pipeline`, forwarding to the generated methods.
 pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
     let Registry { ident, servers, .. } = registry;
-    let head = queued(&servers[0]);
+    let head = queued(registry, 0);
     let tail = stage_trait(servers.last().expect("validated: at least one stage"));
     let (item, items, stream) = (local::local("item"), local::local("items"), local::local("__S"));
     let bounds = super::registry::bounds(registry);
@@ -467,8 +474,8 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
 fn stage_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {
     let vis = &registry.vis;
     let name = &server.name;
+    let input = queued(registry, index);
     let index = Index::from(index);
-    let input = queued(server);
     let gs = gen_server(server);
     let sink = format_ident!("sink_{}", name);
     let call_all = format_ident!("call_{}_all", name);

@@ -138,9 +138,11 @@ pub(super) fn bounds(registry: &Registry) -> TokenStream {
     match registry.kind {
         Kind::Registry => quote!(#(for<'__genflow> #types: #entry_trait<Registry = #ident>,)*),
         Kind::Pipeline => {
-            // A `#[batch]` stage's input is a `Vec` of its queue's items:
-            // checked by `check`, assumed here.
-            let batched = registry.servers.iter().filter(|s| s.batch.is_some()).map(|s| {
+            // A first stage that is `#[batch]` takes the items of its `In`,
+            // a `Vec`: checked by `check`, assumed here. (A later one takes
+            // what the stage before it emits, and `start` hands it batches
+            // as its `In`, which `check` proves to be their `Vec`.)
+            let batched = registry.servers.iter().take(1).filter(|s| s.batch.is_some()).map(|s| {
                 let ty = &s.ty;
                 quote!(for<'__genflow> <#ty as ::genflow::__private::Stage>::In: ::genflow::__private::BatchOf,)
             });
