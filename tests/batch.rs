@@ -403,3 +403,70 @@ async fn abort_counts_the_items_of_held_batches_as_aborted() {
         assert_eq!((slow.received, slow.processed, slow.aborted), (items, 0, items));
     }
 }
+
+/// Sums each batch; answers calls with how many batches it summed.
+#[derive(Default)]
+struct Sum {
+    batches: u64,
+}
+
+#[genflow::stage]
+impl Stage for Sum {
+    type Registry = Sums;
+    type Response = u64;
+    type In = Vec<u64>;
+    type Out = u64;
+
+    async fn handle_call(&mut self, _: ()) -> u64 {
+        self.batches
+    }
+
+    async fn process(&mut self, batch: Vec<u64>, out: &mut Emitter<u64>) {
+        self.batches += 1;
+        out.emit(batch.iter().sum()).await;
+    }
+}
+
+/// Runs in the task of the batch stage before it.
+#[derive(Default)]
+struct Negate;
+
+#[genflow::stage]
+impl Stage for Negate {
+    type Registry = Sums;
+    type In = u64;
+    type Out = i64;
+
+    async fn process(&mut self, n: u64, out: &mut Emitter<i64>) {
+        out.emit(-(n as i64)).await;
+    }
+}
+
+#[genflow::pipeline{
+    #[batch(size = 3, timeout = Duration::from_secs(1))]
+    sum: Sum,
+    #[fused]
+    negate: Negate,
+}]
+struct Sums;
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_holding_an_open_batch_serves_calls_at_once() {
+    let flow = Sums::start().await;
+    let mut output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter(1..=4)).await.unwrap();
+    // 1 + 2 + 3, through the stage fused after the batch stage.
+    assert_eq!(output.next().await, Some(-6));
+    // Item 4 waits in the open batch; the call does not wait for it.
+    assert_eq!(flow.call_sum(()).await.unwrap(), 1);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(output.next().await, Some(-4));
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    assert_eq!(flow.call_sum(()).await.unwrap(), 2);
+    flow.shutdown().await;
+    let metrics = flow.metrics();
+    let (sum, negate) = (metrics.stage("sum").unwrap(), metrics.stage("negate").unwrap());
+    assert_eq!((sum.received, sum.processed, sum.emitted), (4, 4, 2));
+    assert_eq!((negate.received, negate.emitted), (2, 2));
+}
