@@ -447,7 +447,7 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
         // `#[batch]` stage. Read before it is popped and kept in `progress`
         // alone while `process` runs: a borrowed local, or a copy, would
         // take room in the task.
-        progress.in_process = batch.items.last().map_or(1, K::weight);
+        progress.in_process = batch.items.last().map_or(0, K::weight);
         let Some(item) = batch.items.pop() else { break };
         batch.open.processed(progress.in_process);
         let mut waited = false;
