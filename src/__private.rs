@@ -6,6 +6,7 @@ pub use crate::{
     error::{CallError, FlushError, SendError},
     pipeline::{
         Pipeline, Stage,
+        batch::{BatchOf, BatchSpec, Batched, Intake, Whole},
         flush::{FlushPoint, flush},
         key::hash_key,
         stage::fail_item,
@@ -139,4 +140,15 @@ pub fn relink<T: 'static, N: 'static>(next: Downstream<N>) -> Downstream<T> {
         Some(same) => same,
         None => unreachable!("a stage's `Out` is the next stage's `In`: checked by `assert_flows`"),
     }
+}
+
+/// [`assert_stage`] for a `#[batch(..)]` stage: its `In` is a `Vec` of the
+/// items it takes from its queue (reported with [`BatchOf`]'s message),
+/// and those items are its end towards the stage before it.
+pub fn assert_batch<S: Stage, R>() -> Ends<<S::In as BatchOf>::Item, S::Out>
+where
+    S::Registry: Hosts<S, R>,
+    S::In: BatchOf,
+{
+    Ends(PhantomData)
 }

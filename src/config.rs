@@ -11,6 +11,8 @@
 
 use std::{fmt, future::Future, marker::PhantomData, time::Duration};
 
+use crate::pipeline::batch::BatchSpec;
+
 /// Why a [`Builder`] did not start its registry or pipeline.
 ///
 /// Returned by [`Builder::start`] before anything was started. Its
@@ -74,6 +76,18 @@ pub enum ConfigError {
         /// The `#[fused]` stage: `stage` itself or the one after it.
         fused: &'static str,
     },
+    /// A stage was given a batch size of 0 (`Builder::batch`).
+    ZeroBatchSize {
+        /// The stage.
+        stage: &'static str,
+    },
+    /// `Builder::batch` named a stage declared without `#[batch(..)]`:
+    /// whether a stage takes batches is part of its type (`In = Vec<T>`),
+    /// so only its sizes can be chosen at run time.
+    NotBatched {
+        /// The stage.
+        stage: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -113,6 +127,14 @@ impl fmt::Display for ConfigError {
                 "stage `{stage}` was given {replicas} replicas, but `#[fused]` stage `{fused}` runs in its task: \
                  it needs one replica"
             ),
+            ConfigError::ZeroBatchSize { stage } => {
+                write!(f, "stage `{stage}` was given a batch size of 0: a batch holds at least 1 item")
+            }
+            ConfigError::NotBatched { stage } => write!(
+                f,
+                "stage `{stage}` was given a batch size and timeout, but it is not declared `#[batch(..)]`: only \
+                 a batch stage (`type In = Vec<T>`) takes batches"
+            ),
         }
     }
 }
@@ -138,6 +160,7 @@ pub struct Sizes {
     queue: Vec<Option<usize>>,
     demand: Vec<Option<usize>>,
     rate: Vec<Option<(u32, Duration)>>,
+    batch: Vec<Option<BatchSpec>>,
 }
 
 impl Sizes {
@@ -173,6 +196,14 @@ impl Sizes {
         limit
     }
 
+    /// How stage `index` cuts its batches: the builder's setting, else
+    /// `declared` (`None` for a stage without `#[batch(..)]`, which the
+    /// builder refuses to set).
+    #[inline]
+    pub fn batch(&self, index: usize, declared: Option<BatchSpec>) -> Option<BatchSpec> {
+        declared.map(|declared| self.batch.get(index).copied().flatten().unwrap_or(declared))
+    }
+
     /// The queue size override of stage or server `index`, if any.
     #[inline]
     pub fn queue_size(&self, index: usize) -> Option<usize> {
@@ -192,6 +223,8 @@ pub trait Configurable: Sized {
     const NAMES: &'static [&'static str];
     /// The names of the `#[fused]` stages, in declaration order.
     const FUSED: &'static [&'static str] = &[];
+    /// The names of the `#[batch(..)]` stages, in declaration order.
+    const BATCHED: &'static [&'static str] = &[];
     /// Starts with these sizes; the generated `start` uses the defaults.
     fn start_sized(fields: Self::Fields, sizes: Sizes) -> impl Future<Output = Self>;
 }
@@ -204,7 +237,7 @@ pub trait Configurable: Sized {
 /// instead of naming this trait in a method-not-found error (E0599).
 #[doc(hidden)]
 #[diagnostic::on_unimplemented(
-    message = "`replicas`, `max_demand` and `rate_limit` are for pipelines, and `{Self}` is a registry",
+    message = "`replicas`, `max_demand`, `rate_limit` and `batch` are for pipelines, and `{Self}` is a registry",
     label = "a registry's builder sets only `queue_size`",
     note = "each server of a registry runs as one instance and takes one message at a time; a pipeline's stage \
             can run as several replicas (`#[replicas(N)]` or `builder(..).replicas(\"stage\", n)`), each taking \
@@ -257,6 +290,7 @@ enum What {
     QueueSize,
     MaxDemand,
     RateLimit(Duration),
+    Batch(Duration),
 }
 
 #[derive(Debug)]
@@ -331,6 +365,7 @@ impl<R: Configurable> Builder<R> {
             queue: vec![None; count],
             demand: vec![None; count],
             rate: vec![None; count],
+            batch: vec![None; count],
         };
         for setting in &self.settings {
             let Some(i) = R::NAMES.iter().position(|n| *n == setting.name) else {
@@ -350,6 +385,10 @@ impl<R: Configurable> Builder<R> {
                     sizes.rate[i] = Some((n, per));
                     continue;
                 }
+                What::Batch(timeout) => {
+                    sizes.batch[i] = Some(BatchSpec { size: setting.value, timeout });
+                    continue;
+                }
             };
             *slot = Some(setting.value);
         }
@@ -364,6 +403,10 @@ impl<R: Configurable> Builder<R> {
                     Some((n, per)) if n == 0 || per.is_zero() => Some(0),
                     _ => None,
                 },
+                What::Batch(_) if !R::BATCHED.contains(&R::NAMES[i]) => {
+                    return Err(ConfigError::NotBatched { stage: R::NAMES[i] });
+                }
+                What::Batch(_) => sizes.batch[i].map(|spec| spec.size),
             };
             if value == Some(0) {
                 return Err(match what {
@@ -374,6 +417,7 @@ impl<R: Configurable> Builder<R> {
                         let (items, per) = sizes.rate[i].unwrap_or_default();
                         ConfigError::ZeroRateLimit { stage: R::NAMES[i], items, per }
                     }
+                    What::Batch(_) => ConfigError::ZeroBatchSize { stage: R::NAMES[i] },
                 });
             }
             match (what, value) {
@@ -456,6 +500,26 @@ impl<R: Configurable> Builder<R> {
         R: Replicated,
     {
         self.settings.push(Setting { what: What::RateLimit(per), name: name.into(), value: n as usize });
+        self
+    }
+
+    /// Sets how the `#[batch(..)]` stage `name` cuts its batches,
+    /// overriding its declared `size` and `timeout`: each replica hands
+    /// `process` a batch once it holds `size` items, or once the oldest of
+    /// them has waited `timeout` since the replica took it, whichever comes
+    /// first (and at `flush` and shutdown). A `timeout` of zero cuts a
+    /// batch as soon as the replica's queue has no more items at hand, so
+    /// batches are as large as what has arrived, up to `size`. See the
+    /// guide's "Batching by size and time".
+    ///
+    /// Only pipelines have this method. A `size` of 0, a stage declared
+    /// without `#[batch(..)]` (taking batches is part of its type), or an
+    /// unknown name, makes [`start`](Self::start) return a [`ConfigError`].
+    pub fn batch(mut self, name: impl Into<String>, size: usize, timeout: Duration) -> Self
+    where
+        R: Replicated,
+    {
+        self.settings.push(Setting { what: What::Batch(timeout), name: name.into(), value: size });
         self
     }
 }

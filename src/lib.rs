@@ -343,6 +343,18 @@ pub use genflow_macros::make_registry;
 ///   spent in it), its failures, restarts and `flush`. `sink_<stage>()`
 ///   sends into its own input queue, which `queue_size` bounds and
 ///   `queued` counts. See the pipeline module's docs, "Fusion".
+/// - `#[batch(size = N, timeout = d)]` makes the stage receive `Vec<T>`
+///   batches of the `T` items the stage before it emits (or that are sent
+///   into the pipeline, for the first stage, whose `send`/`feed`/sinks then
+///   take `T`): each replica cuts a batch at `N` items, once the oldest of
+///   them waited `d` (a `std::time::Duration` expression), at `flush()`
+///   and at shutdown (Akka Streams' `groupedWithin`, Broadway's batchers).
+///   The stage's `In` must be a `Vec`; `received`/`processed`/`failed`
+///   count items, [`Emitter::fail`] fails the whole batch and
+///   [`Emitter::fail_items`] some of its items. `N` is a literal or a const
+///   (0 is a compile error); [`Builder::batch`] sets both at start. Not
+///   with `#[fused]` or `ordered` (compile errors). See the guide,
+///   "Batching by size and time".
 ///
 /// With one replica everywhere, order is kept end to end. An item failed
 /// with [`Emitter::fail`] (or by a panic in `process`) fails alone; with

@@ -99,7 +99,7 @@ fn stubs(kind: Kind, item: &ItemStruct, entries: &[Entry]) -> TokenStream {
         .map(|(_, method)| method)
         .collect();
     let pipeline = match (kind, entries.first(), entries.last()) {
-        (Kind::Pipeline, Some(head), Some(tail)) => pipeline_methods(vis, &head.ty, &tail.ty),
+        (Kind::Pipeline, Some(head), Some(tail)) => pipeline_methods(vis, head, &tail.ty),
         _ => TokenStream::new(),
     };
     let metrics = (kind == Kind::Pipeline).then(|| {
@@ -118,7 +118,7 @@ fn stubs(kind: Kind, item: &ItemStruct, entries: &[Entry]) -> TokenStream {
         }
     });
     let pipeline_impl = match (kind, entries.first(), entries.last(), item.generics.params.is_empty()) {
-        (Kind::Pipeline, Some(head), Some(tail), true) => pipeline_impl(ident, &head.ty, &tail.ty),
+        (Kind::Pipeline, Some(head), Some(tail), true) => pipeline_impl(ident, head, &tail.ty),
         _ => TokenStream::new(),
     };
     // A generic struct is an error of its own; its builder is not stubbed.
@@ -226,6 +226,23 @@ fn bound(ty: &Type, tr: &str) -> TokenStream {
     quote!(for<'__genflow> #ty: ::genflow::__private::#tr)
 }
 
+/// What a stage's input queue carries (its `In`, or for a `#[batch(..)]`
+/// stage the items of its `Vec`), and the bound that says it is a stage
+/// with such an input.
+fn queued(entry: &Entry) -> (TokenStream, TokenStream) {
+    let ty = &entry.ty;
+    let stage = bound(ty, "Stage");
+    if entry.attrs.iter().any(|a| a.path().is_ident("batch")) {
+        let input = quote!(<#ty as ::genflow::__private::Stage>::In);
+        (
+            quote!(<#input as ::genflow::__private::BatchOf>::Item),
+            quote!(#stage, for<'__genflow> #input: ::genflow::__private::BatchOf),
+        )
+    } else {
+        (quote!(<#ty as ::genflow::__private::Stage>::In), stage)
+    }
+}
+
 /// The `call_`/`cast_` methods of one server, and for a stage its sink and
 /// `_all` methods, each with its name.
 fn server(kind: Kind, vis: &syn::Visibility, entry: &Entry) -> Vec<(Ident, TokenStream)> {
@@ -276,8 +293,7 @@ fn server(kind: Kind, vis: &syn::Visibility, entry: &Entry) -> Vec<(Ident, Token
         ),
     ];
     if kind == Kind::Pipeline {
-        let is_stage = bound(ty, "Stage");
-        let input = quote!(<#ty as ::genflow::__private::Stage>::In);
+        let (input, is_stage) = queued(entry);
         let (sink, call_all, cast_all) =
             (format_ident!("sink_{}", name), format_ident!("call_{}_all", name), format_ident!("cast_{}_all", name));
         out.push((
@@ -323,9 +339,9 @@ fn server(kind: Kind, vis: &syn::Visibility, entry: &Entry) -> Vec<(Ident, Token
 }
 
 /// `send`, `try_send`, `feed`, `sink` and `output`.
-fn pipeline_methods(vis: &syn::Visibility, head: &Type, tail: &Type) -> TokenStream {
-    let (head_stage, tail_stage) = (bound(head, "Stage"), bound(tail, "Stage"));
-    let input = quote!(<#head as ::genflow::__private::Stage>::In);
+fn pipeline_methods(vis: &syn::Visibility, head: &Entry, tail: &Type) -> TokenStream {
+    let (input, head_stage) = queued(head);
+    let tail_stage = bound(tail, "Stage");
     let output = quote!(<#tail as ::genflow::__private::Stage>::Out);
     let send_result = quote!(::core::result::Result<(), ::genflow::__private::SendError<#input>>);
     quote! {
@@ -358,13 +374,14 @@ fn pipeline_methods(vis: &syn::Visibility, head: &Type, tail: &Type) -> TokenStr
 }
 
 /// `impl genflow::Pipeline`, for code generic over pipelines.
-fn pipeline_impl(ident: &Ident, head: &Type, tail: &Type) -> TokenStream {
-    let (head_stage, tail_stage) = (bound(head, "Stage"), bound(tail, "Stage"));
+fn pipeline_impl(ident: &Ident, head: &Entry, tail: &Type) -> TokenStream {
+    let (input, head_stage) = queued(head);
+    let tail_stage = bound(tail, "Stage");
     quote! {
         #[automatically_derived]
         #[allow(clippy::all)]
         impl ::genflow::__private::Pipeline for #ident where #head_stage, #tail_stage {
-            type In = <#head as ::genflow::__private::Stage>::In;
+            type In = #input;
             type Out = <#tail as ::genflow::__private::Stage>::Out;
 
             fn send(

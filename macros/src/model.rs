@@ -65,6 +65,15 @@ pub(crate) struct Server {
     /// `#[rate_limit(n, per = ..)]`, pipeline stages only: the count and
     /// the interval's expression.
     pub(crate) rate_limit: Option<(Count, syn::Expr)>,
+    /// `#[batch(size = .., timeout = ..)]`, pipeline stages only: the size,
+    /// the timeout's expression, and the attribute (for spans).
+    pub(crate) batch: Option<Batch>,
+}
+
+/// A stage's `#[batch(..)]`.
+pub(crate) struct Batch {
+    pub(crate) size: Count,
+    pub(crate) timeout: syn::Expr,
 }
 
 /// How a stage is replicated by default (a builder may change the count).
@@ -106,7 +115,7 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
         .entries
         .into_iter()
         .map(|entry| {
-            let (replicas, fused, max_demand, rate_limit) = match (kind, stage_attrs.next()) {
+            let (replicas, fused, max_demand, rate_limit, batch) = match (kind, stage_attrs.next()) {
                 (Kind::Pipeline, Some(mut attrs)) => {
                     let fused = !attrs.fused.is_empty();
                     let max_demand =
@@ -121,11 +130,18 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
                         };
                         rate.per.map(|per| (count, per))
                     });
-                    (replicas(attrs), fused, max_demand, rate_limit)
+                    let batch = std::mem::take(&mut attrs.batch).into_iter().next().and_then(|batch| {
+                        let size = match batch.size? {
+                            parse::Count::Lit(lit) => Count::Lit(lit.base10_parse().unwrap_or(1).max(1)),
+                            parse::Count::Const(path) => Count::Const(path),
+                        };
+                        Some(Batch { size, timeout: batch.timeout? })
+                    });
+                    (replicas(attrs), fused, max_demand, rate_limit, batch)
                 }
-                _ => (Replicas::default(), false, None, None),
+                _ => (Replicas::default(), false, None, None, None),
             };
-            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand, rate_limit }
+            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand, rate_limit, batch }
         })
         .collect();
     Registry { kind, attrs: item.attrs, vis: item.vis, span: item.ident.span(), ident: item.ident, fields, servers }

@@ -83,6 +83,18 @@ pub(crate) struct StageAttrs {
     pub(crate) max_demand: Vec<(Attribute, Count)>,
     /// Every `#[rate_limit(..)]` that parsed.
     pub(crate) rate_limit: Vec<RateLimitAttr>,
+    /// Every `#[batch(..)]` that parsed.
+    pub(crate) batch: Vec<BatchAttr>,
+}
+
+/// One `#[batch(size = n, timeout = duration)]`.
+pub(crate) struct BatchAttr {
+    pub(crate) attr: Attribute,
+    /// The most items in a batch: a literal or the path of a const.
+    pub(crate) size: Option<Count>,
+    /// How long the oldest item of an open batch waits: an expression of
+    /// type `std::time::Duration`.
+    pub(crate) timeout: Option<syn::Expr>,
 }
 
 /// One `#[rate_limit(n, per = duration)]`.
@@ -128,6 +140,13 @@ pub(crate) fn stage_attrs(attrs: &[Attribute], errors: &mut Errors) -> StageAttr
         if attr.path().is_ident("rate_limit") {
             match attr.parse_args_with(parse_rate_limit) {
                 Ok((count, per)) => out.rate_limit.push(RateLimitAttr { attr: attr.clone(), count, per }),
+                Err(error) => errors.push(error),
+            }
+            continue;
+        }
+        if attr.path().is_ident("batch") {
+            match attr.parse_args_with(parse_batch) {
+                Ok((size, timeout)) => out.batch.push(BatchAttr { attr: attr.clone(), size, timeout }),
                 Err(error) => errors.push(error),
             }
             continue;
@@ -212,6 +231,35 @@ fn parse_rate_limit(input: ParseStream<'_>) -> syn::Result<(Count, Option<syn::E
         }
     }
     Ok((count, Some(per)))
+}
+
+const BATCH: &str = "`#[batch(..)]` takes the most items in a batch and how long the oldest item of a batch \
+     waits for more: `#[batch(size = 100, timeout = Duration::from_millis(50))]` (a count, or the path of a \
+     `const usize`; a `std::time::Duration`)";
+
+/// `size = n` and `timeout = duration`, in any order, each at most once.
+fn parse_batch(input: ParseStream<'_>) -> syn::Result<(Option<Count>, Option<syn::Expr>)> {
+    let (mut size, mut timeout) = (None, None);
+    while !input.is_empty() {
+        let key: Ident = input.parse().map_err(|e| syn::Error::new(e.span(), BATCH))?;
+        if !input.peek(Token![=]) {
+            return Err(syn::Error::new(key.span(), BATCH));
+        }
+        input.parse::<Token![=]>()?;
+        if key == "size" && size.is_none() {
+            size = Some(parse_count(input, BATCH)?);
+        } else if key == "timeout" && timeout.is_none() {
+            timeout = Some(input.parse::<syn::Expr>()?);
+        } else if key == "size" || key == "timeout" {
+            return Err(syn::Error::new(key.span(), format_args!("duplicate `{key}` in `#[batch(..)]`")));
+        } else {
+            return Err(syn::Error::new(key.span(), format_args!("unknown `#[batch(..)]` option `{key}`; {BATCH}")));
+        }
+        if !input.is_empty() {
+            input.parse::<Token![,]>()?;
+        }
+    }
+    Ok((size, timeout))
 }
 
 impl Parse for Count {

@@ -149,8 +149,50 @@ fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
         errors.at(
             path,
             "unknown stage attribute; the stage attributes are `#[replicas(..)]`, `#[max_demand(..)]`, \
-             `#[rate_limit(..)]` and `#[fused]`",
+             `#[rate_limit(..)]`, `#[batch(..)]` and `#[fused]`",
         );
+    }
+    for (i, batch) in stage.batch.iter().enumerate() {
+        if i > 0 {
+            errors.at(&batch.attr, "duplicate `#[batch(..)]`");
+            continue;
+        }
+        match &batch.size {
+            Some(Count::Lit(lit)) => match lit.base10_parse::<usize>() {
+                Ok(0) => errors.at(lit, "a batch holds at least one item: use `size = 1` or more"),
+                Ok(_) => {}
+                Err(_) => errors.at(lit, "the batch size must be a positive integer"),
+            },
+            Some(Count::Const(_)) => {}
+            None => errors.at(
+                &batch.attr,
+                "`#[batch(..)]` needs its size: `#[batch(size = 100, timeout = Duration::from_millis(50))]`",
+            ),
+        }
+        if batch.timeout.is_none() {
+            errors.at(
+                &batch.attr,
+                "`#[batch(..)]` needs its timeout: `#[batch(size = 100, timeout = Duration::from_millis(50))]`",
+            );
+        }
+        if let Some(fused) = stage.fused.first() {
+            errors.at(
+                fused,
+                "a `#[batch(..)]` stage cannot be `#[fused]`: it waits for its batches to fill, which would hold \
+                 up the stage whose task it runs in; remove `#[fused]` or `#[batch(..)]`",
+            );
+        }
+        for attr in &stage.replicas {
+            for option in &attr.options {
+                if let ReplicaOption::Ordered(span) = option {
+                    errors.push(syn::Error::new(
+                        *span,
+                        "a `#[batch(..)]` stage cannot be `ordered`: each replica cuts its own batches from the items \
+                         it takes; remove `ordered` or `#[batch(..)]`",
+                    ));
+                }
+            }
+        }
     }
     for (i, rate) in stage.rate_limit.iter().enumerate() {
         if i > 0 {

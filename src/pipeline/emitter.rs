@@ -149,13 +149,43 @@ impl<T: Send + 'static> Emitter<T> {
     /// back with `failure.error().downcast_ref::<YourError>()`.
     ///
     /// The idea comes from Broadway's `Message.failed/2`.
+    ///
+    /// In a `#[batch(..)]` stage, the item is the whole batch: each of its
+    /// items counts in `failed`, and the `Failure`'s
+    /// [`items`](crate::Failure::items) says how many. To fail only some
+    /// of them, use [`fail_items`](Self::fail_items).
     pub fn fail(&mut self, error: impl Into<Box<dyn Error + Send + Sync>>) {
-        self.failing.fail(error.into(), false);
+        self.failing.fail(error.into(), false, None);
+    }
+
+    /// Fails `items` of the items of the batch being processed by a
+    /// `#[batch(..)]` stage with `error` (`items` of 1 for one record of
+    /// the batch), as [`fail`](Self::fail) fails all of them: they count in
+    /// the stage's `failed` metric, the rest of the batch counts as
+    /// processed, and one [`Failure`](crate::Failure) whose
+    /// [`items`](crate::Failure::items) is `items` goes to `failures()`.
+    /// Calls for the same batch add up, to at most its length; a failure
+    /// of the whole batch (`fail`, a panic) counts it whole.
+    ///
+    /// In a stage that is not `#[batch(..)]`, each input is one item: it
+    /// fails it as `fail` does. In [`Stage::finish`](crate::Stage::finish),
+    /// it fails no item, as `fail` there.
+    ///
+    /// The idea comes from Broadway, where `handle_batch` marks single
+    /// messages of a batch failed.
+    pub fn fail_items(&mut self, items: u64, error: impl Into<Box<dyn Error + Send + Sync>>) {
+        self.failing.fail(error.into(), false, Some(items));
     }
 
     /// Fails the item in progress with a panic's error.
     pub(crate) fn fail_panic(&mut self, error: super::Panicked) {
-        self.failing.fail(Box::new(error), true);
+        self.failing.fail(Box::new(error), true, None);
+    }
+
+    /// How many of the `weight` items of the input that just failed count
+    /// as failed (see [`Failing::settle`]).
+    pub(crate) fn settle_failed(&mut self, weight: u64) -> u64 {
+        self.failing.settle(weight)
     }
 
     /// Fails `items` items taken by a replica that stopped for good, and
@@ -164,6 +194,7 @@ impl<T: Send + 'static> Emitter<T> {
         for _ in 0..items {
             self.fail_panic(super::Panicked::stopped());
         }
+        self.failing.settle(1);
         self.failing.take_item_failed();
         self.send_failures().await;
     }

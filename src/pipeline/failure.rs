@@ -50,7 +50,13 @@ pub struct Failure {
     error: Box<dyn Error + Send + Sync + 'static>,
     panic: bool,
     in_finish: bool,
+    /// How many items it fails; [`WHOLE`] until the input is known.
+    items: u64,
 }
+
+/// A failure's item count while it fails the whole input in `process`,
+/// until the input's item count is known.
+const WHOLE: u64 = u64::MAX;
 
 impl Failure {
     /// The name of the stage that failed the item, as declared in the
@@ -88,6 +94,18 @@ impl Failure {
         self.in_finish
     }
 
+    /// How many items this failure counts in its stage's `failed` metric:
+    /// 1 for an item of a plain stage; for a `#[batch(..)]` stage, the
+    /// number of items of the batch for [`Emitter::fail`](crate::Emitter::fail)
+    /// and for a panic, and `n` for
+    /// [`Emitter::fail_items`](crate::Emitter::fail_items)`(n, ..)` (at most
+    /// the batch's length; an input fails at most as many items as it
+    /// holds, however many failures it gave). 0 for a failure of
+    /// [`Stage::finish`](crate::Stage::finish), which is tied to no item.
+    pub fn items(&self) -> u64 {
+        self.items
+    }
+
     /// The error, by value (see [`error`](Self::error)).
     pub fn into_error(self) -> Box<dyn Error + Send + Sync> {
         self.error
@@ -102,6 +120,7 @@ impl fmt::Debug for Failure {
             .field("error", &self.error)
             .field("panic", &self.panic)
             .field("in_finish", &self.in_finish)
+            .field("items", &self.items)
             .finish()
     }
 }
@@ -258,7 +277,7 @@ impl FailureRoute {
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             let mut failing = self.failing(stage, 0);
-            failing.fail(Box::new(panic), true);
+            failing.fail(Box::new(panic), true, Some(1));
             // The sender's blocked time is published by the sender.
             failing.send(blocked, &Counters::default()).await;
         })
@@ -306,17 +325,38 @@ impl Failing {
         }
     }
 
-    /// Records a failure of the item in progress (or of `finish`).
-    pub(crate) fn fail(&mut self, error: Box<dyn Error + Send + Sync + 'static>, panic: bool) {
+    /// Records a failure of the input in progress (or of `finish`): of
+    /// `items` of its items, or of all of them (`None`).
+    pub(crate) fn fail(&mut self, error: Box<dyn Error + Send + Sync + 'static>, panic: bool, items: Option<u64>) {
         tracing::debug!(stage = self.stage, replica = self.replica, panic, error = %error, "item failed");
         self.item_failed = true;
+        let items = if self.in_finish { 0 } else { items.unwrap_or(WHOLE) };
         self.pending.push(Failure {
             stage: self.stage,
             replica: self.replica,
             error,
             panic,
             in_finish: self.in_finish,
+            items,
         });
+    }
+
+    /// How many items of the input that just failed (and holds `weight`
+    /// items) count as failed: all of them if one of its failures failed
+    /// the whole input, else the sum of the failures' counts, at most
+    /// `weight`. Each failure gets its count. Called only after
+    /// [`take_item_failed`](Self::take_item_failed) said it failed, while
+    /// `pending` holds only that input's failures.
+    pub(crate) fn settle(&mut self, weight: u64) -> u64 {
+        let mut failed = 0u64;
+        for failure in self.pending.iter_mut().filter(|f| !f.in_finish) {
+            if failure.items == WHOLE {
+                failure.items = weight;
+            }
+            failure.items = failure.items.min(weight);
+            failed = failed.saturating_add(failure.items);
+        }
+        failed.min(weight)
     }
 
     /// Whether the item that just finished `process` failed; resets it.

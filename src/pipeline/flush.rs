@@ -44,10 +44,11 @@ use std::{
     pin::pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
+use futures::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use super::queue::Queue;
@@ -74,10 +75,15 @@ impl Mark {
 
     /// The replica took the batch numbered from `first` on. Called under
     /// the lock of the queue it reads, where flushers set [`WATCHED`]: the
-    /// bit is kept.
-    pub(crate) fn took(&self, first: u64) {
-        let watched = self.at.load(Ordering::Relaxed) & WATCHED;
-        self.at.store(first | watched, Ordering::Relaxed);
+    /// bit is kept. A replica that `holds` its mark and has not ended its
+    /// batch (a `#[batch]` stage filling its open batch) keeps the number
+    /// of the first item it holds.
+    pub(crate) fn took(&self, first: u64, holds: bool) {
+        let at = self.at.load(Ordering::Relaxed);
+        if holds && at & !WATCHED != IDLE {
+            return;
+        }
+        self.at.store(first | (at & WATCHED), Ordering::Relaxed);
     }
 
     /// Sets [`WATCHED`]; returns the mark without it. Called under the lock
@@ -117,6 +123,40 @@ pub struct FlushPoint {
     /// Flushers waiting for a watched batch to end (or an abort).
     ended: Notify,
     aborted: AtomicBool,
+    /// For a `#[batch]` stage: how a flush asks its replicas to cut their
+    /// open batches.
+    cuts: Option<Box<Cuts>>,
+}
+
+/// How flushes ask the replicas of a `#[batch]` stage to cut the batches
+/// they hold open, instead of waiting for their timeout.
+struct Cuts {
+    /// How many flushes wait on the stage.
+    wanted: AtomicUsize,
+    /// Each replica's task, woken when a flush begins to wait.
+    replicas: Box<[AtomicWaker]>,
+}
+
+/// A flush waiting on a `#[batch]` stage: its replicas cut what they hold
+/// open until it is dropped.
+struct WantsCuts<'a>(Option<&'a Cuts>);
+
+impl<'a> WantsCuts<'a> {
+    fn new(cuts: Option<&'a Cuts>) -> Self {
+        if let Some(cuts) = cuts {
+            cuts.wanted.fetch_add(1, Ordering::SeqCst);
+            cuts.replicas.iter().for_each(AtomicWaker::wake);
+        }
+        WantsCuts(cuts)
+    }
+}
+
+impl Drop for WantsCuts<'_> {
+    fn drop(&mut self) {
+        if let Some(cuts) = self.0 {
+            cuts.wanted.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl FlushPoint {
@@ -129,7 +169,16 @@ impl FlushPoint {
             marks: (0..replicas).map(|_| Mark::new()).collect(),
             ended: Notify::new(),
             aborted: AtomicBool::new(false),
+            cuts: None,
         }
+    }
+
+    /// The same, for a `#[batch]` stage, whose replicas cut their open
+    /// batches while a flush waits on the stage.
+    pub(crate) fn cutting(mut self) -> Self {
+        let replicas = (0..self.marks.len()).map(|_| AtomicWaker::new()).collect();
+        self.cuts = Some(Box::new(Cuts { wanted: AtomicUsize::new(0), replicas }));
+        self
     }
 
     /// The pipeline was aborted: flushers waiting here fail.
@@ -159,6 +208,7 @@ impl FlushPoint {
 
     /// Waits until this stage is past `snapshot`.
     async fn wait_past(&self, snapshot: &[u64]) -> Result<(), FlushError> {
+        let _cuts = WantsCuts::new(self.cuts.as_deref());
         loop {
             let mut ended = pin!(self.ended.notified());
             ended.as_mut().enable();
@@ -180,6 +230,7 @@ impl std::fmt::Debug for FlushPoint {
 }
 
 /// One replica's [`Mark`], as the replica holds it.
+#[derive(Clone)]
 pub(crate) struct ReplicaMark {
     point: Arc<FlushPoint>,
     index: usize,
@@ -194,6 +245,15 @@ impl ReplicaMark {
     /// The mark its queue reader records batches in.
     pub(crate) fn mark(&self) -> &Mark {
         &self.point.marks[self.index]
+    }
+
+    /// Whether a flush waits on this `#[batch]` stage, so the replica should
+    /// cut the batch it holds open. If not, `cx` is woken when one begins
+    /// to (until the next call). Always `false` for other stages.
+    pub(crate) fn cut_wanted(&self, cx: &mut std::task::Context<'_>) -> bool {
+        let Some(cuts) = &self.point.cuts else { return false };
+        cuts.replicas[self.index].register(cx.waker());
+        cuts.wanted.load(Ordering::SeqCst) > 0
     }
 
     /// The batch taken last has ended: its outputs were sent on. Wakes the
@@ -305,6 +365,32 @@ mod tests {
         assert!(!point.past(&snapshot));
         marks[0].ended();
         assert!(point.past(&snapshot), "the batch of item 1 is still going, but it came after");
+    }
+
+    #[test]
+    fn a_reader_that_holds_its_mark_keeps_the_first_item_it_took() {
+        let (queue, point) = stage(1);
+        let point = Arc::new(Arc::into_inner(point).unwrap().cutting());
+        let mark = ReplicaMark::new(point.clone(), 0);
+        let cx = &mut Context::from_waker(Waker::noop());
+        queue.try_push(1).unwrap();
+        let mut reader = queue.marked_reader(mark.mark());
+        reader.hold_mark(true);
+        let mut open = Vec::new();
+        assert_eq!(reader.poll_pop_numbered(cx, &mut open, 8), Poll::Ready(Some(0)));
+        queue.try_push(2).unwrap();
+        let snapshot = [queue.pushed().0];
+        assert_eq!(reader.poll_pop_numbered(cx, &mut open, 8), Poll::Ready(Some(1)));
+        // Both are taken, but item 0 is still held: not past.
+        assert!(!point.past(&snapshot));
+        assert!(!mark.cut_wanted(cx), "no flush waits");
+        {
+            let _flushing = WantsCuts::new(point.cuts.as_deref());
+            assert!(mark.cut_wanted(cx), "a flush waits: cut what is held");
+        }
+        assert!(!mark.cut_wanted(cx));
+        mark.ended();
+        assert!(point.past(&snapshot));
     }
 
     #[test]

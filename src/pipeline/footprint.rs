@@ -71,7 +71,7 @@ fn server_task<const N: usize>() -> usize {
 }
 
 fn replica_task<const N: usize>() -> usize {
-    future9(run::run::<Hooks<N>> as fn(_, _, _, _, _, _, _, _, _) -> _)
+    future9(run::run::<Hooks<N>, super::batch::Whole> as fn(_, _, _, _, _, _, _, _, _) -> _)
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
+    batch::{BatchSpec, Hold, Take, TakeFrom, Whole},
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -52,9 +53,9 @@ enum Work<S: Stage> {
 /// it while the replica waits. What runs per item or per call stays inline.
 #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
 #[allow(clippy::too_many_arguments, reason = "one per part of the stage a replica uses")]
-pub(crate) fn run<S: Stage>(
+pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
     mut control: Inbox<S>,
-    input: Arc<Queue<S::In>>,
+    input: Arc<Queue<K::Item>>,
     mark: ReplicaMark,
     mut out: Emitter<S::Out>,
     registry: S::Registry,
@@ -69,14 +70,15 @@ pub(crate) fn run<S: Stage>(
     // task holds it once.
     // Its drop stops the pipeline's clock once every replica's task ended,
     // however.
-    let mut batch = Ended(Batch::new(counters.clone()).with_pace(pace));
+    let open = K::open(&pace, &mark);
+    let mut batch = Ended(Batch::holding(counters.clone(), open).with_pace(pace));
     async move {
         let mut restarts = Restarts::new(S::restart_limit);
         // Whether the input ended and `finish` ran.
         let mut ended = false;
         // This replica's place in line for items; it records each batch
         // taken in `mark`, which says when the batch ended, for `flush`.
-        let mut reader = input.marked_reader(mark.mark());
+        let mut reader = K::reader(&input, &mark);
         'life: loop {
             // Booting is not working on items (a replica is aside from its
             // start until its first batch).
@@ -91,7 +93,8 @@ pub(crate) fn run<S: Stage>(
             loop {
                 // Items left by a handler that panicked go to the new state.
                 if !batch.items.is_empty() {
-                    let processed = process_batch(&mut server, &mut control, &mut batch, &mut out, &counters).await;
+                    let processed =
+                        process_batch::<S, K>(&mut server, &mut control, &mut batch, &mut out, &counters).await;
                     if batch.items.is_empty() {
                         mark.ended();
                     }
@@ -112,8 +115,7 @@ pub(crate) fn run<S: Stage>(
                     if out.poll_fused(cx).is_ready() {
                         return Poll::Ready(Work::Fused);
                     }
-                    let taken: &mut Batch<S::In> = &mut batch;
-                    let popped = reader.poll_pop_numbered(cx, &mut taken.items, taken.max_demand as usize);
+                    let popped = K::Open::poll_take(cx, &mut reader, &mut batch, &counters);
                     if popped.is_pending() {
                         // Waiting for work.
                         counters.set_aside();
@@ -136,11 +138,7 @@ pub(crate) fn run<S: Stage>(
                         counters.set_aside();
                         out.serve_fused().await;
                     }
-                    Work::Items(first) => {
-                        batch.first = first;
-                        batch.items.reverse();
-                        counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
-                    }
+                    Work::Items(first) => K::Open::took(&mut batch, first, &counters),
                     Work::InputDone => {
                         let drained =
                             Box::pin(end_of_input(&mut server, &mut control, &mut out, &counters, &drain, &mut ended));
@@ -208,12 +206,12 @@ async fn end_of_input<S: Stage>(
 /// and counted as failed (each with its `Failure`), so the pipeline is not
 /// blocked and every item is accounted for.
 #[allow(clippy::too_many_arguments, reason = "the parts of the replica's task it ends")]
-async fn failed_for_good<S: Stage>(
+async fn failed_for_good<S: Stage, Q, O: Hold>(
     mut ready: Option<Ready>,
     control: Inbox<S>,
-    reader: &mut Reader<'_, S::In>,
+    reader: &mut Reader<'_, Q>,
     mark: &ReplicaMark,
-    batch: &mut Batch<S::In>,
+    batch: &mut Batch<S::In, O>,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
     drain: &StageDrain,
@@ -225,7 +223,9 @@ async fn failed_for_good<S: Stage>(
     // Failing items is its work (and its waits for room in the failures
     // buffer count as blocked); waiting for them is not.
     counters.resume();
-    let left = batch.items.len() as u64;
+    // The inputs taken, and the items of an open batch (of a `#[batch]`
+    // stage), which were received but not processed.
+    let left = batch.items.len() as u64 + batch.open.release();
     if left > 0 {
         batch.items.clear();
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
@@ -234,6 +234,8 @@ async fn failed_for_good<S: Stage>(
         mark.ended();
     }
     let max_demand = batch.max_demand as usize;
+    // What is taken from the queue from now on, failed at once.
+    let mut taken = Vec::new();
     loop {
         // The stages fused into this one go on: their calls, casts and own
         // items are still served here.
@@ -241,7 +243,7 @@ async fn failed_for_good<S: Stage>(
             if out.poll_fused(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            let popped = reader.poll_pop_numbered(cx, &mut batch.items, max_demand);
+            let popped = reader.poll_pop_numbered(cx, &mut taken, max_demand);
             if popped.is_pending() {
                 counters.set_aside();
             }
@@ -258,9 +260,9 @@ async fn failed_for_good<S: Stage>(
             Some(Some(first)) => first,
         };
         counters.resume();
-        let n = batch.items.len() as u64;
+        let n = taken.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
-        batch.items.clear();
+        taken.clear();
         out.fail_stopped(n).await;
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
@@ -276,25 +278,25 @@ async fn failed_for_good<S: Stage>(
 /// task ended (or was dropped) when it goes: after counting the items it
 /// still holds as aborted, as the batch's own drop does. (One field of the
 /// task instead of two handles of the same counters.)
-struct Ended<T>(Batch<T>);
+struct Ended<T, O: Hold>(Batch<T, O>);
 
-impl<T> Drop for Ended<T> {
+impl<T, O: Hold> Drop for Ended<T, O> {
     fn drop(&mut self) {
         self.0.abort_held();
         self.0.counters.end();
     }
 }
 
-impl<T> std::ops::Deref for Ended<T> {
-    type Target = Batch<T>;
+impl<T, O: Hold> std::ops::Deref for Ended<T, O> {
+    type Target = Batch<T, O>;
 
-    fn deref(&self) -> &Batch<T> {
+    fn deref(&self) -> &Batch<T, O> {
         &self.0
     }
 }
 
-impl<T> std::ops::DerefMut for Ended<T> {
-    fn deref_mut(&mut self) -> &mut Batch<T> {
+impl<T, O: Hold> std::ops::DerefMut for Ended<T, O> {
+    fn deref_mut(&mut self) -> &mut Batch<T, O> {
         &mut self.0
     }
 }
@@ -306,14 +308,20 @@ impl<T> std::ops::DerefMut for Ended<T> {
 pub(crate) struct Pace {
     pub(crate) max_demand: usize,
     pub(crate) limit: Option<Arc<RateLimit>>,
+    /// `#[batch(..)]`: how its replicas cut their batches.
+    pub(crate) batch: Option<BatchSpec>,
 }
 
-/// Items a replica took from its queue, numbered from `first` on.
-pub(crate) struct Batch<T> {
+/// Items a replica took from its queue, numbered from `first` on, and
+/// what it holds besides (`open`: for a `#[batch]` stage, its open batch).
+pub(crate) struct Batch<T, O: Hold = Whole> {
     /// Last to first: the next item is popped from the end (a `Vec` pops
     /// for less than a `VecDeque`); whoever fills it reverses it.
     pub(crate) items: Vec<T>,
     pub(crate) first: u64,
+    /// What the replica holds besides: nothing for a plain stage, the
+    /// open batch of a `#[batch]` stage.
+    pub(crate) open: O,
     counters: Arc<Counters>,
     /// The stage's rate limit: each item waits for a token before `process`.
     pub(crate) limit: Option<Arc<RateLimit>>,
@@ -331,7 +339,14 @@ impl<T> Batch<T> {
     /// dropped holding some. Its room is allocated by the first batch, not
     /// before.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Batch { items: Vec::new(), first: 0, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
+        Batch::holding(counters, Whole)
+    }
+}
+
+impl<T, O: Hold> Batch<T, O> {
+    /// The same, holding `open` besides its inputs.
+    pub(crate) fn holding(counters: Arc<Counters>, open: O) -> Self {
+        Batch { items: Vec::new(), first: 0, open, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
     }
 
     /// The same, taking and going through items at `pace`.
@@ -342,10 +357,10 @@ impl<T> Batch<T> {
     }
 }
 
-impl<T> Batch<T> {
+impl<T, O: Hold> Batch<T, O> {
     /// Counts the items held as aborted and lets them go.
     fn abort_held(&mut self) {
-        let aborted = self.items.len() as u64;
+        let aborted = self.items.len() as u64 + self.open.release();
         if aborted > 0 {
             self.items.clear();
             self.counters.add(&Delta { aborted, ..Delta::default() });
@@ -355,7 +370,7 @@ impl<T> Batch<T> {
 
 /// The replica's task was dropped (the pipeline was aborted, or the runtime
 /// shut down): the items it took and did not process count as aborted.
-impl<T> Drop for Batch<T> {
+impl<T, O: Hold> Drop for Batch<T, O> {
     fn drop(&mut self) {
         self.abort_held();
     }
@@ -402,10 +417,10 @@ impl Drop for Progress<'_> {
 /// Processes the batch item by item, serving calls and casts that arrive in
 /// between. If one of those handlers panics, the items not processed yet
 /// stay in the batch for the restarted state.
-pub(crate) async fn process_batch<S: Stage>(
+pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
     server: &mut S,
     control: &mut Inbox<S>,
-    batch: &mut Batch<S::In>,
+    batch: &mut Batch<S::In, K::Open>,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
 ) -> Result<(), Crashed> {
@@ -428,9 +443,14 @@ pub(crate) async fn process_batch<S: Stage>(
                 }
             }
         }
+        // How many items the next input stands for: 1 but for an input of a
+        // `#[batch]` stage. Read before it is popped and kept in `progress`
+        // alone while `process` runs: a borrowed local, or a copy, would
+        // take room in the task.
+        progress.in_process = batch.items.last().map_or(0, K::weight);
         let Some(item) = batch.items.pop() else { break };
+        batch.open.processed(progress.in_process);
         let mut waited = false;
-        progress.in_process = 1;
         let processed = {
             let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
             poll_fn(|cx| {
@@ -440,18 +460,20 @@ pub(crate) async fn process_batch<S: Stage>(
             })
             .await
         };
-        progress.in_process = 0;
-        progress.processed += 1;
+        progress.processed += progress.in_process;
         awaited |= waited;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
             out.fail_panic(Panicked::new(&panic));
         }
-        // An item counts as failed once, however many failures it gave.
+        // An item counts as failed once, however many failures it gave (an
+        // input of a `#[batch]` stage: at most as many as its items).
         if out.take_item_failed() {
-            progress.failed += 1;
+            progress.failed += out.settle_failed(progress.in_process);
+            progress.in_process = 0;
             out.send_failures().await;
         }
+        progress.in_process = 0;
         if waited {
             // A stage that awaits per item is slow: send its output now, and
             // serve the stages fused into this one, which otherwise would

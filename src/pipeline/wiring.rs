@@ -18,6 +18,7 @@ use tokio::time::Instant;
 pub(crate) use super::failure::FailureRoute;
 use super::{
     Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics,
+    batch::{BatchSpec, Intake, TakeFrom, Whole},
     dispatch::Dispatch,
     drain::StageDrain,
     emitter::Link,
@@ -63,16 +64,20 @@ pub struct StageSpec<T> {
     /// At most `n` items per interval through the stage, over all its
     /// replicas (`n` of 0: no limit).
     pub rate_limit: Option<(u32, Duration)>,
+    /// `#[batch(..)]`: how the stage's replicas cut the batches they take.
+    pub batch: Option<BatchSpec>,
 }
 
-/// A running stage, as the pipeline holds it.
-pub struct StageHandle<S: Stage> {
+/// A running stage, as the pipeline holds it. `K` says how its replicas
+/// take their inputs from its queue: [`Whole`] items, or
+/// [`Batched`](super::batch::Batched) for a `#[batch(..)]` stage.
+pub struct StageHandle<S: Stage, K: Intake<S> = Whole> {
     name: &'static str,
     ordered: bool,
     pace: Pace,
     replicas: Box<[Handle<S>]>,
     counters: Box<[Arc<Counters>]>,
-    input: Input<S::In>,
+    input: Input<K::Item>,
     next: AtomicUsize,
     flush: Arc<FlushPoint>,
 }
@@ -128,7 +133,7 @@ impl Builder {
     /// Panics if `replicas` is 0 or above [`MAX_REPLICAS`] (the builder and
     /// the macro check both before), or if the queue size is 0.
     #[track_caller]
-    pub fn stage<S: Stage>(&mut self, spec: StageSpec<S::In>) -> (StageHandle<S>, StageWiring<S>) {
+    pub fn stage<S: Stage, K: Intake<S>>(&mut self, spec: StageSpec<K::Item>) -> (StageHandle<S, K>, StageWiring<S>) {
         assert!(spec.replicas > 0, "a stage needs at least one replica");
         assert!(spec.replicas <= MAX_REPLICAS, "a stage has at most {MAX_REPLICAS} replicas");
         assert!(!(spec.ordered && spec.partition.is_some()), "`ordered` cannot be combined with `partition_by`");
@@ -154,7 +159,8 @@ impl Builder {
         let (replicas, inboxes): (Vec<_>, Vec<_>) =
             (0..spec.replicas).map(|i| self.stage_channel::<S>(name(i), mailbox)).unzip();
         let registry = inboxes[0].state.registry;
-        let flush = Arc::new(FlushPoint::new(registry, dispatch.queues(), spec.replicas));
+        let flush = FlushPoint::new(registry, dispatch.queues(), spec.replicas);
+        let flush = Arc::new(if spec.batch.is_some() { flush.cutting() } else { flush });
         self.control(StageControl {
             dispatch: dispatch.clone(),
             replicas: inboxes.iter().map(|inbox| inbox.state.clone()).collect(),
@@ -169,6 +175,7 @@ impl Builder {
                 limit: spec
                     .rate_limit
                     .and_then(|(n, per)| NonZeroU32::new(n).map(|n| Arc::new(RateLimit::new(n, per)))),
+                batch: spec.batch,
             },
             replicas: replicas.into(),
             counters: (0..spec.replicas).map(|_| Arc::default()).collect(),
@@ -187,16 +194,18 @@ impl<R> Core<R> {
     ///
     /// `S::Out: FlowsInto<N>` holds when `N` is `S::Out`; the generated
     /// pipelines check their links with `__private::assert_flows`.
-    pub fn spawn_stage<S, N>(
+    #[allow(private_bounds, reason = "`TakeFrom` is the engine's side of `Intake`, implemented by both intakes")]
+    pub fn spawn_stage<S, N, K>(
         &self,
         start: &mut Start,
-        stage: &StageHandle<S>,
+        stage: &StageHandle<S, K>,
         wiring: StageWiring<S>,
         next: Downstream<N>,
         registry: &S::Registry,
     ) where
         S: Stage,
         S::Out: FlowsInto<N>,
+        K: TakeFrom<S>,
     {
         let Downstream(mut link, fused) = <S::Out as FlowsInto<N>>::downstream(next);
         link.fail_into(&wiring.failures);
@@ -229,7 +238,7 @@ impl<R> Core<R> {
             };
             let counters = stage.counters[i].clone();
             let mark = ReplicaMark::new(stage.flush.clone(), i);
-            let task = run::run::<S>(
+            let task = run::run::<S, K>(
                 inbox,
                 queue,
                 mark,
@@ -314,10 +323,10 @@ impl<T> FlowsInto<T> for T {
 /// the emitting stage's task.
 pub struct Downstream<T>(Link<T>, Option<Box<dyn Fused<T>>>);
 
-impl<S: Stage> StageHandle<S> {
+impl<S: Stage, K: Intake<S>> StageHandle<S, K> {
     /// The link the previous stage emits into. Made once: when every copy
     /// of it is dropped, this stage's input closes.
-    pub fn downstream(&self) -> Downstream<S::In> {
+    pub fn downstream(&self) -> Downstream<K::Item> {
         Downstream(Link::into_stage(self.input.dispatch().clone(), self.name, self.counters[0].clone()), None)
     }
 
@@ -476,22 +485,22 @@ impl<S: Stage> StageHandle<S> {
     }
 
     /// Sends one item into this stage.
-    pub async fn send(&self, item: S::In) -> Result<(), SendError<S::In>> {
+    pub async fn send(&self, item: K::Item) -> Result<(), SendError<K::Item>> {
         self.input.send(item).await
     }
 
     /// Sends one item into this stage if there is room.
-    pub fn try_send(&self, item: S::In) -> Result<(), SendError<S::In>> {
+    pub fn try_send(&self, item: K::Item) -> Result<(), SendError<K::Item>> {
         self.input.try_send(item)
     }
 
     /// Sends a whole stream into this stage.
-    pub async fn feed(&self, items: impl futures::Stream<Item = S::In> + Send) -> Result<usize, SendError<S::In>> {
+    pub async fn feed(&self, items: impl futures::Stream<Item = K::Item> + Send) -> Result<usize, SendError<K::Item>> {
         self.input.feed(items).await
     }
 
     /// A sink into this stage.
-    pub fn sink(&self) -> InputSink<S::In> {
+    pub fn sink(&self) -> InputSink<K::Item> {
         self.input.sink()
     }
 
@@ -531,7 +540,7 @@ impl<S: Stage> StageHandle<S> {
     }
 }
 
-impl<S: Stage> fmt::Debug for StageHandle<S> {
+impl<S: Stage, K: Intake<S>> fmt::Debug for StageHandle<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StageHandle")
             .field("name", &self.name)
@@ -654,8 +663,9 @@ mod tests {
             queue_size,
             max_demand: 32,
             rate_limit: None,
+            batch: None,
         };
-        let (handle, _wiring) = builder.stage::<Tail>(spec);
+        let (handle, _wiring) = builder.stage::<Tail, Whole>(spec);
         assert_eq!(handle.metrics().capacity, queue_size.unwrap_or(5) as u64);
         Plumbing::new::<Tail>(&mut builder).output.queue.capacity()
     }

@@ -38,6 +38,33 @@ fn stage_trait(server: &Server) -> TokenStream {
     quote_spanned!(ty.span()=> <#ty as ::genflow::__private::Stage>)
 }
 
+/// What the input queue of stage `i` carries: its `In`, or for a
+/// `#[batch]` stage, the items its `Vec` batches hold: what the stage
+/// before it emits, or for the first stage, the items of its `In` (whose
+/// `BatchOf` the pipeline's bounds assume; `check` proves it).
+pub(crate) fn queued(registry: &Registry, i: usize) -> TokenStream {
+    let server = &registry.servers[i];
+    let ty = &server.ty;
+    match (&server.batch, i.checked_sub(1).map(|prev| &registry.servers[prev].ty)) {
+        (None, _) => quote_spanned!(ty.span()=> <#ty as ::genflow::__private::Stage>::In),
+        (Some(_), Some(prev)) => quote_spanned!(ty.span()=> <#prev as ::genflow::__private::Stage>::Out),
+        (Some(_), None) => quote_spanned!(ty.span()=>
+            <<#ty as ::genflow::__private::Stage>::In as ::genflow::__private::BatchOf>::Item
+        ),
+    }
+}
+
+/// How the replicas of stage `i` take their inputs from its queue.
+fn intake(registry: &Registry, i: usize) -> TokenStream {
+    match &registry.servers[i].batch {
+        None => quote!(::genflow::__private::Whole),
+        Some(_) => {
+            let item = queued(registry, i);
+            quote!(::genflow::__private::Batched<#item>)
+        }
+    }
+}
+
 fn gen_server(server: &Server) -> TokenStream {
     let ty = &server.ty;
     quote_spanned!(ty.span()=> <#ty as ::genflow::__private::GenServer>)
@@ -46,8 +73,9 @@ fn gen_server(server: &Server) -> TokenStream {
 /// The tuple held by the pipeline: every stage's handle, then the output.
 pub(crate) fn handles(registry: &Registry) -> TokenStream {
     let types = registry.servers.iter().map(|s| &s.ty);
+    let intakes = (0..registry.servers.len()).map(|i| intake(registry, i));
     let tail = registry.servers.last().map(stage_trait);
-    quote!((#(::genflow::__private::StageHandle<#types>,)* ::genflow::__private::Plumbing<#tail::Out>,))
+    quote!((#(::genflow::__private::StageHandle<#types, #intakes>,)* ::genflow::__private::Plumbing<#tail::Out>,))
 }
 
 pub(crate) fn start(registry: &Registry) -> Parts {
@@ -120,19 +148,42 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                 quote!(::core::option::Option::Some((#n, #per)))
             }
         };
+        let batch = match &s.batch {
+            None => quote!(::core::option::Option::None),
+            Some(batch) => {
+                let size = match &batch.size {
+                    Count::Lit(n) => quote!(#n),
+                    Count::Const(path) => {
+                        let message = format!(
+                            "the batch size `{}` of stage `{name}` is 0: a batch holds at least one item",
+                            shown(path)
+                        );
+                        let n = local::local("__size");
+                        checked_const(path, quote!(usize), &n, &[(quote!(#n > 0), message)])
+                    }
+                };
+                let timeout = &batch.timeout;
+                let timeout = quote_spanned!(timeout.span()=> {
+                    let timeout: ::core::time::Duration = #timeout;
+                    timeout
+                });
+                quote!(::core::option::Option::Some(::genflow::__private::BatchSpec { size: #size, timeout: #timeout }))
+            }
+        };
+        let intake = intake(registry, i);
         let head = i == 0;
         let ordered = s.replicas.ordered.is_some();
-        let input = stage_trait(s);
+        let input = queued(registry, i);
         let partition = match &s.replicas.partition_by {
             None => quote!(::core::option::Option::None),
             Some(path) => {
                 let (key, item) = (local::shown_at(&key, path.span()), local::shown_at(&item, path.span()));
                 quote_spanned! {path.span()=>
                     ::core::option::Option::Some({
-                        fn #key(#item: &#input::In) -> u64 {
+                        fn #key(#item: &#input) -> u64 {
                             ::genflow::__private::hash_key(&#path(#item))
                         }
-                        #key as fn(&#input::In) -> u64
+                        #key as fn(&#input) -> u64
                     })
                 }
             }
@@ -140,12 +191,13 @@ pub(crate) fn start(registry: &Registry) -> Parts {
         let (stage, wiring) = (&stages[i], &wirings[i]);
         let i = Index::from(i);
         quote_spanned! {ty.span()=>
-            let (#stage, #wiring) = #builder.stage::<#ty>(::genflow::__private::StageSpec {
+            let (#stage, #wiring) = #builder.stage::<#ty, #intake>(::genflow::__private::StageSpec {
                 name: #name,
                 replicas: #sizes.replicas(#i, #count),
                 queue_size: #sizes.queue_size(#i),
                 max_demand: #sizes.max_demand(#i, #max_demand),
                 rate_limit: #sizes.rate_limit(#i, #name, #rate_limit),
+                batch: #sizes.batch(#i, #batch),
                 partition: #partition,
                 head: #head,
                 ordered: #ordered,
@@ -187,6 +239,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
         // restated here (see `registry::bounds`).
         let registry_arg = local::shown_at(this, ty.span());
         let gs = gen_server(s);
+        let intake = intake(registry, i);
         if s.fused {
             let local = &fused_locals[i];
             quote_spanned! {ty.span()=>
@@ -199,7 +252,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
             }
         } else {
             quote_spanned! {ty.span()=>
-                #this.__genflow.spawn_stage::<#ty, <#ty as ::genflow::__private::Stage>::Out>(
+                #this.__genflow.spawn_stage::<#ty, <#ty as ::genflow::__private::Stage>::Out, #intake>(
                     &mut #start,
                     &#this.__genflow.servers().#index,
                     #wiring,
@@ -235,7 +288,7 @@ pub(crate) fn start(registry: &Registry) -> Parts {
 
 pub(crate) fn methods(registry: &Registry) -> TokenStream {
     let Registry { vis, servers, .. } = registry;
-    let head = stage_trait(&servers[0]);
+    let head = queued(registry, 0);
     let tail = stage_trait(servers.last().expect("validated: at least one stage"));
     let plumbing = Index::from(servers.len());
     let metrics = (0..servers.len()).map(Index::from);
@@ -257,8 +310,8 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// If dropped before it completes, the item was not sent.
         #vis async fn send(
             &self,
-            #item: #head::In,
-        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#head::In>> {
+            #item: #head,
+        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#head>> {
             self.__genflow.servers().0.send(#item).await
         }
 
@@ -272,8 +325,8 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// `partition_by` key function panicked on it; each holds the item.
         #vis fn try_send(
             &self,
-            #item: #head::In,
-        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#head::In>> {
+            #item: #head,
+        ) -> ::genflow::__private::Result<(), ::genflow::__private::SendError<#head>> {
             self.__genflow.servers().0.try_send(#item)
         }
 
@@ -295,14 +348,14 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
         /// one in hand is lost.
         #vis async fn feed(
             &self,
-            #items: impl ::genflow::__private::Stream<Item = #head::In> + ::core::marker::Send,
-        ) -> ::genflow::__private::Result<usize, ::genflow::__private::SendError<#head::In>> {
+            #items: impl ::genflow::__private::Stream<Item = #head> + ::core::marker::Send,
+        ) -> ::genflow::__private::Result<usize, ::genflow::__private::SendError<#head>> {
             self.__genflow.servers().0.feed(#items).await
         }
 
         /// A `futures::Sink` into the first stage. Clone it for more
         /// senders; closing one sink only drops that sender.
-        #vis fn sink(&self) -> ::genflow::InputSink<#head::In> {
+        #vis fn sink(&self) -> ::genflow::InputSink<#head> {
             self.__genflow.servers().0.sink()
         }
 
@@ -360,14 +413,14 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
 /// `impl genflow::Pipeline`, forwarding to the generated methods.
 pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
     let Registry { ident, servers, .. } = registry;
-    let head = stage_trait(&servers[0]);
+    let head = queued(registry, 0);
     let tail = stage_trait(servers.last().expect("validated: at least one stage"));
     let (item, items, stream) = (local::local("item"), local::local("items"), local::local("__S"));
     let bounds = super::registry::bounds(registry);
     quote! {
         #[automatically_derived]
         impl ::genflow::__private::Pipeline for #ident where #bounds {
-            type In = #head::In;
+            type In = #head;
             type Out = #tail::Out;
 
             fn send(
@@ -421,8 +474,8 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
 fn stage_methods(registry: &Registry, index: usize, server: &Server) -> TokenStream {
     let vis = &registry.vis;
     let name = &server.name;
+    let input = queued(registry, index);
     let index = Index::from(index);
-    let input = stage_trait(server);
     let gs = gen_server(server);
     let sink = format_ident!("sink_{}", name);
     let call_all = format_ident!("call_{}_all", name);
@@ -439,7 +492,7 @@ fn stage_methods(registry: &Registry, index: usize, server: &Server) -> TokenStr
     );
     quote! {
         #[doc = #sink_doc]
-        #vis fn #sink(&self) -> ::genflow::InputSink<#input::In> {
+        #vis fn #sink(&self) -> ::genflow::InputSink<#input> {
             self.__genflow.servers().#index.sink()
         }
 

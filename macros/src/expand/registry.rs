@@ -137,7 +137,17 @@ pub(super) fn bounds(registry: &Registry) -> TokenStream {
     let types = registry.servers.iter().map(|s| &s.ty);
     match registry.kind {
         Kind::Registry => quote!(#(for<'__genflow> #types: #entry_trait<Registry = #ident>,)*),
-        Kind::Pipeline => quote!(#(for<'__genflow> #types: #entry_trait,)*),
+        Kind::Pipeline => {
+            // A first stage that is `#[batch]` takes the items of its `In`,
+            // a `Vec`: checked by `check`, assumed here. (A later one takes
+            // what the stage before it emits, and `start` hands it batches
+            // as its `In`, which `check` proves to be their `Vec`.)
+            let batched = registry.servers.iter().take(1).filter(|s| s.batch.is_some()).map(|s| {
+                let ty = &s.ty;
+                quote!(for<'__genflow> <#ty as ::genflow::__private::Stage>::In: ::genflow::__private::BatchOf,)
+            });
+            quote!(#(for<'__genflow> #types: #entry_trait,)* #(#batched)*)
+        }
     }
 }
 
@@ -163,7 +173,7 @@ fn check(registry: &Registry) -> TokenStream {
         .servers
         .iter()
         .enumerate()
-        .map(|(i, s)| *first.entry(s.ty.to_token_stream().to_string()).or_insert(i))
+        .map(|(i, s)| *first.entry((s.ty.to_token_stream().to_string(), s.batch.is_some())).or_insert(i))
         .collect();
     let asserts = registry.servers.iter().enumerate().filter(|(i, _)| ends[*i] == *i).map(|(i, s)| {
         let ty = &s.ty;
@@ -173,6 +183,12 @@ fn check(registry: &Registry) -> TokenStream {
         // stage leaves the call's result type unknown, which rustc reports
         // at the call; at the same place and for the same trait, it is the
         // same error, reported once.
+        // A `#[batch]` stage takes the items of its `Vec` batches; its
+        // `In` is checked to be such a `Vec`, spanned at the attribute.
+        let assert = match &s.batch {
+            Some(_) => quote!(assert_batch),
+            None => assert.clone(),
+        };
         let call = quote_spanned!(ty.span()=> ::genflow::__private::#assert::<#ty, #ident>());
         let call = local::shown_over(call, ty);
         match registry.kind {

@@ -48,6 +48,8 @@ pub(super) fn items(registry: &Registry, parts: &Parts) -> TokenStream {
     let names = servers.iter().map(|s| s.name.to_string());
     let fused: Vec<_> = servers.iter().filter(|s| s.fused).map(|s| s.name.to_string()).collect();
     let fused = (!fused.is_empty()).then(|| quote!(const FUSED: &'static [&'static str] = &[#(#fused),*];));
+    let batched: Vec<_> = servers.iter().filter(|s| s.batch.is_some()).map(|s| s.name.to_string()).collect();
+    let batched = (!batched.is_empty()).then(|| quote!(const BATCHED: &'static [&'static str] = &[#(#batched),*];));
     let fields_local = local::local("__fields");
     let bounds = super::registry::bounds(registry);
     let replicated = (*kind == Kind::Pipeline).then(|| {
@@ -81,6 +83,7 @@ pub(super) fn items(registry: &Registry, parts: &Parts) -> TokenStream {
             const KIND: &'static str = #noun;
             const NAMES: &'static [&'static str] = &[#(#names),*];
             #fused
+            #batched
 
             fn start_sized(
                 #fields_local: Self::Fields,
