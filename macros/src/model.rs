@@ -65,6 +65,8 @@ pub(crate) struct Server {
     /// `#[rate_limit(n, per = ..)]`, pipeline stages only: the count and
     /// the interval's expression.
     pub(crate) rate_limit: Option<(Count, syn::Expr)>,
+    /// `#[concurrency(n, ordered?)]`, pipeline stages only.
+    pub(crate) concurrency: Option<(Count, bool)>,
 }
 
 /// How a stage is replicated by default (a builder may change the count).
@@ -106,7 +108,7 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
         .entries
         .into_iter()
         .map(|entry| {
-            let (replicas, fused, max_demand, rate_limit) = match (kind, stage_attrs.next()) {
+            let (replicas, fused, max_demand, rate_limit, concurrency) = match (kind, stage_attrs.next()) {
                 (Kind::Pipeline, Some(mut attrs)) => {
                     let fused = !attrs.fused.is_empty();
                     let max_demand =
@@ -121,11 +123,18 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
                         };
                         rate.per.map(|per| (count, per))
                     });
-                    (replicas(attrs), fused, max_demand, rate_limit)
+                    let concurrency = std::mem::take(&mut attrs.concurrency).into_iter().next().map(|c| {
+                        let count = match c.count {
+                            parse::Count::Lit(lit) => Count::Lit(lit.base10_parse().unwrap_or(1).max(1)),
+                            parse::Count::Const(path) => Count::Const(path),
+                        };
+                        (count, c.ordered)
+                    });
+                    (replicas(attrs), fused, max_demand, rate_limit, concurrency)
                 }
-                _ => (Replicas::default(), false, None, None),
+                _ => (Replicas::default(), false, None, None, None),
             };
-            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand, rate_limit }
+            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand, rate_limit, concurrency }
         })
         .collect();
     Registry { kind, attrs: item.attrs, vis: item.vis, span: item.ident.span(), ident: item.ident, fields, servers }

@@ -83,6 +83,15 @@ pub(crate) struct StageAttrs {
     pub(crate) max_demand: Vec<(Attribute, Count)>,
     /// Every `#[rate_limit(..)]` that parsed.
     pub(crate) rate_limit: Vec<RateLimitAttr>,
+    /// Every `#[concurrency(..)]` that parsed.
+    pub(crate) concurrency: Vec<ConcurrencyAttr>,
+}
+
+/// One `#[concurrency(n)]` or `#[concurrency(n, ordered)]`.
+pub(crate) struct ConcurrencyAttr {
+    pub(crate) attr: Attribute,
+    pub(crate) count: Count,
+    pub(crate) ordered: bool,
 }
 
 /// One `#[rate_limit(n, per = duration)]`.
@@ -128,6 +137,13 @@ pub(crate) fn stage_attrs(attrs: &[Attribute], errors: &mut Errors) -> StageAttr
         if attr.path().is_ident("rate_limit") {
             match attr.parse_args_with(parse_rate_limit) {
                 Ok((count, per)) => out.rate_limit.push(RateLimitAttr { attr: attr.clone(), count, per }),
+                Err(error) => errors.push(error),
+            }
+            continue;
+        }
+        if attr.path().is_ident("concurrency") {
+            match attr.parse_args_with(parse_concurrency) {
+                Ok((count, ordered)) => out.concurrency.push(ConcurrencyAttr { attr: attr.clone(), count, ordered }),
                 Err(error) => errors.push(error),
             }
             continue;
@@ -186,6 +202,28 @@ fn parse_demand(input: ParseStream<'_>) -> syn::Result<Count> {
         return Err(syn::Error::new(input.span(), MAX_DEMAND));
     }
     Ok(count)
+}
+
+const CONCURRENCY: &str = "`#[concurrency(..)]` takes how many items of one replica may be in flight at once: a \
+     count such as `#[concurrency(16)]` or the path of a `const usize`, then optionally `ordered`: \
+     `#[concurrency(16, ordered)]`";
+
+/// The count of `#[concurrency(n)]`, and whether `ordered` follows it.
+fn parse_concurrency(input: ParseStream<'_>) -> syn::Result<(Count, bool)> {
+    let count = parse_count(input, CONCURRENCY)?;
+    if input.is_empty() {
+        return Ok((count, false));
+    }
+    input.parse::<Token![,]>()?;
+    if input.is_empty() {
+        return Ok((count, false));
+    }
+    input.parse::<kw::ordered>().map_err(|e| syn::Error::new(e.span(), CONCURRENCY))?;
+    input.parse::<Option<Token![,]>>()?;
+    if !input.is_empty() {
+        return Err(syn::Error::new(input.span(), CONCURRENCY));
+    }
+    Ok((count, true))
 }
 
 const RATE_LIMIT: &str = "`#[rate_limit(..)]` takes how many items may go through per interval, and the \

@@ -149,7 +149,7 @@ fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
         errors.at(
             path,
             "unknown stage attribute; the stage attributes are `#[replicas(..)]`, `#[max_demand(..)]`, \
-             `#[rate_limit(..)]` and `#[fused]`",
+             `#[rate_limit(..)]`, `#[concurrency(..)]` and `#[fused]`",
         );
     }
     for (i, rate) in stage.rate_limit.iter().enumerate() {
@@ -169,6 +169,22 @@ fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
                 &rate.attr,
                 "`#[rate_limit(..)]` needs its interval: `#[rate_limit(100, per = Duration::from_secs(1))]`",
             );
+        }
+    }
+    for (i, concurrency) in stage.concurrency.iter().enumerate() {
+        if i > 0 {
+            errors.at(&concurrency.attr, "duplicate `#[concurrency(..)]`");
+            continue;
+        }
+        if let Count::Lit(lit) = &concurrency.count {
+            match lit.base10_parse::<usize>() {
+                Ok(0) => errors.at(
+                    lit,
+                    "a replica has at least one item in flight: use `#[concurrency(1)]` (one at a time) or more",
+                ),
+                Ok(_) => {}
+                Err(_) => errors.at(lit, "the concurrency must be a positive integer"),
+            }
         }
     }
     for (i, (attr, count)) in stage.max_demand.iter().enumerate() {

@@ -319,6 +319,15 @@ impl Failing {
         });
     }
 
+    /// Records a failure of an item other than the one in `process`: one
+    /// whose future, handed over by `Emitter::try_emit_async`, completed
+    /// later.
+    pub(crate) fn fail_in_flight(&mut self, error: Box<dyn Error + Send + Sync + 'static>, panic: bool) {
+        let item_failed = self.item_failed;
+        self.fail(error, panic);
+        self.item_failed = item_failed;
+    }
+
     /// Whether the item that just finished `process` failed; resets it.
     #[inline]
     pub(crate) fn take_item_failed(&mut self) -> bool {

@@ -58,6 +58,9 @@ pub(crate) struct Counters {
     batch_ended: AtomicU64,
     /// When the replica's task ended (drained or aborted).
     ended: AtomicU64,
+    /// Futures handed over by `Emitter::emit_async` and not done yet (a
+    /// gauge, set by the replica's task).
+    in_flight: AtomicU64,
     epoch: Instant,
 }
 
@@ -83,6 +86,7 @@ impl Default for Counters {
             failing_since: AtomicU64::new(0),
             batch_ended: AtomicU64::new(0),
             ended: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -324,6 +328,12 @@ impl Counters {
         }
     }
 
+    /// Sets the in-flight gauge: `n` futures handed over and not done.
+    #[inline]
+    pub(crate) fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n as u64, Ordering::Relaxed);
+    }
+
     /// The replica's task ends now.
     pub(crate) fn end(&self) {
         self.ended.store(self.stamp(Instant::now()), Ordering::Relaxed);
@@ -368,6 +378,7 @@ impl Counters {
             blocked: ns(blocked),
             failures_blocked: ns(get(&self.failures_blocked_ns).saturating_add(live_failing)),
             throttled: ns(throttled),
+            in_flight: get(&self.in_flight),
             ended: (ended != 0).then(|| self.epoch + ns(ended - 1)),
         }
     }
@@ -423,6 +434,11 @@ pub struct ReplicaMetrics {
     /// Time spent waiting for the stage's `#[rate_limit(..)]` before an
     /// item: neither busy nor blocked. Includes the wait in progress.
     pub throttled: Duration,
+    /// Futures handed over by [`Emitter::emit_async`](crate::Emitter::emit_async)
+    /// (or `try_emit_async`) in a `#[concurrency(N)]` stage and not done
+    /// yet, when the snapshot was taken: a gauge, at most N per replica.
+    /// Their items are received but not yet processed.
+    pub in_flight: u64,
     /// When the replica's task ended (drained or aborted).
     ended: Option<Instant>,
 }
@@ -509,6 +525,9 @@ pub struct StageMetrics {
     /// Time spent waiting for the stage's rate limit, summed over
     /// replicas: see [`ReplicaMetrics::throttled`].
     pub throttled: Duration,
+    /// Futures in flight, summed over replicas: see
+    /// [`ReplicaMetrics::in_flight`].
+    pub in_flight: u64,
     /// The same counts for each replica, in replica order.
     pub replicas: Vec<ReplicaMetrics>,
     /// Whether each replica has its own queue (`partition_by`).
@@ -535,6 +554,7 @@ impl StageMetrics {
             stage.blocked += r.blocked;
             stage.failures_blocked += r.failures_blocked;
             stage.throttled += r.throttled;
+            stage.in_flight += r.in_flight;
         }
         stage.replicas = replicas;
         stage
@@ -961,6 +981,11 @@ impl fmt::Display for Metrics {
         if throttling {
             write!(f, " {:>10}", "throttled")?;
         }
+        // Only snapshots taken while futures were in flight show that column.
+        let in_flight = self.stages.iter().any(|s| s.in_flight > 0);
+        if in_flight {
+            write!(f, " {:>9}", "in flight")?;
+        }
         writeln!(f)?;
         let pct = |x: f64| format!("{:.0}%", x * 100.0);
         for s in &self.stages {
@@ -982,6 +1007,9 @@ impl fmt::Display for Metrics {
             )?;
             if throttling {
                 write!(f, " {:>10}", format!("{:.1?}", s.throttled))?;
+            }
+            if in_flight {
+                write!(f, " {:>9}", s.in_flight)?;
             }
             writeln!(f)?;
             if !s.partitioned {
@@ -1007,6 +1035,9 @@ impl fmt::Display for Metrics {
                 )?;
                 if throttling {
                     write!(f, " {:>10}", format!("{:.1?}", r.throttled))?;
+                }
+                if in_flight {
+                    write!(f, " {:>9}", r.in_flight)?;
                 }
                 writeln!(f)?;
             }

@@ -11,6 +11,7 @@ use std::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
+    concurrency::{self, Concurrency},
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -301,11 +302,14 @@ impl<T> std::ops::DerefMut for Ended<T> {
 
 /// How a replica of a stage takes and goes through items: up to
 /// `max_demand` at a time, each after a token of the stage's rate limit,
-/// if it has one.
+/// if it has one, with up to `concurrency` futures in flight.
 #[derive(Clone)]
 pub(crate) struct Pace {
     pub(crate) max_demand: usize,
     pub(crate) limit: Option<Arc<RateLimit>>,
+    /// How many futures handed over by `emit_async` a replica keeps in
+    /// flight (`max_demand` is at least its limit).
+    pub(crate) concurrency: Concurrency,
 }
 
 /// Items a replica took from its queue, numbered from `first` on.
@@ -441,15 +445,19 @@ pub(crate) async fn process_batch<S: Stage>(
             .await
         };
         progress.in_process = 0;
-        progress.processed += 1;
         awaited |= waited;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
             out.fail_panic(Panicked::new(&panic));
         }
         // An item counts as failed once, however many failures it gave.
-        if out.take_item_failed() {
-            progress.failed += 1;
+        let failed = out.take_item_failed();
+        // An item with futures in flight is done when they are.
+        if !out.close_item(failed) {
+            progress.processed += 1;
+            progress.failed += u64::from(failed);
+        }
+        if failed {
             out.send_failures().await;
         }
         if waited {
@@ -470,6 +478,12 @@ pub(crate) async fn process_batch<S: Stage>(
                 break;
             }
         }
+    }
+    // The batch ends once its futures in flight are done.
+    if out.has_in_flight() {
+        progress.publish();
+        let settled = Box::pin(concurrency::settle(server, control, out, counters, result.is_ok())).await;
+        result = result.and(settled);
     }
     let done = taken - batch.items.len() as u64;
     if done > 0 {
