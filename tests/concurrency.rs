@@ -1,0 +1,349 @@
+//! `#[concurrency(N)]`: up to N futures of one replica in flight at once.
+//! `process` hands the slow part of each item to `emit_async` /
+//! `try_emit_async`; the replica goes on with the next items meanwhile.
+//! Runs on paused time, so durations are exact.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{FutureExt, StreamExt, stream};
+use genflow::{ConfigError, Emitter, Failure, GenServer, Stage};
+use tokio::time::Instant;
+
+const WORK: Duration = Duration::from_millis(10);
+
+/// Counts the futures in flight, and the most there were at once.
+#[derive(Default)]
+struct Probe {
+    now: AtomicU64,
+    most: AtomicU64,
+}
+
+impl Probe {
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    fn most(&self) -> u64 {
+        self.most.load(Ordering::SeqCst)
+    }
+}
+
+/// What becomes of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Ok,
+    Fail,
+    Panic,
+}
+
+/// One item: its number, how long its lookup takes, and how it ends.
+#[derive(Clone, Copy, Debug)]
+struct Job {
+    id: u64,
+    delay: Duration,
+    fate: Fate,
+}
+
+fn job(id: u64, delay: Duration) -> Job {
+    Job { id, delay, fate: Fate::Ok }
+}
+
+/// A registry whose stages share a probe.
+trait Probed: Clone + Send + Sync + 'static {
+    fn probe(&self) -> Arc<Probe>;
+}
+
+/// Looks each job up: counts it in its state, then hands the wait over.
+/// A call returns how many jobs `process` saw.
+struct Lookup<R> {
+    seen: u64,
+    probe: Arc<Probe>,
+    _registry: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Probed> GenServer for Lookup<R> {
+    type Message = ();
+    type Response = u64;
+    type Registry = R;
+
+    fn new(registry: R) -> Self {
+        Lookup { seen: 0, probe: registry.probe(), _registry: std::marker::PhantomData }
+    }
+
+    async fn handle_call(&mut self, _: ()) -> u64 {
+        self.seen
+    }
+}
+
+impl<R: Probed> Stage for Lookup<R> {
+    type In = Job;
+    type Out = u64;
+
+    async fn process(&mut self, job: Job, out: &mut Emitter<u64>) {
+        self.seen += 1;
+        let probe = self.probe.clone();
+        out.try_emit_async(async move {
+            let now = probe.now.fetch_add(1, Ordering::SeqCst) + 1;
+            probe.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(job.delay).await;
+            probe.now.fetch_sub(1, Ordering::SeqCst);
+            match job.fate {
+                Fate::Ok => Ok(job.id),
+                Fate::Fail => Err(format!("job {} failed", job.id)),
+                Fate::Panic => panic!("job {} panicked", job.id),
+            }
+        })
+        .await;
+    }
+}
+
+macro_rules! probed {
+    ($($flow:ident),*) => {$(
+        impl Probed for $flow {
+            fn probe(&self) -> Arc<Probe> {
+                self.probe.clone()
+            }
+        }
+    )*};
+}
+
+#[genflow::pipeline{ #[concurrency(16)] lookup: Lookup<Unordered> }]
+struct Unordered {
+    probe: Arc<Probe>,
+}
+
+const SIXTEEN: usize = 16;
+
+#[genflow::pipeline{ #[concurrency(SIXTEEN, ordered)] lookup: Lookup<InOrder> }]
+struct InOrder {
+    probe: Arc<Probe>,
+}
+
+#[genflow::pipeline{ #[replicas(3, ordered)] #[concurrency(4)] lookup: Lookup<Fanned> }]
+struct Fanned {
+    probe: Arc<Probe>,
+}
+
+/// No `#[concurrency]`: one at a time, awaited in place.
+#[genflow::pipeline{ lookup: Lookup<Plain> }]
+struct Plain {
+    probe: Arc<Probe>,
+}
+
+probed!(Unordered, InOrder, Fanned, Plain);
+
+/// Waits, on paused time, until `done` holds.
+async fn until(mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not reached");
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sixty_four_lookups_sixteen_at_a_time_take_four_rounds() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..64).map(|id| job(id, WORK)))).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(started.elapsed(), 4 * WORK);
+    assert_eq!(probe.most(), 16);
+    let mut out: Vec<u64> = output.collect().await;
+    out.sort_unstable();
+    assert_eq!(out, (0..64).collect::<Vec<_>>());
+    let stage = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((stage.received, stage.processed, stage.emitted, stage.failed), (64, 64, 64, 0));
+    assert_eq!(stage.in_flight, 0);
+    // Waiting on the lookups is not work.
+    assert_eq!(stage.busy, Duration::ZERO);
+}
+
+/// Jobs 0..8 whose delays decrease: the last one handed over is done first.
+fn decreasing() -> impl futures::Stream<Item = Job> {
+    stream::iter((0..8).map(|id| job(id, WORK * (8 - id as u32))))
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_leave_as_they_complete_unless_ordered() {
+    let flow = Unordered::start(Arc::default()).await;
+    let output = flow.output().unwrap();
+    flow.feed(decreasing()).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(output.collect::<Vec<_>>().await, (0..8).rev().collect::<Vec<_>>());
+
+    let flow = InOrder::start(Arc::default()).await;
+    let output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(decreasing()).await.unwrap();
+    flow.shutdown().await;
+    // Still all at once: the slowest sets the pace.
+    assert_eq!(started.elapsed(), 8 * WORK);
+    assert_eq!(output.collect::<Vec<_>>().await, (0..8).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_and_panicking_lookups_fail_their_items_only() {
+    let flow = Unordered::start(Arc::default()).await;
+    let (output, failures) = (flow.output().unwrap(), flow.failures().unwrap());
+    let fate = |id: u64| match id % 5 {
+        1 => Fate::Fail,
+        3 => Fate::Panic,
+        _ => Fate::Ok,
+    };
+    flow.feed(stream::iter((0..20).map(|id| Job { id, delay: WORK, fate: fate(id) }))).await.unwrap();
+    flow.shutdown().await;
+    let mut out: Vec<u64> = output.collect().await;
+    out.sort_unstable();
+    assert_eq!(out, (0..20).filter(|&id| fate(id) == Fate::Ok).collect::<Vec<_>>());
+    let failures: Vec<Failure> = failures.collect().await;
+    let mut failed: Vec<(String, bool)> = failures.iter().map(|f| (f.error().to_string(), f.is_panic())).collect();
+    failed.sort();
+    let mut expected: Vec<(String, bool)> = (0..20)
+        .filter_map(|id| match fate(id) {
+            Fate::Fail => Some((format!("job {id} failed"), false)),
+            Fate::Panic => Some((format!("job {id} panicked"), true)),
+            Fate::Ok => None,
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(failed, expected);
+    assert!(failures.iter().all(|f| f.stage() == "lookup" && !f.in_finish()));
+    let stage = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((stage.received, stage.processed, stage.failed, stage.emitted), (20, 20, 8, 12));
+}
+
+#[tokio::test(start_paused = true)]
+async fn flush_waits_for_the_lookups_in_flight() {
+    let flow = Unordered::start(Arc::default()).await;
+    let mut output = flow.output().unwrap();
+    let started = Instant::now();
+    for id in 0..10 {
+        flow.send(job(id, 5 * WORK)).await.unwrap();
+    }
+    flow.flush().await.unwrap();
+    assert_eq!(started.elapsed(), 5 * WORK);
+    // Every result is out already.
+    let mut out = Vec::new();
+    while let Some(Some(n)) = output.next().now_or_never() {
+        out.push(n);
+    }
+    out.sort_unstable();
+    assert_eq!(out, (0..10).collect::<Vec<_>>());
+    flow.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_delivers_the_lookups_in_flight() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..12).map(|id| job(id, Duration::from_secs(1))))).await.unwrap();
+    until(|| probe.now() == 12).await;
+    flow.shutdown().await;
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    let mut out: Vec<u64> = output.collect().await;
+    out.sort_unstable();
+    assert_eq!(out, (0..12).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_counts_the_items_in_flight_as_aborted() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::start(probe.clone()).await;
+    let _output = flow.output().unwrap();
+    // 16 in flight, the 17th waits for room, 3 more wait in the batch.
+    flow.feed(stream::iter((0..20).map(|id| job(id, Duration::from_secs(1))))).await.unwrap();
+    until(|| probe.now() == 16).await;
+    until(|| flow.metrics().stage("lookup").unwrap().in_flight == 16).await;
+    flow.abort();
+    flow.shutdown().await;
+    let stage = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((stage.received, stage.processed, stage.aborted, stage.queued), (20, 0, 20, 0));
+    assert_eq!(stage.in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ordered_replicated_stage_keeps_input_order() {
+    let probe = Arc::new(Probe::default());
+    let flow = Fanned::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    // Uneven delays, so that within and across replicas later items
+    // complete first.
+    let delay = |id: u64| Duration::from_millis((id * 7) % 13 + 1);
+    flow.feed(stream::iter((0..300).map(|id| job(id, delay(id))))).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(output.collect::<Vec<_>>().await, (0..300).collect::<Vec<_>>());
+    assert!(probe.most() <= 12, "at most 4 per replica: {}", probe.most());
+    assert!(probe.most() > 4, "the replicas worked side by side: {}", probe.most());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_builder_sets_the_concurrency() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::builder(probe.clone()).concurrency("lookup", 4).start().await.unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..16).map(|id| job(id, WORK)))).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(started.elapsed(), 4 * WORK);
+    assert_eq!(probe.most(), 4);
+
+    // And where nothing is declared.
+    let probe = Arc::new(Probe::default());
+    let flow = Plain::builder(probe.clone()).concurrency("lookup", 8).start().await.unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..16).map(|id| job(id, WORK)))).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(started.elapsed(), 2 * WORK);
+    assert_eq!(probe.most(), 8);
+
+    let error = Unordered::builder(Arc::default()).concurrency("lookup", 0).start().await.err().unwrap();
+    assert_eq!(error, ConfigError::ZeroConcurrency { stage: "lookup" });
+    assert_eq!(
+        error.to_string(),
+        "stage `lookup` was given a concurrency of 0: a replica has at least 1 item in flight (1 is one at a time)"
+    );
+    let error = Unordered::builder(Arc::default()).concurrency("lookups", 2).start().await.err().unwrap();
+    assert!(matches!(error, ConfigError::UnknownName { .. }), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_concurrency_each_lookup_is_awaited_in_place() {
+    let probe = Arc::new(Probe::default());
+    let flow = Plain::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..4).map(|id| job(id, WORK)))).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(started.elapsed(), 4 * WORK);
+    assert_eq!(probe.most(), 1);
+    assert_eq!(output.collect::<Vec<_>>().await, vec![0, 1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_are_served_while_lookups_are_in_flight() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::start(probe.clone()).await;
+    let _output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..5).map(|id| job(id, Duration::from_secs(1))))).await.unwrap();
+    until(|| probe.now() == 5).await;
+    assert_eq!(flow.call_lookup(()).await.unwrap(), 5);
+    let stage = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((stage.received, stage.processed, stage.in_flight), (5, 0, 5));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert!(flow.metrics().to_string().contains("in flight"), "{}", flow.metrics());
+    flow.shutdown().await;
+    let stage = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((stage.processed, stage.in_flight), (5, 0));
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
