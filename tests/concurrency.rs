@@ -79,6 +79,11 @@ impl<R: Probed> GenServer for Lookup<R> {
     async fn handle_call(&mut self, _: ()) -> u64 {
         self.seen
     }
+
+    /// A cast is a fault: the state is rebuilt.
+    async fn handle_cast(&mut self, _: ()) {
+        panic!("a cast to a lookup")
+    }
 }
 
 impl<R: Probed> Stage for Lookup<R> {
@@ -346,4 +351,96 @@ async fn calls_are_served_while_lookups_are_in_flight() {
     let stage = flow.metrics().stage("lookup").unwrap();
     assert_eq!((stage.processed, stage.in_flight), (5, 0));
     assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+/// Passes jobs on (before a fused lookup), or results (after one).
+struct Pass<T, R>(std::marker::PhantomData<fn() -> (T, R)>);
+
+impl<T: Send + 'static, R: Probed> GenServer for Pass<T, R> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+
+    fn new(_: R) -> Self {
+        Pass(std::marker::PhantomData)
+    }
+
+    async fn handle_call(&mut self, _: ()) {}
+}
+
+impl<T: Send + 'static, R: Probed> Stage for Pass<T, R> {
+    type In = T;
+    type Out = T;
+
+    async fn process(&mut self, item: T, out: &mut Emitter<T>) {
+        out.emit(item).await;
+    }
+}
+
+/// A fused stage with concurrency.
+#[genflow::pipeline{ pass: Pass<Job, FusedLookup>, #[fused] #[concurrency(8)] lookup: Lookup<FusedLookup> }]
+struct FusedLookup {
+    probe: Arc<Probe>,
+}
+
+/// A stage with concurrency, hosting a fused stage.
+#[genflow::pipeline{ #[concurrency(8)] lookup: Lookup<Host>, #[fused] pass: Pass<u64, Host> }]
+struct Host {
+    probe: Arc<Probe>,
+}
+
+probed!(FusedLookup, Host);
+
+#[tokio::test(start_paused = true)]
+async fn a_fused_stage_keeps_its_lookups_in_flight() {
+    let probe = Arc::new(Probe::default());
+    let flow = FusedLookup::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..32).map(|id| job(id, WORK)))).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(started.elapsed(), 4 * WORK);
+    assert_eq!(probe.most(), 8);
+    let mut out: Vec<u64> = output.collect().await;
+    out.sort_unstable();
+    assert_eq!(out, (0..32).collect::<Vec<_>>());
+    let stage = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((stage.received, stage.processed, stage.emitted), (32, 32, 32));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_with_lookups_in_flight_hosts_a_fused_stage() {
+    let probe = Arc::new(Probe::default());
+    let flow = Host::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..32).map(|id| job(id, WORK)))).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(started.elapsed(), 4 * WORK);
+    assert_eq!(probe.most(), 8);
+    let mut out: Vec<u64> = output.collect().await;
+    out.sort_unstable();
+    assert_eq!(out, (0..32).collect::<Vec<_>>());
+    let pass = flow.metrics().stage("pass").unwrap();
+    assert_eq!((pass.received, pass.processed, pass.emitted), (32, 32, 32));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_rebuilt_while_lookups_are_in_flight_loses_none() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter((0..5).map(|id| job(id, Duration::from_secs(1))))).await.unwrap();
+    until(|| probe.now() == 5).await;
+    flow.cast_lookup(()).await.unwrap();
+    // Served by the fresh state, once the lookups are done.
+    assert_eq!(flow.call_lookup(()).await.unwrap(), 0);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    flow.shutdown().await;
+    let mut out: Vec<u64> = output.collect().await;
+    out.sort_unstable();
+    assert_eq!(out, (0..5).collect::<Vec<_>>());
+    let stage = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((stage.received, stage.processed, stage.failed, stage.emitted), (5, 5, 0, 5));
 }
