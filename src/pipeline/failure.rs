@@ -231,7 +231,8 @@ impl FailureRoute {
     pub(crate) fn failing(&self, stage: &'static str, replica: usize) -> Failing {
         Failing {
             stage,
-            replica,
+            // Below `MAX_REPLICAS`, checked when the stage was made.
+            replica: u32::try_from(replica).unwrap_or(u32::MAX),
             link: Some(self.link.clone()),
             shared: self.shared.clone(),
             pending: Vec::new(),
@@ -281,7 +282,9 @@ impl fmt::Debug for FailureRoute {
 /// failures of the item in progress, sent once `process` returns.
 pub(crate) struct Failing {
     stage: &'static str,
-    replica: usize,
+    /// The replica's index (below `MAX_REPLICAS`: a `u32`, so that the
+    /// emitter holding this stays small).
+    replica: u32,
     /// `None` for an emitter outside any pipeline (failures are dropped).
     link: Option<Link<Failure>>,
     shared: Arc<OutputShared<Failure>>,
@@ -312,7 +315,7 @@ impl Failing {
         self.item_failed = true;
         self.pending.push(Failure {
             stage: self.stage,
-            replica: self.replica,
+            replica: self.replica as usize,
             error,
             panic,
             in_finish: self.in_finish,
