@@ -184,7 +184,6 @@ impl<T: Send + 'static> InFlight<T> {
             None => false,
         }
     }
-
 }
 
 impl<T> InFlight<T> {

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use super::{
     BATCH, Panicked,
-    dispatch::{Dispatch, Grouped, group_by_queue},
     concurrency::{Concurrency, InFlight},
+    dispatch::{Dispatch, Grouped, group_by_queue},
     failure::{Failing, FailureRoute},
     fused::Fused,
     metrics::{Counters, Delta},

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 pub(crate) use super::failure::FailureRoute;
 use super::{
     Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics,
+    concurrency::Concurrency,
     dispatch::Dispatch,
     drain::StageDrain,
     emitter::Link,
@@ -28,7 +29,6 @@ use super::{
     queue::Queue,
     rate::RateLimit,
     reorder::Reorder,
-    concurrency::Concurrency,
     run::{self, Pace},
 };
 use crate::{
