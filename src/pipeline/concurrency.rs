@@ -67,8 +67,8 @@ type BoxError = Box<dyn Error + Send + Sync + 'static>;
 pub(crate) struct Concurrency {
     /// At least 1; 1 awaits each future in place.
     pub(crate) limit: usize,
-    /// Results in hand-over order (`#[concurrency(N, ordered)]`, or an
-    /// `ordered` stage).
+    /// Results in hand-over order (`#[concurrency(N, ordered)]`, an
+    /// `ordered` stage, or a `partition_by` one).
     pub(crate) ordered: bool,
 }
 
@@ -222,7 +222,8 @@ impl<T: Send + 'static> Emitter<T> {
     /// keep flowing). Their outputs leave in completion order, or in the
     /// order they were handed over with `#[concurrency(N, ordered)]` (and
     /// in a `#[replicas(R, ordered)]` stage, which needs each replica's
-    /// outputs in input order). Without `#[concurrency]` (N = 1), and in
+    /// outputs in input order, and under `partition_by`, which keeps each
+    /// key's order). Without `#[concurrency]` (N = 1), and in
     /// [`Stage::finish`](crate::Stage::finish), the future is awaited in
     /// place.
     ///

@@ -395,8 +395,9 @@ pub struct ReplicaMetrics {
     /// Items this replica took from its queue (and, after `abort`, the items
     /// cleared from it).
     pub received: u64,
-    /// Items it is done with: `process` returned (or panicked). Includes
-    /// the failed ones.
+    /// Items it is done with: `process` returned (or panicked), and the
+    /// futures it handed to [`Emitter::emit_async`](crate::Emitter::emit_async),
+    /// if any, completed. Includes the failed ones.
     pub processed: u64,
     /// Items it emitted.
     pub emitted: u64,
@@ -407,9 +408,9 @@ pub struct ReplicaMetrics {
     /// Items it emitted that nobody could take (the pipeline's output was
     /// not taken or was dropped, or the pipeline was aborted).
     pub dropped: u64,
-    /// Items it received that `abort` stopped before `process` returned: the
-    /// one in `process`, the rest of its batch, and what was cleared from
-    /// its queue.
+    /// Items it received that `abort` stopped before they were done: the
+    /// one in `process`, those whose futures were in flight, the rest of
+    /// its batch, and what was cleared from its queue.
     pub aborted: u64,
     /// Items waiting in this replica's own queue when the snapshot was
     /// taken: with `partition_by`, its partition's queue. Replicas that share
@@ -417,7 +418,8 @@ pub struct ReplicaMetrics {
     /// the shared queue is [`StageMetrics::queued`].
     pub queued: u64,
     /// Time spent at work on items: in `process` (and `finish`), not
-    /// counting time blocked. Time booting (`init`), waiting for items and
+    /// counting time blocked, nor time spent only waiting for futures in
+    /// flight (`#[concurrency(N)]`). Time booting (`init`), waiting for items and
     /// serving calls and casts (also between the items of a batch) is not
     /// busy. Includes the work in progress: a snapshot taken in the middle
     /// of a long `process` counts its time so far.
@@ -457,7 +459,8 @@ pub struct ReplicaMetrics {
 /// and for every stage:
 ///
 /// ```text
-/// received = processed + (items in progress: taken in a batch, not done)
+/// received = processed + (items in progress: taken in a batch, not done,
+///             their futures in flight included)
 /// failed  <= processed          (a failed item is done too)
 /// ```
 ///

@@ -177,8 +177,9 @@ impl Builder {
                 concurrency: Concurrency {
                     limit: spec.concurrency.max(1),
                     // An ordered stage puts each replica's outputs in order
-                    // with the others': they leave the replica in order.
-                    ordered: spec.concurrency_ordered || spec.ordered,
+                    // with the others': they leave the replica in order;
+                    // and `partition_by` keeps each key's order.
+                    ordered: spec.concurrency_ordered || spec.ordered || spec.partition.is_some(),
                 },
                 limit: spec
                     .rate_limit
