@@ -50,6 +50,12 @@ struct Job {
     fate: Fate,
 }
 
+impl Job {
+    fn key(&self) -> u64 {
+        self.id % 3
+    }
+}
+
 fn job(id: u64, delay: Duration) -> Job {
     Job { id, delay, fate: Fate::Ok }
 }
@@ -135,13 +141,18 @@ struct Fanned {
     probe: Arc<Probe>,
 }
 
+#[genflow::pipeline{ #[replicas(2, partition_by = Job::key)] #[concurrency(8)] lookup: Lookup<Keyed> }]
+struct Keyed {
+    probe: Arc<Probe>,
+}
+
 /// No `#[concurrency]`: one at a time, awaited in place.
 #[genflow::pipeline{ lookup: Lookup<Plain> }]
 struct Plain {
     probe: Arc<Probe>,
 }
 
-probed!(Unordered, InOrder, Fanned, Plain);
+probed!(Unordered, InOrder, Fanned, Keyed, Plain);
 
 /// Waits, on paused time, until `done` holds.
 async fn until(mut done: impl FnMut() -> bool) {
@@ -443,4 +454,21 @@ async fn a_state_rebuilt_while_lookups_are_in_flight_loses_none() {
     assert_eq!(out, (0..5).collect::<Vec<_>>());
     let stage = flow.metrics().stage("lookup").unwrap();
     assert_eq!((stage.received, stage.processed, stage.failed, stage.emitted), (5, 5, 0, 5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn partition_by_keeps_each_keys_order() {
+    let probe = Arc::new(Probe::default());
+    let flow = Keyed::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    // Later items are quicker: without order they would overtake.
+    flow.feed(stream::iter((0..30).map(|id| job(id, WORK * (30 - id as u32))))).await.unwrap();
+    flow.shutdown().await;
+    let out: Vec<u64> = output.collect().await;
+    assert_eq!(out.len(), 30);
+    for key in 0..3 {
+        let of_key: Vec<u64> = out.iter().copied().filter(|id| id % 3 == key).collect();
+        assert_eq!(of_key, (0..30).filter(|id| id % 3 == key).collect::<Vec<_>>());
+    }
+    assert!(probe.most() > 8, "both replicas had lookups in flight: {}", probe.most());
 }
