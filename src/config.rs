@@ -451,7 +451,9 @@ impl<R: Configurable> Builder<R> {
     /// over the stage's replicas (rounded up), so a burst of slow items
     /// spreads over idle replicas whatever this is set to. Set it to 1 when each item is
     /// slow and should go to the first replica free; larger values cut the
-    /// per-batch cost of cheap items. The idea is GenStage's `max_demand`.
+    /// per-batch cost of cheap items. A `#[concurrency(N)]` stage takes at
+    /// least N at a time whatever this says, so that N can be in flight.
+    /// The idea is GenStage's `max_demand`.
     ///
     /// Only pipelines have this method. 0, or an unknown name, makes
     /// [`start`](Self::start) return a [`ConfigError`].
