@@ -472,3 +472,20 @@ async fn partition_by_keeps_each_keys_order() {
     }
     assert!(probe.most() > 8, "both replicas had lookups in flight: {}", probe.most());
 }
+
+#[tokio::test(start_paused = true)]
+async fn results_flow_on_while_others_are_in_flight() {
+    let flow = Unordered::start(Arc::default()).await;
+    let mut output = flow.output().unwrap();
+    let started = Instant::now();
+    // Both sent before the replica runs: one batch.
+    flow.send(job(0, Duration::from_secs(1))).await.unwrap();
+    flow.send(job(1, WORK)).await.unwrap();
+    // Out as soon as it is done, while its batch still waits for job 0.
+    assert_eq!(output.next().await, Some(1));
+    assert_eq!(started.elapsed(), WORK);
+    assert_eq!(flow.metrics().stage("lookup").unwrap().in_flight, 1);
+    assert_eq!(output.next().await, Some(0));
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    flow.shutdown().await;
+}
