@@ -489,3 +489,24 @@ async fn results_flow_on_while_others_are_in_flight() {
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     flow.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn items_arriving_while_a_batch_settles_go_together_in_the_next() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::start(probe.clone()).await;
+    let output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.send(job(0, WORK)).await.unwrap();
+    until(|| probe.now() == 1).await;
+    // One a millisecond, while job 0 is in flight.
+    for id in 1..=5 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        flow.send(job(id, WORK)).await.unwrap();
+    }
+    flow.shutdown().await;
+    assert_eq!(started.elapsed(), 2 * WORK);
+    assert_eq!(probe.most(), 5);
+    let mut out: Vec<u64> = output.collect().await;
+    out.sort_unstable();
+    assert_eq!(out, (0..=5).collect::<Vec<_>>());
+}
