@@ -46,6 +46,11 @@ use super::{
 ///
 /// [`fail`](Self::fail) fails the item being processed instead: it goes to
 /// the pipeline's `failures()` stream as a [`Failure`](crate::Failure).
+///
+/// [`emit_async`](Self::emit_async) and [`try_emit_async`](Self::try_emit_async)
+/// take a future whose output is emitted when it completes: in a
+/// `#[concurrency(N)]` stage, up to N of them per replica run at once while
+/// `process` goes on with the next items (see the pipeline's module docs).
 pub struct Emitter<T> {
     buf: Vec<T>,
     link: Link<T>,
