@@ -166,22 +166,20 @@ impl<T: Send + 'static> InFlight<T> {
     }
 
     /// `process` returned for the current item (`failed` if it failed it):
-    /// whether the item has futures in flight (then it is done when they
-    /// are).
-    fn close_item(&mut self, failed: bool) -> bool {
+    /// `None` if the item has futures in flight (then it is done when they
+    /// are), else `Some(failed)`, whether it failed, in `process` or in
+    /// a future that completed before `process` returned.
+    fn close_item(&mut self, failed: bool) -> Option<bool> {
         let item = self.current;
         self.current += 1;
         match self.items.get_mut(&item) {
             Some(entry) if entry.left > 0 => {
                 entry.closed = true;
                 entry.failed |= failed;
-                true
+                None
             }
-            Some(_) => {
-                self.items.remove(&item);
-                false
-            }
-            None => false,
+            Some(_) => self.items.remove(&item).map(|entry| entry.failed || failed),
+            None => Some(failed),
         }
     }
 }
@@ -376,13 +374,14 @@ impl<T: Send + 'static> Emitter<T> {
     }
 
     /// `process` returned for the current item (`failed` if it failed
-    /// it): whether the item has futures in flight, and so is counted when
-    /// they are done, not now.
+    /// it): `None` if the item has futures in flight, and so is counted
+    /// when they are done; else `Some(failed)`, whether it failed (also
+    /// in a future that completed before `process` returned).
     #[inline]
-    pub(crate) fn close_item(&mut self, failed: bool) -> bool {
+    pub(crate) fn close_item(&mut self, failed: bool) -> Option<bool> {
         match self.in_flight_mut() {
             Some(flight) => flight.close_item(failed),
-            None => false,
+            None => Some(failed),
         }
     }
 
@@ -466,4 +465,61 @@ pub(crate) async fn settle<S: Stage>(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::ready;
+
+    use super::*;
+
+    fn flight() -> InFlight<u64> {
+        InFlight::new(Concurrency { limit: 4, ordered: false })
+    }
+
+    /// Polls the set until one future is done.
+    fn next(flight: &mut InFlight<u64>) -> Done<u64> {
+        futures::executor::block_on(poll_fn(|cx| flight.poll_done(cx))).expect("a future in flight")
+    }
+
+    #[test]
+    fn an_item_is_done_with_its_last_future() {
+        let mut flight = flight();
+        flight.push(job(0, ready(Ok::<u64, BoxError>(1))));
+        flight.push(job(0, ready(Err::<u64, BoxError>("no".into()))));
+        assert_eq!(flight.close_item(false), None);
+        let first = next(&mut flight);
+        let failed = !matches!(first.outcome, Outcome::Value(_));
+        assert_eq!(flight.complete(first.item, failed), None);
+        assert_eq!(flight.held(), 1);
+        let second = next(&mut flight);
+        let failed_too = !matches!(second.outcome, Outcome::Value(_));
+        // One of the two failed: the item failed, once.
+        assert!(failed != failed_too);
+        assert_eq!(flight.complete(second.item, failed_too), Some(true));
+        assert_eq!(flight.held(), 0);
+    }
+
+    #[test]
+    fn a_future_done_before_process_returned_counts_with_its_item() {
+        let mut flight = flight();
+        flight.push(job(0, ready(Err::<u64, BoxError>("no".into()))));
+        let done = next(&mut flight);
+        assert_eq!(flight.complete(done.item, true), None);
+        // `process` returns without failing the item itself: it failed.
+        assert_eq!(flight.close_item(false), Some(true));
+        assert_eq!(flight.held(), 0);
+        // The next item has no future: done at once, as it says.
+        assert_eq!(flight.close_item(false), Some(false));
+        assert_eq!(flight.close_item(true), Some(true));
+    }
+
+    #[test]
+    fn a_panicking_future_is_caught() {
+        let mut flight = flight();
+        flight.push(job(3, async { panic!("boom") as Result<u64, BoxError> }));
+        let done = next(&mut flight);
+        assert_eq!(done.item, 3);
+        assert!(matches!(done.outcome, Outcome::Panicked(panic) if panic.message() == "boom"));
+    }
 }

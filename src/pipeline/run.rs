@@ -451,13 +451,13 @@ pub(crate) async fn process_batch<S: Stage>(
             out.fail_panic(Panicked::new(&panic));
         }
         // An item counts as failed once, however many failures it gave.
-        let failed = out.take_item_failed();
+        let item_failed = out.take_item_failed();
         // An item with futures in flight is done when they are.
-        if !out.close_item(failed) {
+        if let Some(failed) = out.close_item(item_failed) {
             progress.processed += 1;
             progress.failed += u64::from(failed);
         }
-        if failed {
+        if item_failed {
             out.send_failures().await;
         }
         if waited {
