@@ -343,6 +343,20 @@ async fn without_concurrency_each_lookup_is_awaited_in_place() {
     assert_eq!(started.elapsed(), 4 * WORK);
     assert_eq!(probe.most(), 1);
     assert_eq!(output.collect::<Vec<_>>().await, vec![0, 1, 2, 3]);
+
+    // A failing and a panicking lookup fail their items there too.
+    let flow = Plain::start(Arc::default()).await;
+    let (output, failures) = (flow.output().unwrap(), flow.failures().unwrap());
+    flow.send(Job { id: 0, delay: WORK, fate: Fate::Fail }).await.unwrap();
+    flow.send(Job { id: 1, delay: WORK, fate: Fate::Panic }).await.unwrap();
+    flow.send(job(2, WORK)).await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(output.collect::<Vec<_>>().await, vec![2]);
+    let failures: Vec<(String, bool)> =
+        failures.map(|f| (f.error().to_string(), f.is_panic())).collect::<Vec<_>>().await;
+    assert_eq!(failures, vec![("job 0 failed".to_string(), false), ("job 1 panicked".to_string(), true)]);
+    let stage = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((stage.received, stage.processed, stage.failed), (3, 3, 2));
 }
 
 #[tokio::test(start_paused = true)]
