@@ -505,7 +505,7 @@ async fn results_flow_on_while_others_are_in_flight() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn items_arriving_while_a_batch_settles_go_together_in_the_next() {
+async fn items_arriving_while_futures_are_in_flight_join_them() {
     let probe = Arc::new(Probe::default());
     let flow = Unordered::start(probe.clone()).await;
     let output = flow.output().unwrap();
@@ -516,11 +516,38 @@ async fn items_arriving_while_a_batch_settles_go_together_in_the_next() {
     for id in 1..=5 {
         tokio::time::sleep(Duration::from_millis(1)).await;
         flow.send(job(id, WORK)).await.unwrap();
+        until(|| probe.now() == id + 1).await;
     }
     flow.shutdown().await;
-    assert_eq!(started.elapsed(), 2 * WORK);
-    assert_eq!(probe.most(), 5);
+    assert_eq!(started.elapsed(), Duration::from_millis(5) + WORK);
+    assert_eq!(probe.most(), 6);
     let mut out: Vec<u64> = output.collect().await;
     out.sort_unstable();
     assert_eq!(out, (0..=5).collect::<Vec<_>>());
+}
+
+/// Four at a time.
+#[genflow::pipeline{ #[concurrency(4)] lookup: Lookup<Four> }]
+struct Four {
+    probe: Arc<Probe>,
+}
+
+probed!(Four);
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_lookup_holds_one_place_only() {
+    let flow = Four::start(Arc::default()).await;
+    let mut output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.send(job(0, Duration::from_secs(1))).await.unwrap();
+    flow.feed(stream::iter((1..=100).map(|id| job(id, WORK)))).await.unwrap();
+    // The fast ones go three at a time beside the slow one.
+    let fast: Vec<u64> = (&mut output).take(100).collect().await;
+    assert_eq!(started.elapsed(), 34 * WORK);
+    let mut sorted = fast.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=100).collect::<Vec<_>>());
+    assert_eq!(output.next().await, Some(0));
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    flow.shutdown().await;
 }

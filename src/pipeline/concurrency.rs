@@ -53,6 +53,7 @@ use futures::{
 use super::{
     Emitter, Panicked, Stage,
     metrics::{Counters, Delta},
+    queue::Reader,
 };
 use crate::server::{
     handle::Inbox,
@@ -70,11 +71,15 @@ pub(crate) struct Concurrency {
     /// Results in hand-over order (`#[concurrency(N, ordered)]`, an
     /// `ordered` stage, or a `partition_by` one).
     pub(crate) ordered: bool,
+    /// Whether a replica takes more items while its futures are in flight
+    /// (not in an `ordered` stage, whose batches are runs of consecutive
+    /// inputs: its batch ends when they are all done).
+    pub(crate) refill: bool,
 }
 
 impl Default for Concurrency {
     fn default() -> Self {
-        Concurrency { limit: 1, ordered: false }
+        Concurrency { limit: 1, ordered: false, refill: true }
     }
 }
 
@@ -119,6 +124,8 @@ pub(crate) struct InFlight<T> {
     current: u64,
     /// In `finish`: futures are awaited in place (there is no item).
     inline: bool,
+    /// See [`Concurrency::refill`].
+    refill: bool,
 }
 
 impl<T: Send + 'static> InFlight<T> {
@@ -128,7 +135,14 @@ impl<T: Send + 'static> InFlight<T> {
         } else {
             Set::Unordered(FuturesUnordered::new())
         };
-        InFlight { set, limit: concurrency.limit.max(1), items: HashMap::new(), current: 0, inline: false }
+        InFlight {
+            set,
+            limit: concurrency.limit.max(1),
+            items: HashMap::new(),
+            current: 0,
+            inline: false,
+            refill: concurrency.refill,
+        }
     }
 
     fn len(&self) -> usize {
@@ -399,23 +413,65 @@ impl<T: Send + 'static> Emitter<T> {
     }
 }
 
+/// How many times its `max_demand` a batch takes at most, counting the
+/// items taken while its futures are in flight: past that, the batch
+/// settles and ends, so that `flush` under a steady stream still returns.
+const REFILLS: u64 = 8;
+
+/// Where a batch whose futures are in flight takes more items from.
+pub(crate) struct Refill<'r, 'q, T> {
+    reader: &'r mut Reader<'q, T>,
+    /// The batch's items (empty while it refills).
+    items: &'r mut Vec<T>,
+    /// How many more it may take.
+    left: usize,
+}
+
+impl<'r, 'q, T: Send> Refill<'r, 'q, T> {
+    /// Takes into `items` from `reader`, if any, up to [`REFILLS`] times
+    /// `max_demand` items per batch in all (`taken` so far).
+    pub(crate) fn new(
+        reader: Option<&'r mut Reader<'q, T>>,
+        items: &'r mut Vec<T>,
+        max_demand: u32,
+        taken: u64,
+    ) -> Option<Self> {
+        let left = (REFILLS * u64::from(max_demand)).saturating_sub(taken);
+        let left = usize::try_from(left).unwrap_or(usize::MAX);
+        reader.filter(|_| left > 0).map(|reader| Refill { reader, items, left })
+    }
+}
+
 /// Settles the replica's futures in flight at the end of a batch: waits
 /// for each, emitting its output, and meanwhile serves the calls and casts
 /// that arrive (if `serve`: not after a handler panicked, whose state is to
 /// be rebuilt) and the stages fused after this one. The waits are not busy
-/// time. `Err` if a handler panicked; the futures are settled all the same.
+/// time.
+///
+/// With `refill`, in a stage that is not `ordered` (whose batches are runs
+/// of consecutive inputs), it takes more items as soon as there is room
+/// among the futures and items are waiting: `Ok(n)` once it took `n`
+/// (in the batch's order, last to first), for the batch to process them;
+/// `Ok(0)` once every future is done. `Err` if a handler panicked; the
+/// futures are settled all the same.
 pub(crate) async fn settle<S: Stage>(
     server: &mut S,
     control: &mut Inbox<S>,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
     mut serve: bool,
-) -> Result<(), Crashed> {
+    mut refill: Option<Refill<'_, '_, S::In>>,
+) -> Result<usize, Crashed> {
     /// What came first.
     enum Next<E, D> {
         Envelope(E),
         Fused,
         Done(Option<D>),
+        Taken(usize),
+        InputDone,
+    }
+    if !out.in_flight_mut().is_some_and(|flight| flight.refill) {
+        refill = None;
     }
     let mut result = Ok(());
     while out.has_in_flight() {
@@ -430,11 +486,22 @@ pub(crate) async fn settle<S: Stage>(
                 return Poll::Ready(Next::Fused);
             }
             let Some(flight) = out.in_flight_mut() else { return Poll::Ready(Next::Done(None)) };
-            let poll = flight.poll_done(cx).map(Next::Done);
-            if poll.is_pending() && away.is_none() {
+            if let Poll::Ready(done) = flight.poll_done(cx) {
+                return Poll::Ready(Next::Done(done));
+            }
+            let room = flight.limit.saturating_sub(flight.len());
+            if let Some(refill) = refill.as_mut().filter(|_| room > 0) {
+                let most = room.min(refill.left);
+                match refill.reader.poll_pop_numbered(cx, refill.items, most) {
+                    Poll::Ready(Some(_)) => return Poll::Ready(Next::Taken(refill.items.len())),
+                    Poll::Ready(None) => return Poll::Ready(Next::InputDone),
+                    Poll::Pending => {}
+                }
+            }
+            if away.is_none() {
                 away = Some(counters.step_away());
             }
-            poll
+            Poll::Pending
         })
         .await;
         if let Some(away) = away {
@@ -447,6 +514,7 @@ pub(crate) async fn settle<S: Stage>(
                 counters.step_back(away);
                 if let Err(crashed) = handled {
                     serve = false;
+                    refill = None;
                     result = Err(crashed);
                 }
             }
@@ -462,9 +530,16 @@ pub(crate) async fn settle<S: Stage>(
                 out.flush().await;
             }
             Next::Done(None) => break,
+            Next::Taken(n) => {
+                if let Some(refill) = refill {
+                    refill.items.reverse();
+                }
+                return Ok(n);
+            }
+            Next::InputDone => refill = None,
         }
     }
-    result
+    result.map(|()| 0)
 }
 
 #[cfg(test)]
@@ -474,7 +549,7 @@ mod tests {
     use super::*;
 
     fn flight() -> InFlight<u64> {
-        InFlight::new(Concurrency { limit: 4, ordered: false })
+        InFlight::new(Concurrency { limit: 4, ordered: false, refill: true })
     }
 
     /// Polls the set until one future is done.

@@ -74,10 +74,15 @@ impl Mark {
 
     /// The replica took the batch numbered from `first` on. Called under
     /// the lock of the queue it reads, where flushers set [`WATCHED`]: the
-    /// bit is kept.
+    /// bit is kept. A replica that takes more items into the batch it
+    /// works on (while its futures are in flight, see `concurrency.rs`)
+    /// keeps the batch's first number: they all end with the batch.
     pub(crate) fn took(&self, first: u64) {
-        let watched = self.at.load(Ordering::Relaxed) & WATCHED;
-        self.at.store(first | watched, Ordering::Relaxed);
+        let at = self.at.load(Ordering::Relaxed);
+        if at & !WATCHED != IDLE {
+            return;
+        }
+        self.at.store(first | (at & WATCHED), Ordering::Relaxed);
     }
 
     /// Sets [`WATCHED`]; returns the mark without it. Called under the lock

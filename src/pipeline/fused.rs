@@ -229,7 +229,7 @@ impl<S: Stage> FusedStage<S> {
             match (&mut self.server, &mut self.control) {
                 (Some(server), Some(control)) => {
                     let processed =
-                        process_batch(server, control, &mut self.batch, &mut self.out, &self.counters).await;
+                        process_batch(server, control, &mut self.batch, &mut self.out, &self.counters, None).await;
                     if let Err(Crashed) = processed {
                         self.crashed().await;
                     }

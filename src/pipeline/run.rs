@@ -92,7 +92,9 @@ pub(crate) fn run<S: Stage>(
             loop {
                 // Items left by a handler that panicked go to the new state.
                 if !batch.items.is_empty() {
-                    let processed = process_batch(&mut server, &mut control, &mut batch, &mut out, &counters).await;
+                    let processed =
+                        process_batch(&mut server, &mut control, &mut batch, &mut out, &counters, Some(&mut reader))
+                            .await;
                     if batch.items.is_empty() {
                         mark.ended();
                     }
@@ -406,20 +408,46 @@ impl Drop for Progress<'_> {
 /// Processes the batch item by item, serving calls and casts that arrive in
 /// between. If one of those handlers panics, the items not processed yet
 /// stay in the batch for the restarted state.
+///
+/// With `reader`, a replica whose futures are in flight (`#[concurrency]`)
+/// takes more items from it into the batch as they free room (see
+/// `concurrency::settle`).
 pub(crate) async fn process_batch<S: Stage>(
     server: &mut S,
     control: &mut Inbox<S>,
     batch: &mut Batch<S::In>,
     out: &mut Emitter<S::Out>,
     counters: &Counters,
+    mut reader: Option<&mut Reader<'_, S::In>>,
 ) -> Result<(), Crashed> {
     counters.begin_batch();
     out.begin_batch(batch.first);
     let mut progress = Progress::new(counters);
-    let taken = batch.items.len() as u64;
+    let mut taken = batch.items.len() as u64;
     let mut result = Ok(());
     let mut awaited = false;
-    while !batch.items.is_empty() {
+    loop {
+        if batch.items.is_empty() {
+            if !out.has_in_flight() {
+                break;
+            }
+            // Its futures in flight settle, or free room for more items.
+            progress.publish();
+            let refill = concurrency::Refill::new(reader.as_deref_mut(), &mut batch.items, batch.max_demand, taken);
+            let settled = Box::pin(concurrency::settle(server, control, out, counters, true, refill)).await;
+            match settled {
+                Ok(0) => break,
+                Ok(more) => {
+                    taken += more as u64;
+                    counters.add(&Delta { received: more as u64, ..Delta::default() });
+                    continue;
+                }
+                Err(crashed) => {
+                    result = Err(crashed);
+                    break;
+                }
+            }
+        }
         if let Some(limit) = &batch.limit {
             // The wait, rare on the item path, takes no room in the
             // replica's future. The item stays in the batch meanwhile, so
@@ -482,8 +510,8 @@ pub(crate) async fn process_batch<S: Stage>(
     // The batch ends once its futures in flight are done.
     if out.has_in_flight() {
         progress.publish();
-        let settled = Box::pin(concurrency::settle(server, control, out, counters, result.is_ok())).await;
-        result = result.and(settled);
+        let settled = Box::pin(concurrency::settle(server, control, out, counters, false, None)).await;
+        result = result.and(settled.map(|_| ()));
     }
     let done = taken - batch.items.len() as u64;
     if done > 0 {

@@ -180,6 +180,7 @@ impl Builder {
                     // with the others': they leave the replica in order;
                     // and `partition_by` keeps each key's order.
                     ordered: spec.concurrency_ordered || spec.ordered || spec.partition.is_some(),
+                    refill: !spec.ordered,
                 },
                 limit: spec
                     .rate_limit
