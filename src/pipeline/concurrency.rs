@@ -18,19 +18,30 @@
 //! An item whose `process` handed over futures is *in flight*: received,
 //! not processed. It is processed (counted in `processed`, and in `failed`
 //! if one of its futures failed, panicked, or `process` failed it) when its
-//! last future completes. A replica settles its futures before it ends a
-//! batch: it waits for every one of them (serving calls and casts, and the
-//! stages fused after it, meanwhile) before it takes the next batch. So
-//! everything said of a batch holds unchanged: `flush()` returns after the
-//! items' futures completed, shutdown waits for them before `finish`, an
-//! `ordered` stage puts their results in order with the batch's, and a
-//! restarted state never loses them (a handler that panicked while they
-//! were in flight is restarted after they complete). `abort` counts the
-//! items in flight as aborted.
+//! last future completes.
+//!
+//! A batch whose items are all through `process` while futures are still
+//! in flight does not end yet: the replica waits for them (serving calls
+//! and casts, and the stages fused after it, meanwhile), and, as soon as
+//! one completes and items are waiting in its queue, takes more into the
+//! same batch, as many as there is room for among the N. So a slow future
+//! holds one place, not the replica's intake, and an item that arrives
+//! while others are in flight joins them at once. The batch ends once
+//! nothing is in flight, or once it took 8 times its `max_demand` (then
+//! it lets its last futures complete first), so that `flush` under a
+//! steady stream still returns. Everything said of a batch holds
+//! unchanged: `flush()` returns after the items' futures completed,
+//! shutdown waits for them before `finish`, and a restarted state never
+//! loses them (a handler that panicked while they were in flight is
+//! restarted after they complete). An `ordered` stage, whose batches are
+//! runs of consecutive inputs, takes no more items into a batch: each
+//! batch waits for all its futures, and its outputs join the others' in
+//! input order. `abort` counts the items in flight as aborted.
 //!
 //! A replica takes up to `max(max_demand, N)` items at a time, so that N
-//! futures can be in flight at once: a replica holds at most that many
-//! items, in its batch or in flight.
+//! futures can be in flight at once; while futures are in flight it takes
+//! only as many as there is room for. So it holds at most that many items,
+//! in its batch or in flight.
 //!
 //! The idea is Akka Streams' `mapAsync`/`mapAsyncUnordered`, the futures
 //! crate's `buffered`/`buffer_unordered`, and the `concurrency` of a

@@ -228,8 +228,7 @@ impl<S: Stage> FusedStage<S> {
         while !self.batch.items.is_empty() {
             match (&mut self.server, &mut self.control) {
                 (Some(server), Some(control)) => {
-                    let processed =
-                        process_batch(server, control, &mut self.batch, &mut self.out, &self.counters, None).await;
+                    let processed = process_batch(server, control, &mut self.batch, &mut self.out, None).await;
                     if let Err(Crashed) = processed {
                         self.crashed().await;
                     }

@@ -76,9 +76,10 @@
 //! hands the slow part to [`Emitter::emit_async`] or
 //! [`Emitter::try_emit_async`]. Outputs leave as their futures complete
 //! (in hand-over order with `#[concurrency(N, ordered)]`, and always in an
-//! `ordered` stage). A replica waits for its futures in flight before it
-//! ends a batch, so `flush`, shutdown, `finish`, restarts and `ordered`
-//! work as for any stage. A `#[concurrency]` stage can be `#[fused]`, and
+//! `ordered` stage). A replica takes more items as its futures complete;
+//! its batch ends once none is in flight (an `ordered` stage's, once the
+//! batch's own are done), so `flush`, shutdown, `finish`, restarts and
+//! `ordered` work as for any stage. A `#[concurrency]` stage can be `#[fused]`, and
 //! can have a fused stage after it: its futures are then polled by the
 //! group's task. The builder's `concurrency("stage", n)` sets N at start.
 //!

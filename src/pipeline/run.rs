@@ -93,8 +93,7 @@ pub(crate) fn run<S: Stage>(
                 // Items left by a handler that panicked go to the new state.
                 if !batch.items.is_empty() {
                     let processed =
-                        process_batch(&mut server, &mut control, &mut batch, &mut out, &counters, Some(&mut reader))
-                            .await;
+                        process_batch(&mut server, &mut control, &mut batch, &mut out, Some(&mut reader)).await;
                     if batch.items.is_empty() {
                         mark.ended();
                     }
@@ -417,12 +416,13 @@ pub(crate) async fn process_batch<S: Stage>(
     control: &mut Inbox<S>,
     batch: &mut Batch<S::In>,
     out: &mut Emitter<S::Out>,
-    counters: &Counters,
     mut reader: Option<&mut Reader<'_, S::In>>,
 ) -> Result<(), Crashed> {
-    counters.begin_batch();
+    // The replica's counters, reached through `progress` (one reference
+    // fewer in the replica's future).
+    let mut progress = Progress::new(&batch.counters);
+    progress.counters.begin_batch();
     out.begin_batch(batch.first);
-    let mut progress = Progress::new(counters);
     let mut taken = batch.items.len() as u64;
     let mut result = Ok(());
     let mut awaited = false;
@@ -434,12 +434,12 @@ pub(crate) async fn process_batch<S: Stage>(
             // Its futures in flight settle, or free room for more items.
             progress.publish();
             let refill = concurrency::Refill::new(reader.as_deref_mut(), &mut batch.items, batch.max_demand, taken);
-            let settled = Box::pin(concurrency::settle(server, control, out, counters, true, refill)).await;
+            let settled = Box::pin(concurrency::settle(server, control, out, progress.counters, true, refill)).await;
             match settled {
                 Ok(0) => break,
                 Ok(more) => {
                     taken += more as u64;
-                    counters.add(&Delta { received: more as u64, ..Delta::default() });
+                    progress.counters.add(&Delta { received: more as u64, ..Delta::default() });
                     continue;
                 }
                 Err(crashed) => {
@@ -454,7 +454,7 @@ pub(crate) async fn process_batch<S: Stage>(
             // it counts as aborted if the task is dropped.
             if !limit.try_acquire() {
                 progress.publish();
-                result = Box::pin(throttle(limit, counters, server, control, out)).await;
+                result = Box::pin(throttle(limit, progress.counters, server, control, out)).await;
                 if result.is_err() {
                     break;
                 }
@@ -499,9 +499,9 @@ pub(crate) async fn process_batch<S: Stage>(
             // Publish what is done, so a call sees metrics as current as
             // the state it reads.
             progress.publish();
-            let away = counters.step_away();
+            let away = progress.counters.step_away();
             result = serve_waiting(server, control).await;
-            counters.step_back(away);
+            progress.counters.step_back(away);
             if result.is_err() {
                 break;
             }
@@ -510,7 +510,7 @@ pub(crate) async fn process_batch<S: Stage>(
     // The batch ends once its futures in flight are done.
     if out.has_in_flight() {
         progress.publish();
-        let settled = Box::pin(concurrency::settle(server, control, out, counters, false, None)).await;
+        let settled = Box::pin(concurrency::settle(server, control, out, progress.counters, false, None)).await;
         result = result.and(settled.map(|_| ()));
     }
     let done = taken - batch.items.len() as u64;
