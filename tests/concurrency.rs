@@ -154,13 +154,16 @@ struct Plain {
 
 probed!(Unordered, InOrder, Fanned, Keyed, Plain);
 
-/// Waits, on paused time, until `done` holds.
+/// Waits until `done` holds, letting the other tasks run (paused time
+/// does not move meanwhile: `done` must not need it to).
 async fn until(mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    while !done() {
-        assert!(Instant::now() < deadline, "condition not reached");
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
         tokio::task::yield_now().await;
     }
+    panic!("condition not reached");
 }
 
 #[tokio::test(start_paused = true)]
@@ -549,5 +552,49 @@ async fn a_slow_lookup_holds_one_place_only() {
     assert_eq!(sorted, (1..=100).collect::<Vec<_>>());
     assert_eq!(output.next().await, Some(0));
     assert_eq!(started.elapsed(), Duration::from_secs(1));
+    flow.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn flush_waits_for_items_taken_while_others_were_in_flight() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::start(probe.clone()).await;
+    let mut output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.send(job(0, 5 * WORK)).await.unwrap();
+    until(|| probe.now() == 1).await;
+    flow.send(job(1, WORK)).await.unwrap();
+    until(|| probe.now() == 2).await;
+    flow.flush().await.unwrap();
+    assert_eq!(started.elapsed(), 5 * WORK);
+    assert_eq!(output.next().now_or_never(), Some(Some(1)));
+    assert_eq!(output.next().now_or_never(), Some(Some(0)));
+    flow.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn flush_returns_under_a_steady_stream() {
+    let probe = Arc::new(Probe::default());
+    let flow = Unordered::start(probe.clone()).await;
+    let _output = flow.output().unwrap();
+    // One item a millisecond, each 10 ms: about 10 in flight all along,
+    // never none.
+    let feeder = flow.clone();
+    let feed = tokio::spawn(async move {
+        for id in 0..5_000 {
+            feeder.send(job(id, WORK)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(probe.now() >= 5, "{}", probe.now());
+    let started = Instant::now();
+    flow.flush().await.unwrap();
+    // A batch ends once it took 8 × its max_demand (32) items and they
+    // are done: items 0..256 arrive by 255 ms, the last is done at 265 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(260));
+    assert!(!feed.is_finished());
+    assert!(probe.most() < 16, "room all along: {}", probe.most());
+    feed.abort();
     flow.shutdown().await;
 }
