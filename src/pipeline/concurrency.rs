@@ -252,7 +252,7 @@ impl<T: Send + 'static> Emitter<T> {
     ///
     /// The item is processed when its last future completes: `processed`
     /// counts it then, and [`flush`](crate::pipeline::Pipeline::flush),
-    /// shutdown and the end of each batch wait for it. A panic inside
+    /// shutdown and the end of its batch wait for it. A panic inside
     /// `future` fails the item (a [`Failure`](crate::Failure) with
     /// [`is_panic`](crate::Failure::is_panic)), as a panic in `process`
     /// does; the stage's state is not touched. Call it several times to
