@@ -66,6 +66,12 @@ pub enum ConfigError {
         /// The interval given.
         per: Duration,
     },
+    /// A stage was given a concurrency of 0; a replica has at least one
+    /// item in flight.
+    ZeroConcurrency {
+        /// The stage.
+        stage: &'static str,
+    },
     /// A stage that is `#[fused]`, or that a `#[fused]` stage follows, was
     /// given more than one replica: fused stages run in one task.
     FusedReplicas {
@@ -87,6 +93,15 @@ pub enum ConfigError {
     NotBatched {
         /// The stage.
         stage: &'static str,
+    },
+    /// A concurrency above 1 was given to a `#[batch(..)]` stage: its
+    /// batches are processed one at a time per replica (use more replicas
+    /// for batches in parallel).
+    ConcurrentBatch {
+        /// The stage.
+        stage: &'static str,
+        /// The concurrency given.
+        concurrency: usize,
     },
 }
 
@@ -117,6 +132,11 @@ impl fmt::Display for ConfigError {
                 "stage `{stage}` was given a rate limit of {items} items per {per:?}: a rate limit lets at least \
                  1 item through per interval longer than 0"
             ),
+            ConfigError::ZeroConcurrency { stage } => write!(
+                f,
+                "stage `{stage}` was given a concurrency of 0: a replica has at least 1 item in flight (1 is one \
+                 at a time)"
+            ),
             ConfigError::FusedReplicas { stage, replicas, fused } if stage == fused => write!(
                 f,
                 "stage `{stage}` was given {replicas} replicas, but it is `#[fused]`: it runs in the task of the \
@@ -130,6 +150,11 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroBatchSize { stage } => {
                 write!(f, "stage `{stage}` was given a batch size of 0: a batch holds at least 1 item")
             }
+            ConfigError::ConcurrentBatch { stage, concurrency } => write!(
+                f,
+                "stage `{stage}` is a `#[batch(..)]` stage and cannot have a concurrency of {concurrency}: its \
+                 batches are processed one at a time per replica; give it more replicas instead"
+            ),
             ConfigError::NotBatched { stage } => write!(
                 f,
                 "stage `{stage}` was given a batch size and timeout, but it is not declared `#[batch(..)]`: only \
@@ -161,6 +186,7 @@ pub struct Sizes {
     demand: Vec<Option<usize>>,
     rate: Vec<Option<(u32, Duration)>>,
     batch: Vec<Option<BatchSpec>>,
+    concurrency: Vec<Option<usize>>,
 }
 
 impl Sizes {
@@ -174,6 +200,12 @@ impl Sizes {
     #[inline]
     pub fn max_demand(&self, index: usize, declared: usize) -> usize {
         self.demand.get(index).copied().flatten().unwrap_or(declared)
+    }
+
+    /// The concurrency of stage `index`: the override, else `declared`.
+    #[inline]
+    pub fn concurrency(&self, index: usize, declared: usize) -> usize {
+        self.concurrency.get(index).copied().flatten().unwrap_or(declared)
     }
 
     /// The rate limit of stage `index` (items, per interval): the
@@ -291,6 +323,7 @@ enum What {
     MaxDemand,
     RateLimit(Duration),
     Batch(Duration),
+    Concurrency,
 }
 
 #[derive(Debug)]
@@ -366,6 +399,7 @@ impl<R: Configurable> Builder<R> {
             demand: vec![None; count],
             rate: vec![None; count],
             batch: vec![None; count],
+            concurrency: vec![None; count],
         };
         for setting in &self.settings {
             let Some(i) = R::NAMES.iter().position(|n| *n == setting.name) else {
@@ -379,6 +413,7 @@ impl<R: Configurable> Builder<R> {
                 What::Replicas => &mut sizes.replicas[i],
                 What::QueueSize => &mut sizes.queue[i],
                 What::MaxDemand => &mut sizes.demand[i],
+                What::Concurrency => &mut sizes.concurrency[i],
                 What::RateLimit(per) => {
                     // Items above u32::MAX per interval are as good as no limit.
                     let n = u32::try_from(setting.value).unwrap_or(u32::MAX);
@@ -399,6 +434,12 @@ impl<R: Configurable> Builder<R> {
                 What::Replicas => sizes.replicas[i],
                 What::QueueSize => sizes.queue[i],
                 What::MaxDemand => sizes.demand[i],
+                What::Concurrency => match sizes.concurrency[i] {
+                    Some(concurrency) if concurrency > 1 && R::BATCHED.contains(&R::NAMES[i]) => {
+                        return Err(ConfigError::ConcurrentBatch { stage: R::NAMES[i], concurrency });
+                    }
+                    value => value,
+                },
                 What::RateLimit(_) => match sizes.rate[i] {
                     Some((n, per)) if n == 0 || per.is_zero() => Some(0),
                     _ => None,
@@ -413,6 +454,7 @@ impl<R: Configurable> Builder<R> {
                     What::Replicas => ConfigError::ZeroReplicas { stage: R::NAMES[i] },
                     What::QueueSize => ConfigError::ZeroQueueSize { kind: R::KIND, name: R::NAMES[i] },
                     What::MaxDemand => ConfigError::ZeroMaxDemand { stage: R::NAMES[i] },
+                    What::Concurrency => ConfigError::ZeroConcurrency { stage: R::NAMES[i] },
                     What::RateLimit(_) => {
                         let (items, per) = sizes.rate[i].unwrap_or_default();
                         ConfigError::ZeroRateLimit { stage: R::NAMES[i], items, per }
@@ -472,7 +514,9 @@ impl<R: Configurable> Builder<R> {
     /// over the stage's replicas (rounded up), so a burst of slow items
     /// spreads over idle replicas whatever this is set to. Set it to 1 when each item is
     /// slow and should go to the first replica free; larger values cut the
-    /// per-batch cost of cheap items. The idea is GenStage's `max_demand`.
+    /// per-batch cost of cheap items. A `#[concurrency(N)]` stage takes at
+    /// least N at a time whatever this says, so that N can be in flight.
+    /// The idea is GenStage's `max_demand`.
     ///
     /// Only pipelines have this method. 0, or an unknown name, makes
     /// [`start`](Self::start) return a [`ConfigError`].
@@ -481,6 +525,28 @@ impl<R: Configurable> Builder<R> {
         R: Replicated,
     {
         self.settings.push(Setting { what: What::MaxDemand, name: name.into(), value: n });
+        self
+    }
+
+    /// Sets how many items of one replica of the stage `name` may be in
+    /// flight at once, overriding its `#[concurrency(N)]` (1 if it has
+    /// none): the futures its `process` hands to
+    /// [`Emitter::emit_async`](crate::Emitter::emit_async) run together, up
+    /// to `n` per replica, while `process` goes on with the next items.
+    /// With 1, each future is awaited in place. The replica then takes up
+    /// to `max(max_demand, n)` items at a time, so that `n` can be in
+    /// flight. Whether outputs keep their input order stays as declared
+    /// (`#[concurrency(N, ordered)]`, or an `ordered` stage). The idea is
+    /// Broadway's processor `concurrency` and Akka Streams' `mapAsync`
+    /// parallelism.
+    ///
+    /// Only pipelines have this method. 0, or an unknown name, makes
+    /// [`start`](Self::start) return a [`ConfigError`].
+    pub fn concurrency(mut self, name: impl Into<String>, n: usize) -> Self
+    where
+        R: Replicated,
+    {
+        self.settings.push(Setting { what: What::Concurrency, name: name.into(), value: n });
         self
     }
 

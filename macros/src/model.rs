@@ -68,6 +68,8 @@ pub(crate) struct Server {
     /// `#[batch(size = .., timeout = ..)]`, pipeline stages only: the size,
     /// the timeout's expression, and the attribute (for spans).
     pub(crate) batch: Option<Batch>,
+    /// `#[concurrency(n, ordered?)]`, pipeline stages only.
+    pub(crate) concurrency: Option<(Count, bool)>,
 }
 
 /// A stage's `#[batch(..)]`.
@@ -115,7 +117,7 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
         .entries
         .into_iter()
         .map(|entry| {
-            let (replicas, fused, max_demand, rate_limit, batch) = match (kind, stage_attrs.next()) {
+            let (replicas, fused, max_demand, rate_limit, batch, concurrency) = match (kind, stage_attrs.next()) {
                 (Kind::Pipeline, Some(mut attrs)) => {
                     let fused = !attrs.fused.is_empty();
                     let max_demand =
@@ -137,11 +139,18 @@ pub(crate) fn build(kind: Kind, args: parse::Args, stage_attrs: Vec<StageAttrs>,
                         };
                         Some(Batch { size, timeout: batch.timeout? })
                     });
-                    (replicas(attrs), fused, max_demand, rate_limit, batch)
+                    let concurrency = std::mem::take(&mut attrs.concurrency).into_iter().next().map(|c| {
+                        let count = match c.count {
+                            parse::Count::Lit(lit) => Count::Lit(lit.base10_parse().unwrap_or(1).max(1)),
+                            parse::Count::Const(path) => Count::Const(path),
+                        };
+                        (count, c.ordered)
+                    });
+                    (replicas(attrs), fused, max_demand, rate_limit, batch, concurrency)
                 }
-                _ => (Replicas::default(), false, None, None, None),
+                _ => (Replicas::default(), false, None, None, None, None),
             };
-            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand, rate_limit, batch }
+            Server { name: entry.name, ty: entry.ty, replicas, fused, max_demand, rate_limit, batch, concurrency }
         })
         .collect();
     Registry { kind, attrs: item.attrs, vis: item.vis, span: item.ident.span(), ident: item.ident, fields, servers }

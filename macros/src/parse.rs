@@ -85,6 +85,8 @@ pub(crate) struct StageAttrs {
     pub(crate) rate_limit: Vec<RateLimitAttr>,
     /// Every `#[batch(..)]` that parsed.
     pub(crate) batch: Vec<BatchAttr>,
+    /// Every `#[concurrency(..)]` that parsed.
+    pub(crate) concurrency: Vec<ConcurrencyAttr>,
 }
 
 /// One `#[batch(size = n, timeout = duration)]`.
@@ -95,6 +97,13 @@ pub(crate) struct BatchAttr {
     /// How long the oldest item of an open batch waits: an expression of
     /// type `std::time::Duration`.
     pub(crate) timeout: Option<syn::Expr>,
+}
+
+/// One `#[concurrency(n)]` or `#[concurrency(n, ordered)]`.
+pub(crate) struct ConcurrencyAttr {
+    pub(crate) attr: Attribute,
+    pub(crate) count: Count,
+    pub(crate) ordered: bool,
 }
 
 /// One `#[rate_limit(n, per = duration)]`.
@@ -147,6 +156,13 @@ pub(crate) fn stage_attrs(attrs: &[Attribute], errors: &mut Errors) -> StageAttr
         if attr.path().is_ident("batch") {
             match attr.parse_args_with(parse_batch) {
                 Ok((size, timeout)) => out.batch.push(BatchAttr { attr: attr.clone(), size, timeout }),
+                Err(error) => errors.push(error),
+            }
+            continue;
+        }
+        if attr.path().is_ident("concurrency") {
+            match attr.parse_args_with(parse_concurrency) {
+                Ok((count, ordered)) => out.concurrency.push(ConcurrencyAttr { attr: attr.clone(), count, ordered }),
                 Err(error) => errors.push(error),
             }
             continue;
@@ -205,6 +221,28 @@ fn parse_demand(input: ParseStream<'_>) -> syn::Result<Count> {
         return Err(syn::Error::new(input.span(), MAX_DEMAND));
     }
     Ok(count)
+}
+
+const CONCURRENCY: &str = "`#[concurrency(..)]` takes how many items of one replica may be in flight at once: a \
+     count such as `#[concurrency(16)]` or the path of a `const usize`, then optionally `ordered`: \
+     `#[concurrency(16, ordered)]`";
+
+/// The count of `#[concurrency(n)]`, and whether `ordered` follows it.
+fn parse_concurrency(input: ParseStream<'_>) -> syn::Result<(Count, bool)> {
+    let count = parse_count(input, CONCURRENCY)?;
+    if input.is_empty() {
+        return Ok((count, false));
+    }
+    input.parse::<Token![,]>()?;
+    if input.is_empty() {
+        return Ok((count, false));
+    }
+    input.parse::<kw::ordered>().map_err(|e| syn::Error::new(e.span(), CONCURRENCY))?;
+    input.parse::<Option<Token![,]>>()?;
+    if !input.is_empty() {
+        return Err(syn::Error::new(input.span(), CONCURRENCY));
+    }
+    Ok((count, true))
 }
 
 const RATE_LIMIT: &str = "`#[rate_limit(..)]` takes how many items may go through per interval, and the \

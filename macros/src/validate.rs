@@ -149,7 +149,7 @@ fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
         errors.at(
             path,
             "unknown stage attribute; the stage attributes are `#[replicas(..)]`, `#[max_demand(..)]`, \
-             `#[rate_limit(..)]`, `#[batch(..)]` and `#[fused]`",
+             `#[rate_limit(..)]`, `#[concurrency(..)]`, `#[batch(..)]` and `#[fused]`",
         );
     }
     for (i, batch) in stage.batch.iter().enumerate() {
@@ -182,6 +182,13 @@ fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
                  up the stage whose task it runs in; remove `#[fused]` or `#[batch(..)]`",
             );
         }
+        if let Some(concurrency) = stage.concurrency.first() {
+            errors.at(
+                &concurrency.attr,
+                "a `#[batch(..)]` stage cannot have a `#[concurrency(..)]` yet: its batches are processed one at a \
+                 time per replica; use `#[replicas(..)]` for batches in parallel",
+            );
+        }
         for attr in &stage.replicas {
             for option in &attr.options {
                 if let ReplicaOption::Ordered(span) = option {
@@ -211,6 +218,22 @@ fn stage_attrs(stage: &StageAttrs, errors: &mut Errors) {
                 &rate.attr,
                 "`#[rate_limit(..)]` needs its interval: `#[rate_limit(100, per = Duration::from_secs(1))]`",
             );
+        }
+    }
+    for (i, concurrency) in stage.concurrency.iter().enumerate() {
+        if i > 0 {
+            errors.at(&concurrency.attr, "duplicate `#[concurrency(..)]`");
+            continue;
+        }
+        if let Count::Lit(lit) = &concurrency.count {
+            match lit.base10_parse::<usize>() {
+                Ok(0) => errors.at(
+                    lit,
+                    "a replica has at least one item in flight: use `#[concurrency(1)]` (one at a time) or more",
+                ),
+                Ok(_) => {}
+                Err(_) => errors.at(lit, "the concurrency must be a positive integer"),
+            }
         }
     }
     for (i, (attr, count)) in stage.max_demand.iter().enumerate() {

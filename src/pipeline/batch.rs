@@ -109,9 +109,6 @@ pub(crate) trait TakeFrom<S: Stage>: Intake<S> {
     /// replica's [`Batch`], so the replica's task holds one more value
     /// only where there is one.
     type Open: Take<S::In, Self::Item>;
-    /// Whether the queue reader keeps its flush mark at the first item it
-    /// holds while it takes more (see [`Reader::hold_mark`]).
-    const HOLDS: bool;
 
     /// A replica's state, for the stage paced by `pace`.
     fn open(pace: &Pace, mark: &ReplicaMark) -> Self::Open;
@@ -121,10 +118,14 @@ pub(crate) trait TakeFrom<S: Stage>: Intake<S> {
 
     /// A reader of `queue` for a replica recording its batches in `mark`.
     fn reader<'a>(queue: &'a Queue<Self::Item>, mark: &'a ReplicaMark) -> Reader<'a, Self::Item> {
-        let mut reader = queue.marked_reader(mark.mark());
-        reader.hold_mark(Self::HOLDS);
-        reader
+        queue.marked_reader(mark.mark())
     }
+
+    /// The reader of the stage's inputs themselves, which a replica whose
+    /// futures are in flight takes more of into its batch
+    /// (`#[concurrency]`); `None` for a batch stage, whose queue carries
+    /// the items of its inputs.
+    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, Self::Item>) -> Option<&'r mut Reader<'a, S::In>>;
 }
 
 /// What a replica holds of its input besides the inputs it took, counted
@@ -165,7 +166,11 @@ impl<S: Stage> Intake<S> for Whole {
 
 impl<S: Stage> TakeFrom<S> for Whole {
     type Open = Whole;
-    const HOLDS: bool = false;
+
+    #[inline]
+    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, S::In>) -> Option<&'r mut Reader<'a, S::In>> {
+        Some(reader)
+    }
 
     #[inline]
     fn open(_: &Pace, _: &ReplicaMark) -> Whole {
@@ -219,7 +224,10 @@ impl<S: Stage, T: Send + 'static> Intake<S> for Batched<T> {
 
 impl<S: Stage, T: Send + 'static> TakeFrom<S> for Batched<T> {
     type Open = Open<T>;
-    const HOLDS: bool = true;
+
+    fn inputs<'r, 'a>(_: &'r mut Reader<'a, T>) -> Option<&'r mut Reader<'a, S::In>> {
+        None
+    }
 
     fn open(pace: &Pace, mark: &ReplicaMark) -> Open<T> {
         let spec = pace.batch.unwrap_or(BatchSpec { size: 1, timeout: Duration::ZERO });

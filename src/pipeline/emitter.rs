@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     BATCH, Panicked,
+    concurrency::{Concurrency, InFlight},
     dispatch::{Dispatch, Grouped, group_by_queue},
     failure::{Failing, FailureRoute},
     fused::Fused,
@@ -45,10 +46,15 @@ use super::{
 ///
 /// [`fail`](Self::fail) fails the item being processed instead: it goes to
 /// the pipeline's `failures()` stream as a [`Failure`](crate::Failure).
+///
+/// [`emit_async`](Self::emit_async) and [`try_emit_async`](Self::try_emit_async)
+/// take a future whose output is emitted when it completes: in a
+/// `#[concurrency(N)]` stage, up to N of them per replica run at once while
+/// `process` goes on with the next items (see the pipeline's module docs).
 pub struct Emitter<T> {
     buf: Vec<T>,
     link: Link<T>,
-    counters: Arc<Counters>,
+    pub(super) counters: Arc<Counters>,
     /// Counts not yet published to `counters`.
     emitted: u64,
     dropped: u64,
@@ -59,13 +65,17 @@ pub struct Emitter<T> {
     /// Boxed: every replica's task holds its emitter for its whole life.
     order: Option<Box<Place<T>>>,
     /// Failures of the item being processed, on their way to `failures()`.
-    failing: Failing,
+    pub(super) failing: Failing,
     /// A `#[fused]` next stage, run in this task instead of through a queue
     /// (in a `Mutex` only so the emitter stays `Sync`: it is reached
     /// through `&mut self`, with `get_mut`, never locked).
     /// Boxed whole: one pointer in every replica's task, fused or not.
     #[allow(clippy::type_complexity, reason = "the `Mutex` and its box, spelled out once")]
     fused: Option<Box<Mutex<Box<dyn Fused<T>>>>>,
+    /// For a `#[concurrency(N)]` stage (N > 1): the futures handed over by
+    /// `emit_async` (see `pipeline/concurrency.rs`). In a `Mutex` and a box
+    /// as `fused`, for the same reasons.
+    pub(super) in_flight: Option<Box<Mutex<InFlight<T>>>>,
 }
 
 impl<T: Send + 'static> Emitter<T> {
@@ -81,7 +91,17 @@ impl<T: Send + 'static> Emitter<T> {
             order: None,
             failing: Failing::detached(),
             fused: None,
+            in_flight: None,
         }
+    }
+
+    /// Keeps up to `concurrency.limit` futures handed over by
+    /// `emit_async` in flight (none kept with a limit of 1).
+    pub(crate) fn with_concurrency(mut self, concurrency: Concurrency) -> Self {
+        if concurrency.limit > 1 {
+            self.in_flight = Some(Box::new(Mutex::new(InFlight::new(concurrency))));
+        }
+        self
     }
 
     /// Sends this emitter's items into `next`, a stage fused into this
@@ -210,6 +230,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// item.
     pub(crate) fn begin_finish(&mut self) {
         self.failing.begin_finish();
+        self.in_flight_inline();
     }
 
     /// Sends the failures recorded so far, waiting for room in the
@@ -538,7 +559,14 @@ impl<T> Drop for Emitter<T> {
         if let Some(order) = self.order.take() {
             dropped += order.held_if_last();
         }
-        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), dropped, ..Delta::default() });
+        // Items whose futures were still in flight.
+        let aborted = self.in_flight.as_mut().map_or(0, |flight| {
+            let flight = flight.get_mut().unwrap_or_else(|poison| poison.into_inner());
+            self.counters.set_in_flight(0);
+            flight.held()
+        });
+        let emitted = std::mem::take(&mut self.emitted);
+        self.counters.add(&Delta { emitted, dropped, aborted, ..Delta::default() });
     }
 }
 

@@ -250,7 +250,8 @@ impl FailureRoute {
     pub(crate) fn failing(&self, stage: &'static str, replica: usize) -> Failing {
         Failing {
             stage,
-            replica,
+            // Below `MAX_REPLICAS`, checked when the stage was made.
+            replica: u32::try_from(replica).unwrap_or(u32::MAX),
             link: Some(self.link.clone()),
             shared: self.shared.clone(),
             pending: Vec::new(),
@@ -300,7 +301,9 @@ impl fmt::Debug for FailureRoute {
 /// failures of the item in progress, sent once `process` returns.
 pub(crate) struct Failing {
     stage: &'static str,
-    replica: usize,
+    /// The replica's index (below `MAX_REPLICAS`: a `u32`, so that the
+    /// emitter holding this stays small).
+    replica: u32,
     /// `None` for an emitter outside any pipeline (failures are dropped).
     link: Option<Link<Failure>>,
     shared: Arc<OutputShared<Failure>>,
@@ -333,7 +336,7 @@ impl Failing {
         let items = if self.in_finish { 0 } else { items.unwrap_or(WHOLE) };
         self.pending.push(Failure {
             stage: self.stage,
-            replica: self.replica,
+            replica: self.replica as usize,
             error,
             panic,
             in_finish: self.in_finish,
@@ -357,6 +360,16 @@ impl Failing {
             failed = failed.saturating_add(failure.items);
         }
         failed.min(weight)
+    }
+
+    /// Records a failure of an item other than the one in `process`: one
+    /// whose future, handed over by `Emitter::try_emit_async`, completed
+    /// later.
+    pub(crate) fn fail_in_flight(&mut self, error: Box<dyn Error + Send + Sync + 'static>, panic: bool) {
+        let item_failed = self.item_failed;
+        // One item (a `#[batch]` stage has no futures in flight).
+        self.fail(error, panic, Some(1));
+        self.item_failed = item_failed;
     }
 
     /// Whether the item that just finished `process` failed; resets it.

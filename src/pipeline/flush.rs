@@ -75,12 +75,13 @@ impl Mark {
 
     /// The replica took the batch numbered from `first` on. Called under
     /// the lock of the queue it reads, where flushers set [`WATCHED`]: the
-    /// bit is kept. A replica that `holds` its mark and has not ended its
-    /// batch (a `#[batch]` stage filling its open batch) keeps the number
-    /// of the first item it holds.
-    pub(crate) fn took(&self, first: u64, holds: bool) {
+    /// bit is kept. A replica that takes more items into the batch it
+    /// works on and has not ended (a `#[batch]` stage filling its open
+    /// batch, or one whose futures are in flight, see `concurrency.rs`)
+    /// keeps the batch's first number: they all end with the batch.
+    pub(crate) fn took(&self, first: u64) {
         let at = self.at.load(Ordering::Relaxed);
-        if holds && at & !WATCHED != IDLE {
+        if at & !WATCHED != IDLE {
             return;
         }
         self.at.store(first | (at & WATCHED), Ordering::Relaxed);
@@ -375,7 +376,6 @@ mod tests {
         let cx = &mut Context::from_waker(Waker::noop());
         queue.try_push(1).unwrap();
         let mut reader = queue.marked_reader(mark.mark());
-        reader.hold_mark(true);
         let mut open = Vec::new();
         assert_eq!(reader.poll_pop_numbered(cx, &mut open, 8), Poll::Ready(Some(0)));
         queue.try_push(2).unwrap();

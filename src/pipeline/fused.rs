@@ -228,14 +228,9 @@ impl<S: Stage> FusedStage<S> {
         while !self.batch.items.is_empty() {
             match (&mut self.server, &mut self.control) {
                 (Some(server), Some(control)) => {
-                    let processed = process_batch::<S, super::batch::Whole>(
-                        server,
-                        control,
-                        &mut self.batch,
-                        &mut self.out,
-                        &self.counters,
-                    )
-                    .await;
+                    let processed =
+                        process_batch::<S, super::batch::Whole>(server, control, &mut self.batch, &mut self.out, None)
+                            .await;
                     if let Err(Crashed) = processed {
                         self.crashed().await;
                     }

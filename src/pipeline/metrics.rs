@@ -58,6 +58,9 @@ pub(crate) struct Counters {
     batch_ended: AtomicU64,
     /// When the replica's task ended (drained or aborted).
     ended: AtomicU64,
+    /// Futures handed over by `Emitter::emit_async` and not done yet (a
+    /// gauge, set by the replica's task).
+    in_flight: AtomicU64,
     epoch: Instant,
 }
 
@@ -83,6 +86,7 @@ impl Default for Counters {
             failing_since: AtomicU64::new(0),
             batch_ended: AtomicU64::new(0),
             ended: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -324,6 +328,12 @@ impl Counters {
         }
     }
 
+    /// Sets the in-flight gauge: `n` futures handed over and not done.
+    #[inline]
+    pub(crate) fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n as u64, Ordering::Relaxed);
+    }
+
     /// The replica's task ends now.
     pub(crate) fn end(&self) {
         self.ended.store(self.stamp(Instant::now()), Ordering::Relaxed);
@@ -368,6 +378,7 @@ impl Counters {
             blocked: ns(blocked),
             failures_blocked: ns(get(&self.failures_blocked_ns).saturating_add(live_failing)),
             throttled: ns(throttled),
+            in_flight: get(&self.in_flight),
             ended: (ended != 0).then(|| self.epoch + ns(ended - 1)),
         }
     }
@@ -384,8 +395,9 @@ pub struct ReplicaMetrics {
     /// Items this replica took from its queue (and, after `abort`, the items
     /// cleared from it).
     pub received: u64,
-    /// Items it is done with: `process` returned (or panicked). Includes
-    /// the failed ones.
+    /// Items it is done with: `process` returned (or panicked), and the
+    /// futures it handed to [`Emitter::emit_async`](crate::Emitter::emit_async),
+    /// if any, completed. Includes the failed ones.
     pub processed: u64,
     /// Items it emitted.
     pub emitted: u64,
@@ -396,9 +408,9 @@ pub struct ReplicaMetrics {
     /// Items it emitted that nobody could take (the pipeline's output was
     /// not taken or was dropped, or the pipeline was aborted).
     pub dropped: u64,
-    /// Items it received that `abort` stopped before `process` returned: the
-    /// one in `process`, the rest of its batch, and what was cleared from
-    /// its queue.
+    /// Items it received that `abort` stopped before they were done: the
+    /// one in `process`, those whose futures were in flight, the rest of
+    /// its batch, and what was cleared from its queue.
     pub aborted: u64,
     /// Items waiting in this replica's own queue when the snapshot was
     /// taken: with `partition_by`, its partition's queue. Replicas that share
@@ -406,7 +418,8 @@ pub struct ReplicaMetrics {
     /// the shared queue is [`StageMetrics::queued`].
     pub queued: u64,
     /// Time spent at work on items: in `process` (and `finish`), not
-    /// counting time blocked. Time booting (`init`), waiting for items and
+    /// counting time blocked, nor time spent only waiting for futures in
+    /// flight (`#[concurrency(N)]`). Time booting (`init`), waiting for items and
     /// serving calls and casts (also between the items of a batch) is not
     /// busy. Includes the work in progress: a snapshot taken in the middle
     /// of a long `process` counts its time so far.
@@ -423,6 +436,11 @@ pub struct ReplicaMetrics {
     /// Time spent waiting for the stage's `#[rate_limit(..)]` before an
     /// item: neither busy nor blocked. Includes the wait in progress.
     pub throttled: Duration,
+    /// Futures handed over by [`Emitter::emit_async`](crate::Emitter::emit_async)
+    /// (or `try_emit_async`) in a `#[concurrency(N)]` stage and not done
+    /// yet, when the snapshot was taken: a gauge, at most N per replica.
+    /// Their items are received but not yet processed.
+    pub in_flight: u64,
     /// When the replica's task ended (drained or aborted).
     ended: Option<Instant>,
 }
@@ -441,7 +459,8 @@ pub struct ReplicaMetrics {
 /// and for every stage:
 ///
 /// ```text
-/// received = processed + (items in progress: taken in a batch, not done)
+/// received = processed + (items in progress: taken in a batch, not done,
+///             their futures in flight included)
 /// failed  <= processed          (a failed item is done too)
 /// ```
 ///
@@ -509,6 +528,9 @@ pub struct StageMetrics {
     /// Time spent waiting for the stage's rate limit, summed over
     /// replicas: see [`ReplicaMetrics::throttled`].
     pub throttled: Duration,
+    /// Futures in flight, summed over replicas: see
+    /// [`ReplicaMetrics::in_flight`].
+    pub in_flight: u64,
     /// The same counts for each replica, in replica order.
     pub replicas: Vec<ReplicaMetrics>,
     /// Whether each replica has its own queue (`partition_by`).
@@ -535,6 +557,7 @@ impl StageMetrics {
             stage.blocked += r.blocked;
             stage.failures_blocked += r.failures_blocked;
             stage.throttled += r.throttled;
+            stage.in_flight += r.in_flight;
         }
         stage.replicas = replicas;
         stage
@@ -961,6 +984,11 @@ impl fmt::Display for Metrics {
         if throttling {
             write!(f, " {:>10}", "throttled")?;
         }
+        // Only snapshots taken while futures were in flight show that column.
+        let in_flight = self.stages.iter().any(|s| s.in_flight > 0);
+        if in_flight {
+            write!(f, " {:>9}", "in flight")?;
+        }
         writeln!(f)?;
         let pct = |x: f64| format!("{:.0}%", x * 100.0);
         for s in &self.stages {
@@ -982,6 +1010,9 @@ impl fmt::Display for Metrics {
             )?;
             if throttling {
                 write!(f, " {:>10}", format!("{:.1?}", s.throttled))?;
+            }
+            if in_flight {
+                write!(f, " {:>9}", s.in_flight)?;
             }
             writeln!(f)?;
             if !s.partitioned {
@@ -1007,6 +1038,9 @@ impl fmt::Display for Metrics {
                 )?;
                 if throttling {
                     write!(f, " {:>10}", format!("{:.1?}", r.throttled))?;
+                }
+                if in_flight {
+                    write!(f, " {:>9}", r.in_flight)?;
                 }
                 writeln!(f)?;
             }

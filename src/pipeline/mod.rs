@@ -15,6 +15,10 @@
 //! with the other replicas), and an emitter sends up to [`BATCH`] at a time.
 //! Besides the queues, each replica holds at most one batch it is working
 //! through (`max_demand` items) and one batch it is emitting ([`BATCH`]).
+//! A `#[concurrency(N)]` stage takes up to `max(max_demand, N)` items at a
+//! time, and the items whose futures are in flight are part of that batch:
+//! a replica holds at most that many items, queued in its batch or in
+//! flight (see [`Emitter::emit_async`]).
 //! That holds for `#[replicas(N, ordered)]` stages too, whatever their
 //! fan-out: outputs of a batch whose turn has not come wait in `emit` once a
 //! batch's worth is held, and what waits to be put back in order is bounded
@@ -65,6 +69,20 @@
 //! its outputs through: its own queue is closed and emptied, then it runs
 //! `finish`, serves its last calls and casts and `terminate`s.
 //!
+//! # Concurrent I/O
+//!
+//! A `#[concurrency(N)]` stage keeps up to N futures per replica in flight:
+//! `process` does the part that touches its state, one item at a time, and
+//! hands the slow part to [`Emitter::emit_async`] or
+//! [`Emitter::try_emit_async`]. Outputs leave as their futures complete
+//! (in hand-over order with `#[concurrency(N, ordered)]`, and always in an
+//! `ordered` stage). A replica takes more items as its futures complete;
+//! its batch ends once none is in flight (an `ordered` stage's, once the
+//! batch's own are done), so `flush`, shutdown, `finish`, restarts and
+//! `ordered` work as for any stage. A `#[concurrency]` stage can be `#[fused]`, and
+//! can have a fused stage after it: its futures are then polled by the
+//! group's task. The builder's `concurrency("stage", n)` sets N at start.
+//!
 //! # Failures
 //!
 //! A stage fails the item it processes with [`Emitter::fail`], or by
@@ -74,6 +92,7 @@
 //! for what happens when nobody reads it). See [`Stage`].
 
 pub(crate) mod batch;
+mod concurrency;
 mod dispatch;
 mod drain;
 mod emitter;

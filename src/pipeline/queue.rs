@@ -494,7 +494,7 @@ impl<T> Queue<T> {
         out: &mut impl Extend<T>,
         max: usize,
         shares: bool,
-        mark: Option<(&Mark, bool)>,
+        mark: Option<&Mark>,
     ) -> Poll<Option<u64>> {
         debug_assert!(max > 0);
         let mut wakers = WakeList::new();
@@ -515,8 +515,8 @@ impl<T> Queue<T> {
                 out.extend((0..n).map(|_| state.items.pop_front().expect("`n` items are queued")));
                 let first = state.popped;
                 state.popped += n as u64;
-                if let Some((mark, holds)) = mark {
-                    mark.took(first, holds);
+                if let Some(mark) = mark {
+                    mark.took(first);
                 }
                 state.grant_room(self.capacity, &mut wakers);
                 // Items left over that no woken reader will take.
@@ -681,15 +681,12 @@ pub(crate) struct Reader<'a, T> {
     /// Whether it takes at most its share of the items (see
     /// [`State::share`]).
     shares: bool,
-    /// Whether its mark stays at the first item it holds (see
-    /// [`hold_mark`](Reader::hold_mark)).
-    holds: bool,
 }
 
 impl<T> Queue<T> {
     /// A consumer of this queue; see [`Reader`].
     pub(crate) fn reader(&self) -> Reader<'_, T> {
-        Reader { wait: Wait { queue: self, waiter: Waiter::new() }, mark: None, shares: true, holds: false }
+        Reader { wait: Wait { queue: self, waiter: Waiter::new() }, mark: None, shares: true }
     }
 
     /// A consumer that records the number of each batch it takes in `mark`.
@@ -707,15 +704,7 @@ impl<T> Reader<'_, T> {
         max: usize,
     ) -> Poll<Option<u64>> {
         let Wait { queue, waiter } = &mut self.wait;
-        queue.poll_pop_marked(cx, waiter, out, max, self.shares, self.mark.map(|mark| (mark, self.holds)))
-    }
-
-    /// Whether the mark keeps the number of the first item taken while the
-    /// replica has not ended its batch (the mark is not idle): for a
-    /// replica that gathers several takes into one batch (`#[batch]`), so
-    /// that a flush waits for the first of them.
-    pub(crate) fn hold_mark(&mut self, holds: bool) {
-        self.holds = holds;
+        queue.poll_pop_marked(cx, waiter, out, max, self.shares, self.mark)
     }
 
     /// Gives back its place in line until its next poll, passing on
@@ -748,7 +737,7 @@ impl<T> Queue<T> {
         max: usize,
         mark: &Mark,
     ) -> Poll<Option<u64>> {
-        self.poll_pop_marked(cx, waiter, out, max, true, Some((mark, false)))
+        self.poll_pop_marked(cx, waiter, out, max, true, Some(mark))
     }
 }
 

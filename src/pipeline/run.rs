@@ -12,6 +12,7 @@ use std::{
 use super::{
     BATCH, Emitter, Panicked, Stage,
     batch::{BatchSpec, Hold, Take, TakeFrom, Whole},
+    concurrency::{self, Concurrency},
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -94,7 +95,8 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                 // Items left by a handler that panicked go to the new state.
                 if !batch.items.is_empty() {
                     let processed =
-                        process_batch::<S, K>(&mut server, &mut control, &mut batch, &mut out, &counters).await;
+                        process_batch::<S, K>(&mut server, &mut control, &mut batch, &mut out, K::inputs(&mut reader))
+                            .await;
                     if batch.items.is_empty() {
                         mark.ended();
                     }
@@ -303,13 +305,16 @@ impl<T, O: Hold> std::ops::DerefMut for Ended<T, O> {
 
 /// How a replica of a stage takes and goes through items: up to
 /// `max_demand` at a time, each after a token of the stage's rate limit,
-/// if it has one.
+/// if it has one, with up to `concurrency` futures in flight.
 #[derive(Clone)]
 pub(crate) struct Pace {
     pub(crate) max_demand: usize,
     pub(crate) limit: Option<Arc<RateLimit>>,
     /// `#[batch(..)]`: how its replicas cut their batches.
     pub(crate) batch: Option<BatchSpec>,
+    /// How many futures handed over by `emit_async` a replica keeps in
+    /// flight (`max_demand` is at least its limit).
+    pub(crate) concurrency: Concurrency,
 }
 
 /// Items a replica took from its queue, numbered from `first` on, and
@@ -417,27 +422,54 @@ impl Drop for Progress<'_> {
 /// Processes the batch item by item, serving calls and casts that arrive in
 /// between. If one of those handlers panics, the items not processed yet
 /// stay in the batch for the restarted state.
+///
+/// With `reader`, a replica whose futures are in flight (`#[concurrency]`)
+/// takes more items from it into the batch as they free room (see
+/// `concurrency::settle`).
 pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
     server: &mut S,
     control: &mut Inbox<S>,
     batch: &mut Batch<S::In, K::Open>,
     out: &mut Emitter<S::Out>,
-    counters: &Counters,
+    mut reader: Option<&mut Reader<'_, S::In>>,
 ) -> Result<(), Crashed> {
-    counters.begin_batch();
+    // The replica's counters, reached through `progress` (one reference
+    // fewer in the replica's future).
+    let mut progress = Progress::new(&batch.counters);
+    progress.counters.begin_batch();
     out.begin_batch(batch.first);
-    let mut progress = Progress::new(counters);
-    let taken = batch.items.len() as u64;
+    let mut taken = batch.items.len() as u64;
     let mut result = Ok(());
     let mut awaited = false;
-    while !batch.items.is_empty() {
+    loop {
+        if batch.items.is_empty() {
+            if !out.has_in_flight() {
+                break;
+            }
+            // Its futures in flight settle, or free room for more items.
+            progress.publish();
+            let refill = concurrency::Refill::new(reader.as_deref_mut(), &mut batch.items, batch.max_demand, taken);
+            let settled = Box::pin(concurrency::settle(server, control, out, progress.counters, true, refill)).await;
+            match settled {
+                Ok(0) => break,
+                Ok(more) => {
+                    taken += more as u64;
+                    progress.counters.add(&Delta { received: more as u64, ..Delta::default() });
+                    continue;
+                }
+                Err(crashed) => {
+                    result = Err(crashed);
+                    break;
+                }
+            }
+        }
         if let Some(limit) = &batch.limit {
             // The wait, rare on the item path, takes no room in the
             // replica's future. The item stays in the batch meanwhile, so
             // it counts as aborted if the task is dropped.
             if !limit.try_acquire() {
                 progress.publish();
-                result = Box::pin(throttle(limit, counters, server, control, out)).await;
+                result = Box::pin(throttle(limit, progress.counters, server, control, out)).await;
                 if result.is_err() {
                     break;
                 }
@@ -460,7 +492,6 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
             })
             .await
         };
-        progress.processed += progress.in_process;
         awaited |= waited;
         if let Err(panic) = processed {
             report::<S>("process", &panic);
@@ -468,9 +499,18 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
         }
         // An item counts as failed once, however many failures it gave (an
         // input of a `#[batch]` stage: at most as many as its items).
-        if out.take_item_failed() {
-            progress.failed += out.settle_failed(progress.in_process);
-            progress.in_process = 0;
+        let item_failed = out.take_item_failed();
+        // An item with futures in flight is done when they are.
+        if let Some(failed) = out.close_item(item_failed) {
+            progress.processed += progress.in_process;
+            if failed {
+                // At least one item, should its failures have been sent
+                // already (futures that failed before `process` returned).
+                let weight = progress.in_process;
+                progress.failed += out.settle_failed(weight).max(weight.min(1));
+            }
+        }
+        if item_failed {
             out.send_failures().await;
         }
         progress.in_process = 0;
@@ -485,13 +525,19 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
             // Publish what is done, so a call sees metrics as current as
             // the state it reads.
             progress.publish();
-            let away = counters.step_away();
+            let away = progress.counters.step_away();
             result = serve_waiting(server, control).await;
-            counters.step_back(away);
+            progress.counters.step_back(away);
             if result.is_err() {
                 break;
             }
         }
+    }
+    // The batch ends once its futures in flight are done.
+    if out.has_in_flight() {
+        progress.publish();
+        let settled = Box::pin(concurrency::settle(server, control, out, progress.counters, false, None)).await;
+        result = result.and(settled.map(|_| ()));
     }
     let done = taken - batch.items.len() as u64;
     if done > 0 {

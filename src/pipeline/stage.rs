@@ -56,6 +56,11 @@ pub trait Stage: GenServer {
     type Out: Send + 'static;
 
     /// Processes one item, emitting any number of items downstream.
+    ///
+    /// For work that is mostly waiting, hand the slow part to
+    /// [`Emitter::emit_async`]: in a `#[concurrency(N)]` stage, up to N
+    /// such futures per replica run while `process` goes on with the next
+    /// items.
     fn process(&mut self, item: Self::In, out: &mut Emitter<Self::Out>) -> impl Future<Output = ()> + Send;
 
     /// Called once when the stage's input has ended (the pipeline is shutting

@@ -19,6 +19,7 @@ pub(crate) use super::failure::FailureRoute;
 use super::{
     Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics,
     batch::{BatchSpec, Intake, TakeFrom, Whole},
+    concurrency::Concurrency,
     dispatch::Dispatch,
     drain::StageDrain,
     emitter::Link,
@@ -66,6 +67,11 @@ pub struct StageSpec<T> {
     pub rate_limit: Option<(u32, Duration)>,
     /// `#[batch(..)]`: how the stage's replicas cut the batches they take.
     pub batch: Option<BatchSpec>,
+    /// `#[concurrency(N)]`: futures handed over by `emit_async` in flight
+    /// at once per replica (1: awaited in place).
+    pub concurrency: usize,
+    /// `#[concurrency(N, ordered)]`: their outputs in hand-over order.
+    pub concurrency_ordered: bool,
 }
 
 /// A running stage, as the pipeline holds it. `K` says how its replicas
@@ -171,7 +177,17 @@ impl Builder {
             name: spec.name,
             ordered: spec.ordered,
             pace: Pace {
-                max_demand: spec.max_demand.max(1),
+                // A replica takes at least as many items as it keeps in
+                // flight, so that it can keep that many.
+                max_demand: spec.max_demand.max(spec.concurrency).max(1),
+                concurrency: Concurrency {
+                    limit: spec.concurrency.max(1),
+                    // An ordered stage puts each replica's outputs in order
+                    // with the others': they leave the replica in order;
+                    // and `partition_by` keeps each key's order.
+                    ordered: spec.concurrency_ordered || spec.ordered || spec.partition.is_some(),
+                    refill: !spec.ordered,
+                },
                 limit: spec
                     .rate_limit
                     .and_then(|(n, per)| NonZeroU32::new(n).map(|n| Arc::new(RateLimit::new(n, per)))),
@@ -226,7 +242,8 @@ impl<R> Core<R> {
                 Some(order) => Emitter::ordered(link.clone(), counters, order.clone()),
                 None => Emitter::new(link.clone(), counters),
             }
-            .with_failing(wiring.failures.failing(stage.name, i));
+            .with_failing(wiring.failures.failing(stage.name, i))
+            .with_concurrency(stage.pace.concurrency);
             // A fused next stage runs in this (single) replica's task.
             let mut fused_servers = Vec::new();
             let out = match fused.take() {
@@ -285,7 +302,9 @@ impl<R> Core<R> {
         let Downstream(mut link, fused) = <S::Out as FlowsInto<N>>::downstream(next);
         link.fail_into(&wiring.failures);
         let counters = stage.counters[0].clone();
-        let mut out = Emitter::new(link, counters.clone()).with_failing(wiring.failures.failing(stage.name, 0));
+        let mut out = Emitter::new(link, counters.clone())
+            .with_failing(wiring.failures.failing(stage.name, 0))
+            .with_concurrency(stage.pace.concurrency);
         if let Some(next) = fused {
             out = out.with_fused(next);
         }
@@ -664,6 +683,8 @@ mod tests {
             max_demand: 32,
             rate_limit: None,
             batch: None,
+            concurrency: 1,
+            concurrency_ordered: false,
         };
         let (handle, _wiring) = builder.stage::<Tail, Whole>(spec);
         assert_eq!(handle.metrics().capacity, queue_size.unwrap_or(5) as u64);

@@ -171,6 +171,18 @@ pub(crate) fn start(registry: &Registry) -> Parts {
             }
         };
         let intake = intake(registry, i);
+        let (concurrency, concurrency_ordered) = match &s.concurrency {
+            None => (quote!(1usize), false),
+            Some((Count::Lit(n), ordered)) => (quote!(#n), *ordered),
+            Some((Count::Const(path), ordered)) => {
+                let message = format!(
+                    "the concurrency `{}` of stage `{name}` is 0: a replica has at least one item in flight",
+                    shown(path)
+                );
+                let n = local::local("__concurrency");
+                (checked_const(path, quote!(usize), &n, &[(quote!(#n > 0), message)]), *ordered)
+            }
+        };
         let head = i == 0;
         let ordered = s.replicas.ordered.is_some();
         let input = queued(registry, i);
@@ -198,6 +210,8 @@ pub(crate) fn start(registry: &Registry) -> Parts {
                 max_demand: #sizes.max_demand(#i, #max_demand),
                 rate_limit: #sizes.rate_limit(#i, #name, #rate_limit),
                 batch: #sizes.batch(#i, #batch),
+                concurrency: #sizes.concurrency(#i, #concurrency),
+                concurrency_ordered: #concurrency_ordered,
                 partition: #partition,
                 head: #head,
                 ordered: #ordered,

@@ -1,0 +1,6 @@
+#[genflow::pipeline{ #[concurrency(0)] a: A }]
+struct Flow;
+
+struct A;
+
+fn main() {}
