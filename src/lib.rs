@@ -161,7 +161,7 @@ pub use pipeline::Limit;
 pub use pipeline::{
     Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics,
 };
-pub use server::{GenServer, RestartLimit};
+pub use server::{GenServer, RestartLimit, Timer, TimerError};
 
 /// Declares a registry: a fixed set of [`GenServer`]s started, called and
 /// stopped together.

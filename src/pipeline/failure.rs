@@ -50,6 +50,7 @@ pub struct Failure {
     error: Box<dyn Error + Send + Sync + 'static>,
     panic: bool,
     in_finish: bool,
+    in_timer: bool,
 }
 
 impl Failure {
@@ -88,6 +89,14 @@ impl Failure {
         self.in_finish
     }
 
+    /// Whether it came from [`Stage::handle_timer`](crate::Stage::handle_timer)
+    /// (a `fail` there) rather than from `process`: tied to no input item,
+    /// so, as for [`in_finish`](Self::in_finish), not counted in the
+    /// stage's `failed` metric.
+    pub fn in_timer(&self) -> bool {
+        self.in_timer
+    }
+
     /// The error, by value (see [`error`](Self::error)).
     pub fn into_error(self) -> Box<dyn Error + Send + Sync> {
         self.error
@@ -102,16 +111,22 @@ impl fmt::Debug for Failure {
             .field("error", &self.error)
             .field("panic", &self.panic)
             .field("in_finish", &self.in_finish)
+            .field("in_timer", &self.in_timer)
             .finish()
     }
 }
 
 /// `stage `parse` (replica 0) failed: <error>`; `panicked` for a panic, and
-/// `in finish` added for a failure of [`Stage::finish`](crate::Stage::finish).
+/// `in finish` added for a failure of [`Stage::finish`](crate::Stage::finish),
+/// `in a timer` for one of [`Stage::handle_timer`](crate::Stage::handle_timer).
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = if self.panic { "panicked" } else { "failed" };
-        let when = if self.in_finish { " in finish" } else { "" };
+        let when = match (self.in_finish, self.in_timer) {
+            (true, _) => " in finish",
+            (false, true) => " in a timer",
+            (false, false) => "",
+        };
         write!(f, "stage `{}` (replica {}) {what}{when}: {}", self.stage, self.replica, self.error)
     }
 }
@@ -237,6 +252,7 @@ impl FailureRoute {
             pending: Vec::new(),
             item_failed: false,
             in_finish: false,
+            in_timer: false,
         }
     }
 }
@@ -290,6 +306,8 @@ pub(crate) struct Failing {
     item_failed: bool,
     /// Whether `finish` runs.
     in_finish: bool,
+    /// Whether `handle_timer` runs.
+    in_timer: bool,
 }
 
 impl Failing {
@@ -303,6 +321,7 @@ impl Failing {
             pending: Vec::new(),
             item_failed: false,
             in_finish: false,
+            in_timer: false,
         }
     }
 
@@ -316,6 +335,7 @@ impl Failing {
             error,
             panic,
             in_finish: self.in_finish,
+            in_timer: self.in_timer,
         });
     }
 
@@ -328,6 +348,11 @@ impl Failing {
     /// From now on, failures come from `finish`.
     pub(crate) fn begin_finish(&mut self) {
         self.in_finish = true;
+    }
+
+    /// Whether failures come from `handle_timer` (until set back).
+    pub(crate) fn set_in_timer(&mut self, in_timer: bool) {
+        self.in_timer = in_timer;
     }
 
     /// Sends the pending failures, waiting for room while the reader is

@@ -73,6 +73,7 @@
 //! the pipeline's `failures()` stream as a [`Failure`] (see [`Failures`]
 //! for what happens when nobody reads it). See [`Stage`].
 
+mod control;
 mod dispatch;
 mod drain;
 mod emitter;

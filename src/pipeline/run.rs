@@ -11,6 +11,7 @@ use std::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
+    control::serve as serve_control,
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -124,7 +125,7 @@ pub(crate) fn run<S: Stage>(
                 match work {
                     Work::Control(envelope) => {
                         counters.set_aside();
-                        if let Err(Crashed) = handle(&mut server, envelope).await {
+                        if let Err(Crashed) = serve_control(&mut server, envelope, &mut out).await {
                             if restarts.allow() {
                                 continue 'life;
                             }
@@ -176,6 +177,8 @@ async fn end_of_input<S: Stage>(
 ) -> Result<(), Crashed> {
     if !*ended {
         *ended = true;
+        // Its timers stop: nothing is emitted after `finish`.
+        control.state.cancel_timers();
         // `finish` works on what the replica holds.
         counters.resume();
         out.begin_finish();
@@ -464,7 +467,7 @@ pub(crate) async fn process_batch<S: Stage>(
             // the state it reads.
             progress.publish();
             let away = counters.step_away();
-            result = serve_waiting(server, control).await;
+            result = serve_waiting(server, control, out).await;
             counters.step_back(away);
             if result.is_err() {
                 break;
@@ -513,7 +516,7 @@ async fn throttle<S: Stage>(
         })
         .await;
         match next {
-            Next::Envelope(envelope) => handle(server, envelope).await?,
+            Next::Envelope(envelope) => serve_control(server, envelope, out).await?,
             Next::Fused => out.serve_fused().await,
             Next::Token => return Ok(()),
         }
@@ -542,9 +545,13 @@ impl Drop for Throttled<'_> {
 }
 
 /// Handles the calls and casts already waiting, without waiting for more.
-async fn serve_waiting<S: Stage>(server: &mut S, control: &mut Inbox<S>) -> Result<(), Crashed> {
+async fn serve_waiting<S: Stage>(
+    server: &mut S,
+    control: &mut Inbox<S>,
+    out: &mut Emitter<S::Out>,
+) -> Result<(), Crashed> {
     while let Ok(envelope) = control.rx.try_recv() {
-        handle(server, envelope).await?;
+        serve_control(server, envelope, out).await?;
     }
     Ok(())
 }
