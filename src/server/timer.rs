@@ -368,3 +368,47 @@ async fn post<S: GenServer>(
     state.post();
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_queued_before_its_timer_was_cancelled_is_not_handled() {
+        let timer = TimerShared::new(false);
+        assert!(timer.queue());
+        assert!(timer.is_queued());
+        assert!(timer.cancel());
+        assert!(!timer.deliver());
+        assert!(!timer.is_queued());
+        assert!(timer.is_over());
+    }
+
+    #[test]
+    fn a_cancelled_timer_queues_nothing() {
+        let timer = TimerShared::new(true);
+        assert!(timer.cancel());
+        assert!(!timer.cancel());
+        assert!(!timer.queue());
+    }
+
+    #[test]
+    fn a_send_after_timer_is_over_once_its_message_was_handled() {
+        let timer = TimerShared::new(true);
+        assert!(timer.queue());
+        assert!(timer.deliver());
+        assert!(timer.is_over());
+        assert!(!timer.cancel(), "nothing left to cancel");
+    }
+
+    #[test]
+    fn a_periodic_timer_takes_a_place_in_the_queue_again_once_its_tick_was_handled() {
+        let timer = TimerShared::new(false);
+        assert!(timer.queue());
+        assert!(timer.deliver());
+        assert!(!timer.is_queued());
+        assert!(!timer.is_over());
+        assert!(timer.queue());
+        assert!(timer.is_queued());
+    }
+}
