@@ -449,7 +449,7 @@ async fn each_replica_writes_out_its_own_items_from_its_own_timer() {
     assert_eq!(output.next().now_or_never(), None);
     advance(MS).await;
     // One batch per replica, each of the items that replica took, in order.
-    let batches = vec![output.next().await.unwrap(), output.next().await.unwrap()];
+    let batches = [output.next().await.unwrap(), output.next().await.unwrap()];
     let mut sizes: Vec<u64> = batches.iter().map(|batch| batch.len() as u64).collect();
     sizes.sort();
     let mut expected = held.clone();

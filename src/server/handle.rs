@@ -53,7 +53,7 @@ pub(crate) fn channel<S: GenServer>(
     let size = size.unwrap_or_else(S::channel_queue_size);
     assert!(size > 0, "{}::channel_queue_size() must be at least 1", std::any::type_name::<S>());
     let (tx, rx) = mpsc::channel(size.min(tokio::sync::Semaphore::MAX_PERMITS));
-    let state = Arc::new(ServerState::new(registry, name, runtime).with_timers(Host::<S>::new(tx.downgrade())));
+    let state = Arc::new(ServerState::new(registry, name, runtime).with_timers(Host::<S>::boxed(tx.downgrade())));
     (Handle { tx, state: state.clone() }, Inbox { rx, state })
 }
 

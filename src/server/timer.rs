@@ -235,7 +235,7 @@ pub(crate) struct Host<S: GenServer> {
 }
 
 impl<S: GenServer> Host<S> {
-    pub(crate) fn new(tx: mpsc::WeakSender<Envelope<S>>) -> Box<dyn TimerHost> {
+    pub(crate) fn boxed(tx: mpsc::WeakSender<Envelope<S>>) -> Box<dyn TimerHost> {
         Box::new(Host { tx, armed: Mutex::new(None) })
     }
 
