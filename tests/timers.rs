@@ -532,3 +532,104 @@ async fn a_failure_in_a_timer_is_tied_to_no_item() {
     flow.shutdown().await;
     assert!(failures.next().await.is_none());
 }
+
+/// Counts how its timers' messages reach it; items pass through.
+struct Counted;
+
+impl GenServer for Counted {
+    type Message = ();
+    type Response = ();
+    type Registry = Ordered;
+    fn new(_: Ordered) -> Self {
+        Counted
+    }
+    async fn init(&mut self) {
+        self.send_after(100 * MS, ()).expect("in the stage's task");
+    }
+    async fn handle_call(&mut self, (): ()) {}
+    async fn handle_cast(&mut self, (): ()) {
+        CASTS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+static CASTS: AtomicUsize = AtomicUsize::new(0);
+static TIMERS: AtomicUsize = AtomicUsize::new(0);
+
+impl Stage for Counted {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, item: u64, out: &mut Emitter<u64>) {
+        out.emit(item).await;
+    }
+    async fn handle_timer(&mut self, (): (), _: &mut Emitter<u64>) {
+        TIMERS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[genflow::pipeline{ #[replicas(2, ordered)] counted: Counted }]
+struct Ordered;
+
+#[tokio::test(start_paused = true)]
+async fn an_ordered_stage_gets_its_timers_messages_as_casts() {
+    let flow = Ordered::start().await;
+    let mut output = flow.output().unwrap();
+    advance(100 * MS).await;
+    // Each replica armed its own.
+    eventually(|| CASTS.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(TIMERS.load(Ordering::SeqCst), 0);
+    assert_eq!(flow.feed(stream::iter(0..40)).await.unwrap(), 40);
+    flow.shutdown().await;
+    assert_eq!(output.by_ref().collect::<Vec<u64>>().await, (0..40).collect::<Vec<u64>>());
+}
+
+/// Arms a periodic timer for its first item and hands it out; its
+/// `finish` emits whether that timer is still active, and whether one armed
+/// there is.
+struct Ending {
+    timer: Option<Timer>,
+}
+
+impl GenServer for Ending {
+    type Message = ();
+    type Response = ();
+    type Registry = Ends;
+    fn new(_: Ends) -> Self {
+        Ending { timer: None }
+    }
+    async fn handle_call(&mut self, (): ()) {}
+}
+
+impl Stage for Ending {
+    type In = Arc<Mutex<Option<Timer>>>;
+    type Out = (bool, bool);
+    async fn process(&mut self, slot: Arc<Mutex<Option<Timer>>>, _: &mut Emitter<(bool, bool)>) {
+        let timer = self.send_interval(100 * MS, ()).expect("in the stage's task");
+        *slot.lock().unwrap() = Some(timer.clone());
+        self.timer = Some(timer);
+    }
+    async fn finish(&mut self, out: &mut Emitter<(bool, bool)>) {
+        let before = self.timer.as_ref().is_some_and(Timer::is_active);
+        // Armed in `finish`, after the input ended: its message is a cast.
+        let late = self.send_after(MS, ()).expect("still running");
+        out.emit((before, late.is_active())).await;
+    }
+}
+
+#[genflow::pipeline{ ending: Ending }]
+struct Ends;
+
+#[tokio::test(start_paused = true)]
+async fn a_stages_timers_stop_when_its_input_ends() {
+    let flow = Ends::start().await;
+    let mut output = flow.output().unwrap();
+    let slot = Arc::new(Mutex::new(None));
+    flow.send(slot.clone()).await.unwrap();
+    flow.flush().await.unwrap();
+    let timer = slot.lock().unwrap().clone().unwrap();
+    assert!(timer.is_active());
+    flow.shutdown().await;
+    // Cancelled before `finish`; one armed in `finish` runs.
+    assert_eq!(output.next().await, Some((false, true)));
+    assert_eq!(output.next().await, None);
+    assert!(!timer.is_active());
+}
