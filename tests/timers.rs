@@ -296,6 +296,18 @@ async fn a_servers_timers_stop_with_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_aborted_servers_timers_stop() {
+    let (clocks, probe) = clocks(Some(100 * MS)).await;
+    let timer = probe.armed.lock().unwrap()[0].clone();
+    clocks.abort();
+    clocks.shutdown().await;
+    assert!(!timer.is_active());
+    advance(1000 * MS).await;
+    assert_eq!(probe.log(), []);
+    assert_eq!(probe.terminated.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_registry_whose_handles_are_dropped_shuts_down_with_an_interval_armed() {
     let (clocks, probe) = clocks(Some(100 * MS)).await;
     advance(100 * MS).await;
