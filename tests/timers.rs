@@ -340,6 +340,10 @@ async fn arming_outside_the_servers_own_task_is_an_error() {
         Reply::Refused(text) => assert_eq!(text, "other server 7"),
         other => panic!("unexpected: {other:?}"),
     }
+    // Periods too long for the clock never tick, and do not panic.
+    let far = clocks.call_clock(Msg::Every(Duration::MAX, 8)).await.unwrap().timer();
+    let later = clocks.call_clock(Msg::After(Duration::MAX, 8)).await.unwrap().timer();
+    assert!(far.is_active() && later.is_active());
     // A zero period.
     match clocks.call_clock(Msg::Every(Duration::ZERO, 4)).await.unwrap() {
         Reply::Armed(Err(TimerError::ZeroPeriod(Msg::Tick(4)))) => {}

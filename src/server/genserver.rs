@@ -253,7 +253,8 @@ pub trait GenServer: Sized + Send + 'static {
     /// ticks missed while the timer waited for room in a full queue are
     /// skipped, the next ones keeping the original schedule (Tokio's
     /// [`MissedTickBehavior::Skip`](tokio::time::MissedTickBehavior::Skip)).
-    /// So a periodic timer holds at most one place in the queue.
+    /// So a periodic timer holds at most one place in the queue. (A period
+    /// longer than 30 years is taken as 30 years.)
     ///
     /// # Errors
     ///

@@ -141,6 +141,9 @@ impl<M> fmt::Display for TimerError<M> {
 
 impl<M> std::error::Error for TimerError<M> {}
 
+/// The longest period a periodic timer keeps: 30 years.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// The timer's message waits in the server's queue.
 const QUEUED: u8 = 1;
 /// Cancelled (by `cancel`, a restart or the server's end).
@@ -310,6 +313,9 @@ where
     let weak = tx.downgrade();
     drop(tx);
     let shared = Arc::new(TimerShared::new(false));
+    // A period past any clock's reach ticks in 30 years (as Tokio's own
+    // far future): `Instant` arithmetic would overflow.
+    let period = period.min(FAR);
     let mut interval = tokio::time::interval_at(Instant::now() + period, period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let timer = shared.clone();
