@@ -649,3 +649,21 @@ async fn a_stages_timers_stop_when_its_input_ends() {
     assert_eq!(output.next().await, None);
     assert!(!timer.is_active());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_work_on_a_multi_thread_runtime_on_the_real_clock() {
+    let (clocks, probe) = clocks(None).await;
+    let _once = clocks.call_clock(Msg::After(5 * MS, 1)).await.unwrap().timer();
+    let every = clocks.call_clock(Msg::Every(5 * MS, 2)).await.unwrap().timer();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let ticks = |log: &[(u32, u32)], tag| log.iter().filter(|(_, t)| *t == tag).count();
+    while ticks(&probe.log(), 2) < 3 || ticks(&probe.log(), 1) < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no hang");
+        tokio::time::sleep(MS).await;
+    }
+    assert!(every.cancel());
+    clocks.shutdown().await;
+    let log = probe.log();
+    assert_eq!(ticks(&log, 1), 1);
+    assert!(ticks(&log, 2) >= 3);
+}
