@@ -14,7 +14,7 @@
 //! inside the server's own task) and the list of its armed timers, which is
 //! allocated by the first timer. Arming a timer spawns one task on the
 //! registry's runtime that sleeps, waits for room in the server's queue
-//! like a cast, and puts a [`Envelope::Timer`] there, holding the message
+//! like a cast, and puts an [`Envelope::Timer`] there, holding the message
 //! and the timer's shared state. The envelope is checked when the server
 //! takes it: a timer cancelled meanwhile is skipped.
 //!
