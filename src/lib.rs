@@ -7,7 +7,8 @@
 //!    not. [`make_registry`] declares a fixed set of servers as one struct,
 //!    generating `start`, typed `call_<name>` / `cast_<name>` methods,
 //!    timeouts, graceful `shutdown` and `abort`. A panicking handler is
-//!    restarted with fresh state, within an OTP-style [`RestartLimit`].
+//!    restarted with fresh state, within an OTP-style [`RestartLimit`]. A
+//!    server can send itself a message later or periodically (a [`Timer`]).
 //! 2. **Pipelines.** A [`Stage`] is a server that also processes items.
 //!    [`pipeline`](macro@pipeline) wires stages in order, each emitting into
 //!    the next one's bounded queue, so the whole chain is backpressured end
@@ -137,7 +138,9 @@
 //! # Runtime
 //!
 //! Everything runs on the Tokio runtime that calls `start`, multi-thread or
-//! `current_thread`; timeouts need its timers. The code the macros generate
+//! `current_thread`; timeouts and a server's own timers
+//! ([`GenServer::send_after`], [`GenServer::send_interval`]) need its
+//! timers. The code the macros generate
 //! names only `::genflow` paths, so your crate needs no Tokio features of its
 //! own for it.
 #![warn(unreachable_pub, missing_docs, rust_2018_idioms)]
@@ -163,7 +166,7 @@ pub use pipeline::Limit;
 pub use pipeline::{
     Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics,
 };
-pub use server::{GenServer, RestartLimit};
+pub use server::{GenServer, RestartLimit, Timer, TimerError};
 
 /// Declares a registry: a fixed set of [`GenServer`]s started, called and
 /// stopped together.

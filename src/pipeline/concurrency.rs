@@ -521,7 +521,7 @@ pub(crate) async fn settle<S: Stage>(
         match next {
             Next::Envelope(envelope) => {
                 let away = counters.step_away();
-                let handled = handle(server, envelope).await;
+                let handled = super::control::serve(server, envelope, out).await;
                 counters.step_back(away);
                 if let Err(crashed) = handled {
                     serve = false;

@@ -233,6 +233,23 @@ impl<T: Send + 'static> Emitter<T> {
         self.in_flight_inline();
     }
 
+    /// Whether this is an `ordered` stage's emitter.
+    pub(crate) fn is_ordered(&self) -> bool {
+        self.order.is_some()
+    }
+
+    /// Marks the start of `Stage::handle_timer`: its failures are tied to
+    /// no item.
+    pub(crate) fn begin_timer(&mut self) {
+        self.failing.set_in_timer(true);
+    }
+
+    /// Marks its end: the item in progress, if any, has not failed by it.
+    pub(crate) fn end_timer(&mut self) {
+        self.failing.set_in_timer(false);
+        self.failing.take_item_failed();
+    }
+
     /// Sends the failures recorded so far, waiting for room in the
     /// failures buffer if its reader is behind.
     ///

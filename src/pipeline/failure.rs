@@ -52,6 +52,7 @@ pub struct Failure {
     in_finish: bool,
     /// How many items it fails; [`WHOLE`] until the input is known.
     items: u64,
+    in_timer: bool,
 }
 
 /// A failure's item count while it fails the whole input in `process`,
@@ -101,9 +102,19 @@ impl Failure {
     /// [`Emitter::fail_items`](crate::Emitter::fail_items)`(n, ..)` (at most
     /// the batch's length; an input fails at most as many items as it
     /// holds, however many failures it gave). 0 for a failure of
-    /// [`Stage::finish`](crate::Stage::finish), which is tied to no item.
+    /// [`Stage::finish`](crate::Stage::finish) or of
+    /// [`Stage::handle_timer`](crate::Stage::handle_timer), which are tied
+    /// to no item.
     pub fn items(&self) -> u64 {
         self.items
+    }
+
+    /// Whether it came from [`Stage::handle_timer`](crate::Stage::handle_timer)
+    /// (a `fail` there) rather than from `process`: tied to no input item,
+    /// so, as for [`in_finish`](Self::in_finish), not counted in the
+    /// stage's `failed` metric.
+    pub fn in_timer(&self) -> bool {
+        self.in_timer
     }
 
     /// The error, by value (see [`error`](Self::error)).
@@ -121,16 +132,22 @@ impl fmt::Debug for Failure {
             .field("panic", &self.panic)
             .field("in_finish", &self.in_finish)
             .field("items", &self.items)
+            .field("in_timer", &self.in_timer)
             .finish()
     }
 }
 
 /// `stage `parse` (replica 0) failed: <error>`; `panicked` for a panic, and
-/// `in finish` added for a failure of [`Stage::finish`](crate::Stage::finish).
+/// `in finish` added for a failure of [`Stage::finish`](crate::Stage::finish),
+/// `in a timer` for one of [`Stage::handle_timer`](crate::Stage::handle_timer).
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = if self.panic { "panicked" } else { "failed" };
-        let when = if self.in_finish { " in finish" } else { "" };
+        let when = match (self.in_finish, self.in_timer) {
+            (true, _) => " in finish",
+            (false, true) => " in a timer",
+            (false, false) => "",
+        };
         write!(f, "stage `{}` (replica {}) {what}{when}: {}", self.stage, self.replica, self.error)
     }
 }
@@ -257,6 +274,7 @@ impl FailureRoute {
             pending: Vec::new(),
             item_failed: false,
             in_finish: false,
+            in_timer: false,
         }
     }
 }
@@ -312,6 +330,8 @@ pub(crate) struct Failing {
     item_failed: bool,
     /// Whether `finish` runs.
     in_finish: bool,
+    /// Whether `handle_timer` runs.
+    in_timer: bool,
 }
 
 impl Failing {
@@ -325,6 +345,7 @@ impl Failing {
             pending: Vec::new(),
             item_failed: false,
             in_finish: false,
+            in_timer: false,
         }
     }
 
@@ -333,7 +354,7 @@ impl Failing {
     pub(crate) fn fail(&mut self, error: Box<dyn Error + Send + Sync + 'static>, panic: bool, items: Option<u64>) {
         tracing::debug!(stage = self.stage, replica = self.replica, panic, error = %error, "item failed");
         self.item_failed = true;
-        let items = if self.in_finish { 0 } else { items.unwrap_or(WHOLE) };
+        let items = if self.in_finish || self.in_timer { 0 } else { items.unwrap_or(WHOLE) };
         self.pending.push(Failure {
             stage: self.stage,
             replica: self.replica as usize,
@@ -341,6 +362,7 @@ impl Failing {
             panic,
             in_finish: self.in_finish,
             items,
+            in_timer: self.in_timer,
         });
     }
 
@@ -352,7 +374,7 @@ impl Failing {
     /// `pending` holds only that input's failures.
     pub(crate) fn settle(&mut self, weight: u64) -> u64 {
         let mut failed = 0u64;
-        for failure in self.pending.iter_mut().filter(|f| !f.in_finish) {
+        for failure in self.pending.iter_mut().filter(|f| !f.in_finish && !f.in_timer) {
             if failure.items == WHOLE {
                 failure.items = weight;
             }
@@ -381,6 +403,11 @@ impl Failing {
     /// From now on, failures come from `finish`.
     pub(crate) fn begin_finish(&mut self) {
         self.in_finish = true;
+    }
+
+    /// Whether failures come from `handle_timer` (until set back).
+    pub(crate) fn set_in_timer(&mut self, in_timer: bool) {
+        self.in_timer = in_timer;
     }
 
     /// Sends the pending failures, waiting for room while the reader is

@@ -11,7 +11,7 @@ use super::{Emitter, Stage, metrics::Counters, queue::Queue, run};
 use crate::{
     GenServer,
     registry::Ready,
-    server::{self, envelope::Envelope, restart::Restarts, state::ServerState},
+    server::{self, envelope::Envelope, restart::Restarts, state::ServerState, timer::Host},
 };
 
 /// A stage whose hooks that run once per life hold `N` bytes across an
@@ -110,6 +110,18 @@ fn idle_tasks_stay_within_their_allocation_steps() {
     assert!(size_of::<Emitter<u64>>() <= 160, "Emitter<u64>: {} B", size_of::<Emitter<u64>>());
     assert_eq!(size_of::<Option<Ready>>(), size_of::<usize>());
     assert_eq!(size_of_val(&Restarts::new(<Hooks<0> as GenServer>::restart_limit)), size_of::<usize>());
+}
+
+/// What timers cost a server that never arms one: the pointer to its
+/// timer host in its `ServerState` and the host itself (a weak sender of
+/// its queue and the pointer to the list of timers, allocated by the
+/// first), made with the queue; its task's future and its envelopes do not
+/// grow (asserted above and below).
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn a_server_without_timers_holds_only_its_small_timer_host() {
+    assert!(size_of::<ServerState>() <= 152, "ServerState: {} B", size_of::<ServerState>());
+    assert_eq!(size_of::<Host<Hooks<0>>>(), 24);
 }
 
 #[test]

@@ -61,6 +61,7 @@ use tokio::time::Instant;
 
 use super::{
     Emitter, Panicked, Stage,
+    control::serve as serve_control,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
     queue::{Queue, Waiter},
@@ -308,7 +309,13 @@ impl<S: Stage> FusedStage<S> {
 
     async fn serve_own(&mut self) {
         match self.work.take() {
-            Some(Work::Control(envelope)) => self.handle(envelope).await,
+            Some(Work::Control(envelope)) => {
+                // A timer's message with this stage's emitter.
+                let Some(server) = &mut self.server else { return };
+                if let Err(Crashed) = serve_control(server, envelope, &mut self.out).await {
+                    self.crashed().await;
+                }
+            }
             Some(Work::Items(first)) => {
                 self.batch.first = first;
                 self.batch.items.reverse();
@@ -336,6 +343,8 @@ impl<S: Stage> FusedStage<S> {
         self.input.cancel(&mut self.waiter);
         if !self.ended {
             self.ended = true;
+            // Its timers stop: nothing is emitted after `finish`.
+            self.state.cancel_timers();
             self.out.begin_finish();
             if let Some(server) = &mut self.server {
                 let finished = AssertUnwindSafe(server.finish(&mut self.out)).catch_unwind().await;

@@ -93,6 +93,7 @@
 
 pub(crate) mod batch;
 mod concurrency;
+mod control;
 mod dispatch;
 mod drain;
 mod emitter;

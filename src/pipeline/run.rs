@@ -13,6 +13,7 @@ use super::{
     BATCH, Emitter, Panicked, Stage,
     batch::{BatchSpec, Hold, Take, TakeFrom, Whole},
     concurrency::{self, Concurrency},
+    control::serve as serve_control,
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -128,7 +129,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                 match work {
                     Work::Control(envelope) => {
                         counters.set_aside();
-                        if let Err(Crashed) = handle(&mut server, envelope).await {
+                        if let Err(Crashed) = serve_control(&mut server, envelope, &mut out).await {
                             if restarts.allow() {
                                 continue 'life;
                             }
@@ -176,6 +177,8 @@ async fn end_of_input<S: Stage>(
 ) -> Result<(), Crashed> {
     if !*ended {
         *ended = true;
+        // Its timers stop: nothing is emitted after `finish`.
+        control.state.cancel_timers();
         // `finish` works on what the replica holds.
         counters.resume();
         out.begin_finish();
@@ -526,7 +529,7 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
             // the state it reads.
             progress.publish();
             let away = progress.counters.step_away();
-            result = serve_waiting(server, control).await;
+            result = serve_waiting(server, control, out).await;
             progress.counters.step_back(away);
             if result.is_err() {
                 break;
@@ -581,7 +584,7 @@ async fn throttle<S: Stage>(
         })
         .await;
         match next {
-            Next::Envelope(envelope) => handle(server, envelope).await?,
+            Next::Envelope(envelope) => serve_control(server, envelope, out).await?,
             Next::Fused => out.serve_fused().await,
             Next::Token => return Ok(()),
         }
@@ -610,9 +613,13 @@ impl Drop for Throttled<'_> {
 }
 
 /// Handles the calls and casts already waiting, without waiting for more.
-async fn serve_waiting<S: Stage>(server: &mut S, control: &mut Inbox<S>) -> Result<(), Crashed> {
+async fn serve_waiting<S: Stage>(
+    server: &mut S,
+    control: &mut Inbox<S>,
+    out: &mut Emitter<S::Out>,
+) -> Result<(), Crashed> {
     while let Ok(envelope) = control.rx.try_recv() {
-        handle(server, envelope).await?;
+        serve_control(server, envelope, out).await?;
     }
     Ok(())
 }

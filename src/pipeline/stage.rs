@@ -130,6 +130,87 @@ pub trait Stage: GenServer {
         let _ = out;
         async {}
     }
+
+    /// Handles a message of one of this stage's own timers (armed with
+    /// [`send_after`](GenServer::send_after) or
+    /// [`send_interval`](GenServer::send_interval)), with the replica's
+    /// emitter: the place for time-based work such as writing out what the
+    /// stage holds every second, without waiting for the next item. By
+    /// default it calls [`handle_cast`](GenServer::handle_cast).
+    ///
+    /// It runs in the replica that armed the timer, between batches (or
+    /// between two items of a batch), like a cast. What it emits goes
+    /// downstream as soon as it returns, not with the next batch; a call to
+    /// [`Emitter::fail`] here gives a [`Failure`](crate::Failure) tied to no
+    /// item ([`in_timer`](crate::Failure::in_timer)), not counted in the
+    /// stage's `failed` metric. A panic is a handler's panic, as in
+    /// `handle_cast`: logged, and the state is rebuilt within the
+    /// [`restart_limit`](GenServer::restart_limit); what was emitted before
+    /// it still goes on.
+    ///
+    /// Exceptions: in a `#[replicas(N, ordered)]` stage, whose outputs
+    /// follow the order of its inputs, and once the stage's input has ended
+    /// (its timers are cancelled just before `finish`, and later ones may
+    /// not emit after it), a timer's message goes to `handle_cast` instead.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use genflow::{Emitter, GenServer, Stage};
+    ///
+    /// /// Writes out what it holds every 100 ms.
+    /// struct Flusher {
+    ///     held: Vec<u64>,
+    /// }
+    ///
+    /// impl Stage for Flusher {
+    ///     type In = u64;
+    ///     type Out = Vec<u64>;
+    ///
+    ///     async fn process(&mut self, item: u64, _: &mut Emitter<Vec<u64>>) {
+    ///         self.held.push(item);
+    ///     }
+    ///
+    ///     async fn handle_timer(&mut self, _tick: (), out: &mut Emitter<Vec<u64>>) {
+    ///         if !self.held.is_empty() {
+    ///             out.emit(std::mem::take(&mut self.held)).await;
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// impl GenServer for Flusher {
+    ///     type Message = ();
+    ///     type Response = ();
+    ///     type Registry = Flow;
+    ///     fn new(_: Flow) -> Self {
+    ///         Flusher { held: Vec::new() }
+    ///     }
+    ///     async fn init(&mut self) {
+    ///         self.send_interval(Duration::from_millis(100), ()).expect("in the stage's task");
+    ///     }
+    ///     async fn handle_call(&mut self, _: ()) {}
+    /// }
+    ///
+    /// #[genflow::pipeline{ flusher: Flusher }]
+    /// struct Flow;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let flow = Flow::start().await;
+    /// let mut output = flow.output().expect("taken once");
+    /// flow.feed(futures::stream::iter([1, 2, 3])).await?;
+    /// // No more input: the timer writes the three out.
+    /// assert_eq!(futures::StreamExt::next(&mut output).await, Some(vec![1, 2, 3]));
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn handle_timer(
+        &mut self,
+        message: Self::Message,
+        out: &mut Emitter<Self::Out>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = out;
+        self.handle_cast(message)
+    }
 }
 
 /// Fails the item being processed with `error`: what a

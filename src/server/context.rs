@@ -24,3 +24,8 @@ pub(crate) fn current() -> Option<Arc<ServerState>> {
 pub(crate) fn in_registry(registry: usize) -> bool {
     CURRENT.try_with(|c| c.registry == registry).unwrap_or(false)
 }
+
+/// Runs `f` on the server the current task runs, if it runs one.
+pub(crate) fn with_current(f: impl FnOnce(&ServerState)) {
+    let _ = CURRENT.try_with(|current| f(current));
+}

@@ -4,7 +4,8 @@ use std::mem::ManuallyDrop;
 
 use tokio::sync::oneshot;
 
-use super::{GenServer, waits::Waiting};
+use super::{GenServer, timer::TimerShared, waits::Waiting};
+use std::sync::Arc;
 
 /// One entry of a server's queue. Calls, casts and the stop marker share the
 /// queue, so they are handled in the order they were sent.
@@ -17,6 +18,10 @@ pub(crate) enum Envelope<S: GenServer> {
     /// travel by value through the queue's blocks).
     CallFrom(Box<CallFrom<S::Message, S::Response>>),
     Cast(S::Message),
+    /// A message the server's own timer delivers (`timer.rs`), handled
+    /// like a cast (by a stage, with its emitter) unless the timer was
+    /// cancelled meanwhile.
+    Timer(S::Message, Arc<TimerShared>),
     /// Graceful shutdown: close the queue, handle what is in it, terminate.
     Stop,
 }

@@ -1,6 +1,6 @@
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
-use super::RestartLimit;
+use super::{RestartLimit, Timer, TimerError, timer};
 
 /// A server: state that handles one message at a time from its own bounded
 /// queue.
@@ -153,5 +153,122 @@ pub trait GenServer: Sized + Send + 'static {
     /// restarts within 5 seconds.
     fn restart_limit() -> RestartLimit {
         RestartLimit::default()
+    }
+
+    /// Delivers `message` to this server once, after `delay`: a cast from
+    /// the server to itself, handled by
+    /// [`handle_cast`](GenServer::handle_cast) (by a pipeline stage, by
+    /// [`Stage::handle_timer`](crate::Stage::handle_timer), which may emit).
+    /// OTP's `erlang:send_after/3`.
+    ///
+    /// Call it from the server's own task: `init`, a handler, or a stage's
+    /// `process` or `finish`. The message goes to the server whose task arms
+    /// it (for a stage with replicas, the replica that armed it). Once the
+    /// delay is over, the message waits for room in the server's queue like
+    /// any cast, and takes its place in line behind what was queued before.
+    ///
+    /// The timer stops with the server: when it is stopped (graceful or
+    /// not), and when it restarts after a panic, so the fresh state's
+    /// `init` arms its own (as Akka's `Timers`). A cancelled timer's message
+    /// is never handled, even if it already waits in the queue. Dropping the
+    /// returned [`Timer`] does not cancel it; [`Timer::cancel`] does. The
+    /// timer holds the server's queue weakly: it does not keep the registry
+    /// alive.
+    ///
+    /// # Errors
+    ///
+    /// [`TimerError::NotInServer`] from outside the server's own task (a
+    /// task a handler spawned is not the server), [`TimerError::OtherServer`]
+    /// from the task of a server of another type, [`TimerError::Closed`] once
+    /// the server is stopping (in `terminate`). Each hands the message back.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the Tokio runtime the registry was started on was built
+    /// without timers (the panic is the handler's).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use genflow::GenServer;
+    ///
+    /// enum Msg {
+    ///     Ping,
+    ///     Pings,
+    /// }
+    ///
+    /// struct Pinger {
+    ///     pings: u32,
+    /// }
+    ///
+    /// impl GenServer for Pinger {
+    ///     type Message = Msg;
+    ///     type Response = u32;
+    ///     type Registry = App;
+    ///
+    ///     fn new(_: App) -> Self {
+    ///         Pinger { pings: 0 }
+    ///     }
+    ///
+    ///     async fn init(&mut self) {
+    ///         self.send_after(Duration::from_millis(10), Msg::Ping).expect("in the server's task");
+    ///     }
+    ///
+    ///     async fn handle_cast(&mut self, message: Msg) {
+    ///         if let Msg::Ping = message {
+    ///             self.pings += 1;
+    ///         }
+    ///     }
+    ///
+    ///     async fn handle_call(&mut self, _: Msg) -> u32 {
+    ///         self.pings
+    ///     }
+    /// }
+    ///
+    /// #[genflow::make_registry{ pinger: Pinger }]
+    /// struct App;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let app = App::start().await;
+    /// tokio::time::sleep(Duration::from_millis(20)).await;
+    /// assert_eq!(app.call_pinger(Msg::Pings).await?, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn send_after(&self, delay: Duration, message: Self::Message) -> Result<Timer, TimerError<Self::Message>> {
+        timer::send_after::<Self>(delay, message)
+    }
+
+    /// Delivers a clone of `message` to this server every `period`, the
+    /// first one `period` from now, until the timer is cancelled or the
+    /// server stops or restarts: OTP's `timer:send_interval/3`, Akka's
+    /// `startTimerAtFixedRate`. Each tick is handled like the message of
+    /// [`send_after`](GenServer::send_after) (which see for where to call
+    /// it, where the message goes and when the timer stops).
+    ///
+    /// A server that falls behind loses ticks instead of piling them up: a
+    /// tick is skipped while the previous one still waits in the queue, and
+    /// ticks missed while the timer waited for room in a full queue are
+    /// skipped, the next ones keeping the original schedule (Tokio's
+    /// [`MissedTickBehavior::Skip`](tokio::time::MissedTickBehavior::Skip)).
+    /// So a periodic timer holds at most one place in the queue. (A period
+    /// longer than 30 years is taken as 30 years.)
+    ///
+    /// # Errors
+    ///
+    /// As [`send_after`](GenServer::send_after), plus
+    /// [`TimerError::ZeroPeriod`] for a period of zero.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the Tokio runtime the registry was started on was built
+    /// without timers (the panic is the handler's).
+    fn send_interval(&self, period: Duration, message: Self::Message) -> Result<Timer, TimerError<Self::Message>>
+    where
+        Self::Message: Clone,
+    {
+        timer::send_interval::<Self>(period, message)
     }
 }

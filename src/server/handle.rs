@@ -11,6 +11,7 @@ use super::{
     GenServer, context,
     envelope::{Envelope, Reply},
     state::{Name, ServerState},
+    timer::Host,
     waits::{self, Waiting},
 };
 use crate::{
@@ -52,7 +53,7 @@ pub(crate) fn channel<S: GenServer>(
     let size = size.unwrap_or_else(S::channel_queue_size);
     assert!(size > 0, "{}::channel_queue_size() must be at least 1", std::any::type_name::<S>());
     let (tx, rx) = mpsc::channel(size.min(tokio::sync::Semaphore::MAX_PERMITS));
-    let state = Arc::new(ServerState::new(registry, name, runtime));
+    let state = Arc::new(ServerState::new(registry, name, runtime).with_timers(Host::<S>::boxed(tx.downgrade())));
     (Handle { tx, state: state.clone() }, Inbox { rx, state })
 }
 
@@ -408,6 +409,8 @@ impl<S: GenServer> Drop for Inbox<S> {
     fn drop(&mut self) {
         // Before the queue drops: queued calls handed back then see the status.
         self.state.set_closed();
+        // The server's task ended (or failed for good): its timers stop.
+        self.state.cancel_timers();
         // A caller that reserved room before the queue closed may still put
         // its call in after this drop's drain (the server was aborted, or
         // failed for good): nobody would take it, and the caller would wait

@@ -40,7 +40,9 @@ pub(crate) mod handle;
 pub(crate) mod restart;
 pub(crate) mod run;
 pub(crate) mod state;
+pub(crate) mod timer;
 pub(crate) mod waits;
 
 pub use genserver::GenServer;
 pub use restart::RestartLimit;
+pub use timer::{Timer, TimerError};

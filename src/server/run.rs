@@ -8,10 +8,11 @@ use crate::registry::Ready;
 use futures::FutureExt;
 
 use super::{
-    GenServer,
+    GenServer, context,
     envelope::{Envelope, Reply},
     handle::Inbox,
     restart::{RestartLimit, Restarts},
+    state::ServerState,
 };
 
 /// The payload of a caught panic.
@@ -76,6 +77,9 @@ pub(crate) async fn boot<S: GenServer>(
 }
 
 async fn try_boot<S: GenServer>(registry: &S::Registry) -> Option<S> {
+    // The timers of the state before (if any) stop: the fresh state's
+    // `init` arms its own.
+    context::with_current(ServerState::cancel_timers);
     let mut server = match std::panic::catch_unwind(AssertUnwindSafe(|| S::new(registry.clone()))) {
         Ok(server) => server,
         Err(panic) => {
@@ -113,6 +117,17 @@ pub(crate) async fn handle<S: GenServer>(server: &mut S, envelope: Envelope<S>) 
             (call, Some(waiting))
         }
         Envelope::Cast(message) => {
+            if let Err(panic) = AssertUnwindSafe(server.handle_cast(message)).catch_unwind().await {
+                report::<S>("handle_cast", &panic);
+                return Err(Crashed);
+            }
+            return Ok(());
+        }
+        Envelope::Timer(message, timer) => {
+            if !timer.deliver() {
+                // Cancelled while its message waited in the queue.
+                return Ok(());
+            }
             if let Err(panic) = AssertUnwindSafe(server.handle_cast(message)).catch_unwind().await {
                 report::<S>("handle_cast", &panic);
                 return Err(Crashed);

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::{runtime, task::AbortHandle};
 
-use super::waits::WaitsFor;
+use super::{timer::TimerHost, waits::WaitsFor};
 
 const RUNNING: u8 = 0;
 const CLOSED: u8 = 1;
@@ -75,6 +75,9 @@ pub(crate) struct ServerState {
     /// Set after each message is queued: lets a busy stage check for calls
     /// between items with one load instead of a queue poll.
     mail: AtomicBool,
+    /// The server's timers (`timer.rs`): how a timer reaches its queue, and
+    /// those armed. `None` only for states made without a queue (tests).
+    timers: Option<Box<dyn TimerHost>>,
 }
 
 impl ServerState {
@@ -89,6 +92,25 @@ impl ServerState {
             status: AtomicU8::new(RUNNING),
             abort: OnceLock::new(),
             mail: AtomicBool::new(false),
+            timers: None,
+        }
+    }
+
+    /// The same, whose timers reach the server's queue through `host`.
+    pub(crate) fn with_timers(mut self, host: Box<dyn TimerHost>) -> Self {
+        self.timers = Some(host);
+        self
+    }
+
+    /// The server's timers.
+    pub(crate) fn timers(&self) -> Option<&dyn TimerHost> {
+        self.timers.as_deref()
+    }
+
+    /// Cancels every timer the server armed: it restarts or ended.
+    pub(crate) fn cancel_timers(&self) {
+        if let Some(host) = &self.timers {
+            host.cancel_all();
         }
     }
 
