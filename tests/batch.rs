@@ -5,7 +5,7 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, stream};
 use genflow::{ConfigError, Emitter, GenServer, Stage};
 use tokio::time::Instant;
 
@@ -217,8 +217,9 @@ impl fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 /// Fails batches by their first item: 0 fails the whole batch, 10 fails
-/// two of its items, 20 panics, 30 fails more items than it has, others
-/// go through.
+/// two of its items, 20 panics, 30 fails more items than it has, 40 fails
+/// none of its items, 50 fails three of its items and then the whole
+/// batch, others go through.
 struct Check;
 
 impl GenServer for Check {
@@ -246,6 +247,11 @@ impl Stage for Check {
             }
             20 => panic!("bad batch"),
             30 => out.fail_items(1_000, Refused("too many")),
+            40 => out.fail_items(0, Refused("none")),
+            50 => {
+                out.fail_items(3, Refused("three"));
+                out.fail(Refused("the rest"));
+            }
             _ => {}
         }
         out.emit(batch.len()).await;
@@ -260,11 +266,11 @@ async fn failing_a_batch_or_some_of_its_items_counts_items() {
     let flow = Checked::start().await;
     let failures = flow.failures().unwrap();
     let output = flow.output().unwrap();
-    flow.feed(stream::iter(0..50)).await.unwrap();
+    flow.feed(stream::iter(0..70)).await.unwrap();
     flow.shutdown().await;
     let sizes: Vec<usize> = output.collect().await;
     // The panicked batch emitted nothing.
-    assert_eq!(sizes, [10, 10, 10, 10]);
+    assert_eq!(sizes, [10, 10, 10, 10, 10, 10]);
     let failures: Vec<genflow::Failure> = failures.collect().await;
     let seen: Vec<(String, u64, bool)> =
         failures.iter().map(|f| (f.error().to_string(), f.items(), f.is_panic())).collect();
@@ -276,10 +282,16 @@ async fn failing_a_batch_or_some_of_its_items_counts_items() {
             ("another".to_owned(), 1, false),
             ("bad batch".to_owned(), 10, true),
             ("too many".to_owned(), 10, false),
+            ("none".to_owned(), 0, false),
+            // Each failure counts what no earlier one of its batch did.
+            ("three".to_owned(), 3, false),
+            ("the rest".to_owned(), 7, false),
         ]
     );
     let check = flow.metrics().stage("check").unwrap();
-    assert_eq!((check.received, check.processed, check.failed), (50, 50, 10 + 2 + 10 + 10));
+    assert_eq!((check.received, check.processed, check.failed), (70, 70, 10 + 2 + 10 + 10 + 10));
+    // The failures' counts add up to the metric.
+    assert_eq!(failures.iter().map(genflow::Failure::items).sum::<u64>(), check.failed);
 }
 
 /// Records the batches each replica got.
@@ -469,4 +481,49 @@ async fn a_replica_holding_an_open_batch_serves_calls_at_once() {
     let (sum, negate) = (metrics.stage("sum").unwrap(), metrics.stage("negate").unwrap());
     assert_eq!((sum.received, sum.processed, sum.emitted), (4, 4, 2));
     assert_eq!((negate.received, negate.emitted), (2, 2));
+}
+
+/// A batch stage whose batches are cut only when full, at flush or at
+/// shutdown: its timeout is past any clock.
+struct Forever;
+
+impl GenServer for Forever {
+    type Message = ();
+    type Response = ();
+    type Registry = Untimed;
+
+    fn new(_: Untimed) -> Self {
+        Forever
+    }
+
+    async fn handle_call(&mut self, _: ()) {}
+}
+
+impl Stage for Forever {
+    type In = Vec<u64>;
+    type Out = Vec<u64>;
+
+    async fn process(&mut self, batch: Vec<u64>, out: &mut Emitter<Vec<u64>>) {
+        out.emit(batch).await;
+    }
+}
+
+#[genflow::pipeline{ #[batch(size = 10, timeout = Duration::MAX)] forever: Forever }]
+struct Untimed;
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_past_any_clock_never_cuts_but_flush_and_shutdown_do() {
+    for flow in [Untimed::start().await, Untimed::builder().batch("forever", 10, Duration::MAX).start().await.unwrap()] {
+        let mut output = flow.output().unwrap();
+        flow.send(1).await.unwrap();
+        tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+        assert!(output.next().now_or_never().is_none(), "cut by time");
+        flow.flush().await.unwrap();
+        assert_eq!(output.next().await, Some(vec![1]));
+        flow.send(2).await.unwrap();
+        flow.shutdown().await;
+        assert_eq!(output.collect::<Vec<_>>().await, [vec![2]]);
+        let forever = flow.metrics().stage("forever").unwrap();
+        assert_eq!((forever.received, forever.processed, forever.failed, forever.aborted), (2, 2, 0, 0));
+    }
 }

@@ -182,8 +182,8 @@ async fn sixty_four_lookups_sixteen_at_a_time_take_four_rounds() {
     let stage = flow.metrics().stage("lookup").unwrap();
     assert_eq!((stage.received, stage.processed, stage.emitted, stage.failed), (64, 64, 64, 0));
     assert_eq!(stage.in_flight, 0);
-    // Waiting on the lookups is not work.
-    assert_eq!(stage.busy, Duration::ZERO);
+    // The stage had all 16 places taken the whole time: saturated, busy.
+    assert_eq!(stage.busy, 4 * WORK);
 }
 
 /// Jobs 0..8 whose delays decrease: the last one handed over is done first.
@@ -597,4 +597,109 @@ async fn flush_returns_under_a_steady_stream() {
     assert!(probe.most() < 16, "room all along: {}", probe.most());
     feed.abort();
     flow.shutdown().await;
+}
+
+// ---- saturation and rate limits ---------------------------------------------
+
+/// Hands each item over as a 10 ms wait.
+struct Wait;
+
+impl GenServer for Wait {
+    type Message = ();
+    type Response = ();
+    type Registry = Waits;
+    fn new(_: Waits) -> Self {
+        Wait
+    }
+    async fn handle_call(&mut self, _: ()) {}
+}
+
+impl Stage for Wait {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, n: u64, out: &mut Emitter<u64>) {
+        out.emit_async(async move {
+            tokio::time::sleep(WORK).await;
+            n
+        })
+        .await;
+    }
+}
+
+#[genflow::pipeline{ #[concurrency(4)] wait: Wait }]
+struct Waits;
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_with_all_its_places_taken_is_busy_and_the_bottleneck() {
+    let flow = Waits::start().await;
+    let output = flow.output().unwrap();
+    // 400 items, 4 at a time, 10 ms each: 1 s, all of it with the four
+    // places taken.
+    flow.feed(stream::iter(0..400)).await.unwrap();
+    flow.flush().await.unwrap();
+    let metrics = flow.metrics();
+    let wait = metrics.stage("wait").unwrap();
+    assert_eq!((wait.processed, wait.in_flight), (400, 0));
+    assert!(wait.busy >= Duration::from_millis(990), "busy {:?}", wait.busy);
+    assert_eq!(metrics.limit(), genflow::Limit::Bottleneck("wait"));
+    flow.shutdown().await;
+    assert_eq!(output.count().await, 400);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stage_waiting_for_input_with_room_for_more_is_not_busy() {
+    let flow = Waits::start().await;
+    let mut output = flow.output().unwrap();
+    // One item at a time: three places free while it is in flight.
+    for n in 0..10 {
+        flow.send(n).await.unwrap();
+        assert_eq!(output.next().await, Some(n));
+    }
+    let wait = flow.metrics().stage("wait").unwrap();
+    assert_eq!(wait.busy, Duration::ZERO);
+    flow.shutdown().await;
+}
+
+/// [`Wait`]'s work in a stage that takes at most one item a second.
+struct LimitedWait;
+
+impl GenServer for LimitedWait {
+    type Message = ();
+    type Response = ();
+    type Registry = Limited;
+    fn new(_: Limited) -> Self {
+        LimitedWait
+    }
+    async fn handle_call(&mut self, _: ()) {}
+}
+
+impl Stage for LimitedWait {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, n: u64, out: &mut Emitter<u64>) {
+        out.emit_async(async move {
+            tokio::time::sleep(WORK).await;
+            n
+        })
+        .await;
+    }
+}
+
+#[genflow::pipeline{ #[concurrency(4)] #[rate_limit(1, per = Duration::from_secs(1))] wait: LimitedWait }]
+struct Limited;
+
+#[tokio::test(start_paused = true)]
+async fn outputs_leave_while_the_next_item_waits_for_its_token() {
+    let flow = Limited::start().await;
+    let mut output = flow.output().unwrap();
+    let started = Instant::now();
+    flow.feed(stream::iter(0..3)).await.unwrap();
+    // Item 0 goes at once and its future takes 10 ms, while item 1 waits
+    // a second for its token.
+    assert_eq!(output.next().await, Some(0));
+    assert_eq!(started.elapsed(), WORK);
+    assert_eq!(output.next().await, Some(1));
+    assert_eq!(started.elapsed(), Duration::from_secs(1) + WORK);
+    flow.shutdown().await;
+    assert_eq!(output.next().await, Some(2));
 }

@@ -667,3 +667,109 @@ async fn timers_work_on_a_multi_thread_runtime_on_the_real_clock() {
     assert_eq!(ticks(&log, 1), 1);
     assert!(ticks(&log, 2) >= 3);
 }
+
+// ---- a timer of a stage with futures in flight ------------------------------
+
+/// What a timer of [`Lookups`] hands over.
+#[derive(Clone, Debug)]
+enum Hand {
+    /// A future that gives 999.
+    Value,
+    /// A future that fails.
+    Failing,
+    /// A future that takes an hour.
+    Slow,
+}
+
+/// A `#[concurrency(4)]` stage whose timers hand futures to `emit_async`.
+struct Lookup;
+
+impl GenServer for Lookup {
+    type Message = Hand;
+    type Response = ();
+    type Registry = Lookups;
+    fn new(_: Lookups) -> Self {
+        Lookup
+    }
+    /// Arms a timer that hands `hand` over in 10 ms.
+    async fn handle_call(&mut self, hand: Hand) {
+        self.send_after(10 * MS, hand).unwrap();
+    }
+}
+
+impl Stage for Lookup {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, n: u64, out: &mut Emitter<u64>) {
+        out.emit_async(async move {
+            tokio::time::sleep(5 * MS).await;
+            n
+        })
+        .await;
+    }
+    async fn handle_timer(&mut self, hand: Hand, out: &mut Emitter<u64>) {
+        match hand {
+            Hand::Value => out.emit_async(async { 999 }).await,
+            Hand::Failing => out.try_emit_async(async { Err::<u64, _>("the timer's lookup failed") }).await,
+            Hand::Slow => {
+                out.emit_async(async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    555
+                })
+                .await;
+            }
+        }
+    }
+}
+
+#[genflow::pipeline{ #[concurrency(4)] lookup: Lookup }]
+struct Lookups;
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_awaits_its_futures_in_place_and_its_output_leaves_at_once() {
+    let flow = Lookups::start().await;
+    let mut output = flow.output().unwrap();
+    flow.call_lookup(Hand::Value).await.unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(output.next().await, Some(999));
+    assert_eq!(started.elapsed(), 10 * MS);
+    flow.shutdown().await;
+    assert_eq!(output.next().await, None);
+    let lookup = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((lookup.received, lookup.processed, lookup.emitted, lookup.in_flight), (0, 0, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timer_future_that_fails_is_the_timer_s_failure_not_an_item_s() {
+    let flow = Lookups::start().await;
+    let output = flow.output().unwrap();
+    let failures = flow.failures().unwrap();
+    flow.call_lookup(Hand::Failing).await.unwrap();
+    advance(20 * MS).await;
+    flow.send(7).await.unwrap();
+    flow.flush().await.unwrap();
+    flow.shutdown().await;
+    assert_eq!(output.collect::<Vec<_>>().await, [7]);
+    let failures: Vec<_> = failures.collect().await;
+    assert_eq!(failures.len(), 1);
+    assert!(failures[0].in_timer() && failures[0].items() == 0, "{:?}", failures[0]);
+    let lookup = flow.metrics().stage("lookup").unwrap();
+    assert_eq!((lookup.processed, lookup.failed), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_timer_future_holds_the_timer_not_the_items() {
+    let flow = Lookups::start().await;
+    let mut output = flow.output().unwrap();
+    flow.call_lookup(Hand::Slow).await.unwrap();
+    advance(20 * MS).await;
+    // The replica awaits the timer's future in place: the item waits for
+    // it, as it would for a slow `handle_cast`, and nothing is lost.
+    flow.send(7).await.unwrap();
+    let started = tokio::time::Instant::now();
+    flow.flush().await.unwrap();
+    assert_eq!(output.next().await, Some(555));
+    assert_eq!(output.next().await, Some(7));
+    assert!(started.elapsed() >= Duration::from_secs(3590), "{:?}", started.elapsed());
+    flow.shutdown().await;
+}

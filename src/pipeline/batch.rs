@@ -48,6 +48,7 @@ use super::{
     queue::{Queue, Reader},
     run::{Batch, Pace},
 };
+use crate::server::timer::FAR;
 
 /// How a `#[batch(..)]` stage cuts its batches: at `size` items, or once
 /// the oldest item of the open batch has waited `timeout`.
@@ -288,7 +289,8 @@ impl<T> Open<T> {
         if self.timeout.is_zero() {
             return;
         }
-        let at = Instant::now() + self.timeout;
+        // A timeout past any clock (`Duration::MAX`) is never reached.
+        let at = Instant::now().checked_add(self.timeout).unwrap_or_else(|| Instant::now() + FAR);
         match &mut self.deadline {
             Some(sleep) => sleep.as_mut().reset(at),
             None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),

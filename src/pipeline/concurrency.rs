@@ -68,7 +68,7 @@ use super::{
 };
 use crate::server::{
     handle::Inbox,
-    run::{Crashed, handle},
+    run::Crashed,
 };
 
 type BoxError = Box<dyn Error + Send + Sync + 'static>;
@@ -102,7 +102,7 @@ enum Outcome<T> {
 }
 
 /// A future handed over, done, with the number of its item.
-struct Done<T> {
+pub(crate) struct Done<T> {
     item: u64,
     outcome: Outcome<T>,
 }
@@ -329,24 +329,12 @@ impl<T: Send + 'static> Emitter<T> {
         }
     }
 
-    /// Waits until a future in flight completes and delivers it; the wait
-    /// is not busy time. `false` if none is in flight.
+    /// Waits until a future in flight completes and delivers it. Called
+    /// with all N places taken: the wait is busy time (the stage is
+    /// saturated). `false` if none is in flight.
     async fn next_done(&mut self) -> bool {
-        let mut away = None;
-        let Emitter { in_flight, counters, .. } = self;
-        let Some(flight) = in_flight.as_mut() else { return false };
-        let flight = flight.get_mut().unwrap_or_else(|poison| poison.into_inner());
-        let done = poll_fn(|cx| {
-            let poll = flight.poll_done(cx);
-            if poll.is_pending() && away.is_none() {
-                away = Some(counters.step_away());
-            }
-            poll
-        })
-        .await;
-        if let Some(away) = away {
-            self.counters.step_back(away);
-        }
+        let Some(flight) = self.in_flight_mut() else { return false };
+        let done = poll_fn(|cx| flight.poll_done(cx)).await;
         match done {
             Some(done) => {
                 self.deliver(done).await;
@@ -373,7 +361,7 @@ impl<T: Send + 'static> Emitter<T> {
 
     /// A future is done: counts its item if it was the item's last, then
     /// emits its output or sends its failure.
-    async fn deliver(&mut self, done: Done<T>) {
+    pub(crate) async fn deliver(&mut self, done: Done<T>) {
         let Some(flight) = self.in_flight_mut() else { return };
         let failed = !matches!(done.outcome, Outcome::Value(_));
         let item_done = flight.complete(done.item, failed);
@@ -410,16 +398,27 @@ impl<T: Send + 'static> Emitter<T> {
         }
     }
 
+    /// A future in flight that is done, if any; `cx` is woken when one is
+    /// otherwise.
+    pub(crate) fn poll_in_flight(&mut self, cx: &mut Context<'_>) -> Option<Done<T>> {
+        match self.in_flight_mut()?.poll_done(cx) {
+            Poll::Ready(done) => done,
+            Poll::Pending => None,
+        }
+    }
+
     /// Whether futures are in flight.
     #[inline]
     pub(crate) fn has_in_flight(&mut self) -> bool {
         self.in_flight_mut().is_some_and(|flight| flight.len() > 0)
     }
 
-    /// From now on, futures handed over are awaited in place (`finish`).
-    pub(crate) fn in_flight_inline(&mut self) {
+    /// From now on (`inline`), or no longer, futures handed over are
+    /// awaited in place: in `finish` and `handle_timer`, whose futures
+    /// belong to no item.
+    pub(crate) fn in_flight_inline(&mut self, inline: bool) {
         if let Some(flight) = self.in_flight_mut() {
-            flight.inline = true;
+            flight.inline = inline;
         }
     }
 }
@@ -509,7 +508,9 @@ pub(crate) async fn settle<S: Stage>(
                     Poll::Pending => {}
                 }
             }
-            if away.is_none() {
+            // Waiting with all N places taken is the stage's work (it is
+            // saturated: busy); with room, it waits for its input.
+            if away.is_none() && room > 0 {
                 away = Some(counters.step_away());
             }
             Poll::Pending

@@ -230,7 +230,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// item.
     pub(crate) fn begin_finish(&mut self) {
         self.failing.begin_finish();
-        self.in_flight_inline();
+        self.in_flight_inline(true);
     }
 
     /// Whether this is an `ordered` stage's emitter.
@@ -240,14 +240,18 @@ impl<T: Send + 'static> Emitter<T> {
 
     /// Marks the start of `Stage::handle_timer`: its failures are tied to
     /// no item.
+    /// Futures it hands to `emit_async` are awaited in place: they belong
+    /// to no item.
     pub(crate) fn begin_timer(&mut self) {
         self.failing.set_in_timer(true);
+        self.in_flight_inline(true);
     }
 
     /// Marks its end: the item in progress, if any, has not failed by it.
     pub(crate) fn end_timer(&mut self) {
         self.failing.set_in_timer(false);
         self.failing.take_item_failed();
+        self.in_flight_inline(false);
     }
 
     /// Sends the failures recorded so far, waiting for room in the

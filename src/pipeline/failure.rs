@@ -95,13 +95,17 @@ impl Failure {
         self.in_finish
     }
 
-    /// How many items this failure counts in its stage's `failed` metric:
-    /// 1 for an item of a plain stage; for a `#[batch(..)]` stage, the
-    /// number of items of the batch for [`Emitter::fail`](crate::Emitter::fail)
-    /// and for a panic, and `n` for
-    /// [`Emitter::fail_items`](crate::Emitter::fail_items)`(n, ..)` (at most
-    /// the batch's length; an input fails at most as many items as it
-    /// holds, however many failures it gave). 0 for a failure of
+    /// How many items this failure counts in its stage's `failed` metric,
+    /// so that the `items()` of all failures add up to `failed`: 1 for an
+    /// item of a plain stage; for a `#[batch(..)]` stage, the number of
+    /// items of the batch for [`Emitter::fail`](crate::Emitter::fail) and
+    /// for a panic, and `n` for
+    /// [`Emitter::fail_items`](crate::Emitter::fail_items)`(n, ..)`. An
+    /// input fails at most as many items as it holds, however many
+    /// failures it gave: each failure counts the items it failed that no
+    /// earlier failure of the same input did (so a second `fail` of one
+    /// item counts 0, and `fail_items(3, ..)` then `fail(..)` on a batch
+    /// of 10 count 3 and 7). 0 for a failure of
     /// [`Stage::finish`](crate::Stage::finish) or of
     /// [`Stage::handle_timer`](crate::Stage::handle_timer), which are tied
     /// to no item.
@@ -369,19 +373,22 @@ impl Failing {
     /// How many items of the input that just failed (and holds `weight`
     /// items) count as failed: all of them if one of its failures failed
     /// the whole input, else the sum of the failures' counts, at most
-    /// `weight`. Each failure gets its count. Called only after
+    /// `weight`. Each failure gets the count of the items it failed that no
+    /// earlier failure of the input did, so that they add up to the
+    /// input's count. Called only after
     /// [`take_item_failed`](Self::take_item_failed) said it failed, while
     /// `pending` holds only that input's failures.
     pub(crate) fn settle(&mut self, weight: u64) -> u64 {
+        // In the order they were given, each failure counts the items it
+        // failed that no earlier one did, so that the counts of one
+        // input's failures add up to what it counts in `failed`.
         let mut failed = 0u64;
         for failure in self.pending.iter_mut().filter(|f| !f.in_finish && !f.in_timer) {
-            if failure.items == WHOLE {
-                failure.items = weight;
-            }
-            failure.items = failure.items.min(weight);
-            failed = failed.saturating_add(failure.items);
+            let left = weight - failed;
+            failure.items = if failure.items == WHOLE { left } else { failure.items.min(left) };
+            failed += failure.items;
         }
-        failed.min(weight)
+        failed
     }
 
     /// Records a failure of an item other than the one in `process`: one

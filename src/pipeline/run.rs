@@ -506,11 +506,13 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
         // An item with futures in flight is done when they are.
         if let Some(failed) = out.close_item(item_failed) {
             progress.processed += progress.in_process;
-            if failed {
-                // At least one item, should its failures have been sent
-                // already (futures that failed before `process` returned).
-                let weight = progress.in_process;
-                progress.failed += out.settle_failed(weight).max(weight.min(1));
+            if item_failed {
+                progress.failed += out.settle_failed(progress.in_process);
+            } else if failed {
+                // Only by futures that completed before `process` returned,
+                // their failures already sent: one item (a `#[batch]`
+                // stage hands none over).
+                progress.failed += progress.in_process.min(1);
             }
         }
         if item_failed {
@@ -564,9 +566,10 @@ async fn throttle<S: Stage>(
     out: &mut Emitter<S::Out>,
 ) -> Result<(), Crashed> {
     /// What came first.
-    enum Next<E> {
+    enum Next<E, D> {
         Envelope(E),
         Fused,
+        Done(D),
         Token,
     }
     let _throttled = Throttled::begin(counters);
@@ -580,12 +583,20 @@ async fn throttle<S: Stage>(
             if out.poll_fused(cx).is_ready() {
                 return Poll::Ready(Next::Fused);
             }
+            // And the futures in flight go on, their outputs with them.
+            if let Some(done) = out.poll_in_flight(cx) {
+                return Poll::Ready(Next::Done(done));
+            }
             acquire.as_mut().poll(cx).map(|_| Next::Token)
         })
         .await;
         match next {
             Next::Envelope(envelope) => serve_control(server, envelope, out).await?,
             Next::Fused => out.serve_fused().await,
+            Next::Done(done) => {
+                out.deliver(done).await;
+                out.flush().await;
+            }
             Next::Token => return Ok(()),
         }
     }

@@ -142,7 +142,7 @@ impl<M> fmt::Display for TimerError<M> {
 impl<M> std::error::Error for TimerError<M> {}
 
 /// The longest period a periodic timer keeps: 30 years.
-const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+pub(crate) const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 /// The timer's message waits in the server's queue.
 const QUEUED: u8 = 1;
