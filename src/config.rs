@@ -365,9 +365,12 @@ impl<R: Configurable> Builder<R> {
     /// # Errors
     ///
     /// A [`ConfigError`]: the first unknown name, in the order the settings
-    /// were made; else the first 0 (replicas or queue size), or replica
-    /// count above [`MAX_REPLICAS`], that no later setting of the same name
-    /// replaced. When
+    /// were made; else the first invalid setting that no later setting of
+    /// the same name replaced: a 0 (replicas, queue size, `max_demand`,
+    /// concurrency, batch size, a rate limit's count or interval), a replica
+    /// count above [`MAX_REPLICAS`], a batch setting for a stage that is not
+    /// `#[batch(..)]` or a concurrency above 1 for one that is; then more
+    /// than one replica for a `#[fused]` stage or the stage before it. When
     /// it errs, nothing was started (no queue made, no `new` run).
     ///
     /// # Panics

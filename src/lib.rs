@@ -356,8 +356,18 @@ pub use genflow_macros::make_registry;
 ///   count items, [`Emitter::fail`] fails the whole batch and
 ///   [`Emitter::fail_items`] some of its items. `N` is a literal or a const
 ///   (0 is a compile error); [`Builder::batch`] sets both at start. Not
-///   with `#[fused]` or `ordered` (compile errors). See the guide,
-///   "Batching by size and time".
+///   with `#[fused]`, `ordered` or `#[concurrency(..)]` (compile errors).
+///   See the guide, "Batching by size and time".
+/// - `#[concurrency(N)]` (or `#[concurrency(N, ordered)]`) keeps up to N
+///   futures handed to [`Emitter::emit_async`] /
+///   [`Emitter::try_emit_async`] in flight per replica, while `process`
+///   still touches the stage's state one item at a time (Akka Streams'
+///   `mapAsync`); outputs leave as the futures complete, or in hand-over
+///   order with `ordered`. [`Builder::concurrency`] sets N at start. See
+///   the guide, "Concurrent I/O stages".
+/// - `#[max_demand(N)]`: how many items a replica takes at a time;
+///   `#[rate_limit(n, per = d)]`: at most `n` items per `d` through the
+///   stage, over its replicas. See the guide, "Demand" and "Rate limits".
 ///
 /// With one replica everywhere, order is kept end to end. An item failed
 /// with [`Emitter::fail`] (or by a panic in `process`) fails alone; with

@@ -154,6 +154,15 @@ async fn batch_settings_that_cannot_work_are_refused_before_anything_starts() {
     );
     let error = Batches::builder().batch("stor", 10, TIMEOUT).start().await.err().expect("refused");
     assert_eq!(error.to_string(), "unknown stage `stor`: the stages are `double`, `store`");
+    let error = Batches::builder().concurrency("store", 4).start().await.err().expect("refused");
+    assert_eq!(error, ConfigError::ConcurrentBatch { stage: "store", concurrency: 4 });
+    assert_eq!(
+        error.to_string(),
+        "stage `store` is a `#[batch(..)]` stage and cannot have a concurrency of 4: its batches are processed \
+         one at a time per replica; give it more replicas instead"
+    );
+    // A concurrency of 1 is what a batch stage has.
+    Batches::builder().concurrency("store", 1).start().await.unwrap().shutdown().await;
 }
 
 /// A batch stage at the head, cutting whatever has arrived (timeout 0).
@@ -513,7 +522,8 @@ struct Untimed;
 
 #[tokio::test(start_paused = true)]
 async fn a_timeout_past_any_clock_never_cuts_but_flush_and_shutdown_do() {
-    for flow in [Untimed::start().await, Untimed::builder().batch("forever", 10, Duration::MAX).start().await.unwrap()] {
+    for flow in [Untimed::start().await, Untimed::builder().batch("forever", 10, Duration::MAX).start().await.unwrap()]
+    {
         let mut output = flow.output().unwrap();
         flow.send(1).await.unwrap();
         tokio::time::advance(Duration::from_secs(86_400 * 365)).await;

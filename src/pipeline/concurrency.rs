@@ -66,10 +66,7 @@ use super::{
     metrics::{Counters, Delta},
     queue::Reader,
 };
-use crate::server::{
-    handle::Inbox,
-    run::Crashed,
-};
+use crate::server::{handle::Inbox, run::Crashed};
 
 type BoxError = Box<dyn Error + Send + Sync + 'static>;
 
@@ -455,8 +452,8 @@ impl<'r, 'q, T: Send> Refill<'r, 'q, T> {
 /// Settles the replica's futures in flight at the end of a batch: waits
 /// for each, emitting its output, and meanwhile serves the calls and casts
 /// that arrive (if `serve`: not after a handler panicked, whose state is to
-/// be rebuilt) and the stages fused after this one. The waits are not busy
-/// time.
+/// be rebuilt) and the stages fused after this one. The waits are busy
+/// time only while all N places are taken (the stage is saturated).
 ///
 /// With `refill`, in a stage that is not `ordered` (whose batches are runs
 /// of consecutive inputs), it takes more items as soon as there is room

@@ -13,6 +13,9 @@
     #[batch(size = 10, timeout = std::time::Duration::ZERO, key = 1)]
     #[batch(size = 10, timeout = std::time::Duration::ZERO)]
     f: F,
+    #[concurrency(4)]
+    #[batch(size = 10, timeout = std::time::Duration::ZERO)]
+    g: G,
 }]
 struct Flow;
 
@@ -22,5 +25,6 @@ struct C;
 struct D;
 struct E;
 struct F;
+struct G;
 
 fn main() {}
