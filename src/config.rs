@@ -536,9 +536,9 @@ impl<R: Configurable> Builder<R> {
     /// none): the futures its `process` hands to
     /// [`Emitter::emit_async`](crate::Emitter::emit_async) run together, up
     /// to `n` per replica, while `process` goes on with the next items.
-    /// With 1, each future is awaited in place. The replica then takes up
-    /// to `max(max_demand, n)` items at a time, so that `n` can be in
-    /// flight. Whether outputs keep their input order stays as declared
+    /// With 1, each future is awaited in place. With more, a replica
+    /// takes up to `n` items at a time (its `max_demand` does not apply),
+    /// so that `n` can be in flight and no more wait in it. Whether outputs keep their input order stays as declared
     /// (`#[concurrency(N, ordered)]`, or an `ordered` stage). The idea is
     /// Broadway's processor `concurrency` and Akka Streams' `mapAsync`
     /// parallelism.

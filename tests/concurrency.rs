@@ -703,3 +703,17 @@ async fn outputs_leave_while_the_next_item_waits_for_its_token() {
     flow.shutdown().await;
     assert_eq!(output.next().await, Some(2));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_holds_at_most_its_concurrency_and_leaves_the_rest_queued() {
+    let flow = Waits::start().await;
+    let output = flow.output().unwrap();
+    flow.feed(stream::iter(0..100)).await.unwrap();
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let wait = flow.metrics().stage("wait").unwrap();
+    // Four in flight, none held back in the replica: the other 96 wait in
+    // the queue (a stage holds its queue plus replicas × N items).
+    assert_eq!((wait.received, wait.in_flight, wait.queued), (4, 4, 96));
+    flow.shutdown().await;
+    assert_eq!(output.count().await, 100);
+}

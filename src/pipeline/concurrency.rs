@@ -38,10 +38,11 @@
 //! batch waits for all its futures, and its outputs join the others' in
 //! input order. `abort` counts the items in flight as aborted.
 //!
-//! A replica takes up to `max(max_demand, N)` items at a time, so that N
-//! futures can be in flight at once; while futures are in flight it takes
-//! only as many as there is room for. So it holds at most that many items,
-//! in its batch or in flight.
+//! A replica takes up to N items at a time (its `max_demand` does not
+//! apply), so that N futures can be in flight at once and no more items
+//! wait in the replica; while futures are in flight it takes only as many
+//! as there is room for. So it holds at most N items, in its batch or in
+//! flight, and the rest stay queued for any replica free.
 //!
 //! The idea is Akka Streams' `mapAsync`/`mapAsyncUnordered`, the futures
 //! crate's `buffered`/`buffer_unordered`, and the `concurrency` of a
@@ -62,7 +63,7 @@ use futures::{
 };
 
 use super::{
-    Emitter, Panicked, Stage,
+    BATCH, Emitter, Panicked, Stage,
     metrics::{Counters, Delta},
     queue::Reader,
 };
@@ -420,9 +421,10 @@ impl<T: Send + 'static> Emitter<T> {
     }
 }
 
-/// How many times its `max_demand` a batch takes at most, counting the
-/// items taken while its futures are in flight: past that, the batch
-/// settles and ends, so that `flush` under a steady stream still returns.
+/// How many times its `max_demand` (at least [`BATCH`]) a batch takes at
+/// most, counting the items taken while its futures are in flight: past
+/// that, the batch settles and ends, so that `flush` under a steady stream
+/// still returns.
 const REFILLS: u64 = 8;
 
 /// Where a batch whose futures are in flight takes more items from.
@@ -436,14 +438,15 @@ pub(crate) struct Refill<'r, 'q, T> {
 
 impl<'r, 'q, T: Send> Refill<'r, 'q, T> {
     /// Takes into `items` from `reader`, if any, up to [`REFILLS`] times
-    /// `max_demand` items per batch in all (`taken` so far).
+    /// `max_demand` (at least [`BATCH`]: a stage of few places refills as
+    /// long as one of many) items per batch in all (`taken` so far).
     pub(crate) fn new(
         reader: Option<&'r mut Reader<'q, T>>,
         items: &'r mut Vec<T>,
         max_demand: u32,
         taken: u64,
     ) -> Option<Self> {
-        let left = (REFILLS * u64::from(max_demand)).saturating_sub(taken);
+        let left = (REFILLS * u64::from(max_demand).max(BATCH as u64)).saturating_sub(taken);
         let left = usize::try_from(left).unwrap_or(usize::MAX);
         reader.filter(|_| left > 0).map(|reader| Refill { reader, items, left })
     }

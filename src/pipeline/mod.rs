@@ -15,10 +15,10 @@
 //! with the other replicas), and an emitter sends up to [`BATCH`] at a time.
 //! Besides the queues, each replica holds at most one batch it is working
 //! through (`max_demand` items) and one batch it is emitting ([`BATCH`]).
-//! A `#[concurrency(N)]` stage takes up to `max(max_demand, N)` items at a
-//! time, and the items whose futures are in flight are part of that batch:
-//! a replica holds at most that many items, queued in its batch or in
-//! flight (see [`Emitter::emit_async`]).
+//! A `#[concurrency(N)]` stage (N above 1) takes up to N items at a time,
+//! whatever its `max_demand`, and the items whose futures are in flight
+//! are part of that batch: a replica holds at most N items, queued in its
+//! batch or in flight (see [`Emitter::emit_async`]).
 //! That holds for `#[replicas(N, ordered)]` stages too, whatever their
 //! fan-out: outputs of a batch whose turn has not come wait in `emit` once a
 //! batch's worth is held, and what waits to be put back in order is bounded

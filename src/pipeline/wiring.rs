@@ -177,9 +177,11 @@ impl Builder {
             name: spec.name,
             ordered: spec.ordered,
             pace: Pace {
-                // A replica takes at least as many items as it keeps in
-                // flight, so that it can keep that many.
-                max_demand: spec.max_demand.max(spec.concurrency).max(1),
+                // A replica of a `#[concurrency(N)]` stage takes N items
+                // at a time: as many as it can keep in flight, and no more,
+                // so that it holds at most N (in its batch or in flight)
+                // and leaves the rest queued for the other replicas.
+                max_demand: if spec.concurrency > 1 { spec.concurrency } else { spec.max_demand.max(1) },
                 concurrency: Concurrency {
                     limit: spec.concurrency.max(1),
                     // An ordered stage puts each replica's outputs in order
