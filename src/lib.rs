@@ -145,12 +145,15 @@
 //! own for it.
 #![warn(unreachable_pub, missing_docs, rust_2018_idioms)]
 #![doc(test(no_crate_inject, attr(deny(warnings, rust_2018_idioms))))]
+// On docs.rs (nightly rustdoc), feature-gated items say which feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod error;
 pub mod harness;
 mod loom;
 #[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
 pub mod pipeline;
 mod registry;
