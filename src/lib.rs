@@ -166,8 +166,10 @@ pub use config::{Builder, ConfigError, MAX_REPLICAS};
 pub use error::FlushError;
 pub use error::{CallError, SendError};
 pub use pipeline::Limit;
+pub use pipeline::ack;
 pub use pipeline::{
-    Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline, ReplicaMetrics, Stage, StageMetrics,
+    AckedInput, AckedOutput, AckedSink, Emitter, Failure, Failures, InputSink, Metrics, Output, Pipeline,
+    ReplicaMetrics, Stage, StageMetrics,
 };
 pub use server::{GenServer, RestartLimit, Timer, TimerError};
 

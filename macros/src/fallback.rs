@@ -367,6 +367,10 @@ fn pipeline_methods(vis: &syn::Visibility, head: &Entry, tail: &Type) -> TokenSt
             ::core::unreachable!()
         }
 
+        #vis fn acked(&self) -> ::genflow::AckedInput<#input> where #head_stage {
+            ::core::unreachable!()
+        }
+
         #vis fn output(&self) -> ::core::option::Option<::genflow::Output<#output>> where #tail_stage {
             ::core::unreachable!()
         }
@@ -403,6 +407,10 @@ fn pipeline_impl(ident: &Ident, head: &Entry, tail: &Type) -> TokenStream {
                 S: ::genflow::__private::Stream<Item = Self::In> + ::core::marker::Send,
             {
                 async { ::core::unreachable!() }
+            }
+
+            fn acked(&self) -> ::genflow::AckedInput<Self::In> {
+                ::core::unreachable!()
             }
 
             fn output(&self) -> ::core::option::Option<::genflow::Output<Self::Out>> {

@@ -43,6 +43,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{
     Stage,
+    ack::tag::{Tag, Tagged},
     flush::ReplicaMark,
     metrics::{Counters, Delta},
     queue::{Queue, Reader},
@@ -118,7 +119,7 @@ pub(crate) trait TakeFrom<S: Stage>: Intake<S> {
     fn weight(input: &S::In) -> u64;
 
     /// A reader of `queue` for a replica recording its batches in `mark`.
-    fn reader<'a>(queue: &'a Queue<Self::Item>, mark: &'a ReplicaMark) -> Reader<'a, Self::Item> {
+    fn reader<'a>(queue: &'a Queue<Tagged<Self::Item>>, mark: &'a ReplicaMark) -> Reader<'a, Tagged<Self::Item>> {
         queue.marked_reader(mark.mark())
     }
 
@@ -126,7 +127,7 @@ pub(crate) trait TakeFrom<S: Stage>: Intake<S> {
     /// futures are in flight takes more of into its batch
     /// (`#[concurrency]`); `None` for a batch stage, whose queue carries
     /// the items of its inputs.
-    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, Self::Item>) -> Option<&'r mut Reader<'a, S::In>>;
+    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, Tagged<Self::Item>>) -> Option<&'r mut Reader<'a, Tagged<S::In>>>;
 }
 
 /// What a replica holds of its input besides the inputs it took, counted
@@ -142,6 +143,13 @@ pub(crate) trait Hold: Send {
     /// Lets go of what it holds besides the inputs; returns how many items
     /// that was, with those inputs' items beyond one each.
     fn release(&mut self) -> u64;
+
+    /// Lets go of what it holds besides the inputs, as
+    /// [`release`](Self::release) does, giving back the acknowledgements
+    /// of those items.
+    fn release_tags(&mut self) -> Vec<Tag> {
+        Vec::new()
+    }
 }
 
 /// One replica's way to its next inputs.
@@ -151,7 +159,7 @@ pub(crate) trait Take<In, Item>: Hold + Sized {
     /// and nothing is held, `Pending` meanwhile.
     fn poll_take(
         cx: &mut Context<'_>,
-        reader: &mut Reader<'_, Item>,
+        reader: &mut Reader<'_, Tagged<Item>>,
         batch: &mut Batch<In, Self>,
         counters: &Counters,
     ) -> Poll<Option<u64>>;
@@ -169,7 +177,7 @@ impl<S: Stage> TakeFrom<S> for Whole {
     type Open = Whole;
 
     #[inline]
-    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, S::In>) -> Option<&'r mut Reader<'a, S::In>> {
+    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, Tagged<S::In>>) -> Option<&'r mut Reader<'a, Tagged<S::In>>> {
         Some(reader)
     }
 
@@ -203,7 +211,7 @@ impl<In: Send + 'static> Take<In, In> for Whole {
     #[inline]
     fn poll_take(
         cx: &mut Context<'_>,
-        reader: &mut Reader<'_, In>,
+        reader: &mut Reader<'_, Tagged<In>>,
         batch: &mut Batch<In>,
         _: &Counters,
     ) -> Poll<Option<u64>> {
@@ -226,7 +234,7 @@ impl<S: Stage, T: Send + 'static> Intake<S> for Batched<T> {
 impl<S: Stage, T: Send + 'static> TakeFrom<S> for Batched<T> {
     type Open = Open<T>;
 
-    fn inputs<'r, 'a>(_: &'r mut Reader<'a, T>) -> Option<&'r mut Reader<'a, S::In>> {
+    fn inputs<'r, 'a>(_: &'r mut Reader<'a, Tagged<T>>) -> Option<&'r mut Reader<'a, Tagged<S::In>>> {
         None
     }
 
@@ -267,7 +275,7 @@ fn as_input<In: 'static, T: 'static>(items: Vec<T>) -> In {
 /// A replica's open batch.
 pub(crate) struct Open<T> {
     /// In arrival order.
-    items: Vec<T>,
+    items: Vec<Tagged<T>>,
     /// The number of the first item.
     first: u64,
     size: usize,
@@ -328,12 +336,18 @@ impl<T: Send> Hold for Open<T> {
         self.cut = 0;
         held
     }
+
+    fn release_tags(&mut self) -> Vec<Tag> {
+        self.armed = false;
+        self.cut = 0;
+        self.items.drain(..).map(|tagged| tagged.tag).collect()
+    }
 }
 
 impl<In: Send + 'static, T: Send + 'static> Take<In, T> for Open<T> {
     fn poll_take(
         cx: &mut Context<'_>,
-        reader: &mut Reader<'_, T>,
+        reader: &mut Reader<'_, Tagged<T>>,
         batch: &mut Batch<In, Self>,
         counters: &Counters,
     ) -> Poll<Option<u64>> {
@@ -372,7 +386,18 @@ impl<In: Send + 'static, T: Send + 'static> Take<In, T> for Open<T> {
         let items = std::mem::take(&mut open.items);
         open.cut += items.len() as u64 - 1;
         let first = open.first;
-        batch.items.push(as_input(items));
+        // The batch holds the acknowledgements of all its items.
+        let mut tags = Vec::new();
+        let items: Vec<T> = items
+            .into_iter()
+            .map(|Tagged { item, tag }| {
+                if tag.is_some() {
+                    tags.push(tag);
+                }
+                item
+            })
+            .collect();
+        batch.items.push(Tagged { item: as_input(items), tag: Tag::group(tags) });
         Poll::Ready(Some(first))
     }
 

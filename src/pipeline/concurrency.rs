@@ -64,6 +64,7 @@ use futures::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
+    ack::tag::{Tag, Tagged},
     metrics::{Counters, Delta},
     queue::Reader,
 };
@@ -102,6 +103,9 @@ enum Outcome<T> {
 /// A future handed over, done, with the number of its item.
 pub(crate) struct Done<T> {
     item: u64,
+    /// The acknowledgements of the input the future was handed over for:
+    /// its output holds them, or its failure is reported to them.
+    tag: Tag,
     outcome: Outcome<T>,
 }
 
@@ -216,7 +220,7 @@ impl<T> InFlight<T> {
 }
 
 /// Wraps `future` as a job of item `item`: its panic is caught.
-fn job<T, E, F>(item: u64, future: F) -> Job<T>
+fn job<T, E, F>(item: u64, tag: Tag, future: F) -> Job<T>
 where
     T: Send + 'static,
     E: Into<BoxError>,
@@ -228,7 +232,7 @@ where
             Ok(Err(error)) => Outcome::Failed(error.into()),
             Err(panic) => Outcome::Panicked(Panicked::new(&panic)),
         };
-        Done { item, outcome }
+        Done { item, tag, outcome }
     })
 }
 
@@ -275,7 +279,8 @@ impl<T: Send + 'static> Emitter<T> {
             let value = future.await;
             return self.emit(value).await;
         }
-        self.hand_over(|item| job(item, future.map(Ok::<T, BoxError>))).await;
+        let tag = self.current_tag();
+        self.hand_over(|item| job(item, tag, future.map(Ok::<T, BoxError>))).await;
     }
 
     /// As [`emit_async`](Self::emit_async), for a fallible future: `Ok`
@@ -299,7 +304,8 @@ impl<T: Send + 'static> Emitter<T> {
             }
             return;
         }
-        self.hand_over(|item| job(item, future)).await;
+        let tag = self.current_tag();
+        self.hand_over(|item| job(item, tag, future)).await;
     }
 
     fn in_flight_mut(&mut self) -> Option<&mut InFlight<T>> {
@@ -371,14 +377,16 @@ impl<T: Send + 'static> Emitter<T> {
             self.counters.add(&Delta { processed: 1, failed: u64::from(item_failed), ..Delta::default() });
         }
         match done.outcome {
-            Outcome::Value(value) => self.emit(value).await,
+            Outcome::Value(item) => self.emit_tagged(Tagged { item, tag: done.tag }).await,
             Outcome::Failed(error) => {
                 self.failing.fail_in_flight(error, false);
+                self.failing.fail_tag_last(done.tag);
                 self.send_failures().await;
             }
             Outcome::Panicked(panic) => {
                 tracing::error!(panic = panic.message(), "a future handed to `emit_async` panicked");
                 self.failing.fail_in_flight(Box::new(panic), true);
+                self.failing.fail_tag_last(done.tag);
                 self.send_failures().await;
             }
         }
@@ -470,7 +478,7 @@ pub(crate) async fn settle<S: Stage>(
     out: &mut Emitter<S::Out>,
     counters: &Counters,
     mut serve: bool,
-    mut refill: Option<Refill<'_, '_, S::In>>,
+    mut refill: Option<Refill<'_, '_, Tagged<S::In>>>,
 ) -> Result<usize, Crashed> {
     /// What came first.
     enum Next<E, D> {
@@ -572,8 +580,8 @@ mod tests {
     #[test]
     fn an_item_is_done_with_its_last_future() {
         let mut flight = flight();
-        flight.push(job(0, ready(Ok::<u64, BoxError>(1))));
-        flight.push(job(0, ready(Err::<u64, BoxError>("no".into()))));
+        flight.push(job(0, Tag::NONE, ready(Ok::<u64, BoxError>(1))));
+        flight.push(job(0, Tag::NONE, ready(Err::<u64, BoxError>("no".into()))));
         assert_eq!(flight.close_item(false), None);
         let first = next(&mut flight);
         let failed = !matches!(first.outcome, Outcome::Value(_));
@@ -590,7 +598,7 @@ mod tests {
     #[test]
     fn a_future_done_before_process_returned_counts_with_its_item() {
         let mut flight = flight();
-        flight.push(job(0, ready(Err::<u64, BoxError>("no".into()))));
+        flight.push(job(0, Tag::NONE, ready(Err::<u64, BoxError>("no".into()))));
         let done = next(&mut flight);
         assert_eq!(flight.complete(done.item, true), None);
         // `process` returns without failing the item itself: it failed.
@@ -604,7 +612,7 @@ mod tests {
     #[test]
     fn a_panicking_future_is_caught() {
         let mut flight = flight();
-        flight.push(job(3, async { panic!("boom") as Result<u64, BoxError> }));
+        flight.push(job(3, Tag::NONE, async { panic!("boom") as Result<u64, BoxError> }));
         let done = next(&mut flight);
         assert_eq!(done.item, 3);
         assert!(matches!(done.outcome, Outcome::Panicked(panic) if panic.message() == "boom"));

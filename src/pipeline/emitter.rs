@@ -15,9 +15,13 @@ use tokio::time::Instant;
 
 use super::{
     BATCH, Panicked,
+    ack::{
+        Held,
+        tag::{Tag, Tagged},
+    },
     concurrency::{Concurrency, InFlight},
     dispatch::{Dispatch, Grouped, group_by_queue},
-    failure::{Failing, FailureRoute},
+    failure::{Failing, Failure, FailureRoute},
     fused::Fused,
     metrics::{Counters, Delta},
     queue::Closed,
@@ -52,7 +56,10 @@ use super::{
 /// `#[concurrency(N)]` stage, up to N of them per replica run at once while
 /// `process` goes on with the next items (see the pipeline's module docs).
 pub struct Emitter<T> {
-    buf: Vec<T>,
+    buf: Vec<Tagged<T>>,
+    /// The acknowledgements of the input in `process`: every item emitted
+    /// for it holds a share.
+    current: Tag,
     link: Link<T>,
     pub(super) counters: Arc<Counters>,
     /// Counts not yet published to `counters`.
@@ -83,6 +90,7 @@ impl<T: Send + 'static> Emitter<T> {
         Emitter {
             // Allocated by the first emit: an idle replica holds no buffer.
             buf: Vec::new(),
+            current: Tag::NONE,
             link,
             counters,
             emitted: 0,
@@ -133,7 +141,51 @@ impl<T: Send + 'static> Emitter<T> {
     /// The item is accepted before the first `.await`; dropping the future
     /// does not lose it.
     pub async fn emit(&mut self, item: T) {
-        self.buf.push(item);
+        let tag = self.current.share();
+        self.buf.push(Tagged { item, tag });
+        self.emitted += 1;
+        if self.buf.len() >= BATCH {
+            match self.order {
+                // As `flush`, whose check for an empty buffer is known false.
+                None => self.send_plain().await,
+                Some(_) => self.send(Outgoing::Full).await,
+            }
+        }
+    }
+
+    /// Emits `item` holding the acknowledgements of `held` (kept by
+    /// [`hold`](Self::hold), perhaps for many inputs), besides those of the
+    /// input being processed, if any: so a stage that absorbed inputs into
+    /// its state hands their acknowledgements on with what it made of them,
+    /// in `process`, in [`Stage::finish`](crate::Stage::finish) or in
+    /// [`Stage::handle_timer`](crate::Stage::handle_timer). Otherwise as
+    /// [`emit`](Self::emit). See [`genflow::ack`](crate::ack).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`emit`](Self::emit)'s.
+    pub async fn emit_with(&mut self, item: T, held: Held) {
+        let tag = self.current.share().join(held.into_tag());
+        self.emit_tagged(Tagged { item, tag }).await;
+    }
+
+    /// Keeps the acknowledgements of the input being processed past
+    /// `process`: the input is not acknowledged before the returned
+    /// [`Held`] is emitted with ([`emit_with`](Self::emit_with)),
+    /// released or failed (dropped, it reports the input dropped). For a
+    /// stage that absorbs inputs into its state: an aggregate, a batch
+    /// written later. Outside `process` (in `finish`, in a timer), or for
+    /// an input sent without acknowledgement, the `Held` is empty.
+    ///
+    /// The idea comes from Broadway, whose `handle_batch` acknowledges
+    /// a batch's messages only once the batch is written.
+    pub fn hold(&mut self) -> Held {
+        Held::new(self.current.share(), self.failing.stage(), self.failing.replica())
+    }
+
+    /// Emits an item with its tag, as [`emit`](Self::emit).
+    pub(crate) async fn emit_tagged(&mut self, tagged: Tagged<T>) {
+        self.buf.push(tagged);
         self.emitted += 1;
         if self.buf.len() >= BATCH {
             match self.order {
@@ -210,13 +262,37 @@ impl<T: Send + 'static> Emitter<T> {
 
     /// Fails `items` items taken by a replica that stopped for good, and
     /// sends their failures.
-    pub(crate) async fn fail_stopped(&mut self, items: u64) {
+    pub(crate) async fn fail_stopped(&mut self, items: u64, tags: Vec<Tag>) {
         for _ in 0..items {
             self.fail_panic(super::Panicked::stopped());
+        }
+        for tag in tags {
+            self.failing.fail_tag_last(tag);
         }
         self.failing.settle(1);
         self.failing.take_item_failed();
         self.send_failures().await;
+    }
+
+    /// A share of the acknowledgements of the input in `process`.
+    #[inline]
+    pub(crate) fn current_tag(&self) -> Tag {
+        self.current.share()
+    }
+
+    /// The input about to be processed holds the acknowledgements `tag`.
+    #[inline]
+    pub(crate) fn begin_item(&mut self, tag: Tag) {
+        self.current = tag;
+    }
+
+    /// The input processed is done with: its hold on its acknowledgements
+    /// goes, reporting its failures if it `failed` (what it emitted holds
+    /// shares of its own).
+    #[inline]
+    pub(crate) fn end_item(&mut self, failed: bool) {
+        let tag = std::mem::take(&mut self.current);
+        if failed { self.failing.fail_tag(tag) } else { tag.release() }
     }
 
     /// Whether the item that just finished `process` failed; resets it for
@@ -645,7 +721,7 @@ impl<T> Link<T> {
 
 impl<T: Send> Link<T> {
     /// Moves every item of `items` downstream; see [`Target::send`].
-    pub(crate) async fn send(&self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send(&self, items: &mut Vec<Tagged<T>>, blocked: &mut Duration, dropped: &mut u64) {
         self.target.send(items, blocked, dropped, None).await;
     }
 }
@@ -683,7 +759,7 @@ impl<T> Target<T> {
     #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
     fn send<'a>(
         &'a self,
-        items: &'a mut Vec<T>,
+        items: &'a mut Vec<Tagged<T>>,
         blocked: &'a mut Duration,
         dropped: &'a mut u64,
         shown: Option<&'a Counters>,
@@ -724,10 +800,11 @@ impl<T> Target<T> {
                     for (queue, len) in groups.runs() {
                         if queue == queues.len() {
                             for _ in 0..len {
-                                drop(items.remove(0));
+                                let Tagged { item, tag } = items.remove(0);
+                                drop(item);
                                 let panic = panics.next().expect("one panic per item whose key panicked");
                                 // Rare: boxed, to take no room in the send's future.
-                                Box::pin(self.key_panicked(panic, blocked, dropped)).await;
+                                Box::pin(self.key_panicked(panic, tag, blocked, dropped)).await;
                             }
                             continue;
                         }
@@ -767,14 +844,16 @@ impl<T> Target<T> {
     ///
     /// Cancel safe: the item is counted before the first `.await`; a
     /// failure not sent yet counts as a dropped failure.
-    async fn key_panicked(&self, panic: Panicked, blocked: &mut Duration, dropped: &mut u64) {
+    async fn key_panicked(&self, panic: Panicked, tag: Tag, blocked: &mut Duration, dropped: &mut u64) {
         let Some(keyed) = &self.keyed else {
             *dropped += 1;
             return;
         };
         keyed.counters.add(&Delta { received: 1, processed: 1, failed: 1, ..Delta::default() });
         if let Some(route) = &keyed.route {
-            route.key_panicked(keyed.stage, panic, blocked).await;
+            route.key_panicked(keyed.stage, panic, tag, blocked).await;
+        } else {
+            tag.fail([&Failure::key_panicked(keyed.stage, panic)]);
         }
     }
 }

@@ -20,6 +20,7 @@ use futures::Stream;
 
 use super::{
     Output,
+    ack::tag::{Tag, Tagged},
     dispatch::Dispatch,
     emitter::Link,
     metrics::{Counters, Delta},
@@ -44,10 +45,13 @@ pub const FAILURES_BUFFER: usize = 1024;
 ///
 /// In the spirit of Broadway's failed messages, which reach
 /// `handle_failed` with the reason they failed.
+#[derive(Clone)]
 pub struct Failure {
     stage: &'static str,
     replica: usize,
-    error: Box<dyn Error + Send + Sync + 'static>,
+    /// Shared: the failure of an item with an acknowledgement goes both to
+    /// `failures()` and into the acknowledgement's [`Outcome`](crate::ack::Outcome).
+    error: Arc<Box<dyn Error + Send + Sync + 'static>>,
     panic: bool,
     in_finish: bool,
     /// How many items it fails; [`WHOLE`] until the input is known.
@@ -60,6 +64,30 @@ pub struct Failure {
 const WHOLE: u64 = u64::MAX;
 
 impl Failure {
+    /// A failure given to a [`Held`](crate::ack::Held) by `stage`.
+    pub(crate) fn held(stage: &'static str, replica: usize, error: Box<dyn Error + Send + Sync + 'static>) -> Self {
+        Failure { stage, replica, error: Arc::new(error), panic: false, in_finish: false, items: 0, in_timer: false }
+    }
+
+    /// The failure of an item whose `partition_by` key function panicked
+    /// before any replica of `stage` took it.
+    pub(crate) fn key_panicked(stage: &'static str, panic: Panicked) -> Self {
+        Failure {
+            stage,
+            replica: 0,
+            error: Arc::new(Box::new(panic)),
+            panic: true,
+            in_finish: false,
+            items: 1,
+            in_timer: false,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_test(error: &str) -> Self {
+        Failure::held("test", 0, error.into())
+    }
+
     /// The name of the stage that failed the item, as declared in the
     /// pipeline.
     pub fn stage(&self) -> &str {
@@ -77,7 +105,7 @@ impl Failure {
     /// or a [`Panicked`] for a panic. Downcast it to your type with
     /// `error().downcast_ref::<MyError>()`.
     pub fn error(&self) -> &(dyn Error + Send + Sync + 'static) {
-        &*self.error
+        &**self.error
     }
 
     /// Whether the stage panicked (the error is then a [`Panicked`]) rather
@@ -122,8 +150,39 @@ impl Failure {
     }
 
     /// The error, by value (see [`error`](Self::error)).
+    ///
+    /// A `Failure` is `Clone` (its error is shared): while a clone of it
+    /// lives (the copy in an acknowledgement's
+    /// [`Outcome::Failed`](crate::ack::Outcome::Failed), say), this
+    /// returns an error that shows, and has the `source` of, the shared
+    /// one, but does not downcast to its type; read it through
+    /// [`error`](Self::error) then.
     pub fn into_error(self) -> Box<dyn Error + Send + Sync> {
-        self.error
+        match Arc::try_unwrap(self.error) {
+            Ok(error) => error,
+            Err(shared) => Box::new(SharedError(shared)),
+        }
+    }
+}
+
+/// The error of a [`Failure`] taken by value while a clone of it lives.
+struct SharedError(Arc<Box<dyn Error + Send + Sync + 'static>>);
+
+impl fmt::Debug for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self.0, f)
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self.0, f)
+    }
+}
+
+impl Error for SharedError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
     }
 }
 
@@ -296,11 +355,13 @@ impl FailureRoute {
         &'a self,
         stage: &'static str,
         panic: Panicked,
+        tag: Tag,
         blocked: &'a mut Duration,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             let mut failing = self.failing(stage, 0);
             failing.fail(Box::new(panic), true, Some(1));
+            failing.fail_tag(tag);
             // The sender's blocked time is published by the sender.
             failing.send(blocked, &Counters::default()).await;
         })
@@ -329,7 +390,7 @@ pub(crate) struct Failing {
     /// `None` for an emitter outside any pipeline (failures are dropped).
     link: Option<Link<Failure>>,
     shared: Arc<OutputShared<Failure>>,
-    pending: Vec<Failure>,
+    pending: Vec<Tagged<Failure>>,
     /// Whether the item in `process` failed.
     item_failed: bool,
     /// Whether `finish` runs.
@@ -359,15 +420,15 @@ impl Failing {
         tracing::debug!(stage = self.stage, replica = self.replica, panic, error = %error, "item failed");
         self.item_failed = true;
         let items = if self.in_finish || self.in_timer { 0 } else { items.unwrap_or(WHOLE) };
-        self.pending.push(Failure {
+        self.pending.push(Tagged::bare(Failure {
             stage: self.stage,
             replica: self.replica as usize,
-            error,
+            error: Arc::new(error),
             panic,
             in_finish: self.in_finish,
             items,
             in_timer: self.in_timer,
-        });
+        }));
     }
 
     /// How many items of the input that just failed (and holds `weight`
@@ -383,7 +444,7 @@ impl Failing {
         // failed that no earlier one did, so that the counts of one
         // input's failures add up to what it counts in `failed`.
         let mut failed = 0u64;
-        for failure in self.pending.iter_mut().filter(|f| !f.in_finish && !f.in_timer) {
+        for Tagged { item: failure, .. } in self.pending.iter_mut().filter(|f| !f.item.in_finish && !f.item.in_timer) {
             let left = weight - failed;
             failure.items = if failure.items == WHOLE { left } else { failure.items.min(left) };
             failed += failure.items;
@@ -399,6 +460,31 @@ impl Failing {
         // One item (a `#[batch]` stage has no futures in flight).
         self.fail(error, panic, Some(1));
         self.item_failed = item_failed;
+    }
+
+    /// The stage's name.
+    pub(crate) fn stage(&self) -> &'static str {
+        self.stage
+    }
+
+    /// The replica's index.
+    pub(crate) fn replica(&self) -> u32 {
+        self.replica
+    }
+
+    /// Lets `tag` go, reporting the failures pending (those of the input
+    /// in progress, not of `finish` or a timer) to its acknowledgements.
+    pub(crate) fn fail_tag(&self, tag: Tag) {
+        if tag.is_some() {
+            tag.fail(self.pending.iter().map(|f| &f.item).filter(|f| !f.in_finish && !f.in_timer));
+        }
+    }
+
+    /// Lets `tag` go, reporting the last failure recorded.
+    pub(crate) fn fail_tag_last(&self, tag: Tag) {
+        if tag.is_some() {
+            tag.fail(self.pending.last().map(|f| &f.item));
+        }
     }
 
     /// Whether the item that just finished `process` failed; resets it.

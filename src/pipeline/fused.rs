@@ -61,6 +61,7 @@ use tokio::time::Instant;
 
 use super::{
     Emitter, Panicked, Stage,
+    ack::tag::Tagged,
     control::serve as serve_control,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -86,7 +87,7 @@ pub(crate) trait Fused<T>: Send {
     /// handed over at `since`; returns when it was done with them (both
     /// read by one stage and used by the other, so a hand-over reads the
     /// clock twice, not four times).
-    fn push<'a>(&'a mut self, items: &'a mut Vec<T>, since: Instant) -> BoxFuture<'a, Instant>;
+    fn push<'a>(&'a mut self, items: &'a mut Vec<Tagged<T>>, since: Instant) -> BoxFuture<'a, Instant>;
 
     /// `Ready` once this stage or a fused one after it has a call, cast or
     /// items of its own queue to handle; [`serve`](Self::serve) handles it.
@@ -122,7 +123,7 @@ pub(crate) struct FusedStage<S: Stage> {
     /// `None` once failed for good.
     control: Option<Inbox<S>>,
     state: Arc<ServerState>,
-    input: Arc<Queue<S::In>>,
+    input: Arc<Queue<Tagged<S::In>>>,
     waiter: Waiter,
     mark: ReplicaMark,
     batch: Batch<S::In>,
@@ -159,7 +160,7 @@ impl ArcWake for Bell {
 impl<S: Stage> FusedStage<S> {
     pub(crate) fn new(
         control: Inbox<S>,
-        input: Arc<Queue<S::In>>,
+        input: Arc<Queue<Tagged<S::In>>>,
         mark: ReplicaMark,
         out: Emitter<S::Out>,
         registry: S::Registry,
@@ -238,9 +239,9 @@ impl<S: Stage> FusedStage<S> {
                 }
                 _ => {
                     let n = self.batch.items.len() as u64;
-                    self.batch.items.clear();
+                    let tags = self.batch.items.drain(..).map(|tagged| tagged.tag).collect();
                     self.counters.add(&Delta { processed: n, failed: n, ..Delta::default() });
-                    self.out.fail_stopped(n).await;
+                    self.out.fail_stopped(n, tags).await;
                     self.out.end_batch(self.batch.first, n).await;
                 }
             }
@@ -250,7 +251,7 @@ impl<S: Stage> FusedStage<S> {
     /// Moves the items handed over into the batch without copying them:
     /// the batch takes the emitter's buffer, and gives the emitter its own
     /// (empty) room in exchange, so neither allocates in a steady stream.
-    fn take(&mut self, items: &mut Vec<S::In>) {
+    fn take(&mut self, items: &mut Vec<Tagged<S::In>>) {
         if self.batch.items.is_empty() {
             std::mem::swap(&mut self.batch.items, items);
             self.batch.items.reverse();
@@ -389,7 +390,7 @@ impl<S: Stage> Fused<S::In> for FusedStage<S> {
         Box::pin(context::scope(state, self.boot()))
     }
 
-    fn push<'a>(&'a mut self, items: &'a mut Vec<S::In>, since: Instant) -> BoxFuture<'a, Instant> {
+    fn push<'a>(&'a mut self, items: &'a mut Vec<Tagged<S::In>>, since: Instant) -> BoxFuture<'a, Instant> {
         let state = self.state.clone();
         Box::pin(context::scope(state, async move {
             if self.booted {

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use futures::Stream;
 
-use super::{Failures, Metrics, Output};
+use super::{AckedInput, Failures, Metrics, Output};
 use crate::{FlushError, SendError};
 
 /// A running pipeline, whatever its stages: the part of the generated API
@@ -28,6 +28,10 @@ pub trait Pipeline: Clone + Send + Sync + 'static {
     fn feed<S>(&self, items: S) -> impl Future<Output = Result<usize, SendError<Self::In>>> + Send
     where
         S: Stream<Item = Self::In> + Send;
+
+    /// The first stage's input for items sent with an acknowledgement
+    /// (see [`genflow::ack`](crate::ack)).
+    fn acked(&self) -> AckedInput<Self::In>;
 
     /// The stream of the last stage's items; `Some` the first time only.
     fn output(&self) -> Option<Output<Self::Out>>;

@@ -10,6 +10,7 @@ use futures::{FutureExt, Stream, StreamExt};
 
 use super::{
     BATCH,
+    ack::{Ack, tag::Tagged},
     dispatch::Dispatch,
     queue::{Closed, TryPush, Waiter},
 };
@@ -31,27 +32,36 @@ impl<T: Send + 'static> Input<T> {
     }
 
     pub(crate) async fn send(&self, item: T) -> Result<(), SendError<T>> {
-        let queue = match self.dispatch.route(&item) {
-            Ok(queue) => queue,
-            Err(panic) => return Err(SendError::KeyPanicked { message: item, panic }),
-        };
-        match queue.reserve(1).await {
-            Ok(room) => {
-                room.commit([item]);
-                Ok(())
-            }
-            Err(Closed) => Err(SendError::Closed(item)),
-        }
+        self.send_tagged(Tagged::bare(item)).await.map_err(|e| e.map_message(|tagged| tagged.item))
     }
 
     pub(crate) fn try_send(&self, item: T) -> Result<(), SendError<T>> {
-        let queue = match self.dispatch.route(&item) {
+        self.try_send_tagged(Tagged::bare(item)).map_err(|e| e.map_message(|tagged| tagged.item))
+    }
+
+    /// Sends an item with its tag; the error hands both back.
+    pub(crate) async fn send_tagged(&self, tagged: Tagged<T>) -> Result<(), SendError<Tagged<T>>> {
+        let queue = match self.dispatch.route(&tagged.item) {
             Ok(queue) => queue,
-            Err(panic) => return Err(SendError::KeyPanicked { message: item, panic }),
+            Err(panic) => return Err(SendError::KeyPanicked { message: tagged, panic }),
         };
-        queue.try_push(item).map_err(|e| match e {
-            TryPush::Full(item) => SendError::Full(item),
-            TryPush::Closed(item) => SendError::Closed(item),
+        match queue.reserve(1).await {
+            Ok(room) => {
+                room.commit([tagged]);
+                Ok(())
+            }
+            Err(Closed) => Err(SendError::Closed(tagged)),
+        }
+    }
+
+    pub(crate) fn try_send_tagged(&self, tagged: Tagged<T>) -> Result<(), SendError<Tagged<T>>> {
+        let queue = match self.dispatch.route(&tagged.item) {
+            Ok(queue) => queue,
+            Err(panic) => return Err(SendError::KeyPanicked { message: tagged, panic }),
+        };
+        queue.try_push(tagged).map_err(|e| match e {
+            TryPush::Full(tagged) => SendError::Full(tagged),
+            TryPush::Closed(tagged) => SendError::Closed(tagged),
         })
     }
 
@@ -64,11 +74,19 @@ impl<T: Send + 'static> Input<T> {
     where
         S: Stream<Item = T> + Send,
     {
+        self.feed_tagged(items.map(Tagged::bare)).await.map_err(|e| e.map_message(|tagged| tagged.item))
+    }
+
+    /// [`feed`](Self::feed) of items with their tags.
+    pub(crate) async fn feed_tagged<S>(&self, items: S) -> Result<usize, SendError<Tagged<T>>>
+    where
+        S: Stream<Item = Tagged<T>> + Send,
+    {
         let mut items = pin!(items);
         let mut sent = 0;
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(first) = items.next().await {
-            let queue = match self.dispatch.route(&first) {
+            let queue = match self.dispatch.route(&first.item) {
                 Ok(queue) => queue,
                 Err(panic) => return Err(SendError::KeyPanicked { message: first, panic }),
             };
@@ -119,7 +137,7 @@ impl<T> Clone for Input<T> {
 /// key function panicked on it.
 pub struct InputSink<T> {
     dispatch: Dispatch<T>,
-    pending: Option<T>,
+    pending: Option<Tagged<T>>,
     /// Its place in line for room in the pending item's queue.
     waiter: Waiter,
 }
@@ -128,8 +146,8 @@ pub struct InputSink<T> {
 impl<T> Unpin for InputSink<T> {}
 
 impl<T> InputSink<T> {
-    fn poll_deliver(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
-        let Some(item) = &self.pending else {
+    fn poll_deliver(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<Tagged<T>>>> {
+        let Some(Tagged { item, .. }) = &self.pending else {
             return Poll::Ready(Ok(()));
         };
         let queue = match self.dispatch.route(item) {
@@ -151,28 +169,39 @@ impl<T> InputSink<T> {
             Poll::Pending => Poll::Pending,
         }
     }
+
+    fn poll_bare(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<T>>> {
+        self.poll_deliver(cx).map_err(|e| e.map_message(|tagged| tagged.item))
+    }
+
+    fn poll_acked(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError<(T, Ack)>>> {
+        self.poll_deliver(cx).map_err(|e| e.map_message(|tagged| (tagged.item, Ack(tagged.tag))))
+    }
+
+    fn start(&mut self, tagged: Tagged<T>) {
+        assert!(self.pending.is_none(), "start_send called without poll_ready");
+        self.pending = Some(tagged);
+    }
 }
 
 impl<T> futures::Sink<T> for InputSink<T> {
     type Error = SendError<T>;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut().poll_deliver(cx)
+        self.get_mut().poll_bare(cx)
     }
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Self::Error> {
-        let this = self.get_mut();
-        assert!(this.pending.is_none(), "start_send called without poll_ready");
-        this.pending = Some(item);
+        self.get_mut().start(Tagged::bare(item));
         Ok(())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut().poll_deliver(cx)
+        self.get_mut().poll_bare(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut().poll_deliver(cx)
+        self.get_mut().poll_bare(cx)
     }
 }
 
@@ -180,7 +209,7 @@ impl<T> Drop for InputSink<T> {
     fn drop(&mut self) {
         // Only waiting with an item in hand fills the waiter.
         // (a key that panics never filled it).
-        if let Some(Ok(queue)) = self.pending.as_ref().map(|item| self.dispatch.route(item)) {
+        if let Some(Ok(queue)) = self.pending.as_ref().map(|tagged| self.dispatch.route(&tagged.item)) {
             queue.cancel(&mut self.waiter);
         }
     }
@@ -195,5 +224,133 @@ impl<T> Clone for InputSink<T> {
 impl<T> fmt::Debug for InputSink<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InputSink").field("pending", &self.pending.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// The input of a pipeline's first stage for items sent with an
+/// acknowledgement: what the pipeline's `acked()` returns (see
+/// [`genflow::ack`](crate::ack)). `Clone`; each copy sends into the same
+/// stage.
+///
+/// Its methods are those of the pipeline's `send`, `try_send`, `feed` and
+/// `sink`, with an [`Ack`] beside each item. An item that was not
+/// accepted comes back in the error *with* its `Ack`, which has not fired:
+/// send it again, or drop the `Ack` to report it dropped.
+pub struct AckedInput<T> {
+    input: Input<T>,
+}
+
+impl<T: Send + 'static> AckedInput<T> {
+    pub(crate) fn new(input: Input<T>) -> Self {
+        AckedInput { input }
+    }
+
+    /// Sends one item with its acknowledgement, waiting while the queue is
+    /// full.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] once the pipeline is shutting down,
+    /// [`SendError::KeyPanicked`] if the stage's `partition_by` key
+    /// function panicked on the item; each holds the item and its `Ack`.
+    ///
+    /// # Cancel safety
+    ///
+    /// If dropped before it completes, the item was not sent, and its
+    /// `Ack`, dropped with it, reports it dropped.
+    pub async fn send(&self, item: T, ack: Ack) -> Result<(), SendError<(T, Ack)>> {
+        self.input.send_tagged(Tagged::new(item, ack.0)).await.map_err(untag)
+    }
+
+    /// Sends one item with its acknowledgement if the queue has room,
+    /// without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send), and [`SendError::Full`] if the queue is
+    /// full.
+    pub fn try_send(&self, item: T, ack: Ack) -> Result<(), SendError<(T, Ack)>> {
+        self.input.try_send_tagged(Tagged::new(item, ack.0)).map_err(untag)
+    }
+
+    /// Sends every `(item, Ack)` pair of `items`, in order, waiting for
+    /// room as needed (backpressure), and returns how many went in.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send): the one pair in hand comes back; the rest
+    /// stays in the stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// Items sent before the future is dropped stay sent; at most the one
+    /// in hand is lost (and reported dropped).
+    pub async fn feed(&self, items: impl Stream<Item = (T, Ack)> + Send) -> Result<usize, SendError<(T, Ack)>> {
+        self.input.feed_tagged(items.map(|(item, ack)| Tagged::new(item, ack.0))).await.map_err(untag)
+    }
+
+    /// A `futures::Sink` of `(item, Ack)` pairs into the stage. Clone it
+    /// for more senders; closing one only drops that sender.
+    pub fn sink(&self) -> AckedSink<T> {
+        AckedSink { inner: self.input.sink() }
+    }
+}
+
+fn untag<T>(error: SendError<Tagged<T>>) -> SendError<(T, Ack)> {
+    error.map_message(|tagged| (tagged.item, Ack(tagged.tag)))
+}
+
+impl<T> Clone for AckedInput<T> {
+    fn clone(&self) -> Self {
+        AckedInput { input: self.input.clone() }
+    }
+}
+
+impl<T> fmt::Debug for AckedInput<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckedInput").finish_non_exhaustive()
+    }
+}
+
+/// A [`futures::Sink`] of `(item, Ack)` pairs into a pipeline's first
+/// stage, made by [`AckedInput::sink`]; otherwise as [`InputSink`].
+///
+/// # Errors
+///
+/// As [`InputSink`]'s, each holding the item and its `Ack`.
+pub struct AckedSink<T> {
+    inner: InputSink<T>,
+}
+
+impl<T> futures::Sink<(T, Ack)> for AckedSink<T> {
+    type Error = SendError<(T, Ack)>;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().inner.poll_acked(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, (item, ack): (T, Ack)) -> Result<(), Self::Error> {
+        self.get_mut().inner.start(Tagged::new(item, ack.0));
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().inner.poll_acked(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().inner.poll_acked(cx)
+    }
+}
+
+impl<T> Clone for AckedSink<T> {
+    fn clone(&self) -> Self {
+        AckedSink { inner: self.inner.clone() }
+    }
+}
+
+impl<T> fmt::Debug for AckedSink<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckedSink").field("inner", &self.inner).finish()
     }
 }

@@ -18,6 +18,7 @@ use loom::{future::block_on, thread};
 
 use super::{
     BATCH,
+    ack::tag::Tagged,
     dispatch::Dispatch,
     emitter::Link,
     queue::{Queue, Waiter},
@@ -251,7 +252,7 @@ fn ordered_model(second: &'static [u32]) {
                     place.begin_batch(first);
                     let mut buf = Vec::new();
                     for &item in emitted {
-                        buf.push(item);
+                        buf.push(Tagged::bare(item));
                         if buf.len() >= BATCH {
                             place.send_full(&mut buf, &mut blocked, &mut dropped).await;
                         }
@@ -270,6 +271,7 @@ fn ordered_model(second: &'static [u32]) {
         }
         a.join().unwrap();
         b.join().unwrap();
+        let got: Vec<u32> = got.into_iter().map(|tagged: Tagged<u32>| tagged.item).collect();
         let expected: Vec<u32> = [1, 2].iter().chain(second).copied().collect();
         assert_eq!(got, expected);
         // The window (2 * 2 * BATCH inputs) moved on past both inputs:

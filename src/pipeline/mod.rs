@@ -91,6 +91,7 @@
 //! the pipeline's `failures()` stream as a [`Failure`] (see [`Failures`]
 //! for what happens when nobody reads it). See [`Stage`].
 
+pub mod ack;
 pub(crate) mod batch;
 mod concurrency;
 mod control;
@@ -118,9 +119,9 @@ pub(crate) mod wiring;
 pub use emitter::Emitter;
 pub use failure::{FAILURES_BUFFER, Failure, Failures, Panicked};
 pub use generic::Pipeline;
-pub use input::InputSink;
+pub use input::{AckedInput, AckedSink, InputSink};
 pub use metrics::{Limit, Metrics, ReplicaMetrics, StageMetrics};
-pub use output::Output;
+pub use output::{AckedOutput, Output};
 pub use stage::Stage;
 
 pub(crate) mod key {

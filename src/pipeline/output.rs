@@ -13,6 +13,7 @@ use futures::Stream;
 
 use super::{
     BATCH,
+    ack::{Held, tag::Tagged},
     queue::{Queue, Waiter},
 };
 
@@ -27,7 +28,7 @@ use super::{
 #[must_use = "streams do nothing unless polled"]
 pub struct Output<T> {
     shared: Arc<OutputShared<T>>,
-    buf: VecDeque<T>,
+    buf: VecDeque<Tagged<T>>,
     done: bool,
     /// Its place in the queue's line of readers.
     waiter: Waiter,
@@ -38,7 +39,7 @@ impl<T> Unpin for Output<T> {}
 
 /// The output queue and what the pipeline and the `Output` share about it.
 pub(crate) struct OutputShared<T> {
-    pub(crate) queue: Arc<Queue<T>>,
+    pub(crate) queue: Arc<Queue<Tagged<T>>>,
     /// Whether somebody took the output (and has not dropped it).
     pub(crate) taken: Arc<AtomicBool>,
     /// Items dropped because the output was dropped while holding them in
@@ -70,25 +71,46 @@ impl<T> Output<T> {
     }
 }
 
-impl<T> Stream for Output<T> {
-    type Item = T;
+impl<T> Output<T> {
+    /// The same stream, each item with its [`Held`] acknowledgements, for a
+    /// reader that finishes the items' work itself: an item taken from an
+    /// `AckedOutput` is not delivered until its `Held` is released (see
+    /// [`AckedOutput`]). Items taken from a plain `Output` are delivered
+    /// as they are taken.
+    pub fn acked(self) -> AckedOutput<T> {
+        AckedOutput { inner: self }
+    }
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let this = self.get_mut();
-        if let Some(item) = this.buf.pop_front() {
-            return Poll::Ready(Some(item));
+    fn poll_tagged(&mut self, cx: &mut Context<'_>) -> Poll<Option<Tagged<T>>> {
+        if let Some(tagged) = self.buf.pop_front() {
+            return Poll::Ready(Some(tagged));
         }
-        if this.done {
+        if self.done {
             return Poll::Ready(None);
         }
-        match this.shared.queue.poll_pop(cx, &mut this.waiter, &mut this.buf, BATCH) {
-            Poll::Ready(true) => Poll::Ready(this.buf.pop_front()),
+        match self.shared.queue.poll_pop(cx, &mut self.waiter, &mut self.buf, BATCH) {
+            Poll::Ready(true) => Poll::Ready(self.buf.pop_front()),
             Poll::Ready(false) => {
-                this.done = true;
+                self.done = true;
                 Poll::Ready(None)
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Taking an item from the output delivers it: its acknowledgements, if
+/// it has any, are released.
+impl<T> Stream for Output<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.get_mut().poll_tagged(cx).map(|tagged| {
+            tagged.map(|Tagged { item, tag }| {
+                tag.release();
+                item
+            })
+        })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -108,5 +130,41 @@ impl<T> Drop for Output<T> {
 impl<T> fmt::Debug for Output<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Output").field("buffered", &self.buf.len()).field("done", &self.done).finish()
+    }
+}
+
+/// The pipeline's output with each item's acknowledgements: a `Stream` of
+/// `(item, Held)` pairs, made by [`Output::acked`].
+///
+/// The reader finishes each item's work (writes it somewhere, sends it
+/// on) and then [`release`](Held::release)s its `Held` (delivered) or
+/// [`fail`](Held::fail)s it; a `Held` dropped without either reports its
+/// inputs dropped. An item sent without acknowledgement comes with an
+/// empty `Held`. Otherwise it behaves as [`Output`]: `Unpin + Send`, ends
+/// when the pipeline has drained, and what it still buffers when dropped
+/// counts as dropped.
+#[must_use = "streams do nothing unless polled"]
+pub struct AckedOutput<T> {
+    inner: Output<T>,
+}
+
+impl<T> Stream for AckedOutput<T> {
+    type Item = (T, Held);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<(T, Held)>> {
+        self.get_mut()
+            .inner
+            .poll_tagged(cx)
+            .map(|tagged| tagged.map(|Tagged { item, tag }| (item, Held::new(tag, "output", 0))))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl<T> fmt::Debug for AckedOutput<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AckedOutput").field("inner", &self.inner).finish()
     }
 }

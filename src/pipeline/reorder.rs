@@ -41,6 +41,7 @@ use std::{
 
 use super::{
     BATCH,
+    ack::tag::Tagged,
     emitter::{Link, blocking},
     queue::{Queue, WakeList},
 };
@@ -88,9 +89,9 @@ struct Turns<T> {
     sent: u64,
     /// Batches finished before their turn, by the number of their first
     /// input: how many inputs they cover, and their outputs.
-    chunks: BTreeMap<u64, (u64, Vec<T>)>,
+    chunks: BTreeMap<u64, (u64, Vec<Tagged<T>>)>,
     /// Emptied buffers, for the next chunks.
-    spare: Vec<Vec<T>>,
+    spare: Vec<Vec<Tagged<T>>>,
     /// Replicas waiting for the turn of the batch starting at that number.
     waiting: Vec<(u64, Waker)>,
     /// Replicas whose input ended, and replicas done with `finish`.
@@ -101,7 +102,7 @@ struct Turns<T> {
     /// Replicas waiting to stream their `finish` outputs.
     finish_waiting: Vec<Waker>,
     /// `finish` outputs left for the last replica to send.
-    last: Vec<T>,
+    last: Vec<Tagged<T>>,
     /// The replicas working on a batch, by its first input, and the one
     /// streaming its `finish` outputs: whom a replica waiting for its turn
     /// waits on, for the wait-for graph of calls (`server::waits`).
@@ -187,7 +188,7 @@ impl<T: Send> Reorder<T> {
     /// The batch of inputs `first..first + inputs` is done. If it has the
     /// turn, returns `true` and leaves `items` alone; otherwise keeps them
     /// as a chunk (leaving an empty buffer in `items`).
-    fn hand_over(&self, first: u64, inputs: u64, items: &mut Vec<T>) -> bool {
+    fn hand_over(&self, first: u64, inputs: u64, items: &mut Vec<Tagged<T>>) -> bool {
         let mut turns = self.lock();
         if turns.sent == first {
             return true;
@@ -216,7 +217,7 @@ impl<T: Send> Reorder<T> {
     /// Every output of inputs before `next` is sent. Takes the chunk that
     /// starts at `next`, if there is one (the caller keeps the turn to send
     /// it), or else wakes the replica whose batch now has the turn.
-    fn advance(&self, next: u64) -> Option<(u64, Vec<T>)> {
+    fn advance(&self, next: u64) -> Option<(u64, Vec<Tagged<T>>)> {
         let mut wakers = WakeList::new();
         let chunk = {
             let mut turns = self.lock();
@@ -249,7 +250,7 @@ impl<T: Send> Reorder<T> {
     /// A replica is done with `finish`: keeps `items` for the last replica,
     /// gives back the right to stream if it held it. The last replica to end
     /// gets every replica's rest back, to send.
-    fn end_replica(&self, finishing: bool, items: &mut Vec<T>) -> Option<Vec<T>> {
+    fn end_replica(&self, finishing: bool, items: &mut Vec<Tagged<T>>) -> Option<Vec<Tagged<T>>> {
         let mut wakers = WakeList::new();
         let last = {
             let mut turns = self.lock();
@@ -321,7 +322,7 @@ impl<T: Send + 'static> Place<T> {
     /// gives way rather than the pipeline hanging.
     ///
     /// Cancel safe: the items stay in `items` until sent.
-    pub(crate) async fn send_full(&mut self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send_full(&mut self, items: &mut Vec<Tagged<T>>, blocked: &mut Duration, dropped: &mut u64) {
         match self.batch {
             Some(first) if !self.turn => {
                 if !self.reorder.has_turn(first) {
@@ -349,7 +350,7 @@ impl<T: Send + 'static> Place<T> {
     }
 
     /// Sends `items` on if this replica may without waiting for its turn.
-    pub(crate) async fn send_if_turn(&mut self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send_if_turn(&mut self, items: &mut Vec<Tagged<T>>, blocked: &mut Duration, dropped: &mut u64) {
         if let (Some(first), false) = (self.batch, self.turn) {
             self.turn = self.reorder.has_turn(first);
         }
@@ -367,7 +368,7 @@ impl<T: Send + 'static> Place<T> {
         &mut self,
         first: u64,
         inputs: u64,
-        items: &mut Vec<T>,
+        items: &mut Vec<Tagged<T>>,
         blocked: &mut Duration,
         dropped: &mut u64,
     ) {
@@ -391,7 +392,7 @@ impl<T: Send + 'static> Place<T> {
     /// Called once, after the replica's last batch and its `Stage::finish`:
     /// sends what `finish` emitted if it may stream, or leaves it for the
     /// last replica to end, which sends every rest.
-    pub(crate) async fn end_input(&mut self, items: &mut Vec<T>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn end_input(&mut self, items: &mut Vec<Tagged<T>>, blocked: &mut Duration, dropped: &mut u64) {
         self.end_input_once();
         if self.finishing {
             self.reorder.link.send(items, blocked, dropped).await;
@@ -458,7 +459,7 @@ impl<T> Reorder<T> {
 /// Items being sent on; if the send is dropped before it placed them all,
 /// the rest are counted as lost.
 struct Held<'a, T> {
-    items: Vec<T>,
+    items: Vec<Tagged<T>>,
     lost: &'a AtomicU64,
 }
 
@@ -479,10 +480,14 @@ mod tests {
     use super::*;
     use crate::pipeline::{dispatch::Dispatch, queue::Waiter};
 
-    fn drain(queue: &Queue<u32>) -> Vec<u32> {
+    fn drain(queue: &Queue<Tagged<u32>>) -> Vec<u32> {
         let mut got = Vec::new();
         let _ = queue.poll_pop(&mut Context::from_waker(noop_waker_ref()), &mut Waiter::new(), &mut got, 1000);
-        got
+        got.into_iter().map(|tagged| tagged.item).collect()
+    }
+
+    fn bare(items: impl IntoIterator<Item = u32>) -> Vec<Tagged<u32>> {
+        items.into_iter().map(Tagged::bare).collect()
     }
 
     #[tokio::test]
@@ -492,10 +497,10 @@ mod tests {
         let reorder = Arc::new(Reorder::new(Link::new(Dispatch::Shared(out.clone()), None), input, 3));
         let mut places: Vec<_> = (0..3).map(|_| Place::new(reorder.clone())).collect();
         let (mut blocked, mut dropped) = (Duration::ZERO, 0);
-        places[2].end_batch(3, 2, &mut vec![30, 40], &mut blocked, &mut dropped).await;
-        places[1].end_batch(1, 2, &mut vec![10, 11, 20], &mut blocked, &mut dropped).await;
+        places[2].end_batch(3, 2, &mut bare([30, 40]), &mut blocked, &mut dropped).await;
+        places[1].end_batch(1, 2, &mut bare([10, 11, 20]), &mut blocked, &mut dropped).await;
         assert_eq!(out.len(), 0, "nothing before input 0 is done");
-        places[0].end_batch(0, 1, &mut vec![], &mut blocked, &mut dropped).await;
+        places[0].end_batch(0, 1, &mut bare([]), &mut blocked, &mut dropped).await;
         assert_eq!(drain(&out), [10, 11, 20, 30, 40]);
         assert_eq!(dropped, 0);
     }
@@ -510,15 +515,15 @@ mod tests {
         a.begin_batch(0);
         b.begin_batch(4);
         // Not its turn: a full buffer waits.
-        let mut later: Vec<u32> = (100..100 + BATCH as u32).collect();
+        let mut later = bare(100..100 + BATCH as u32);
         let (mut b_blocked, mut b_dropped) = (Duration::ZERO, 0);
         let mut wait = Box::pin(b.send_full(&mut later, &mut b_blocked, &mut b_dropped));
         assert!(futures::poll!(wait.as_mut()).is_pending());
         // The turn holder's outputs go straight on.
-        let mut now: Vec<u32> = (0..BATCH as u32).collect();
+        let mut now = bare(0..BATCH as u32);
         a.send_full(&mut now, &mut blocked, &mut dropped).await;
         assert_eq!(drain(&out), (0..BATCH as u32).collect::<Vec<_>>());
-        a.end_batch(0, 4, &mut vec![7], &mut blocked, &mut dropped).await;
+        a.end_batch(0, 4, &mut bare([7]), &mut blocked, &mut dropped).await;
         assert_eq!(drain(&out), [7]);
         // The turn passed to the batch from input 4.
         wait.await;

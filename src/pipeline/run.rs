@@ -11,6 +11,7 @@ use std::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
+    ack::tag::{Tag, Tagged},
     batch::{BatchSpec, Hold, Take, TakeFrom, Whole},
     concurrency::{self, Concurrency},
     control::serve as serve_control,
@@ -57,7 +58,7 @@ enum Work<S: Stage> {
 #[allow(clippy::too_many_arguments, reason = "one per part of the stage a replica uses")]
 pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
     mut control: Inbox<S>,
-    input: Arc<Queue<K::Item>>,
+    input: Arc<Queue<Tagged<K::Item>>>,
     mark: ReplicaMark,
     mut out: Emitter<S::Out>,
     registry: S::Registry,
@@ -214,7 +215,7 @@ async fn end_of_input<S: Stage>(
 async fn failed_for_good<S: Stage, Q, O: Hold>(
     mut ready: Option<Ready>,
     control: Inbox<S>,
-    reader: &mut Reader<'_, Q>,
+    reader: &mut Reader<'_, Tagged<Q>>,
     mark: &ReplicaMark,
     batch: &mut Batch<S::In, O>,
     out: &mut Emitter<S::Out>,
@@ -230,11 +231,12 @@ async fn failed_for_good<S: Stage, Q, O: Hold>(
     counters.resume();
     // The inputs taken, and the items of an open batch (of a `#[batch]`
     // stage), which were received but not processed.
-    let left = batch.items.len() as u64 + batch.open.release();
+    let left = batch.items.len() as u64 + batch.open.held();
+    let open = batch.open.release_tags();
     if left > 0 {
-        batch.items.clear();
+        let tags: Vec<Tag> = batch.items.drain(..).map(|tagged| tagged.tag).chain(open).collect();
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
-        out.fail_stopped(left).await;
+        out.fail_stopped(left, tags).await;
         out.end_batch(batch.first, left).await;
         mark.ended();
     }
@@ -267,8 +269,8 @@ async fn failed_for_good<S: Stage, Q, O: Hold>(
         counters.resume();
         let n = taken.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
-        taken.clear();
-        out.fail_stopped(n).await;
+        let tags: Vec<Tag> = taken.drain(..).map(|tagged| tagged.tag).collect();
+        out.fail_stopped(n, tags).await;
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
         mark.ended();
@@ -325,7 +327,7 @@ pub(crate) struct Pace {
 pub(crate) struct Batch<T, O: Hold = Whole> {
     /// Last to first: the next item is popped from the end (a `Vec` pops
     /// for less than a `VecDeque`); whoever fills it reverses it.
-    pub(crate) items: Vec<T>,
+    pub(crate) items: Vec<Tagged<T>>,
     pub(crate) first: u64,
     /// What the replica holds besides: nothing for a plain stage, the
     /// open batch of a `#[batch]` stage.
@@ -434,7 +436,7 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
     control: &mut Inbox<S>,
     batch: &mut Batch<S::In, K::Open>,
     out: &mut Emitter<S::Out>,
-    mut reader: Option<&mut Reader<'_, S::In>>,
+    mut reader: Option<&mut Reader<'_, Tagged<S::In>>>,
 ) -> Result<(), Crashed> {
     // The replica's counters, reached through `progress` (one reference
     // fewer in the replica's future).
@@ -482,8 +484,9 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
         // `#[batch]` stage. Read before it is popped and kept in `progress`
         // alone while `process` runs: a borrowed local, or a copy, would
         // take room in the task.
-        progress.in_process = batch.items.last().map_or(0, K::weight);
-        let Some(item) = batch.items.pop() else { break };
+        progress.in_process = batch.items.last().map_or(0, |tagged| K::weight(&tagged.item));
+        let Some(Tagged { item, tag }) = batch.items.pop() else { break };
+        out.begin_item(tag);
         batch.open.processed(progress.in_process);
         let mut waited = false;
         let processed = {
@@ -515,6 +518,7 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
                 progress.failed += progress.in_process.min(1);
             }
         }
+        out.end_item(item_failed);
         if item_failed {
             out.send_failures().await;
         }

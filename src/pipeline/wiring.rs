@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 pub(crate) use super::failure::FailureRoute;
 use super::{
-    Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics,
+    AckedInput, Emitter, Failure, Failures, Input, InputSink, Metrics, Output, Stage, StageMetrics,
     batch::{BatchSpec, Intake, TakeFrom, Whole},
     concurrency::Concurrency,
     dispatch::Dispatch,
@@ -523,6 +523,11 @@ impl<S: Stage, K: Intake<S>> StageHandle<S, K> {
     /// A sink into this stage.
     pub fn sink(&self) -> InputSink<K::Item> {
         self.input.sink()
+    }
+
+    /// This stage's input for items sent with an acknowledgement.
+    pub fn acked(&self) -> AckedInput<K::Item> {
+        AckedInput::new(self.input.clone())
     }
 
     /// What `flush` watches of this stage.

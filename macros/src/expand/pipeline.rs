@@ -373,6 +373,14 @@ pub(crate) fn methods(registry: &Registry) -> TokenStream {
             self.__genflow.servers().0.sink()
         }
 
+        /// The first stage's input for items sent with an acknowledgement
+        /// (`genflow::ack::Ack`): `send`, `try_send`, `feed` and `sink`
+        /// with an `Ack` beside each item, which fires once every item made
+        /// from it has left the pipeline. See `genflow::ack`.
+        #vis fn acked(&self) -> ::genflow::AckedInput<#head> {
+            self.__genflow.servers().0.acked()
+        }
+
         /// The stream of the last stage's items; `Some` the first time only.
         ///
         /// Until it is taken (and after it is dropped), the last stage's
@@ -456,6 +464,10 @@ pub(crate) fn trait_impl(registry: &Registry) -> TokenStream {
                 #stream: ::genflow::__private::Stream<Item = Self::In> + ::core::marker::Send,
             {
                 #ident::feed(self, #items)
+            }
+
+            fn acked(&self) -> ::genflow::AckedInput<Self::In> {
+                #ident::acked(self)
             }
 
             fn output(&self) -> ::core::option::Option<::genflow::Output<Self::Out>> {

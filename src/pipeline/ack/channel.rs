@@ -1,0 +1,96 @@
+//! Acknowledgements as a stream of completions: [`channel`].
+
+use std::{
+    fmt,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use super::{Ack, Outcome};
+
+/// A way to learn outcomes as a stream instead of through callbacks: the
+/// [`Acker`] makes an [`Ack`] for each input from a key of yours (a
+/// message id, an offset), and [`Acknowledgements`] yields each key with
+/// its [`Outcome`] as inputs are done, in the order they are done.
+///
+/// The stream is unbounded, so no stage ever waits for its reader; what it
+/// holds is bounded by the inputs sent, since each is acknowledged once.
+/// It ends once the `Acker` and every `Ack` it made are gone (each `Ack`
+/// fires before it goes).
+///
+/// A source that commits offsets, as a Kafka consumer does only after
+/// processing, reads the stream and commits past each key once every
+/// key before it is delivered.
+///
+/// # Examples
+///
+/// ```
+/// use futures::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let (acker, mut acks) = genflow::ack::channel::<u64>();
+/// let ack = acker.ack(7);
+/// drop(ack); // never sent: dropped
+/// drop(acker);
+/// let (key, outcome) = acks.next().await.unwrap();
+/// assert_eq!((key, outcome.kind()), (7, "dropped"));
+/// assert!(acks.next().await.is_none());
+/// # }
+/// ```
+pub fn channel<K: Send + 'static>() -> (Acker<K>, Acknowledgements<K>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Acker { tx }, Acknowledgements { rx })
+}
+
+/// Makes an [`Ack`] per input from a key; see [`channel`]. `Clone`: each
+/// copy feeds the same stream.
+pub struct Acker<K> {
+    tx: mpsc::UnboundedSender<(K, Outcome)>,
+}
+
+impl<K: Send + 'static> Acker<K> {
+    /// An acknowledgement that sends `key` with the input's outcome into
+    /// the [`Acknowledgements`] stream (or nothing, if that stream was
+    /// dropped).
+    pub fn ack(&self, key: K) -> Ack {
+        let tx = self.tx.clone();
+        Ack::new(move |outcome| {
+            let _ = tx.send((key, outcome));
+        })
+    }
+}
+
+impl<K> Clone for Acker<K> {
+    fn clone(&self) -> Self {
+        Acker { tx: self.tx.clone() }
+    }
+}
+
+impl<K> fmt::Debug for Acker<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acker").finish_non_exhaustive()
+    }
+}
+
+/// The stream of `(key, outcome)` pairs of a [`channel`]. `Unpin`, `Send`.
+#[must_use = "streams do nothing unless polled"]
+pub struct Acknowledgements<K> {
+    rx: mpsc::UnboundedReceiver<(K, Outcome)>,
+}
+
+impl<K> Stream for Acknowledgements<K> {
+    type Item = (K, Outcome);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<(K, Outcome)>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl<K> fmt::Debug for Acknowledgements<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acknowledgements").field("waiting", &self.rx.len()).finish()
+    }
+}
