@@ -63,7 +63,14 @@ pub struct Emitter<T> {
     link: Link<T>,
     pub(super) counters: Arc<Counters>,
     /// Counts not yet published to `counters`.
-    emitted: u64,
+    /// (At most a batch or so: published by every send.)
+    emitted: u32,
+    /// The place in `buf` of the first item emitted for the input in
+    /// `process` and not sent yet, which holds no share of its
+    /// acknowledgements until it is sent or the input is done ([`NO_FIRST`]
+    /// if none): an input that makes one item hands its hold on to it,
+    /// without touching the acknowledgements' count.
+    first: u32,
     dropped: u64,
     /// Time blocked in a send of an `ordered` stage's outputs or of
     /// failures, not yet published.
@@ -94,6 +101,7 @@ impl<T: Send + 'static> Emitter<T> {
             link,
             counters,
             emitted: 0,
+            first: NO_FIRST,
             dropped: 0,
             blocked: Duration::ZERO,
             order: None,
@@ -141,7 +149,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// The item is accepted before the first `.await`; dropping the future
     /// does not lose it.
     pub async fn emit(&mut self, item: T) {
-        let tag = self.current.share();
+        let tag = if self.current.is_some() { self.tag_for_emit() } else { Tag::NONE };
         self.buf.push(Tagged { item, tag });
         self.emitted += 1;
         if self.buf.len() >= BATCH {
@@ -274,6 +282,31 @@ impl<T: Send + 'static> Emitter<T> {
         self.send_failures().await;
     }
 
+    /// The tag of an item emitted for the input in `process`, which holds
+    /// acknowledgements: none for its first item not sent yet (it gets
+    /// one when it is sent, or the input's own hold when the input is
+    /// done), a share for the others.
+    #[inline]
+    fn tag_for_emit(&mut self) -> Tag {
+        if self.first == NO_FIRST {
+            // The buffer holds at most a batch or so: its length fits.
+            self.first = self.buf.len() as u32;
+            Tag::NONE
+        } else {
+            self.current.share()
+        }
+    }
+
+    /// Before the buffer's items leave: the first item of the input in
+    /// `process` gets its share.
+    #[inline]
+    fn settle_first(&mut self) {
+        if self.first != NO_FIRST {
+            let first = std::mem::replace(&mut self.first, NO_FIRST) as usize;
+            self.buf[first].tag = self.current.share();
+        }
+    }
+
     /// A share of the acknowledgements of the input in `process`.
     #[inline]
     pub(crate) fn current_tag(&self) -> Tag {
@@ -292,6 +325,15 @@ impl<T: Send + 'static> Emitter<T> {
     #[inline]
     pub(crate) fn end_item(&mut self, failed: bool) {
         let tag = std::mem::take(&mut self.current);
+        if self.first != NO_FIRST {
+            let first = std::mem::replace(&mut self.first, NO_FIRST) as usize;
+            if !failed {
+                // Its item takes over the input's hold.
+                self.buf[first].tag = tag;
+                return;
+            }
+            self.buf[first].tag = tag.share();
+        }
         if failed { self.failing.fail_tag(tag) } else { tag.release() }
     }
 
@@ -408,7 +450,8 @@ impl<T: Send + 'static> Emitter<T> {
             if self.order.is_none() {
                 return Box::pin(self.send_plain()).await;
             }
-            self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+            self.settle_first();
+            self.counters.add(&Delta { emitted: u64::from(std::mem::take(&mut self.emitted)), ..Delta::default() });
             let blocked_before = self.blocked;
             let Emitter { buf, blocked, dropped, order, counters, .. } = self;
             // An ordered stage's send is shown as a whole (moving its future
@@ -450,7 +493,8 @@ impl<T: Send + 'static> Emitter<T> {
             if self.fused.is_some() {
                 return Box::pin(self.send_fused()).await;
             }
-            self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+            self.settle_first();
+            self.counters.add(&Delta { emitted: u64::from(std::mem::take(&mut self.emitted)), ..Delta::default() });
             let blocked_before = self.blocked;
             let target = &self.link.target;
             target.send(&mut self.buf, &mut self.blocked, &mut self.dropped, Some(&self.counters)).await;
@@ -519,7 +563,8 @@ impl<T: Send + 'static> Emitter<T> {
     /// this stage stepped away, and this stage steps back at the instant
     /// the fused stage's batch ended.
     async fn send_fused(&mut self) {
-        self.counters.add(&Delta { emitted: std::mem::take(&mut self.emitted), ..Delta::default() });
+        self.settle_first();
+        self.counters.add(&Delta { emitted: u64::from(std::mem::take(&mut self.emitted)), ..Delta::default() });
         // Time in the fused stage is its busy time, not this stage's.
         let away = self.counters.step_away();
         let Emitter { fused, buf, .. } = self;
@@ -662,7 +707,7 @@ impl<T> Drop for Emitter<T> {
             self.counters.set_in_flight(0);
             flight.held()
         });
-        let emitted = std::mem::take(&mut self.emitted);
+        let emitted = u64::from(std::mem::take(&mut self.emitted));
         self.counters.add(&Delta { emitted, dropped, aborted, ..Delta::default() });
     }
 }
@@ -672,6 +717,10 @@ impl<T> fmt::Debug for Emitter<T> {
         f.debug_struct("Emitter").field("buffered", &self.buf.len()).finish_non_exhaustive()
     }
 }
+
+/// [`Emitter`]'s `first` when no item of the input in `process` waits in
+/// the buffer without its share.
+const NO_FIRST: u32 = u32::MAX;
 
 /// What [`Emitter::send`] sends.
 enum Outgoing {
