@@ -251,6 +251,10 @@ impl<T: Send + 'static> Emitter<T> {
     /// fails it as `fail` does. In [`Stage::finish`](crate::Stage::finish),
     /// it fails no item, as `fail` there.
     ///
+    /// With [acknowledgements](crate::ack), a batch is one input of the
+    /// stage: a partial failure fails the acknowledgements of all its
+    /// items (a source then delivers them again, as at-least-once allows).
+    ///
     /// The idea comes from Broadway, where `handle_batch` marks single
     /// messages of a batch failed.
     pub fn fail_items(&mut self, items: u64, error: impl Into<Box<dyn Error + Send + Sync>>) {
