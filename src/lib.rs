@@ -19,6 +19,12 @@
 //!    [`stage`](macro@stage) turns a function into a stage, or fills in the
 //!    `GenServer` items a short `impl Stage` block leaves out.
 //!
+//! Beside the engine: [`ack`], end-to-end acknowledgement (an input sent
+//! with an [`Ack`](ack::Ack) is acknowledged once every item made from
+//! it has left the pipeline, as delivered, failed or dropped: what a
+//! source that can deliver again needs for at-least-once), and `nats`
+//! (feature `nats`), pipeline segments joined by NATS JetStream.
+//!
 //! The [`harness`] measures a pipeline's throughput under backpressure and
 //! reports it stage by stage, naming the bottleneck.
 //!

@@ -678,3 +678,47 @@ async fn acknowledgements_stream_from_a_channel() {
     flow.shutdown().await;
     assert!(acks.next().await.is_none());
 }
+
+#[tokio::test]
+async fn a_failure_reaching_an_input_twice_is_listed_once() {
+    let ledger = Ledger::new(10);
+    let flow = Summing::start().await;
+    let mut output = flow.output().unwrap().acked();
+    for i in 0..10 {
+        flow.acked().send(i, ledger.ack(i)).await.unwrap();
+    }
+    // The sum holds the ten inputs' holds and, the tenth's, twice: as the
+    // input being processed and as held.
+    let (sum, held) = output.next().await.unwrap();
+    assert_eq!(sum, (0..10).sum::<u64>());
+    held.fail("not written");
+    ledger.wait_for(10).await;
+    let failures = ledger.failures.lock().unwrap().clone();
+    assert_eq!(failures.len(), 10);
+    assert!(failures.iter().all(|(_, errors)| errors == &["not written".to_string()]), "{failures:?}");
+    flow.shutdown().await;
+}
+
+#[tokio::test]
+async fn held_acknowledgements_travel_on_through_a_second_pipeline() {
+    let ledger = Ledger::new(8);
+    let first = Fan::start().await;
+    let second = Summing::start().await;
+    let mut from_first = first.output().unwrap().acked();
+    let mut sums = second.output().unwrap();
+    // 5 and 6 make three items between them: (5, 0), (6, 0), (6, 1).
+    first.acked().send(5, ledger.ack(5)).await.unwrap();
+    first.acked().send(6, ledger.ack(6)).await.unwrap();
+    for _ in 0..3 {
+        let ((i, k), held) = from_first.next().await.unwrap();
+        second.acked().send(i * 10 + k, held.into_ack()).await.unwrap();
+    }
+    second.flush().await.unwrap();
+    // Held by the second pipeline's `Sum` until it emits at shutdown.
+    assert_eq!(ledger.done(), 0);
+    second.shutdown().await;
+    assert_eq!(sums.next().await, Some(50 + 60 + 61));
+    ledger.wait_for(2).await;
+    assert_eq!((ledger.outcome(5), ledger.outcome(6)), (DELIVERED, DELIVERED));
+    first.shutdown().await;
+}

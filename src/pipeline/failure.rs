@@ -83,6 +83,11 @@ impl Failure {
         }
     }
 
+    /// Whether `other` is a copy of this failure.
+    pub(crate) fn is(&self, other: &Failure) -> bool {
+        Arc::ptr_eq(&self.error, &other.error)
+    }
+
     #[cfg(test)]
     pub(crate) fn for_test(error: &str) -> Self {
         Failure::held("test", 0, error.into())

@@ -61,6 +61,13 @@ pub trait Stage: GenServer {
     /// [`Emitter::emit_async`]: in a `#[concurrency(N)]` stage, up to N
     /// such futures per replica run while `process` goes on with the next
     /// items.
+    ///
+    /// With [acknowledgements](crate::ack), the input counts as done when
+    /// `process` returns (what it emitted holds the input's
+    /// acknowledgement on). A stage that keeps the input, or what it made
+    /// of it, in its state must keep its acknowledgement too, with
+    /// [`Emitter::hold`], or the input is acknowledged before its effect
+    /// left the stage, and lost if the pipeline is aborted then.
     fn process(&mut self, item: Self::In, out: &mut Emitter<Self::Out>) -> impl Future<Output = ()> + Send;
 
     /// Called once when the stage's input has ended (the pipeline is shutting
@@ -75,6 +82,12 @@ pub trait Stage: GenServer {
     /// [`Failure`](crate::Failure) (as does a call to [`Emitter::fail`]
     /// here), marked [`in_finish`](crate::Failure::in_finish) since it is
     /// tied to no item; what `finish` emitted before is kept.
+    ///
+    /// What `finish` emits holds no acknowledgement, unless the stage kept
+    /// its inputs' with [`Emitter::hold`] and emits with
+    /// [`Emitter::emit_with`]: the example below acknowledges each item when
+    /// `process` returns, as a stage used without acknowledgements may (see
+    /// [`genflow::ack`](crate::ack) for the version that holds them).
     ///
     /// ```
     /// use genflow::{Emitter, GenServer, Stage};
@@ -152,6 +165,10 @@ pub trait Stage: GenServer {
     /// follow the order of its inputs, and once the stage's input has ended
     /// (its timers are cancelled just before `finish`, and later ones may
     /// not emit after it), a timer's message goes to `handle_cast` instead.
+    ///
+    /// As in [`finish`](Self::finish), what a timer emits holds the
+    /// acknowledgements the stage kept with [`Emitter::hold`] only if it
+    /// emits with [`Emitter::emit_with`].
     ///
     /// ```
     /// use std::time::Duration;

@@ -26,7 +26,12 @@ use super::{Outcome, tag::Tag};
 /// from the input was done: a stage's replica, the reader of the output,
 /// or whoever dropped what held it. Keep it short and never block in it
 /// (send the outcome on, as [`Acker`](super::Acker) does); a panic in it
-/// is caught and logged as a `tracing` warning.
+/// is caught and logged as a `tracing` warning (the panic hook still
+/// prints it, as for any panic).
+///
+/// [`Held::into_ack`](super::Held::into_ack) turns acknowledgements a
+/// stage or the reader of an output holds into an `Ack`, to send what was
+/// made of them through a second pipeline.
 ///
 /// The idea comes from Broadway's acknowledgers and Vector's end-to-end
 /// acknowledgements (finalizers that travel with events).

@@ -45,7 +45,10 @@ impl Held {
         self.tags.is_empty()
     }
 
-    /// How many holds it keeps (an input held twice counts twice).
+    /// How many holds it keeps: one per [`Emitter::hold`](crate::Emitter::hold)
+    /// absorbed (an input held twice counts twice), and one for the
+    /// `Held` of an item taken from an [`AckedOutput`](crate::AckedOutput),
+    /// however many inputs it was made from. Not a count of inputs.
     pub fn len(&self) -> usize {
         self.tags.len()
     }
@@ -84,6 +87,15 @@ impl Held {
         for tag in self.tags.drain(..) {
             tag.fail([&failure]);
         }
+    }
+
+    /// An acknowledgement holding all of it, to send what this `Held`'s
+    /// inputs were made into through another pipeline: the inputs are
+    /// done once the other pipeline is done with what it was sent with
+    /// (its outcome, failures included, passes on to each of them). An
+    /// empty `Held` makes an `Ack` that fires nothing.
+    pub fn into_ack(self) -> super::Ack {
+        super::Ack(self.into_tag())
     }
 
     /// One tag holding all of it.

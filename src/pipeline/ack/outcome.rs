@@ -20,9 +20,11 @@ pub enum Outcome {
     /// ([`Held::release`](super::Held::release)).
     Delivered,
     /// An item made from the input was failed ([`Emitter::fail`],
-    /// a panic, [`Held::fail`](super::Held::fail)), by a stage or by the
-    /// reader of the output: every such failure, in no particular order.
-    /// Each one also went to the pipeline's `failures()` stream.
+    /// a panic, a failed future of a `#[concurrency]` stage,
+    /// [`Held::fail`](super::Held::fail)), by a stage or by the reader of
+    /// the output: every such failure once, in no particular order. A
+    /// stage's failures also went to the pipeline's `failures()` stream;
+    /// those given to `Held::fail` go to the acknowledgements only.
     ///
     /// [`Emitter::fail`]: crate::Emitter::fail
     Failed(Vec<Failure>),
@@ -38,6 +40,16 @@ impl Outcome {
     /// Whether every item made from the input was delivered.
     pub fn is_delivered(&self) -> bool {
         matches!(self, Outcome::Delivered)
+    }
+
+    /// Whether an item made from the input failed.
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Outcome::Failed(_))
+    }
+
+    /// Whether an item made from the input was dropped (and none failed).
+    pub fn is_dropped(&self) -> bool {
+        matches!(self, Outcome::Dropped)
     }
 
     /// `"delivered"`, `"failed"` or `"dropped"`: for logs and labels.

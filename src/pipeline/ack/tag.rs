@@ -162,9 +162,15 @@ impl Node {
         Node { worst: AtomicU8::new(DELIVERED), failures: Mutex::new(Vec::new()), then }
     }
 
+    /// Records `failure`, once: an input reached twice by one failure (a
+    /// batch holding two of its items, a stage's hold and its own input
+    /// emitted together) lists it once.
     fn fail(&self, failure: &Failure) {
         self.worst.fetch_max(FAILED, Ordering::Relaxed);
-        self.failures.lock().unwrap_or_else(|poison| poison.into_inner()).push(failure.clone());
+        let mut failures = self.failures.lock().unwrap_or_else(|poison| poison.into_inner());
+        if !failures.iter().any(|known| known.is(failure)) {
+            failures.push(failure.clone());
+        }
     }
 }
 
