@@ -722,3 +722,94 @@ async fn held_acknowledgements_travel_on_through_a_second_pipeline() {
     assert_eq!((ledger.outcome(5), ledger.outcome(6)), (DELIVERED, DELIVERED));
     first.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Failures of a `#[concurrency]` stage's inputs while futures are in flight.
+
+/// Input 0 hands over a future that fails; input 1 fails in `process`,
+/// then hands over a future, whose hand-over delivers input 0's failure
+/// first. Any other input hands over a future, then fails.
+struct Conc;
+
+impl GenServer for Conc {
+    type Message = ();
+    type Response = ();
+    type Registry = Concurrent;
+
+    fn new(_: Concurrent) -> Self {
+        Conc
+    }
+
+    async fn handle_call(&mut self, _: ()) {}
+}
+
+impl Stage for Conc {
+    type In = u64;
+    type Out = u64;
+
+    async fn process(&mut self, i: u64, out: &mut Emitter<u64>) {
+        match i {
+            0 => out.try_emit_async(async { Err::<u64, String>("future of 0 failed".into()) }).await,
+            1 => {
+                out.fail("1 failed in process");
+                out.try_emit_async(async { Ok::<u64, String>(1) }).await;
+            }
+            _ => {
+                out.emit_async(async move {
+                    tokio::task::yield_now().await;
+                    i
+                })
+                .await;
+                out.fail(format!("{i} failed after its hand-over"));
+            }
+        }
+    }
+}
+
+#[genflow::pipeline{ #[concurrency(4)] conc: Conc }]
+struct Concurrent;
+
+fn errors_of(ledger: &Ledger, i: u64) -> Vec<String> {
+    let failures = ledger.failures.lock().unwrap();
+    failures.iter().filter(|(j, _)| *j == i).flat_map(|(_, errors)| errors.clone()).collect()
+}
+
+#[tokio::test]
+async fn an_inputs_failure_reaches_its_acknowledgement_when_another_futures_failure_goes_first() {
+    let ledger = Ledger::new(4);
+    let flow = Concurrent::start().await;
+    let mut failures = flow.failures().unwrap();
+    let mut output = flow.output().unwrap();
+    let input = flow.acked();
+    // Both in one batch: nothing yields between the two sends.
+    input.send(0, ledger.ack(0)).await.unwrap();
+    input.send(1, ledger.ack(1)).await.unwrap();
+    assert_eq!(output.next().await, Some(1));
+    ledger.wait_for(2).await;
+    flow.shutdown().await;
+    assert_eq!(errors_of(&ledger, 0), ["future of 0 failed"]);
+    assert_eq!((ledger.outcome(1), errors_of(&ledger, 1)), (FAILED, vec!["1 failed in process".to_string()]));
+    let mut sent = Vec::new();
+    while let Some(failure) = failures.next().await {
+        sent.push((failure.error().to_string(), failure.items()));
+    }
+    sent.sort();
+    assert_eq!(sent, [("1 failed in process".to_string(), 1), ("future of 0 failed".to_string(), 1)]);
+    assert_eq!(flow.metrics().stage("conc").unwrap().failed, 2);
+}
+
+#[tokio::test]
+async fn an_input_failed_while_its_future_is_in_flight_counts_one_item() {
+    let ledger = Ledger::new(4);
+    let flow = Concurrent::start().await;
+    let mut failures = flow.failures().unwrap();
+    let mut output = flow.output().unwrap();
+    flow.acked().send(2, ledger.ack(2)).await.unwrap();
+    assert_eq!(output.next().await, Some(2));
+    let failure = failures.next().await.unwrap();
+    assert_eq!(failure.items(), 1, "{failure}");
+    ledger.wait_for(1).await;
+    assert_eq!((ledger.outcome(2), errors_of(&ledger, 2)), (FAILED, vec!["2 failed after its hand-over".to_string()]));
+    flow.shutdown().await;
+    assert_eq!(flow.metrics().stage("conc").unwrap().failed, 1);
+}

@@ -379,12 +379,14 @@ impl<T: Send + 'static> Emitter<T> {
         match done.outcome {
             Outcome::Value(item) => self.emit_tagged(Tagged { item, tag: done.tag }).await,
             Outcome::Failed(error) => {
+                self.failing.settle_early(&self.current);
                 self.failing.fail_in_flight(error, false);
                 self.failing.fail_tag_last(done.tag);
                 self.send_failures().await;
             }
             Outcome::Panicked(panic) => {
                 tracing::error!(panic = panic.message(), "a future handed to `emit_async` panicked");
+                self.failing.settle_early(&self.current);
                 self.failing.fail_in_flight(Box::new(panic), true);
                 self.failing.fail_tag_last(done.tag);
                 self.send_failures().await;

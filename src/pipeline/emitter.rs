@@ -59,7 +59,7 @@ pub struct Emitter<T> {
     buf: Vec<Tagged<T>>,
     /// The acknowledgements of the input in `process`: every item emitted
     /// for it holds a share.
-    current: Tag,
+    pub(super) current: Tag,
     link: Link<T>,
     pub(super) counters: Arc<Counters>,
     /// Counts not yet published to `counters`.

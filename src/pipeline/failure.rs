@@ -485,6 +485,20 @@ impl Failing {
         }
     }
 
+    /// Settles the failures pending, those of the input in `process`, as
+    /// failing one item (`#[concurrency]` stages take no batches), and
+    /// records them against its acknowledgements `tag`, before they are
+    /// sent early: with the failure of another input's future.
+    pub(crate) fn settle_early(&mut self, tag: &Tag) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.settle(1);
+        for failure in self.pending.iter().map(|f| &f.item).filter(|f| !f.in_finish && !f.in_timer) {
+            tag.record(failure);
+        }
+    }
+
     /// Lets `tag` go, reporting the last failure recorded.
     pub(crate) fn fail_tag_last(&self, tag: Tag) {
         if tag.is_some() {

@@ -517,6 +517,10 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
                 // stage hands none over).
                 progress.failed += progress.in_process.min(1);
             }
+        } else if item_failed {
+            // Counted when its futures are done; its failures are sent now,
+            // settled.
+            out.settle_failed(progress.in_process);
         }
         out.end_item(item_failed);
         if item_failed {

@@ -85,6 +85,13 @@ impl Tag {
         self.0.take();
     }
 
+    /// Records `failure` against the acknowledgements, keeping the hold.
+    pub(crate) fn record(&self, failure: &Failure) {
+        if let Some(node) = &self.0 {
+            node.fail(failure);
+        }
+    }
+
     /// Lets the hold go, reporting its item failed with `failures`.
     pub(crate) fn fail<'a>(mut self, failures: impl IntoIterator<Item = &'a Failure>) {
         if let Some(node) = self.0.take() {
