@@ -10,7 +10,7 @@ mod prometheus_text;
 use std::{sync::OnceLock, time::Duration};
 
 use futures::stream;
-use genflow::{Emitter, GenServer, Metrics, Stage, export::Recording};
+use genflow::{Metrics, export::Recording};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use prometheus_text::{Sample, Times, assert_recorded, parse, select, value};
 
@@ -70,7 +70,10 @@ async fn a_recorded_snapshot_holds_exactly_what_metrics_says() {
     let samples = rendered(&metrics, "numbers");
     assert_recorded(&samples, "numbers", &metrics, Times::Exact);
     // The table's numbers, spelled out for two series.
-    assert_eq!(value(&samples, "genflow_stage_failed_total", &[("pipeline", "numbers"), ("stage", "check")]), Some(100.0));
+    assert_eq!(
+        value(&samples, "genflow_stage_failed_total", &[("pipeline", "numbers"), ("stage", "check")]),
+        Some(100.0)
+    );
     let emitted: f64 = select(&samples, "genflow_replica_emitted_total", &[("stage", "pair")]).map(|s| s.value).sum();
     assert_eq!(emitted, 1_800.0);
     // Nothing else than the documented families, each with its labels.

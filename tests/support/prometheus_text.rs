@@ -46,9 +46,9 @@ pub(crate) fn select<'a>(
     name: &'a str,
     labels: &'a [(&'a str, &'a str)],
 ) -> impl Iterator<Item = &'a Sample> + 'a {
-    samples.iter().filter(move |s| {
-        s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|value| value == v))
-    })
+    samples
+        .iter()
+        .filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).is_some_and(|value| value == v)))
 }
 
 /// The value of the one sample of `name` with exactly these labels, if any.
