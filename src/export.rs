@@ -391,9 +391,9 @@ impl Metrics {
 /// background. Shut the pipeline down with `shutdown().await` (the
 /// recording then ends by itself), or drop the `Recording` first.
 ///
-/// The periodic snapshot is the idea of Broadway's telemetry poller and of
-/// the Prometheus exporters' scrape: the engine keeps its own counts, an
-/// outside task reads them.
+/// The idea is Erlang's `telemetry_poller`: measure at an interval what
+/// the system already keeps, rather than emit an event per item (as
+/// Broadway's telemetry events do).
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 #[must_use = "the recording stops when dropped"]
 pub struct Recording {

@@ -172,6 +172,12 @@ async fn a_dropped_recording_records_that_moment_and_no_more() {
 }
 
 #[test]
+fn a_recording_can_move_between_threads() {
+    fn send_sync_unpin<T: Send + Sync + Unpin + 'static>() {}
+    send_sync_unpin::<Recording>();
+}
+
+#[test]
 #[should_panic(expected = "the period must be more than zero")]
 fn a_zero_period_panics() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
