@@ -309,7 +309,7 @@ impl Metrics {
     /// absolute value, gauges to theirs. The series are listed in the
     /// [`export`](crate::export) module's docs.
     ///
-    /// With no recorder installed, it does nothing. It never waits: it
+    /// With no recorder installed, it does nothing. It is not `async`: it
     /// costs one look-up in the recorder per series (about 12 per replica
     /// and 14 per stage).
     ///
