@@ -156,6 +156,9 @@
 
 mod config;
 mod error;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod export;
 pub mod harness;
 mod loom;
 #[cfg(feature = "nats")]

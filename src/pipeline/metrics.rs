@@ -731,6 +731,13 @@ impl Metrics {
         Metrics { stages, elapsed: end.saturating_duration_since(started), failures_dropped: 0 }
     }
 
+    /// Whether every replica of every stage had stopped (drained or
+    /// aborted) when the snapshot was taken.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn ended(&self) -> bool {
+        self.stages.iter().flat_map(|s| &s.replicas).all(|r| r.ended.is_some())
+    }
+
     pub(crate) fn with_failures_dropped(mut self, failures_dropped: u64) -> Self {
         self.failures_dropped = failures_dropped;
         self

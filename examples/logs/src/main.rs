@@ -49,10 +49,16 @@
 //! - **Sizes chosen at start.** `--replicas stage=N` and `--queue stage=N`
 //!   (each repeatable) go to `Logs::builder()`; a stage name it does not
 //!   know, or a 0, is reported before anything starts.
+//! - **Monitoring.** Built with `--features prometheus`, `--metrics-addr
+//!   127.0.0.1:9000` serves the pipeline's metrics as Prometheus text while
+//!   it runs (`prometheus.rs`: `genflow::export` records them every second
+//!   through the `metrics` facade).
 
 #[path = "gen.rs"]
 mod generator;
 mod pipeline;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 
 use std::{
     fmt::Write as _,
@@ -102,6 +108,12 @@ struct Args {
     /// `parse=10000` [default: 1000 each; per replica for aggregate].
     #[arg(long, value_name = "STAGE=N", value_parser = setting)]
     queue: Vec<(String, usize)>,
+
+    /// Serve the pipeline's metrics as Prometheus text on this address
+    /// while the analysis runs, e.g. `127.0.0.1:9000`.
+    #[cfg(feature = "prometheus")]
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `name=n`; whether the name is a stage and n is not 0 is checked when
@@ -193,6 +205,10 @@ impl Input {
 async fn analyse(args: &Args, input: Input) -> Result<ExitCode, BoxError> {
     let Input { lines, expected, description, read_error } = input;
     let started = Instant::now();
+    #[cfg(feature = "prometheus")]
+    if let Some(addr) = args.metrics_addr {
+        prometheus::serve(addr)?;
+    }
     let pipeline = Logs::sized(&args.replicas, &args.queue).await?;
     let shape: Vec<String> = pipeline
         .metrics()
@@ -201,6 +217,12 @@ async fn analyse(args: &Args, input: Input) -> Result<ExitCode, BoxError> {
         .map(|s| format!("{} ×{} (queue {})", s.name, s.replicas.len(), thousands(s.capacity)))
         .collect();
     println!("{description}: {}\n", shape.join(" → "));
+    // Records until the pipeline has ended, then holds its final counts.
+    #[cfg(feature = "prometheus")]
+    let _recording = args.metrics_addr.map(|addr| {
+        println!("metrics: Prometheus text at http://{addr}/metrics while it runs\n");
+        prometheus::record(&pipeline)
+    });
     // Taken before any line goes in: until then, failures are dropped.
     let mut malformed = MalformedLines::read(&pipeline)?;
 
