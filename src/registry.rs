@@ -265,11 +265,15 @@ impl<R> Core<R> {
             self.shared.servers.shutdown_in_background(self.shared.clone());
             return;
         }
+        let registry = std::any::type_name::<R>();
+        tracing::info!(registry, "shutting down");
         life.shutdown().await;
+        tracing::info!(registry, "shut down");
     }
 
     /// Stops every server at its next `.await`; see the generated `abort`.
     pub fn abort(&self) {
+        tracing::warn!(registry = std::any::type_name::<R>(), "aborted");
         self.shared.life.abort();
     }
 }

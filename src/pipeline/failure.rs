@@ -422,7 +422,13 @@ impl Failing {
     /// Records a failure of the input in progress (or of `finish`): of
     /// `items` of its items, or of all of them (`None`).
     pub(crate) fn fail(&mut self, error: Box<dyn Error + Send + Sync + 'static>, panic: bool, items: Option<u64>) {
-        tracing::debug!(stage = self.stage, replica = self.replica, panic, error = %error, "item failed");
+        // A failed item is expected work: `DEBUG`, so that a few percent of
+        // bad items do not flood a default log; a panic is a bug: `WARN`.
+        if panic {
+            tracing::warn!(stage = self.stage, replica = self.replica, error = %error, "item panicked");
+        } else {
+            tracing::debug!(stage = self.stage, replica = self.replica, error = %error, "item failed");
+        }
         self.item_failed = true;
         let items = if self.in_finish || self.in_timer { 0 } else { items.unwrap_or(WHOLE) };
         self.pending.push(Tagged::bare(Failure {

@@ -120,7 +120,9 @@ fn idle_tasks_stay_within_their_allocation_steps() {
 #[test]
 #[cfg(target_pointer_width = "64")]
 fn a_server_without_timers_holds_only_its_small_timer_host() {
-    assert!(size_of::<ServerState>() <= 152, "ServerState: {} B", size_of::<ServerState>());
+    // And the pointer to its `tracing` span, boxed only under a
+    // subscriber that wants it.
+    assert!(size_of::<ServerState>() <= 160, "ServerState: {} B", size_of::<ServerState>());
     assert_eq!(size_of::<Host<Hooks<0>>>(), 24);
 }
 

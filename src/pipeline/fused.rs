@@ -73,7 +73,7 @@ use crate::server::{
     envelope::Envelope,
     handle::Inbox,
     restart::Restarts,
-    run::{Crashed, boot, fail, handle, report, terminate},
+    run::{Crashed, boot, fail, handle, terminate},
     state::ServerState,
 };
 
@@ -216,7 +216,6 @@ impl<S: Stage> FusedStage<S> {
     async fn crashed(&mut self) {
         self.server = None;
         if self.restarts.allow() {
-            tracing::warn!(server = std::any::type_name::<S>(), "restarting after a panic");
             self.server = boot::<S>(&self.registry, &mut self.restarts).await;
         }
         if self.server.is_none() {
@@ -350,7 +349,7 @@ impl<S: Stage> FusedStage<S> {
             if let Some(server) = &mut self.server {
                 let finished = AssertUnwindSafe(server.finish(&mut self.out)).catch_unwind().await;
                 if let Err(panic) = finished {
-                    report::<S>("finish", &panic);
+                    // Logged as a failure `in_finish`.
                     self.out.fail_panic(Panicked::new(&panic));
                 }
             }

@@ -26,7 +26,7 @@ use crate::{
     server::{
         handle::Inbox,
         restart::Restarts,
-        run::{Crashed, boot, fail, handle, report, terminate},
+        run::{Crashed, boot, fail, handle, terminate},
     },
 };
 use futures::FutureExt;
@@ -178,6 +178,7 @@ async fn end_of_input<S: Stage>(
 ) -> Result<(), Crashed> {
     if !*ended {
         *ended = true;
+        tracing::debug!("input ended: finishing");
         // Its timers stop: nothing is emitted after `finish`.
         control.state.cancel_timers();
         // `finish` works on what the replica holds.
@@ -185,7 +186,7 @@ async fn end_of_input<S: Stage>(
         out.begin_finish();
         let finished = AssertUnwindSafe(server.finish(out)).catch_unwind().await;
         if let Err(panic) = finished {
-            report::<S>("finish", &panic);
+            // Logged as a failure `in_finish`.
             out.fail_panic(Panicked::new(&panic));
         }
         out.send_failures().await;
@@ -203,7 +204,10 @@ async fn end_of_input<S: Stage>(
                 control.rx.recv().await
             }
         };
-        let Some(envelope) = envelope else { return Ok(()) };
+        let Some(envelope) = envelope else {
+            tracing::debug!("drained");
+            return Ok(());
+        };
         handle(server, envelope).await?;
     }
 }
@@ -500,7 +504,7 @@ pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
         };
         awaited |= waited;
         if let Err(panic) = processed {
-            report::<S>("process", &panic);
+            // Logged as the item's failure.
             out.fail_panic(Panicked::new(&panic));
         }
         // An item counts as failed once, however many failures it gave (an

@@ -160,7 +160,7 @@ impl Builder {
         };
         let name = |i: usize| match u32::try_from(i) {
             Ok(i) if spec.replicas > 1 => Name::replica(spec.name, i),
-            _ => Name::new(spec.name),
+            _ => Name::stage(spec.name),
         };
         let (replicas, inboxes): (Vec<_>, Vec<_>) =
             (0..spec.replicas).map(|i| self.stage_channel::<S>(name(i), mailbox)).unzip();

@@ -69,6 +69,13 @@ impl<L: Fn() -> RestartLimit> Restarts<L> {
         }
         if recent.len() < limit.max_restarts as usize {
             recent.push_back(now);
+            // In the span of the server's task, which names it.
+            tracing::warn!(
+                restarts = recent.len(),
+                max_restarts = limit.max_restarts,
+                within = ?limit.within,
+                "restarting after a panic"
+            );
             true
         } else {
             false

@@ -54,7 +54,6 @@ pub(crate) fn run<S: GenServer>(
                     if !restarts.allow() {
                         return fail(inbox);
                     }
-                    tracing::warn!(server = std::any::type_name::<S>(), "restarting after a panic");
                 }
             }
         }

@@ -29,27 +29,52 @@ pub(crate) fn next_id() -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Name {
     field: &'static str,
-    /// The replica's index, if its stage has several.
-    index: Option<u32>,
+    /// The replica's index, if its stage has several ([`Name::ONLY`] if
+    /// not: packed with `stage` in one word).
+    index: u32,
+    /// Whether it names a stage's replica (for its `tracing` span).
+    stage: bool,
 }
 
 impl Name {
-    /// The name of a plain server, or of a stage's only replica.
+    /// The name of a plain server.
     pub(crate) const fn new(field: &'static str) -> Self {
-        Name { field, index: None }
+        Name { field, index: Name::ONLY, stage: false }
+    }
+
+    /// The `index` of a server that is no replica of a stage of several.
+    const ONLY: u32 = u32::MAX;
+
+    /// The name of a stage's only replica.
+    pub(crate) const fn stage(field: &'static str) -> Self {
+        Name { field, index: Name::ONLY, stage: true }
     }
 
     /// The name of replica `index` of a stage of several.
     pub(crate) const fn replica(field: &'static str, index: u32) -> Self {
-        Name { field, index: Some(index) }
+        Name { field, index, stage: true }
+    }
+
+    /// The `tracing` span its server's task runs in: `stage` (with the
+    /// stage's name and the replica's index) or `server` (with its name),
+    /// at `INFO`; `None` if no subscriber wants it, so that a server costs
+    /// a pointer for it without one.
+    fn span(&self) -> Option<Box<tracing::Span>> {
+        let span = if self.stage {
+            let replica = if self.index == Name::ONLY { 0 } else { self.index };
+            tracing::info_span!("stage", stage = self.field, replica)
+        } else {
+            tracing::info_span!("server", server = self.field)
+        };
+        (!span.is_disabled()).then(|| Box::new(span))
     }
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.index {
-            None => f.write_str(self.field),
-            Some(i) => write!(f, "{}[{i}]", self.field),
+            Name::ONLY => f.write_str(self.field),
+            i => write!(f, "{}[{i}]", self.field),
         }
     }
 }
@@ -78,6 +103,9 @@ pub(crate) struct ServerState {
     /// The server's timers (`timer.rs`): how a timer reaches its queue, and
     /// those armed. `None` only for states made without a queue (tests).
     timers: Option<Box<dyn TimerHost>>,
+    /// The `tracing` span its task runs in (see [`Name`]), entered on
+    /// every poll of the task (`context::scope`).
+    pub(crate) span: Option<Box<tracing::Span>>,
 }
 
 impl ServerState {
@@ -93,6 +121,7 @@ impl ServerState {
             abort: OnceLock::new(),
             mail: AtomicBool::new(false),
             timers: None,
+            span: name.span(),
         }
     }
 

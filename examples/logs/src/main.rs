@@ -124,8 +124,25 @@ fn setting(text: &str) -> Result<(String, usize), String> {
     Ok((name.trim().to_owned(), n))
 }
 
+/// Logs what genflow reports (restarts, panicking items, shutdown) to
+/// stderr: `WARN` and above by default, or as `RUST_LOG` says, in the
+/// `Targets` syntax (`RUST_LOG=genflow=debug` shows failed items and
+/// each replica's drain, in the span of its stage and replica).
+fn init_logging() {
+    use tracing_subscriber::{filter::Targets, prelude::*};
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing_subscriber::filter::LevelFilter::WARN));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
