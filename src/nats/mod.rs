@@ -35,10 +35,16 @@
 //! # }
 //! ```
 
+mod acker;
 mod codec;
 mod connect;
+pub mod dead_letter;
 mod error;
+mod sink;
+mod source;
 
 pub use codec::Codec;
 pub use connect::Connect;
 pub use error::NatsError;
+pub use sink::{Sink, SinkStats};
+pub use source::{Source, SourceHandle, SourceStats};
