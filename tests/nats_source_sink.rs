@@ -196,8 +196,9 @@ async fn a_segment_moves_every_item_from_stream_to_stream_and_acks_each_message(
 
     until("200 items in OUT", || async { (stored(&js, "OUT").await == 200).then_some(()) }).await;
     let info = until_all_answered(&js, "workers").await;
-    assert_eq!((info.delivered.stream_sequence, info.ack_floor.stream_sequence), (200, 200));
-    assert_eq!(info.num_redelivered, 0);
+    // Each message was delivered once, and acked.
+    assert_eq!((info.delivered.stream_sequence, info.delivered.consumer_sequence), (200, 200));
+    assert_eq!(info.ack_floor.stream_sequence, 200);
 
     let stats = source.stop().await;
     assert_eq!((stats.pulled, stats.acked, stats.naked, stats.dead_lettered, stats.errors), (200, 200, 0, 0, 0));
@@ -271,7 +272,7 @@ async fn a_payload_that_does_not_decode_goes_to_the_dead_letter_subject_at_once(
     })
     .await;
     let info = until_all_answered(&js, "workers").await;
-    assert_eq!(info.num_redelivered, 0);
+    assert_eq!((info.delivered.stream_sequence, info.delivered.consumer_sequence), (3, 3));
     let stats = source.stop().await;
     assert_eq!((stats.pulled, stats.acked, stats.naked, stats.dead_lettered), (3, 2, 0, 1));
     flow.shutdown().await;
@@ -356,7 +357,8 @@ async fn progress_acknowledgements_keep_a_slow_item_from_being_delivered_again()
 
     until("the slow item acked", || async { (source.stats().acked == 1).then_some(()) }).await;
     let info = until_all_answered(&js, "workers").await;
-    assert_eq!((info.num_redelivered, info.delivered.stream_sequence), (0, 1));
+    // Delivered once.
+    assert_eq!((info.delivered.stream_sequence, info.delivered.consumer_sequence), (1, 1));
     assert_eq!(behaviour.seen(1), 1);
     let stats = source.stop().await;
     assert_eq!((stats.pulled, stats.acked, stats.naked), (1, 1, 0));
@@ -416,4 +418,109 @@ async fn an_item_larger_than_the_server_accepts_fails_clearly_and_the_rest_goes_
     let stats = writer.await.unwrap();
     assert_eq!((stats.published, stats.failed), (2, 1));
     assert_eq!(stored(&js, "OUT").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_lost_in_an_aborted_pipeline_are_given_back_and_another_worker_takes_them() {
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    publish(&js, 0..10).await;
+
+    // A worker that takes every message and is stopped before any is done.
+    let stuck = Arc::new(Behaviour { gate: Some(Semaphore::new(0)), ..Default::default() });
+    let flow = Segment::start(stuck).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source = Source::new(client.clone(), "IN", "workers").prefetch(10).start(flow.acked()).await.unwrap();
+    until("every message pulled", || async {
+        (consumer_info(&js, "workers").await.num_ack_pending == 10).then_some(())
+    })
+    .await;
+    flow.abort();
+    let stats = source.stop().await;
+    assert_eq!((stats.pulled, stats.acked, stats.naked), (10, 0, 10));
+    assert_eq!(writer.await.unwrap().published, 0);
+
+    // Another worker on the same durable consumer gets them again at once.
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source = Source::new(client.clone(), "IN", "workers").start(flow.acked()).await.unwrap();
+    until("10 items in OUT", || async { (stored(&js, "OUT").await == 10).then_some(()) }).await;
+    let info = until_all_answered(&js, "workers").await;
+    // Each message was delivered twice.
+    assert_eq!((info.delivered.stream_sequence, info.delivered.consumer_sequence), (10, 20));
+    let stats = source.stop().await;
+    assert_eq!((stats.pulled, stats.acked, stats.naked), (10, 10, 0));
+    flow.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sharing_a_durable_consumer_share_its_messages() {
+    const PREFETCH: usize = 4;
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    publish(&js, 0..40).await;
+
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let behaviour = Arc::new(Behaviour { gate: Some(Semaphore::new(0)), ..Default::default() });
+        let flow = Segment::start(behaviour.clone()).await;
+        let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+        let source = Source::new(client.clone(), "IN", "workers").prefetch(PREFETCH).start(flow.acked()).await.unwrap();
+        workers.push((behaviour, flow, writer, source));
+    }
+    // Each holds its prefetch: the two hold twice as many.
+    until("both prefetches pulled", || async {
+        (consumer_info(&js, "workers").await.num_ack_pending == 2 * PREFETCH).then_some(())
+    })
+    .await;
+    for (_, _, _, source) in &workers {
+        assert_eq!(source.stats().pulled, PREFETCH as u64);
+    }
+    for (behaviour, ..) in &workers {
+        behaviour.gate.as_ref().unwrap().add_permits(40);
+    }
+    until("40 items in OUT", || async { (stored(&js, "OUT").await == 40).then_some(()) }).await;
+    until_all_answered(&js, "workers").await;
+    let mut acked = 0;
+    for (behaviour, flow, writer, source) in workers {
+        let stats = source.stop().await;
+        assert_eq!(stats.pulled, stats.acked);
+        acked += stats.acked;
+        assert_eq!(behaviour.seen.lock().unwrap().values().sum::<u32>() as u64, stats.acked);
+        flow.shutdown().await;
+        assert_eq!(writer.await.unwrap().published, stats.acked);
+    }
+    assert_eq!(acked, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_ends_once_its_pipeline_is_shut_down_giving_back_what_it_pulled_after() {
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    publish(&js, 0..3).await;
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source = Source::new(client.clone(), "IN", "workers").start(flow.acked()).await.unwrap();
+    until("3 acked", || async { (source.stats().acked == 3).then_some(()) }).await;
+    flow.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, 3);
+    // The next message finds the pipeline closed: it is given back and the
+    // source ends.
+    publish(&js, [3]).await;
+    let stats = tokio::time::timeout(DEADLINE, source.wait()).await.expect("the source ended");
+    assert_eq!((stats.pulled, stats.acked, stats.naked), (4, 3, 1));
+    assert_eq!(consumer_info(&js, "workers").await.ack_floor.stream_sequence, 3);
+
+    // Another worker gets it once the give-back delay passed.
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source = Source::new(client.clone(), "IN", "workers").start(flow.acked()).await.unwrap();
+    until("4 items in OUT", || async { (stored(&js, "OUT").await == 4).then_some(()) }).await;
+    let info = until_all_answered(&js, "workers").await;
+    assert_eq!((info.delivered.stream_sequence, info.delivered.consumer_sequence), (4, 5));
+    let stats = source.stop().await;
+    assert_eq!((stats.pulled, stats.acked, stats.naked), (1, 1, 0));
+    flow.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, 1);
 }

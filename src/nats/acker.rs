@@ -31,7 +31,17 @@ pub(crate) enum Event {
     Done { id: u64, outcome: Outcome },
     /// A message whose payload does not decode.
     Reject { message: jetstream::Message, permit: OwnedSemaphorePermit, error: String },
+    /// A message pulled after the source stopped or its pipeline closed:
+    /// its item never went in.
+    GiveBack { message: jetstream::Message, permit: OwnedSemaphorePermit },
 }
+
+/// The delay of a `-NAK` for a message whose item was lost without
+/// failing, or never went into the pipeline: long enough that the pull
+/// request the source had in flight when it stopped has ended, so the
+/// message goes to another worker (or to this one, started again) rather
+/// than back to that request.
+pub(crate) const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 
 /// The source's counters; see [`SourceStats`](super::SourceStats).
 #[derive(Default)]
@@ -97,6 +107,9 @@ pub(crate) async fn run(mut events: mpsc::UnboundedReceiver<Event>, policy: Arc<
                 Some(Event::Reject { message, permit, error }) => {
                     answering.push(answer(message, permit, Answer::Undecodable(error), policy.clone(), counters.clone()));
                 }
+                Some(Event::GiveBack { message, permit }) => {
+                    answering.push(answer(message, permit, Answer::NotSent, policy.clone(), counters.clone()));
+                }
             },
             Some(()) = answering.next(), if !answering.is_empty() => {}
             _ = tick.tick(), if !tracked.is_empty() => {
@@ -122,6 +135,8 @@ enum Answer {
     Outcome(Outcome),
     /// The message's payload does not decode (why).
     Undecodable(String),
+    /// The message's item never went into the pipeline.
+    NotSent,
 }
 
 /// Answers the broker for a message, then frees its prefetch slot.
@@ -132,8 +147,8 @@ async fn answer(
     policy: Arc<Policy>,
     counters: Arc<Counters>,
 ) {
-    // A failure is retried after the delay; an item lost without failing
-    // (an abort, a stop) is given back at once.
+    // A failure is retried after the nak delay; an item lost without
+    // failing (an abort), or never sent, after `GIVE_BACK_DELAY`.
     let (reasons, delay) = match answer {
         Answer::Outcome(Outcome::Delivered) => {
             confirm(&message, AckKind::Ack, &counters.acked, &counters).await;
@@ -143,7 +158,8 @@ async fn answer(
             failures.iter().map(|failure| format!("{}: {}", failure.stage(), failure.error())).collect::<Vec<_>>(),
             policy.nak_delay,
         ),
-        Answer::Outcome(Outcome::Dropped) => (vec!["dropped by the pipeline".to_string()], None),
+        Answer::Outcome(Outcome::Dropped) => (vec!["dropped by the pipeline".to_string()], Some(GIVE_BACK_DELAY)),
+        Answer::NotSent => (vec!["pulled after the source stopped".to_string()], Some(GIVE_BACK_DELAY)),
         Answer::Undecodable(error) => {
             give_up(&message, &[error], &policy, &counters).await;
             return;

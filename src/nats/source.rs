@@ -29,8 +29,9 @@ use super::{
 };
 use crate::{AckedInput, ack::Ack};
 
-/// How long one pull request waits on the server for messages.
-const PULL_WAIT: Duration = Duration::from_secs(5);
+/// How long one pull request waits on the server for messages: also how
+/// long a stop may wait for the request in flight to end.
+const PULL_WAIT: Duration = Duration::from_secs(1);
 
 /// Reads a JetStream stream through a *durable pull consumer* and feeds
 /// each message's item into a pipeline's first stage with an
@@ -423,23 +424,34 @@ struct Puller<T> {
 impl<T: DeserializeOwned + Send + 'static> Puller<T> {
     async fn run(mut self) {
         let mut backoff = Duration::from_millis(50);
-        loop {
+        // Whether items still go into the pipeline: not once the source
+        // stopped or the pipeline's input closed.
+        let mut open = true;
+        while open {
             let Some(mut slots) = self.take_slots().await else { return };
+            // Not cancelled: once the request is sent, the server may
+            // deliver, and the batch is read to its end.
             let request = self.consumer.batch().max_messages(slots.num_permits()).expires(PULL_WAIT).messages();
-            let mut batch = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                batch = request => match batch {
-                    Ok(batch) => batch,
-                    Err(error) => {
-                        self.failed(&error, &mut backoff).await;
-                        continue;
-                    }
-                },
+            let mut batch = match request.await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    self.failed(&error, &mut backoff).await;
+                    continue;
+                }
             };
             loop {
-                let message = tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    message = batch.next() => message,
+                let message = if open {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => {
+                            open = false;
+                            continue;
+                        }
+                        message = batch.next() => message,
+                    }
+                } else {
+                    // What the request still brings after a stop is given
+                    // back at once rather than left to `ack_wait`.
+                    batch.next().await
                 };
                 match message {
                     None => break,
@@ -450,9 +462,7 @@ impl<T: DeserializeOwned + Send + 'static> Puller<T> {
                     Some(Ok(message)) => {
                         backoff = Duration::from_millis(50);
                         let slot = slots.split(1).expect("one slot per message requested");
-                        if !self.hand_over(message, slot) {
-                            return;
-                        }
+                        open = self.hand_over(message, slot, open);
                     }
                 }
             }
@@ -475,10 +485,15 @@ impl<T: DeserializeOwned + Send + 'static> Puller<T> {
         Some(slots)
     }
 
-    /// Tracks the message and sends its item on; `false` once the feeding
-    /// task is gone (the pipeline closed or the source stopped).
-    fn hand_over(&mut self, message: jetstream::Message, slot: OwnedSemaphorePermit) -> bool {
+    /// Tracks the message and sends its item on if `open`, else gives it
+    /// back; `false` once the feeding task is gone (the pipeline closed or
+    /// the source stopped).
+    fn hand_over(&mut self, message: jetstream::Message, slot: OwnedSemaphorePermit, open: bool) -> bool {
         Counters::add(&self.counters.pulled);
+        if !open {
+            let _ = self.events.send(Event::GiveBack { message, permit: slot });
+            return false;
+        }
         let item = match self.codec.decode::<T>(&message.payload) {
             Ok(item) => item,
             Err(error) => {
