@@ -50,7 +50,7 @@ type Compute<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
 /// # Examples
 ///
 /// ```no_run
-/// # use genflow::{Emitter, GenServer, Stage, Pipeline};
+/// # use genflow::{Emitter, GenServer, Stage};
 /// # struct Total;
 /// # impl GenServer for Total {
 /// #     type Message = (); type Response = (); type Registry = Orders;

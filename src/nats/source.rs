@@ -55,7 +55,9 @@ const PULL_WAIT: Duration = Duration::from_secs(1);
 ///   last allowed delivery ([`max_deliver`](Self::max_deliver)), a copy to
 ///   the [dead-letter subject](Self::dead_letter) and `+TERM`;
 ///   **dropped** (the pipeline was aborted, or the source stopped before
-///   the item went in) → `-NAK` without delay;
+///   the item went in) → `-NAK` with a delay of 2 s, long enough for the
+///   source's pull request in flight to end, so the message goes to
+///   another worker rather than back to this one;
 /// - while it is in the pipeline, a progress acknowledgement (`+WPI`) is
 ///   sent every half [`ack_wait`](Self::ack_wait), so a slow item is not
 ///   delivered again while it is being worked on.
@@ -81,7 +83,7 @@ const PULL_WAIT: Duration = Duration::from_secs(1);
 /// # Examples
 ///
 /// ```no_run
-/// # use genflow::{Emitter, GenServer, Stage, Pipeline};
+/// # use genflow::{Emitter, GenServer, Stage};
 /// # struct Count;
 /// # impl GenServer for Count {
 /// #     type Message = (); type Response = (); type Registry = Orders;
