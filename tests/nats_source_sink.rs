@@ -398,16 +398,22 @@ async fn an_item_larger_than_the_server_accepts_fails_clearly_and_the_rest_goes_
     let writer = tokio::spawn(Sink::new(client.clone(), "out.texts").run(flow.output().unwrap().acked()));
     let (outcomes_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
     let input = flow.acked();
-    for (i, text) in ["small".to_string(), "x".repeat(2000), "also small".to_string()].into_iter().enumerate() {
+    // With 44 bytes of headers, 980 bytes of payload (978 characters and
+    // the quotes) fill `max_payload` exactly.
+    let texts = ["small".to_string(), "x".repeat(2000), "y".repeat(978), "z".repeat(979)];
+    for (i, text) in texts.into_iter().enumerate() {
         let tx = outcomes_tx.clone();
         input.send(text, Ack::new(move |outcome| tx.send((i, outcome)).unwrap())).await.unwrap();
     }
     let mut seen = HashMap::new();
-    while seen.len() < 3 {
+    while seen.len() < 4 {
         let (i, outcome) = tokio::time::timeout(DEADLINE, outcomes.recv()).await.unwrap().unwrap();
         seen.insert(i, outcome);
     }
     assert!(seen[&0].is_delivered() && seen[&2].is_delivered(), "{seen:?}");
+    let Outcome::Failed(failures) = &seen[&3] else { panic!("{:?}", seen[&3]) };
+    let error = failures[0].error().downcast_ref::<NatsError>();
+    assert!(matches!(error, Some(NatsError::TooLarge { len: 1025, max: 1024, .. })), "{error:?}");
     let Outcome::Failed(failures) = &seen[&1] else { panic!("{:?}", seen[&1]) };
     let error = failures[0].error().to_string();
     // 2 002 bytes of JSON and 44 of headers (`Content-Type`).
@@ -416,8 +422,9 @@ async fn an_item_larger_than_the_server_accepts_fails_clearly_and_the_rest_goes_
     assert!(matches!(error, Some(NatsError::TooLarge { len: 2046, max: 1024, .. })), "{error:?}");
     flow.shutdown().await;
     let stats = writer.await.unwrap();
-    assert_eq!((stats.published, stats.failed), (2, 1));
+    assert_eq!((stats.published, stats.failed), (2, 2));
     assert_eq!(stored(&js, "OUT").await, 2);
+    assert_eq!(messages(&js, "OUT").await[1].payload.len(), 980);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,4 +530,81 @@ async fn a_source_ends_once_its_pipeline_is_shut_down_giving_back_what_it_pulled
     assert_eq!((stats.pulled, stats.acked, stats.naked), (1, 1, 0));
     flow.shutdown().await;
     assert_eq!(writer.await.unwrap().published, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_is_kept_within_the_servers_max_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.conf");
+    std::fs::write(&config, "max_payload: 1024\n").unwrap();
+    let server = NatsServer::start_with(&["-c", config.to_str().unwrap()]);
+    let (client, js) = broker(&server).await;
+    // Neither decodes. The first one's copy fits once its error text is
+    // shortened; the second one's does not fit even without it.
+    js.publish("in.items", "x".repeat(800).into()).await.unwrap().await.unwrap();
+    js.publish("in.items", "y".repeat(1000).into()).await.unwrap().await.unwrap();
+    publish(&js, [5]).await;
+
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source =
+        Source::new(client.clone(), "IN", "workers").dead_letter("dead.items").start(flow.acked()).await.unwrap();
+    until("every message answered", || async {
+        (source.stats().dead_lettered == 2 && source.stats().acked == 1).then_some(())
+    })
+    .await;
+    until_all_answered(&js, "workers").await;
+    let stats = source.stop().await;
+    assert_eq!((stats.pulled, stats.naked, stats.errors), (3, 0, 1));
+    flow.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, 1);
+
+    let dead = messages(&js, "DEAD").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload.len(), 800);
+    let error = dead[0].headers.get(dead_letter::ERROR).unwrap().as_str();
+    // 800 bytes of payload and 170 of headers without the text leave it 54
+    // (the 54th is a space, left out).
+    assert_eq!(error, "cannot decode a 800-byte json payload: expected value");
+    assert_eq!(dead[0].headers.get(dead_letter::SEQUENCE).unwrap().as_str(), "1");
+}
+
+#[tokio::test]
+async fn start_creates_or_updates_the_consumer_and_refuses_what_cannot_be() {
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+
+    let error = Source::new(client.clone(), "MISSING", "workers").start(flow.acked()).await.unwrap_err();
+    assert!(
+        matches!(&error, NatsError::Consumer { stream, consumer, .. } if stream == "MISSING" && consumer == "workers")
+    );
+    let text = error.to_string();
+    assert!(text.starts_with("cannot bind to the durable consumer \"workers\" of the stream \"MISSING\": "), "{text}");
+
+    // The consumer takes the settings of the last source started.
+    let ack_wait = Duration::from_secs(7);
+    for filter in ["in.a", "in.b"] {
+        let source = Source::new(client.clone(), "IN", "workers")
+            .filter_subject(filter)
+            .ack_wait(ack_wait)
+            .max_deliver(2)
+            .start(flow.acked())
+            .await
+            .unwrap();
+        let config = consumer_info(&js, "workers").await.config;
+        assert_eq!((config.filter_subject.as_str(), config.ack_wait, config.max_deliver), (filter, ack_wait, 2));
+        source.stop().await;
+    }
+
+    // A push consumer cannot become a pull consumer.
+    let push = consumer::push::Config {
+        durable_name: Some("pushed".into()),
+        deliver_subject: "deliver.here".into(),
+        ..Default::default()
+    };
+    js.create_consumer_on_stream(push, "IN").await.unwrap();
+    let error = Source::new(client.clone(), "IN", "pushed").start(flow.acked()).await.unwrap_err();
+    assert!(matches!(&error, NatsError::Consumer { consumer, .. } if consumer == "pushed"), "{error:?}");
+    flow.shutdown().await;
 }

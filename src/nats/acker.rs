@@ -18,7 +18,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use super::dead_letter::DeadLetter;
+use super::{NatsError, dead_letter::DeadLetter};
 use crate::ack::Outcome;
 
 /// What the puller and the messages' acknowledgements tell the acker, in
@@ -178,11 +178,20 @@ async fn answer(
 /// if the copy could not be stored.
 async fn give_up(message: &jetstream::Message, reasons: &[String], policy: &Policy, counters: &Counters) {
     if let Some(dead_letter) = &policy.dead_letter {
-        if let Err(error) = dead_letter.publish(message, reasons).await {
-            Counters::add(&counters.errors);
-            tracing::warn!(%error, "cannot store a message given up on in the dead-letter subject: it is naked");
-            confirm(message, AckKind::Nak(policy.nak_delay), &counters.naked, counters).await;
-            return;
+        match dead_letter.publish(message, reasons).await {
+            Ok(()) => {}
+            Err(error @ NatsError::TooLarge { .. }) => {
+                // Retrying cannot help.
+                Counters::add(&counters.errors);
+                tracing::error!(%error, reasons = %reasons.join("; "),
+                    "a message given up on is too large for a dead-letter copy: it is terminated");
+            }
+            Err(error) => {
+                Counters::add(&counters.errors);
+                tracing::warn!(%error, "cannot store a message given up on in the dead-letter subject: it is naked");
+                confirm(message, AckKind::Nak(policy.nak_delay), &counters.naked, counters).await;
+                return;
+            }
         }
     } else {
         tracing::error!(subject = %message.subject, reasons = %reasons.join("; "),

@@ -11,6 +11,10 @@
 //! publish fails, the message is naked instead, so it is not lost while
 //! deliveries remain.
 //!
+//! The copy is kept within the server's `max_payload`: the error text is
+//! shortened as needed; a copy that does not fit even without it is not
+//! published, and the message is terminated with an error in the log.
+//!
 //! The copy carries a `Nats-Msg-Id` of `dead:<stream>:<sequence>`, so a
 //! copy published twice (a source that stopped between the publish and
 //! the `+TERM`) is stored once within the dead-letter stream's duplicate
@@ -26,10 +30,11 @@ use std::fmt::Write as _;
 
 use async_nats::{
     HeaderMap,
+    header::NATS_MESSAGE_ID,
     jetstream::{self, message::PublishMessage},
 };
 
-use super::NatsError;
+use super::{NatsError, sink::headers_len};
 
 /// Why the message was given up on: each error, `"; "`-separated (a
 /// failure of a stage is written `<stage>: <error>`). Line breaks are
@@ -59,16 +64,25 @@ pub(crate) struct DeadLetter {
 impl DeadLetter {
     /// Publishes a copy of `message` with `reasons` and waits until a
     /// stream stored it.
+    ///
+    /// The error text is shortened to keep the copy within the server's
+    /// `max_payload`; [`NatsError::TooLarge`] if even without it the copy
+    /// does not fit (publishing it would close the connection).
     pub(crate) async fn publish(&self, message: &jetstream::Message, reasons: &[String]) -> Result<(), NatsError> {
-        let headers = copy_headers(message, reasons);
-        let id = match message.info() {
-            Ok(info) => format!("dead:{}:{}", info.stream, info.stream_sequence),
-            Err(_) => String::new(),
-        };
-        let mut publish = PublishMessage::build().payload(message.payload.clone()).headers(headers);
-        if !id.is_empty() {
-            publish = publish.message_id(id);
+        let mut text = error_text(reasons);
+        let mut headers = copy_headers(message, &text);
+        let max = self.jetstream.client().server_info().max_payload;
+        let len = message.payload.len() + headers_len(&headers);
+        if max > 0 && len > max {
+            let over = len - max;
+            if over > text.len() {
+                return Err(NatsError::TooLarge { subject: self.subject.clone(), len: len - text.len(), max });
+            }
+            let keep = text.len() - over;
+            truncate(&mut text, keep);
+            headers.insert(ERROR, text.as_str());
         }
+        let publish = PublishMessage::build().payload(message.payload.clone()).headers(headers);
         let failed = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::Publish {
             subject: self.subject.clone(),
             source,
@@ -79,9 +93,10 @@ impl DeadLetter {
     }
 }
 
-/// The original's headers (but the server's own) and the reasons, the
-/// stream, the sequence, the consumer, the subject and the delivery count.
-fn copy_headers(message: &jetstream::Message, reasons: &[String]) -> HeaderMap {
+/// The original's headers (but the server's own), the error, the stream,
+/// the sequence, the consumer, the subject, the delivery count and the
+/// copy's message id.
+fn copy_headers(message: &jetstream::Message, error: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(original) = &message.headers {
         for (name, values) in original.iter() {
@@ -94,9 +109,10 @@ fn copy_headers(message: &jetstream::Message, reasons: &[String]) -> HeaderMap {
             }
         }
     }
-    headers.insert(ERROR, error_text(reasons));
+    headers.insert(ERROR, error);
     headers.insert(SUBJECT, message.subject.as_str());
     if let Ok(info) = message.info() {
+        headers.insert(NATS_MESSAGE_ID, format!("dead:{}:{}", info.stream, info.stream_sequence));
         headers.insert(STREAM, info.stream);
         headers.insert(SEQUENCE, info.stream_sequence.to_string());
         headers.insert(CONSUMER, info.consumer);
@@ -116,14 +132,21 @@ pub(crate) fn error_text(reasons: &[String]) -> String {
         let _ = write!(text, "{reason}");
     }
     let mut text: String = text.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
-    if text.len() > MAX_ERROR_LEN {
-        let mut end = MAX_ERROR_LEN;
+    truncate(&mut text, MAX_ERROR_LEN);
+    text
+}
+
+/// Cuts `text` to at most `len` bytes, at a character boundary, without
+/// trailing spaces (a header value loses them on the way).
+fn truncate(text: &mut String, len: usize) {
+    if text.len() > len {
+        let mut end = len;
         while !text.is_char_boundary(end) {
             end -= 1;
         }
         text.truncate(end);
+        text.truncate(text.trim_end().len());
     }
-    text
 }
 
 #[cfg(test)]

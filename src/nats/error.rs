@@ -54,9 +54,9 @@ pub enum NatsError {
         source: BoxError,
     },
     /// A [`Source`](super::Source) could not bind to its durable consumer:
-    /// the stream does not exist, or the consumer exists with a
-    /// configuration the server refuses to change (such as another filter
-    /// subject).
+    /// the stream does not exist, or a consumer of that name exists with a
+    /// configuration the server refuses to change (such as a push
+    /// consumer).
     Consumer {
         /// The stream the consumer reads.
         stream: String,

@@ -250,7 +250,7 @@ pub struct SinkStats {
 
 /// The size of `headers` on the wire: `NATS/1.0\r\n`, a `name: value\r\n`
 /// line per value, and an empty line.
-fn headers_len(headers: &HeaderMap) -> usize {
+pub(crate) fn headers_len(headers: &HeaderMap) -> usize {
     let lines: usize = headers
         .iter()
         .map(|(name, values)| {

@@ -41,8 +41,9 @@ const PULL_WAIT: Duration = Duration::from_secs(1);
 /// Every process that starts a `Source` with the same stream and consumer
 /// name shares that consumer's messages (each message goes to one of
 /// them), so a segment scales by starting more processes. The consumer
-/// is created, or updated to these settings, by [`start`](Self::start);
-/// its acknowledgements are explicit.
+/// is created, or updated to these settings, by [`start`](Self::start)
+/// (the last process started wins: give every process of a segment the
+/// same settings); its acknowledgements are explicit.
 ///
 /// For each message:
 ///
@@ -151,8 +152,7 @@ impl Source {
     }
 
     /// Reads only the stream's messages whose subject matches `subject`
-    /// (wildcards allowed). A durable consumer keeps its filter: on a NATS
-    /// 2.9 server, changing it fails [`start`](Self::start).
+    /// (wildcards allowed).
     pub fn filter_subject(mut self, subject: impl Into<String>) -> Self {
         self.filter_subject = Some(subject.into());
         self
