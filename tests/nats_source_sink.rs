@@ -608,3 +608,49 @@ async fn start_creates_or_updates_the_consumer_and_refuses_what_cannot_be() {
     assert!(matches!(&error, NatsError::Consumer { consumer, .. } if consumer == "pushed"), "{error:?}");
     flow.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_waits_for_the_items_in_the_pipeline_and_leaves_the_rest_in_the_stream() {
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    publish(&js, 0..20).await;
+    let behaviour = Arc::new(Behaviour { gate: Some(Semaphore::new(0)), ..Default::default() });
+    let flow = Segment::start(behaviour.clone()).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source = Source::new(client.clone(), "IN", "workers").prefetch(5).start(flow.acked()).await.unwrap();
+    until("the prefetch pulled", || async { (consumer_info(&js, "workers").await.num_ack_pending == 5).then_some(()) })
+        .await;
+
+    let stopping = tokio::spawn(source.stop());
+    behaviour.gate.as_ref().unwrap().add_permits(20);
+    let stats = tokio::time::timeout(DEADLINE, stopping).await.expect("the source stopped").unwrap();
+    // What went into the pipeline was processed and acked; what had not
+    // was given back; nothing more was pulled.
+    assert_eq!(stats.pulled, 5);
+    assert_eq!(stats.acked + stats.naked, 5);
+    assert_eq!(behaviour.seen.lock().unwrap().len() as u64, stats.acked);
+    flow.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, stats.acked);
+    let info = consumer_info(&js, "workers").await;
+    assert_eq!((info.num_pending, info.ack_floor.stream_sequence), (15, stats.acked));
+}
+
+/// The public types can be sent and shared between tasks, and the futures
+/// of `start`, `run` and `stop` can be spawned.
+#[test]
+fn public_types_are_send_and_sync_and_their_futures_spawnable() {
+    fn send_sync<T: Send + Sync>() {}
+    fn spawnable<F: Future + Send + 'static>(_: &F) {}
+    send_sync::<Source>();
+    send_sync::<genflow::nats::SourceHandle>();
+    send_sync::<genflow::nats::SourceStats>();
+    send_sync::<Sink<u64>>();
+    send_sync::<genflow::nats::SinkStats>();
+    send_sync::<NatsError>();
+    fn futures(client: Client, flow: Segment, handle: genflow::nats::SourceHandle) {
+        spawnable(&Source::new(client.clone(), "IN", "workers").start(flow.acked()));
+        spawnable(&Sink::new(client, "out").run(flow.output().unwrap().acked()));
+        spawnable(&handle.stop());
+    }
+    let _ = futures;
+}

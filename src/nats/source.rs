@@ -187,7 +187,9 @@ impl Source {
     /// How many messages this source holds at most, pulled and not yet
     /// answered (64 by default, at least 1). The consumer's own
     /// `max_ack_pending` (the server's default: 1 000) bounds all the
-    /// processes sharing it.
+    /// processes sharing it. (The server also counts there the messages
+    /// naked with a delay until they are delivered again; this source,
+    /// having answered them, does not.)
     pub fn prefetch(mut self, prefetch: usize) -> Self {
         self.prefetch = prefetch.max(1);
         self
