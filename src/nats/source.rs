@@ -58,7 +58,8 @@ const PULL_WAIT: Duration = Duration::from_secs(1);
 ///   **dropped** (the pipeline was aborted, or the source stopped before
 ///   the item went in) → `-NAK` with a delay of 2 s, long enough for the
 ///   source's pull request in flight to end, so the message goes to
-///   another worker rather than back to this one;
+///   another worker rather than back to this one (on its last allowed
+///   delivery, it is given up on as a failed one is);
 /// - while it is in the pipeline, a progress acknowledgement (`+WPI`) is
 ///   sent every half [`ack_wait`](Self::ack_wait), so a slow item is not
 ///   delivered again while it is being worked on.
@@ -191,7 +192,7 @@ impl Source {
     /// naked with a delay until they are delivered again; this source,
     /// having answered them, does not.)
     pub fn prefetch(mut self, prefetch: usize) -> Self {
-        self.prefetch = prefetch.max(1);
+        self.prefetch = prefetch.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         self
     }
 
@@ -465,7 +466,9 @@ impl<T: DeserializeOwned + Send + 'static> Puller<T> {
                     }
                     Some(Ok(message)) => {
                         backoff = Duration::from_millis(50);
-                        let slot = slots.split(1).expect("one slot per message requested");
+                        // A batch brings at most the messages asked for,
+                        // one per slot.
+                        let Some(slot) = slots.split(1) else { break };
                         open = self.hand_over(message, slot, open);
                     }
                 }
