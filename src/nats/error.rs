@@ -7,7 +7,8 @@ use super::Codec;
 type BoxError = Box<dyn Error + Send + Sync>;
 
 /// An error of the `nats` feature: connecting to the broker, reading
-/// credentials, or turning items into payloads and back.
+/// credentials, turning items into payloads and back, binding a source to
+/// its consumer, or publishing.
 ///
 /// `Display` names what was asked for (the server, with any password in
 /// its URL left out; the credentials file; the codec) and the cause;
@@ -52,6 +53,38 @@ pub enum NatsError {
         /// serde's error.
         source: BoxError,
     },
+    /// A [`Source`](super::Source) could not bind to its durable consumer:
+    /// the stream does not exist, or a consumer of that name exists with a
+    /// configuration the server refuses to change (such as a push
+    /// consumer).
+    Consumer {
+        /// The stream the consumer reads.
+        stream: String,
+        /// The durable consumer's name.
+        consumer: String,
+        /// async-nats' error.
+        source: BoxError,
+    },
+    /// A message could not be published to a stream, or the stream did not
+    /// acknowledge it in time (no stream captures the subject, the
+    /// connection was lost, the stream refused it).
+    Publish {
+        /// The subject it was published to.
+        subject: String,
+        /// async-nats' error.
+        source: BoxError,
+    },
+    /// A message is larger than the server accepts (its `max_payload`,
+    /// 1 MiB by default): it was not published. The server would close the
+    /// connection on such a message.
+    TooLarge {
+        /// The subject it was meant for.
+        subject: String,
+        /// Its size in bytes, headers included.
+        len: usize,
+        /// The server's `max_payload`, in bytes.
+        max: usize,
+    },
 }
 
 impl fmt::Display for NatsError {
@@ -72,6 +105,13 @@ impl fmt::Display for NatsError {
             NatsError::Decode { codec, len, source } => {
                 write!(f, "cannot decode a {len}-byte {} payload: {source}", codec.name())
             }
+            NatsError::Consumer { stream, consumer, source } => {
+                write!(f, "cannot bind to the durable consumer {consumer:?} of the stream {stream:?}: {source}")
+            }
+            NatsError::Publish { subject, source } => write!(f, "cannot publish to {subject:?}: {source}"),
+            NatsError::TooLarge { subject, len, max } => {
+                write!(f, "a {len}-byte message for {subject:?} is larger than the server's max_payload of {max} bytes")
+            }
         }
     }
 }
@@ -81,7 +121,11 @@ impl Error for NatsError {
         match self {
             NatsError::Connect { source, .. } => Some(source),
             NatsError::Credentials { source, .. } => Some(source),
-            NatsError::Encode { source, .. } | NatsError::Decode { source, .. } => Some(source.as_ref()),
+            NatsError::Encode { source, .. }
+            | NatsError::Decode { source, .. }
+            | NatsError::Consumer { source, .. }
+            | NatsError::Publish { source, .. } => Some(source.as_ref()),
+            NatsError::TooLarge { .. } => None,
         }
     }
 }

@@ -8,7 +8,27 @@
 //! a stream's messages between the processes of a segment, and unacknowledged
 //! messages are delivered again.
 //!
-//! This module holds what every segment needs:
+//! A segment is a pipeline between a [`Source`] and a [`Sink`]:
+//!
+//! - [`Source`] pulls from a stream through a *durable pull consumer*
+//!   (every process started with the same consumer name shares its
+//!   messages) and sends each message's item into the pipeline with an
+//!   [`Ack`](crate::ack::Ack). Once the pipeline is done with it, the
+//!   message is acked, naked to be delivered again after a delay, or, on
+//!   its last allowed delivery, copied to a [`dead_letter`] subject and
+//!   terminated. It holds at most `prefetch` messages not yet answered,
+//!   and sends progress acknowledgements for slow ones.
+//! - [`Sink`] publishes a pipeline's [`AckedOutput`](crate::AckedOutput)
+//!   to a stream and releases each item only once the stream stored it,
+//!   so the source upstream acks a message only when everything made from
+//!   it is in the next stream. A message id derived from the input
+//!   de-duplicates what a redelivery publishes again.
+//!
+//! Delivery is *at least once*: an input may be processed again after a
+//! crash, a timeout or a failure, so make handlers idempotent (docs/guide.md,
+//! "Beyond one machine").
+//!
+//! Every segment also needs:
 //!
 //! - [`Connect`]: how to reach the broker, with its real options (token,
 //!   user and password, credentials file, TLS). A wrong or missing
@@ -35,10 +55,16 @@
 //! # }
 //! ```
 
+mod acker;
 mod codec;
 mod connect;
+pub mod dead_letter;
 mod error;
+mod sink;
+mod source;
 
 pub use codec::Codec;
 pub use connect::Connect;
 pub use error::NatsError;
+pub use sink::{Sink, SinkStats};
+pub use source::{Source, SourceHandle, SourceStats};

@@ -28,6 +28,7 @@ impl NatsServer {
     }
 
     /// A server that requires `token` (`--auth`).
+    #[allow(dead_code, reason = "not every test needs credentials")]
     pub(crate) fn start_with_token(token: &str) -> Self {
         Self::start_with(&["--auth", token])
     }

@@ -1,0 +1,213 @@
+//! The task of a [`Source`](super::Source) that answers the broker for each
+//! message: `+ACK`, `-NAK`, `+WPI` (progress) or a dead-letter copy and
+//! `+TERM`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, AckKind};
+use futures::{StreamExt, stream::FuturesUnordered};
+use tokio::{
+    sync::{OwnedSemaphorePermit, mpsc},
+    time::{Instant, MissedTickBehavior},
+};
+
+use super::{NatsError, dead_letter::DeadLetter};
+use crate::ack::Outcome;
+
+/// What the puller and the messages' acknowledgements tell the acker, in
+/// one channel: a message is tracked before its item enters the pipeline,
+/// so its outcome always comes after.
+pub(crate) enum Event {
+    /// A message was pulled and its item goes into the pipeline.
+    Track { id: u64, message: jetstream::Message, permit: OwnedSemaphorePermit },
+    /// The pipeline is done with the item of message `id`.
+    Done { id: u64, outcome: Outcome },
+    /// A message whose payload does not decode.
+    Reject { message: jetstream::Message, permit: OwnedSemaphorePermit, error: String },
+    /// A message pulled after the source stopped or its pipeline closed:
+    /// its item never went in.
+    GiveBack { message: jetstream::Message, permit: OwnedSemaphorePermit },
+}
+
+/// The delay of a `-NAK` for a message whose item was lost without
+/// failing, or never went into the pipeline: long enough that the pull
+/// request the source had in flight when it stopped has ended, so the
+/// message goes to another worker (or to this one, started again) rather
+/// than back to that request.
+pub(crate) const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
+
+/// The source's counters; see [`SourceStats`](super::SourceStats).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) pulled: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) naked: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) progress: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How the acker answers: the consumer's settings as the server has them.
+pub(crate) struct Policy {
+    /// The consumer's `max_deliver` (`None`: unlimited).
+    pub(crate) max_deliver: Option<i64>,
+    /// The delay of a `-NAK` for a failed item.
+    pub(crate) nak_delay: Option<Duration>,
+    /// The consumer's `ack_wait`.
+    pub(crate) ack_wait: Duration,
+    pub(crate) dead_letter: Option<DeadLetter>,
+}
+
+/// A message in the pipeline.
+struct Tracked {
+    message: jetstream::Message,
+    /// Its prefetch slot, freed once the broker confirmed the answer.
+    permit: OwnedSemaphorePermit,
+    /// When the broker's ack timer last restarted for it (delivery or
+    /// progress).
+    touched: Instant,
+}
+
+/// Runs until every sender of `events` is gone (the puller ended and every
+/// acknowledgement fired) and every answer was sent.
+pub(crate) async fn run(mut events: mpsc::UnboundedReceiver<Event>, policy: Arc<Policy>, counters: Arc<Counters>) {
+    let mut tracked: HashMap<u64, Tracked> = HashMap::new();
+    let mut answering = FuturesUnordered::new();
+    // A message is touched at most every `ack_wait / 2` and checked every
+    // `ack_wait / 4`: its timer restarts before three quarters of it ran.
+    let half = (policy.ack_wait / 2).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval((policy.ack_wait / 4).max(Duration::from_millis(5)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut open = true;
+    while open || !answering.is_empty() {
+        tokio::select! {
+            event = events.recv(), if open => match event {
+                None => open = false,
+                Some(Event::Track { id, message, permit }) => {
+                    tracked.insert(id, Tracked { message, permit, touched: Instant::now() });
+                }
+                Some(Event::Done { id, outcome }) => {
+                    if let Some(Tracked { message, permit, .. }) = tracked.remove(&id) {
+                        answering.push(answer(message, permit, Answer::Outcome(outcome), policy.clone(), counters.clone()));
+                    }
+                }
+                Some(Event::Reject { message, permit, error }) => {
+                    answering.push(answer(message, permit, Answer::Undecodable(error), policy.clone(), counters.clone()));
+                }
+                Some(Event::GiveBack { message, permit }) => {
+                    answering.push(answer(message, permit, Answer::NotSent, policy.clone(), counters.clone()));
+                }
+            },
+            Some(()) = answering.next(), if !answering.is_empty() => {}
+            _ = tick.tick(), if !tracked.is_empty() => {
+                let now = Instant::now();
+                for entry in tracked.values_mut().filter(|entry| now - entry.touched >= half) {
+                    entry.touched = now;
+                    match entry.message.ack_with(AckKind::Progress).await {
+                        Ok(()) => Counters::add(&counters.progress),
+                        Err(error) => {
+                            Counters::add(&counters.errors);
+                            tracing::warn!(%error, "cannot send a progress acknowledgement to NATS");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What to answer for.
+enum Answer {
+    /// The pipeline is done with the message's item.
+    Outcome(Outcome),
+    /// The message's payload does not decode (why).
+    Undecodable(String),
+    /// The message's item never went into the pipeline.
+    NotSent,
+}
+
+/// Answers the broker for a message, then frees its prefetch slot.
+async fn answer(
+    message: jetstream::Message,
+    permit: OwnedSemaphorePermit,
+    answer: Answer,
+    policy: Arc<Policy>,
+    counters: Arc<Counters>,
+) {
+    // A failure is retried after the nak delay; an item lost without
+    // failing (an abort), or never sent, after `GIVE_BACK_DELAY`.
+    let (reasons, delay) = match answer {
+        Answer::Outcome(Outcome::Delivered) => {
+            confirm(&message, AckKind::Ack, &counters.acked, &counters).await;
+            return;
+        }
+        Answer::Outcome(Outcome::Failed(failures)) => (
+            failures.iter().map(|failure| format!("{}: {}", failure.stage(), failure.error())).collect::<Vec<_>>(),
+            policy.nak_delay,
+        ),
+        Answer::Outcome(Outcome::Dropped) => (vec!["dropped by the pipeline".to_string()], Some(GIVE_BACK_DELAY)),
+        Answer::NotSent => (vec!["pulled after the source stopped".to_string()], Some(GIVE_BACK_DELAY)),
+        Answer::Undecodable(error) => {
+            give_up(&message, &[error], &policy, &counters).await;
+            return;
+        }
+    };
+    let delivered = message.info().map_or(1, |info| info.delivered);
+    if policy.max_deliver.is_some_and(|max| delivered >= max) {
+        give_up(&message, &reasons, &policy, &counters).await;
+    } else {
+        confirm(&message, AckKind::Nak(delay), &counters.naked, &counters).await;
+    }
+    drop(permit);
+}
+
+/// Publishes the dead-letter copy, then terminates the message; naks it
+/// if the copy could not be stored.
+async fn give_up(message: &jetstream::Message, reasons: &[String], policy: &Policy, counters: &Counters) {
+    if let Some(dead_letter) = &policy.dead_letter {
+        match dead_letter.publish(message, reasons).await {
+            Ok(()) => {}
+            Err(error @ NatsError::TooLarge { .. }) => {
+                // Retrying cannot help.
+                Counters::add(&counters.errors);
+                tracing::error!(%error, reasons = %reasons.join("; "),
+                    "a message given up on is too large for a dead-letter copy: it is terminated");
+            }
+            Err(error) => {
+                Counters::add(&counters.errors);
+                tracing::warn!(%error, "cannot store a message given up on in the dead-letter subject: it is naked");
+                confirm(message, AckKind::Nak(policy.nak_delay), &counters.naked, counters).await;
+                return;
+            }
+        }
+    } else {
+        tracing::error!(subject = %message.subject, reasons = %reasons.join("; "),
+            "a message is given up on without a dead-letter subject: it is terminated");
+    }
+    confirm(message, AckKind::Term, &counters.dead_lettered, counters).await;
+}
+
+/// Sends `kind` and waits for the server to confirm it (a double ack),
+/// counting it in `counter`, or the error.
+async fn confirm(message: &jetstream::Message, kind: AckKind, counter: &AtomicU64, counters: &Counters) {
+    match message.double_ack_with(kind).await {
+        Ok(()) => Counters::add(counter),
+        Err(error) => {
+            Counters::add(&counters.errors);
+            tracing::warn!(%error, ?kind, "NATS did not confirm an acknowledgement: the message may be delivered again");
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! A pipeline's head fed from a JetStream durable pull consumer:
+//! [`Source`].
+
+use std::{
+    fmt,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use async_nats::{
+    Client,
+    jetstream::{
+        self,
+        consumer::{AckPolicy, PullConsumer, pull},
+    },
+};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Codec, NatsError,
+    acker::{self, Counters, Event, Policy},
+    dead_letter::DeadLetter,
+};
+use crate::{AckedInput, ack::Ack};
+
+/// How long one pull request waits on the server for messages: also how
+/// long a stop may wait for the request in flight to end.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads a JetStream stream through a *durable pull consumer* and feeds
+/// each message's item into a pipeline's first stage with an
+/// [`Ack`](crate::ack::Ack), answering the broker once the pipeline is done
+/// with it: at-least-once delivery across processes and crashes.
+///
+/// Every process that starts a `Source` with the same stream and consumer
+/// name shares that consumer's messages (each message goes to one of
+/// them), so a segment scales by starting more processes. The consumer
+/// is created, or updated to these settings, by [`start`](Self::start)
+/// (the last process started wins: give every process of a segment the
+/// same settings); its acknowledgements are explicit.
+///
+/// For each message:
+///
+/// - its payload is decoded with the [codec](Self::codec); one that does
+///   not decode is given up on at once (see [`dead_letter`](super::dead_letter));
+/// - the item goes into the pipeline; when every item made from it left
+///   the pipeline ([`Outcome`](crate::ack::Outcome)), the source answers:
+///   **delivered** → `+ACK`; **failed** → `-NAK` with the
+///   [`nak_delay`](Self::nak_delay), so it is delivered again, or, on its
+///   last allowed delivery ([`max_deliver`](Self::max_deliver)), a copy to
+///   the [dead-letter subject](Self::dead_letter) and `+TERM`;
+///   **dropped** (the pipeline was aborted, or the source stopped before
+///   the item went in) → `-NAK` with a delay of 2 s, long enough for the
+///   source's pull request in flight to end, so the message goes to
+///   another worker rather than back to this one (on its last allowed
+///   delivery, it is given up on as a failed one is);
+/// - while it is in the pipeline, a progress acknowledgement (`+WPI`) is
+///   sent every half [`ack_wait`](Self::ack_wait), so a slow item is not
+///   delivered again while it is being worked on.
+///
+/// Every answer is a *double ack*: the source waits for the server to
+/// confirm it. The message's prefetch slot is freed only then, so the
+/// [`prefetch`](Self::prefetch) bound holds on the server too (its
+/// `num_ack_pending` for this process never exceeds it), and a lost answer
+/// is seen (counted in [`SourceStats::errors`] and logged) instead of
+/// turning silently into a redelivery. The cost is a round trip per
+/// message, taken by up to `prefetch` answers at once.
+///
+/// **Bounded prefetch**: at most [`prefetch`](Self::prefetch) messages
+/// are pulled and not yet answered at a time; the source asks the server
+/// for exactly as many as are free. A slow pipeline stops the pulls; the
+/// stream is never drained into memory.
+///
+/// The idea comes from Broadway's producers for message queues (a
+/// producer pulls only as many messages as its pipeline demands, and its
+/// acknowledger acks or requeues each one once processed) and from
+/// JetStream's pull consumers.
+///
+/// # Examples
+///
+/// ```no_run
+/// # use genflow::{Emitter, GenServer, Stage};
+/// # struct Count;
+/// # impl GenServer for Count {
+/// #     type Message = (); type Response = (); type Registry = Orders;
+/// #     fn new(_: Orders) -> Self { Count }
+/// #     async fn handle_call(&mut self, _: ()) {}
+/// # }
+/// # impl Stage for Count {
+/// #     type In = u64; type Out = u64;
+/// #     async fn process(&mut self, n: u64, out: &mut Emitter<u64>) { out.emit(n).await; }
+/// # }
+/// # #[genflow::pipeline{ count: Count }]
+/// # struct Orders;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use genflow::nats::{Connect, Source};
+///
+/// let client = Connect::new("nats://127.0.0.1:4222").connect().await?;
+/// let flow = Orders::start().await;
+/// let source = Source::new(client, "ORDERS", "orders-worker")
+///     .ack_wait(Duration::from_secs(30))
+///     .max_deliver(5)
+///     .prefetch(64)
+///     .dead_letter("dead.orders")
+///     .start(flow.acked())
+///     .await?;
+/// // ... later: stop pulling, and wait for what is in the pipeline.
+/// let stats = source.stop().await;
+/// println!("{} acked, {} given up on", stats.acked, stats.dead_lettered);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Source {
+    client: Client,
+    stream: String,
+    consumer: String,
+    filter_subject: Option<String>,
+    ack_wait: Duration,
+    max_deliver: Option<u32>,
+    nak_delay: Duration,
+    prefetch: usize,
+    codec: Codec,
+    dead_letter: Option<String>,
+}
+
+impl Source {
+    /// A source reading `stream` through the durable consumer named
+    /// `consumer`, with: no filter subject, an `ack_wait` of 30 s, 5
+    /// deliveries at most, a 1 s nak delay, a prefetch of 64, JSON, and no
+    /// dead-letter subject.
+    pub fn new(client: Client, stream: impl Into<String>, consumer: impl Into<String>) -> Self {
+        Source {
+            client,
+            stream: stream.into(),
+            consumer: consumer.into(),
+            filter_subject: None,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: Some(5),
+            nak_delay: Duration::from_secs(1),
+            prefetch: 64,
+            codec: Codec::Json,
+            dead_letter: None,
+        }
+    }
+
+    /// Reads only the stream's messages whose subject matches `subject`
+    /// (wildcards allowed).
+    pub fn filter_subject(mut self, subject: impl Into<String>) -> Self {
+        self.filter_subject = Some(subject.into());
+        self
+    }
+
+    /// How long the server waits for an answer to a delivered message
+    /// before it delivers it again (30 s by default). Progress
+    /// acknowledgements extend it for items still in the pipeline, so
+    /// this bounds how long a crashed process keeps its messages, not how
+    /// long an item may take.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// How many times a message is delivered at most (5 by default, at
+    /// least 1): a message failed on its last delivery is given up on (see
+    /// [`dead_letter`](Self::dead_letter)). `0` means no limit: a failing
+    /// message is retried for ever.
+    pub fn max_deliver(mut self, max_deliver: u32) -> Self {
+        self.max_deliver = (max_deliver > 0).then_some(max_deliver);
+        self
+    }
+
+    /// How long after a failure a message is delivered again (1 s by
+    /// default; `Duration::ZERO` for at once).
+    pub fn nak_delay(mut self, delay: Duration) -> Self {
+        self.nak_delay = delay;
+        self
+    }
+
+    /// How many messages this source holds at most, pulled and not yet
+    /// answered (64 by default, at least 1). The consumer's own
+    /// `max_ack_pending` (the server's default: 1 000) bounds all the
+    /// processes sharing it. (The server also counts there the messages
+    /// naked with a delay until they are delivered again; this source,
+    /// having answered them, does not.)
+    pub fn prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        self
+    }
+
+    /// How payloads are decoded (JSON by default).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Where copies of the messages given up on are published (see
+    /// [`dead_letter`](super::dead_letter)): a subject a stream captures,
+    /// and not one the source's own stream reads. Without one (the
+    /// default), such messages are only terminated, with an error in the
+    /// log.
+    pub fn dead_letter(mut self, subject: impl Into<String>) -> Self {
+        self.dead_letter = Some(subject.into());
+        self
+    }
+
+    /// Creates or updates the durable consumer, then starts pulling into
+    /// `input` (a pipeline's [`acked`](crate::Pipeline::acked) input) on
+    /// the current Tokio runtime.
+    ///
+    /// The source runs until the pipeline's input closes (its shutdown)
+    /// or the returned handle is [stopped](SourceHandle::stop) or dropped.
+    /// An error while it runs (a pull that fails while the connection is
+    /// down, an answer the server does not confirm) is logged, counted in
+    /// [`SourceStats::errors`] and retried, never fatal: what was not
+    /// answered is delivered again after `ack_wait`.
+    ///
+    /// # Errors
+    ///
+    /// [`NatsError::Consumer`] if the stream does not exist or the server
+    /// refuses the consumer's settings.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes starts nothing (the
+    /// consumer may have been created).
+    pub async fn start<T>(self, input: AckedInput<T>) -> Result<SourceHandle, NatsError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let jetstream = jetstream::new(self.client.clone());
+        let refused = |source: Box<dyn std::error::Error + Send + Sync>| NatsError::Consumer {
+            stream: self.stream.clone(),
+            consumer: self.consumer.clone(),
+            source,
+        };
+        let stream = jetstream.get_stream(&self.stream).await.map_err(|e| refused(Box::new(e)))?;
+        let config = pull::Config {
+            durable_name: Some(self.consumer.clone()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver.map_or(-1, i64::from),
+            filter_subject: self.filter_subject.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let consumer: PullConsumer = stream.create_consumer(config).await.map_err(|e| refused(Box::new(e)))?;
+        // The server's settings win (it may clamp them).
+        let settings = &consumer.cached_info().config;
+        let policy = Arc::new(Policy {
+            max_deliver: (settings.max_deliver > 0).then_some(settings.max_deliver),
+            nak_delay: (!self.nak_delay.is_zero()).then_some(self.nak_delay),
+            ack_wait: settings.ack_wait,
+            dead_letter: self.dead_letter.clone().map(|subject| DeadLetter { jetstream: jetstream.clone(), subject }),
+        });
+
+        let counters = Arc::new(Counters::default());
+        let stop = CancellationToken::new();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        // Holds at most `prefetch` items: each holds a prefetch slot.
+        let (feed, feed_rx) = mpsc::unbounded_channel();
+        let puller = Puller {
+            consumer,
+            slots: Arc::new(Semaphore::new(self.prefetch)),
+            prefetch: self.prefetch,
+            codec: self.codec,
+            events,
+            feed,
+            stop: stop.clone(),
+            counters: counters.clone(),
+            next_id: 0,
+        };
+        let tasks = vec![
+            tokio::spawn(acker::run(events_rx, policy, counters.clone())),
+            tokio::spawn(puller.run()),
+            tokio::spawn(run_feed(input, feed_rx, stop.clone())),
+        ];
+        Ok(SourceHandle { stop, tasks, counters })
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("stream", &self.stream)
+            .field("consumer", &self.consumer)
+            .field("filter_subject", &self.filter_subject)
+            .field("ack_wait", &self.ack_wait)
+            .field("max_deliver", &self.max_deliver)
+            .field("nak_delay", &self.nak_delay)
+            .field("prefetch", &self.prefetch)
+            .field("codec", &self.codec)
+            .field("dead_letter", &self.dead_letter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running [`Source`]: its counters, and the way to stop it.
+///
+/// Dropping it stops the source as [`stop`](Self::stop) does, without
+/// waiting.
+#[must_use = "dropping the handle stops the source"]
+pub struct SourceHandle {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl SourceHandle {
+    /// What the source did so far.
+    pub fn stats(&self) -> SourceStats {
+        let read = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let c = &self.counters;
+        SourceStats {
+            pulled: read(&c.pulled),
+            acked: read(&c.acked),
+            naked: read(&c.naked),
+            dead_lettered: read(&c.dead_lettered),
+            progress: read(&c.progress),
+            errors: read(&c.errors),
+        }
+    }
+
+    /// Whether the source ended: every message it pulled was answered.
+    pub fn is_finished(&self) -> bool {
+        self.tasks.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Stops pulling, gives back (`-NAK`) the messages pulled whose items
+    /// are not in the pipeline yet, and waits until every item in the
+    /// pipeline has its outcome and each message was answered. Returns the
+    /// final counts.
+    ///
+    /// It waits as long as the pipeline takes with those items; shut the
+    /// pipeline down, or wrap the call in a timeout, to bound the wait. A
+    /// pull request the server still held when the source stopped may
+    /// have delivered messages nobody read: the server delivers them again
+    /// after `ack_wait`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops the source all the same; the answers
+    /// still go out, from the source's tasks.
+    pub async fn stop(mut self) -> SourceStats {
+        self.stop.cancel();
+        self.join().await
+    }
+
+    /// Waits until the source ends by itself: its pipeline's input closed
+    /// (the pipeline was shut down) and every message it pulled was
+    /// answered. Returns the final counts.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops the source, as dropping the handle does.
+    pub async fn wait(mut self) -> SourceStats {
+        self.join().await
+    }
+
+    async fn join(&mut self) -> SourceStats {
+        for task in std::mem::take(&mut self.tasks) {
+            if let Err(error) = task.await {
+                Counters::add(&self.counters.errors);
+                tracing::error!(%error, "a task of a NATS source ended abnormally");
+            }
+        }
+        self.stats()
+    }
+}
+
+impl Drop for SourceHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl fmt::Debug for SourceHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceHandle").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+/// What a [`Source`] did: counts of messages, from its start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SourceStats {
+    /// Messages pulled from the consumer (a message delivered again counts
+    /// again).
+    pub pulled: u64,
+    /// Messages acknowledged (`+ACK`): their items were delivered.
+    pub acked: u64,
+    /// Messages given back (`-NAK`) to be delivered again.
+    pub naked: u64,
+    /// Messages given up on (`+TERM`), after a copy was stored in the
+    /// dead-letter subject if one is set.
+    pub dead_lettered: u64,
+    /// Progress acknowledgements (`+WPI`) sent.
+    pub progress: u64,
+    /// Errors met and retried or left to redelivery: failed pulls, answers
+    /// the server did not confirm, dead-letter copies not stored.
+    pub errors: u64,
+}
+
+/// The task that pulls messages, as many as there are free prefetch
+/// slots, and hands their items to the feeding task.
+struct Puller<T> {
+    consumer: PullConsumer,
+    slots: Arc<Semaphore>,
+    prefetch: usize,
+    codec: Codec,
+    events: mpsc::UnboundedSender<Event>,
+    feed: mpsc::UnboundedSender<(T, Ack)>,
+    stop: CancellationToken,
+    counters: Arc<Counters>,
+    next_id: u64,
+}
+
+impl<T: DeserializeOwned + Send + 'static> Puller<T> {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        // Whether items still go into the pipeline: not once the source
+        // stopped or the pipeline's input closed.
+        let mut open = true;
+        while open {
+            let Some(mut slots) = self.take_slots().await else { return };
+            // Not cancelled: once the request is sent, the server may
+            // deliver, and the batch is read to its end.
+            let request = self.consumer.batch().max_messages(slots.num_permits()).expires(PULL_WAIT).messages();
+            let mut batch = match request.await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    self.failed(&error, &mut backoff).await;
+                    continue;
+                }
+            };
+            loop {
+                let message = if open {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => {
+                            open = false;
+                            continue;
+                        }
+                        message = batch.next() => message,
+                    }
+                } else {
+                    // What the request still brings after a stop is given
+                    // back at once rather than left to `ack_wait`.
+                    batch.next().await
+                };
+                match message {
+                    None => break,
+                    Some(Err(error)) => {
+                        self.failed(&*error, &mut backoff).await;
+                        break;
+                    }
+                    Some(Ok(message)) => {
+                        backoff = Duration::from_millis(50);
+                        // A batch brings at most the messages asked for,
+                        // one per slot.
+                        let Some(slot) = slots.split(1) else { break };
+                        open = self.hand_over(message, slot, open);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a free slot, then takes every free slot. `None` once
+    /// stopped.
+    async fn take_slots(&self) -> Option<OwnedSemaphorePermit> {
+        let mut slots = tokio::select! {
+            _ = self.stop.cancelled() => return None,
+            slot = self.slots.clone().acquire_owned() => slot.ok()?,
+        };
+        let more = self.slots.available_permits().min(self.prefetch - 1);
+        if more > 0 {
+            if let Ok(extra) = self.slots.clone().try_acquire_many_owned(more as u32) {
+                slots.merge(extra);
+            }
+        }
+        Some(slots)
+    }
+
+    /// Tracks the message and sends its item on if `open`, else gives it
+    /// back; `false` once the feeding task is gone (the pipeline closed or
+    /// the source stopped).
+    fn hand_over(&mut self, message: jetstream::Message, slot: OwnedSemaphorePermit, open: bool) -> bool {
+        Counters::add(&self.counters.pulled);
+        if !open {
+            let _ = self.events.send(Event::GiveBack { message, permit: slot });
+            return false;
+        }
+        let item = match self.codec.decode::<T>(&message.payload) {
+            Ok(item) => item,
+            Err(error) => {
+                let _ = self.events.send(Event::Reject { message, permit: slot, error: error.to_string() });
+                return true;
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        if self.events.send(Event::Track { id, message, permit: slot }).is_err() {
+            return false;
+        }
+        let events = self.events.clone();
+        let ack = Ack::new(move |outcome| {
+            let _ = events.send(Event::Done { id, outcome });
+        });
+        // A refused pair is dropped here: its `Ack` reports it dropped.
+        self.feed.send((item, ack)).is_ok()
+    }
+
+    /// Logs and counts a failed pull, then waits before the next one
+    /// (doubling, up to 5 s).
+    async fn failed(&self, error: &(dyn std::error::Error + Send + Sync), backoff: &mut Duration) {
+        Counters::add(&self.counters.errors);
+        tracing::warn!(%error, "cannot pull from NATS; retrying in {backoff:?}");
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// The task that sends the pulled items into the pipeline, in order,
+/// waiting for room (backpressure). When the pipeline's input closes it
+/// stops the source; when the source stops, the items not sent are
+/// dropped with their `Ack`s, which report them dropped (`-NAK`).
+async fn run_feed<T: Send + 'static>(
+    input: AckedInput<T>,
+    mut items: mpsc::UnboundedReceiver<(T, Ack)>,
+    stop: CancellationToken,
+) {
+    let items = futures::stream::poll_fn(move |cx| items.poll_recv(cx));
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = input.feed(items) => stop.cancel(),
+    }
+}
