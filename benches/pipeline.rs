@@ -18,6 +18,9 @@
 //! - `w1_scaling`: 1, 3 and 8 stages, queues of 16 and 1000, 200k items.
 //! - `w3_replicas`: one CPU-bound stage (~2 µs per item) on 1, 2 and 4
 //!   replicas.
+//! - `w1_acks`: W1 as `w1_three_stages/genflow`, beside the same pipeline
+//!   fed through `acked()` with an `Ack` per item (`genflow_acked`), whose
+//!   callback counts the outcomes: the cost of end-to-end acknowledgement.
 
 use std::{
     hint::black_box,
@@ -30,7 +33,10 @@ use std::{
 };
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use genflow::{Emitter, GenServer, Stage};
+use genflow::{
+    Emitter, GenServer, Stage,
+    ack::{Ack, Outcome},
+};
 use tokio::{runtime::Runtime, sync::mpsc};
 
 /// Where the last stage leaves its sum when the pipeline ends.
@@ -230,6 +236,50 @@ macro_rules! run_genflow {
     }};
 }
 
+/// Outcomes of the acknowledgements of one acked run.
+#[derive(Default)]
+struct Outcomes {
+    delivered: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Outcomes {
+    /// An acknowledgement that counts its outcome here. Its callback holds
+    /// an `Arc` (as a real one holds an offset or a key), so `Ack::new`
+    /// allocates the callback as well as the acknowledgement.
+    fn ack(self: &Arc<Self>) -> Ack {
+        let outcomes = self.clone();
+        Ack::new(move |outcome| {
+            let count = match outcome {
+                Outcome::Delivered => &outcomes.delivered,
+                _ => &outcomes.other,
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+}
+
+/// As [`run_genflow!`], with every item sent through `acked()` with an
+/// [`Ack`] that counts its outcome; returns the sum and the outcomes
+/// (delivered, other) counted once the pipeline has shut down.
+macro_rules! run_genflow_acked {
+    ($p:ident, $items:expr) => {{
+        tokio::spawn(async move {
+            let result = Arc::new(AtomicU64::new(0));
+            let outcomes = Arc::new(Outcomes::default());
+            let pipeline = $p::start(result.clone()).await;
+            let acks = outcomes.clone();
+            let items = futures::StreamExt::map(futures::stream::iter(0..$items), move |x| (x, acks.ack()));
+            pipeline.acked().feed(items).await.unwrap();
+            pipeline.shutdown().await;
+            let delivered = outcomes.delivered.load(Ordering::Relaxed);
+            (result.load(Ordering::Relaxed), delivered, outcomes.other.load(Ordering::Relaxed))
+        })
+        .await
+        .unwrap()
+    }};
+}
+
 /// The hand-written chain: one task per stage, bounded channels of `queue`,
 /// fed by a task on the runtime.
 async fn run_chain(ops: &[Op], queue: usize, items: u64) -> u64 {
@@ -404,5 +454,25 @@ fn w3_replicas(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, w1_three_stages, w1_scaling, w3_replicas);
+/// W1 plain and acked in one group: each acked run must have every input
+/// delivered, and the same sum.
+fn w1_acks(c: &mut Criterion) {
+    const ITEMS: u64 = 1_000_000;
+    let rt = runtime();
+    let expected = rt.block_on(run_fused(&[Op::AddOne, Op::Triple], ITEMS));
+    let acked = || async move {
+        let (sum, delivered, other) = run_genflow_acked!(S3Q1000, ITEMS);
+        assert_eq!((sum, delivered, other), (expected, ITEMS, 0));
+        sum
+    };
+    assert_eq!(rt.block_on(async { run_genflow!(S3Q1000, ITEMS) }), expected);
+    assert_eq!(rt.block_on(acked()), expected);
+    let mut group = c.benchmark_group("w1_acks");
+    group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(8));
+    group.bench_function("genflow", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Q1000, ITEMS) }));
+    group.bench_function("genflow_acked", |b| b.to_async(&rt).iter(acked));
+    group.finish();
+}
+
+criterion_group!(benches, w1_three_stages, w1_scaling, w3_replicas, w1_acks);
 criterion_main!(benches);

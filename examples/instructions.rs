@@ -14,6 +14,11 @@
 //! Modes (`N` = the size):
 //! - `w1-genflow N`, `w1-chain N`: W1 of `benches/pipeline.rs` (add 1 →
 //!   ×3 → sum, queues of 1000) over `0..N`, genflow and the `mpsc` chain;
+//! - `w1-acked N`: W1 with every item sent through `acked()` with an
+//!   `Ack` whose callback counts delivered outcomes in an atomic it holds
+//!   an `Arc` of (`w1_acks/genflow_acked` of `benches/pipeline.rs`);
+//!   `ack-only N`: the same `Ack`s made and dropped without a pipeline,
+//!   the part of an acked item's cost that is the acknowledgement itself;
 //! - `w1-fused N`, `w1-stream N`: the same with the last two stages
 //!   `#[fused]` (one task), and its baseline, a `futures` stream mapped,
 //!   mapped and folded in one task;
@@ -31,7 +36,10 @@ use std::{
     },
 };
 
-use genflow::{Emitter, GenServer, Stage};
+use genflow::{
+    Emitter, GenServer, Stage,
+    ack::{Ack, Outcome},
+};
 use tokio::sync::{mpsc, oneshot};
 
 const QUEUE: usize = 1_000;
@@ -159,6 +167,16 @@ impl Res for S3Fused {
     }
 }
 
+/// An acknowledgement counting delivered outcomes in `delivered`.
+fn counting_ack(delivered: &Arc<AtomicU64>) -> Ack {
+    let delivered = delivered.clone();
+    Ack::new(move |outcome| {
+        if matches!(outcome, Outcome::Delivered) {
+            delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
 /// The hand-written chain: one task per stage, bounded channels of `queue`.
 async fn chain(queue: usize, items: u64) -> u64 {
     let (head, mut rx) = mpsc::channel::<u64>(queue);
@@ -203,6 +221,27 @@ fn main() {
                     p.feed(futures::stream::iter(0..n)).await.unwrap();
                     p.shutdown().await;
                     result.load(Ordering::Relaxed)
+                }
+                "w1-acked" => {
+                    use futures::StreamExt;
+                    let result = Arc::new(AtomicU64::new(0));
+                    let delivered = Arc::new(AtomicU64::new(0));
+                    let p = S3::start(result.clone()).await;
+                    let acks = delivered.clone();
+                    p.acked().feed(futures::stream::iter(0..n).map(move |x| (x, counting_ack(&acks)))).await.unwrap();
+                    p.shutdown().await;
+                    assert_eq!(delivered.load(Ordering::Relaxed), n, "every input delivered");
+                    result.load(Ordering::Relaxed)
+                }
+                // Each Ack fires `Dropped` when dropped unsent: allocation,
+                // callback and the release, without the pipeline (the count
+                // of delivered outcomes it prints is 0).
+                "ack-only" => {
+                    let delivered = Arc::new(AtomicU64::new(0));
+                    for _ in 0..n {
+                        drop(black_box(counting_ack(&delivered)));
+                    }
+                    delivered.load(Ordering::Relaxed)
                 }
                 "w1-chain" => chain(QUEUE, n).await,
                 "w1-fused" => {
