@@ -320,14 +320,30 @@ impl<T: Send + 'static> Emitter<T> {
     /// The input about to be processed holds the acknowledgements `tag`.
     #[inline]
     pub(crate) fn begin_item(&mut self, tag: Tag) {
-        self.current = tag;
+        // `current` holds nothing between inputs: only an input with
+        // acknowledgements writes it (the plain path stays a check).
+        if tag.is_some() {
+            self.current = tag;
+        } else {
+            tag.release();
+        }
     }
 
     /// The input processed is done with: its hold on its acknowledgements
     /// goes, reporting its failures if it `failed` (what it emitted holds
     /// shares of its own).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn end_item(&mut self, failed: bool) {
+        // An input without acknowledgements has nothing to end (`first`
+        // is set only for one with).
+        if self.current.is_some() {
+            self.end_acked_item(failed);
+        }
+    }
+
+    /// [`end_item`](Self::end_item) of an input with acknowledgements.
+    #[inline(never)]
+    fn end_acked_item(&mut self, failed: bool) {
         let tag = std::mem::take(&mut self.current);
         if self.first != NO_FIRST {
             let first = std::mem::replace(&mut self.first, NO_FIRST) as usize;

@@ -80,9 +80,11 @@ impl Tag {
 
     /// Lets the hold go with nothing to report: its item was processed
     /// (what it emitted holds shares of its own) or taken from the output.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(mut self) {
-        self.0.take();
+        if let Some(node) = self.0.take() {
+            drop(node);
+        }
     }
 
     /// Records `failure` against the acknowledgements, keeping the hold.
@@ -136,7 +138,7 @@ impl Tag {
 
 /// The item went without being released: dropped.
 impl Drop for Tag {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if let Some(node) = self.0.take() {
             // Relaxed: the `Arc`'s last drop orders it before the node reads it.
