@@ -656,3 +656,39 @@ fn public_types_are_send_and_sync_and_their_futures_spawnable() {
     }
     let _ = futures;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_that_cannot_be_stored_yet_is_tried_again_until_it_is() {
+    let server = NatsServer::start();
+    let client = Connect::new(server.url()).connect().await.unwrap();
+    let js = jetstream::new(client.clone());
+    for (name, subject) in [("IN", "in.>"), ("OUT", "out.>")] {
+        let config = stream::Config { name: name.into(), subjects: vec![subject.into()], ..Default::default() };
+        js.create_stream(config).await.unwrap();
+    }
+    publish(&js, [7]).await;
+    let behaviour = Behaviour { poison: HashSet::from([7]), ..Default::default() };
+    let flow = Segment::start(Arc::new(behaviour)).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source = Source::new(client.clone(), "IN", "workers")
+        .max_deliver(1)
+        .dead_letter("dead.items")
+        .start(flow.acked())
+        .await
+        .unwrap();
+    // No stream captures `dead.>` yet: the copy fails and is tried again.
+    until("a failed dead-letter copy", || async { (source.stats().errors > 0).then_some(()) }).await;
+    assert_eq!(source.stats().dead_lettered, 0);
+    let config = stream::Config { name: "DEAD".into(), subjects: vec!["dead.>".into()], ..Default::default() };
+    js.create_stream(config).await.unwrap();
+    until("the copy stored", || async { (stored(&js, "DEAD").await == 1).then_some(()) }).await;
+    let info = until_all_answered(&js, "workers").await;
+    assert_eq!(info.delivered.consumer_sequence, 1, "processed once, not delivered again");
+    let stats = source.stop().await;
+    assert_eq!((stats.pulled, stats.dead_lettered, stats.naked), (1, 1, 0));
+    flow.shutdown().await;
+    writer.await.unwrap();
+    let dead = messages(&js, "DEAD").await;
+    assert_eq!(decode(&dead[0]), 7);
+    assert_eq!(dead[0].headers.get(dead_letter::ERROR).unwrap().as_str(), "work: item 7 is poison");
+}

@@ -174,23 +174,39 @@ async fn answer(
     drop(permit);
 }
 
-/// Publishes the dead-letter copy, then terminates the message; naks it
-/// if the copy could not be stored.
+/// Publishes the dead-letter copy, then terminates the message.
+///
+/// A copy that cannot be stored (no stream captures the subject, the
+/// broker is away) is tried again, with a growing pause (from
+/// [`RETRY_FIRST`] to [`RETRY_MOST`]), until it is: a nak would not help,
+/// since the server delivers a message no more once it reached its
+/// deliveries, and the message would stay in the stream unanswered. A
+/// progress acknowledgement before each pause keeps it from timing out,
+/// and its prefetch slot stays taken, so an outage of the dead-letter
+/// stream stops the pulls rather than losing messages.
 async fn give_up(message: &jetstream::Message, reasons: &[String], policy: &Policy, counters: &Counters) {
     if let Some(dead_letter) = &policy.dead_letter {
-        match dead_letter.publish(message, reasons).await {
-            Ok(()) => {}
-            Err(error @ NatsError::TooLarge { .. }) => {
-                // Retrying cannot help.
-                Counters::add(&counters.errors);
-                tracing::error!(%error, reasons = %reasons.join("; "),
-                    "a message given up on is too large for a dead-letter copy: it is terminated");
-            }
-            Err(error) => {
-                Counters::add(&counters.errors);
-                tracing::warn!(%error, "cannot store a message given up on in the dead-letter subject: it is naked");
-                confirm(message, AckKind::Nak(policy.nak_delay), &counters.naked, counters).await;
-                return;
+        let mut pause = RETRY_FIRST;
+        loop {
+            match dead_letter.publish(message, reasons).await {
+                Ok(()) => break,
+                Err(error @ NatsError::TooLarge { .. }) => {
+                    // Retrying cannot help.
+                    Counters::add(&counters.errors);
+                    tracing::error!(%error, reasons = %reasons.join("; "),
+                        "a message given up on is too large for a dead-letter copy: it is terminated");
+                    break;
+                }
+                Err(error) => {
+                    Counters::add(&counters.errors);
+                    tracing::warn!(%error, retry_in = ?pause,
+                        "cannot store a message given up on in the dead-letter subject: trying again");
+                    if let Err(error) = message.ack_with(AckKind::Progress).await {
+                        tracing::warn!(%error, "cannot send a progress acknowledgement to NATS");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MOST);
+                }
             }
         }
     } else {
@@ -199,6 +215,12 @@ async fn give_up(message: &jetstream::Message, reasons: &[String], policy: &Poli
     }
     confirm(message, AckKind::Term, &counters.dead_lettered, counters).await;
 }
+
+/// The first pause before a dead-letter copy is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest pause between two tries of a dead-letter copy.
+const RETRY_MOST: Duration = Duration::from_secs(5);
 
 /// Sends `kind` and waits for the server to confirm it (a double ack),
 /// counting it in `counter`, or the error.

@@ -8,8 +8,13 @@
 //! [dead-letter subject](super::Source::dead_letter) through JetStream,
 //! waits for the stream that captures that subject to store it, and only
 //! then *terminates* the message (`+TERM`: never delivered again). If that
-//! publish fails, the message is naked instead, so it is not lost while
-//! deliveries remain.
+//! publish fails (no stream captures the subject, the broker is away), it
+//! is tried again, after 100 ms and then twice as long each time up to
+//! 5 s, with a progress acknowledgement before each pause, until the copy
+//! is stored: the server would not deliver the message again, so neither
+//! a nak nor a term would keep it. Meanwhile its prefetch slot stays
+//! taken, so a dead-letter stream that stays away stops the source's
+//! pulls, and each failed try counts in `errors`.
 //!
 //! The copy is kept within the server's `max_payload`: the error text is
 //! shortened as needed; a copy that does not fit even without it is not
