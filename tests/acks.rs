@@ -813,3 +813,15 @@ async fn an_input_failed_while_its_future_is_in_flight_counts_one_item() {
     flow.shutdown().await;
     assert_eq!(flow.metrics().stage("conc").unwrap().failed, 1);
 }
+
+#[tokio::test]
+async fn an_acked_input_says_when_its_stage_closed() {
+    let flow = Fan::start().await;
+    let input = flow.acked();
+    let mut closed = Box::pin(input.closed());
+    assert!(futures::poll!(closed.as_mut()).is_pending());
+    flow.shutdown().await;
+    closed.await;
+    // Closed for good: a later wait returns at once.
+    input.closed().await;
+}

@@ -547,5 +547,7 @@ async fn run_feed<T: Send + 'static>(
     tokio::select! {
         _ = stop.cancelled() => {}
         _ = input.feed(items) => stop.cancel(),
+        // Shut down while no message waits to go in.
+        () = input.closed() => stop.cancel(),
     }
 }

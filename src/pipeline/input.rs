@@ -289,6 +289,27 @@ impl<T: Send + 'static> AckedInput<T> {
         self.input.feed_tagged(items.map(|(item, ack)| Tagged::new(item, ack.0))).await.map_err(untag)
     }
 
+    /// Completes once the stage's input is closed (the pipeline is
+    /// shutting down, or was aborted): from then on every send is
+    /// refused. For a source that waits for items to send and should stop
+    /// when nobody takes them any more.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
+    pub async fn closed(&self) {
+        let queues = self.input.dispatch().queues();
+        // The queues of a stage close together; each is waited for.
+        futures::future::poll_fn(|cx| {
+            let mut open = false;
+            for queue in queues {
+                open |= queue.poll_closed(cx).is_pending();
+            }
+            if open { Poll::Pending } else { Poll::Ready(()) }
+        })
+        .await;
+    }
+
     /// A `futures::Sink` of `(item, Ack)` pairs into the stage. Clone it
     /// for more senders; closing one only drops that sender.
     pub fn sink(&self) -> AckedSink<T> {

@@ -132,6 +132,9 @@ struct State<T> {
     /// How many replicas share this queue: a reader takes at most its
     /// share of the items available (see [`State::share`]).
     replicas: usize,
+    /// Who waits for the queue to close ([`Queue::poll_closed`]): woken
+    /// when it does. Rare (a source feeding the pipeline): usually empty.
+    closing: Vec<Waker>,
 }
 
 /// One waiter.
@@ -152,6 +155,13 @@ struct Slot {
 }
 
 impl<T> State<T> {
+    /// Wakes who waits for the queue to close.
+    fn wake_closing(&mut self, wakers: &mut WakeList) {
+        for waker in self.closing.drain(..) {
+            wakers.push(Some(waker));
+        }
+    }
+
     fn free_room(&self, capacity: usize) -> usize {
         capacity.saturating_sub(self.items.len() + self.reserved)
     }
@@ -314,6 +324,7 @@ impl<T> Queue<T> {
                 readers: VecDeque::new(),
                 writers: VecDeque::new(),
                 replicas: replicas.max(1),
+                closing: Vec::new(),
             }),
             capacity,
         }
@@ -593,7 +604,21 @@ impl<T> Queue<T> {
             state.closed = true;
             state.wake_writers(wakers);
             state.end_readers(wakers);
+            state.wake_closing(wakers);
         });
+    }
+
+    /// `Ready` once the queue is closed; otherwise `cx`'s waker is woken
+    /// when it closes.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.closed {
+            return Poll::Ready(());
+        }
+        if !state.closing.iter().any(|waker| waker.will_wake(cx.waker())) {
+            state.closing.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Closes the queue and drops what is in it (after releasing the lock),
@@ -608,6 +633,7 @@ impl<T> Queue<T> {
             let dropped = std::mem::take(&mut state.items);
             state.discarded += dropped.len() as u64;
             state.end_readers(wakers);
+            state.wake_closing(wakers);
             dropped
         });
         dropped.len()
