@@ -148,6 +148,11 @@ struct Lifecycle {
 /// down before the drain ends, the task is dropped and a warning says that
 /// queued work was abandoned.
 fn background_shutdown<S: ?Sized + Send + Sync + 'static>(shared: Arc<Shared<S>>) {
+    // Shut down already (every task ended after `shutdown` or an abort):
+    // nothing is left to drain, whether or not the runtime still runs.
+    if shared.life.tasks.is_closed() && shared.life.tasks.is_empty() {
+        return;
+    }
     let drain = Drain { registry: shared.life.id, started: false, done: false };
     drop(shared.life.runtime.clone().spawn(async move {
         // Moved in whole, so it is dropped with the task.

@@ -195,3 +195,19 @@ async fn nothing_is_logged_per_item_that_went_well() {
     let many = run(10_000, false, false).await.events().len();
     assert_eq!(few, many);
 }
+
+#[test]
+fn a_registry_shut_down_before_its_runtime_ended_is_dropped_quietly() {
+    let recorder = Recorder::default();
+    let _default = tracing::subscriber::set_default(tracing_subscriber::registry().with(recorder.clone()));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let flow = runtime.block_on(async {
+        let flow = Checks::start().await;
+        flow.shutdown().await;
+        flow
+    });
+    drop(runtime);
+    drop(flow);
+    let warnings: Vec<_> = recorder.events().into_iter().filter(|e| e.level <= Level::WARN).collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
