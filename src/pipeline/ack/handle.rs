@@ -43,7 +43,7 @@ impl Ack {
     ///
     /// One allocation for the acknowledgement and one for the callback.
     pub fn new(on_done: impl FnOnce(Outcome) + Send + 'static) -> Ack {
-        Ack(Tag::firing(Box::new(on_done)))
+        Ack(Tag::firing(on_done))
     }
 }
 

@@ -15,9 +15,10 @@
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
+    ptr::NonNull,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU8, Ordering},
+        Mutex,
+        atomic::{self, AtomicU8, AtomicUsize, Ordering},
     },
 };
 
@@ -51,15 +52,29 @@ impl<T> Tagged<T> {
 /// A share of the acknowledgements of the inputs an item came from, or
 /// nothing. Dropped without [`release`](Self::release) or
 /// [`fail`](Self::fail), it reports its item dropped.
+///
+/// One word: a pointer to the node's [`Header`], or null. The node is one
+/// allocation holding the header and what to do at the end (the caller's
+/// callback itself, not a box of it), counted like an `Arc`.
 #[derive(Default)]
-pub(crate) struct Tag(Option<Arc<Node>>);
+pub(crate) struct Tag(Option<NonNull<Header>>);
+
+// SAFETY: a tag is a counted hold on a node. The node's header is shared
+// only through atomics and a mutex; what it does at the end (`Then`, which
+// is `Send`) is reached by the last hold alone, after every other hold has
+// gone (the count's release and acquire order them), so holds may move to
+// and be used from any thread.
+unsafe impl Send for Tag {}
+// SAFETY: as above; `&Tag` gives only `share`, `record` and `is_some`,
+// which touch the header's atomics and mutex.
+unsafe impl Sync for Tag {}
 
 impl Tag {
     pub(crate) const NONE: Tag = Tag(None);
 
     /// A tag on a fresh node that calls `fire` with the outcome.
-    pub(crate) fn firing(fire: Box<dyn FnOnce(Outcome) + Send>) -> Tag {
-        Tag(Some(Arc::new(Node::new(Then::Fire(Mutex::new(Some(fire)))))))
+    pub(crate) fn firing(fire: impl FnOnce(Outcome) + Send + 'static) -> Tag {
+        Tag(Some(Node::alloc(Fire(fire))))
     }
 
     /// Whether it holds an acknowledgement.
@@ -68,40 +83,57 @@ impl Tag {
         self.0.is_some()
     }
 
+    /// The node's header, while this hold keeps it alive.
+    #[inline(always)]
+    fn header(&self) -> Option<&Header> {
+        // SAFETY: a tag with a pointer is a hold: the node lives at least as
+        // long as the tag.
+        self.0.map(|header| unsafe { &*header.as_ptr() })
+    }
+
     /// Another hold on the same acknowledgements (for an item derived from
     /// the same input).
     #[inline]
     pub(crate) fn share(&self) -> Tag {
-        match &self.0 {
-            None => Tag::NONE,
-            Some(node) => Tag(Some(node.clone())),
+        if let Some(header) = self.header() {
+            // Relaxed, as `Arc::clone`: a new hold is made from an existing
+            // one, which keeps the node alive meanwhile.
+            let old = header.holds.fetch_add(1, Ordering::Relaxed);
+            if old > isize::MAX as usize {
+                // As `Arc`: a count this high means holds are leaked in a
+                // loop; carrying on would wrap the count and free a live node.
+                std::process::abort();
+            }
         }
+        Tag(self.0)
     }
 
     /// Lets the hold go with nothing to report: its item was processed
     /// (what it emitted holds shares of its own) or taken from the output.
     #[inline(always)]
     pub(crate) fn release(mut self) {
-        if let Some(node) = self.0.take() {
-            drop(node);
+        if let Some(header) = self.0.take() {
+            // SAFETY: `header` was this tag's hold, now given up.
+            unsafe { Header::let_go(header) }
         }
     }
 
     /// Records `failure` against the acknowledgements, keeping the hold.
     pub(crate) fn record(&self, failure: &Failure) {
-        if let Some(node) = &self.0 {
-            node.fail(failure);
+        if let Some(header) = self.header() {
+            header.fail(failure);
         }
     }
 
     /// Lets the hold go, reporting its item failed with `failures`.
-    pub(crate) fn fail<'a>(mut self, failures: impl IntoIterator<Item = &'a Failure>) {
-        if let Some(node) = self.0.take() {
+    pub(crate) fn fail<'a>(self, failures: impl IntoIterator<Item = &'a Failure>) {
+        if let Some(header) = self.header() {
             for failure in failures {
-                node.fail(failure);
+                header.fail(failure);
             }
-            node.worst.fetch_max(FAILED, Ordering::Relaxed);
+            header.worst.fetch_max(FAILED, Ordering::Relaxed);
         }
+        self.release();
     }
 
     /// One tag holding every tag of `tags` (nothing if none holds
@@ -112,7 +144,7 @@ impl Tag {
         match tags.len() {
             0 => Tag::NONE,
             1 => tags.pop().unwrap_or_default(),
-            _ => Tag(Some(Arc::new(Node::new(Then::Release(tags))))),
+            _ => Tag(Some(Node::alloc(tags))),
         }
     }
 
@@ -140,35 +172,51 @@ impl Tag {
 impl Drop for Tag {
     #[inline(always)]
     fn drop(&mut self) {
-        if let Some(node) = self.0.take() {
-            // Relaxed: the `Arc`'s last drop orders it before the node reads it.
+        if let Some(header) = self.0.take() {
+            // SAFETY: `header` is this tag's hold: the node is alive.
+            let node = unsafe { &*header.as_ptr() };
+            // Relaxed: the count's release and acquire order it before the
+            // last hold reads it.
             node.worst.fetch_max(DROPPED, Ordering::Relaxed);
+            // SAFETY: the hold is given up here, once.
+            unsafe { Header::let_go(header) }
         }
     }
 }
 
-/// One acknowledgement, or a group of them, and what its holds reported.
-/// It fires when its last hold goes (its `Arc` is dropped).
-pub(crate) struct Node {
+/// What every node starts with, and all its holds see: the count of holds
+/// and what they reported. Then comes what the node does at the end
+/// (`Node<T>`), which only `end` knows the type of.
+struct Header {
+    /// Holds on the node, as an `Arc`'s strong count.
+    holds: AtomicUsize,
     worst: AtomicU8,
     failures: Mutex<Vec<Failure>>,
-    then: Then,
+    /// Frees the node and acts on its outcome: `end::<T>` for the node's
+    /// own `T`, called once, by the last hold.
+    end: unsafe fn(NonNull<Header>),
 }
 
-/// What a node does when its last hold goes.
-enum Then {
-    /// Calls the acknowledgement with the outcome (once: taken then). In
-    /// a `Mutex` only so that the node is `Sync`: it is reached once, in
-    /// the node's drop, with `get_mut`, never locked.
-    #[allow(clippy::type_complexity, reason = "the callback, spelled out once")]
-    Fire(Mutex<Option<Box<dyn FnOnce(Outcome) + Send>>>),
-    /// Passes the outcome on to the tags of the inputs it was made from.
-    Release(Vec<Tag>),
-}
-
-impl Node {
-    fn new(then: Then) -> Self {
-        Node { worst: AtomicU8::new(DELIVERED), failures: Mutex::new(Vec::new()), then }
+impl Header {
+    /// Gives up one hold; the last one ends the node.
+    ///
+    /// # Safety
+    ///
+    /// `header` is a hold of the caller's, used no more after this call.
+    #[inline(always)]
+    unsafe fn let_go(header: NonNull<Header>) {
+        // SAFETY: the caller's hold keeps the node alive until the count
+        // drops here.
+        let node = unsafe { &*header.as_ptr() };
+        // Release then acquire, as `Arc`'s drop: everything every hold did
+        // to the node happens before the last hold ends it.
+        if node.holds.fetch_sub(1, Ordering::Release) != 1 {
+            return;
+        }
+        atomic::fence(Ordering::Acquire);
+        // SAFETY: this was the last hold, and `end` is the function made
+        // for the node's own type.
+        unsafe { (node.end)(header) }
     }
 
     /// Records `failure`, once: an input reached twice by one failure (a
@@ -183,32 +231,76 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let worst = *self.worst.get_mut();
-        let failures = std::mem::take(self.failures.get_mut().unwrap_or_else(|poison| poison.into_inner()));
-        match &mut self.then {
-            Then::Fire(fire) => {
-                let Some(fire) = fire.get_mut().unwrap_or_else(|poison| poison.into_inner()).take() else {
-                    return;
-                };
-                let outcome = match worst {
-                    FAILED => Outcome::Failed(failures),
-                    DROPPED => Outcome::Dropped,
-                    _ => Outcome::Delivered,
-                };
-                // The last hold may go anywhere in the pipeline: a panic
-                // of the user's acknowledgement must not unwind through it.
-                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| fire(outcome))) {
-                    let panic = crate::pipeline::Panicked::new(&panic);
-                    tracing::warn!(error = %panic, "an acknowledgement panicked");
-                }
-            }
-            Then::Release(tags) => {
-                for tag in tags.drain(..) {
-                    tag.settle(worst, &failures);
-                }
-            }
+/// One acknowledgement, or a group of them: the header, then what to do
+/// when the last hold goes. One allocation. `repr(C)` keeps the header
+/// first, so a pointer to the node is a pointer to its header.
+#[repr(C)]
+struct Node<T> {
+    header: Header,
+    then: T,
+}
+
+impl<T: Then> Node<T> {
+    /// A node with one hold, returned as a pointer to its header.
+    fn alloc(then: T) -> NonNull<Header> {
+        let node = Box::new(Node {
+            header: Header {
+                holds: AtomicUsize::new(1),
+                worst: AtomicU8::new(DELIVERED),
+                failures: Mutex::new(Vec::new()),
+                end: end::<T>,
+            },
+            then,
+        });
+        NonNull::from(Box::leak(node)).cast::<Header>()
+    }
+}
+
+/// Frees a node of type `Node<T>` and acts on what its holds reported.
+///
+/// # Safety
+///
+/// `header` points to the header of a live `Node<T>` made by
+/// [`Node::alloc`], and no hold on it is left.
+unsafe fn end<T: Then>(header: NonNull<Header>) {
+    // SAFETY: by the caller, the node is a `Node<T>` from `Box::leak` with
+    // no hold left: it is ours to take back.
+    let node = unsafe { Box::from_raw(header.cast::<Node<T>>().as_ptr()) };
+    let Node { header, then } = *node;
+    let worst = header.worst.into_inner();
+    let failures = header.failures.into_inner().unwrap_or_else(|poison| poison.into_inner());
+    then.then(worst, failures);
+}
+
+/// What a node does when its last hold goes.
+trait Then: Send + 'static {
+    fn then(self, worst: u8, failures: Vec<Failure>);
+}
+
+/// Calls the acknowledgement with the outcome.
+struct Fire<F>(F);
+
+impl<F: FnOnce(Outcome) + Send + 'static> Then for Fire<F> {
+    fn then(self, worst: u8, failures: Vec<Failure>) {
+        let outcome = match worst {
+            FAILED => Outcome::Failed(failures),
+            DROPPED => Outcome::Dropped,
+            _ => Outcome::Delivered,
+        };
+        // The last hold may go anywhere in the pipeline: a panic of the
+        // user's acknowledgement must not unwind through it.
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (self.0)(outcome))) {
+            let panic = crate::pipeline::Panicked::new(&panic);
+            tracing::warn!(error = %panic, "an acknowledgement panicked");
+        }
+    }
+}
+
+/// A group passes its outcome on to the tags of the inputs it was made from.
+impl Then for Vec<Tag> {
+    fn then(self, worst: u8, failures: Vec<Failure>) {
+        for tag in self {
+            tag.settle(worst, &failures);
         }
     }
 }
@@ -222,7 +314,7 @@ mod tests {
     fn watched() -> (Tag, Arc<Mutex<Vec<Outcome>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        (Tag::firing(Box::new(move |outcome| sink.lock().unwrap().push(outcome))), seen)
+        (Tag::firing(move |outcome| sink.lock().unwrap().push(outcome)), seen)
     }
 
     fn kinds(seen: &Mutex<Vec<Outcome>>) -> Vec<&'static str> {
@@ -276,8 +368,39 @@ mod tests {
     }
 
     #[test]
+    fn holds_let_go_on_many_threads_fire_once_and_free_what_the_acknowledgement_held() {
+        struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let freed = Arc::new(AtomicUsize::new(0));
+        let fired = Arc::new(AtomicUsize::new(0));
+        for round in 0..200 {
+            let held = Counted(freed.clone());
+            let count = fired.clone();
+            let tag = Tag::firing(move |outcome| {
+                let _held = held;
+                assert!(outcome.is_dropped());
+                count.fetch_add(1, Ordering::SeqCst);
+            });
+            let group = Tag::group(vec![tag, Tag::firing(|_| {})]);
+            let shares: Vec<Tag> = (0..4).map(|_| group.share()).collect();
+            group.release();
+            std::thread::scope(|scope| {
+                for (i, share) in shares.into_iter().enumerate() {
+                    scope.spawn(move || if i == 2 { drop(share) } else { share.release() });
+                }
+            });
+            assert_eq!(fired.load(Ordering::SeqCst), round + 1);
+            assert_eq!(freed.load(Ordering::SeqCst), round + 1);
+        }
+    }
+
+    #[test]
     fn a_panicking_acknowledgement_is_contained() {
-        let tag = Tag::firing(Box::new(|_| panic!("in the acknowledgement")));
+        let tag = Tag::firing(|_| panic!("in the acknowledgement"));
         tag.release();
     }
 }
