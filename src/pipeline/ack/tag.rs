@@ -3,8 +3,8 @@
 //!
 //! A tag is a pointer or nothing: an item sent without an acknowledgement
 //! carries nothing, and moving it costs a word more and a check when it is
-//! dropped. A tag with a node is one *hold* on that node (a strong count of
-//! its `Arc`): the node's acknowledgement fires when its last hold goes,
+//! dropped. A tag with a node is one *hold* on that node (a count, kept
+//! like an `Arc`'s): the node's acknowledgement fires when its last hold goes,
 //! with the worst outcome any hold reported. A hold released on purpose
 //! (the item was processed, or taken from the output) reports nothing; a
 //! hold dropped with its item (an aborted replica's batch, an untaken
