@@ -20,7 +20,9 @@
 //!   replicas.
 //! - `w1_acks`: W1 as `w1_three_stages/genflow`, beside the same pipeline
 //!   fed through `acked()` with an `Ack` per item (`genflow_acked`), whose
-//!   callback counts the outcomes: the cost of end-to-end acknowledgement.
+//!   callback counts the outcomes: the cost of end-to-end acknowledgement;
+//!   and with one `Ack` per 32 inputs, shared (`genflow_acked_per_32`), as
+//!   a source acknowledging in bulk does.
 
 use std::{
     hint::black_box,
@@ -245,8 +247,8 @@ struct Outcomes {
 
 impl Outcomes {
     /// An acknowledgement that counts its outcome here. Its callback holds
-    /// an `Arc` (as a real one holds an offset or a key), so `Ack::new`
-    /// allocates the callback as well as the acknowledgement.
+    /// an `Arc` (as a real one holds an offset or a key), in the
+    /// acknowledgement's one allocation.
     fn ack(self: &Arc<Self>) -> Ack {
         let outcomes = self.clone();
         Ack::new(move |outcome| {
@@ -270,6 +272,33 @@ macro_rules! run_genflow_acked {
             let pipeline = $p::start(result.clone()).await;
             let acks = outcomes.clone();
             let items = futures::StreamExt::map(futures::stream::iter(0..$items), move |x| (x, acks.ack()));
+            pipeline.acked().feed(items).await.unwrap();
+            pipeline.shutdown().await;
+            let delivered = outcomes.delivered.load(Ordering::Relaxed);
+            (result.load(Ordering::Relaxed), delivered, outcomes.other.load(Ordering::Relaxed))
+        })
+        .await
+        .unwrap()
+    }};
+}
+
+/// As [`run_genflow_acked!`], with one [`Ack`] per `$per` inputs
+/// (`Ack::share` for each but the last of its inputs); returns the sum and
+/// the outcomes of the acknowledgements (one per `$per` inputs).
+macro_rules! run_genflow_acked_per {
+    ($p:ident, $items:expr, $per:expr) => {{
+        tokio::spawn(async move {
+            let result = Arc::new(AtomicU64::new(0));
+            let outcomes = Arc::new(Outcomes::default());
+            let pipeline = $p::start(result.clone()).await;
+            let acks = outcomes.clone();
+            let mut batch: Option<Ack> = None;
+            let items = futures::StreamExt::map(futures::stream::iter(0..$items), move |x| {
+                let ack = batch.get_or_insert_with(|| acks.ack());
+                let last = x % $per == $per - 1 || x == $items - 1;
+                let ack = if last { batch.take().unwrap() } else { ack.share() };
+                (x, ack)
+            });
             pipeline.acked().feed(items).await.unwrap();
             pipeline.shutdown().await;
             let delivered = outcomes.delivered.load(Ordering::Relaxed);
@@ -465,12 +494,20 @@ fn w1_acks(c: &mut Criterion) {
         assert_eq!((sum, delivered, other), (expected, ITEMS, 0));
         sum
     };
+    const PER: u64 = 32;
+    let acked_per_batch = || async move {
+        let (sum, delivered, other) = run_genflow_acked_per!(S3Q1000, ITEMS, PER);
+        assert_eq!((sum, delivered, other), (expected, ITEMS.div_ceil(PER), 0));
+        sum
+    };
     assert_eq!(rt.block_on(async { run_genflow!(S3Q1000, ITEMS) }), expected);
     assert_eq!(rt.block_on(acked()), expected);
+    assert_eq!(rt.block_on(acked_per_batch()), expected);
     let mut group = c.benchmark_group("w1_acks");
     group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(8));
     group.bench_function("genflow", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Q1000, ITEMS) }));
     group.bench_function("genflow_acked", |b| b.to_async(&rt).iter(acked));
+    group.bench_function("genflow_acked_per_32", |b| b.to_async(&rt).iter(acked_per_batch));
     group.finish();
 }
 

@@ -825,3 +825,47 @@ async fn an_acked_input_says_when_its_stage_closed() {
     // Closed for good: a later wait returns at once.
     input.closed().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_ack_fires_once_for_its_whole_batch_of_inputs() {
+    const BATCH: u64 = 50;
+    const BATCHES: u64 = 20;
+    let flow = Fan::start().await;
+    let mut output = flow.output().unwrap();
+    let reader = tokio::spawn(async move { while output.next().await.is_some() {} });
+    let (acker, mut acks) = ack::channel::<u64>();
+    let input = flow.acked();
+    for b in 0..BATCHES {
+        let batch = acker.ack(b);
+        for i in b * BATCH..(b + 1) * BATCH - 1 {
+            input.send(i, batch.share()).await.unwrap();
+        }
+        // The `Ack` itself goes with the batch's last input.
+        input.send((b + 1) * BATCH - 1, batch).await.unwrap();
+    }
+    drop(acker);
+    let mut seen = Vec::new();
+    while let Some((b, outcome)) = acks.next().await {
+        seen.push((b, outcome));
+        if seen.len() as u64 == BATCHES {
+            break;
+        }
+    }
+    seen.sort_by_key(|(b, _)| *b);
+    for (b, outcome) in &seen {
+        // Batch b holds inputs b*50..b*50+50; 1 % fail (i % 100 == 37),
+        // which falls in the even batches.
+        if b % 2 == 0 {
+            let Outcome::Failed(failures) = outcome else { panic!("batch {b}: {outcome:?}") };
+            let errors: Vec<String> = failures.iter().map(|f| f.error().to_string()).collect();
+            assert_eq!(errors, [format!("input {} failed", b * BATCH + 37)], "batch {b}");
+        } else {
+            assert!(outcome.is_delivered(), "batch {b}: {outcome:?}");
+        }
+    }
+    assert_eq!(seen.iter().map(|(b, _)| *b).collect::<Vec<_>>(), (0..BATCHES).collect::<Vec<_>>());
+    flow.shutdown().await;
+    reader.await.unwrap();
+    // Each batch fired once: nothing more comes.
+    assert!(acks.next().await.is_none());
+}

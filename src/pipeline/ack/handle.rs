@@ -41,9 +41,41 @@ impl Ack {
     /// An acknowledgement that calls `on_done` once with the input's
     /// outcome.
     ///
-    /// One allocation for the acknowledgement and one for the callback.
+    /// One allocation, which holds the callback.
     pub fn new(on_done: impl FnOnce(Outcome) + Send + 'static) -> Ack {
         Ack(Tag::firing(on_done))
+    }
+
+    /// Another hold on the same acknowledgement, to send another input
+    /// with: the callback fires once, when the inputs sent with every
+    /// share (and this `Ack`) are done, with the worst outcome of all of
+    /// them and every failure, each listed once.
+    ///
+    /// For a source that acknowledges in bulk, as a Kafka consumer commits
+    /// one offset for a batch of records: one `Ack` per batch of inputs
+    /// instead of one per input, so the batch costs one allocation, and
+    /// each share only a count: send a share with each input of the batch
+    /// but the last, and the `Ack` itself with the last. A share (or the
+    /// `Ack`) dropped unsent reports dropped, as an `Ack` does.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use genflow::ack::{Ack, Outcome};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let batch = Ack::new(move |outcome: Outcome| log.lock().unwrap().push(outcome.kind()));
+    /// let shares: Vec<Ack> = (0..3).map(|_| batch.share()).collect();
+    /// drop(batch); // not sent: its own hold goes, reporting dropped
+    /// assert!(seen.lock().unwrap().is_empty()); // the shares still hold it
+    /// drop(shares);
+    /// assert_eq!(*seen.lock().unwrap(), ["dropped"]);
+    /// ```
+    ///
+    /// The idea comes from Vector's batch notifiers (one finalizer shared
+    /// by the events of a batch).
+    pub fn share(&self) -> Ack {
+        Ack(self.0.share())
     }
 }
 
