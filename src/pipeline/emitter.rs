@@ -38,6 +38,16 @@ use super::{
 /// `process` call that awaited something, so a slow stage does not hold its
 /// output back). Order is kept.
 ///
+/// So while one `process` call waits, the outputs of the inputs before it
+/// in the same batch that did not wait stay in the emitter until it
+/// returns, and so do their [acknowledgements](crate::ack): a batch's
+/// outputs leave together, as a GenStage `handle_events` returns its
+/// events and a Broadway processor forwards its messages once per batch.
+/// A stage whose items may wait long on I/O (a remote call that may hang)
+/// should hand that work to [`emit_async`](Self::emit_async) under
+/// `#[concurrency(N)]`: each result then goes on as soon as it is ready,
+/// whatever the others do.
+///
 /// In a `#[replicas(N, ordered)]` stage, outputs also wait for their turn:
 /// those of the oldest batch of inputs not fully sent go straight on, and
 /// `emit` in another replica waits once it holds a batch's worth, until its
