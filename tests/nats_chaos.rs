@@ -24,7 +24,7 @@ use futures::StreamExt;
 use genflow::{
     Emitter, GenServer, Stage,
     ack::Held,
-    nats::{Codec, Connect, Source, SourceHandle},
+    nats::{Codec, Connect, Sink, Source, SourceHandle},
 };
 use serde::{Deserialize, Serialize};
 use support::nats_server::NatsServer;
@@ -160,6 +160,10 @@ async fn broker(url: &str, streams: &[(&str, &str)]) -> (Client, jetstream::Cont
 /// Publishes the records `ids` to `subject`, with up to 512 publishes
 /// waiting for the stream's acknowledgement, and returns once every one
 /// was stored.
+async fn stored(js: &jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream).await.unwrap().info().await.unwrap().state.messages
+}
+
 async fn publish(js: &jetstream::Context, subject: &str, ids: std::ops::Range<u64>, pad: &str) {
     let mut acks: std::collections::VecDeque<PublishAckFuture> = std::collections::VecDeque::new();
     for id in ids {
@@ -339,4 +343,67 @@ async fn two_workers_share_a_consumer_and_one_aborted_mid_stream_loses_nothing()
         *sums.entry(scored.key).or_default() += scored.score;
     }
     assert_eq!(sums, expected_sums(ITEMS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_started_again_mid_stream_loses_nothing() {
+    const ITEMS: u64 = 20_000;
+    let mut server = NatsServer::start();
+    let (client, js) = broker(&server.url(), &[("IN", "in.>"), ("OUT", "out.>")]).await;
+    publish(&js, "in.records", 0..ITEMS, "").await;
+
+    let flow = Worker::start(None).await;
+    // Published downstream once per record, whatever the redeliveries.
+    let sink = Sink::new(client.clone(), "out.scored").msg_id(|scored: &Scored| format!("scored-{}", scored.id));
+    let writer = tokio::spawn(sink.run(flow.output().unwrap().acked()));
+    // Nothing is given up on: a message whose answer or publish was lost
+    // in the outage is delivered again until it is through.
+    let source = Source::new(client.clone(), "IN", "workers")
+        .ack_wait(Duration::from_secs(3))
+        .max_deliver(0)
+        .nak_delay(Duration::from_millis(200))
+        .start(flow.acked())
+        .await
+        .unwrap();
+
+    until("3 000 messages acked", || async { (source.stats().acked >= 3_000).then_some(()) }).await;
+    server.kill();
+    let at_kill = source.stats();
+    // The source meets the outage (a pull or an answer fails) and waits.
+    until("the source to see the broker gone", || async { (source.stats().errors > 0).then_some(()) }).await;
+    let during = source.stats();
+    server.restart();
+    eprintln!("killed at {at_kill:?}; while down {during:?}");
+    assert!(at_kill.acked < ITEMS, "mid-stream");
+
+    let info = until_all_answered(&js, "IN", "workers").await;
+    until("every record in OUT", || async { (stored(&js, "OUT").await >= ITEMS).then_some(()) }).await;
+    let tallies = flow.call_tally(()).await.unwrap();
+    let stats = tokio::time::timeout(DEADLINE, source.stop()).await.expect("the source stops");
+    flow.shutdown().await;
+    let written = tokio::time::timeout(DEADLINE, writer).await.expect("the sink ends").unwrap();
+    eprintln!("after the restart: source {stats:?}, sink {written:?}, consumer {info:?}");
+
+    // The source saw the outage, resumed, and answered everything; nothing
+    // was given up on.
+    assert!(stats.errors > 0 && stats.acked > at_kill.acked, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0);
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0));
+    // Every record was processed at least once, and stored downstream
+    // exactly once.
+    let processed: u64 = tallies.values().sum();
+    assert!(processed >= ITEMS, "{processed} processed");
+    assert_eq!(stored(&js, "OUT").await, ITEMS);
+    let out = js.get_stream("OUT").await.unwrap();
+    let mut ids = Vec::with_capacity(ITEMS as usize);
+    for sequence in 1..=ITEMS {
+        let message = out.get_raw_message(sequence).await.unwrap();
+        let scored: Scored = Codec::Json.decode(&message.payload).unwrap();
+        assert_eq!(scored.score, score(Record::new(scored.id, "").value));
+        ids.push(scored.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (0..ITEMS).collect::<Vec<_>>());
+    // What the sink stored, or found stored already, is every record.
+    assert!(written.published + written.duplicates >= ITEMS, "{written:?}");
 }
