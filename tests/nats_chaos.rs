@@ -68,7 +68,7 @@ struct Scored {
 }
 
 /// Turns a record into its score; waits for a permit of the registry's
-/// gate first, if it has one.
+/// gate first, if it has one: a worker as slow as the test wants.
 struct Scoring {
     registry: Worker,
 }
@@ -91,6 +91,9 @@ impl Stage for Scoring {
 
     async fn process(&mut self, record: Record, out: &mut Emitter<Scored>) {
         if let Some(gate) = &self.registry.gate {
+            // A slow worker waits on something for every record (so the
+            // replica sends each output on as soon as it is made).
+            tokio::task::yield_now().await;
             gate.acquire().await.expect("the gate is never closed").forget();
         }
         out.emit(Scored { id: record.id, key: record.key, score: score(record.value) }).await;
@@ -406,4 +409,105 @@ async fn a_broker_killed_and_started_again_mid_stream_loses_nothing() {
     assert_eq!(ids, (0..ITEMS).collect::<Vec<_>>());
     // What the sink stored, or found stored already, is every record.
     assert!(written.published + written.duplicates >= ITEMS, "{written:?}");
+}
+
+/// This process's resident memory, in bytes (`VmRSS`).
+fn resident() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// How many items are in the first stage: queued, or taken by its
+/// replica and not yet processed.
+fn in_scoring(flow: &Worker) -> (u64, u64) {
+    let scoring = flow.metrics().stage("scoring").unwrap();
+    (scoring.queued, scoring.received - scoring.processed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_stops_pulling_and_holds_no_more_than_its_prefetch() {
+    const ITEMS: u64 = 50_000;
+    const PREFETCH: usize = 64;
+    const QUEUE: usize = 16;
+    let server = NatsServer::start();
+    let (client, js) = broker(&server.url(), &[("IN", "in.>")]).await;
+
+    // Every record waits for a permit: none yet.
+    let gate = Arc::new(Semaphore::new(0));
+    let flow = Worker::builder(Some(gate.clone()))
+        .queue_size("scoring", QUEUE)
+        .queue_size("tally", QUEUE)
+        .start()
+        .await
+        .unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let recorder = record(&flow, log.clone(), 1, None);
+    let source = Source::new(client.clone(), "IN", "workers").prefetch(PREFETCH).start(flow.acked()).await.unwrap();
+    let before = resident();
+
+    // 50 000 records of 1 KB (50 MB) published while the worker is stalled.
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move { publish(&js, "in.records", 0..ITEMS, &"x".repeat(1_000)).await })
+    };
+    let (mut most_pulled, mut most_unacked, mut most_queued, mut most_inside) = (0, 0, 0, 0);
+    while !publisher.is_finished() {
+        let info = consumer_info(&js, "IN", "workers").await;
+        let (queued, taken) = in_scoring(&flow);
+        most_pulled = most_pulled.max(source.stats().pulled);
+        most_unacked = most_unacked.max(info.num_ack_pending);
+        most_queued = most_queued.max(queued);
+        most_inside = most_inside.max(queued + taken);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publisher.await.unwrap();
+    assert_eq!(stored(&js, "IN").await, ITEMS);
+    eprintln!(
+        "while publishing: pulled {most_pulled}, unacked {most_unacked}, queued {most_queued}, inside {most_inside}"
+    );
+    assert!(most_pulled <= PREFETCH as u64 && most_unacked <= PREFETCH, "the prefetch bounds what is pulled");
+    assert!(most_queued <= QUEUE as u64 && most_inside <= PREFETCH as u64, "the queue bounds what waits in it");
+
+    // Stalled: the prefetch pulled and held, the stage's queue full, the
+    // rest left in the stream.
+    let info = until("the prefetch pulled and the queue full", || async {
+        let info = consumer_info(&js, "IN", "workers").await;
+        (info.num_ack_pending == PREFETCH && in_scoring(&flow).0 == QUEUE as u64).then_some(info)
+    })
+    .await;
+    assert_eq!(info.num_pending, ITEMS - PREFETCH as u64);
+    let stats = source.stats();
+    assert_eq!((stats.pulled, stats.acked, stats.naked), (PREFETCH as u64, 0, 0));
+    let scoring = flow.metrics().stage("scoring").unwrap();
+    assert_eq!((scoring.queued, scoring.capacity, scoring.processed), (QUEUE as u64, QUEUE as u64, 0));
+    assert!(scoring.received >= 1 && QUEUE as u64 + scoring.received <= PREFETCH as u64, "{scoring:?}");
+    // 50 MB went through the broker; the worker holds 64 KB of it.
+    let grown = resident().saturating_sub(before);
+    eprintln!("resident memory grew by {} KB", grown / 1024);
+    assert!(grown < 8 << 20, "resident memory grew by {grown} bytes");
+
+    // Slow progress: a hundred records at a time, never more than the
+    // prefetch unanswered.
+    for _ in 0..5 {
+        let done = source.stats().acked;
+        gate.add_permits(100);
+        until("a hundred more acked", || async { (source.stats().acked >= done + 100).then_some(()) }).await;
+        let info = consumer_info(&js, "IN", "workers").await;
+        assert!(info.num_ack_pending <= PREFETCH, "{info:?}");
+        assert!(source.stats().pulled - source.stats().acked <= PREFETCH as u64);
+    }
+
+    // Then at full speed to the end: each record processed once.
+    gate.add_permits(ITEMS as usize);
+    let info = until_all_answered(&js, "IN", "workers").await;
+    assert_eq!(info.delivered.consumer_sequence, ITEMS);
+    let stats = source.stop().await;
+    assert_eq!((stats.pulled, stats.acked, stats.naked, stats.errors), (ITEMS, ITEMS, 0, 0));
+    flow.shutdown().await;
+    recorder.await.unwrap();
+    let mut ids: Vec<u64> = log.lock().unwrap().iter().map(|scored| scored.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..ITEMS).collect::<Vec<_>>());
 }
