@@ -28,10 +28,17 @@ use genflow::{
 };
 use serde::{Deserialize, Serialize};
 use support::nats_server::NatsServer;
-use tokio::{sync::Semaphore, task::JoinHandle};
+use tokio::{
+    sync::{RwLock, Semaphore},
+    task::JoinHandle,
+};
 
 /// How long a test waits for anything before it fails.
 const DEADLINE: Duration = Duration::from_secs(45);
+
+/// The test that measures this process's memory takes this lock alone
+/// (the tests of a file run in one process); the others share it.
+static MEMORY: RwLock<()> = RwLock::const_new(());
 
 /// The keys records are spread over.
 const KEYS: u32 = 16;
@@ -160,13 +167,14 @@ async fn broker(url: &str, streams: &[(&str, &str)]) -> (Client, jetstream::Cont
     (client, js)
 }
 
-/// Publishes the records `ids` to `subject`, with up to 512 publishes
-/// waiting for the stream's acknowledgement, and returns once every one
-/// was stored.
+/// How many messages `stream` stores.
 async fn stored(js: &jetstream::Context, stream: &str) -> u64 {
     js.get_stream(stream).await.unwrap().info().await.unwrap().state.messages
 }
 
+/// Publishes the records `ids` to `subject`, each padded with `pad`, with
+/// up to 512 publishes waiting for the stream's acknowledgement, and
+/// returns once every one was stored.
 async fn publish(js: &jetstream::Context, subject: &str, ids: std::ops::Range<u64>, pad: &str) {
     let mut acks: std::collections::VecDeque<PublishAckFuture> = std::collections::VecDeque::new();
     for id in ids {
@@ -248,6 +256,8 @@ async fn two_workers_share_a_consumer_and_one_aborted_mid_stream_loses_nothing()
     // time, then hangs: it has 50 recorded and not committed.
     const PROCESSED: u64 = 5_050;
     const COMMIT: usize = 100;
+    const COMMITTED: u64 = PROCESSED - PROCESSED % COMMIT as u64;
+    let _shared = MEMORY.read().await;
     let server = NatsServer::start();
     let (_, js) = broker(&server.url(), &[("IN", "in.>")]).await;
     publish(&js, "in.records", 0..ITEMS, "").await;
@@ -258,6 +268,10 @@ async fn two_workers_share_a_consumer_and_one_aborted_mid_stream_loses_nothing()
         let flow = Worker::start(None).await;
         let log = Arc::new(Mutex::new(Vec::new()));
         let recorder = record(&flow, log.clone(), commit, stall_after);
+        // A short ack_wait: what a worker that dies pulled and did not
+        // answer comes back within seconds (an aborted pipeline's items are
+        // given back at once; progress acknowledgements keep a hung
+        // worker's items from coming back while its source runs).
         let source = Source::new(client, "IN", "workers")
             .ack_wait(Duration::from_secs(3))
             .prefetch(PREFETCH)
@@ -275,8 +289,7 @@ async fn two_workers_share_a_consumer_and_one_aborted_mid_stream_loses_nothing()
     until("the first worker stalled with a full prefetch", || async {
         let stats = aborted.source.stats();
         let recorded = aborted.log.lock().unwrap().len() as u64;
-        let committed = PROCESSED - PROCESSED % COMMIT as u64;
-        (recorded == PROCESSED && stats.acked == committed && stats.pulled == committed + PREFETCH as u64).then_some(())
+        (recorded == PROCESSED && stats.acked == COMMITTED && stats.pulled == COMMITTED + PREFETCH as u64).then_some(())
     })
     .await;
     assert!(consumer_info(&js, "IN", "workers").await.num_pending > 0, "mid-stream");
@@ -286,8 +299,7 @@ async fn two_workers_share_a_consumer_and_one_aborted_mid_stream_loses_nothing()
     let lost = tokio::time::timeout(DEADLINE, aborted.source.wait()).await.expect("the aborted source ends");
     eprintln!("aborted worker: {lost:?}");
     // What it committed was acked; everything else it held, given back.
-    let committed = PROCESSED - PROCESSED % COMMIT as u64;
-    assert_eq!((lost.pulled, lost.acked, lost.naked), (committed + PREFETCH as u64, committed, PREFETCH as u64));
+    assert_eq!((lost.pulled, lost.acked, lost.naked), (COMMITTED + PREFETCH as u64, COMMITTED, PREFETCH as u64));
     assert_eq!((lost.dead_lettered, lost.errors), (0, 0), "{lost:?}");
 
     let info = until_all_answered(&js, "IN", "workers").await;
@@ -330,7 +342,7 @@ async fn two_workers_share_a_consumer_and_one_aborted_mid_stream_loses_nothing()
     // The duplicates are exactly what the aborted worker recorded and did
     // not commit, within what it held (its prefetch: every message in its
     // pipeline holds a prefetch slot until its answer is confirmed).
-    assert_eq!(duplicates.len() as u64, PROCESSED - committed);
+    assert_eq!(duplicates.len() as u64, PROCESSED - COMMITTED);
     assert!(duplicates.len() <= PREFETCH);
     assert_eq!((first.len() + second.len()) as u64, ITEMS + duplicates.len() as u64);
 
@@ -351,6 +363,7 @@ async fn two_workers_share_a_consumer_and_one_aborted_mid_stream_loses_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_and_started_again_mid_stream_loses_nothing() {
     const ITEMS: u64 = 20_000;
+    let _shared = MEMORY.read().await;
     let mut server = NatsServer::start();
     let (client, js) = broker(&server.url(), &[("IN", "in.>"), ("OUT", "out.>")]).await;
     publish(&js, "in.records", 0..ITEMS, "").await;
@@ -431,6 +444,7 @@ async fn a_stalled_worker_stops_pulling_and_holds_no_more_than_its_prefetch() {
     const ITEMS: u64 = 50_000;
     const PREFETCH: usize = 64;
     const QUEUE: usize = 16;
+    let _alone = MEMORY.write().await;
     let server = NatsServer::start();
     let (client, js) = broker(&server.url(), &[("IN", "in.>")]).await;
 
