@@ -525,3 +525,75 @@ async fn a_stalled_worker_stops_pulling_and_holds_no_more_than_its_prefetch() {
     ids.sort_unstable();
     assert_eq!(ids, (0..ITEMS).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_process_dies_mid_stream_loses_nothing() {
+    const ITEMS: u64 = 20_000;
+    const PREFETCH: usize = 128;
+    let _shared = MEMORY.read().await;
+    let server = NatsServer::start();
+    let (client, js) = broker(&server.url(), &[("IN", "in.>")]).await;
+    publish(&js, "in.records", 0..ITEMS, "").await;
+    // What a process that dies pulled and did not answer comes back once
+    // this runs out.
+    let source = |client| Source::new(client, "IN", "workers").ack_wait(Duration::from_secs(2)).prefetch(PREFETCH);
+
+    // The worker that dies runs on a runtime of its own, with its own
+    // connection: shutting the runtime down drops every task of it where
+    // it stands (the connection, the source's answers) as a crash does.
+    let process = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let first = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (url, log, source) = (server.url(), first.clone(), source.clone());
+        process.spawn(async move {
+            let client = Connect::new(url).connect().await.unwrap();
+            let flow = Worker::start(None).await;
+            let _recorder = record(&flow, log, 1, None);
+            let _source = source(client).start(flow.acked()).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+    }
+    let flow = Worker::start(None).await;
+    let second = Arc::new(Mutex::new(Vec::new()));
+    let recorder = record(&flow, second.clone(), 1, None);
+    let survivor = source(client.clone()).start(flow.acked()).await.unwrap();
+
+    until("3 000 items through the worker that dies", || async {
+        (first.lock().unwrap().len() >= 3_000).then_some(())
+    })
+    .await;
+    tokio::task::spawn_blocking(move || process.shutdown_timeout(DEADLINE)).await.unwrap();
+    assert!(consumer_info(&js, "IN", "workers").await.num_pending > 0, "mid-stream");
+
+    let info = until_all_answered(&js, "IN", "workers").await;
+    let kept = survivor.stop().await;
+    flow.shutdown().await;
+    recorder.await.unwrap();
+    eprintln!("surviving worker: {kept:?}; consumer {info:?}");
+    assert_eq!((kept.naked, kept.dead_lettered, kept.errors), (0, 0, 0), "{kept:?}");
+
+    let first = std::mem::take(&mut *first.lock().unwrap());
+    let second = std::mem::take(&mut *second.lock().unwrap());
+    assert_eq!(kept.acked, second.len() as u64);
+    let mut times: HashMap<u64, (u32, u32)> = HashMap::new();
+    for scored in &first {
+        times.entry(scored.id).or_default().0 += 1;
+    }
+    for scored in &second {
+        times.entry(scored.id).or_default().1 += 1;
+    }
+    assert!((0..ITEMS).all(|id| times.contains_key(&id)), "every id processed");
+    assert_eq!(times.len() as u64, ITEMS);
+    let mut duplicates: Vec<u64> = times.iter().filter(|(_, (a, b))| a + b > 1).map(|(id, _)| *id).collect();
+    duplicates.sort_unstable();
+    eprintln!("{} ids processed twice: {duplicates:?}", duplicates.len());
+    for id in &duplicates {
+        assert_eq!(times[id], (1, 1), "id {id}");
+    }
+    // Delivered again: what the dead process held unanswered, at most its
+    // prefetch; processed twice: those of them it had recorded.
+    let again = info.delivered.consumer_sequence - ITEMS;
+    assert!(again <= PREFETCH as u64, "{again} delivered again");
+    assert!(duplicates.len() as u64 <= again, "{} duplicates, {again} delivered again", duplicates.len());
+    assert_eq!((first.len() + second.len()) as u64, ITEMS + duplicates.len() as u64);
+}
