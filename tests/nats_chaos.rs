@@ -1,9 +1,10 @@
 //! NATS segments under trouble, each test on its own real `nats-server`:
-//! two workers sharing a durable consumer while one is aborted mid-stream,
-//! the broker killed and started again mid-stream, and a worker far slower
-//! than its publisher. Every input is processed at least once, duplicates
-//! stay within what the lost worker held, the consumer ends fully
-//! acknowledged, and a stalled worker holds no more than its prefetch.
+//! two workers sharing a durable consumer while one is aborted mid-stream
+//! or its whole process dies, the broker killed and started again
+//! mid-stream, and a worker far slower than its publisher. Every input is
+//! processed at least once, duplicates stay within what the lost worker
+//! held, the consumer ends fully acknowledged, and a stalled worker holds
+//! no more than its prefetch.
 
 #![cfg(feature = "nats")]
 
@@ -544,7 +545,7 @@ async fn a_worker_whose_process_dies_mid_stream_loses_nothing() {
     let process = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let first = Arc::new(Mutex::new(Vec::new()));
     {
-        let (url, log, source) = (server.url(), first.clone(), source.clone());
+        let (url, log) = (server.url(), first.clone());
         process.spawn(async move {
             let client = Connect::new(url).connect().await.unwrap();
             let flow = Worker::start(None).await;
