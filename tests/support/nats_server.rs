@@ -1,6 +1,6 @@
 //! A real `nats-server` with JetStream for one test: on a free loopback port,
 //! with its own store directory, stopped (and its directory removed) when
-//! dropped.
+//! dropped. It can be killed and started again on the same port and store.
 //!
 //! The binary is `$GENFLOW_NATS_SERVER` if set, else `nats-server` on the
 //! `PATH` or in `/usr/sbin` (where Debian's package puts it). A missing
@@ -19,6 +19,10 @@ pub(crate) struct NatsServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// The extra arguments it was started with.
+    args: Vec<String>,
+    /// How many times it was started (each start has its own log).
+    starts: u32,
 }
 
 impl NatsServer {
@@ -42,18 +46,9 @@ impl NatsServer {
             let port = free_port();
             let dir = tempfile::Builder::new().prefix("genflow-nats-").tempdir().expect("a temporary directory");
             let log = dir.path().join("server.log");
-            let child = Command::new(&binary)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(dir.path().join("store"))
-                .arg("-l")
-                .arg(&log)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-            let mut server = NatsServer { child, port, dir };
+            let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+            let child = spawn(&binary, port, dir.path(), &log, &args);
+            let mut server = NatsServer { child, port, dir, args, starts: 1 };
             if server.wait_ready(&log) {
                 return server;
             }
@@ -70,6 +65,35 @@ impl NatsServer {
     #[allow(dead_code, reason = "not every test looks at the store")]
     pub(crate) fn store(&self) -> PathBuf {
         self.dir.path().join("store")
+    }
+
+    /// Kills the server (`SIGKILL`, a crash: nothing is flushed or said
+    /// goodbye to) and waits until it has exited.
+    #[allow(dead_code, reason = "not every test kills its server")]
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again, after [`kill`](Self::kill), on the same
+    /// port and store directory with the same arguments, and waits until
+    /// it is ready.
+    ///
+    /// # Panics
+    ///
+    /// If it does not start (its port was taken meanwhile).
+    #[allow(dead_code, reason = "not every test restarts its server")]
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.starts += 1;
+        let log = self.dir.path().join(format!("server-{}.log", self.starts));
+        self.child = spawn(&binary(), self.port, self.dir.path(), &log, &self.args);
+        assert!(
+            self.wait_ready(&log),
+            "nats-server did not start again on port {}; its log:\n{}",
+            self.port,
+            fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     /// Waits (up to 20 s) until the log says the server is ready; `false`
@@ -98,6 +122,21 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `binary` on `port` with JetStream, its store in `dir`.
+fn spawn(binary: &Path, port: u16, dir: &Path, log: &Path, args: &[String]) -> Child {
+    Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("store"))
+        .arg("-l")
+        .arg(log)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
 }
 
 fn free_port() -> u16 {
