@@ -19,6 +19,10 @@ pub(crate) struct NatsServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// The extra arguments it was started with.
+    args: Vec<String>,
+    /// How many times it was started: each start logs to its own file.
+    starts: u32,
 }
 
 impl NatsServer {
@@ -35,30 +39,38 @@ impl NatsServer {
 
     /// A server started with these extra arguments.
     pub(crate) fn start_with(args: &[&str]) -> Self {
-        let binary = binary();
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
         // The port is free when picked; if another process takes it before
         // the server binds it, the server exits and another one is picked.
         for _ in 0..5 {
             let port = free_port();
             let dir = tempfile::Builder::new().prefix("genflow-nats-").tempdir().expect("a temporary directory");
-            let log = dir.path().join("server.log");
-            let child = Command::new(&binary)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(dir.path().join("store"))
-                .arg("-l")
-                .arg(&log)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-            let mut server = NatsServer { child, port, dir };
+            let (child, log) = spawn(port, dir.path(), &args, 1);
+            let mut server = NatsServer { child, port, dir, args: args.clone(), starts: 1 };
             if server.wait_ready(&log) {
                 return server;
             }
         }
         panic!("nats-server did not start on a free port in 5 attempts");
+    }
+
+    /// Kills the server (as a crash would: no goodbye to its clients),
+    /// keeping its port and store for [`restart`](Self::restart).
+    #[allow(dead_code, reason = "not every test stops the broker")]
+    pub(crate) fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again, stopped or not, on the same port, with the
+    /// same store and arguments: streams, consumers and messages kept.
+    #[allow(dead_code, reason = "not every test stops the broker")]
+    pub(crate) fn restart(&mut self) {
+        self.stop();
+        self.starts += 1;
+        let (child, log) = spawn(self.port, self.dir.path(), &self.args, self.starts);
+        self.child = child;
+        assert!(self.wait_ready(&log), "nats-server did not start again on port {}", self.port);
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -98,6 +110,25 @@ impl Drop for NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `nats-server -js` on `port` with its store in `dir`, logging to
+/// `dir/server-<start>.log`: the child and its log.
+fn spawn(port: u16, dir: &Path, args: &[String], start: u32) -> (Child, PathBuf) {
+    let binary = binary();
+    let log = dir.join(format!("server-{start}.log"));
+    let child = Command::new(&binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("store"))
+        .arg("-l")
+        .arg(&log)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    (child, log)
 }
 
 fn free_port() -> u16 {
