@@ -6,6 +6,10 @@
 //! prefetch bound holds on the server, progress acknowledgements keep a
 //! slow item from being delivered twice, message ids de-duplicate
 //! republished items, and a message too large for the server fails clearly.
+//! A message is decoded by its `Content-Type`; a stopping source never
+//! gives up on a message it did not process; a deleted consumer ends the
+//! source with an error; pulls failing while the broker is down are
+//! counted, and the source resumes once it is back.
 
 #![cfg(feature = "nats")]
 
@@ -13,16 +17,18 @@ mod support;
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt,
     future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use async_nats::{
-    Client,
+    Client, HeaderMap,
+    connection::State,
     jetstream::{self, consumer, message::StreamMessage, stream},
 };
-use futures::stream as items;
+use futures::{StreamExt, stream as items};
 use genflow::{
     Emitter, GenServer, Stage,
     ack::{Ack, Held, Outcome},
@@ -30,6 +36,8 @@ use genflow::{
 };
 use support::nats_server::NatsServer;
 use tokio::sync::Semaphore;
+use tracing::{Level, Subscriber, field::Field};
+use tracing_subscriber::{Layer, layer::Context, prelude::*};
 
 /// How long a test waits for anything before it fails.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -691,4 +699,262 @@ async fn a_dead_letter_copy_that_cannot_be_stored_yet_is_tried_again_until_it_is
     let dead = messages(&js, "DEAD").await;
     assert_eq!(decode(&dead[0]), 7);
     assert_eq!(dead[0].headers.get(dead_letter::ERROR).unwrap().as_str(), "work: item 7 is poison");
+}
+
+/// The `tracing` events of the current thread: level and message.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<(Level, String)>>>);
+
+impl<S: Subscriber> Layer<S> for Events {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0.lock().unwrap().push((*event.metadata().level(), message.0));
+    }
+}
+
+impl Events {
+    /// Records the events of this thread until the guard is dropped.
+    fn record() -> (Self, tracing::subscriber::DefaultGuard) {
+        let events = Events::default();
+        let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+        (events, guard)
+    }
+
+    /// Whether an event of `level` has a message starting with `prefix`.
+    fn has(&self, level: Level, prefix: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|(l, message)| *l == level && message.starts_with(prefix))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_decodes_each_message_by_its_content_type_and_falls_back_to_its_codec() {
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    // The upstream segment writes MessagePack, with its Content-Type.
+    let upstream = Segment::start(Arc::new(Behaviour::default())).await;
+    let writer = tokio::spawn(
+        Sink::new(client.clone(), "in.items").codec(Codec::MessagePack).run(upstream.output().unwrap().acked()),
+    );
+    for n in 0..10 {
+        upstream.send(n).await.unwrap();
+    }
+    upstream.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, 10);
+    // Another program: JSON without a Content-Type, and a format genflow
+    // does not know.
+    publish(&js, [100]).await;
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", "text/csv");
+    js.publish_with_headers("in.items", headers, "100,200".into()).await.unwrap().await.unwrap();
+
+    // The source's own codec is JSON.
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source =
+        Source::new(client.clone(), "IN", "workers").dead_letter("dead.items").start(flow.acked()).await.unwrap();
+    until("11 items in OUT and 1 in DEAD", || async {
+        (stored(&js, "OUT").await == 11 && stored(&js, "DEAD").await == 1).then_some(())
+    })
+    .await;
+    until_all_answered(&js, "workers").await;
+    let stats = source.stop().await;
+    assert_eq!((stats.pulled, stats.acked, stats.naked, stats.dead_lettered, stats.errors), (12, 11, 0, 1, 0));
+    flow.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, 11);
+    let out: HashSet<u64> = messages(&js, "OUT").await.iter().map(decode).collect();
+    // Doubled by each segment, and 100 by the second one only.
+    assert_eq!(out, (0..10).map(|n| n * 4).chain([200]).collect());
+    let dead = messages(&js, "DEAD").await;
+    assert_eq!(&dead[0].payload[..], b"100,200");
+    let error = NatsError::UnknownContentType { content_type: "text/csv".into(), codec: Codec::Json }.to_string();
+    assert_eq!(
+        error,
+        "cannot decode a payload of content type \"text/csv\": no codec reads it (known: application/json, \
+         application/msgpack); this source's codec, json, is used only for messages without a Content-Type"
+    );
+    assert_eq!(dead[0].headers.get(dead_letter::ERROR).unwrap().as_str(), error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sends_messages_on_their_last_delivery_into_the_pipeline_rather_than_giving_up_on_them() {
+    const ITEMS: u64 = 60;
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    publish(&js, 0..ITEMS).await;
+    // A pipeline that holds far fewer items than the source pulls: most
+    // of them wait outside it when the source stops.
+    let behaviour = Arc::new(Behaviour { gate: Some(Semaphore::new(0)), ..Default::default() });
+    let flow = Segment::builder(behaviour.clone()).queue_size("work", 4).max_demand("work", 1).start().await.unwrap();
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source = Source::new(client.clone(), "IN", "workers")
+        .max_deliver(1)
+        .prefetch(ITEMS as usize)
+        .dead_letter("dead.items")
+        .start(flow.acked())
+        .await
+        .unwrap();
+    until("every message pulled", || async { (source.stats().pulled == ITEMS).then_some(()) }).await;
+    // The stop comes first; then the pipeline moves again.
+    let (stats, ()) = tokio::time::timeout(DEADLINE, async {
+        futures::join!(source.stop(), async { behaviour.gate.as_ref().unwrap().add_permits(1000) })
+    })
+    .await
+    .expect("the source stopped");
+    // The server would not deliver them again: each was processed, none
+    // given back, none given up on.
+    assert_eq!((stats.pulled, stats.acked, stats.naked, stats.dead_lettered, stats.errors), (ITEMS, ITEMS, 0, 0, 0));
+    assert_eq!(behaviour.seen.lock().unwrap().len() as u64, ITEMS);
+    assert!(behaviour.seen.lock().unwrap().values().all(|seen| *seen == 1));
+    let info = until_all_answered(&js, "workers").await;
+    assert_eq!(info.ack_floor.stream_sequence, ITEMS);
+    assert_eq!(stored(&js, "DEAD").await, 0);
+    flow.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, ITEMS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_an_aborted_pipeline_drops_on_their_last_delivery_go_to_the_dead_letter_subject() {
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    publish(&js, 0..5).await;
+    let stuck = Arc::new(Behaviour { gate: Some(Semaphore::new(0)), ..Default::default() });
+    let flow = Segment::start(stuck).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    let source = Source::new(client.clone(), "IN", "workers")
+        .max_deliver(1)
+        .prefetch(5)
+        .dead_letter("dead.items")
+        .start(flow.acked())
+        .await
+        .unwrap();
+    until("every message pulled", || async {
+        (consumer_info(&js, "workers").await.num_ack_pending == 5).then_some(())
+    })
+    .await;
+    flow.abort();
+    let stats = tokio::time::timeout(DEADLINE, source.stop()).await.expect("the source stopped");
+    // A nak would lose them: the server delivers a message no more once
+    // it reached its deliveries. Each is kept in the dead-letter stream.
+    assert_eq!((stats.pulled, stats.acked, stats.naked, stats.dead_lettered), (5, 0, 0, 5));
+    assert_eq!(writer.await.unwrap().published, 0);
+    until_all_answered(&js, "workers").await;
+    let dead = messages(&js, "DEAD").await;
+    assert_eq!(dead.iter().map(decode).collect::<HashSet<_>>(), (0..5).collect());
+    for copy in &dead {
+        assert_eq!(
+            copy.headers.get(dead_letter::ERROR).unwrap().as_str(),
+            "dropped: the pipeline was aborted or shut down before it was done with the item, on its last allowed \
+             delivery"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_source_whose_consumer_is_deleted_ends_with_an_error_saying_so() {
+    let (events, _guard) = Events::record();
+    let server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+    let mut out = flow.output().unwrap();
+    let source = Source::new(client.clone(), "IN", "workers").start(flow.acked()).await.unwrap();
+    publish(&js, [1]).await;
+    assert_eq!(tokio::time::timeout(DEADLINE, out.next()).await.unwrap(), Some(2));
+    until("the message acked", || async { (source.stats().acked == 1).then_some(()) }).await;
+
+    js.get_stream("IN").await.unwrap().delete_consumer("workers").await.unwrap();
+    // The source ends by itself.
+    let stats = tokio::time::timeout(DEADLINE, source.wait()).await.expect("the source ended");
+    let error = stats.error.as_deref().expect("the error that ended the source");
+    assert!(
+        matches!(error, NatsError::ConsumerGone { stream, consumer, .. } if stream == "IN" && consumer == "workers"),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "the durable consumer \"workers\" of the stream \"IN\" no longer exists (deleted while the source ran): the \
+             source ended (consumer not found"
+        ),
+        "{text}"
+    );
+    assert!(stats.pull_errors >= 1 && stats.errors >= stats.pull_errors, "{stats:?}");
+    assert_eq!((stats.pulled, stats.acked), (1, 1));
+    assert!(events.has(Level::ERROR, "the NATS source ends"));
+    flow.shutdown().await;
+}
+
+#[tokio::test]
+async fn pulls_failing_while_the_broker_is_down_are_counted_and_the_source_resumes_once_it_is_back() {
+    let (events, _guard) = Events::record();
+    let mut server = NatsServer::start();
+    let (client, js) = broker(&server).await;
+    publish(&js, 0..10).await;
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+    let writer = tokio::spawn(Sink::new(client.clone(), "out.items").run(flow.output().unwrap().acked()));
+    // A killed server may forget the last acks it had: they come back
+    // after `ack_wait`, kept short here.
+    let source = Source::new(client.clone(), "IN", "workers")
+        .ack_wait(Duration::from_secs(2))
+        .start(flow.acked())
+        .await
+        .unwrap();
+    until("10 acked", || async { (source.stats().acked == 10).then_some(()) }).await;
+    assert_eq!(source.stats().pull_errors, 0);
+
+    server.stop();
+    until("two failed pulls", || async { (source.stats().pull_errors >= 2).then_some(()) }).await;
+    assert!(source.stats().errors >= 2);
+    assert!(events.has(Level::WARN, "the NATS server is unreachable; pulling again in"));
+    server.restart();
+    until("the client connected again", || async { (client.connection_state() == State::Connected).then_some(()) })
+        .await;
+    publish(&js, 10..20).await;
+    let expected: HashSet<u64> = (0..20).map(|n| n * 2).collect();
+    until("every item in OUT", || async {
+        (messages(&js, "OUT").await.iter().map(decode).collect::<HashSet<_>>() == expected).then_some(())
+    })
+    .await;
+    let info = until_all_answered(&js, "workers").await;
+    assert_eq!(info.ack_floor.stream_sequence, 20);
+    let stats = source.stop().await;
+    assert!(stats.pulled >= 20 && stats.acked == stats.pulled, "{stats:?}");
+    assert_eq!((stats.naked, stats.dead_lettered), (0, 0));
+    assert!(stats.pull_errors >= 2 && stats.error.is_none(), "{stats:?}");
+    flow.shutdown().await;
+    assert_eq!(writer.await.unwrap().published, stats.acked);
+}
+
+#[tokio::test]
+async fn start_says_the_broker_is_unreachable_when_it_is_down() {
+    let mut server = NatsServer::start();
+    let (client, _js) = broker(&server).await;
+    let flow = Segment::start(Arc::new(Behaviour::default())).await;
+    server.stop();
+    let started =
+        tokio::time::timeout(Duration::from_secs(30), Source::new(client, "IN", "workers").start(flow.acked()))
+            .await
+            .expect("start returned");
+    let error = started.expect_err("no consumer bound with the broker down");
+    assert!(
+        matches!(&error, NatsError::Unreachable { stream, consumer, .. } if stream == "IN" && consumer == "workers"),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "cannot reach the NATS server to bind the durable consumer \"workers\" of the stream \"IN\": the \
+             connection is down ("
+        ),
+        "{text}"
+    );
+    flow.shutdown().await;
 }

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -31,8 +31,8 @@ pub(crate) enum Event {
     Done { id: u64, outcome: Outcome },
     /// A message whose payload does not decode.
     Reject { message: jetstream::Message, permit: OwnedSemaphorePermit, error: String },
-    /// A message pulled after the source stopped or its pipeline closed:
-    /// its item never went in.
+    /// A message pulled after the source stopped or its pipeline closed,
+    /// not on its last allowed delivery: its item never went in.
     GiveBack { message: jetstream::Message, permit: OwnedSemaphorePermit },
 }
 
@@ -43,6 +43,12 @@ pub(crate) enum Event {
 /// than back to that request.
 pub(crate) const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 
+/// Why a message whose item the pipeline dropped (it was aborted, or
+/// shut down before the item went in) is given up on, on its last allowed
+/// delivery: the dead-letter copy's error.
+pub(crate) const DROPPED: &str =
+    "dropped: the pipeline was aborted or shut down before it was done with the item, on its last allowed delivery";
+
 /// The source's counters; see [`SourceStats`](super::SourceStats).
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -52,6 +58,9 @@ pub(crate) struct Counters {
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) progress: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) pull_errors: AtomicU64,
+    /// The error that ended the source, if one did.
+    pub(crate) fatal: OnceLock<Arc<NatsError>>,
 }
 
 impl Counters {
@@ -148,7 +157,10 @@ async fn answer(
     counters: Arc<Counters>,
 ) {
     // A failure is retried after the nak delay; an item lost without
-    // failing (an abort), or never sent, after `GIVE_BACK_DELAY`.
+    // failing (an abort), or never sent, after `GIVE_BACK_DELAY`. Only a
+    // message on its last allowed delivery is given up on: the server
+    // would not deliver it again after a nak. A message never sent is
+    // never on it (the source sends those in whatever happens).
     let (reasons, delay) = match answer {
         Answer::Outcome(Outcome::Delivered) => {
             confirm(&message, AckKind::Ack, &counters.acked, &counters).await;
@@ -158,8 +170,11 @@ async fn answer(
             failures.iter().map(|failure| format!("{}: {}", failure.stage(), failure.error())).collect::<Vec<_>>(),
             policy.nak_delay,
         ),
-        Answer::Outcome(Outcome::Dropped) => (vec!["dropped by the pipeline".to_string()], Some(GIVE_BACK_DELAY)),
-        Answer::NotSent => (vec!["pulled after the source stopped".to_string()], Some(GIVE_BACK_DELAY)),
+        Answer::Outcome(Outcome::Dropped) => (vec![DROPPED.to_string()], Some(GIVE_BACK_DELAY)),
+        Answer::NotSent => {
+            confirm(&message, AckKind::Nak(Some(GIVE_BACK_DELAY)), &counters.naked, &counters).await;
+            return;
+        }
         Answer::Undecodable(error) => {
             give_up(&message, &[error], &policy, &counters).await;
             return;

@@ -8,8 +8,16 @@ use super::NatsError;
 /// The format of message payloads: how an item is written into a message and
 /// read back, through [serde](https://serde.rs).
 ///
-/// Each source and sink is given its codec; the segments on both ends of a
-/// subject must use the same one. [`Json`](Self::Json) is the default: easy
+/// Each source and sink is given its codec. A [`Sink`](super::Sink) writes
+/// its codec's [`content_type`](Self::content_type) in each message's
+/// `Content-Type` header, and a [`Source`](super::Source) decodes a message
+/// with the codec its `Content-Type` names
+/// ([`from_content_type`](Self::from_content_type)), using its own codec
+/// only for a message without one (published by another program): so the
+/// segments on both ends of a subject may differ, but a source must be
+/// given the codec of whatever else publishes there without that header.
+/// A `Content-Type` that names no codec is a decode failure
+/// ([`NatsError::UnknownContentType`]). [`Json`](Self::Json) is the default: easy
 /// to read with `nats sub` and from other languages.
 /// [`MessagePack`](Self::MessagePack) is a compact binary form of the same
 /// data model (structs as maps with their field names, so fields may be
@@ -53,6 +61,34 @@ impl Codec {
         match self {
             Codec::Json => "application/json",
             Codec::MessagePack => "application/msgpack",
+        }
+    }
+
+    /// The codec whose payloads have the MIME type `content_type`, as in a
+    /// `Content-Type` header: `application/json` is [`Json`](Self::Json);
+    /// `application/msgpack`, `application/x-msgpack` and
+    /// `application/vnd.msgpack` are [`MessagePack`](Self::MessagePack).
+    /// Case and parameters (`; charset=utf-8`) do not matter. `None` for
+    /// any other type.
+    ///
+    /// ```
+    /// # #[cfg(feature = "nats")] {
+    /// use genflow::nats::Codec;
+    ///
+    /// assert_eq!(Codec::from_content_type("Application/JSON; charset=utf-8"), Some(Codec::Json));
+    /// assert_eq!(Codec::from_content_type(Codec::MessagePack.content_type()), Some(Codec::MessagePack));
+    /// assert_eq!(Codec::from_content_type("text/csv"), None);
+    /// # }
+    /// ```
+    pub fn from_content_type(content_type: &str) -> Option<Codec> {
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        let is = |name: &str| essence.eq_ignore_ascii_case(name);
+        if is("application/json") {
+            Some(Codec::Json)
+        } else if is("application/msgpack") || is("application/x-msgpack") || is("application/vnd.msgpack") {
+            Some(Codec::MessagePack)
+        } else {
+            None
         }
     }
 

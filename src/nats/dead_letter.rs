@@ -2,8 +2,10 @@
 //! to its dead-letter subject, and the headers that say why.
 //!
 //! A message is given up on when its payload does not decode (it never
-//! will), or when the pipeline failed it (or lost it) on its last allowed
-//! delivery (`max_deliver`). The source then publishes a copy (the same
+//! will; this includes a `Content-Type` header that names no codec), or
+//! when the pipeline failed it (or dropped it, in an abort) on its last
+//! allowed delivery (`max_deliver`): a message that reached its
+//! deliveries is not delivered again, whatever the answer. The source then publishes a copy (the same
 //! payload and headers, plus the headers below) to its
 //! [dead-letter subject](super::Source::dead_letter) through JetStream,
 //! waits for the stream that captures that subject to store it, and only

@@ -65,6 +65,43 @@ pub enum NatsError {
         /// async-nats' error.
         source: BoxError,
     },
+    /// A [`Source`](super::Source) could not reach the broker to bind its
+    /// durable consumer: the connection was down when the request failed
+    /// (the server stopped, or not reachable from here). Unlike
+    /// [`Consumer`](Self::Consumer), the stream and consumer may be fine:
+    /// start the source again once the broker is back.
+    Unreachable {
+        /// The stream the consumer reads.
+        stream: String,
+        /// The durable consumer's name.
+        consumer: String,
+        /// async-nats' error (usually a timeout).
+        source: BoxError,
+    },
+    /// A running [`Source`](super::Source)'s durable consumer, or its
+    /// stream, no longer exists on the server (deleted while the source
+    /// ran): the source ended, and its stats carry this error
+    /// ([`SourceStats::error`](super::SourceStats::error)). It does not
+    /// create the consumer again, which would deliver the stream again
+    /// from its start.
+    ConsumerGone {
+        /// The stream the consumer read.
+        stream: String,
+        /// The durable consumer's name.
+        consumer: String,
+        /// async-nats' error (consumer or stream not found).
+        source: BoxError,
+    },
+    /// A message's `Content-Type` header names a format of no
+    /// [`Codec`]: its payload is not decoded (a decode failure: the
+    /// message is given up on at once).
+    UnknownContentType {
+        /// The header's value.
+        content_type: String,
+        /// The codec of the source that read it (used only for messages
+        /// without a `Content-Type`).
+        codec: Codec,
+    },
     /// A message could not be published to a stream, or the stream did not
     /// acknowledge it in time (no stream captures the subject, the
     /// connection was lost, the stream refused it).
@@ -108,6 +145,24 @@ impl fmt::Display for NatsError {
             NatsError::Consumer { stream, consumer, source } => {
                 write!(f, "cannot bind to the durable consumer {consumer:?} of the stream {stream:?}: {source}")
             }
+            NatsError::Unreachable { stream, consumer, source } => write!(
+                f,
+                "cannot reach the NATS server to bind the durable consumer {consumer:?} of the stream {stream:?}: the \
+                 connection is down ({source})"
+            ),
+            NatsError::ConsumerGone { stream, consumer, source } => write!(
+                f,
+                "the durable consumer {consumer:?} of the stream {stream:?} no longer exists (deleted while the source \
+                 ran): the source ended ({source})"
+            ),
+            NatsError::UnknownContentType { content_type, codec } => write!(
+                f,
+                "cannot decode a payload of content type {content_type:?}: no codec reads it (known: {}, {}); this \
+                 source's codec, {}, is used only for messages without a Content-Type",
+                Codec::Json.content_type(),
+                Codec::MessagePack.content_type(),
+                codec.name()
+            ),
             NatsError::Publish { subject, source } => write!(f, "cannot publish to {subject:?}: {source}"),
             NatsError::TooLarge { subject, len, max } => {
                 write!(f, "a {len}-byte message for {subject:?} is larger than the server's max_payload of {max} bytes")
@@ -124,8 +179,10 @@ impl Error for NatsError {
             NatsError::Encode { source, .. }
             | NatsError::Decode { source, .. }
             | NatsError::Consumer { source, .. }
+            | NatsError::Unreachable { source, .. }
+            | NatsError::ConsumerGone { source, .. }
             | NatsError::Publish { source, .. } => Some(source.as_ref()),
-            NatsError::TooLarge { .. } => None,
+            NatsError::TooLarge { .. } | NatsError::UnknownContentType { .. } => None,
         }
     }
 }

@@ -41,7 +41,15 @@ type Compute<T> = Arc<dyn Fn(&T) -> String + Send + Sync>;
 /// fails with [`NatsError::TooLarge`] without being sent (the server
 /// would close the connection).
 ///
-/// Each message carries a `Content-Type` header naming the codec.
+/// Each message carries a `Content-Type` header naming the codec
+/// ([`Codec::content_type`]): a [`Source`](super::Source) downstream
+/// decodes by it, whatever its own codec (a reader that is not genflow
+/// must use the same codec, or read the header).
+///
+/// A stream must capture the subjects first: the sink creates none, and a
+/// publish no stream captures fails its item (see [`run`](Self::run)).
+/// The `client` is an [`async_nats::Client`] of async-nats 0.46, re-exported
+/// as [`genflow::nats::async_nats`](super::async_nats).
 ///
 /// The idea comes from Broadway's batchers writing to an external system
 /// and acking only what was written, and from JetStream's publish

@@ -67,6 +67,12 @@ impl NatsServer {
         self.dir.path().join("store")
     }
 
+    /// Stops the server as a crash would: [`kill`](Self::kill).
+    #[allow(dead_code, reason = "not every test stops its server")]
+    pub(crate) fn stop(&mut self) {
+        self.kill();
+    }
+
     /// Kills the server (`SIGKILL`, a crash: nothing is flushed or said
     /// goodbye to) and waits until it has exited.
     #[allow(dead_code, reason = "not every test kills its server")]
