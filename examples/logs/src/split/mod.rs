@@ -170,12 +170,12 @@ fn combine(args: CombineArgs) -> Result<ExitCode, BoxError> {
         parts.push(part);
     }
     let report = report::combine(&parts)?;
-    let covers: usize = parts.iter().map(|part| part.covers.len()).sum();
-    println!("{} partial reports, {covers} partitions\n", parts.len());
-    crate::print_report(&report);
     if let Some(path) = &args.json {
         write_json(path, &report)?;
     }
+    let covers: usize = parts.iter().map(|part| part.covers.len()).sum();
+    println!("{} partial reports, {covers} partitions\n", parts.len());
+    crate::print_report(&report);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,6 +41,11 @@ use crate::{
 /// has messages to pull while the aggregate waits for the next checkpoint.
 pub(crate) const CHECKPOINT_EVERY: u64 = 256;
 
+/// How often the aggregate writes what it holds when fewer than
+/// [`CHECKPOINT_EVERY`] messages came: a message waits at most about this
+/// long for its ack once its record is counted.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
 /// How many messages a partition's source holds pulled and not yet
 /// acked (the server's `max_ack_pending` default is 1,000).
 const PREFETCH: usize = 512;
@@ -200,7 +205,24 @@ impl GenServer for Aggregate {
         Aggregate { state: (*registry.start).clone(), held: Held::default(), taken: 0, lost }
     }
 
+    async fn init(&mut self) {
+        // Ticks call `handle_timer`; it runs in this stage's task, so this
+        // cannot fail here.
+        let _ = self.send_interval(CHECKPOINT_INTERVAL, ());
+    }
+
     async fn handle_call(&mut self, (): ()) {}
+}
+
+impl Aggregate {
+    /// Emits the state with the acknowledgements held since the last
+    /// checkpoint, if any.
+    async fn checkpoint(&mut self, out: &mut Emitter<PartitionState>) {
+        if !self.held.is_empty() {
+            self.taken = 0;
+            out.emit_with(self.state.clone(), std::mem::take(&mut self.held)).await;
+        }
+    }
 }
 
 impl Stage for Aggregate {
@@ -242,15 +264,22 @@ impl Stage for Aggregate {
         self.held.absorb(held);
         self.taken += 1;
         if self.state.done() || self.taken >= CHECKPOINT_EVERY {
-            self.taken = 0;
-            out.emit_with(self.state.clone(), std::mem::take(&mut self.held)).await;
+            self.checkpoint(out).await;
+        }
+    }
+
+    /// Every [`CHECKPOINT_INTERVAL`]: a checkpoint of what it holds, so
+    /// messages are acked while few arrive.
+    async fn handle_timer(&mut self, (): (), out: &mut Emitter<PartitionState>) {
+        if !self.lost {
+            self.checkpoint(out).await;
         }
     }
 
     /// At shutdown: a last checkpoint of what it holds.
     async fn finish(&mut self, out: &mut Emitter<PartitionState>) {
-        if !self.held.is_empty() {
-            out.emit_with(self.state.clone(), std::mem::take(&mut self.held)).await;
+        if !self.lost {
+            self.checkpoint(out).await;
         }
     }
 }
@@ -449,6 +478,9 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode, BoxError> {
     }
 
     let report = partial_report(&stream, finished).await?;
+    if let Some(path) = &args.report {
+        write_json(path, &report)?;
+    }
     println!(
         "worker {}: partitions {} of {}: {} requests ({} redelivered, counted once) in {:.2?}\n",
         args.name,
@@ -459,9 +491,6 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode, BoxError> {
         started.elapsed()
     );
     crate::print_report(&report.as_report());
-    if let Some(path) = &args.report {
-        write_json(path, &report)?;
-    }
     Ok(ExitCode::SUCCESS)
 }
 
