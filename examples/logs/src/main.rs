@@ -53,6 +53,13 @@
 //!   127.0.0.1:9000` serves the pipeline's metrics as Prometheus text while
 //!   it runs (`prometheus.rs`: `genflow::export` records them every second
 //!   through the `metrics` facade).
+//! - **Beyond one machine.** Built with `--features nats`, `logs ingest`,
+//!   `logs worker` and `logs combine` split the same analysis across
+//!   processes joined by NATS JetStream, with a `genflow::nats::Sink` and
+//!   `Source`s, acknowledgements held by the aggregate until its state is
+//!   stored, and a combined report equal to the single-process one
+//!   (`split/mod.rs`); `--json FILE` writes this run's report for
+//!   comparison.
 
 #[path = "gen.rs"]
 mod generator;

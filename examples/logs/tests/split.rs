@@ -10,12 +10,12 @@
 #[allow(dead_code, reason = "the example's modules; the tests use part of them")]
 #[path = "../src/gen.rs"]
 mod generator;
-#[allow(dead_code, reason = "the example's modules; the tests use part of them")]
-#[path = "../src/pipeline.rs"]
-mod pipeline;
 #[allow(dead_code, reason = "shared with genflow's tests; these use part of it")]
 #[path = "../../../tests/support/nats_server.rs"]
 mod nats_server;
+#[allow(dead_code, reason = "the example's modules; the tests use part of them")]
+#[path = "../src/pipeline.rs"]
+mod pipeline;
 
 use std::{
     fs,
@@ -130,8 +130,10 @@ fn two_workers_report_together_what_one_process_reports() {
     assert!(ingested.contains(&format!("{} malformed", expected.malformed.count)), "{ingested}");
 
     // The two workers run at once, each on two partitions.
-    let a = Run::start(dir, "a", &["worker", "--nats", &url, "--partitions", "0,2", "--name", "a", "--report", "a.json"]);
-    let b = Run::start(dir, "b", &["worker", "--nats", &url, "--partitions", "1,3", "--name", "b", "--report", "b.json"]);
+    let a =
+        Run::start(dir, "a", &["worker", "--nats", &url, "--partitions", "0,2", "--name", "a", "--report", "a.json"]);
+    let b =
+        Run::start(dir, "b", &["worker", "--nats", &url, "--partitions", "1,3", "--name", "b", "--report", "b.json"]);
     let (a, b) = (a.succeeds(), b.succeeds());
     assert!(a.starts_with("worker a: partitions 0, 2 of 4"), "{a}");
     assert!(b.starts_with("worker b: partitions 1, 3 of 4"), "{b}");
@@ -150,7 +152,8 @@ fn two_workers_report_together_what_one_process_reports() {
     // The two text reports agree too, line for line.
     let text = |name: &str| fs::read_to_string(dir.join(name)).expect("the program's output");
     let (combined_text, single_text) = (text("combine.out"), text("single.out"));
-    let routes_table = |out: &str| out.lines().skip_while(|l| !l.starts_with("Top ")).take(20).collect::<Vec<_>>().join("\n");
+    let routes_table =
+        |out: &str| out.lines().skip_while(|l| !l.starts_with("Top ")).take(20).collect::<Vec<_>>().join("\n");
     assert_eq!(routes_table(&combined_text), routes_table(&single_text));
 
     // Half the partitions are not a report.

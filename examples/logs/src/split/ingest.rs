@@ -128,9 +128,8 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode, BoxError> {
         .map_err(|e| format!("cannot publish to {INGEST_SUBJECT}: {e}"))?
         .await
         .map_err(|e| format!("{INGEST_SUBJECT} was not stored: {e}"))?;
-    let ends = (0..partitions).map(|partition| {
-        (Envelope::End { partition, records: summary.records[partition as usize] }, Held::default())
-    });
+    let ends = (0..partitions)
+        .map(|partition| (Envelope::End { partition, records: summary.records[partition as usize] }, Held::default()));
     let ended = sink().run(stream::iter(ends)).await;
     if ended.failed > 0 {
         return Err(format!("{} end markers were not stored; run the ingest again", ended.failed).into());

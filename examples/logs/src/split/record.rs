@@ -14,7 +14,10 @@ pub(crate) enum Envelope {
     Record(Record),
     /// Published once every record of the partition is stored: how many
     /// there are (their `seq` runs from 1 to `records`).
-    End { partition: u32, records: u64 },
+    End {
+        partition: u32,
+        records: u64,
+    },
 }
 
 impl Envelope {

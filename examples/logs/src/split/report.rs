@@ -41,11 +41,7 @@ pub(crate) struct PartialReport {
 impl PartialReport {
     /// As a [`Report`]: the ingest's counts with this part's aggregates.
     pub(crate) fn as_report(&self) -> Report {
-        Report {
-            parse: self.ingest.parse,
-            malformed: self.ingest.malformed.clone(),
-            summary: self.summary.clone(),
-        }
+        Report { parse: self.ingest.parse, malformed: self.ingest.malformed.clone(), summary: self.summary.clone() }
     }
 }
 
@@ -74,8 +70,7 @@ pub(crate) fn combine(parts: &[PartialReport]) -> Result<Report, BoxError> {
             }
         }
     }
-    let missing: Vec<String> =
-        (0..ingest.partitions).filter(|p| !covered.contains(p)).map(|p| p.to_string()).collect();
+    let missing: Vec<String> = (0..ingest.partitions).filter(|p| !covered.contains(p)).map(|p| p.to_string()).collect();
     if !missing.is_empty() {
         return Err(format!(
             "partitions {} of {} are covered by no partial report",

@@ -255,7 +255,8 @@ impl Stage for Aggregate {
                     return out.fail(format!("two end markers disagree: {end} and {records} records"));
                 }
                 _ if self.state.seen.len() > records => {
-                    return out.fail(format!("{} records counted, the end marker says {records}", self.state.seen.len()));
+                    return out
+                        .fail(format!("{} records counted, the end marker says {records}", self.state.seen.len()));
                 }
                 _ => self.state.end = Some(records),
             },
@@ -401,6 +402,12 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode, BoxError> {
     let stream = records_stream(&js).await?;
     let bucket = state_bucket(&js).await?;
 
+    if let Some(ingest) = ingest_summary(&stream).await? {
+        if let Some(p) = partitions.iter().find(|&&p| p >= ingest.partitions) {
+            return Err(format!("partition {p} is not one of the ingest's {} partitions", ingest.partitions).into());
+        }
+    }
+
     let (errors, mut error) = mpsc::unbounded_channel::<BoxError>();
     let count = Arc::new(AtomicU64::new(0));
     let mut finished = Vec::new();
@@ -500,12 +507,7 @@ async fn partial_report(
     stream: &jetstream::stream::Stream,
     finished: Vec<PartitionState>,
 ) -> Result<PartialReport, BoxError> {
-    let message = stream
-        .get_last_raw_message_by_subject(INGEST_SUBJECT)
-        .await
-        .map_err(|e| format!("cannot read the ingest summary from {INGEST_SUBJECT}: {e}"))?;
-    let ingest: IngestSummary = serde_json::from_slice(&message.payload)
-        .map_err(|e| format!("{INGEST_SUBJECT} holds no ingest summary: {e}"))?;
+    let ingest = ingest_summary(stream).await?.ok_or_else(|| format!("{INGEST_SUBJECT} holds no ingest summary"))?;
     let mut covers = Vec::new();
     for state in &finished {
         let p = state.partition;
@@ -526,4 +528,17 @@ async fn partial_report(
     let summary = Summary::merged(finished.iter().map(|state| &state.summary));
     let duplicates = finished.iter().map(|state| state.duplicates).sum();
     Ok(PartialReport { ingest, covers, summary, duplicates })
+}
+
+/// The last [`IngestSummary`] published, if any.
+async fn ingest_summary(stream: &jetstream::stream::Stream) -> Result<Option<IngestSummary>, BoxError> {
+    use jetstream::stream::LastRawMessageErrorKind;
+    let message = match stream.get_last_raw_message_by_subject(INGEST_SUBJECT).await {
+        Ok(message) => message,
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read the ingest summary from {INGEST_SUBJECT}: {e}").into()),
+    };
+    let ingest = serde_json::from_slice(&message.payload)
+        .map_err(|e| format!("{INGEST_SUBJECT} holds no ingest summary: {e}"))?;
+    Ok(Some(ingest))
 }
