@@ -112,6 +112,19 @@ fn coverage(path: &Path) -> (Vec<u32>, u64) {
     (covers, part["duplicates"].as_u64().expect("duplicates"))
 }
 
+/// `19886` → `19,886`, as the program writes counts.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// What the single-process pipeline reports for `lines` generated lines
 /// (`tests/logs.rs` checks that the pipeline's report is this one).
 fn expected(lines: u64) -> Report {
@@ -128,6 +141,11 @@ fn two_workers_report_together_what_one_process_reports() {
     let ingested = logs(dir, "ingest", &["ingest", "--nats", &url, "--lines", "20000", "--partitions", "4"]);
     let expected = expected(20_000);
     assert!(ingested.contains(&format!("{} malformed", expected.malformed.count)), "{ingested}");
+    // Run again, within the stream's duplicate window: the message ids
+    // (line numbers) keep every record from being stored twice.
+    let again = logs(dir, "ingest-again", &["ingest", "--nats", &url, "--lines", "20000", "--partitions", "4"]);
+    let stored = format!("stored      0 records ({} stored before, not again)", thousands(expected.parse.parsed));
+    assert!(again.contains(&stored), "{again}");
 
     // The two workers run at once, each on two partitions.
     let a =

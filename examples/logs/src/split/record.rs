@@ -11,13 +11,11 @@ use crate::pipeline::{Method, Request};
 /// record, or the marker that ends the partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Envelope {
+    /// A parsed line.
     Record(Record),
     /// Published once every record of the partition is stored: how many
     /// there are (their `seq` runs from 1 to `records`).
-    End {
-        partition: u32,
-        records: u64,
-    },
+    End { partition: u32, records: u64 },
 }
 
 impl Envelope {

@@ -136,7 +136,9 @@ pub(crate) struct Partition {
 
 /// What `enrich` passes to `aggregate`.
 pub(crate) enum Counted {
+    /// The hit of the `seq`th record of the partition.
     Hit { seq: u64, hit: Hit },
+    /// The partition's end marker: it has `records` records.
     End { records: u64 },
 }
 
@@ -465,7 +467,7 @@ pub(crate) async fn run(args: WorkerArgs) -> Result<ExitCode, BoxError> {
     let outcome = tokio::select! {
         done = all_done => if done.iter().all(|&ok| ok) { Ok(false) } else { Err("a checkpoint writer ended".into()) },
         Some(e) = error.recv() => Err(e),
-        _ = tokio::signal::ctrl_c() => Ok(true),
+        Ok(()) = tokio::signal::ctrl_c() => Ok(true),
     };
     // The pipeline drains (the aggregate writes a last checkpoint of what
     // it holds), then the source answers every message it pulled.
