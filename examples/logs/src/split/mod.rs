@@ -18,7 +18,7 @@
 //!   `Nats-Msg-Id` is the line number, and each record also carries its
 //!   `seq`, its place among its partition's records. Once every record is
 //!   stored (publish acknowledgements awaited), the ingest publishes what it
-//!   read ([`IngestSummary`]: line counts, the malformed lines, the records
+//!   read ([`IngestSummary`](report::IngestSummary): line counts, the malformed lines, the records
 //!   per partition) to `logs.ingest`, then an end marker with the record
 //!   count to each partition's subject. The stream `LOGS` (subjects
 //!   `logs.records.*` and `logs.ingest`) is created if missing.
