@@ -53,12 +53,21 @@
 //!   127.0.0.1:9000` serves the pipeline's metrics as Prometheus text while
 //!   it runs (`prometheus.rs`: `genflow::export` records them every second
 //!   through the `metrics` facade).
+//! - **Beyond one machine.** Built with `--features nats`, `logs ingest`,
+//!   `logs worker` and `logs combine` split the same analysis across
+//!   processes joined by NATS JetStream, with a `genflow::nats::Sink` and
+//!   `Source`s, acknowledgements held by the aggregate until its state is
+//!   stored, and a combined report equal to the single-process one
+//!   (`split/mod.rs`); `--json FILE` writes this run's report for
+//!   comparison.
 
 #[path = "gen.rs"]
 mod generator;
 mod pipeline;
 #[cfg(feature = "prometheus")]
 mod prometheus;
+#[cfg(feature = "nats")]
+mod split;
 
 use std::{
     fmt::Write as _,
@@ -90,7 +99,14 @@ const INTERRUPTED: u8 = 130;
 #[derive(Debug, Parser)]
 #[command(after_help = "Without --input, it generates a realistic access log (nginx combined format \
                         + request time) from a fixed seed.")]
+#[cfg_attr(feature = "nats", command(args_conflicts_with_subcommands = true))]
 struct Args {
+    /// Built with `--features nats`: the same analysis split across
+    /// processes joined by NATS JetStream.
+    #[cfg(feature = "nats")]
+    #[command(subcommand)]
+    command: Option<split::Command>,
+
     /// Read this access log instead of generating one; `-` reads stdin.
     #[arg(long, value_name = "PATH")]
     input: Option<PathBuf>,
@@ -114,6 +130,11 @@ struct Args {
     #[cfg(feature = "prometheus")]
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Also write the report as JSON to this file (as `logs combine --json` does).
+    #[cfg(feature = "nats")]
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 /// `name=n`; whether the name is a stage and n is not 0 is checked when
@@ -163,6 +184,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<ExitCode, BoxError> {
+    #[cfg(feature = "nats")]
+    let args = match args.command {
+        Some(command) => return split::run(command).await,
+        None => args,
+    };
     let input = Input::open(&args).await?;
     analyse(&args, input).await
 }
@@ -179,11 +205,17 @@ struct Input {
 
 impl Input {
     async fn open(args: &Args) -> Result<Input, String> {
+        Input::read(args.input.as_deref(), args.lines, generator::DEFAULT_SEED).await
+    }
+
+    /// The lines of `input` (`-` for stdin), at most `limit` of them, or
+    /// `limit` lines (1,000,000 by default) generated from `seed`.
+    async fn read(input: Option<&std::path::Path>, limit: Option<u64>, seed: u64) -> Result<Input, String> {
         let read_error = Arc::new(Mutex::new(None));
-        let Some(path) = &args.input else {
-            let count = args.lines.unwrap_or(DEFAULT_LINES);
+        let Some(path) = input else {
+            let count = limit.unwrap_or(DEFAULT_LINES);
             return Ok(Input {
-                lines: generator::access_log_stream(count, generator::DEFAULT_SEED).boxed(),
+                lines: generator::access_log_stream(count, seed).boxed(),
                 expected: Some(count),
                 description: format!("{} generated lines", thousands(count)),
                 read_error,
@@ -210,11 +242,11 @@ impl Input {
                 }
             })
         });
-        let lines = match args.lines {
+        let lines = match limit {
             Some(limit) => lines.take(usize::try_from(limit).unwrap_or(usize::MAX)).boxed(),
             None => lines.boxed(),
         };
-        Ok(Input { lines, expected: args.lines, description, read_error })
+        Ok(Input { lines, expected: limit, description, read_error })
     }
 }
 
@@ -262,6 +294,10 @@ async fn analyse(args: &Args, input: Input) -> Result<ExitCode, BoxError> {
 
     let metrics = pipeline.metrics();
     print_report(&report);
+    #[cfg(feature = "nats")]
+    if let Some(path) = &args.json {
+        split::write_json(path, &report)?;
+    }
     println!("\n{metrics}\n");
     let accounted = print_accounting(&report, &metrics, fed);
     let rate = fed as f64 / elapsed.as_secs_f64();

@@ -115,9 +115,31 @@ impl Request {
     pub(crate) fn user_agent(&self) -> &str {
         &self.line[self.user_agent.clone()]
     }
+
+    /// A request made from its fields, as a process that did not read the
+    /// line receives them: its line holds only the target and the user
+    /// agent, which is all [`Enricher`] reads of it.
+    #[cfg(feature = "nats")]
+    #[allow(clippy::too_many_arguments, reason = "one argument per field of a request")]
+    pub(crate) fn from_parts(
+        time: i64,
+        method: Method,
+        target: &str,
+        status: u16,
+        bytes: u64,
+        user_agent: &str,
+        latency_us: Option<u64>,
+    ) -> Request {
+        let mut line = String::with_capacity(target.len() + user_agent.len());
+        line.push_str(target);
+        line.push_str(user_agent);
+        let (target, user_agent) = (0..target.len(), target.len()..line.len());
+        Request { line, time, method, target, status, bytes, user_agent, latency_us }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) enum Method {
     Get,
     Head,
@@ -326,6 +348,7 @@ fn parse_seconds(text: &str) -> Option<u64> {
 /// by the pipeline (the stage's `failed` metric) and read back from its
 /// `failures()` stream ([`MalformedLines`]), not here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) struct ParseCounts {
     /// Lines taken, counted before reading them.
     pub(crate) lines: u64,
@@ -360,6 +383,7 @@ impl ParseCounts {
 /// report needs of it: its number and its first [`MalformedLine::MAX_CHARS`]
 /// characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) struct MalformedLine {
     /// 1-based, in the order the lines were fed.
     pub(crate) number: u64,
@@ -397,6 +421,7 @@ impl std::error::Error for MalformedLine {}
 /// when `parse` runs on several replicas, or in a plain loop
 /// ([`sequential`]); both give the same value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) struct Malformed {
     pub(crate) count: u64,
     /// The [`Malformed::EXAMPLES`] lowest-numbered malformed lines, in
@@ -517,6 +542,23 @@ impl Hit {
     pub(crate) fn route_key(&self) -> &str {
         &self.route
     }
+}
+
+/// The `aggregate` replica, out of `partitions`, that the hits of `route`
+/// go to: the hash `partition_by = Hit::route_key` uses (std's
+/// `DefaultHasher`, SipHash with fixed keys, so every process of one
+/// build agrees), modulo the replica count.
+///
+/// `logs ingest` publishes each record to the subject of its route's
+/// partition, so the worker of a partition holds exactly what the
+/// `aggregate` replica of that number holds in a single process with that
+/// many replicas (`tests/split.rs` checks it against the pipeline).
+#[cfg(feature = "nats")]
+pub(crate) fn route_partition(route: &str, partitions: u32) -> u32 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    route.hash(&mut hasher);
+    (hasher.finish() % u64::from(partitions.max(1))) as u32
 }
 
 /// Derives the route, user-agent class and hour of requests.
@@ -676,6 +718,7 @@ impl AgentClass {
 /// every sample to sort them would grow with the log instead. Histograms
 /// merge exactly, by adding their buckets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) struct Histogram {
     /// Counts per bucket, up to the highest bucket used so far.
     buckets: Vec<u64>,
@@ -744,6 +787,7 @@ impl Histogram {
 
 /// Responses counted by status class, 1xx to 5xx.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) struct StatusMix([u64; 5]);
 
 impl StatusMix {
@@ -766,6 +810,7 @@ impl StatusMix {
 
 /// Everything known about one route.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) struct RouteStats {
     pub(crate) requests: u64,
     pub(crate) statuses: StatusMix,
@@ -799,6 +844,7 @@ impl RouteStats {
 /// Its size grows with the number of distinct routes (after normalisation)
 /// and hours, not with the number of lines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) struct Summary {
     pub(crate) routes: HashMap<String, RouteStats>,
     /// Indexed like [`AgentClass::ALL`].
@@ -869,6 +915,7 @@ impl Summary {
 /// The result of a run: what `parse` read, the lines it failed, and what
 /// `aggregate` built.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "nats", derive(serde::Serialize, serde::Deserialize))]
 pub(crate) struct Report {
     /// From the `parse` replicas' state.
     pub(crate) parse: ParseCounts,
