@@ -37,10 +37,11 @@ use crate::{AckedInput, ack::Ack};
 /// long a stop may wait for the request in flight to end.
 const PULL_WAIT: Duration = Duration::from_secs(1);
 
-/// A pull that brought nothing and ended this long after [`PULL_WAIT`]
-/// was not answered by the server (which ends every request at
-/// `PULL_WAIT`): the client's own timer ended it. The connection is down,
-/// or nobody serves the consumer any more.
+/// A pull still open this long after [`PULL_WAIT`] was not answered by
+/// the server (which ends every request at `PULL_WAIT`): the source gives
+/// it up then, and, if it brought nothing, counts a failed pull. The
+/// connection is down, or the server lost track of the request (after a
+/// restart), or nobody serves the consumer any more.
 const UNANSWERED: Duration = Duration::from_secs(2);
 
 /// The first pause after a failed pull; it doubles after each failure in
@@ -572,6 +573,13 @@ impl<T: DeserializeOwned + Send + 'static> Puller<T> {
             };
             let mut brought = 0;
             let mut failed = None;
+            // The server ends the request at `PULL_WAIT`; the client's own
+            // timer only 5 s after that. A request still open past this
+            // deadline was not answered: it is given up on here, so a
+            // server that lost track of it (after a restart, or a worker's
+            // crash) stalls the source for `UNANSWERED`, not 5 s.
+            let deadline = tokio::time::sleep_until(asked + PULL_WAIT + UNANSWERED);
+            tokio::pin!(deadline);
             loop {
                 let message = if open {
                     tokio::select! {
@@ -579,12 +587,16 @@ impl<T: DeserializeOwned + Send + 'static> Puller<T> {
                             open = false;
                             continue;
                         }
+                        _ = &mut deadline => break,
                         message = batch.next() => message,
                     }
                 } else {
                     // What the request still brings after a stop is given
                     // back at once rather than left to `ack_wait`.
-                    batch.next().await
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        message = batch.next() => message,
+                    }
                 };
                 match message {
                     None => break,
