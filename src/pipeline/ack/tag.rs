@@ -16,14 +16,16 @@
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     ptr::NonNull,
-    sync::{
-        Mutex,
-        atomic::{self, AtomicU8, AtomicUsize, Ordering},
-    },
 };
 
 use super::Outcome;
-use crate::pipeline::Failure;
+use crate::{
+    loom::sync::{
+        Mutex,
+        atomic::{self, AtomicU8, AtomicUsize, Ordering},
+    },
+    pipeline::Failure,
+};
 
 /// Outcomes, worst last: failed beats dropped beats delivered.
 const DELIVERED: u8 = 0;
@@ -307,7 +309,10 @@ impl Then for Vec<Tag> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
 
     use super::*;
 
