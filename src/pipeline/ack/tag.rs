@@ -291,10 +291,20 @@ impl<F: FnOnce(Outcome) + Send + 'static> Then for Fire<F> {
         };
         // The last hold may go anywhere in the pipeline: a panic of the
         // user's acknowledgement must not unwind through it.
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (self.0)(outcome))) {
-            let panic = crate::pipeline::Panicked::new(&panic);
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.0)(outcome))) {
+            let panic = crate::pipeline::Panicked::new(&payload);
             tracing::warn!(error = %panic, "an acknowledgement panicked");
+            drop_payload(payload);
         }
+    }
+}
+
+/// Drops a caught panic's payload without letting a panic of its own `Drop`
+/// unwind: that one's payload is forgotten (leaked) rather than dropped in
+/// turn.
+fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
     }
 }
 
@@ -407,5 +417,27 @@ mod tests {
     fn a_panicking_acknowledgement_is_contained() {
         let tag = Tag::firing(|_| panic!("in the acknowledgement"));
         tag.release();
+    }
+
+    #[test]
+    fn a_panic_payload_that_panics_when_dropped_is_contained() {
+        struct Bomb(Arc<AtomicUsize>);
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                panic!("the payload's drop");
+            }
+        }
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let bomb = dropped.clone();
+        let (x, y) = (Tag::firing(move |_| std::panic::panic_any(Bomb(bomb))), Tag::firing(|_| {}));
+        let (seen_tag, seen) = watched();
+        // In a group, with an input after it: the group still passes its
+        // outcome on to that one.
+        let group = Tag::group(vec![x, y, seen_tag]);
+        let let_go = std::panic::catch_unwind(AssertUnwindSafe(|| group.release()));
+        assert!(let_go.is_ok());
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        assert_eq!(kinds(&seen), ["delivered"]);
     }
 }
