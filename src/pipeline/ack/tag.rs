@@ -14,6 +14,7 @@
 //! to each of them when it goes.
 
 use std::{
+    cell::RefCell,
     panic::{AssertUnwindSafe, catch_unwind},
     ptr::NonNull,
 };
@@ -300,20 +301,83 @@ impl<F: FnOnce(Outcome) + Send + 'static> Then for Fire<F> {
 }
 
 /// Drops a caught panic's payload without letting a panic of its own `Drop`
-/// unwind: that one's payload is forgotten (leaked) rather than dropped in
-/// turn.
+/// unwind: that panic's payload is dropped in turn, the same way, a few
+/// times at most; past that, the last one is forgotten (leaked) so that the
+/// loop ends.
 fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
-    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
-        std::mem::forget(again);
+    let mut payload = payload;
+    for _ in 0..4 {
+        match catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            Ok(()) => return,
+            Err(again) => payload = again,
+        }
     }
+    std::mem::forget(payload);
 }
 
 /// A group passes its outcome on to the tags of the inputs it was made from.
+///
+/// Groups nest (a batch of batches, an item going round a cycle through a
+/// `#[batch]` stage), and the last hold of an inner group goes while the
+/// outer one passes its outcome on: called from there, a group's end would
+/// recurse once per level, and a deep enough nest would overflow the stack.
+/// So the outermost group end on a thread keeps a list of the groups that
+/// end under it and settles them in turn, in a loop.
 impl Then for Vec<Tag> {
     fn then(self, worst: u8, failures: Vec<Failure>) {
-        for tag in self {
-            tag.settle(worst, &failures);
+        let mut group = Some(Ending { tags: self, worst, failures });
+        // Under a group end on this thread: queue up behind it. (Once the
+        // thread's locals are gone, in a late destructor, settle here.)
+        let queued = ENDING.try_with(|ending| {
+            let mut ending = ending.borrow_mut();
+            match ending.as_mut() {
+                Some(queue) => queue.extend(group.take()),
+                None => *ending = Some(Vec::new()),
+            }
+        });
+        let Some(group) = group else { return };
+        if queued.is_err() {
+            return group.settle();
         }
+        // The outermost group end: settles its own, then those queued.
+        let _reset = ResetEnding;
+        group.settle();
+        while let Some(group) = ENDING.with(|ending| ending.borrow_mut().as_mut().and_then(Vec::pop)) {
+            group.settle();
+        }
+    }
+}
+
+/// A group whose last hold went: its inputs' tags and what to tell them.
+struct Ending {
+    tags: Vec<Tag>,
+    worst: u8,
+    failures: Vec<Failure>,
+}
+
+impl Ending {
+    fn settle(self) {
+        for tag in self.tags {
+            tag.settle(self.worst, &self.failures);
+        }
+    }
+}
+
+thread_local! {
+    /// While a group end runs on this thread, the groups that ended under
+    /// it, to settle after it.
+    static ENDING: RefCell<Option<Vec<Ending>>> = const { RefCell::new(None) };
+}
+
+/// Ends the outermost group end's turn, even when it unwinds: what is still
+/// queued is dropped (its inputs report dropped) once the list is no longer
+/// borrowed.
+struct ResetEnding;
+
+impl Drop for ResetEnding {
+    fn drop(&mut self) {
+        let left = ENDING.with(|ending| ending.borrow_mut().take());
+        drop(left);
     }
 }
 
@@ -417,6 +481,35 @@ mod tests {
     fn a_panicking_acknowledgement_is_contained() {
         let tag = Tag::firing(|_| panic!("in the acknowledgement"));
         tag.release();
+    }
+
+    #[test]
+    fn a_deep_nest_of_groups_ends_without_overflowing_the_stack() {
+        const DEPTH: usize = 200_000;
+        let fired = Arc::new(AtomicUsize::new(0));
+        let fire = |fired: &Arc<AtomicUsize>| {
+            let fired = fired.clone();
+            Tag::firing(move |outcome| {
+                assert!(outcome.is_failed(), "{outcome:?}");
+                fired.fetch_add(1, Ordering::Relaxed);
+            })
+        };
+        let mut tag = fire(&fired);
+        for _ in 0..DEPTH {
+            tag = Tag::group(vec![tag, fire(&fired)]);
+        }
+        let share = tag.share();
+        drop(tag);
+        assert_eq!(fired.load(Ordering::Relaxed), 0);
+        // On a thread with a small stack: one level of recursion per group
+        // would overflow it.
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || share.fail([&Failure::for_test("deep")]))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(fired.load(Ordering::Relaxed), DEPTH + 1);
     }
 
     #[test]
