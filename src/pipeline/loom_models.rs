@@ -385,3 +385,23 @@ fn loom_a_group_let_go_on_two_threads_passes_its_outcome_to_each_input_once() {
         }
     });
 }
+
+#[test]
+fn loom_a_group_of_a_group_let_go_on_two_threads_settles_every_input_once() {
+    loom::model(|| {
+        let (x, y, z) = (Seen::default(), Seen::default(), Seen::default());
+        let inner = Tag::group(vec![x.tag(), y.tag()]);
+        let inner_share = inner.share();
+        // The outer group's end lets go of the inner group's last hold, or
+        // the other thread does.
+        let outer = Tag::group(vec![inner, z.tag()]);
+        let a = thread::spawn(move || drop(outer));
+        let b = thread::spawn(move || inner_share.release());
+        a.join().unwrap();
+        b.join().unwrap();
+        for seen in [&x, &y, &z] {
+            assert_eq!(seen.outcomes(), [("dropped", vec![])]);
+            assert_eq!(seen.freed(), 1);
+        }
+    });
+}

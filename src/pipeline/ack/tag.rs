@@ -363,10 +363,17 @@ impl Ending {
     }
 }
 
-thread_local! {
+#[cfg(not(genflow_loom))]
+std::thread_local! {
     /// While a group end runs on this thread, the groups that ended under
     /// it, to settle after it.
     static ENDING: RefCell<Option<Vec<Ending>>> = const { RefCell::new(None) };
+}
+
+// Under the model checks, one per simulated thread (they share an OS thread).
+#[cfg(genflow_loom)]
+loom::thread_local! {
+    static ENDING: RefCell<Option<Vec<Ending>>> = RefCell::new(None);
 }
 
 /// Ends the outermost group end's turn, even when it unwinds: what is still
