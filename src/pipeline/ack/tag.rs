@@ -72,6 +72,17 @@ unsafe impl Send for Tag {}
 // which touch the header's atomics and mutex.
 unsafe impl Sync for Tag {}
 
+// What the claims above rest on, checked: the header's parts are shared
+// between threads, and what a node does at the end moves to the last hold's.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Then>() {}
+    shared::<AtomicUsize>();
+    shared::<AtomicU8>();
+    shared::<Mutex<Vec<Failure>>>();
+    sent::<Vec<Tag>>();
+};
+
 impl Tag {
     pub(crate) const NONE: Tag = Tag(None);
 
