@@ -1,5 +1,5 @@
-//! The synchronisation types the pipeline's hand-written queue and reorder
-//! point are built on: `std`'s normally, [loom](https://docs.rs/loom)'s when
+//! The synchronisation types the pipeline's hand-written queue, reorder
+//! point and acknowledgement count are built on: `std`'s normally, [loom](https://docs.rs/loom)'s when
 //! built with `RUSTFLAGS="--cfg genflow_loom"`, so the model checks in
 //! `pipeline::tests` explore their interleavings.
 //!
@@ -10,9 +10,17 @@
 #[cfg(not(genflow_loom))]
 pub(crate) mod sync {
     pub(crate) use std::sync::{Mutex, MutexGuard};
+
+    pub(crate) mod atomic {
+        pub(crate) use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering, fence};
+    }
 }
 
 #[cfg(genflow_loom)]
 pub(crate) mod sync {
     pub(crate) use loom::sync::{Mutex, MutexGuard};
+
+    pub(crate) mod atomic {
+        pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering, fence};
+    }
 }

@@ -1,4 +1,5 @@
-//! Model checks of the queue and the reorder point with
+//! Model checks of the queue, the reorder point and the acknowledgement
+//! count with
 //! [loom](https://docs.rs/loom): every interleaving of a few threads (up to
 //! a bound on preemptions) is run, and a lost wake-up shows as a deadlock.
 //!
@@ -17,8 +18,11 @@ use std::{
 use loom::{future::block_on, thread};
 
 use super::{
-    BATCH,
-    ack::tag::Tagged,
+    BATCH, Failure,
+    ack::{
+        Outcome,
+        tag::{Tag, Tagged},
+    },
     dispatch::Dispatch,
     emitter::Link,
     queue::{Queue, Waiter},
@@ -295,4 +299,109 @@ fn loom_ordered_outputs_wait_for_their_turn() {
 #[test]
 fn loom_ordered_outputs_finished_early_wait_as_a_chunk() {
     ordered_model(&[10]);
+}
+
+/// What the acknowledgement models saw: the outcomes the callback got, and
+/// how many times what it captured was freed. Plain `std` types: loom runs
+/// its threads one at a time, and these are only read after the joins.
+#[derive(Clone, Default)]
+struct Seen {
+    outcomes: Arc<std::sync::Mutex<Vec<Outcome>>>,
+    freed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts its drop into [`Seen::freed`].
+struct Freed(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Freed {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Seen {
+    /// A tag whose callback records its outcome and frees a [`Freed`].
+    fn tag(&self) -> Tag {
+        let (outcomes, freed) = (self.outcomes.clone(), Freed(self.freed.clone()));
+        Tag::firing(move |outcome| {
+            let _freed = freed;
+            outcomes.lock().unwrap().push(outcome);
+        })
+    }
+
+    /// The kinds of the outcomes seen, and the failures' messages.
+    fn outcomes(&self) -> Vec<(&'static str, Vec<String>)> {
+        let outcomes = self.outcomes.lock().unwrap();
+        outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Outcome::Failed(failures) => {
+                    (outcome.kind(), failures.iter().map(|failure| failure.error().to_string()).collect())
+                }
+                _ => (outcome.kind(), Vec::new()),
+            })
+            .collect()
+    }
+
+    fn freed(&self) -> usize {
+        self.freed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn loom_an_acknowledgement_let_go_on_three_threads_fires_once_failed_and_is_freed() {
+    loom::model(|| {
+        let seen = Seen::default();
+        let tag = seen.tag();
+        let (released, dropped) = (tag.share(), tag.share());
+        let a = thread::spawn(move || released.release());
+        let b = thread::spawn(move || drop(dropped));
+        tag.fail([&Failure::for_test("boom")]);
+        a.join().unwrap();
+        b.join().unwrap();
+        // Failed beats dropped, whichever hold went last.
+        assert_eq!(seen.outcomes(), [("failed", vec!["boom".to_owned()])]);
+        assert_eq!(seen.freed(), 1);
+    });
+}
+
+#[test]
+fn loom_a_group_let_go_on_two_threads_passes_its_outcome_to_each_input_once() {
+    loom::model(|| {
+        let (x, y) = (Seen::default(), Seen::default());
+        let (x_tag, y_tag) = (x.tag(), y.tag());
+        // x is also held outside the group, by the main thread.
+        let x_own = x_tag.share();
+        let group = Tag::group(vec![x_tag, y_tag]);
+        let share = group.share();
+        let a = thread::spawn(move || group.release());
+        let b = thread::spawn(move || share.fail([&Failure::for_test("late")]));
+        x_own.release();
+        a.join().unwrap();
+        b.join().unwrap();
+        for seen in [&x, &y] {
+            assert_eq!(seen.outcomes(), [("failed", vec!["late".to_owned()])]);
+            assert_eq!(seen.freed(), 1);
+        }
+    });
+}
+
+#[test]
+fn loom_a_group_of_a_group_let_go_on_two_threads_settles_every_input_once() {
+    loom::model(|| {
+        let (x, y, z) = (Seen::default(), Seen::default(), Seen::default());
+        let inner = Tag::group(vec![x.tag(), y.tag()]);
+        let inner_share = inner.share();
+        // The outer group's end lets go of the inner group's last hold, or
+        // the other thread does.
+        let outer = Tag::group(vec![inner, z.tag()]);
+        let a = thread::spawn(move || drop(outer));
+        let b = thread::spawn(move || inner_share.release());
+        a.join().unwrap();
+        b.join().unwrap();
+        for seen in [&x, &y, &z] {
+            assert_eq!(seen.outcomes(), [("dropped", vec![])]);
+            assert_eq!(seen.freed(), 1);
+        }
+    });
 }

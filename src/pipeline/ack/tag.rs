@@ -14,16 +14,19 @@
 //! to each of them when it goes.
 
 use std::{
+    cell::RefCell,
     panic::{AssertUnwindSafe, catch_unwind},
     ptr::NonNull,
-    sync::{
-        Mutex,
-        atomic::{self, AtomicU8, AtomicUsize, Ordering},
-    },
 };
 
 use super::Outcome;
-use crate::pipeline::Failure;
+use crate::{
+    loom::sync::{
+        Mutex,
+        atomic::{self, AtomicU8, AtomicUsize, Ordering},
+    },
+    pipeline::Failure,
+};
 
 /// Outcomes, worst last: failed beats dropped beats delivered.
 const DELIVERED: u8 = 0;
@@ -68,6 +71,17 @@ unsafe impl Send for Tag {}
 // SAFETY: as above; `&Tag` gives only `share`, `record` and `is_some`,
 // which touch the header's atomics and mutex.
 unsafe impl Sync for Tag {}
+
+// What the claims above rest on, checked: the header's parts are shared
+// between threads, and what a node does at the end moves to the last hold's.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Then>() {}
+    shared::<AtomicUsize>();
+    shared::<AtomicU8>();
+    shared::<Mutex<Vec<Failure>>>();
+    sent::<Vec<Tag>>();
+};
 
 impl Tag {
     pub(crate) const NONE: Tag = Tag(None);
@@ -289,25 +303,108 @@ impl<F: FnOnce(Outcome) + Send + 'static> Then for Fire<F> {
         };
         // The last hold may go anywhere in the pipeline: a panic of the
         // user's acknowledgement must not unwind through it.
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (self.0)(outcome))) {
-            let panic = crate::pipeline::Panicked::new(&panic);
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.0)(outcome))) {
+            let panic = crate::pipeline::Panicked::new(&payload);
             tracing::warn!(error = %panic, "an acknowledgement panicked");
+            drop_payload(payload);
         }
     }
 }
 
+/// Drops a caught panic's payload without letting a panic of its own `Drop`
+/// unwind: that panic's payload is dropped in turn, the same way, a few
+/// times at most; past that, the last one is forgotten (leaked) so that the
+/// loop ends.
+fn drop_payload(payload: Box<dyn std::any::Any + Send>) {
+    let mut payload = payload;
+    for _ in 0..4 {
+        match catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+            Ok(()) => return,
+            Err(again) => payload = again,
+        }
+    }
+    std::mem::forget(payload);
+}
+
 /// A group passes its outcome on to the tags of the inputs it was made from.
+///
+/// Groups nest (a batch of batches, an item going round a cycle through a
+/// `#[batch]` stage), and the last hold of an inner group goes while the
+/// outer one passes its outcome on: called from there, a group's end would
+/// recurse once per level, and a deep enough nest would overflow the stack.
+/// So the outermost group end on a thread keeps a list of the groups that
+/// end under it and settles them in turn, in a loop.
 impl Then for Vec<Tag> {
     fn then(self, worst: u8, failures: Vec<Failure>) {
-        for tag in self {
-            tag.settle(worst, &failures);
+        let mut group = Some(Ending { tags: self, worst, failures });
+        // Under a group end on this thread: queue up behind it. (Once the
+        // thread's locals are gone, in a late destructor, settle here.)
+        let queued = ENDING.try_with(|ending| {
+            let mut ending = ending.borrow_mut();
+            match ending.as_mut() {
+                Some(queue) => queue.extend(group.take()),
+                None => *ending = Some(Vec::new()),
+            }
+        });
+        let Some(group) = group else { return };
+        if queued.is_err() {
+            return group.settle();
         }
+        // The outermost group end: settles its own, then those queued.
+        let _reset = ResetEnding;
+        group.settle();
+        while let Some(group) = ENDING.with(|ending| ending.borrow_mut().as_mut().and_then(Vec::pop)) {
+            group.settle();
+        }
+    }
+}
+
+/// A group whose last hold went: its inputs' tags and what to tell them.
+struct Ending {
+    tags: Vec<Tag>,
+    worst: u8,
+    failures: Vec<Failure>,
+}
+
+impl Ending {
+    fn settle(self) {
+        for tag in self.tags {
+            tag.settle(self.worst, &self.failures);
+        }
+    }
+}
+
+#[cfg(not(genflow_loom))]
+std::thread_local! {
+    /// While a group end runs on this thread, the groups that ended under
+    /// it, to settle after it.
+    static ENDING: RefCell<Option<Vec<Ending>>> = const { RefCell::new(None) };
+}
+
+// Under the model checks, one per simulated thread (they share an OS thread).
+#[cfg(genflow_loom)]
+loom::thread_local! {
+    static ENDING: RefCell<Option<Vec<Ending>>> = RefCell::new(None);
+}
+
+/// Ends the outermost group end's turn, even when it unwinds: what is still
+/// queued is dropped (its inputs report dropped) once the list is no longer
+/// borrowed.
+struct ResetEnding;
+
+impl Drop for ResetEnding {
+    fn drop(&mut self) {
+        let left = ENDING.with(|ending| ending.borrow_mut().take());
+        drop(left);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
 
     use super::*;
 
@@ -402,5 +499,56 @@ mod tests {
     fn a_panicking_acknowledgement_is_contained() {
         let tag = Tag::firing(|_| panic!("in the acknowledgement"));
         tag.release();
+    }
+
+    #[test]
+    fn a_deep_nest_of_groups_ends_without_overflowing_the_stack() {
+        const DEPTH: usize = 200_000;
+        let fired = Arc::new(AtomicUsize::new(0));
+        let fire = |fired: &Arc<AtomicUsize>| {
+            let fired = fired.clone();
+            Tag::firing(move |outcome| {
+                assert!(outcome.is_failed(), "{outcome:?}");
+                fired.fetch_add(1, Ordering::Relaxed);
+            })
+        };
+        let mut tag = fire(&fired);
+        for _ in 0..DEPTH {
+            tag = Tag::group(vec![tag, fire(&fired)]);
+        }
+        let share = tag.share();
+        drop(tag);
+        assert_eq!(fired.load(Ordering::Relaxed), 0);
+        // On a thread with a small stack: one level of recursion per group
+        // would overflow it.
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || share.fail([&Failure::for_test("deep")]))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(fired.load(Ordering::Relaxed), DEPTH + 1);
+    }
+
+    #[test]
+    fn a_panic_payload_that_panics_when_dropped_is_contained() {
+        struct Bomb(Arc<AtomicUsize>);
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                panic!("the payload's drop");
+            }
+        }
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let bomb = dropped.clone();
+        let (x, y) = (Tag::firing(move |_| std::panic::panic_any(Bomb(bomb))), Tag::firing(|_| {}));
+        let (seen_tag, seen) = watched();
+        // In a group, with an input after it: the group still passes its
+        // outcome on to that one.
+        let group = Tag::group(vec![x, y, seen_tag]);
+        let let_go = std::panic::catch_unwind(AssertUnwindSafe(|| group.release()));
+        assert!(let_go.is_ok());
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+        assert_eq!(kinds(&seen), ["delivered"]);
     }
 }
