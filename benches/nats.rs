@@ -109,9 +109,15 @@ struct Upstream;
 #[genflow::pipeline{ forward: Forward<Downstream> }]
 struct Downstream;
 
-/// The broker and a connection per segment, as if on two hosts.
+/// The broker, and the connections of the segments.
 struct Broker {
     _server: NatsServer,
+    clients: Clients,
+}
+
+/// A connection per segment, as if on two hosts.
+#[derive(Clone)]
+struct Clients {
     upstream: Client,
     downstream: Client,
 }
@@ -121,12 +127,12 @@ impl Broker {
         let server = NatsServer::start();
         let upstream = Connect::new(server.url()).connect().await.expect("a connection");
         let downstream = Connect::new(server.url()).connect().await.expect("a connection");
-        Broker { _server: server, upstream, downstream }
+        Broker { _server: server, clients: Clients { upstream, downstream } }
     }
 
     /// Deletes the stream (and its consumer) and makes it again, empty.
     async fn fresh_stream(&self) {
-        let js = jetstream::new(self.upstream.clone());
+        let js = jetstream::new(self.clients.upstream.clone());
         let _ = js.delete_stream(STREAM).await;
         let config = stream::Config { name: STREAM.into(), subjects: vec![SUBJECT.into()], ..Default::default() };
         js.create_stream(config).await.expect("the stream");
@@ -146,13 +152,13 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
 /// One hop through genflow's sink and source; the time from the start of
 /// both segments until segment B has every item and every message is
 /// acked.
-async fn genflow_hop(broker: &Broker, orders: Vec<Order>, (k, p): (usize, usize)) -> Duration {
+async fn genflow_hop(clients: Clients, orders: Vec<Order>, (k, p): (usize, usize)) -> Duration {
     let items = orders.len() as u64;
     let started = Instant::now();
 
     let downstream = Downstream::start().await;
     let output = downstream.output().unwrap();
-    let source = Source::new(broker.downstream.clone(), STREAM, CONSUMER)
+    let source = Source::new(clients.downstream.clone(), STREAM, CONSUMER)
         .prefetch(p)
         .codec(CODEC)
         .start(downstream.acked())
@@ -160,7 +166,7 @@ async fn genflow_hop(broker: &Broker, orders: Vec<Order>, (k, p): (usize, usize)
         .expect("the source");
 
     let upstream = Upstream::start().await;
-    let sink = Sink::new(broker.upstream.clone(), SUBJECT).codec(CODEC).msg_id(message_id).max_in_flight(k);
+    let sink = Sink::new(clients.upstream.clone(), SUBJECT).codec(CODEC).msg_id(message_id).max_in_flight(k);
     let writer = tokio::spawn(sink.run(upstream.output().unwrap().acked()));
     let feeder = tokio::spawn(async move {
         let fed = upstream.feed(futures::stream::iter(orders)).await.expect("segment A takes every item");
@@ -184,11 +190,11 @@ async fn genflow_hop(broker: &Broker, orders: Vec<Order>, (k, p): (usize, usize)
 }
 
 /// The same hop with async-nats alone.
-async fn raw_hop(broker: &Broker, orders: Vec<Order>, (k, p): (usize, usize)) -> Duration {
+async fn raw_hop(clients: Clients, orders: Vec<Order>, (k, p): (usize, usize)) -> Duration {
     let items = orders.len() as u64;
     let started = Instant::now();
 
-    let js = jetstream::new(broker.downstream.clone());
+    let js = jetstream::new(clients.downstream.clone());
     let config = pull::Config {
         durable_name: Some(CONSUMER.into()),
         ack_policy: AckPolicy::Explicit,
@@ -199,7 +205,7 @@ async fn raw_hop(broker: &Broker, orders: Vec<Order>, (k, p): (usize, usize)) ->
     let consumer: PullConsumer =
         js.get_stream(STREAM).await.expect("the stream").create_consumer(config).await.expect("the consumer");
 
-    let publisher = tokio::spawn(publish(jetstream::new(broker.upstream.clone()), orders, k));
+    let publisher = tokio::spawn(publish(jetstream::new(clients.upstream.clone()), orders, k));
     let got = consume(&consumer, items, p).await;
     let elapsed = started.elapsed();
 
@@ -278,19 +284,20 @@ async fn consume(consumer: &PullConsumer, items: u64, p: usize) -> (u64, u64) {
     (got, sum)
 }
 
-/// Runs `hop` `iters` times, each on a fresh stream; the time the hops
-/// took.
-fn timed<F: Future<Output = Duration>>(
+/// Runs `hop` `iters` times, each on a fresh stream and in a task of the
+/// runtime (so that every part of both hops runs on its two workers); the
+/// time the hops took.
+fn timed<F: Future<Output = Duration> + Send + 'static>(
     rt: &Runtime,
     broker: &Broker,
     items: u64,
     iters: u64,
-    hop: impl Fn(Vec<Order>) -> F,
+    hop: impl Fn(Clients, Vec<Order>) -> F,
 ) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         rt.block_on(broker.fresh_stream());
-        total += rt.block_on(hop(orders(items)));
+        total += rt.block_on(rt.spawn(hop(broker.clients.clone(), orders(items)))).expect("a hop that ends");
     }
     total
 }
@@ -309,10 +316,14 @@ fn one_hop(c: &mut Criterion) {
     for settings in SETTINGS {
         let id = format!("k{}_p{}", settings.0, settings.1);
         group.bench_function(BenchmarkId::new("genflow", &id), |b| {
-            b.iter_custom(|iters| timed(&rt, &broker, items, iters, |orders| genflow_hop(&broker, orders, settings)));
+            b.iter_custom(|iters| {
+                timed(&rt, &broker, items, iters, |clients, orders| genflow_hop(clients, orders, settings))
+            });
         });
         group.bench_function(BenchmarkId::new("raw_async_nats", &id), |b| {
-            b.iter_custom(|iters| timed(&rt, &broker, items, iters, |orders| raw_hop(&broker, orders, settings)));
+            b.iter_custom(|iters| {
+                timed(&rt, &broker, items, iters, |clients, orders| raw_hop(clients, orders, settings))
+            });
         });
     }
     group.finish();
