@@ -16,10 +16,14 @@
 //!   (waiting for at least one), reads each batch to its end, decodes and
 //!   counts each message and double-acks it, up to `P` acks at once.
 //!
-//! An iteration ends when the reading side has every item and every
-//! message was acknowledged. Each iteration starts on a fresh stream (the
-//! last one deleted, the consumer created again), on a `nats-server -js`
-//! the bench starts on a free loopback port with its own store directory.
+//! Both run as tasks of one 2-worker Tokio runtime, each segment with its
+//! own connection, for `(K, P)` = (64, 64), the defaults of the sink and
+//! the source, and (256, 256). An iteration ends when the reading side has
+//! every item and every message was acknowledged; its time starts before
+//! either segment starts (the consumer's creation included). Each
+//! iteration starts on a fresh stream (the last one deleted, the consumer
+//! created again), on a `nats-server -js` the bench starts on a free
+//! loopback port with its own store directory.
 //!
 //! ```text
 //! cargo bench --features nats --bench nats
