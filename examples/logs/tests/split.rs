@@ -213,6 +213,48 @@ fn a_worker_that_crashed_resumes_and_counts_every_line_once() {
     assert_eq!(again, read_json::<serde_json::Value>(&dir.join("a.json")));
 }
 
+#[test]
+fn a_worker_rides_out_the_broker_being_away() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let dir = dir.path();
+    const LINES: u64 = 100_000;
+    logs(dir, "ingest", &["ingest", "--nats", &url, "--lines", &LINES.to_string(), "--partitions", "2"]);
+
+    let worker = Run::start(dir, "worker", &["worker", "--nats", &url, "--partitions", "0,1", "--report", "w.json"]);
+    // Mid-run: once the first checkpoint of partition 0 is stored.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(url.as_str()).await.expect("a connection");
+        let jetstream = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < deadline, "no checkpoint written; stderr:\n{}", worker.stderr());
+            if let Ok(bucket) = jetstream.get_key_value("LOGS_STATE").await {
+                if let Ok(Some(_)) = bucket.entry("p0").await {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    // The broker goes away until the worker has failed to write a
+    // checkpoint, then comes back on the same port and store.
+    server.stop();
+    let deadline = Instant::now() + DEADLINE;
+    while !worker.stderr().contains("cannot write the checkpoint yet") {
+        assert!(Instant::now() < deadline, "the worker never tried to write; stderr:\n{}", worker.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.restart();
+
+    worker.succeeds();
+    logs(dir, "combine", &["combine", "w.json", "--json", "combined.json"]);
+    let combined: Report = read_json(&dir.join("combined.json"));
+    assert_eq!(combined, expected(LINES));
+}
+
 /// The partition `logs ingest` gives a record is the `aggregate` replica
 /// the single-process pipeline gives its route, for several counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,6 @@
 //! What `logs ingest` publishes to a partition's subject, and how a worker
 //! counts each record once: [`Envelope`], [`Record`], [`Seen`].
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::{Method, Request};
@@ -93,33 +91,47 @@ impl Record {
     }
 }
 
-/// The `seq` numbers of the records a partition's aggregate has counted:
-/// every number up to `through`, and those above it in `above`.
+/// The `seq` numbers of the records a partition's aggregate has counted,
+/// as runs of consecutive numbers: `(first, last)` pairs, in order, with
+/// a gap between any two.
 ///
-/// Records arrive nearly in order (a redelivery is the exception), so
-/// `above` stays small and the set costs a few words, not one per record.
+/// Records arrive nearly in order, so there are few runs: a redelivery,
+/// or records an interrupted ingest stored again at the end of the
+/// stream, open a gap until they come. The set costs a few words per gap,
+/// not one per record, so the checkpoint that holds it stays small
+/// however many records a partition has.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Seen {
-    through: u64,
-    above: BTreeSet<u64>,
+    runs: Vec<(u64, u64)>,
+    len: u64,
 }
 
 impl Seen {
     /// Adds `seq`; `false` if it was there already (a redelivery).
     pub(crate) fn insert(&mut self, seq: u64) -> bool {
-        if seq <= self.through || !self.above.insert(seq) {
+        // The first run starting after `seq`; the one before it may hold it.
+        let at = self.runs.partition_point(|&(first, _)| first <= seq);
+        if at > 0 && seq <= self.runs[at - 1].1 {
             return false;
         }
-        while self.above.first() == Some(&(self.through + 1)) {
-            self.above.pop_first();
-            self.through += 1;
+        let joins_before = at > 0 && self.runs[at - 1].1 + 1 == seq;
+        let joins_after = at < self.runs.len() && seq + 1 == self.runs[at].0;
+        match (joins_before, joins_after) {
+            (true, true) => {
+                self.runs[at - 1].1 = self.runs[at].1;
+                self.runs.remove(at);
+            }
+            (true, false) => self.runs[at - 1].1 = seq,
+            (false, true) => self.runs[at].0 = seq,
+            (false, false) => self.runs.insert(at, (seq, seq)),
         }
+        self.len += 1;
         true
     }
 
     /// How many numbers it holds.
     pub(crate) fn len(&self) -> u64 {
-        self.through + self.above.len() as u64
+        self.len
     }
 }
 
@@ -134,9 +146,28 @@ mod tests {
             seen.insert(seq);
         }
         assert_eq!(seen.len(), 6);
-        assert_eq!((seen.through, seen.above.iter().copied().collect::<Vec<_>>()), (5, vec![7]));
+        assert_eq!(seen.runs, [(1, 5), (7, 7)]);
         assert!(!seen.insert(4));
         assert!(seen.insert(6));
-        assert_eq!((seen.through, seen.above.len()), (7, 0));
+        assert_eq!(seen.runs, [(1, 7)]);
+        assert!(seen.insert(10) && seen.insert(9));
+        assert_eq!((seen.runs.clone(), seen.len()), (vec![(1, 7), (9, 10)], 9));
+    }
+
+    #[test]
+    fn a_gap_left_by_an_interrupted_ingest_keeps_the_set_small() {
+        // 300 000 records with 256 missing in the middle, stored again at
+        // the end: the set holds two runs, then one, never a number each.
+        let missing = 100_001..=100_256;
+        let mut seen = Seen::default();
+        for seq in (1..=300_000).filter(|seq| !missing.contains(seq)) {
+            assert!(seen.insert(seq));
+        }
+        assert_eq!(seen.runs.len(), 2);
+        assert!(serde_json::to_vec(&seen).unwrap().len() < 100);
+        for seq in missing {
+            assert!(seen.insert(seq));
+        }
+        assert_eq!((seen.runs.clone(), seen.len()), (vec![(1, 300_000)], 300_000));
     }
 }

@@ -370,17 +370,64 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes `state` under `key`, expecting the revision written last.
+    ///
+    /// While the broker is away (a timeout, a lost connection), the write
+    /// is tried again, with a pause doubling from 100 ms up to 5 s, until
+    /// the broker answers: the messages the checkpoint would acknowledge
+    /// wait meanwhile. A conflict (another process wrote the key) is an
+    /// error at once, unless an earlier try that got no answer was the
+    /// write that took: then the key holds this very value.
     async fn write(&mut self, key: &str, state: &PartitionState) -> Result<(), BoxError> {
         let value = Codec::MessagePack.encode(state)?;
-        let revision = match self.revision {
-            Some(revision) => self.bucket.update(key, value, revision).await.map_err(|e| e.to_string()),
-            None => self.bucket.create(key, value).await.map_err(|e| e.to_string()),
-        };
-        let revision = revision.map_err(|e| {
-            format!("cannot write the checkpoint of partition {} (is another worker on it?): {e}", self.partition)
-        })?;
-        self.revision = Some(revision);
-        Ok(())
+        let mut pause = Duration::from_millis(100);
+        let mut unanswered = false;
+        loop {
+            let written = match self.revision {
+                Some(revision) => self.bucket.update(key, value.clone(), revision).await.map_err(|e| {
+                    let conflict =
+                        matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision | kv::UpdateErrorKind::InvalidKey);
+                    (conflict, e.to_string())
+                }),
+                None => self.bucket.create(key, value.clone()).await.map_err(|e| {
+                    let conflict =
+                        matches!(e.kind(), kv::CreateErrorKind::AlreadyExists | kv::CreateErrorKind::InvalidKey);
+                    (conflict, e.to_string())
+                }),
+            };
+            match written {
+                Ok(revision) => {
+                    self.revision = Some(revision);
+                    return Ok(());
+                }
+                Err((true, error)) => {
+                    if unanswered {
+                        if let Ok(Some(entry)) = self.bucket.entry(key).await {
+                            if entry.value == value {
+                                self.revision = Some(entry.revision);
+                                return Ok(());
+                            }
+                        }
+                    }
+                    return Err(format!(
+                        "cannot write the checkpoint of partition {}: {error} (another worker wrote it: \
+                         is another worker on this partition?)",
+                        self.partition
+                    )
+                    .into());
+                }
+                Err((false, error)) => {
+                    eprintln!(
+                        "partition {}: cannot write the checkpoint yet ({error}); is the broker away? \
+                         trying again in {pause:?}",
+                        self.partition
+                    );
+                    unanswered = true;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 }
 
