@@ -376,12 +376,12 @@ impl Writer {
     /// is tried again, with a pause doubling from 100 ms up to 5 s, until
     /// the broker answers: the messages the checkpoint would acknowledge
     /// wait meanwhile. A conflict (another process wrote the key) is an
-    /// error at once, unless an earlier try that got no answer was the
-    /// write that took: then the key holds this very value.
+    /// error at once, unless the key holds this very value: a try that got
+    /// no answer, or that the client sent again as the server came back,
+    /// was the write that took.
     async fn write(&mut self, key: &str, state: &PartitionState) -> Result<(), BoxError> {
         let value = Codec::MessagePack.encode(state)?;
         let mut pause = Duration::from_millis(100);
-        let mut unanswered = false;
         loop {
             let written = match self.revision {
                 Some(revision) => self.bucket.update(key, value.clone(), revision).await.map_err(|e| {
@@ -401,12 +401,13 @@ impl Writer {
                     return Ok(());
                 }
                 Err((true, error)) => {
-                    if unanswered {
-                        if let Ok(Some(entry)) = self.bucket.entry(key).await {
-                            if entry.value == value {
-                                self.revision = Some(entry.revision);
-                                return Ok(());
-                            }
+                    // The client may have sent the write twice (once more
+                    // as the server came back): if the first took, the key
+                    // holds this very value.
+                    if let Ok(Some(entry)) = self.bucket.entry(key).await {
+                        if entry.value == value {
+                            self.revision = Some(entry.revision);
+                            return Ok(());
                         }
                     }
                     return Err(format!(
@@ -422,7 +423,6 @@ impl Writer {
                          trying again in {pause:?}",
                         self.partition
                     );
-                    unanswered = true;
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
