@@ -19,6 +19,11 @@ use super::NatsError;
 /// A `Content-Type` that names no codec is a decode failure
 /// ([`NatsError::UnknownContentType`]). [`Json`](Self::Json) is the default: easy
 /// to read with `nats sub` and from other languages.
+///
+/// Payloads are always the serde form of the item: a program that
+/// publishes raw text lines for a source of `String` items must publish
+/// each as a JSON string (`"GET /index.html"`, quoted), not the bare
+/// text, which does not decode and goes to the dead letter.
 /// [`MessagePack`](Self::MessagePack) is a compact binary form of the same
 /// data model (structs as maps with their field names, so fields may be
 /// added on one side first, as with JSON), usually about half the size and
