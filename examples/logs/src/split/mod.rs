@@ -136,7 +136,15 @@ async fn records_stream(js: &jetstream::Context) -> Result<stream::Stream, BoxEr
         subjects: vec!["logs.records.*".to_string(), INGEST_SUBJECT.to_string()],
         ..Default::default()
     };
-    js.get_or_create_stream(config).await.map_err(|e| format!("cannot open the stream {STREAM}: {e}").into())
+    js.get_or_create_stream(config).await.map_err(|e| {
+        let text = e.to_string();
+        let hint = if text.contains("jetstream unavailable") || text.contains("not enabled") {
+            " (start the server with JetStream on: `nats-server -js`)"
+        } else {
+            ""
+        };
+        format!("cannot open the stream {STREAM}: {text}{hint}").into()
+    })
 }
 
 /// Connects to `url`, naming the connection `name`.
