@@ -163,6 +163,10 @@ impl<T: Serialize + Send + 'static> Sink<T> {
             FuturesUnordered::new();
         let mut stats = SinkStats::default();
         let mut ended = false;
+        // The server's limit, read again only for a message over it (a
+        // server reconnected to may allow more): `server_info` copies the
+        // whole of the server's info.
+        let mut max_payload = self.client.server_info().max_payload;
         loop {
             tokio::select! {
                 biased;
@@ -178,7 +182,7 @@ impl<T: Serialize + Send + 'static> Sink<T> {
                 },
                 next = items.next(), if !ended && in_flight.len() < self.max_in_flight => match next {
                     None => ended = true,
-                    Some((item, held)) => match self.prepare(&item, &jetstream).await {
+                    Some((item, held)) => match self.prepare(&item, &jetstream, &mut max_payload).await {
                         Ok(publish) => in_flight.push(Box::pin(async move { (publish.await, held) })),
                         Err(error) => {
                             stats.failed += 1;
@@ -198,6 +202,7 @@ impl<T: Serialize + Send + 'static> Sink<T> {
         &self,
         item: &T,
         jetstream: &jetstream::Context,
+        max_payload: &mut usize,
     ) -> Result<impl Future<Output = Result<bool, NatsError>> + Send + 'static, NatsError> {
         let subject = match &self.subject_by {
             Some(subject) => subject(item),
@@ -210,9 +215,12 @@ impl<T: Serialize + Send + 'static> Sink<T> {
             headers.insert(NATS_MESSAGE_ID, id(item));
         }
         let len = payload.len() + headers_len(&headers);
-        let max = self.client.server_info().max_payload;
-        if max > 0 && len > max {
-            return Err(NatsError::TooLarge { subject, len, max });
+        if *max_payload == 0 || len > *max_payload {
+            *max_payload = self.client.server_info().max_payload;
+            let max = *max_payload;
+            if max > 0 && len > max {
+                return Err(NatsError::TooLarge { subject, len, max });
+            }
         }
         let failed = |subject: &str, source: Box<dyn Error + Send + Sync>| NatsError::Publish {
             subject: subject.into(),
