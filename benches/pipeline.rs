@@ -261,17 +261,17 @@ impl Outcomes {
     }
 }
 
-/// As [`run_genflow!`], with every item sent through `acked()` with an
-/// [`Ack`] that counts its outcome; returns the sum and the outcomes
-/// (delivered, other) counted once the pipeline has shut down.
+/// As [`run_genflow!`], with every item sent through `acked()` with the
+/// [`Ack`] that `$pair` (given the [`Outcomes`] to count in, returning a
+/// `FnMut(u64) -> (u64, Ack)`) pairs it with; returns the sum and the
+/// outcomes (delivered, other) counted once the pipeline has shut down.
 macro_rules! run_genflow_acked {
-    ($p:ident, $items:expr) => {{
+    ($p:ident, $items:expr, $pair:expr) => {{
         tokio::spawn(async move {
             let result = Arc::new(AtomicU64::new(0));
             let outcomes = Arc::new(Outcomes::default());
             let pipeline = $p::start(result.clone()).await;
-            let acks = outcomes.clone();
-            let items = futures::StreamExt::map(futures::stream::iter(0..$items), move |x| (x, acks.ack()));
+            let items = futures::StreamExt::map(futures::stream::iter(0..$items), $pair(outcomes.clone()));
             pipeline.acked().feed(items).await.unwrap();
             pipeline.shutdown().await;
             let delivered = outcomes.delivered.load(Ordering::Relaxed);
@@ -282,31 +282,21 @@ macro_rules! run_genflow_acked {
     }};
 }
 
-/// As [`run_genflow_acked!`], with one [`Ack`] per `$per` inputs
-/// (`Ack::share` for each but the last of its inputs); returns the sum and
-/// the outcomes of the acknowledgements (one per `$per` inputs).
-macro_rules! run_genflow_acked_per {
-    ($p:ident, $items:expr, $per:expr) => {{
-        tokio::spawn(async move {
-            let result = Arc::new(AtomicU64::new(0));
-            let outcomes = Arc::new(Outcomes::default());
-            let pipeline = $p::start(result.clone()).await;
-            let acks = outcomes.clone();
-            let mut batch: Option<Ack> = None;
-            let items = futures::StreamExt::map(futures::stream::iter(0..$items), move |x| {
-                let ack = batch.get_or_insert_with(|| acks.ack());
-                let last = x % $per == $per - 1 || x == $items - 1;
-                let ack = if last { batch.take().unwrap() } else { ack.share() };
-                (x, ack)
-            });
-            pipeline.acked().feed(items).await.unwrap();
-            pipeline.shutdown().await;
-            let delivered = outcomes.delivered.load(Ordering::Relaxed);
-            (result.load(Ordering::Relaxed), delivered, outcomes.other.load(Ordering::Relaxed))
-        })
-        .await
-        .unwrap()
-    }};
+/// An [`Ack`] for every input.
+fn ack_each(acks: Arc<Outcomes>) -> impl FnMut(u64) -> (u64, Ack) {
+    move |x| (x, acks.ack())
+}
+
+/// One [`Ack`] per `per` of `items` inputs: `Ack::share` for each but the
+/// last of its inputs, the `Ack` itself for the last.
+fn ack_per(items: u64, per: u64, acks: Arc<Outcomes>) -> impl FnMut(u64) -> (u64, Ack) {
+    let mut batch: Option<Ack> = None;
+    move |x| {
+        let ack = batch.get_or_insert_with(|| acks.ack());
+        let last = x % per == per - 1 || x == items - 1;
+        let ack = if last { batch.take().unwrap() } else { ack.share() };
+        (x, ack)
+    }
 }
 
 /// The hand-written chain: one task per stage, bounded channels of `queue`,
@@ -490,13 +480,13 @@ fn w1_acks(c: &mut Criterion) {
     let rt = runtime();
     let expected = rt.block_on(run_fused(&[Op::AddOne, Op::Triple], ITEMS));
     let acked = || async move {
-        let (sum, delivered, other) = run_genflow_acked!(S3Q1000, ITEMS);
+        let (sum, delivered, other) = run_genflow_acked!(S3Q1000, ITEMS, ack_each);
         assert_eq!((sum, delivered, other), (expected, ITEMS, 0));
         sum
     };
     const PER: u64 = 32;
     let acked_per_batch = || async move {
-        let (sum, delivered, other) = run_genflow_acked_per!(S3Q1000, ITEMS, PER);
+        let (sum, delivered, other) = run_genflow_acked!(S3Q1000, ITEMS, |acks| ack_per(ITEMS, PER, acks));
         assert_eq!((sum, delivered, other), (expected, ITEMS.div_ceil(PER), 0));
         sum
     };

@@ -75,6 +75,28 @@ struct Scored {
     score: u64,
 }
 
+/// Checks that every id of `0..items` was processed, by the `first` worker
+/// or the `second`, and that an id processed twice was processed once by
+/// each; returns those ids, printed, in order.
+fn processed_twice(first: &[Scored], second: &[Scored], items: u64) -> Vec<u64> {
+    let mut times: HashMap<u64, (u32, u32)> = HashMap::new();
+    for scored in first {
+        times.entry(scored.id).or_default().0 += 1;
+    }
+    for scored in second {
+        times.entry(scored.id).or_default().1 += 1;
+    }
+    assert!((0..items).all(|id| times.contains_key(&id)), "every id processed");
+    assert_eq!(times.len() as u64, items);
+    let mut duplicates: Vec<u64> = times.iter().filter(|(_, (a, b))| a + b > 1).map(|(id, _)| *id).collect();
+    duplicates.sort_unstable();
+    eprintln!("{} ids processed twice: {duplicates:?}", duplicates.len());
+    for id in &duplicates {
+        assert_eq!(times[id], (1, 1), "id {id}");
+    }
+    duplicates
+}
+
 /// Turns a record into its score; waits for a permit of the registry's
 /// gate first, if it has one: a worker as slow as the test wants.
 struct Scoring {
@@ -325,21 +347,7 @@ async fn two_workers_share_a_consumer_and_one_aborted_mid_stream_loses_nothing()
 
     // Every id processed at least once; an id processed twice was
     // processed once by the aborted worker and once by the other.
-    let mut times: HashMap<u64, (u32, u32)> = HashMap::new();
-    for scored in &first {
-        times.entry(scored.id).or_default().0 += 1;
-    }
-    for scored in &second {
-        times.entry(scored.id).or_default().1 += 1;
-    }
-    assert!((0..ITEMS).all(|id| times.contains_key(&id)), "every id processed");
-    assert_eq!(times.len() as u64, ITEMS);
-    let mut duplicates: Vec<u64> = times.iter().filter(|(_, (a, b))| a + b > 1).map(|(id, _)| *id).collect();
-    duplicates.sort_unstable();
-    eprintln!("{} ids processed twice: {duplicates:?}", duplicates.len());
-    for id in &duplicates {
-        assert_eq!(times[id], (1, 1), "id {id}");
-    }
+    let duplicates = processed_twice(&first, &second, ITEMS);
     // The duplicates are exactly what the aborted worker recorded and did
     // not commit, within what it held (its prefetch: every message in its
     // pipeline holds a prefetch slot until its answer is confirmed).
@@ -576,21 +584,7 @@ async fn a_worker_whose_process_dies_mid_stream_loses_nothing() {
     let first = std::mem::take(&mut *first.lock().unwrap());
     let second = std::mem::take(&mut *second.lock().unwrap());
     assert_eq!(kept.acked, second.len() as u64);
-    let mut times: HashMap<u64, (u32, u32)> = HashMap::new();
-    for scored in &first {
-        times.entry(scored.id).or_default().0 += 1;
-    }
-    for scored in &second {
-        times.entry(scored.id).or_default().1 += 1;
-    }
-    assert!((0..ITEMS).all(|id| times.contains_key(&id)), "every id processed");
-    assert_eq!(times.len() as u64, ITEMS);
-    let mut duplicates: Vec<u64> = times.iter().filter(|(_, (a, b))| a + b > 1).map(|(id, _)| *id).collect();
-    duplicates.sort_unstable();
-    eprintln!("{} ids processed twice: {duplicates:?}", duplicates.len());
-    for id in &duplicates {
-        assert_eq!(times[id], (1, 1), "id {id}");
-    }
+    let duplicates = processed_twice(&first, &second, ITEMS);
     // Delivered again: what the dead process held unanswered, at most its
     // prefetch; processed twice: those of them it had recorded.
     let again = info.delivered.consumer_sequence - ITEMS;
