@@ -43,7 +43,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{
     Stage,
-    ack::tag::{Tag, Tagged},
+    ack::{items::Items, tag::Tag},
     flush::ReplicaMark,
     metrics::{Counters, Delta},
     queue::{Queue, Reader},
@@ -119,7 +119,7 @@ pub(crate) trait TakeFrom<S: Stage>: Intake<S> {
     fn weight(input: &S::In) -> u64;
 
     /// A reader of `queue` for a replica recording its batches in `mark`.
-    fn reader<'a>(queue: &'a Queue<Tagged<Self::Item>>, mark: &'a ReplicaMark) -> Reader<'a, Tagged<Self::Item>> {
+    fn reader<'a>(queue: &'a Queue<Self::Item>, mark: &'a ReplicaMark) -> Reader<'a, Self::Item> {
         queue.marked_reader(mark.mark())
     }
 
@@ -127,7 +127,7 @@ pub(crate) trait TakeFrom<S: Stage>: Intake<S> {
     /// futures are in flight takes more of into its batch
     /// (`#[concurrency]`); `None` for a batch stage, whose queue carries
     /// the items of its inputs.
-    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, Tagged<Self::Item>>) -> Option<&'r mut Reader<'a, Tagged<S::In>>>;
+    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, Self::Item>) -> Option<&'r mut Reader<'a, S::In>>;
 }
 
 /// What a replica holds of its input besides the inputs it took, counted
@@ -159,7 +159,7 @@ pub(crate) trait Take<In, Item>: Hold + Sized {
     /// and nothing is held, `Pending` meanwhile.
     fn poll_take(
         cx: &mut Context<'_>,
-        reader: &mut Reader<'_, Tagged<Item>>,
+        reader: &mut Reader<'_, Item>,
         batch: &mut Batch<In, Self>,
         counters: &Counters,
     ) -> Poll<Option<u64>>;
@@ -177,7 +177,7 @@ impl<S: Stage> TakeFrom<S> for Whole {
     type Open = Whole;
 
     #[inline]
-    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, Tagged<S::In>>) -> Option<&'r mut Reader<'a, Tagged<S::In>>> {
+    fn inputs<'r, 'a>(reader: &'r mut Reader<'a, S::In>) -> Option<&'r mut Reader<'a, S::In>> {
         Some(reader)
     }
 
@@ -211,7 +211,7 @@ impl<In: Send + 'static> Take<In, In> for Whole {
     #[inline]
     fn poll_take(
         cx: &mut Context<'_>,
-        reader: &mut Reader<'_, Tagged<In>>,
+        reader: &mut Reader<'_, In>,
         batch: &mut Batch<In>,
         _: &Counters,
     ) -> Poll<Option<u64>> {
@@ -234,14 +234,14 @@ impl<S: Stage, T: Send + 'static> Intake<S> for Batched<T> {
 impl<S: Stage, T: Send + 'static> TakeFrom<S> for Batched<T> {
     type Open = Open<T>;
 
-    fn inputs<'r, 'a>(_: &'r mut Reader<'a, Tagged<T>>) -> Option<&'r mut Reader<'a, Tagged<S::In>>> {
+    fn inputs<'r, 'a>(_: &'r mut Reader<'a, T>) -> Option<&'r mut Reader<'a, S::In>> {
         None
     }
 
     fn open(pace: &Pace, mark: &ReplicaMark) -> Open<T> {
         let spec = pace.batch.unwrap_or(BatchSpec { size: 1, timeout: Duration::ZERO });
         Open {
-            items: Vec::new(),
+            items: Items::new(),
             first: 0,
             size: spec.size.max(1),
             timeout: spec.timeout,
@@ -275,7 +275,7 @@ fn as_input<In: 'static, T: 'static>(items: Vec<T>) -> In {
 /// A replica's open batch.
 pub(crate) struct Open<T> {
     /// In arrival order.
-    items: Vec<Tagged<T>>,
+    items: Items<T>,
     /// The number of the first item.
     first: u64,
     size: usize,
@@ -340,14 +340,14 @@ impl<T: Send> Hold for Open<T> {
     fn release_tags(&mut self) -> Vec<Tag> {
         self.armed = false;
         self.cut = 0;
-        self.items.drain(..).map(|tagged| tagged.tag).collect()
+        self.items.take_tags()
     }
 }
 
 impl<In: Send + 'static, T: Send + 'static> Take<In, T> for Open<T> {
     fn poll_take(
         cx: &mut Context<'_>,
-        reader: &mut Reader<'_, Tagged<T>>,
+        reader: &mut Reader<'_, T>,
         batch: &mut Batch<In, Self>,
         counters: &Counters,
     ) -> Poll<Option<u64>> {
@@ -383,21 +383,11 @@ impl<In: Send + 'static, T: Send + 'static> Take<In, T> for Open<T> {
             return Poll::Pending;
         }
         open.armed = false;
-        let items = std::mem::take(&mut open.items);
+        let (items, tags) = std::mem::take(&mut open.items).into_parts();
         open.cut += items.len() as u64 - 1;
         let first = open.first;
         // The batch holds the acknowledgements of all its items.
-        let mut tags = Vec::new();
-        let items: Vec<T> = items
-            .into_iter()
-            .map(|Tagged { item, tag }| {
-                if tag.is_some() {
-                    tags.push(tag);
-                }
-                item
-            })
-            .collect();
-        batch.items.push(Tagged { item: as_input(items), tag: Tag::group(tags) });
+        batch.items.push_tagged(as_input(items), Tag::group(tags));
         Poll::Ready(Some(first))
     }
 

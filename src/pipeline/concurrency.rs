@@ -64,7 +64,7 @@ use futures::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
-    ack::tag::{Tag, Tagged},
+    ack::{items::Items, tag::Tag},
     metrics::{Counters, Delta},
     queue::Reader,
 };
@@ -377,7 +377,7 @@ impl<T: Send + 'static> Emitter<T> {
             self.counters.add(&Delta { processed: 1, failed: u64::from(item_failed), ..Delta::default() });
         }
         match done.outcome {
-            Outcome::Value(item) => self.emit_tagged(Tagged { item, tag: done.tag }).await,
+            Outcome::Value(item) => self.emit_tagged(item, done.tag).await,
             Outcome::Failed(error) => {
                 self.failing.settle_early(&self.current);
                 self.failing.fail_in_flight(error, false);
@@ -441,7 +441,7 @@ const REFILLS: u64 = 8;
 pub(crate) struct Refill<'r, 'q, T> {
     reader: &'r mut Reader<'q, T>,
     /// The batch's items (empty while it refills).
-    items: &'r mut Vec<T>,
+    items: &'r mut Items<T>,
     /// How many more it may take.
     left: usize,
 }
@@ -452,7 +452,7 @@ impl<'r, 'q, T: Send> Refill<'r, 'q, T> {
     /// long as one of many) items per batch in all (`taken` so far).
     pub(crate) fn new(
         reader: Option<&'r mut Reader<'q, T>>,
-        items: &'r mut Vec<T>,
+        items: &'r mut Items<T>,
         max_demand: u32,
         taken: u64,
     ) -> Option<Self> {
@@ -480,7 +480,7 @@ pub(crate) async fn settle<S: Stage>(
     out: &mut Emitter<S::Out>,
     counters: &Counters,
     mut serve: bool,
-    mut refill: Option<Refill<'_, '_, Tagged<S::In>>>,
+    mut refill: Option<Refill<'_, '_, S::In>>,
 ) -> Result<usize, Crashed> {
     /// What came first.
     enum Next<E, D> {

@@ -7,14 +7,14 @@ use std::{
     sync::Arc,
 };
 
-use super::{Panicked, ack::tag::Tagged, queue::Queue};
+use super::{Panicked, ack::items::Items, queue::Queue};
 
 /// The input queues of one stage, and how an item picks one.
 pub(crate) enum Dispatch<T> {
     /// One queue; every replica takes from it when idle.
-    Shared(Arc<Queue<Tagged<T>>>),
+    Shared(Arc<Queue<T>>),
     /// One queue per replica; an item goes to the queue of its key.
-    Keyed { queues: Arc<[Arc<Queue<Tagged<T>>>]>, key: fn(&T) -> u64 },
+    Keyed { queues: Arc<[Arc<Queue<T>>]>, key: fn(&T) -> u64 },
 }
 
 impl<T> Dispatch<T> {
@@ -26,14 +26,14 @@ impl<T> Dispatch<T> {
     /// panic is caught here and its message returned, so the caller decides
     /// what becomes of the item (the sender's error, or a failure of the
     /// stage) and goes on.
-    pub(crate) fn route(&self, item: &T) -> Result<&Queue<Tagged<T>>, Panicked> {
+    pub(crate) fn route(&self, item: &T) -> Result<&Queue<T>, Panicked> {
         match self {
             Dispatch::Shared(queue) => Ok(queue),
             Dispatch::Keyed { queues, key } => Ok(&queues[index(*key, queues.len(), item)?]),
         }
     }
 
-    pub(crate) fn queues(&self) -> &[Arc<Queue<Tagged<T>>>] {
+    pub(crate) fn queues(&self) -> &[Arc<Queue<T>>] {
         match self {
             Dispatch::Shared(queue) => std::slice::from_ref(queue),
             Dispatch::Keyed { queues, .. } => queues,
@@ -116,7 +116,7 @@ impl Groups {
 /// Sending a batch then takes one reservation per queue instead of one per
 /// item. Items the key function panicked on go last, as if bound for a
 /// queue one past the last, and their panics are returned in order.
-pub(crate) fn group_by_queue<T>(items: &mut [Tagged<T>], key: fn(&T) -> u64, queues: usize) -> Grouped {
+pub(crate) fn group_by_queue<T>(items: &mut Items<T>, key: fn(&T) -> u64, queues: usize) -> Grouped {
     let n = items.len();
     let (mut inline, mut heap) = ([0u32; 2 * GROUPED_INLINE], Vec::new());
     let scratch: &mut [u32] = if n <= GROUPED_INLINE {
@@ -127,9 +127,9 @@ pub(crate) fn group_by_queue<T>(items: &mut [Tagged<T>], key: fn(&T) -> u64, que
     };
     let (dests, order) = scratch.split_at_mut(n);
     let mut panics = Vec::new();
-    for (dest, item) in dests.iter_mut().zip(items.iter()) {
+    for (dest, item) in dests.iter_mut().zip(items.items()) {
         // A queue index is below the replica count, far below `u32::MAX`.
-        *dest = match index(key, queues, &item.item) {
+        *dest = match index(key, queues, item) {
             Ok(queue) => queue as u32,
             Err(panic) => {
                 panics.push(panic);
@@ -196,7 +196,7 @@ pub fn hash_key<K: Hash + ?Sized>(key: &K) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::{GROUPED_INLINE, Groups, group_by_queue};
-    use crate::pipeline::ack::tag::Tagged;
+    use crate::pipeline::ack::items::Items;
 
     /// An item: (its key, its place in the batch).
     type Item = (u64, usize);
@@ -209,9 +209,9 @@ mod tests {
     /// filter per queue: runs in queue order, each queue's items in their
     /// old order.
     fn check(keys: &[u64], queues: usize) {
-        let mut tagged: Vec<Tagged<Item>> = keys.iter().copied().zip(0..).map(Tagged::bare).collect();
+        let mut tagged: Items<Item> = keys.iter().copied().zip(0..).collect();
         let grouped = group_by_queue(&mut tagged, key, queues);
-        let items: Vec<Item> = tagged.into_iter().map(|t| t.item).collect();
+        let items: Vec<Item> = tagged.into_iter().map(|(item, _)| item).collect();
         assert!(grouped.panics.is_empty());
         let groups = grouped.groups;
         let expected: Vec<Item> = (0..queues as u64)

@@ -15,10 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     BATCH, Panicked,
-    ack::{
-        Held,
-        tag::{Tag, Tagged},
-    },
+    ack::{Held, items::Items, tag::Tag},
     concurrency::{Concurrency, InFlight},
     dispatch::{Dispatch, Grouped, group_by_queue},
     failure::{Failing, Failure, FailureRoute},
@@ -66,7 +63,7 @@ use super::{
 /// `#[concurrency(N)]` stage, up to N of them per replica run at once while
 /// `process` goes on with the next items (see the pipeline's module docs).
 pub struct Emitter<T> {
-    buf: Vec<Tagged<T>>,
+    buf: Items<T>,
     /// The acknowledgements of the input in `process`: every item emitted
     /// for it holds a share.
     pub(super) current: Tag,
@@ -106,7 +103,7 @@ impl<T: Send + 'static> Emitter<T> {
     pub(crate) fn new(link: Link<T>, counters: Arc<Counters>) -> Self {
         Emitter {
             // Allocated by the first emit: an idle replica holds no buffer.
-            buf: Vec::new(),
+            buf: Items::new(),
             current: Tag::NONE,
             link,
             counters,
@@ -159,8 +156,13 @@ impl<T: Send + 'static> Emitter<T> {
     /// The item is accepted before the first `.await`; dropping the future
     /// does not lose it.
     pub async fn emit(&mut self, item: T) {
-        let tag = if self.current.is_some() { self.tag_for_emit() } else { Tag::NONE };
-        self.buf.push(Tagged { item, tag });
+        if self.current.is_some() {
+            self.push_acked(item);
+        } else {
+            // The plain path: an item without a tag, as if there were no
+            // acknowledgements.
+            self.buf.push(item);
+        }
         self.emitted += 1;
         if self.buf.len() >= BATCH {
             match self.order {
@@ -184,7 +186,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// As [`emit`](Self::emit)'s.
     pub async fn emit_with(&mut self, item: T, held: Held) {
         let tag = self.current.share().join(held.into_tag());
-        self.emit_tagged(Tagged { item, tag }).await;
+        self.emit_tagged(item, tag).await;
     }
 
     /// Keeps the acknowledgements of the input being processed past
@@ -202,8 +204,8 @@ impl<T: Send + 'static> Emitter<T> {
     }
 
     /// Emits an item with its tag, as [`emit`](Self::emit).
-    pub(crate) async fn emit_tagged(&mut self, tagged: Tagged<T>) {
-        self.buf.push(tagged);
+    pub(crate) async fn emit_tagged(&mut self, item: T, tag: Tag) {
+        self.buf.push_tagged(item, tag);
         self.emitted += 1;
         if self.buf.len() >= BATCH {
             match self.order {
@@ -296,18 +298,18 @@ impl<T: Send + 'static> Emitter<T> {
         self.send_failures().await;
     }
 
-    /// The tag of an item emitted for the input in `process`, which holds
-    /// acknowledgements: none for its first item not sent yet (it gets
-    /// one when it is sent, or the input's own hold when the input is
-    /// done), a share for the others.
+    /// Buffers an item emitted for the input in `process`, which holds
+    /// acknowledgements: its first item not sent yet holds no share (it
+    /// gets one when it is sent, or the input's own hold when the input is
+    /// done), the others a share each.
     #[inline]
-    fn tag_for_emit(&mut self) -> Tag {
+    fn push_acked(&mut self, item: T) {
         if self.first == NO_FIRST {
             // The buffer holds at most a batch or so: its length fits.
             self.first = self.buf.len() as u32;
-            Tag::NONE
+            self.buf.push_with_tag(item, Tag::NONE);
         } else {
-            self.current.share()
+            self.buf.push_with_tag(item, self.current.share());
         }
     }
 
@@ -317,7 +319,7 @@ impl<T: Send + 'static> Emitter<T> {
     fn settle_first(&mut self) {
         if self.first != NO_FIRST {
             let first = std::mem::replace(&mut self.first, NO_FIRST) as usize;
-            self.buf[first].tag = self.current.share();
+            self.buf.set_tag(first, self.current.share());
         }
     }
 
@@ -359,10 +361,10 @@ impl<T: Send + 'static> Emitter<T> {
             let first = std::mem::replace(&mut self.first, NO_FIRST) as usize;
             if !failed {
                 // Its item takes over the input's hold.
-                self.buf[first].tag = tag;
+                self.buf.set_tag(first, tag);
                 return;
             }
-            self.buf[first].tag = tag.share();
+            self.buf.set_tag(first, tag.share());
         }
         if failed { self.failing.fail_tag(tag) } else { tag.release() }
     }
@@ -800,7 +802,7 @@ impl<T> Link<T> {
 
 impl<T: Send> Link<T> {
     /// Moves every item of `items` downstream; see [`Target::send`].
-    pub(crate) async fn send(&self, items: &mut Vec<Tagged<T>>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send(&self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
         self.target.send(items, blocked, dropped, None).await;
     }
 }
@@ -838,7 +840,7 @@ impl<T> Target<T> {
     #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
     fn send<'a>(
         &'a self,
-        items: &'a mut Vec<Tagged<T>>,
+        items: &'a mut Items<T>,
         blocked: &'a mut Duration,
         dropped: &'a mut u64,
         shown: Option<&'a Counters>,
@@ -857,10 +859,7 @@ impl<T> Target<T> {
                             None => blocking(blocked, queue.reserve(items.len())).await,
                         };
                         match room {
-                            Ok(room) => {
-                                let n = room.len();
-                                room.commit(items.drain(..n));
-                            }
+                            Ok(room) => room.commit(items),
                             Err(Closed) => {
                                 *dropped += items.len() as u64;
                                 items.clear();
@@ -879,7 +878,7 @@ impl<T> Target<T> {
                     for (queue, len) in groups.runs() {
                         if queue == queues.len() {
                             for _ in 0..len {
-                                let Tagged { item, tag } = items.remove(0);
+                                let (item, tag) = items.remove_first().expect("a run's items are in `items`");
                                 drop(item);
                                 let panic = panics.next().expect("one panic per item whose key panicked");
                                 // Rare: boxed, to take no room in the send's future.
@@ -895,13 +894,12 @@ impl<T> Target<T> {
                             };
                             match room {
                                 Ok(room) => {
-                                    let n = room.len();
-                                    room.commit(items.drain(..n));
-                                    left -= n;
+                                    left -= room.len();
+                                    room.commit(items);
                                 }
                                 Err(Closed) => {
                                     *dropped += left as u64;
-                                    items.drain(..left);
+                                    drop(items.split_front(left));
                                     left = 0;
                                 }
                             }

@@ -20,7 +20,7 @@ use futures::Stream;
 
 use super::{
     Output,
-    ack::tag::{Tag, Tagged},
+    ack::{items::Items, tag::Tag},
     dispatch::Dispatch,
     emitter::Link,
     metrics::{Counters, Delta},
@@ -339,7 +339,7 @@ impl FailureRoute {
             replica: u32::try_from(replica).unwrap_or(u32::MAX),
             link: Some(self.link.clone()),
             shared: self.shared.clone(),
-            pending: Vec::new(),
+            pending: Items::new(),
             item_failed: false,
             in_finish: false,
             in_timer: false,
@@ -395,7 +395,7 @@ pub(crate) struct Failing {
     /// `None` for an emitter outside any pipeline (failures are dropped).
     link: Option<Link<Failure>>,
     shared: Arc<OutputShared<Failure>>,
-    pending: Vec<Tagged<Failure>>,
+    pending: Items<Failure>,
     /// Whether the item in `process` failed.
     item_failed: bool,
     /// Whether `finish` runs.
@@ -412,7 +412,7 @@ impl Failing {
             replica: 0,
             link: None,
             shared: Arc::new(OutputShared::new(1)),
-            pending: Vec::new(),
+            pending: Items::new(),
             item_failed: false,
             in_finish: false,
             in_timer: false,
@@ -431,7 +431,7 @@ impl Failing {
         }
         self.item_failed = true;
         let items = if self.in_finish || self.in_timer { 0 } else { items.unwrap_or(WHOLE) };
-        self.pending.push(Tagged::bare(Failure {
+        self.pending.push(Failure {
             stage: self.stage,
             replica: self.replica as usize,
             error: Arc::new(error),
@@ -439,7 +439,7 @@ impl Failing {
             in_finish: self.in_finish,
             items,
             in_timer: self.in_timer,
-        }));
+        });
     }
 
     /// How many items of the input that just failed (and holds `weight`
@@ -455,7 +455,7 @@ impl Failing {
         // failed that no earlier one did, so that the counts of one
         // input's failures add up to what it counts in `failed`.
         let mut failed = 0u64;
-        for Tagged { item: failure, .. } in self.pending.iter_mut().filter(|f| !f.item.in_finish && !f.item.in_timer) {
+        for failure in self.pending.items_mut().iter_mut().filter(|f| !f.in_finish && !f.in_timer) {
             let left = weight - failed;
             failure.items = if failure.items == WHOLE { left } else { failure.items.min(left) };
             failed += failure.items;
@@ -487,7 +487,7 @@ impl Failing {
     /// in progress, not of `finish` or a timer) to its acknowledgements.
     pub(crate) fn fail_tag(&self, tag: Tag) {
         if tag.is_some() {
-            tag.fail(self.pending.iter().map(|f| &f.item).filter(|f| !f.in_finish && !f.in_timer));
+            tag.fail(self.pending.items().iter().filter(|f| !f.in_finish && !f.in_timer));
         }
     }
 
@@ -500,7 +500,7 @@ impl Failing {
             return;
         }
         self.settle(1);
-        for failure in self.pending.iter().map(|f| &f.item).filter(|f| !f.in_finish && !f.in_timer) {
+        for failure in self.pending.items().iter().filter(|f| !f.in_finish && !f.in_timer) {
             tag.record(failure);
         }
     }
@@ -508,7 +508,7 @@ impl Failing {
     /// Lets `tag` go, reporting the last failure recorded.
     pub(crate) fn fail_tag_last(&self, tag: Tag) {
         if tag.is_some() {
-            tag.fail(self.pending.last().map(|f| &f.item));
+            tag.fail(self.pending.last());
         }
     }
 

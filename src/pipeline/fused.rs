@@ -61,7 +61,7 @@ use tokio::time::Instant;
 
 use super::{
     Emitter, Panicked, Stage,
-    ack::tag::Tagged,
+    ack::items::Items,
     control::serve as serve_control,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -87,7 +87,7 @@ pub(crate) trait Fused<T>: Send {
     /// handed over at `since`; returns when it was done with them (both
     /// read by one stage and used by the other, so a hand-over reads the
     /// clock twice, not four times).
-    fn push<'a>(&'a mut self, items: &'a mut Vec<Tagged<T>>, since: Instant) -> BoxFuture<'a, Instant>;
+    fn push<'a>(&'a mut self, items: &'a mut Items<T>, since: Instant) -> BoxFuture<'a, Instant>;
 
     /// `Ready` once this stage or a fused one after it has a call, cast or
     /// items of its own queue to handle; [`serve`](Self::serve) handles it.
@@ -123,7 +123,7 @@ pub(crate) struct FusedStage<S: Stage> {
     /// `None` once failed for good.
     control: Option<Inbox<S>>,
     state: Arc<ServerState>,
-    input: Arc<Queue<Tagged<S::In>>>,
+    input: Arc<Queue<S::In>>,
     waiter: Waiter,
     mark: ReplicaMark,
     batch: Batch<S::In>,
@@ -160,7 +160,7 @@ impl ArcWake for Bell {
 impl<S: Stage> FusedStage<S> {
     pub(crate) fn new(
         control: Inbox<S>,
-        input: Arc<Queue<Tagged<S::In>>>,
+        input: Arc<Queue<S::In>>,
         mark: ReplicaMark,
         out: Emitter<S::Out>,
         registry: S::Registry,
@@ -238,7 +238,7 @@ impl<S: Stage> FusedStage<S> {
                 }
                 _ => {
                     let n = self.batch.items.len() as u64;
-                    let tags = self.batch.items.drain(..).map(|tagged| tagged.tag).collect();
+                    let tags = self.batch.items.take_tags();
                     self.counters.add(&Delta { processed: n, failed: n, ..Delta::default() });
                     self.out.fail_stopped(n, tags).await;
                     self.out.end_batch(self.batch.first, n).await;
@@ -250,13 +250,13 @@ impl<S: Stage> FusedStage<S> {
     /// Moves the items handed over into the batch without copying them:
     /// the batch takes the emitter's buffer, and gives the emitter its own
     /// (empty) room in exchange, so neither allocates in a steady stream.
-    fn take(&mut self, items: &mut Vec<Tagged<S::In>>) {
+    fn take(&mut self, items: &mut Items<S::In>) {
         if self.batch.items.is_empty() {
             std::mem::swap(&mut self.batch.items, items);
             self.batch.items.reverse();
         } else {
             // Items left by a panic first (the batch is last to first).
-            self.batch.items.splice(0..0, items.drain(..).rev());
+            self.batch.items.prepend_reversed(items);
         }
     }
 
@@ -389,7 +389,7 @@ impl<S: Stage> Fused<S::In> for FusedStage<S> {
         Box::pin(context::scope(state, self.boot()))
     }
 
-    fn push<'a>(&'a mut self, items: &'a mut Vec<Tagged<S::In>>, since: Instant) -> BoxFuture<'a, Instant> {
+    fn push<'a>(&'a mut self, items: &'a mut Items<S::In>, since: Instant) -> BoxFuture<'a, Instant> {
         let state = self.state.clone();
         Box::pin(context::scope(state, async move {
             if self.booted {

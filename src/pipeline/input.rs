@@ -10,7 +10,7 @@ use futures::{FutureExt, Stream, StreamExt};
 
 use super::{
     BATCH,
-    ack::{Ack, tag::Tagged},
+    ack::{Ack, items::Items, tag::Tagged},
     dispatch::Dispatch,
     queue::{Closed, TryPush, Waiter},
 };
@@ -47,7 +47,7 @@ impl<T: Send + 'static> Input<T> {
         };
         match queue.reserve(1).await {
             Ok(room) => {
-                room.commit([tagged]);
+                room.commit_one(tagged.item, tagged.tag);
                 Ok(())
             }
             Err(Closed) => Err(SendError::Closed(tagged)),
@@ -59,9 +59,9 @@ impl<T: Send + 'static> Input<T> {
             Ok(queue) => queue,
             Err(panic) => return Err(SendError::KeyPanicked { message: tagged, panic }),
         };
-        queue.try_push(tagged).map_err(|e| match e {
-            TryPush::Full(tagged) => SendError::Full(tagged),
-            TryPush::Closed(tagged) => SendError::Closed(tagged),
+        queue.try_push_tagged(tagged.item, tagged.tag).map_err(|e| match e {
+            TryPush::Full((item, tag)) => SendError::Full(Tagged { item, tag }),
+            TryPush::Closed((item, tag)) => SendError::Closed(Tagged { item, tag }),
         })
     }
 
@@ -84,7 +84,7 @@ impl<T: Send + 'static> Input<T> {
     {
         let mut items = pin!(items);
         let mut sent = 0;
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Items::new();
         while let Some(first) = items.next().await {
             let queue = match self.dispatch.route(&first.item) {
                 Ok(queue) => queue,
@@ -94,19 +94,19 @@ impl<T: Send + 'static> Input<T> {
                 Ok(room) => room,
                 Err(Closed) => return Err(SendError::Closed(first)),
             };
-            batch.push(first);
+            batch.push_tagged(first.item, first.tag);
             if let Dispatch::Shared(_) = self.dispatch {
                 // Take more items only while they are ready and there is room.
                 while batch.len() < room.len() {
                     match items.next().now_or_never() {
-                        Some(Some(item)) => batch.push(item),
+                        Some(Some(Tagged { item, tag })) => batch.push_tagged(item, tag),
                         Some(None) => break,
                         None => break,
                     }
                 }
             }
             sent += batch.len();
-            room.commit(batch.drain(..));
+            room.commit(&mut batch);
         }
         Ok(sent)
     }
@@ -159,8 +159,8 @@ impl<T> InputSink<T> {
         };
         match queue.poll_reserve(cx, &mut self.waiter, 1) {
             Poll::Ready(Ok(_)) => {
-                let item = self.pending.take().expect("checked above");
-                queue.commit_one(item);
+                let Tagged { item, tag } = self.pending.take().expect("checked above");
+                queue.commit_one(item, tag);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(Closed)) => {

@@ -19,10 +19,7 @@ use loom::{future::block_on, thread};
 
 use super::{
     BATCH, Failure,
-    ack::{
-        Outcome,
-        tag::{Tag, Tagged},
-    },
+    ack::{Outcome, items::Items, tag::Tag},
     dispatch::Dispatch,
     emitter::Link,
     queue::{Queue, Waiter},
@@ -51,7 +48,7 @@ fn items(popped: &[(u64, Vec<u32>)]) -> Vec<u32> {
 fn push(queue: &Queue<u32>, item: u32) {
     block_on(async {
         let room = queue.reserve(1).await.expect("open");
-        room.commit([item]);
+        room.commit_all([item]);
     });
 }
 
@@ -92,7 +89,7 @@ fn loom_close_waits_for_reserved_room_and_refuses_new() {
                     match q.reserve(2).await {
                         // Reserved before the close: still goes in.
                         Ok(room) => {
-                            room.commit([7]);
+                            room.commit_all([7]);
                             true
                         }
                         Err(_) => false,
@@ -121,7 +118,7 @@ fn loom_items_committed_while_a_clear_runs_are_discarded() {
                 block_on(async {
                     match q.reserve(1).await {
                         Ok(room) => {
-                            room.commit([7]);
+                            room.commit_all([7]);
                             true
                         }
                         Err(_) => false,
@@ -254,9 +251,9 @@ fn ordered_model(second: &'static [u32]) {
                 block_on(async {
                     let (mut blocked, mut dropped) = (Duration::ZERO, 0);
                     place.begin_batch(first);
-                    let mut buf = Vec::new();
+                    let mut buf = Items::new();
                     for &item in emitted {
-                        buf.push(Tagged::bare(item));
+                        buf.push(item);
                         if buf.len() >= BATCH {
                             place.send_full(&mut buf, &mut blocked, &mut dropped).await;
                         }
@@ -268,14 +265,13 @@ fn ordered_model(second: &'static [u32]) {
         };
         let a = replica(0, &[1, 2]);
         let b = replica(1, second);
-        let mut got = Vec::new();
+        let mut got: Vec<u32> = Vec::new();
         let mut reader = Waiter::new();
         while got.len() < 2 + second.len() {
             block_on(poll_fn(|cx| out.poll_pop(cx, &mut reader, &mut got, 4)));
         }
         a.join().unwrap();
         b.join().unwrap();
-        let got: Vec<u32> = got.into_iter().map(|tagged: Tagged<u32>| tagged.item).collect();
         let expected: Vec<u32> = [1, 2].iter().chain(second).copied().collect();
         assert_eq!(got, expected);
         // The window (2 * 2 * BATCH inputs) moved on past both inputs:

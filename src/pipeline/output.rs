@@ -1,5 +1,4 @@
 use std::{
-    collections::VecDeque,
     fmt,
     pin::Pin,
     sync::{
@@ -13,7 +12,7 @@ use futures::Stream;
 
 use super::{
     BATCH,
-    ack::{Held, tag::Tagged},
+    ack::{Held, items::Items, tag::Tag},
     queue::{Queue, Waiter},
 };
 
@@ -28,7 +27,8 @@ use super::{
 #[must_use = "streams do nothing unless polled"]
 pub struct Output<T> {
     shared: Arc<OutputShared<T>>,
-    buf: VecDeque<Tagged<T>>,
+    /// Last to first: the next item is popped from the end.
+    buf: Items<T>,
     done: bool,
     /// Its place in the queue's line of readers.
     waiter: Waiter,
@@ -39,7 +39,7 @@ impl<T> Unpin for Output<T> {}
 
 /// The output queue and what the pipeline and the `Output` share about it.
 pub(crate) struct OutputShared<T> {
-    pub(crate) queue: Arc<Queue<Tagged<T>>>,
+    pub(crate) queue: Arc<Queue<T>>,
     /// Whether somebody took the output (and has not dropped it).
     pub(crate) taken: Arc<AtomicBool>,
     /// Items dropped because the output was dropped while holding them in
@@ -67,7 +67,7 @@ impl<T> OutputShared<T> {
 impl<T> Output<T> {
     pub(crate) fn new(shared: Arc<OutputShared<T>>) -> Self {
         shared.taken.store(true, Ordering::Release);
-        Output { shared, buf: VecDeque::with_capacity(BATCH), done: false, waiter: Waiter::new() }
+        Output { shared, buf: Items::new(), done: false, waiter: Waiter::new() }
     }
 }
 
@@ -81,15 +81,18 @@ impl<T> Output<T> {
         AckedOutput { inner: self }
     }
 
-    fn poll_tagged(&mut self, cx: &mut Context<'_>) -> Poll<Option<Tagged<T>>> {
-        if let Some(tagged) = self.buf.pop_front() {
+    fn poll_tagged(&mut self, cx: &mut Context<'_>) -> Poll<Option<(T, Tag)>> {
+        if let Some(tagged) = self.buf.pop() {
             return Poll::Ready(Some(tagged));
         }
         if self.done {
             return Poll::Ready(None);
         }
         match self.shared.queue.poll_pop(cx, &mut self.waiter, &mut self.buf, BATCH) {
-            Poll::Ready(true) => Poll::Ready(self.buf.pop_front()),
+            Poll::Ready(true) => {
+                self.buf.reverse();
+                Poll::Ready(self.buf.pop())
+            }
             Poll::Ready(false) => {
                 self.done = true;
                 Poll::Ready(None)
@@ -106,7 +109,7 @@ impl<T> Stream for Output<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         self.get_mut().poll_tagged(cx).map(|tagged| {
-            tagged.map(|Tagged { item, tag }| {
+            tagged.map(|(item, tag)| {
                 tag.release();
                 item
             })
@@ -152,10 +155,7 @@ impl<T> Stream for AckedOutput<T> {
     type Item = (T, Held);
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<(T, Held)>> {
-        self.get_mut()
-            .inner
-            .poll_tagged(cx)
-            .map(|tagged| tagged.map(|Tagged { item, tag }| (item, Held::new(tag, "output", 0))))
+        self.get_mut().inner.poll_tagged(cx).map(|tagged| tagged.map(|(item, tag)| (item, Held::new(tag, "output", 0))))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

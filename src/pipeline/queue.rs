@@ -62,7 +62,13 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use super::flush::Mark;
+use super::{
+    ack::{
+        items::{Items, pad_queue},
+        tag::Tag,
+    },
+    flush::Mark,
+};
 use crate::loom::sync::{Mutex, MutexGuard};
 
 /// The largest capacity a queue (or a server's mailbox) has: tokio's
@@ -109,6 +115,9 @@ impl Waiter {
 
 struct State<T> {
     items: VecDeque<T>,
+    /// The acknowledgements of the first items (as [`Items`] holds them):
+    /// empty while none of the items queued has one.
+    tags: VecDeque<Tag>,
     reserved: usize,
     closed: bool,
     /// Set by [`Queue::close_and_clear`]: items committed into room reserved
@@ -312,6 +321,7 @@ impl<T> Queue<T> {
         Queue {
             state: Mutex::new(State {
                 items: VecDeque::new(),
+                tags: VecDeque::new(),
                 reserved: 0,
                 closed: false,
                 cleared: false,
@@ -416,24 +426,24 @@ impl<T> Queue<T> {
         Reserve { wait: Wait { queue: self, waiter: Waiter::new() }, max }
     }
 
-    /// Pushes `items` (at most `reserved` of them) into room reserved
-    /// before, and gives back the room not used.
+    /// Moves the first items of `items` (at most `reserved` of them) into
+    /// room reserved before, and gives back the room not used.
     /// Into a cleared queue, the items are dropped and counted instead.
-    fn commit(&self, items: impl IntoIterator<Item = T>, reserved: usize) {
+    fn commit(&self, items: &mut Items<T>, reserved: usize) {
         let mut wakers = WakeList::new();
         let mut state = self.lock();
         // `cleared` is read and the items placed in one critical section: a
         // `close_and_clear` cannot come in between and leave them queued.
         let late = if state.cleared {
-            // Dropped outside the lock: an item's `Drop` may do anything.
-            let late: Vec<T> = items.into_iter().collect();
+            // Dropped outside the lock: an item's (or a tag's) `Drop` may do
+            // anything.
+            let late = items.split_front(reserved);
             state.discarded += late.len() as u64;
             state.reserved -= reserved;
             Some(late)
         } else {
-            let before = state.items.len();
-            state.items.extend(items);
-            let pushed = state.items.len() - before;
+            let State { items: queued, tags, .. } = &mut *state;
+            let pushed = items.move_front_into(reserved, queued, tags);
             debug_assert!(pushed <= reserved, "pushed more than reserved");
             state.reserved -= reserved;
             if pushed > 0 {
@@ -450,23 +460,42 @@ impl<T> Queue<T> {
         drop(late);
     }
 
-    /// Pushes one item into room reserved by [`poll_reserve`](Self::poll_reserve).
-    pub(crate) fn commit_one(&self, item: T) {
-        self.commit([item], 1);
+    /// Pushes one item holding `tag` into room reserved by
+    /// [`poll_reserve`](Self::poll_reserve).
+    pub(crate) fn commit_one(&self, item: T, tag: Tag) {
+        let mut items = Items::new();
+        items.push_tagged(item, tag);
+        self.commit(&mut items, 1);
     }
 
-    /// Pushes one item if there is room and no writer waits, without waiting.
-    pub(crate) fn try_push(&self, item: T) -> Result<(), TryPush<T>> {
+    /// Pushes one item holding `tag` if there is room and no writer waits,
+    /// without waiting.
+    pub(crate) fn try_push_tagged(&self, item: T, tag: Tag) -> Result<(), TryPush<(T, Tag)>> {
         self.change(|state, wakers| {
             if state.closed {
-                return Err(TryPush::Closed(item));
+                return Err(TryPush::Closed((item, tag)));
             }
             if state.free_room(self.capacity) == 0 {
-                return Err(TryPush::Full(item));
+                return Err(TryPush::Full((item, tag)));
+            }
+            if tag.is_some() {
+                let State { items, tags, .. } = &mut *state;
+                pad_queue(tags, items.len());
+                tags.push_back(tag);
             }
             state.items.push_back(item);
             state.promise_items(wakers);
             Ok(())
+        })
+    }
+
+    /// Pushes one item without acknowledgement, as
+    /// [`try_push_tagged`](Self::try_push_tagged).
+    #[cfg(test)]
+    pub(crate) fn try_push(&self, item: T) -> Result<(), TryPush<T>> {
+        self.try_push_tagged(item, Tag::NONE).map_err(|e| match e {
+            TryPush::Closed((item, _)) => TryPush::Closed(item),
+            TryPush::Full((item, _)) => TryPush::Full(item),
         })
     }
 
@@ -477,7 +506,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Extend<T>,
+        out: &mut impl Receive<T>,
         max: usize,
     ) -> Poll<bool> {
         self.poll_pop_numbered(cx, waiter, out, max).map(|first| first.is_some())
@@ -490,7 +519,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Extend<T>,
+        out: &mut impl Receive<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
         self.poll_pop_marked(cx, waiter, out, max, true, None)
@@ -502,7 +531,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Extend<T>,
+        out: &mut impl Receive<T>,
         max: usize,
         shares: bool,
         mark: Option<&Mark>,
@@ -520,10 +549,8 @@ impl<T> Queue<T> {
             let available = state.available();
             if available > 0 {
                 let n = if shares { state.share(available) } else { available }.min(max);
-                // A `Map` of a range has an exact length: `out` reserves
-                // once and moves items without a check each (a `Drain` of
-                // a deque is read and written one checked item at a time).
-                out.extend((0..n).map(|_| state.items.pop_front().expect("`n` items are queued")));
+                let State { items, tags, .. } = &mut *state;
+                out.receive(n, items, tags);
                 let first = state.popped;
                 state.popped += n as u64;
                 if let Some(mark) = mark {
@@ -630,13 +657,13 @@ impl<T> Queue<T> {
             state.closed = true;
             state.cleared = true;
             state.wake_writers(wakers);
-            let dropped = std::mem::take(&mut state.items);
-            state.discarded += dropped.len() as u64;
+            let dropped = (std::mem::take(&mut state.items), std::mem::take(&mut state.tags));
+            state.discarded += dropped.0.len() as u64;
             state.end_readers(wakers);
             state.wake_closing(wakers);
             dropped
         });
-        dropped.len()
+        dropped.0.len()
     }
 }
 
@@ -652,19 +679,56 @@ impl<T> Reservation<'_, T> {
         self.n
     }
 
-    /// Pushes up to [`len`](Self::len) items and gives back the rest of the
-    /// room.
-    pub(crate) fn commit(mut self, items: impl IntoIterator<Item = T>) {
+    /// Moves up to [`len`](Self::len) items from the front of `items`, with
+    /// their tags, and gives back the rest of the room.
+    pub(crate) fn commit(mut self, items: &mut Items<T>) {
         let n = std::mem::take(&mut self.n);
-        self.queue.commit(items.into_iter().take(n), n);
+        self.queue.commit(items, n);
+    }
+
+    /// Pushes `item` holding `tag` (into room for at least one) and gives
+    /// back the rest of the room.
+    pub(crate) fn commit_one(self, item: T, tag: Tag) {
+        let mut items = Items::new();
+        items.push_tagged(item, tag);
+        self.commit(&mut items);
+    }
+
+    /// Pushes up to [`len`](Self::len) items without acknowledgement.
+    #[cfg(test)]
+    pub(crate) fn commit_all(self, items: impl IntoIterator<Item = T>) {
+        self.commit(&mut items.into_iter().collect());
     }
 }
 
 impl<T> Drop for Reservation<'_, T> {
     fn drop(&mut self) {
         if self.n > 0 {
-            self.queue.commit(std::iter::empty(), self.n);
+            self.queue.commit(&mut Items::new(), self.n);
         }
+    }
+}
+
+/// Where a queue's reader moves the items it takes, with their tags.
+pub(crate) trait Receive<T> {
+    /// Takes `n` items from the front of `items`, and their tags from the
+    /// front of `tags` (those of the first items, as [`Items`] holds them).
+    fn receive(&mut self, n: usize, items: &mut VecDeque<T>, tags: &mut VecDeque<Tag>);
+}
+
+impl<T> Receive<T> for Items<T> {
+    #[inline]
+    fn receive(&mut self, n: usize, items: &mut VecDeque<T>, tags: &mut VecDeque<Tag>) {
+        self.take_front_from(n, items, tags);
+    }
+}
+
+/// For tests of the queue alone, whose items carry no tags.
+#[cfg(test)]
+impl<T> Receive<T> for Vec<T> {
+    fn receive(&mut self, n: usize, items: &mut VecDeque<T>, tags: &mut VecDeque<Tag>) {
+        assert!(tags.is_empty(), "a test's items carry no tags");
+        self.extend(items.drain(..n));
     }
 }
 
@@ -726,7 +790,7 @@ impl<T> Reader<'_, T> {
     pub(crate) fn poll_pop_numbered(
         &mut self,
         cx: &mut Context<'_>,
-        out: &mut impl Extend<T>,
+        out: &mut impl Receive<T>,
         max: usize,
     ) -> Poll<Option<u64>> {
         let Wait { queue, waiter } = &mut self.wait;
@@ -759,7 +823,7 @@ impl<T> Queue<T> {
         &self,
         cx: &mut Context<'_>,
         waiter: &mut Waiter,
-        out: &mut impl Extend<T>,
+        out: &mut impl Receive<T>,
         max: usize,
         mark: &Mark,
     ) -> Poll<Option<u64>> {
@@ -925,7 +989,7 @@ mod tests {
         assert!(matches!(q.try_push(2), Err(TryPush::Full(2))));
         assert!(w.reserve(&q, 1).is_pending());
         q.cancel(&mut w.waiter);
-        q.commit([10, 11], 2);
+        q.commit(&mut [10, 11].into_iter().collect(), 2);
         assert_eq!(q.len(), 3);
         assert_eq!(pop(&q, 2), [1, 10]);
     }
@@ -937,7 +1001,7 @@ mod tests {
             let mut reserve = pin!(q.reserve(2));
             let Poll::Ready(Ok(r)) = reserve.as_mut().poll(&mut cx()) else { panic!() };
             assert_eq!(r.len(), 2);
-            r.commit([7]);
+            r.commit_all([7]);
         }
         // One slot used, one given back.
         q.try_push(8).unwrap();
@@ -966,7 +1030,7 @@ mod tests {
         let mut r = Party::new();
         let mut out = Vec::new();
         assert!(r.pop(&q, &mut out, 8).is_pending());
-        q.commit([5], 1);
+        q.commit(&mut [5].into_iter().collect(), 1);
         assert_eq!(r.woken(), 1);
         assert_eq!(r.pop(&q, &mut out, 8), Poll::Ready(true));
         assert_eq!(out, [5]);
@@ -980,7 +1044,7 @@ mod tests {
         let mut w = Party::new();
         assert_eq!(w.reserve(&q, 2), Poll::Ready(Ok(2)));
         assert_eq!(q.close_and_clear(), 1);
-        q.commit([2, 3], 2);
+        q.commit(&mut [2, 3].into_iter().collect(), 2);
         assert_eq!(q.len(), 0);
         assert_eq!(q.discarded(), 3);
         let mut r = Party::new();
@@ -1162,7 +1226,7 @@ mod tests {
                     while next < 10_000 {
                         let r = q.reserve(5).await.unwrap();
                         let n = r.len().min(10_000 - next);
-                        r.commit((next..next + n).map(|i| p * 1_000_000 + i as u64));
+                        r.commit_all((next..next + n).map(|i| p * 1_000_000 + i as u64));
                         next += n;
                     }
                 })
@@ -1200,7 +1264,7 @@ mod tests {
         /// Reserves room for `items` and pushes them, as one commit.
         fn commit_reserved<const N: usize>(&self, items: [T; N]) {
             self.lock().reserved += N;
-            self.commit(items, N);
+            self.commit(&mut items.into_iter().collect(), N);
         }
     }
 }

@@ -41,7 +41,7 @@ use std::{
 
 use super::{
     BATCH,
-    ack::tag::Tagged,
+    ack::items::Items,
     emitter::{Link, blocking},
     queue::{Queue, WakeList},
 };
@@ -89,9 +89,9 @@ struct Turns<T> {
     sent: u64,
     /// Batches finished before their turn, by the number of their first
     /// input: how many inputs they cover, and their outputs.
-    chunks: BTreeMap<u64, (u64, Vec<Tagged<T>>)>,
+    chunks: BTreeMap<u64, (u64, Items<T>)>,
     /// Emptied buffers, for the next chunks.
-    spare: Vec<Vec<Tagged<T>>>,
+    spare: Vec<Items<T>>,
     /// Replicas waiting for the turn of the batch starting at that number.
     waiting: Vec<(u64, Waker)>,
     /// Replicas whose input ended, and replicas done with `finish`.
@@ -102,7 +102,7 @@ struct Turns<T> {
     /// Replicas waiting to stream their `finish` outputs.
     finish_waiting: Vec<Waker>,
     /// `finish` outputs left for the last replica to send.
-    last: Vec<Tagged<T>>,
+    last: Items<T>,
     /// The replicas working on a batch, by its first input, and the one
     /// streaming its `finish` outputs: whom a replica waiting for its turn
     /// waits on, for the wait-for graph of calls (`server::waits`).
@@ -137,7 +137,7 @@ impl<T: Send> Reorder<T> {
                 done: 0,
                 finishing: false,
                 finish_waiting: Vec::with_capacity(replicas),
-                last: Vec::new(),
+                last: Items::new(),
                 batches: Vec::with_capacity(replicas),
                 finisher: None,
             }),
@@ -188,7 +188,7 @@ impl<T: Send> Reorder<T> {
     /// The batch of inputs `first..first + inputs` is done. If it has the
     /// turn, returns `true` and leaves `items` alone; otherwise keeps them
     /// as a chunk (leaving an empty buffer in `items`).
-    fn hand_over(&self, first: u64, inputs: u64, items: &mut Vec<Tagged<T>>) -> bool {
+    fn hand_over(&self, first: u64, inputs: u64, items: &mut Items<T>) -> bool {
         let mut turns = self.lock();
         if turns.sent == first {
             return true;
@@ -217,7 +217,7 @@ impl<T: Send> Reorder<T> {
     /// Every output of inputs before `next` is sent. Takes the chunk that
     /// starts at `next`, if there is one (the caller keeps the turn to send
     /// it), or else wakes the replica whose batch now has the turn.
-    fn advance(&self, next: u64) -> Option<(u64, Vec<Tagged<T>>)> {
+    fn advance(&self, next: u64) -> Option<(u64, Items<T>)> {
         let mut wakers = WakeList::new();
         let chunk = {
             let mut turns = self.lock();
@@ -250,7 +250,7 @@ impl<T: Send> Reorder<T> {
     /// A replica is done with `finish`: keeps `items` for the last replica,
     /// gives back the right to stream if it held it. The last replica to end
     /// gets every replica's rest back, to send.
-    fn end_replica(&self, finishing: bool, items: &mut Vec<Tagged<T>>) -> Option<Vec<Tagged<T>>> {
+    fn end_replica(&self, finishing: bool, items: &mut Items<T>) -> Option<Items<T>> {
         let mut wakers = WakeList::new();
         let last = {
             let mut turns = self.lock();
@@ -322,7 +322,7 @@ impl<T: Send + 'static> Place<T> {
     /// gives way rather than the pipeline hanging.
     ///
     /// Cancel safe: the items stay in `items` until sent.
-    pub(crate) async fn send_full(&mut self, items: &mut Vec<Tagged<T>>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send_full(&mut self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
         match self.batch {
             Some(first) if !self.turn => {
                 if !self.reorder.has_turn(first) {
@@ -350,7 +350,7 @@ impl<T: Send + 'static> Place<T> {
     }
 
     /// Sends `items` on if this replica may without waiting for its turn.
-    pub(crate) async fn send_if_turn(&mut self, items: &mut Vec<Tagged<T>>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send_if_turn(&mut self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
         if let (Some(first), false) = (self.batch, self.turn) {
             self.turn = self.reorder.has_turn(first);
         }
@@ -368,7 +368,7 @@ impl<T: Send + 'static> Place<T> {
         &mut self,
         first: u64,
         inputs: u64,
-        items: &mut Vec<Tagged<T>>,
+        items: &mut Items<T>,
         blocked: &mut Duration,
         dropped: &mut u64,
     ) {
@@ -392,7 +392,7 @@ impl<T: Send + 'static> Place<T> {
     /// Called once, after the replica's last batch and its `Stage::finish`:
     /// sends what `finish` emitted if it may stream, or leaves it for the
     /// last replica to end, which sends every rest.
-    pub(crate) async fn end_input(&mut self, items: &mut Vec<Tagged<T>>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn end_input(&mut self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
         self.end_input_once();
         if self.finishing {
             self.reorder.link.send(items, blocked, dropped).await;
@@ -459,7 +459,7 @@ impl<T> Reorder<T> {
 /// Items being sent on; if the send is dropped before it placed them all,
 /// the rest are counted as lost.
 struct Held<'a, T> {
-    items: Vec<Tagged<T>>,
+    items: Items<T>,
     lost: &'a AtomicU64,
 }
 
@@ -480,14 +480,14 @@ mod tests {
     use super::*;
     use crate::pipeline::{dispatch::Dispatch, queue::Waiter};
 
-    fn drain(queue: &Queue<Tagged<u32>>) -> Vec<u32> {
+    fn drain(queue: &Queue<u32>) -> Vec<u32> {
         let mut got = Vec::new();
         let _ = queue.poll_pop(&mut Context::from_waker(noop_waker_ref()), &mut Waiter::new(), &mut got, 1000);
-        got.into_iter().map(|tagged| tagged.item).collect()
+        got
     }
 
-    fn bare(items: impl IntoIterator<Item = u32>) -> Vec<Tagged<u32>> {
-        items.into_iter().map(Tagged::bare).collect()
+    fn bare(items: impl IntoIterator<Item = u32>) -> Items<u32> {
+        items.into_iter().collect()
     }
 
     #[tokio::test]

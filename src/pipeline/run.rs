@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     BATCH, Emitter, Panicked, Stage,
-    ack::tag::{Tag, Tagged},
+    ack::items::Items,
     batch::{BatchSpec, Hold, Take, TakeFrom, Whole},
     concurrency::{self, Concurrency},
     control::serve as serve_control,
@@ -58,7 +58,7 @@ enum Work<S: Stage> {
 #[allow(clippy::too_many_arguments, reason = "one per part of the stage a replica uses")]
 pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
     mut control: Inbox<S>,
-    input: Arc<Queue<Tagged<K::Item>>>,
+    input: Arc<Queue<K::Item>>,
     mark: ReplicaMark,
     mut out: Emitter<S::Out>,
     registry: S::Registry,
@@ -219,7 +219,7 @@ async fn end_of_input<S: Stage>(
 async fn failed_for_good<S: Stage, Q, O: Hold>(
     mut ready: Option<Ready>,
     control: Inbox<S>,
-    reader: &mut Reader<'_, Tagged<Q>>,
+    reader: &mut Reader<'_, Q>,
     mark: &ReplicaMark,
     batch: &mut Batch<S::In, O>,
     out: &mut Emitter<S::Out>,
@@ -238,7 +238,8 @@ async fn failed_for_good<S: Stage, Q, O: Hold>(
     let left = batch.items.len() as u64 + batch.open.held();
     let open = batch.open.release_tags();
     if left > 0 {
-        let tags: Vec<Tag> = batch.items.drain(..).map(|tagged| tagged.tag).chain(open).collect();
+        let mut tags = batch.items.take_tags();
+        tags.extend(open);
         counters.add(&Delta { processed: left, failed: left, ..Delta::default() });
         out.fail_stopped(left, tags).await;
         out.end_batch(batch.first, left).await;
@@ -246,7 +247,7 @@ async fn failed_for_good<S: Stage, Q, O: Hold>(
     }
     let max_demand = batch.max_demand as usize;
     // What is taken from the queue from now on, failed at once.
-    let mut taken = Vec::new();
+    let mut taken = Items::new();
     loop {
         // The stages fused into this one go on: their calls, casts and own
         // items are still served here.
@@ -273,7 +274,7 @@ async fn failed_for_good<S: Stage, Q, O: Hold>(
         counters.resume();
         let n = taken.len() as u64;
         counters.add(&Delta { received: n, processed: n, failed: n, ..Delta::default() });
-        let tags: Vec<Tag> = taken.drain(..).map(|tagged| tagged.tag).collect();
+        let tags = taken.take_tags();
         out.fail_stopped(n, tags).await;
         // An ordered stage waits for every input's (here: empty) outputs.
         out.end_batch(first, n).await;
@@ -331,7 +332,7 @@ pub(crate) struct Pace {
 pub(crate) struct Batch<T, O: Hold = Whole> {
     /// Last to first: the next item is popped from the end (a `Vec` pops
     /// for less than a `VecDeque`); whoever fills it reverses it.
-    pub(crate) items: Vec<Tagged<T>>,
+    pub(crate) items: Items<T>,
     pub(crate) first: u64,
     /// What the replica holds besides: nothing for a plain stage, the
     /// open batch of a `#[batch]` stage.
@@ -360,7 +361,7 @@ impl<T> Batch<T> {
 impl<T, O: Hold> Batch<T, O> {
     /// The same, holding `open` besides its inputs.
     pub(crate) fn holding(counters: Arc<Counters>, open: O) -> Self {
-        Batch { items: Vec::new(), first: 0, open, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
+        Batch { items: Items::new(), first: 0, open, counters, limit: None, awaited: true, max_demand: BATCH as u32 }
     }
 
     /// The same, taking and going through items at `pace`.
@@ -435,135 +436,143 @@ impl Drop for Progress<'_> {
 /// With `reader`, a replica whose futures are in flight (`#[concurrency]`)
 /// takes more items from it into the batch as they free room (see
 /// `concurrency::settle`).
-pub(crate) async fn process_batch<S: Stage, K: TakeFrom<S>>(
-    server: &mut S,
-    control: &mut Inbox<S>,
-    batch: &mut Batch<S::In, K::Open>,
-    out: &mut Emitter<S::Out>,
-    mut reader: Option<&mut Reader<'_, Tagged<S::In>>>,
-) -> Result<(), Crashed> {
-    // The replica's counters, reached through `progress` (one reference
-    // fewer in the replica's future).
-    let mut progress = Progress::new(&batch.counters);
-    progress.counters.begin_batch();
-    out.begin_batch(batch.first);
-    let mut taken = batch.items.len() as u64;
-    let mut result = Ok(());
-    let mut awaited = false;
-    loop {
-        if batch.items.is_empty() {
-            if !out.has_in_flight() {
-                break;
-            }
-            // Its futures in flight settle, or free room for more items.
-            progress.publish();
-            let refill = concurrency::Refill::new(reader.as_deref_mut(), &mut batch.items, batch.max_demand, taken);
-            let settled = Box::pin(concurrency::settle(server, control, out, progress.counters, true, refill)).await;
-            match settled {
-                Ok(0) => break,
-                Ok(more) => {
-                    taken += more as u64;
-                    progress.counters.add(&Delta { received: more as u64, ..Delta::default() });
-                    continue;
-                }
-                Err(crashed) => {
-                    result = Err(crashed);
+///
+/// A function returning an `async move` block, not an `async fn`, which
+/// would hold its arguments twice: every idle replica's task holds room
+/// for this future.
+#[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
+pub(crate) fn process_batch<'a, S: Stage, K: TakeFrom<S>>(
+    server: &'a mut S,
+    control: &'a mut Inbox<S>,
+    batch: &'a mut Batch<S::In, K::Open>,
+    out: &'a mut Emitter<S::Out>,
+    mut reader: Option<&'a mut Reader<'_, S::In>>,
+) -> impl Future<Output = Result<(), Crashed>> + 'a {
+    async move {
+        // The replica's counters, reached through `progress` (one reference
+        // fewer in the replica's future).
+        let mut progress = Progress::new(&batch.counters);
+        progress.counters.begin_batch();
+        out.begin_batch(batch.first);
+        let mut taken = batch.items.len() as u64;
+        let mut result = Ok(());
+        let mut awaited = false;
+        loop {
+            if batch.items.is_empty() {
+                if !out.has_in_flight() {
                     break;
                 }
-            }
-        }
-        if let Some(limit) = &batch.limit {
-            // The wait, rare on the item path, takes no room in the
-            // replica's future. The item stays in the batch meanwhile, so
-            // it counts as aborted if the task is dropped.
-            if !limit.try_acquire() {
+                // Its futures in flight settle, or free room for more items.
                 progress.publish();
-                result = Box::pin(throttle(limit, progress.counters, server, control, out)).await;
+                let refill = concurrency::Refill::new(reader.as_deref_mut(), &mut batch.items, batch.max_demand, taken);
+                let settled =
+                    Box::pin(concurrency::settle(server, control, out, progress.counters, true, refill)).await;
+                match settled {
+                    Ok(0) => break,
+                    Ok(more) => {
+                        taken += more as u64;
+                        progress.counters.add(&Delta { received: more as u64, ..Delta::default() });
+                        continue;
+                    }
+                    Err(crashed) => {
+                        result = Err(crashed);
+                        break;
+                    }
+                }
+            }
+            if let Some(limit) = &batch.limit {
+                // The wait, rare on the item path, takes no room in the
+                // replica's future. The item stays in the batch meanwhile, so
+                // it counts as aborted if the task is dropped.
+                if !limit.try_acquire() {
+                    progress.publish();
+                    result = Box::pin(throttle(limit, progress.counters, server, control, out)).await;
+                    if result.is_err() {
+                        break;
+                    }
+                }
+            }
+            // How many items the next input stands for: 1 but for an input of a
+            // `#[batch]` stage. Read before it is popped and kept in `progress`
+            // alone while `process` runs: a borrowed local, or a copy, would
+            // take room in the task.
+            progress.in_process = batch.items.last().map_or(0, K::weight);
+            let Some((item, tag)) = batch.items.pop() else { break };
+            out.begin_item(tag);
+            batch.open.processed(progress.in_process);
+            let mut waited = false;
+            let processed = {
+                let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
+                poll_fn(|cx| {
+                    let poll = process.as_mut().poll(cx);
+                    waited |= poll.is_pending();
+                    poll
+                })
+                .await
+            };
+            awaited |= waited;
+            if let Err(panic) = processed {
+                // Logged as the item's failure.
+                out.fail_panic(Panicked::new(&panic));
+            }
+            // An item counts as failed once, however many failures it gave (an
+            // input of a `#[batch]` stage: at most as many as its items).
+            let item_failed = out.take_item_failed();
+            // An item with futures in flight is done when they are.
+            if let Some(failed) = out.close_item(item_failed) {
+                progress.processed += progress.in_process;
+                if item_failed {
+                    progress.failed += out.settle_failed(progress.in_process);
+                } else if failed {
+                    // Only by futures that completed before `process` returned,
+                    // their failures already sent: one item (a `#[batch]`
+                    // stage hands none over).
+                    progress.failed += progress.in_process.min(1);
+                }
+            } else if item_failed {
+                // Counted when its futures are done; its failures are sent now,
+                // settled.
+                out.settle_failed(progress.in_process);
+            }
+            out.end_item(item_failed);
+            if item_failed {
+                out.send_failures().await;
+            }
+            progress.in_process = 0;
+            if waited {
+                // A stage that awaits per item is slow: send its output now, and
+                // serve the stages fused into this one, which otherwise would
+                // wait for the end of the batch.
+                out.flush().await;
+                out.serve_fused_waiting().await;
+            }
+            if !batch.items.is_empty() && control.state.take_mail() {
+                // Publish what is done, so a call sees metrics as current as
+                // the state it reads.
+                progress.publish();
+                let away = progress.counters.step_away();
+                result = serve_waiting(server, control, out).await;
+                progress.counters.step_back(away);
                 if result.is_err() {
                     break;
                 }
             }
         }
-        // How many items the next input stands for: 1 but for an input of a
-        // `#[batch]` stage. Read before it is popped and kept in `progress`
-        // alone while `process` runs: a borrowed local, or a copy, would
-        // take room in the task.
-        progress.in_process = batch.items.last().map_or(0, |tagged| K::weight(&tagged.item));
-        let Some(Tagged { item, tag }) = batch.items.pop() else { break };
-        out.begin_item(tag);
-        batch.open.processed(progress.in_process);
-        let mut waited = false;
-        let processed = {
-            let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
-            poll_fn(|cx| {
-                let poll = process.as_mut().poll(cx);
-                waited |= poll.is_pending();
-                poll
-            })
-            .await
-        };
-        awaited |= waited;
-        if let Err(panic) = processed {
-            // Logged as the item's failure.
-            out.fail_panic(Panicked::new(&panic));
-        }
-        // An item counts as failed once, however many failures it gave (an
-        // input of a `#[batch]` stage: at most as many as its items).
-        let item_failed = out.take_item_failed();
-        // An item with futures in flight is done when they are.
-        if let Some(failed) = out.close_item(item_failed) {
-            progress.processed += progress.in_process;
-            if item_failed {
-                progress.failed += out.settle_failed(progress.in_process);
-            } else if failed {
-                // Only by futures that completed before `process` returned,
-                // their failures already sent: one item (a `#[batch]`
-                // stage hands none over).
-                progress.failed += progress.in_process.min(1);
-            }
-        } else if item_failed {
-            // Counted when its futures are done; its failures are sent now,
-            // settled.
-            out.settle_failed(progress.in_process);
-        }
-        out.end_item(item_failed);
-        if item_failed {
-            out.send_failures().await;
-        }
-        progress.in_process = 0;
-        if waited {
-            // A stage that awaits per item is slow: send its output now, and
-            // serve the stages fused into this one, which otherwise would
-            // wait for the end of the batch.
-            out.flush().await;
-            out.serve_fused_waiting().await;
-        }
-        if !batch.items.is_empty() && control.state.take_mail() {
-            // Publish what is done, so a call sees metrics as current as
-            // the state it reads.
+        // The batch ends once its futures in flight are done.
+        if out.has_in_flight() {
             progress.publish();
-            let away = progress.counters.step_away();
-            result = serve_waiting(server, control, out).await;
-            progress.counters.step_back(away);
-            if result.is_err() {
-                break;
-            }
+            let settled = Box::pin(concurrency::settle(server, control, out, progress.counters, false, None)).await;
+            result = result.and(settled.map(|_| ()));
         }
+        let done = taken - batch.items.len() as u64;
+        if done > 0 {
+            batch.awaited = awaited;
+        }
+        out.end_batch(batch.first, done).await;
+        batch.first += done;
+        drop(progress);
+        result
     }
-    // The batch ends once its futures in flight are done.
-    if out.has_in_flight() {
-        progress.publish();
-        let settled = Box::pin(concurrency::settle(server, control, out, progress.counters, false, None)).await;
-        result = result.and(settled.map(|_| ()));
-    }
-    let done = taken - batch.items.len() as u64;
-    if done > 0 {
-        batch.awaited = awaited;
-    }
-    out.end_batch(batch.first, done).await;
-    batch.first += done;
-    drop(progress);
-    result
 }
 
 /// Waits for a token of the stage's rate limit, showing the wait in

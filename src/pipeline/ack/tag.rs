@@ -33,7 +33,9 @@ const DELIVERED: u8 = 0;
 const DROPPED: u8 = 1;
 const FAILED: u8 = 2;
 
-/// An item and its tag, as queues, batches and buffers hold it.
+/// An item and its tag, one at a time: as a sender hands it in. Queues,
+/// batches and buffers keep tags beside their items instead
+/// ([`Items`](super::items::Items)).
 pub(crate) struct Tagged<T> {
     pub(crate) item: T,
     pub(crate) tag: Tag,
