@@ -127,7 +127,7 @@ pub(crate) fn group_by_queue<T>(items: &mut Items<T>, key: fn(&T) -> u64, queues
     };
     let (dests, order) = scratch.split_at_mut(n);
     let mut panics = Vec::new();
-    for (dest, item) in dests.iter_mut().zip(items.items()) {
+    for (dest, item) in dests.iter_mut().zip(items.iter()) {
         // A queue index is below the replica count, far below `u32::MAX`.
         *dest = match index(key, queues, item) {
             Ok(queue) => queue as u32,

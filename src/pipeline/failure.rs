@@ -455,7 +455,7 @@ impl Failing {
         // failed that no earlier one did, so that the counts of one
         // input's failures add up to what it counts in `failed`.
         let mut failed = 0u64;
-        for failure in self.pending.items_mut().iter_mut().filter(|f| !f.in_finish && !f.in_timer) {
+        for failure in self.pending.iter_mut().filter(|f| !f.in_finish && !f.in_timer) {
             let left = weight - failed;
             failure.items = if failure.items == WHOLE { left } else { failure.items.min(left) };
             failed += failure.items;
@@ -487,7 +487,7 @@ impl Failing {
     /// in progress, not of `finish` or a timer) to its acknowledgements.
     pub(crate) fn fail_tag(&self, tag: Tag) {
         if tag.is_some() {
-            tag.fail(self.pending.items().iter().filter(|f| !f.in_finish && !f.in_timer));
+            tag.fail(self.pending.iter().filter(|f| !f.in_finish && !f.in_timer));
         }
     }
 
@@ -500,7 +500,7 @@ impl Failing {
             return;
         }
         self.settle(1);
-        for failure in self.pending.items().iter().filter(|f| !f.in_finish && !f.in_timer) {
+        for failure in self.pending.iter().filter(|f| !f.in_finish && !f.in_timer) {
             tag.record(failure);
         }
     }

@@ -64,7 +64,7 @@ use std::{
 
 use super::{
     ack::{
-        items::{Items, pad_queue},
+        items::{Items, Queued},
         tag::Tag,
     },
     flush::Mark,
@@ -114,10 +114,8 @@ impl Waiter {
 }
 
 struct State<T> {
-    items: VecDeque<T>,
-    /// The acknowledgements of the first items (as [`Items`] holds them):
-    /// empty while none of the items queued has one.
-    tags: VecDeque<Tag>,
+    /// The items, with their acknowledgements while some have one.
+    items: Queued<T>,
     reserved: usize,
     closed: bool,
     /// Set by [`Queue::close_and_clear`]: items committed into room reserved
@@ -320,8 +318,7 @@ impl<T> Queue<T> {
         let capacity = capacity.min(MAX_CAPACITY);
         Queue {
             state: Mutex::new(State {
-                items: VecDeque::new(),
-                tags: VecDeque::new(),
+                items: Queued::new(),
                 reserved: 0,
                 closed: false,
                 cleared: false,
@@ -442,8 +439,7 @@ impl<T> Queue<T> {
             state.reserved -= reserved;
             Some(late)
         } else {
-            let State { items: queued, tags, .. } = &mut *state;
-            let pushed = items.move_front_into(reserved, queued, tags);
+            let pushed = state.items.extend_from(items, reserved);
             debug_assert!(pushed <= reserved, "pushed more than reserved");
             state.reserved -= reserved;
             if pushed > 0 {
@@ -478,12 +474,7 @@ impl<T> Queue<T> {
             if state.free_room(self.capacity) == 0 {
                 return Err(TryPush::Full((item, tag)));
             }
-            if tag.is_some() {
-                let State { items, tags, .. } = &mut *state;
-                pad_queue(tags, items.len());
-                tags.push_back(tag);
-            }
-            state.items.push_back(item);
+            state.items.push_back(item, tag);
             state.promise_items(wakers);
             Ok(())
         })
@@ -549,8 +540,7 @@ impl<T> Queue<T> {
             let available = state.available();
             if available > 0 {
                 let n = if shares { state.share(available) } else { available }.min(max);
-                let State { items, tags, .. } = &mut *state;
-                out.receive(n, items, tags);
+                out.receive(n, &mut state.items);
                 let first = state.popped;
                 state.popped += n as u64;
                 if let Some(mark) = mark {
@@ -657,13 +647,13 @@ impl<T> Queue<T> {
             state.closed = true;
             state.cleared = true;
             state.wake_writers(wakers);
-            let dropped = (std::mem::take(&mut state.items), std::mem::take(&mut state.tags));
-            state.discarded += dropped.0.len() as u64;
+            let dropped = state.items.take();
+            state.discarded += dropped.len() as u64;
             state.end_readers(wakers);
             state.wake_closing(wakers);
             dropped
         });
-        dropped.0.len()
+        dropped.len()
     }
 }
 
@@ -711,24 +701,22 @@ impl<T> Drop for Reservation<'_, T> {
 
 /// Where a queue's reader moves the items it takes, with their tags.
 pub(crate) trait Receive<T> {
-    /// Takes `n` items from the front of `items`, and their tags from the
-    /// front of `tags` (those of the first items, as [`Items`] holds them).
-    fn receive(&mut self, n: usize, items: &mut VecDeque<T>, tags: &mut VecDeque<Tag>);
+    /// Takes the first `n` items of `queued`, with their tags.
+    fn receive(&mut self, n: usize, queued: &mut Queued<T>);
 }
 
 impl<T> Receive<T> for Items<T> {
     #[inline]
-    fn receive(&mut self, n: usize, items: &mut VecDeque<T>, tags: &mut VecDeque<Tag>) {
-        self.take_front_from(n, items, tags);
+    fn receive(&mut self, n: usize, queued: &mut Queued<T>) {
+        queued.pop_into(n, self);
     }
 }
 
 /// For tests of the queue alone, whose items carry no tags.
 #[cfg(test)]
 impl<T> Receive<T> for Vec<T> {
-    fn receive(&mut self, n: usize, items: &mut VecDeque<T>, tags: &mut VecDeque<Tag>) {
-        assert!(tags.is_empty(), "a test's items carry no tags");
-        self.extend(items.drain(..n));
+    fn receive(&mut self, n: usize, queued: &mut Queued<T>) {
+        queued.pop_plain(n, self);
     }
 }
 

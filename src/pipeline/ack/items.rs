@@ -1,69 +1,31 @@
-//! Items with their [`Tag`]s beside them, not in them: how batches,
-//! buffers and queues hold items on their way through a pipeline.
+//! Items with their acknowledgements, as batches, buffers and queues hold
+//! them on their way through a pipeline.
 //!
-//! The tags run beside the items only as far as the last item that has
-//! an acknowledgement; the items after it have none, and are pushed and
-//! moved as plain `T`, as if there were no acknowledgements at all. So a
-//! pipeline fed without [`Ack`](super::Ack)s pays a check per batch, not a
-//! word and a check per item, and a list or queue that held acknowledged
-//! items goes back to that once they have left.
+//! A list holds plain `T`s until an item with an acknowledgement joins
+//! it; only then does it hold each item beside its [`Tag`] (the others
+//! with [`Tag::NONE`]), and it goes back to plain `T`s once such items
+//! have left it. So a pipeline fed without [`Ack`](super::Ack)s moves its
+//! items as if acknowledgements did not exist, for a check per operation
+//! on a list (per batch, or per item pushed), and one fed with them moves
+//! each item and its tag together.
 
 use std::collections::VecDeque;
 
 use super::tag::Tag;
 
-/// Items, and beside the first of them their tags, in the same order:
-/// `tags[i]` is the tag of `items[i]` for every `i` below `tags.len()`
-/// (at most `items.len()`); the items past the tags have none.
+/// A list of items, each with its acknowledgements.
 ///
-/// Dropped, its items go first, then their tags (which report their
+/// Dropped, its items go, and their tags with them (which report their
 /// items dropped).
-pub(crate) struct Items<T> {
-    items: Vec<T>,
-    tags: Tags,
-}
+pub(crate) struct Items<T>(List<T>);
 
-/// The tags beside a list of items: boxed, so that a list without them is
-/// four words, not six (every replica's task holds two lists).
-#[allow(clippy::box_collection, reason = "one word while there are no tags")]
-struct Tags(Option<Box<Vec<Tag>>>);
-
-impl Tags {
-    #[inline]
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |tags| tags.len())
-    }
-
-    #[inline]
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The list, allocated if it was not.
-    #[inline]
-    fn vec(&mut self) -> &mut Vec<Tag> {
-        self.0.get_or_insert_with(Box::default)
-    }
-
-    /// Pads the list with [`Tag::NONE`] to `len` tags.
-    fn pad(&mut self, len: usize) {
-        if self.len() < len {
-            self.vec().resize_with(len, Tag::default);
-        }
-    }
-
-    /// Every tag, leaving none.
-    fn take(&mut self) -> Vec<Tag> {
-        self.0.as_mut().map(|tags| std::mem::take(&mut **tags)).unwrap_or_default()
-    }
-}
-
-/// A queue's tags beside its items, as [`Items`] holds them: the first
-/// `tags.len()` items have theirs, the others none.
-pub(crate) fn pad_queue(tags: &mut VecDeque<Tag>, len: usize) {
-    if tags.len() < len {
-        tags.resize_with(len, Tag::default);
-    }
+/// What an [`Items`] holds: three words either way (the vectors'
+/// capacities leave room for the variant).
+enum List<T> {
+    /// None of the items has an acknowledgement.
+    Plain(Vec<T>),
+    /// Each item beside its tag.
+    Tagged(Vec<(T, Tag)>),
 }
 
 impl<T> Default for Items<T> {
@@ -75,41 +37,80 @@ impl<T> Default for Items<T> {
 impl<T> Items<T> {
     /// No items; allocates nothing.
     pub(crate) const fn new() -> Self {
-        Items { items: Vec::new(), tags: Tags(None) }
+        Items(List::Plain(Vec::new()))
     }
 
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.items.len()
+        match &self.0 {
+            List::Plain(items) => items.len(),
+            List::Tagged(items) => items.len(),
+        }
     }
 
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len() == 0
     }
 
-    /// Whether some item may have an acknowledgement.
+    /// Whether its items are held with tags (some of them may have one).
     #[inline]
     pub(crate) fn has_tags(&self) -> bool {
-        !self.tags.is_empty()
+        matches!(self.0, List::Tagged(_))
     }
 
     /// The items, in order.
-    #[inline]
-    pub(crate) fn items(&self) -> &[T] {
-        &self.items
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        let (plain, tagged) = match &self.0 {
+            List::Plain(items) => (items.as_slice(), &[][..]),
+            List::Tagged(items) => (&[][..], items.as_slice()),
+        };
+        plain.iter().chain(tagged.iter().map(|(item, _)| item))
     }
 
     /// The items, in order, to change in place.
-    #[inline]
-    pub(crate) fn items_mut(&mut self) -> &mut [T] {
-        &mut self.items
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        let (plain, tagged) = match &mut self.0 {
+            List::Plain(items) => (items.as_mut_slice(), &mut [][..]),
+            List::Tagged(items) => (&mut [][..], items.as_mut_slice()),
+        };
+        plain.iter_mut().chain(tagged.iter_mut().map(|(item, _)| item))
     }
 
-    /// Adds an item without acknowledgement: a plain push.
-    #[inline]
+    /// The list of items beside their tags, made from the plain one if it
+    /// was plain.
+    fn tagged(&mut self) -> &mut Vec<(T, Tag)> {
+        if let List::Plain(items) = &mut self.0 {
+            let tagged = items.drain(..).map(|item| (item, Tag::NONE)).collect();
+            self.0 = List::Tagged(tagged);
+        }
+        match &mut self.0 {
+            List::Tagged(items) => items,
+            List::Plain(_) => unreachable!("made tagged above"),
+        }
+    }
+
+    /// Adds an item without acknowledgement. An empty list goes back to
+    /// plain items (those with tags have left it).
+    #[inline(always)]
     pub(crate) fn push(&mut self, item: T) {
-        self.items.push(item);
+        match &mut self.0 {
+            List::Plain(items) => items.push(item),
+            List::Tagged(_) => self.push_beside_tags(item),
+        }
+    }
+
+    /// [`push`](Self::push) into a list held with tags.
+    fn push_beside_tags(&mut self, item: T) {
+        match &mut self.0 {
+            List::Tagged(items) if !items.is_empty() => items.push((item, Tag::NONE)),
+            List::Tagged(items) => {
+                let mut plain = Vec::with_capacity(items.capacity());
+                plain.push(item);
+                self.0 = List::Plain(plain);
+            }
+            List::Plain(items) => items.push(item),
+        }
     }
 
     /// Adds an item holding `tag`. (Inlined always, so that where `tag`
@@ -119,46 +120,51 @@ impl<T> Items<T> {
         if tag.is_some() {
             self.push_with_tag(item, tag);
         } else {
-            self.items.push(item);
+            self.push(item);
         }
     }
 
-    /// Adds an item holding `tag`, which goes beside it whatever it holds
+    /// Adds an item holding `tag`, held with a tag whatever `tag` holds
     /// (so that [`set_tag`](Self::set_tag) of the item finds its place).
     #[inline]
     pub(crate) fn push_with_tag(&mut self, item: T, tag: Tag) {
-        let len = self.items.len();
-        let tags = self.tags.vec();
-        if tags.len() < len {
-            tags.resize_with(len, Tag::default);
+        match &mut self.0 {
+            List::Tagged(items) => items.push((item, tag)),
+            List::Plain(_) => self.push_first_tag(item, tag),
         }
-        tags.push(tag);
-        self.items.push(item);
+    }
+
+    /// [`push_with_tag`](Self::push_with_tag) into a plain list.
+    fn push_first_tag(&mut self, item: T, tag: Tag) {
+        self.tagged().push((item, tag));
     }
 
     /// Takes the last item and its tag.
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<(T, Tag)> {
-        let item = self.items.pop()?;
-        let tag = match &mut self.tags.0 {
-            Some(tags) if tags.len() > self.items.len() => tags.pop().unwrap_or_default(),
-            _ => Tag::NONE,
-        };
-        Some((item, tag))
+        match &mut self.0 {
+            List::Plain(items) => items.pop().map(|item| (item, Tag::NONE)),
+            List::Tagged(items) => items.pop(),
+        }
     }
 
     /// Takes the first item and its tag (moving the others).
     pub(crate) fn remove_first(&mut self) -> Option<(T, Tag)> {
-        if self.items.is_empty() {
+        if self.is_empty() {
             return None;
         }
-        let tag = if self.tags.is_empty() { Tag::NONE } else { self.tags.vec().remove(0) };
-        Some((self.items.remove(0), tag))
+        Some(match &mut self.0 {
+            List::Plain(items) => (items.remove(0), Tag::NONE),
+            List::Tagged(items) => items.remove(0),
+        })
     }
 
     #[inline]
     pub(crate) fn last(&self) -> Option<&T> {
-        self.items.last()
+        match &self.0 {
+            List::Plain(items) => items.last(),
+            List::Tagged(items) => items.last().map(|(item, _)| item),
+        }
     }
 
     /// Gives the item at `at` the tag `tag`, dropping the one it had.
@@ -168,141 +174,102 @@ impl<T> Items<T> {
     /// If `at` is out of range.
     #[inline]
     pub(crate) fn set_tag(&mut self, at: usize, tag: Tag) {
-        match &mut self.tags.0 {
-            Some(tags) if at < tags.len() => tags[at] = tag,
-            _ => self.set_tag_past(at, tag),
+        if let List::Tagged(items) = &mut self.0 {
+            if let Some((_, slot)) = items.get_mut(at) {
+                *slot = tag;
+                return;
+            }
         }
+        self.set_tag_plain(at, tag);
     }
 
-    /// [`set_tag`](Self::set_tag) of an item past the tags.
-    fn set_tag_past(&mut self, at: usize, tag: Tag) {
-        assert!(at < self.items.len(), "no item at {at}");
+    /// [`set_tag`](Self::set_tag) in a plain list (or out of range).
+    fn set_tag_plain(&mut self, at: usize, tag: Tag) {
+        assert!(at < self.len(), "no item at {at}");
         if tag.is_some() {
-            self.tags.pad(at);
-            self.tags.vec().push(tag);
+            self.tagged()[at].1 = tag;
         }
     }
 
     #[inline]
     pub(crate) fn reverse(&mut self) {
-        self.items.reverse();
-        if !self.tags.is_empty() {
-            self.reverse_tags();
+        match &mut self.0 {
+            List::Plain(items) => items.reverse(),
+            List::Tagged(items) => items.reverse(),
         }
-    }
-
-    fn reverse_tags(&mut self) {
-        self.tags.pad(self.items.len());
-        self.tags.vec().reverse();
     }
 
     /// Swaps two items, with their tags.
     #[inline]
     pub(crate) fn swap(&mut self, a: usize, b: usize) {
-        self.items.swap(a, b);
-        if !self.tags.is_empty() {
-            self.tags.pad(self.items.len());
-            self.tags.vec().swap(a, b);
+        match &mut self.0 {
+            List::Plain(items) => items.swap(a, b),
+            List::Tagged(items) => items.swap(a, b),
         }
     }
 
-    /// Drops every item, then their tags.
+    /// Drops every item, with its tag.
     pub(crate) fn clear(&mut self) {
-        self.items.clear();
-        if !self.tags.is_empty() {
-            self.tags.vec().clear();
+        match &mut self.0 {
+            List::Plain(items) => items.clear(),
+            List::Tagged(items) => items.clear(),
         }
     }
 
-    /// Drops every item and gives back their tags (those of the first
-    /// items; empty if none had one).
+    /// Drops every item and gives back their tags (empty if the items
+    /// were plain).
     pub(crate) fn take_tags(&mut self) -> Vec<Tag> {
-        self.items.clear();
-        self.tags.take()
+        match std::mem::take(self).0 {
+            List::Plain(_) => Vec::new(),
+            List::Tagged(items) => items.into_iter().map(|(_, tag)| tag).collect(),
+        }
     }
 
-    /// The items and the tags of the first of them (empty if none had
-    /// one).
-    pub(crate) fn into_parts(mut self) -> (Vec<T>, Vec<Tag>) {
-        (std::mem::take(&mut self.items), self.tags.take())
+    /// The items, and their tags (empty if the items were plain).
+    pub(crate) fn into_parts(self) -> (Vec<T>, Vec<Tag>) {
+        match self.0 {
+            List::Plain(items) => (items, Vec::new()),
+            List::Tagged(items) => items.into_iter().unzip(),
+        }
     }
 
     /// Moves every item of `other` after these.
     pub(crate) fn append(&mut self, other: &mut Items<T>) {
-        if other.has_tags() {
-            self.tags.pad(self.items.len());
-            self.tags.vec().append(other.tags.vec());
+        match (&mut self.0, &mut other.0) {
+            (List::Plain(items), List::Plain(more)) => items.append(more),
+            (List::Tagged(items), List::Tagged(more)) => items.append(more),
+            (List::Tagged(items), List::Plain(more)) => items.extend(more.drain(..).map(|item| (item, Tag::NONE))),
+            (List::Plain(_), List::Tagged(more)) => self.tagged().append(more),
         }
-        self.items.append(&mut other.items);
     }
 
     /// Moves every item of `other` before these, last to first (for a list
     /// that is popped from its end).
     pub(crate) fn prepend_reversed(&mut self, other: &mut Items<T>) {
-        if other.has_tags() || self.has_tags() {
-            // Past the tags of `other` reversed come those of these.
-            other.tags.pad(other.items.len());
-            self.tags.vec().splice(0..0, other.tags.vec().drain(..).rev());
+        match (&mut self.0, &mut other.0) {
+            (List::Plain(items), List::Plain(more)) => drop(items.splice(0..0, more.drain(..).rev())),
+            (List::Tagged(items), List::Tagged(more)) => drop(items.splice(0..0, more.drain(..).rev())),
+            (List::Tagged(items), List::Plain(more)) => {
+                drop(items.splice(0..0, more.drain(..).rev().map(|item| (item, Tag::NONE))));
+            }
+            (List::Plain(_), List::Tagged(more)) => drop(self.tagged().splice(0..0, more.drain(..).rev())),
         }
-        self.items.splice(0..0, other.items.drain(..).rev());
     }
 
     /// Takes the first `n` items (all if fewer) with their tags.
     pub(crate) fn split_front(&mut self, n: usize) -> Items<T> {
-        let n = n.min(self.items.len());
-        let items = self.items.drain(..n).collect();
-        let tagged = n.min(self.tags.len());
-        let tags =
-            if tagged == 0 { Tags(None) } else { Tags(Some(Box::new(self.tags.vec().drain(..tagged).collect()))) };
-        Items { items, tags }
-    }
-
-    /// Moves the first `n` items (all if fewer) to the back of the queue
-    /// `items` whose tags are `tags` (held as [`Items`] holds them);
-    /// returns how many moved.
-    pub(crate) fn move_front_into(&mut self, n: usize, items: &mut VecDeque<T>, tags: &mut VecDeque<Tag>) -> usize {
-        let n = n.min(self.items.len());
-        let tagged = n.min(self.tags.len());
-        if tagged > 0 {
-            pad_queue(tags, items.len());
-            tags.extend(self.tags.vec().drain(..tagged));
+        let n = n.min(self.len());
+        match &mut self.0 {
+            List::Plain(items) => Items(List::Plain(items.drain(..n).collect())),
+            List::Tagged(items) => Items(List::Tagged(items.drain(..n).collect())),
         }
-        items.extend(self.items.drain(..n));
-        n
-    }
-
-    /// Takes `n` items from the front of the queue `items` whose tags are
-    /// `tags` (held as [`Items`] holds them), after these.
-    ///
-    /// # Panics
-    ///
-    /// If the queue holds fewer than `n` items.
-    pub(crate) fn take_front_from(&mut self, n: usize, items: &mut VecDeque<T>, tags: &mut VecDeque<Tag>) {
-        let tagged = n.min(tags.len());
-        if tagged > 0 {
-            self.tags.pad(self.items.len());
-            // Taken out of the deque's slices (a tag taken leaves nothing
-            // behind, which the drain then drops for a check each): slice
-            // iterators have exact lengths, so this costs less than taking
-            // them one by one.
-            let out = self.tags.vec();
-            let (front, back) = tags.as_mut_slices();
-            let from_front = tagged.min(front.len());
-            out.extend(front[..from_front].iter_mut().map(std::mem::take));
-            out.extend(back[..tagged - from_front].iter_mut().map(std::mem::take));
-            tags.drain(..tagged);
-        }
-        // A `Map` of a range has an exact length: the list reserves once
-        // and moves items without a check each (a `Drain` of a deque is
-        // read and written one checked item at a time).
-        self.items.extend((0..n).map(|_| items.pop_front().expect("`n` items are queued")));
     }
 }
 
 impl<T> FromIterator<T> for Items<T> {
     /// Items without acknowledgement.
     fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
-        Items { items: items.into_iter().collect(), tags: Tags(None) }
+        Items(List::Plain(items.into_iter().collect()))
     }
 }
 
@@ -312,27 +279,166 @@ impl<T> IntoIterator for Items<T> {
 
     /// The items with their tags, in order.
     fn into_iter(self) -> Pairs<T> {
-        let (items, tags) = self.into_parts();
-        Pairs { items: items.into_iter(), tags: tags.into_iter() }
+        match self.0 {
+            List::Plain(items) => Pairs::Plain(items.into_iter()),
+            List::Tagged(items) => Pairs::Tagged(items.into_iter()),
+        }
     }
 }
 
 /// The items of an [`Items`] with their tags, in order.
-pub(crate) struct Pairs<T> {
-    items: std::vec::IntoIter<T>,
-    tags: std::vec::IntoIter<Tag>,
+pub(crate) enum Pairs<T> {
+    Plain(std::vec::IntoIter<T>),
+    Tagged(std::vec::IntoIter<(T, Tag)>),
 }
 
 impl<T> Iterator for Pairs<T> {
     type Item = (T, Tag);
 
     fn next(&mut self) -> Option<(T, Tag)> {
-        let item = self.items.next()?;
-        Some((item, self.tags.next().unwrap_or_default()))
+        match self {
+            Pairs::Plain(items) => items.next().map(|item| (item, Tag::NONE)),
+            Pairs::Tagged(items) => items.next(),
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.items.size_hint()
+        match self {
+            Pairs::Plain(items) => items.size_hint(),
+            Pairs::Tagged(items) => items.size_hint(),
+        }
+    }
+}
+
+/// A queue's items, held as [`Items`] holds them: plain while none of
+/// those queued has an acknowledgement.
+pub(crate) struct Queued<T>(Deque<T>);
+
+enum Deque<T> {
+    Plain(VecDeque<T>),
+    Tagged(VecDeque<(T, Tag)>),
+}
+
+impl<T> Default for Queued<T> {
+    fn default() -> Self {
+        Queued::new()
+    }
+}
+
+impl<T> Queued<T> {
+    /// An empty queue; allocates nothing.
+    pub(crate) const fn new() -> Self {
+        Queued(Deque::Plain(VecDeque::new()))
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        match &self.0 {
+            Deque::Plain(items) => items.len(),
+            Deque::Tagged(items) => items.len(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The deque of items beside their tags, made from the plain one.
+    fn tagged(&mut self) -> &mut VecDeque<(T, Tag)> {
+        if let Deque::Plain(items) = &mut self.0 {
+            let tagged = items.drain(..).map(|item| (item, Tag::NONE)).collect();
+            self.0 = Deque::Tagged(tagged);
+        }
+        match &mut self.0 {
+            Deque::Tagged(items) => items,
+            Deque::Plain(_) => unreachable!("made tagged above"),
+        }
+    }
+
+    /// Adds an item holding `tag` at the back.
+    pub(crate) fn push_back(&mut self, item: T, tag: Tag) {
+        match &mut self.0 {
+            Deque::Plain(items) if !tag.is_some() => items.push_back(item),
+            Deque::Tagged(items) => items.push_back((item, tag)),
+            Deque::Plain(_) => self.tagged().push_back((item, tag)),
+        }
+    }
+
+    /// Moves the first `n` items of `from` (all if fewer) to the back;
+    /// returns how many moved. An empty queue takes the form of `from`.
+    pub(crate) fn extend_from(&mut self, from: &mut Items<T>, n: usize) -> usize {
+        let n = n.min(from.len());
+        if self.is_empty() && from.has_tags() != matches!(self.0, Deque::Tagged(_)) {
+            // The form of what comes: a queue whose tagged items have left
+            // goes back to plain items.
+            self.0 = if from.has_tags() {
+                Deque::Tagged(VecDeque::with_capacity(n))
+            } else {
+                Deque::Plain(VecDeque::with_capacity(n))
+            };
+        }
+        match (&mut self.0, &mut from.0) {
+            (Deque::Plain(items), List::Plain(more)) => items.extend(more.drain(..n)),
+            (Deque::Tagged(items), List::Tagged(more)) => items.extend(more.drain(..n)),
+            (Deque::Tagged(items), List::Plain(more)) => {
+                items.extend(more.drain(..n).map(|item| (item, Tag::NONE)));
+            }
+            (Deque::Plain(_), List::Tagged(more)) => self.tagged().extend(more.drain(..n)),
+        }
+        n
+    }
+
+    /// Moves the first `n` items to the back of `out` (an empty `out`
+    /// takes the form of this queue).
+    ///
+    /// # Panics
+    ///
+    /// If fewer than `n` items are queued.
+    #[inline]
+    pub(crate) fn pop_into(&mut self, n: usize, out: &mut Items<T>) {
+        if out.is_empty() && out.has_tags() != matches!(self.0, Deque::Tagged(_)) {
+            out.0 = match self.0 {
+                Deque::Tagged(_) => List::Tagged(Vec::with_capacity(n)),
+                Deque::Plain(_) => List::Plain(Vec::with_capacity(n)),
+            };
+        }
+        // A `Map` of a range has an exact length: the list reserves once
+        // and moves items without a check each (a `Drain` of a deque is
+        // read and written one checked item at a time).
+        match (&mut self.0, &mut out.0) {
+            (Deque::Plain(items), List::Plain(into)) => {
+                into.extend((0..n).map(|_| items.pop_front().expect("`n` items are queued")));
+            }
+            (Deque::Tagged(items), List::Tagged(into)) => {
+                into.extend((0..n).map(|_| items.pop_front().expect("`n` items are queued")));
+            }
+            (Deque::Plain(items), List::Tagged(into)) => {
+                into.extend((0..n).map(|_| (items.pop_front().expect("`n` items are queued"), Tag::NONE)));
+            }
+            (Deque::Tagged(items), List::Plain(_)) => {
+                let into = out.tagged();
+                into.extend((0..n).map(|_| items.pop_front().expect("`n` items are queued")));
+            }
+        }
+    }
+
+    /// Takes every item out (to drop them outside a lock).
+    pub(crate) fn take(&mut self) -> Queued<T> {
+        std::mem::take(self)
+    }
+
+    /// Moves the first `n` plain items into `out`.
+    ///
+    /// # Panics
+    ///
+    /// If some item queued has a tag, or fewer than `n` are queued.
+    #[cfg(test)]
+    pub(crate) fn pop_plain(&mut self, n: usize, out: &mut Vec<T>) {
+        match &mut self.0 {
+            Deque::Plain(items) => out.extend(items.drain(..n)),
+            Deque::Tagged(_) => panic!("a test's items carry no tags"),
+        }
     }
 }
 
@@ -340,7 +446,7 @@ impl<T> Iterator for Pairs<T> {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use super::{Items, Tag};
+    use super::{Items, Queued, Tag};
     use crate::ack::Outcome;
 
     /// A tag that records its outcome in `log` under `name`.
@@ -372,14 +478,15 @@ mod tests {
         items.push(4);
         assert!(items.has_tags());
         items.set_tag(1, tag(&log, 1));
-        let mut queue = std::collections::VecDeque::new();
-        let mut queue_tags = std::collections::VecDeque::new();
         // Into a queue of plain items, then out again.
-        queue.extend([10, 11]);
-        assert_eq!(items.move_front_into(2, &mut queue, &mut queue_tags), 2);
-        assert_eq!(queue_tags.len(), 4);
+        let mut queue = Queued::new();
+        let mut plain: Items<u32> = [10, 11].into_iter().collect();
+        assert_eq!(queue.extend_from(&mut plain, 5), 2);
+        assert_eq!(queue.extend_from(&mut items, 2), 2);
+        assert_eq!(queue.len(), 4);
         let mut out: Items<u32> = Items::new();
-        out.take_front_from(4, &mut queue, &mut queue_tags);
+        queue.pop_into(4, &mut out);
+        assert!(queue.is_empty());
         out.append(&mut items);
         out.swap(0, 5);
         let mut rest = out.split_front(3);
@@ -389,6 +496,28 @@ mod tests {
         // Each tag went with its item, and was dropped with it.
         assert!(delivered(&log).is_empty());
         assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_list_and_a_queue_go_back_to_plain_items_once_the_tagged_ones_left() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut items: Items<u32> = Items::new();
+        items.push_tagged(0, tag(&log, 0));
+        let mut queue = Queued::new();
+        queue.extend_from(&mut items, 1);
+        let mut out = Items::new();
+        queue.pop_into(1, &mut out);
+        let (zero, held) = out.pop().unwrap();
+        assert_eq!(zero, 0);
+        held.release();
+        // Empty, they take plain items as plain items again.
+        out.push(1);
+        assert!(!out.has_tags());
+        queue.extend_from(&mut out, 1);
+        let mut plain = Vec::new();
+        queue.pop_plain(1, &mut plain);
+        assert_eq!(plain, [1]);
+        assert_eq!(delivered(&log), [0]);
     }
 
     #[test]

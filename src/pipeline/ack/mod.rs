@@ -30,8 +30,8 @@
 //! ([`Emitter::emit_with`](crate::Emitter::emit_with)) or releases them.
 //!
 //! Items sent without an acknowledgement (`send`, `feed`, `sink`) carry
-//! none, and move through the pipeline as plain items: the tags are
-//! kept beside the items, per batch, only while some of them have one.
+//! none, and move through the pipeline as plain items: a batch or queue
+//! holds items beside their tags only while some of them have one.
 //!
 //! The idea comes from Broadway's acknowledgers (every message acked
 //! once, successful or failed, after its last step), Vector's end-to-end

@@ -1,9 +1,9 @@
-//! What travels with every item: its [`Tag`], a share of the
+//! What travels with an acknowledged item: its [`Tag`], a share of the
 //! acknowledgements of the inputs it came from.
 //!
-//! A tag is a pointer or nothing: an item sent without an acknowledgement
-//! carries nothing, and moving it costs a word more and a check when it is
-//! dropped. A tag with a node is one *hold* on that node (a count, kept
+//! A tag is a pointer or nothing; an item sent without an acknowledgement
+//! has none, and moves without one (see [`Items`](super::items::Items)).
+//! A tag with a node is one *hold* on that node (a count, kept
 //! like an `Arc`'s): the node's acknowledgement fires when its last hold goes,
 //! with the worst outcome any hold reported. A hold released on purpose
 //! (the item was processed, or taken from the output) reports nothing; a
@@ -34,8 +34,7 @@ const DROPPED: u8 = 1;
 const FAILED: u8 = 2;
 
 /// An item and its tag, one at a time: as a sender hands it in. Queues,
-/// batches and buffers keep tags beside their items instead
-/// ([`Items`](super::items::Items)).
+/// batches and buffers hold items as [`Items`](super::items::Items) does.
 pub(crate) struct Tagged<T> {
     pub(crate) item: T,
     pub(crate) tag: Tag,
