@@ -11,6 +11,7 @@
 //! processed, and nothing hangs.
 
 use std::{
+    marker::PhantomData,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -275,6 +276,20 @@ struct Shaky;
 #[genflow::pipeline{ #[replicas(2, partition_by = shaky)] check: Check<ShakyHead>, tail: Tail<ShakyHead> }]
 struct ShakyHead;
 
+/// Panics on inputs 3 and 6 of every 10: several in each batch.
+fn shakier(i: &u64) -> u64 {
+    assert!(!matches!(i % 10, 3 | 6), "no key for {i}");
+    *i
+}
+
+#[genflow::pipeline{
+    pass: Pass<Shakier>,
+    #[replicas(2, partition_by = shakier)]
+    check: Check<Shakier>,
+    tail: Tail<Shakier>,
+}]
+struct Shakier;
+
 // ---------------------------------------------------------------------------
 // Arrangements, and a run of one.
 
@@ -483,6 +498,21 @@ fn shaky_outputs(i: u64) -> Vec<(u64, u64)> {
 async fn a_key_function_that_panics_inside_the_pipeline_fails_exactly_its_inputs_acks() {
     let model = Model { errors: shaky_errors, outputs: shaky_outputs };
     every_arrangement!(Shaky::start(), false, &model);
+}
+
+/// Inputs 3, 6, 13, 16, ... have no key at the keyed stage.
+fn shakier_errors(i: u64) -> Vec<String> {
+    if matches!(i % 10, 3 | 6) { vec![format!("no key for {i}")] } else { errors_of(i) }
+}
+
+fn shakier_outputs(i: u64) -> Vec<(u64, u64)> {
+    if matches!(i % 10, 3 | 6) { Vec::new() } else { outputs_of(i) }
+}
+
+#[tokio::test]
+async fn many_items_without_a_key_in_one_batch_each_fail_their_own_ack() {
+    let model = Model { errors: shakier_errors, outputs: shakier_outputs };
+    every_arrangement!(Shakier::start(), false, &model);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,117 +767,166 @@ async fn a_batch_of_mixed_items_holds_exactly_its_acked_items_acks() {
 // ---------------------------------------------------------------------------
 // `hold` and `emit_with`: a stage that keeps mixed inputs in its state.
 
-/// Gathers inputs in groups of five (0..5, 5..10, ...), holding their
-/// acknowledgements, and emits each group with them; emits every third
-/// input alone as well, with `emit` (before the group for even inputs,
-/// after it for odd ones). The last group goes in `finish`.
-#[derive(Default)]
-struct Group {
+/// Gathers the inputs it gets in groups, closing one at each input that
+/// is 4 mod 5 (so one replica alone makes 0..5, 5..10, ...), holding their
+/// acknowledgements, and emits each group with them as `(true, members)`;
+/// emits every third input alone as well, with `emit`, as
+/// `(false, [input])` (before the group for even inputs, after it for odd
+/// ones). The last group goes in `finish`.
+struct Group<R> {
     members: Vec<u64>,
     held: Held,
+    _registry: PhantomData<R>,
 }
 
-#[genflow::stage]
-impl Stage for Group {
-    type Registry = Grouping;
-    type In = u64;
-    type Out = Vec<u64>;
+impl<R: Clone + Send + Sync + 'static> GenServer for Group<R> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
 
-    async fn process(&mut self, i: u64, out: &mut Emitter<Vec<u64>>) {
+    fn new(_: R) -> Self {
+        Group { members: Vec::new(), held: Held::default(), _registry: PhantomData }
+    }
+
+    async fn handle_call(&mut self, (): ()) {}
+}
+
+impl<R: Clone + Send + Sync + 'static> Stage for Group<R> {
+    type In = u64;
+    type Out = (bool, Vec<u64>);
+
+    async fn process(&mut self, i: u64, out: &mut Emitter<(bool, Vec<u64>)>) {
         self.members.push(i);
         let held = out.hold();
-        assert_eq!(held.is_empty(), !grouped_acked(i), "the hold of input {i}");
+        // Checked at the output (a panic here would fail the input).
         self.held.absorb(held);
         let alone = i % 3 == 0;
         if alone && i % 2 == 0 {
-            out.emit(vec![i]).await;
+            out.emit((false, vec![i])).await;
         }
         if i % 5 == 4 {
-            out.emit_with(std::mem::take(&mut self.members), std::mem::take(&mut self.held)).await;
+            out.emit_with((true, std::mem::take(&mut self.members)), std::mem::take(&mut self.held)).await;
         }
         if alone && i % 2 == 1 {
-            out.emit(vec![i]).await;
+            out.emit((false, vec![i])).await;
         }
     }
 
-    async fn finish(&mut self, out: &mut Emitter<Vec<u64>>) {
+    async fn finish(&mut self, out: &mut Emitter<(bool, Vec<u64>)>) {
         if !self.members.is_empty() {
-            out.emit_with(std::mem::take(&mut self.members), std::mem::take(&mut self.held)).await;
+            out.emit_with((true, std::mem::take(&mut self.members)), std::mem::take(&mut self.held)).await;
         }
     }
 }
 
-/// Fails groups holding a multiple of 13, and single inputs that are
-/// multiples of 7; passes the others on. (A function stage returning a
-/// `Vec` would emit its items one by one: this one emits the `Vec`.)
-#[genflow::stage]
-async fn judge(items: Vec<u64>, out: &mut Emitter<Vec<u64>>) -> Result<(), String> {
-    if items.len() > 1 && items.iter().any(|i| i % 13 == 0) {
-        return Err(format!("group from {}", items[0]));
+/// Why `judge` fails what it gets, if it does: a group holding a
+/// multiple of 13, or a single input that is a multiple of 7.
+fn judged(group: bool, members: &[u64]) -> Option<String> {
+    if group && members.iter().any(|i| i % 13 == 0) {
+        return Some(format!("group from {}", members[0]));
     }
-    if items.len() == 1 && items[0] % 7 == 0 {
-        return Err(format!("single {}", items[0]));
+    if !group && members[0] % 7 == 0 {
+        return Some(format!("single {}", members[0]));
     }
-    out.emit(items).await;
-    Ok(())
+    None
 }
 
-#[genflow::pipeline{ group: Group, judge: Judge<Grouping> }]
+/// Passes what it gets on, then fails it if `judged` says so (what was
+/// emitted stays emitted: the output shows every group's members).
+#[genflow::stage]
+async fn judge(made: (bool, Vec<u64>), out: &mut Emitter<(bool, Vec<u64>)>) -> Result<(), String> {
+    let verdict = judged(made.0, &made.1);
+    out.emit(made).await;
+    verdict.map_or(Ok(()), Err)
+}
+
+#[genflow::pipeline{ group: Group<Grouping>, judge: Judge<Grouping> }]
 struct Grouping;
 
-/// The inputs of `Grouping` sent with an `Ack`.
-fn grouped_acked(i: u64) -> bool {
-    i % 4 == 1 || i % 11 == 0
+#[genflow::pipeline{ pass: Pass<GroupingInOrder>, #[replicas(3, ordered)] group: Group<GroupingInOrder>, judge: Judge<GroupingInOrder> }]
+struct GroupingInOrder;
+
+/// Sends `0..n` as `pattern` says into a pipeline of [`Group`] then
+/// `judge`, and checks: what each group and single input holds matches
+/// its members' acknowledgements, every input is in exactly one group and
+/// every third one alone, and each `Ack` fired once, failed with the
+/// failures of its group and its single item. Returns what came out.
+async fn run_grouping<P: Pipeline<In = u64, Out = (bool, Vec<u64>)>>(
+    flow: P,
+    n: u64,
+    (name, acked): Pattern,
+) -> Vec<(bool, Vec<u64>)> {
+    let ledger = Ledger::new(n);
+    let mut output = flow.output().unwrap().acked();
+    let reader = tokio::spawn(async move {
+        let (mut got, mut wrong) = (Vec::new(), Vec::new());
+        while let Some((made, held)) = output.next().await {
+            if held.is_empty() == made.1.iter().any(|&i| acked(i)) {
+                wrong.push(made.clone());
+            }
+            got.push(made);
+            held.release();
+        }
+        (got, wrong)
+    });
+    send_mixed(&flow, &ledger, n, acked, How::Send).await;
+    within(flow.shutdown()).await;
+    let (got, wrong) = within(reader).await.unwrap();
+    assert!(wrong.is_empty(), "{name}: made of inputs whose Held does not match: {wrong:?}");
+    let mut grouped: Vec<u64> = got.iter().filter(|(group, _)| *group).flat_map(|(_, m)| m.clone()).collect();
+    grouped.sort_unstable();
+    assert_eq!(grouped, (0..n).collect::<Vec<_>>(), "{name}: every input in one group");
+    let mut alone: Vec<u64> = got.iter().filter(|(group, _)| !*group).flat_map(|(_, m)| m.clone()).collect();
+    alone.sort_unstable();
+    assert_eq!(alone, (0..n).filter(|i| i % 3 == 0).collect::<Vec<_>>(), "{name}: every third alone");
+    let acked_inputs = (0..n).filter(|&i| acked(i)).count();
+    ledger.wait_for(acked_inputs).await;
+    for i in (0..n).filter(|&i| acked(i)) {
+        let mut errors: Vec<String> = got
+            .iter()
+            .filter(|(_, members)| members.contains(&i))
+            .filter_map(|(group, members)| judged(*group, members))
+            .collect();
+        errors.sort();
+        ledger.assert_outcome(i, &errors, name);
+    }
+    assert_eq!(ledger.count(), acked_inputs, "{name}");
+    got
 }
 
 #[tokio::test]
 async fn held_acks_of_mixed_inputs_go_on_with_what_is_made_of_them() {
     // The last group, 100..103, goes in `finish`.
     const INPUTS: u64 = 103;
-    let flow = Grouping::start().await;
-    let ledger = Ledger::new(INPUTS);
-    let mut output = flow.output().unwrap().acked();
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        while let Some((items, held)) = output.next().await {
-            assert_eq!(held.is_empty(), !items.iter().any(|&i| grouped_acked(i)), "{items:?}");
-            got.push(items);
-            held.release();
+    for &pattern in PATTERNS {
+        let got = run_grouping(Grouping::start().await, INPUTS, pattern).await;
+        // One replica: the groups are 0..5, 5..10, ... 100..103.
+        let group = |i: u64| -> Vec<u64> { (i / 5 * 5..(i / 5 * 5 + 5).min(INPUTS)).collect() };
+        let mut expected = Vec::new();
+        for i in 0..INPUTS {
+            let alone = i % 3 == 0;
+            if alone && i % 2 == 0 {
+                expected.push((false, vec![i]));
+            }
+            if i % 5 == 4 || i == INPUTS - 1 {
+                expected.push((true, group(i)));
+            }
+            if alone && i % 2 == 1 {
+                expected.push((false, vec![i]));
+            }
         }
-        got
-    });
-    send_mixed(&flow, &ledger, INPUTS, grouped_acked, How::Send).await;
-    within(flow.shutdown()).await;
-    let got = within(reader).await.unwrap();
-    let group = |i: u64| -> Vec<u64> { (i / 5 * 5..(i / 5 * 5 + 5).min(INPUTS)).collect() };
-    let mut expected = Vec::new();
-    for i in 0..INPUTS {
-        let alone = i % 3 == 0;
-        if alone && i % 2 == 0 && i % 7 != 0 {
-            expected.push(vec![i]);
-        }
-        if (i % 5 == 4 || i == INPUTS - 1) && !group(i).iter().any(|m| m % 13 == 0) {
-            expected.push(group(i));
-        }
-        if alone && i % 2 == 1 && i % 7 != 0 {
-            expected.push(vec![i]);
-        }
+        assert_eq!(got, expected, "{}", pattern.0);
     }
-    assert_eq!(got, expected);
-    let acked_inputs = (0..INPUTS).filter(|&i| grouped_acked(i)).count();
-    ledger.wait_for(acked_inputs).await;
-    for i in (0..INPUTS).filter(|&i| grouped_acked(i)) {
-        let mut errors = Vec::new();
-        if group(i).iter().any(|m| m % 13 == 0) {
-            errors.push(format!("group from {}", group(i)[0]));
-        }
-        if i % 3 == 0 && i % 7 == 0 {
-            errors.push(format!("single {i}"));
-        }
-        errors.sort();
-        ledger.assert_outcome(i, &errors, "grouping");
+}
+
+#[tokio::test]
+async fn held_acks_of_mixed_inputs_go_on_through_ordered_replicas_and_their_finish() {
+    for &pattern in PATTERNS {
+        // Inputs 300 and 301 come after the last that closes a group: the
+        // replicas that take them emit them in `finish`.
+        let got = run_grouping(GroupingInOrder::start().await, N + 2, pattern).await;
+        assert!(got.iter().any(|(group, members)| *group && members.iter().all(|i| i % 5 != 4)), "{}", pattern.0);
     }
-    assert_eq!(ledger.count(), acked_inputs);
 }
 
 // ---------------------------------------------------------------------------
