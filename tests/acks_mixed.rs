@@ -186,7 +186,7 @@ async fn check(i: u64, out: &mut Emitter<(u64, u64)>) -> Result<(), String> {
 /// once they fill the places in flight, the buffer is sent), the others
 /// each made by a future handed to `emit_async` that yields a few times
 /// (so they complete out of order), and the failure by one handed to
-/// `try_emit_async`.
+/// `try_emit_async` for even inputs, by `fail` in `process` for odd ones.
 #[genflow::stage]
 async fn check_async(i: u64, out: &mut Emitter<(u64, u64)>) {
     if fan(i) > 0 {
@@ -201,7 +201,11 @@ async fn check_async(i: u64, out: &mut Emitter<(u64, u64)>) {
         })
         .await;
     }
-    if check_fails(i) {
+    if check_fails(i) && i % 2 == 1 {
+        // In `process`, while the futures of this input and of the inputs
+        // before it (which may fail) are in flight.
+        out.fail(format!("check {i}"));
+    } else if check_fails(i) {
         out.try_emit_async(async move {
             tokio::task::yield_now().await;
             Err::<(u64, u64), String>(format!("check {i}"))
@@ -695,6 +699,159 @@ async fn a_reader_of_the_acked_output_releases_fails_or_drops_each_inputs_own_it
         assert_eq!(ledger.once(i, "acked output"), expected, "input {i}");
     }
     assert_eq!(ledger.count(), acked_inputs);
+}
+
+#[tokio::test]
+async fn an_output_dropped_half_read_drops_exactly_the_inputs_it_did_not_give() {
+    const READ: usize = 50;
+    let flow = Line::start().await;
+    let ledger = Ledger::new(N);
+    let acked = |i: u64| i % 2 == 0 || i % 32 == 31;
+    let mut output = flow.output().unwrap().acked();
+    // Everything sent first: the output's buffer and queue hold the rest
+    // when it is dropped.
+    let sending = tokio::spawn({
+        let (flow, ledger) = (flow.clone(), ledger.clone());
+        async move { send_mixed(&flow, &ledger, N, acked, How::Feed).await }
+    });
+    let mut read = Vec::new();
+    while read.len() < READ {
+        let (item, held) = within(output.next()).await.unwrap();
+        assert_eq!(held.is_empty(), !acked(item.0), "{item:?}");
+        read.push(item);
+        held.release();
+    }
+    drop(output);
+    within(sending).await.unwrap();
+    within(flow.shutdown()).await;
+    assert_eq!(read, (0..N).flat_map(outputs_of).take(READ).collect::<Vec<_>>());
+    let acked_inputs = (0..N).filter(|&i| acked(i)).count();
+    ledger.wait_for(acked_inputs).await;
+    for i in (0..N).filter(|&i| acked(i)) {
+        let errors = errors_of(i);
+        let expected: Firing = if !errors.is_empty() {
+            ("failed", errors)
+        } else if outputs_of(i).iter().all(|item| read.contains(item)) {
+            ("delivered", Vec::new())
+        } else {
+            ("dropped", Vec::new())
+        };
+        assert_eq!(ledger.once(i, "dropped output"), expected, "input {i}");
+    }
+    assert_eq!(ledger.count(), acked_inputs);
+}
+
+// ---------------------------------------------------------------------------
+// Plain items sent into a later stage, meeting acknowledged ones there.
+
+#[tokio::test]
+async fn plain_items_sent_into_a_later_stage_mix_with_acked_ones_from_upstream() {
+    // Items sent straight into `tail`: distinct from what `check` makes.
+    const SIDE: u64 = 1_000;
+    for (name, acked) in [("alternating", (|i| i % 2 == 1) as fn(u64) -> bool), ("all acked", |_| true)] {
+        let flow = Line::start().await;
+        let ledger = Ledger::new(N);
+        let reader = tokio::spawn(flow.output().unwrap().collect::<Vec<(u64, u64)>>());
+        let mut into_tail = flow.sink_tail();
+        for i in 0..N {
+            if acked(i) {
+                flow.acked().send(i, ledger.ack(i)).await.unwrap()
+            } else {
+                flow.send(i).await.unwrap()
+            }
+            into_tail.send((SIDE + i, i % 3)).await.unwrap();
+            if i % 16 == 0 {
+                // Let the stages run, so the side items fall between
+                // batches of `check`'s items in `tail`'s queue.
+                tokio::task::yield_now().await;
+            }
+        }
+        within(flow.shutdown()).await;
+        let mut got = within(reader).await.unwrap();
+        got.sort_unstable();
+        let mut expected: Vec<(u64, u64)> = (0..N).flat_map(outputs_of).collect();
+        expected.extend((0..N).map(|i| (SIDE + i, i % 3)).filter(|&(i, j)| !tail_fails(i, j)));
+        expected.sort_unstable();
+        assert_eq!(got, expected, "{name}");
+        let acked_inputs = (0..N).filter(|&i| acked(i)).count();
+        ledger.wait_for(acked_inputs).await;
+        for i in (0..N).filter(|&i| acked(i)) {
+            ledger.assert_outcome(i, &errors_of(i), name);
+        }
+        assert_eq!(ledger.count(), acked_inputs, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn plain_items_sent_into_a_fused_stage_mix_with_acked_ones_handed_over() {
+    const SIDE: u64 = 1_000;
+    let flow = Fusing::start().await;
+    let ledger = Ledger::new(N);
+    let acked = |i: u64| i % 3 != 1;
+    let reader = tokio::spawn(flow.output().unwrap().collect::<Vec<(u64, u64)>>());
+    let mut into_check = flow.sink_check();
+    for i in 0..N {
+        if acked(i) {
+            flow.acked().send(i, ledger.ack(i)).await.unwrap()
+        } else {
+            flow.send(i).await.unwrap()
+        }
+        into_check.send(SIDE + i).await.unwrap();
+        if i % 16 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    within(flow.shutdown()).await;
+    let mut got = within(reader).await.unwrap();
+    got.sort_unstable();
+    let mut expected: Vec<(u64, u64)> = (0..N).chain(SIDE..SIDE + N).flat_map(outputs_of).collect();
+    expected.sort_unstable();
+    assert_eq!(got, expected);
+    let acked_inputs = (0..N).filter(|&i| acked(i)).count();
+    ledger.wait_for(acked_inputs).await;
+    for i in (0..N).filter(|&i| acked(i)) {
+        ledger.assert_outcome(i, &errors_of(i), "fused stage's own input");
+    }
+    assert_eq!(ledger.count(), acked_inputs);
+}
+
+// ---------------------------------------------------------------------------
+// One `Ack` shared by inputs scattered among plain ones.
+
+#[tokio::test]
+async fn an_ack_shared_by_inputs_scattered_among_plain_ones_fires_once_with_all_their_failures() {
+    // Inputs `b * 30 .. b * 30 + 30` of batch `b`: those that are 1 mod 3
+    // go with a share of the batch's Ack (the last of them with the Ack
+    // itself), the others plain.
+    const BATCHES: u64 = 10;
+    let flow = Spread::start().await;
+    let ledger = Ledger::new(BATCHES);
+    let reader = tokio::spawn(flow.output().unwrap().collect::<Vec<(u64, u64)>>());
+    let input = flow.acked();
+    for b in 0..BATCHES {
+        let mut ack = Some(ledger.ack(b));
+        let last = (b * 30..b * 30 + 30).filter(|i| i % 3 == 1).max();
+        for i in b * 30..b * 30 + 30 {
+            if i % 3 != 1 {
+                flow.send(i).await.unwrap();
+            } else if Some(i) == last {
+                input.send(i, ack.take().unwrap()).await.unwrap();
+            } else {
+                input.send(i, ack.as_ref().unwrap().share()).await.unwrap();
+            }
+        }
+    }
+    within(flow.shutdown()).await;
+    let mut got = within(reader).await.unwrap();
+    got.sort_unstable();
+    assert_eq!(got, (0..BATCHES * 30).flat_map(outputs_of).collect::<Vec<_>>());
+    ledger.wait_for(BATCHES as usize).await;
+    for b in 0..BATCHES {
+        let mut errors: Vec<String> = (b * 30..b * 30 + 30).filter(|i| i % 3 == 1).flat_map(errors_of).collect();
+        errors.sort();
+        ledger.assert_outcome(b, &errors, "shared");
+    }
+    assert_eq!(ledger.count(), BATCHES as usize);
 }
 
 // ---------------------------------------------------------------------------
