@@ -1463,6 +1463,166 @@ async fn abort_with_futures_in_flight_reports_every_ack_once() {
     run_abort(AbortingAsync::start().await, AbortingAsync::abort, &ASYNC_GATE_REACHED, false).await;
 }
 
+/// Emits `(i, 0)`; its cast handler panics, and it may not restart: a
+/// stage fused into the one before it that stops for good.
+struct Crasher<R>(PhantomData<R>);
+
+impl<R: Clone + Send + Sync + 'static> GenServer for Crasher<R> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+
+    fn new(_: R) -> Self {
+        Crasher(PhantomData)
+    }
+
+    async fn handle_call(&mut self, (): ()) {}
+
+    async fn handle_cast(&mut self, (): ()) {
+        panic!("asked to crash");
+    }
+
+    fn restart_limit() -> RestartLimit {
+        RestartLimit::NEVER
+    }
+}
+
+impl<R: Clone + Send + Sync + 'static> Stage for Crasher<R> {
+    type In = u64;
+    type Out = (u64, u64);
+
+    async fn process(&mut self, i: u64, out: &mut Emitter<(u64, u64)>) {
+        out.emit((i, 0)).await;
+    }
+}
+
+#[genflow::pipeline{ pass: Pass<FusedStopping>, #[fused] crasher: Crasher<FusedStopping>, #[fused] tail: Tail<FusedStopping> }]
+struct FusedStopping;
+
+#[tokio::test]
+async fn a_fused_stage_stopped_for_good_fails_the_acks_of_the_items_handed_to_it() {
+    const BEFORE: u64 = 40;
+    const INPUTS: u64 = 100;
+    for &(name, acked) in PATTERNS {
+        let flow = FusedStopping::start().await;
+        let ledger = Ledger::new(INPUTS);
+        let reader = tokio::spawn(flow.output().unwrap().collect::<Vec<(u64, u64)>>());
+        let send = |range: std::ops::Range<u64>| {
+            let (flow, ledger) = (flow.clone(), ledger.clone());
+            async move {
+                for i in range {
+                    if acked(i) {
+                        flow.acked().send(i, ledger.ack(i)).await.unwrap()
+                    } else {
+                        flow.send(i).await.unwrap()
+                    }
+                }
+            }
+        };
+        send(0..BEFORE).await;
+        within(flow.flush()).await.unwrap();
+        flow.cast_crasher(()).await.unwrap();
+        // Answered after the cast: by then the stage is down.
+        assert!(flow.call_crasher(()).await.is_err(), "{name}: the stage stopped");
+        send(BEFORE..INPUTS).await;
+        within(flow.shutdown()).await;
+        let got = within(reader).await.unwrap();
+        let expected: Vec<(u64, u64)> = (0..BEFORE).map(|i| (i, 0)).filter(|&(i, j)| !tail_fails(i, j)).collect();
+        assert_eq!(got, expected, "{name}");
+        let acked_inputs = (0..INPUTS).filter(|&i| acked(i)).count();
+        ledger.wait_for(acked_inputs).await;
+        for i in (0..INPUTS).filter(|&i| acked(i)) {
+            let errors = if i >= BEFORE {
+                vec!["stopped for good".to_string()]
+            } else if tail_fails(i, 0) {
+                vec![format!("tail {i}/0")]
+            } else {
+                Vec::new()
+            };
+            ledger.assert_outcome(i, &errors, name);
+        }
+        assert_eq!(ledger.count(), acked_inputs, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_while_mixed_inputs_stream_in_reports_each_accepted_ack_once_and_consistently() {
+    for round in 0..4u64 {
+        const MOST: u64 = 100_000;
+        let flow = Keyed::start().await;
+        let ledger = Ledger::new(MOST);
+        let acked = |i: u64| i % 3 != 0;
+        let mut output = flow.output().unwrap().acked();
+        let reader = tokio::spawn(async move {
+            let mut read = std::collections::HashSet::new();
+            while let Some((item, held)) = output.next().await {
+                assert_eq!(held.is_empty(), !acked(item.0), "{item:?}");
+                read.insert(item);
+                held.release();
+            }
+            read
+        });
+        let feeder = tokio::spawn({
+            let (flow, ledger) = (flow.clone(), ledger.clone());
+            async move {
+                let input = flow.acked();
+                for i in 0..MOST {
+                    let refused = if acked(i) {
+                        input
+                            .send(i, ledger.ack(i))
+                            .await
+                            .err()
+                            .map(|e| e.into_message().map(|(i, ack)| (i, Some(ack))))
+                    } else {
+                        flow.send(i).await.err().map(|e| e.into_message().map(|i| (i, None)))
+                    };
+                    if let Some(refused) = refused {
+                        return (i, refused);
+                    }
+                }
+                panic!("the pipeline was not aborted");
+            }
+        });
+        // Let some inputs through first, a different number each round.
+        eventually(|| flow.metrics().stage("tail").unwrap().processed > 500 * (round + 1)).await;
+        flow.abort();
+        within(flow.shutdown()).await;
+        let (accepted, refused) = within(feeder).await.unwrap();
+        let read = within(reader).await.unwrap();
+        // The refused input comes back, with its Ack if it had one.
+        let (item, ack) = refused.expect("the refused input comes back");
+        assert_eq!((item, ack.is_some()), (accepted, acked(accepted)));
+        let acked_inputs = (0..accepted).filter(|&i| acked(i)).count();
+        ledger.wait_for(acked_inputs).await;
+        assert_eq!(ledger.count(), acked_inputs, "fired before the refused Ack goes");
+        drop(ack);
+        for i in (0..accepted).filter(|&i| acked(i)) {
+            let (kind, errors) = ledger.once(i, "abort while streaming");
+            // (An input that makes nothing that leaves shows nothing read.)
+            let outputs = outputs_of(i);
+            let all_read = !outputs.is_empty() && outputs.iter().all(|item| read.contains(item));
+            match kind {
+                // Delivered: nothing failed, and every item was read.
+                "delivered" => {
+                    assert!(errors_of(i).is_empty(), "input {i} delivered");
+                    assert!(outputs.is_empty() || all_read, "input {i} delivered, not all of it read");
+                }
+                // Failed: by failures of its own.
+                "failed" => {
+                    assert!(
+                        !errors.is_empty() && errors.iter().all(|e| errors_of(i).contains(e)),
+                        "input {i}: {errors:?}"
+                    )
+                }
+                // Dropped: something of it was lost.
+                _ => assert!(!(errors_of(i).is_empty() && all_read), "input {i} dropped, all of it read"),
+            }
+        }
+        // Nothing read that was not accepted.
+        assert!(read.iter().all(|&(i, _)| i < accepted));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // A full queue refuses an acked `try_send` and hands its Ack back.
 
