@@ -1596,6 +1596,7 @@ async fn abort_while_mixed_inputs_stream_in_reports_each_accepted_ack_once_and_c
         ledger.wait_for(acked_inputs).await;
         assert_eq!(ledger.count(), acked_inputs, "fired before the refused Ack goes");
         drop(ack);
+        let mut in_process = Vec::new();
         for i in (0..accepted).filter(|&i| acked(i)) {
             let (kind, errors) = ledger.once(i, "abort while streaming");
             // (An input that makes nothing that leaves shows nothing read.)
@@ -1614,10 +1615,19 @@ async fn abort_while_mixed_inputs_stream_in_reports_each_accepted_ack_once_and_c
                         "input {i}: {errors:?}"
                     )
                 }
-                // Dropped: something of it was lost.
-                _ => assert!(!(errors_of(i).is_empty() && all_read), "input {i} dropped, all of it read"),
+                // Dropped: something of it was lost, or it was in
+                // `process` (its items may all be out, but not its own
+                // hold).
+                _ => {
+                    if errors_of(i).is_empty() && all_read {
+                        in_process.push(i);
+                    }
+                }
             }
         }
+        // At most one input in `process` per replica: pass, check's three
+        // and tail's two.
+        assert!(in_process.len() <= 6, "dropped with all of them read: {in_process:?}");
         // Nothing read that was not accepted.
         assert!(read.iter().all(|&(i, _)| i < accepted));
     }
