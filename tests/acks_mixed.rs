@@ -1048,6 +1048,66 @@ async fn a_batch_stage_stopped_for_good_fails_the_acks_of_its_open_batch_and_aft
     }
 }
 
+/// Writes batches of items, emitting each whole; fails a batch holding an
+/// item `tail_fails` names (after emitting it).
+#[genflow::stage]
+async fn write_items(batch: Vec<(u64, u64)>, out: &mut Emitter<Vec<(u64, u64)>>) -> Result<(), String> {
+    let verdict = batch_verdict(&batch);
+    out.emit(batch).await;
+    verdict.map_or(Ok(()), Err)
+}
+
+fn batch_verdict(batch: &[(u64, u64)]) -> Option<String> {
+    batch.iter().any(|&(i, j)| tail_fails(i, j)).then(|| format!("batch from {}/{}", batch[0].0, batch[0].1))
+}
+
+#[genflow::pipeline{
+    check: Check<FanBatching>,
+    #[batch(size = 10, timeout = Duration::from_secs(3600))]
+    write: WriteItems<FanBatching>,
+}]
+struct FanBatching;
+
+#[tokio::test]
+async fn batches_of_items_made_from_mixed_inputs_hold_a_share_of_each_of_their_acks() {
+    for &(name, acked) in PATTERNS {
+        let flow = FanBatching::start().await;
+        let ledger = Ledger::new(N);
+        let mut output = flow.output().unwrap().acked();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some((batch, held)) = output.next().await {
+                assert_eq!(held.is_empty(), !batch.iter().any(|&(i, _)| acked(i)), "{name}: {batch:?}");
+                got.push(batch);
+                held.release();
+            }
+            got
+        });
+        send_mixed(&flow, &ledger, N, acked, How::Feed).await;
+        within(flow.shutdown()).await;
+        let got = within(reader).await.unwrap();
+        let all: Vec<(u64, u64)> = got.iter().flatten().copied().collect();
+        let expected: Vec<(u64, u64)> = (0..N).flat_map(|i| (0..fan(i)).map(move |j| (i, j))).collect();
+        assert_eq!(all, expected, "{name}: every item once, in order");
+        assert!(got.iter().all(|batch| batch.len() <= 10), "{name}");
+        let acked_inputs = (0..N).filter(|&i| acked(i)).count();
+        ledger.wait_for(acked_inputs).await;
+        for i in (0..N).filter(|&i| acked(i)) {
+            let mut errors: Vec<String> = got
+                .iter()
+                .filter(|batch| batch.iter().any(|&(k, _)| k == i))
+                .filter_map(|batch| batch_verdict(batch))
+                .collect();
+            if check_fails(i) {
+                errors.push(format!("check {i}"));
+            }
+            errors.sort();
+            ledger.assert_outcome(i, &errors, name);
+        }
+        assert_eq!(ledger.count(), acked_inputs, "{name}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // `hold` and `emit_with`: a stage that keeps mixed inputs in its state.
 
