@@ -276,6 +276,14 @@ struct ConcSeq;
 struct ConcInOrder;
 
 #[genflow::pipeline{
+    #[rate_limit(100, per = Duration::from_millis(5))]
+    #[concurrency(4)]
+    check: CheckAsync<Throttled>,
+    tail: Tail<Throttled>,
+}]
+struct Throttled;
+
+#[genflow::pipeline{
     pass: Pass<Shaky>,
     #[replicas(3, partition_by = shaky)]
     check: Check<Shaky>,
@@ -494,6 +502,13 @@ async fn ordered_futures_in_flight_carry_their_own_inputs_acks() {
 #[tokio::test]
 async fn futures_in_flight_in_ordered_replicas_carry_their_own_inputs_acks() {
     every_arrangement!(ConcInOrder::start(), false, &MAIN);
+}
+
+// (While a replica waits for a token, its futures in flight complete and
+// their items leave, between two inputs.)
+#[tokio::test]
+async fn a_rate_limited_stage_with_futures_in_flight_keeps_each_inputs_ack() {
+    every_arrangement!(Throttled::start(), false, &MAIN);
 }
 
 /// Inputs 49, 99, ... have no key at the keyed stage: they fail there,
