@@ -21,8 +21,11 @@
 //! - `w1_acks`: W1 as `w1_three_stages/genflow`, beside the same pipeline
 //!   fed through `acked()` with an `Ack` per item (`genflow_acked`), whose
 //!   callback counts the outcomes: the cost of end-to-end acknowledgement;
-//!   and with one `Ack` per 32 inputs, shared (`genflow_acked_per_32`), as
-//!   a source acknowledging in bulk does.
+//!   with one `Ack` per 32 inputs, shared (`genflow_acked_per_32`), as
+//!   a source acknowledging in bulk does; and with an `Ack` per item whose
+//!   callback counts into a `static` (`genflow_acked_unshared`): the
+//!   acknowledgement's own cost, without a reference count shared between
+//!   the feeder's and the last stage's threads.
 
 use std::{
     hint::black_box,
@@ -287,6 +290,22 @@ fn ack_each(acks: Arc<Outcomes>) -> impl FnMut(u64) -> (u64, Ack) {
     move |x| (x, acks.ack())
 }
 
+/// An [`Ack`] for every input whose callback shares nothing counted with
+/// the feeder: it counts into a `static`, so making and firing it touches
+/// no reference count (the [`Outcomes`] of `acks` stay at zero).
+fn ack_each_unshared(acks: Arc<Outcomes>) -> impl FnMut(u64) -> (u64, Ack) {
+    static DELIVERED: AtomicU64 = AtomicU64::new(0);
+    drop(acks);
+    move |x| {
+        let ack = Ack::new(|outcome| {
+            if outcome.is_delivered() {
+                DELIVERED.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        (x, ack)
+    }
+}
+
 /// One [`Ack`] per `per` of `items` inputs: `Ack::share` for each but the
 /// last of its inputs, the `Ack` itself for the last.
 fn ack_per(items: u64, per: u64, acks: Arc<Outcomes>) -> impl FnMut(u64) -> (u64, Ack) {
@@ -490,14 +509,20 @@ fn w1_acks(c: &mut Criterion) {
         assert_eq!((sum, delivered, other), (expected, ITEMS.div_ceil(PER), 0));
         sum
     };
+    let acked_unshared = || async move {
+        let (sum, _, _) = run_genflow_acked!(S3Q1000, ITEMS, ack_each_unshared);
+        sum
+    };
     assert_eq!(rt.block_on(async { run_genflow!(S3Q1000, ITEMS) }), expected);
     assert_eq!(rt.block_on(acked()), expected);
+    assert_eq!(rt.block_on(acked_unshared()), expected);
     assert_eq!(rt.block_on(acked_per_batch()), expected);
     let mut group = c.benchmark_group("w1_acks");
     group.throughput(Throughput::Elements(ITEMS)).sample_size(10).measurement_time(Duration::from_secs(8));
     group.bench_function("genflow", |b| b.to_async(&rt).iter(|| async { run_genflow!(S3Q1000, ITEMS) }));
     group.bench_function("genflow_acked", |b| b.to_async(&rt).iter(acked));
     group.bench_function("genflow_acked_per_32", |b| b.to_async(&rt).iter(acked_per_batch));
+    group.bench_function("genflow_acked_unshared", |b| b.to_async(&rt).iter(acked_unshared));
     group.finish();
 }
 
