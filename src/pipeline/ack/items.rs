@@ -19,8 +19,7 @@ use super::tag::Tag;
 /// items dropped).
 pub(crate) struct Items<T>(List<T>);
 
-/// What an [`Items`] holds: three words either way (the vectors'
-/// capacities leave room for the variant).
+/// What an [`Items`] holds: a vector either way, and a word for which.
 enum List<T> {
     /// None of the items has an acknowledgement.
     Plain(Vec<T>),
