@@ -647,7 +647,7 @@ impl<T> Queue<T> {
             state.closed = true;
             state.cleared = true;
             state.wake_writers(wakers);
-            let dropped = state.items.take();
+            let dropped = std::mem::take(&mut state.items);
             state.discarded += dropped.len() as u64;
             state.end_readers(wakers);
             state.wake_closing(wakers);

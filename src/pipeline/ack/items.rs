@@ -272,6 +272,8 @@ impl<T> FromIterator<T> for Items<T> {
     }
 }
 
+/// (Tests read a list's items with their tags this way.)
+#[cfg(test)]
 impl<T> IntoIterator for Items<T> {
     type Item = (T, Tag);
     type IntoIter = Pairs<T>;
@@ -286,11 +288,13 @@ impl<T> IntoIterator for Items<T> {
 }
 
 /// The items of an [`Items`] with their tags, in order.
+#[cfg(test)]
 pub(crate) enum Pairs<T> {
     Plain(std::vec::IntoIter<T>),
     Tagged(std::vec::IntoIter<(T, Tag)>),
 }
 
+#[cfg(test)]
 impl<T> Iterator for Pairs<T> {
     type Item = (T, Tag);
 
@@ -420,11 +424,6 @@ impl<T> Queued<T> {
                 into.extend((0..n).map(|_| items.pop_front().expect("`n` items are queued")));
             }
         }
-    }
-
-    /// Takes every item out (to drop them outside a lock).
-    pub(crate) fn take(&mut self) -> Queued<T> {
-        std::mem::take(self)
     }
 
     /// Moves the first `n` plain items into `out`.
