@@ -61,6 +61,12 @@ impl<K: Send + 'static> Acker<K> {
             let _ = tx.send((key, outcome));
         })
     }
+
+    /// Sends `key` with `outcome` into the stream (or nothing, if the
+    /// stream was dropped).
+    pub(super) fn send(&self, key: K, outcome: Outcome) {
+        let _ = self.tx.send((key, outcome));
+    }
 }
 
 impl<K> Clone for Acker<K> {

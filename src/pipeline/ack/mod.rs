@@ -39,6 +39,7 @@
 //! delivered, errored or rejected), and Kafka consumers, which commit an
 //! offset only after processing.
 
+mod bulk;
 mod channel;
 mod handle;
 mod held;
@@ -46,6 +47,7 @@ pub(crate) mod items;
 mod outcome;
 pub(crate) mod tag;
 
+pub use bulk::{Acknowledger, Acks};
 pub use channel::{Acker, Acknowledgements, channel};
 pub use handle::Ack;
 pub use held::Held;

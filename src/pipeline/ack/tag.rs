@@ -23,7 +23,7 @@ use super::Outcome;
 use crate::{
     loom::sync::{
         Mutex,
-        atomic::{self, AtomicU8, AtomicUsize, Ordering},
+        atomic::{self, AtomicPtr, AtomicU8, AtomicUsize, Ordering},
     },
     pipeline::Failure,
 };
@@ -59,7 +59,9 @@ impl<T> Tagged<T> {
 ///
 /// One word: a pointer to the node's [`Header`], or null. The node is one
 /// allocation holding the header and what to do at the end (the caller's
-/// callback itself, not a box of it), counted like an `Arc`.
+/// callback itself, not a box of it), counted like an `Arc`; or a slot of
+/// a block of nodes made together (see [`Acks`](super::Acks)). A node
+/// that fails gets a second allocation, its list of failures.
 #[derive(Default)]
 pub(crate) struct Tag(Option<NonNull<Header>>);
 
@@ -90,6 +92,18 @@ impl Tag {
     /// A tag on a fresh node that calls `fire` with the outcome.
     pub(crate) fn firing(fire: impl FnOnce(Outcome) + Send + 'static) -> Tag {
         Tag(Some(Node::alloc(Fire(fire))))
+    }
+
+    /// A tag that is the one hold of a fresh node whose header `header`
+    /// points to.
+    ///
+    /// # Safety
+    ///
+    /// `header` points to a live header made by [`Header::new`] with one
+    /// hold, the caller's, given up here; its `end` frees what `header`
+    /// points into.
+    pub(super) unsafe fn from_header(header: NonNull<Header>) -> Tag {
+        Tag(Some(header))
     }
 
     /// Whether it holds an acknowledgement.
@@ -202,17 +216,41 @@ impl Drop for Tag {
 /// What every node starts with, and all its holds see: the count of holds
 /// and what they reported. Then comes what the node does at the end
 /// (`Node<T>`), which only `end` knows the type of.
-struct Header {
+pub(super) struct Header {
     /// Holds on the node, as an `Arc`'s strong count.
     holds: AtomicUsize,
     worst: AtomicU8,
-    failures: Mutex<Vec<Failure>>,
+    /// The failures reported, in a list made at the first (null until
+    /// then: most nodes never fail, and their header stays small).
+    failures: AtomicPtr<Mutex<Vec<Failure>>>,
     /// Frees the node and acts on its outcome: `end::<T>` for the node's
     /// own `T`, called once, by the last hold.
     end: unsafe fn(NonNull<Header>),
 }
 
 impl Header {
+    /// The header of a fresh node with one hold, delivered so far, that
+    /// `end` ends.
+    pub(super) fn new(end: unsafe fn(NonNull<Header>)) -> Header {
+        Header {
+            holds: AtomicUsize::new(1),
+            worst: AtomicU8::new(DELIVERED),
+            failures: AtomicPtr::new(std::ptr::null_mut()),
+            end,
+        }
+    }
+
+    /// What the holds of an ended node reported, taking the header apart.
+    #[inline]
+    pub(super) fn into_outcome(mut self) -> Outcome {
+        // Relaxed: the last hold's acquire ordered every report before this.
+        match self.worst.load(Ordering::Relaxed) {
+            DELIVERED => Outcome::Delivered,
+            DROPPED => Outcome::Dropped,
+            _ => Outcome::Failed(self.take_failures()),
+        }
+    }
+
     /// Gives up one hold; the last one ends the node.
     ///
     /// # Safety
@@ -239,10 +277,65 @@ impl Header {
     /// emitted together) lists it once.
     fn fail(&self, failure: &Failure) {
         self.worst.fetch_max(FAILED, Ordering::Relaxed);
-        let mut failures = self.failures.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut failures = self.failure_list().lock().unwrap_or_else(|poison| poison.into_inner());
         if !failures.iter().any(|known| known.is(failure)) {
             failures.push(failure.clone());
         }
+    }
+
+    /// The list of failures, made now if none was.
+    fn failure_list(&self) -> &Mutex<Vec<Failure>> {
+        let mut list = self.failures.load(Ordering::Acquire);
+        if list.is_null() {
+            let fresh = Box::into_raw(Box::new(Mutex::new(Vec::new())));
+            // Acquire on failure, release on success: whichever list is
+            // installed, its making happens before its use.
+            list = match self.failures.compare_exchange(
+                std::ptr::null_mut(),
+                fresh,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => fresh,
+                Err(installed) => {
+                    // SAFETY: `fresh` came from `Box::into_raw` above and
+                    // was never shared.
+                    drop(unsafe { Box::from_raw(fresh) });
+                    installed
+                }
+            };
+        }
+        // SAFETY: a list once installed stays until the header is taken
+        // apart (`take_failures`, `drop`), which needs it owned.
+        unsafe { &*list }
+    }
+
+    /// The failures reported, taking their list out of the header.
+    #[inline]
+    fn take_failures(&mut self) -> Vec<Failure> {
+        // Relaxed: the header is the caller's alone (`&mut`), after the
+        // last hold's acquire; no read-modify-write needed.
+        let list = self.failures.load(Ordering::Relaxed);
+        if list.is_null() { Vec::new() } else { self.take_failure_list(list) }
+    }
+
+    /// [`take_failures`](Self::take_failures) of a header that has a list.
+    #[cold]
+    #[inline(never)]
+    fn take_failure_list(&mut self, list: *mut Mutex<Vec<Failure>>) -> Vec<Failure> {
+        self.failures.store(std::ptr::null_mut(), Ordering::Relaxed);
+        // SAFETY: installed by `failure_list` from `Box::into_raw`, and
+        // taken out of the header once, here.
+        let list = unsafe { Box::from_raw(list) };
+        list.into_inner().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+/// A header taken apart with its failures still in it frees their list.
+impl Drop for Header {
+    #[inline]
+    fn drop(&mut self) {
+        drop(self.take_failures());
     }
 }
 
@@ -258,15 +351,7 @@ struct Node<T> {
 impl<T: Then> Node<T> {
     /// A node with one hold, returned as a pointer to its header.
     fn alloc(then: T) -> NonNull<Header> {
-        let node = Box::new(Node {
-            header: Header {
-                holds: AtomicUsize::new(1),
-                worst: AtomicU8::new(DELIVERED),
-                failures: Mutex::new(Vec::new()),
-                end: end::<T>,
-            },
-            then,
-        });
+        let node = Box::new(Node { header: Header::new(end::<T>), then });
         NonNull::from(Box::leak(node)).cast::<Header>()
     }
 }
@@ -281,9 +366,10 @@ unsafe fn end<T: Then>(header: NonNull<Header>) {
     // SAFETY: by the caller, the node is a `Node<T>` from `Box::leak` with
     // no hold left: it is ours to take back.
     let node = unsafe { Box::from_raw(header.cast::<Node<T>>().as_ptr()) };
-    let Node { header, then } = *node;
-    let worst = header.worst.into_inner();
-    let failures = header.failures.into_inner().unwrap_or_else(|poison| poison.into_inner());
+    let Node { mut header, then } = *node;
+    // Relaxed: the last hold's acquire ordered every report before this.
+    let worst = header.worst.load(Ordering::Relaxed);
+    let failures = header.take_failures();
     then.then(worst, failures);
 }
 
@@ -297,18 +383,28 @@ struct Fire<F>(F);
 
 impl<F: FnOnce(Outcome) + Send + 'static> Then for Fire<F> {
     fn then(self, worst: u8, failures: Vec<Failure>) {
-        let outcome = match worst {
-            FAILED => Outcome::Failed(failures),
-            DROPPED => Outcome::Dropped,
-            _ => Outcome::Delivered,
-        };
-        // The last hold may go anywhere in the pipeline: a panic of the
-        // user's acknowledgement must not unwind through it.
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.0)(outcome))) {
-            let panic = crate::pipeline::Panicked::new(&payload);
-            tracing::warn!(error = %panic, "an acknowledgement panicked");
-            drop_payload(payload);
-        }
+        let outcome = outcome(worst, failures);
+        acknowledge(|| (self.0)(outcome));
+    }
+}
+
+/// The outcome the worst of a node's holds reported.
+fn outcome(worst: u8, failures: Vec<Failure>) -> Outcome {
+    match worst {
+        FAILED => Outcome::Failed(failures),
+        DROPPED => Outcome::Dropped,
+        _ => Outcome::Delivered,
+    }
+}
+
+/// Runs the user's acknowledgement `ack`, catching its panic: the last
+/// hold may go anywhere in the pipeline, and a panic must not unwind
+/// through it. A panic is logged as a `tracing` warning.
+pub(super) fn acknowledge(ack: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(ack)) {
+        let panic = crate::pipeline::Panicked::new(&payload);
+        tracing::warn!(error = %panic, "an acknowledgement panicked");
+        drop_payload(payload);
     }
 }
 
