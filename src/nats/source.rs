@@ -31,7 +31,10 @@ use super::{
     acker::{self, Counters, Event, Policy},
     dead_letter::DeadLetter,
 };
-use crate::{AckedInput, ack::Ack};
+use crate::{
+    AckedInput,
+    ack::{Ack, Acknowledger, Acks, Outcome},
+};
 
 /// How long one pull request waits on the server for messages: also how
 /// long a stop may wait for the request in flight to end.
@@ -350,6 +353,7 @@ impl Source {
             prefetch: self.prefetch,
             codec: self.codec,
             max_deliver: policy.max_deliver,
+            acks: Acks::new(Done(events.clone())),
             events,
             feed,
             stop: stop.clone(),
@@ -526,10 +530,21 @@ struct Puller<T> {
     /// The consumer's `max_deliver` (`None`: unlimited).
     max_deliver: Option<i64>,
     events: mpsc::UnboundedSender<Event>,
+    /// Makes each message's `Ack`, which tells the acker task its outcome.
+    acks: Acks<u64, Done>,
     feed: mpsc::UnboundedSender<Fed<T>>,
     stop: CancellationToken,
     counters: Arc<Counters>,
     next_id: u64,
+}
+
+/// Tells the acker task the outcome of the message tracked as `id`.
+struct Done(mpsc::UnboundedSender<Event>);
+
+impl Acknowledger<u64> for Done {
+    fn acknowledge(&self, id: u64, outcome: Outcome) {
+        let _ = self.0.send(Event::Done { id, outcome });
+    }
 }
 
 /// An item on its way into the pipeline, with its message's `Ack`.
@@ -669,10 +684,7 @@ impl<T: DeserializeOwned + Send + 'static> Puller<T> {
         if self.events.send(Event::Track { id, message, permit: slot }).is_err() {
             return false;
         }
-        let events = self.events.clone();
-        let ack = Ack::new(move |outcome| {
-            let _ = events.send(Event::Done { id, outcome });
-        });
+        let ack = self.acks.ack(id);
         // A refused item is dropped here: its `Ack` reports it dropped.
         self.feed.send(Fed { item, ack, last }).is_ok() && open
     }
