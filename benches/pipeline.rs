@@ -25,7 +25,9 @@
 //!   a source acknowledging in bulk does; and with an `Ack` per item whose
 //!   callback counts into a `static` (`genflow_acked_unshared`): the
 //!   acknowledgement's own cost, without a reference count shared between
-//!   the feeder's and the last stage's threads.
+//!   the feeder's and the last stage's threads; and with an `Ack` per item
+//!   made by `Acks` (`genflow_acked_bulk`), 32 in one allocation, all
+//!   telling one acknowledger that counts the outcomes.
 
 use std::{
     hint::black_box,
@@ -40,7 +42,7 @@ use std::{
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use genflow::{
     Emitter, GenServer, Stage,
-    ack::{Ack, Outcome},
+    ack::{Ack, Acks, Outcome},
 };
 use tokio::{runtime::Runtime, sync::mpsc};
 
@@ -306,6 +308,16 @@ fn ack_each_unshared(acks: Arc<Outcomes>) -> impl FnMut(u64) -> (u64, Ack) {
     }
 }
 
+/// An [`Ack`] for every input, keyed by the input, made by [`Acks`]
+/// telling one acknowledger that counts each outcome in `acks`.
+fn ack_each_bulk(acks: Arc<Outcomes>) -> impl FnMut(u64) -> (u64, Ack) {
+    let mut made = Acks::new(move |_input: u64, outcome: Outcome| {
+        let count = if outcome.is_delivered() { &acks.delivered } else { &acks.other };
+        count.fetch_add(1, Ordering::Relaxed);
+    });
+    move |x| (x, made.ack(x))
+}
+
 /// One [`Ack`] per `per` of `items` inputs: `Ack::share` for each but the
 /// last of its inputs, the `Ack` itself for the last.
 fn ack_per(items: u64, per: u64, acks: Arc<Outcomes>) -> impl FnMut(u64) -> (u64, Ack) {
@@ -514,7 +526,13 @@ fn w1_acks(c: &mut Criterion) {
         sum
     };
     assert_eq!(rt.block_on(async { run_genflow!(S3Q1000, ITEMS) }), expected);
+    let acked_bulk = || async move {
+        let (sum, delivered, other) = run_genflow_acked!(S3Q1000, ITEMS, ack_each_bulk);
+        assert_eq!((sum, delivered, other), (expected, ITEMS, 0));
+        sum
+    };
     assert_eq!(rt.block_on(acked()), expected);
+    assert_eq!(rt.block_on(acked_bulk()), expected);
     assert_eq!(rt.block_on(acked_unshared()), expected);
     assert_eq!(rt.block_on(acked_per_batch()), expected);
     let mut group = c.benchmark_group("w1_acks");
@@ -523,6 +541,7 @@ fn w1_acks(c: &mut Criterion) {
     group.bench_function("genflow_acked", |b| b.to_async(&rt).iter(acked));
     group.bench_function("genflow_acked_per_32", |b| b.to_async(&rt).iter(acked_per_batch));
     group.bench_function("genflow_acked_unshared", |b| b.to_async(&rt).iter(acked_unshared));
+    group.bench_function("genflow_acked_bulk", |b| b.to_async(&rt).iter(acked_bulk));
     group.finish();
 }
 

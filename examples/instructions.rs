@@ -17,7 +17,9 @@
 //! - `w1-acked N`: W1 with every item sent through `acked()` with an
 //!   `Ack` whose callback counts delivered outcomes in an atomic it holds
 //!   an `Arc` of (`w1_acks/genflow_acked` of `benches/pipeline.rs`);
-//!   `ack-only N`: the same `Ack`s made and dropped without a pipeline,
+//!   `w1-acked-bulk N`: the same with `Ack`s made by an `Acks` whose
+//!   acknowledger counts delivered outcomes (`w1_acks/genflow_acked_bulk`);
+//!   `ack-only N`: the same `Ack`s as `w1-acked` made and dropped without a pipeline,
 //!   the part of an acked item's cost that is the acknowledgement itself;
 //! - `w1-fused N`, `w1-stream N`: the same with the last two stages
 //!   `#[fused]` (one task), and its baseline, a `futures` stream mapped,
@@ -229,6 +231,22 @@ fn main() {
                     let p = S3::start(result.clone()).await;
                     let acks = delivered.clone();
                     p.acked().feed(futures::stream::iter(0..n).map(move |x| (x, counting_ack(&acks)))).await.unwrap();
+                    p.shutdown().await;
+                    assert_eq!(delivered.load(Ordering::Relaxed), n, "every input delivered");
+                    result.load(Ordering::Relaxed)
+                }
+                "w1-acked-bulk" => {
+                    use futures::StreamExt;
+                    let result = Arc::new(AtomicU64::new(0));
+                    let delivered = Arc::new(AtomicU64::new(0));
+                    let p = S3::start(result.clone()).await;
+                    let count = delivered.clone();
+                    let mut acks = genflow::ack::Acks::new(move |_: u64, outcome: genflow::ack::Outcome| {
+                        if outcome.is_delivered() {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                    p.acked().feed(futures::stream::iter(0..n).map(move |x| (x, acks.ack(x)))).await.unwrap();
                     p.shutdown().await;
                     assert_eq!(delivered.load(Ordering::Relaxed), n, "every input delivered");
                     result.load(Ordering::Relaxed)
