@@ -1,5 +1,5 @@
-//! Model checks of the queue, the reorder point and the acknowledgement
-//! count with
+//! Model checks of the queue, the reorder point, the acknowledgement
+//! count and the blocks of acknowledgements made in bulk with
 //! [loom](https://docs.rs/loom): every interleaving of a few threads (up to
 //! a bound on preemptions) is run, and a lost wake-up shows as a deadlock.
 //!
@@ -19,7 +19,7 @@ use loom::{future::block_on, thread};
 
 use super::{
     BATCH, Failure,
-    ack::{Outcome, items::Items, tag::Tag},
+    ack::{Acks, Outcome, items::Items, tag::Tag},
     dispatch::Dispatch,
     emitter::Link,
     queue::{Queue, Waiter},
@@ -399,5 +399,43 @@ fn loom_a_group_of_a_group_let_go_on_two_threads_settles_every_input_once() {
             assert_eq!(seen.outcomes(), [("dropped", vec![])]);
             assert_eq!(seen.freed(), 1);
         }
+    });
+}
+
+#[test]
+fn loom_a_node_failed_on_two_threads_at_once_lists_both_failures() {
+    loom::model(|| {
+        let seen = Seen::default();
+        let tag = seen.tag();
+        let other = tag.share();
+        // Both may find the failure list missing and race to make it.
+        let a = thread::spawn(move || other.fail([&Failure::for_test("left")]));
+        tag.fail([&Failure::for_test("right")]);
+        a.join().unwrap();
+        let mut outcomes = seen.outcomes();
+        outcomes.iter_mut().for_each(|(_, errors)| errors.sort());
+        assert_eq!(outcomes, [("failed", vec!["left".to_owned(), "right".to_owned()])]);
+        assert_eq!(seen.freed(), 1);
+    });
+}
+
+#[test]
+fn loom_slots_of_one_block_end_on_two_threads_and_the_block_goes_once() {
+    loom::model(|| {
+        let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = keys.clone();
+        let acknowledger = Arc::new(move |key: u32, outcome: Outcome| log.lock().unwrap().push((key, outcome.kind())));
+        let mut acks = Acks::shared(acknowledger.clone());
+        let (first, second) = (acks.ack(1), acks.ack(2));
+        let a = thread::spawn(move || first.0.release());
+        let b = thread::spawn(move || second.0.fail([&Failure::for_test("boom")]));
+        // The `Acks` lets go of the block while its slots end.
+        drop(acks);
+        a.join().unwrap();
+        b.join().unwrap();
+        let mut keys = keys.lock().unwrap().clone();
+        keys.sort();
+        assert_eq!(keys, [(1, "delivered"), (2, "failed")]);
+        assert_eq!(Arc::strong_count(&acknowledger), 1, "the block went once, with its acknowledger");
     });
 }
