@@ -15,7 +15,7 @@ use std::{
 use futures::{SinkExt, StreamExt, stream};
 use genflow::{
     Emitter, GenServer, SendError, Stage,
-    ack::{self, Ack, Held, Outcome},
+    ack::{self, Ack, Acknowledger, Acks, Held, Outcome},
 };
 
 /// Records each input's outcome and how many times it fired.
@@ -43,20 +43,28 @@ impl Ledger {
 
     fn ack(self: &Arc<Self>, i: u64) -> Ack {
         let ledger = self.clone();
-        Ack::new(move |outcome| {
-            let kind = match &outcome {
-                Outcome::Delivered => DELIVERED,
-                Outcome::Dropped => DROPPED,
-                Outcome::Failed(failures) => {
-                    let errors = failures.iter().map(|f| f.error().to_string()).collect();
-                    ledger.failures.lock().unwrap().push((i, errors));
-                    FAILED
-                }
-            };
-            ledger.outcome[i as usize].store(kind, Ordering::Relaxed);
-            ledger.fired[i as usize].fetch_add(1, Ordering::Relaxed);
-            ledger.done.fetch_add(1, Ordering::Release);
-        })
+        Ack::new(move |outcome| ledger.record(i, outcome))
+    }
+
+    /// Makes acks in bulk that record here, each for its input.
+    fn acks(self: &Arc<Self>) -> Acks<u64, impl Acknowledger<u64>> {
+        let ledger = self.clone();
+        Acks::new(move |i: u64, outcome: Outcome| ledger.record(i, outcome))
+    }
+
+    fn record(&self, i: u64, outcome: Outcome) {
+        let kind = match &outcome {
+            Outcome::Delivered => DELIVERED,
+            Outcome::Dropped => DROPPED,
+            Outcome::Failed(failures) => {
+                let errors = failures.iter().map(|f| f.error().to_string()).collect();
+                self.failures.lock().unwrap().push((i, errors));
+                FAILED
+            }
+        };
+        self.outcome[i as usize].store(kind, Ordering::Relaxed);
+        self.fired[i as usize].fetch_add(1, Ordering::Relaxed);
+        self.done.fetch_add(1, Ordering::Release);
     }
 
     fn done(&self) -> u64 {
@@ -188,8 +196,26 @@ impl Stage for Tail {
 }]
 struct Fan;
 
+/// How the inputs' acknowledgements are made.
+#[derive(Clone, Copy)]
+enum Made {
+    /// An `Ack::new` each.
+    OneByOne,
+    /// By an `Acks`, 32 at a time.
+    InBulk,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_input_is_acknowledged_once_with_its_outcome_while_the_pipeline_runs() {
+    fan_out_and_acknowledge(Made::OneByOne).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_input_acknowledged_in_bulk_is_acknowledged_once_with_its_outcome_while_the_pipeline_runs() {
+    fan_out_and_acknowledge(Made::InBulk).await;
+}
+
+async fn fan_out_and_acknowledge(made: Made) {
     const N: u64 = 100_000;
     let flow = Fan::start().await;
     let mut output = flow.output().unwrap();
@@ -205,10 +231,15 @@ async fn every_input_is_acknowledged_once_with_its_outcome_while_the_pipeline_ru
     // seen at each send.
     let most_pending = Arc::new(AtomicU64::new(0));
     let (l, most) = (ledger.clone(), most_pending.clone());
+    let mut acks = ledger.acks();
     let inputs = stream::iter(0..N).map(move |i| {
         let pending = i - l.done();
         most.fetch_max(pending, Ordering::Relaxed);
-        (i, l.ack(i))
+        let ack = match made {
+            Made::OneByOne => l.ack(i),
+            Made::InBulk => acks.ack(i),
+        };
+        (i, ack)
     });
     assert_eq!(flow.acked().feed(inputs).await.unwrap(), N as usize);
     // Acknowledged once the reader took the last items.
@@ -358,6 +389,15 @@ struct Aborting;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_acknowledges_everything_accepted_as_dropped_or_failed() {
+    abort_mid_run(Made::OneByOne).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_acknowledges_everything_accepted_in_bulk_as_dropped_or_failed() {
+    abort_mid_run(Made::InBulk).await;
+}
+
+async fn abort_mid_run(made: Made) {
     const N: u64 = 5_000;
     let ledger = Ledger::new(N as usize);
     let flow = Aborting::start().await;
@@ -367,8 +407,13 @@ async fn abort_acknowledges_everything_accepted_as_dropped_or_failed() {
         let (flow, ledger, accepted) = (flow.clone(), ledger.clone(), accepted.clone());
         tokio::spawn(async move {
             let input = flow.acked();
+            let mut acks = ledger.acks();
             for i in 0..N {
-                match input.send(i, ledger.ack(i)).await {
+                let ack = match made {
+                    Made::OneByOne => ledger.ack(i),
+                    Made::InBulk => acks.ack(i),
+                };
+                match input.send(i, ack).await {
                     Ok(()) => accepted.fetch_add(1, Ordering::Relaxed),
                     // Refused: the item and its ack come back, unfired.
                     Err(error) => return error.into_message(),
