@@ -25,6 +25,12 @@ use super::{Ack, Outcome};
 /// processing, reads the stream and commits past each key once every
 /// key before it is delivered.
 ///
+/// [`Acker::ack`] makes each `Ack` with [`Ack::new`], one allocation and
+/// a clone of the stream's sender per input. An `Acker` is also an
+/// [`Acknowledger`](super::Acknowledger): `Acks::new(acker.clone())`
+/// makes the `Ack`s of a sender 32 to an allocation, into the same
+/// stream ([`Acks`](super::Acks)).
+///
 /// # Examples
 ///
 /// ```

@@ -19,8 +19,11 @@ use super::{Outcome, tag::Tag};
 ///
 /// Make one from a callback with [`Ack::new`], or from a key with an
 /// [`Acker`](super::Acker), whose [`Acknowledgements`](super::Acknowledgements)
-/// stream gives each key back with its outcome. An `Ack` dropped before
-/// it is sent fires at once, [`Outcome::Dropped`].
+/// stream gives each key back with its outcome, or, for a source that
+/// acknowledges every input, from a key with an [`Acks`](super::Acks),
+/// which makes them 32 to an allocation, all telling one
+/// [`Acknowledger`](super::Acknowledger): the cheapest. An `Ack` dropped
+/// before it is sent fires at once, [`Outcome::Dropped`].
 ///
 /// The callback runs on the task (or the thread) where the last item made
 /// from the input was done: a stage's replica, the reader of the output,
@@ -41,7 +44,11 @@ impl Ack {
     /// An acknowledgement that calls `on_done` once with the input's
     /// outcome.
     ///
-    /// One allocation, which holds the callback.
+    /// One allocation, which holds the callback. An `Ack` per input made
+    /// this way costs more than the input's trip through cheap stages
+    /// (the allocation is freed on another thread, and a callback holding
+    /// an `Arc` moves its count between cores): [`Acks`](super::Acks)
+    /// makes them in bulk.
     pub fn new(on_done: impl FnOnce(Outcome) + Send + 'static) -> Ack {
         Ack(Tag::firing(on_done))
     }

@@ -29,6 +29,11 @@
 //! gives them on with what it emits later
 //! ([`Emitter::emit_with`](crate::Emitter::emit_with)) or releases them.
 //!
+//! An [`Ack`] is made from a callback ([`Ack::new`]), from a key by the
+//! [`Acker`] of a [`channel`] of outcomes, or in bulk by an [`Acks`],
+//! whose `Ack`s tell one [`Acknowledger`] their keys and outcomes: one
+//! allocation per 32 inputs, the cheapest way to acknowledge every input.
+//!
 //! Items sent without an acknowledgement (`send`, `feed`, `sink`) carry
 //! none, and move through the pipeline as plain items: a batch or queue
 //! holds items beside their tags only while some of them have one.
