@@ -914,3 +914,42 @@ async fn a_shared_ack_fires_once_for_its_whole_batch_of_inputs() {
     // Each batch fired once: nothing more comes.
     assert!(acks.next().await.is_none());
 }
+
+// ---------------------------------------------------------------------------
+// Acknowledged by the time `shutdown` returns.
+
+/// Emits two records per input.
+#[genflow::stage]
+async fn split(i: u64, out: &mut Emitter<u64>) {
+    out.emit(2 * i).await;
+    out.emit(2 * i + 1).await;
+}
+
+/// Stores records (emits nothing), failing those of every tenth input.
+#[genflow::stage]
+async fn keep(record: u64, out: &mut Emitter<()>) {
+    if (record / 2) % 10 == 3 {
+        out.fail(format!("record {record} failed"));
+    }
+}
+
+#[genflow::pipeline{ #[replicas(2)] split: Split<Stored>, #[replicas(2)] keep: Keep<Stored> }]
+struct Stored;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_input_is_acknowledged_by_the_time_shutdown_returns() {
+    const N: u64 = 10_000;
+    let ledger = Ledger::new(N as usize);
+    let flow = Stored::start().await;
+    let mut acks = ledger.acks();
+    let inputs = stream::iter(0..N).map(move |i| (i, acks.ack(i)));
+    assert_eq!(flow.acked().feed(inputs).await.unwrap(), N as usize);
+    flow.shutdown().await;
+    // No wait: the last stage emits nothing, so nothing is left to take.
+    assert_eq!(ledger.done(), N);
+    for i in 0..N {
+        assert_eq!(ledger.fired(i), 1, "input {i} fired once");
+        let expected = if i % 10 == 3 { FAILED } else { DELIVERED };
+        assert_eq!(ledger.outcome(i), expected, "input {i}");
+    }
+}

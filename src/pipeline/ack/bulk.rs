@@ -32,7 +32,8 @@ const SLOTS: usize = 32;
 ///
 /// Called once per input, on the task (or thread) where the last item
 /// made from the input was done, as an [`Ack::new`] callback is: keep it
-/// short and never block in it. A panic in it is caught and logged as a
+/// short and never block in it (an atomic or a short-held lock is fine;
+/// never wait on I/O or on the pipeline). A panic in it is caught and logged as a
 /// `tracing` warning.
 ///
 /// Implemented for every `Fn(K, Outcome)` closure that is `Send + Sync`,
@@ -74,16 +75,19 @@ impl<K: Send + 'static> Acknowledger<K> for Acker<K> {
 /// and forth (see the guide, "What it costs").
 ///
 /// A block is 32 slots of 40 bytes plus the key (48 bytes with a `u64`
-/// key: 1.5 KB a block, on a 64-bit target). It is freed when the last of
-/// its inputs is done, or when the `Acks` making it is dropped or moves
-/// on to the next block, if that comes later: an input held for long (by
-/// an aggregate's [`Emitter::hold`](crate::Emitter::hold), say) keeps
-/// the 31 slots beside it. A failed input's failures are kept in a list
-/// of their own, allocated at its first failure.
+/// key: 1.5 KB a block, on a 64-bit target). The `Acks` holds only the
+/// block it is filling; a block is freed once it is full (or the `Acks`
+/// dropped) and the last of its inputs is done. So an input held for
+/// long (by an aggregate's [`Emitter::hold`](crate::Emitter::hold), say)
+/// keeps the 31 slots beside it: a stage holding M inputs for long keeps
+/// up to M blocks; where that matters, make those inputs' `Ack`s with
+/// [`Ack::new`]. A failed input's failures are kept in a list of their
+/// own, allocated at its first failure.
 ///
-/// `Send` and `Sync`, not `Clone`: each sender (a task feeding the
-/// pipeline) makes its own, from the same acknowledger
-/// ([`shared`](Self::shared)).
+/// `Send`, not `Clone`: each task feeding the pipeline makes its own,
+/// from the same acknowledger ([`shared`](Self::shared)). With an
+/// [`Acker`] as the acknowledger, its stream ends once the `Acks` is
+/// dropped and the last of its `Ack`s is done.
 ///
 /// # Examples
 ///
@@ -154,7 +158,10 @@ impl<K: Send + 'static, A: Acknowledger<K>> Acks<K, A> {
     }
 
     /// As [`new`](Self::new), with an acknowledger shared with other
-    /// `Acks` (one per sender).
+    /// `Acks` (one per sending task), or one whose state the caller reads
+    /// afterwards (a committed offset) through its own clone of the
+    /// `Arc`. (An `Arc<A>` is not itself an `Acknowledger`: pass it here,
+    /// not to `new`.)
     pub fn shared(acknowledger: Arc<A>) -> Self {
         Acks { acknowledger, block: None, next: 0 }
     }
