@@ -1077,3 +1077,48 @@ async fn an_acknowledger_that_panics_leaves_the_pipeline_and_the_other_keys_ackn
     flow.shutdown().await;
     all_freed(&ledger, N as usize).await;
 }
+
+/// An acknowledger whose drop panics, recording into a ledger first.
+struct PanicsWhenDropped(Arc<Ledger>);
+
+impl Acknowledger<Key> for PanicsWhenDropped {
+    fn acknowledge(&self, key: Key, outcome: Outcome) {
+        self.0.acknowledge(key, outcome);
+    }
+}
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("the acknowledger's drop panics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledger_whose_drop_panics_where_its_last_block_goes_leaves_the_pipeline_working() {
+    const N: u64 = 40;
+    let ledger = Ledger::new(2 * N as usize);
+    let gate = Arc::new(Semaphore::new(0));
+    let flow = Gated::start(gate.clone(), 0).await;
+    let mut acks = Acks::new(PanicsWhenDropped(ledger.clone()));
+    for id in 0..N {
+        flow.acked().send(id, acks.ack(Key::new(&ledger, id))).await.unwrap();
+    }
+    // Every input waits at the gate: the acknowledger goes with the last
+    // block, in the pipeline's last stage.
+    drop(acks);
+    assert_eq!(ledger.done(), 0);
+    gate.add_permits(N as usize);
+    ledger.wait_for(N as usize).await;
+    ledger.assert_each(0..N, |_| Seen::Delivered);
+    // The pipeline goes on.
+    let mut maker = Maker::new(&ledger);
+    for id in N..2 * N {
+        flow.acked().send(id, maker.ack(id)).await.unwrap();
+    }
+    gate.add_permits(N as usize);
+    ledger.wait_for(2 * N as usize).await;
+    ledger.assert_each(N..2 * N, |_| Seen::Delivered);
+    drop(maker);
+    within(flow.shutdown()).await;
+    all_freed(&ledger, 2 * N as usize).await;
+}

@@ -33,7 +33,8 @@ const SLOTS: usize = 32;
 /// Called once per input, on the task (or thread) where the last item
 /// made from the input was done, as an [`Ack::new`] callback is: keep it
 /// short and never block in it. A panic in it is caught and logged as a
-/// `tracing` warning.
+/// `tracing` warning; so is one in its `drop`, which runs where the last
+/// block holding it goes once the `Acks` are gone.
 ///
 /// Implemented for every `Fn(K, Outcome)` closure that is `Send + Sync`,
 /// and for an [`Acker`], which sends each key and its outcome into its
@@ -73,7 +74,8 @@ impl<K: Send + 'static> Acknowledger<K> for Acker<K> {
 /// thread, so the sender and the last stage do not pass cache lines back
 /// and forth (see the guide, "What it costs").
 ///
-/// A block's memory (about 100 bytes per slot, plus the key) is freed
+/// A block's memory (per slot, a 32-byte header, the key and a pointer
+/// to the block: 48 bytes with a `u64` key on a 64-bit target) is freed
 /// when the last of its inputs is done, or when the `Acks` making it is
 /// dropped, if that comes later: an input held for long (by an
 /// aggregate's [`Emitter::hold`](crate::Emitter::hold), say) keeps the 31
@@ -182,8 +184,9 @@ impl<K: Send + 'static, A: Acknowledger<K>> Acks<K, A> {
     fn retire(&mut self) {
         if let Some(block) = self.block.take() {
             // SAFETY: this `Acks`'s hold and its unused slots are counted
-            // in the block's `open`, and given up once, here.
-            unsafe { Block::close(block, SLOTS - self.next + 1) };
+            // in the block's `open`, and given up once, here. (The `Acks`
+            // holds the acknowledger too: the block's hold is not the last.)
+            drop(unsafe { Block::close(block, SLOTS - self.next + 1) });
         }
     }
 }
@@ -192,7 +195,7 @@ impl<K, A> Drop for Acks<K, A> {
     fn drop(&mut self) {
         if let Some(block) = self.block.take() {
             // SAFETY: as in `retire`.
-            unsafe { Block::close(block, SLOTS - self.next + 1) };
+            drop(unsafe { Block::close(block, SLOTS - self.next + 1) });
         }
     }
 }
@@ -226,28 +229,31 @@ impl<K, A> Block<K, A> {
         NonNull::from(Box::leak(block))
     }
 
-    /// Gives up `n` of the block's open count; the last frees it.
+    /// Gives up `n` of the block's open count; the last gets the block
+    /// back, to drop (which drops its hold on the acknowledger, perhaps
+    /// the last).
     ///
     /// # Safety
     ///
     /// The caller's `n` are counted in `open` and used no more after this
     /// call; every slot handed out that is still counted is not read by the
     /// caller after it.
-    unsafe fn close(block: NonNull<Self>, n: usize) {
+    #[must_use = "the last to close drops the block"]
+    unsafe fn close(block: NonNull<Self>, n: usize) -> Option<Box<Self>> {
         // SAFETY: the caller's count keeps the block alive until it drops
         // here; `open` is only reached through its own place.
         let open = unsafe { &*addr_of!((*block.as_ptr()).open) };
         // Release then acquire, as `Arc`'s drop: every slot's end happens
         // before the block is freed.
         if open.fetch_sub(n, Ordering::Release) != n {
-            return;
+            return None;
         }
         atomic::fence(Ordering::Acquire);
         // SAFETY: nothing counts on the block any more; it came from
         // `Box::leak` in `alloc`. Its slots are `MaybeUninit`: dropping the
         // block drops none of them (each ended slot's parts were moved
         // out by `end_slot`).
-        drop(unsafe { Box::from_raw(block.as_ptr()) });
+        Some(unsafe { Box::from_raw(block.as_ptr()) })
     }
 }
 
@@ -278,7 +284,12 @@ unsafe fn end_slot<K: Send + 'static, A: Acknowledger<K>>(header: NonNull<Header
     let outcome = header.into_outcome();
     acknowledge(|| acknowledger.acknowledge(key, outcome));
     // SAFETY: the slot's share, given up once; the slot is not read again.
-    unsafe { Block::close(block, 1) };
+    if let Some(last) = unsafe { Block::close(block, 1) } {
+        // The acknowledger may go with the block: its drop is the caller's
+        // code too, and must not unwind where the slot ended either (a
+        // stage's replica, which would stop).
+        acknowledge(|| drop(last));
+    }
 }
 
 #[cfg(all(test, not(genflow_loom)))]
@@ -350,6 +361,13 @@ mod tests {
         drop(acks);
         drop(made);
         assert_eq!(Arc::strong_count(&acknowledger), 1);
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_slot_is_a_header_a_key_and_a_pointer() {
+        assert_eq!(std::mem::size_of::<Header>(), 32);
+        assert_eq!(std::mem::size_of::<Slot<u64, ()>>(), 48);
     }
 
     #[test]
