@@ -632,11 +632,8 @@ impl Acknowledger<Key> for Reentrant {
             let more = acks.as_mut().map(|acks| acks.ack(Key::new(&self.ledger, id + Self::N)));
             if id == Self::N - 1 {
                 // Its last block goes with its last slot, maybe this one.
-                acks.take()
-            } else {
-                None
+                drop(acks.take());
             }
-            .map(drop);
             more
         };
         // Outside the lock: its acknowledgement comes back here.
