@@ -385,3 +385,45 @@ mod tests {
         assert!(log.iter().all(|&(_, kind)| kind == "delivered"));
     }
 }
+
+/// Every interleaving of a block's slots ended on two threads, one of
+/// them failed through a share, while the `Acks` lets go of the block.
+#[cfg(all(test, genflow_loom))]
+mod loom_models {
+    use std::sync::Mutex;
+
+    use loom::thread;
+
+    use super::*;
+    use crate::pipeline::Failure;
+
+    #[test]
+    fn loom_slots_ended_on_two_threads_while_the_acks_goes_fire_once_and_free_the_block() {
+        loom::model(|| {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let seen = log.clone();
+            let acknowledger = Arc::new(move |key: u32, outcome: Outcome| {
+                let errors: Vec<String> = match &outcome {
+                    Outcome::Failed(failures) => failures.iter().map(|f| f.error().to_string()).collect(),
+                    _ => Vec::new(),
+                };
+                seen.lock().unwrap().push((key, outcome.kind(), errors));
+            });
+            let mut acks = Acks::shared(acknowledger.clone());
+            let (first, second) = (acks.ack(0), acks.ack(1));
+            let share = first.share();
+            let one = thread::spawn(move || first.0.release());
+            let two = thread::spawn(move || {
+                share.0.fail([&Failure::for_test("failed")]);
+                drop(second);
+            });
+            drop(acks);
+            one.join().unwrap();
+            two.join().unwrap();
+            let mut log = log.lock().unwrap().clone();
+            log.sort();
+            assert_eq!(log, [(0, "failed", vec!["failed".to_string()]), (1, "dropped", Vec::new())]);
+            assert_eq!(Arc::strong_count(&acknowledger), 1, "the block was freed");
+        });
+    }
+}
