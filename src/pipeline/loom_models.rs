@@ -420,22 +420,31 @@ fn loom_a_node_failed_on_two_threads_at_once_lists_both_failures() {
 }
 
 #[test]
-fn loom_slots_of_one_block_end_on_two_threads_and_the_block_goes_once() {
+fn loom_slots_ended_on_two_threads_while_the_acks_goes_fire_once_and_free_the_block() {
     loom::model(|| {
-        let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = keys.clone();
-        let acknowledger = Arc::new(move |key: u32, outcome: Outcome| log.lock().unwrap().push((key, outcome.kind())));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = log.clone();
+        let acknowledger = Arc::new(move |key: u32, outcome: Outcome| {
+            let errors: Vec<String> = match &outcome {
+                Outcome::Failed(failures) => failures.iter().map(|f| f.error().to_string()).collect(),
+                _ => Vec::new(),
+            };
+            seen.lock().unwrap().push((key, outcome.kind(), errors));
+        });
         let mut acks = Acks::shared(acknowledger.clone());
-        let (first, second) = (acks.ack(1), acks.ack(2));
-        let a = thread::spawn(move || first.0.release());
-        let b = thread::spawn(move || second.0.fail([&Failure::for_test("boom")]));
-        // The `Acks` lets go of the block while its slots end.
+        let (first, second) = (acks.ack(0), acks.ack(1));
+        let share = first.share();
+        let one = thread::spawn(move || first.0.release());
+        let two = thread::spawn(move || {
+            share.0.fail([&Failure::for_test("failed")]);
+            drop(second);
+        });
         drop(acks);
-        a.join().unwrap();
-        b.join().unwrap();
-        let mut keys = keys.lock().unwrap().clone();
-        keys.sort();
-        assert_eq!(keys, [(1, "delivered"), (2, "failed")]);
-        assert_eq!(Arc::strong_count(&acknowledger), 1, "the block went once, with its acknowledger");
+        one.join().unwrap();
+        two.join().unwrap();
+        let mut log = log.lock().unwrap().clone();
+        log.sort();
+        assert_eq!(log, [(0, "failed", vec!["failed".to_string()]), (1, "dropped", Vec::new())]);
+        assert_eq!(Arc::strong_count(&acknowledger), 1, "the block was freed");
     });
 }

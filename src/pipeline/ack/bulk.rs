@@ -33,8 +33,9 @@ const SLOTS: usize = 32;
 /// Called once per input, on the task (or thread) where the last item
 /// made from the input was done, as an [`Ack::new`] callback is: keep it
 /// short and never block in it (an atomic or a short-held lock is fine;
-/// never wait on I/O or on the pipeline). A panic in it is caught and logged as a
-/// `tracing` warning.
+/// never wait on I/O or on the pipeline). A panic in it is caught and
+/// logged as a `tracing` warning; so is one in its `drop`, which runs
+/// where the last block holding it goes once the `Acks` are gone.
 ///
 /// Implemented for every `Fn(K, Outcome)` closure that is `Send + Sync`,
 /// and for an [`Acker`], which sends each key and its outcome into its
@@ -207,8 +208,9 @@ impl<K: Send + 'static, A: Acknowledger<K>> Acks<K, A> {
     fn retire(&mut self) {
         if let Some(block) = self.block.take() {
             // SAFETY: this `Acks`'s hold and its unused slots are counted
-            // in the block's `open`, and given up once, here.
-            unsafe { Block::close(block, SLOTS - self.next + 1) };
+            // in the block's `open`, and given up once, here. (The `Acks`
+            // holds the acknowledger too: the block's hold is not the last.)
+            drop(unsafe { Block::close(block, SLOTS - self.next + 1) });
         }
     }
 }
@@ -217,7 +219,7 @@ impl<K, A> Drop for Acks<K, A> {
     fn drop(&mut self) {
         if let Some(block) = self.block.take() {
             // SAFETY: as in `retire`.
-            unsafe { Block::close(block, SLOTS - self.next + 1) };
+            drop(unsafe { Block::close(block, SLOTS - self.next + 1) });
         }
     }
 }
@@ -251,28 +253,31 @@ impl<K, A> Block<K, A> {
         NonNull::from(Box::leak(block))
     }
 
-    /// Gives up `n` of the block's open count; the last frees it.
+    /// Gives up `n` of the block's open count; the last gets the block
+    /// back, to drop (which drops its hold on the acknowledger, perhaps
+    /// the last).
     ///
     /// # Safety
     ///
     /// The caller's `n` are counted in `open` and used no more after this
     /// call; every slot handed out that is still counted is not read by the
     /// caller after it.
-    unsafe fn close(block: NonNull<Self>, n: usize) {
+    #[must_use = "the last to close drops the block"]
+    unsafe fn close(block: NonNull<Self>, n: usize) -> Option<Box<Self>> {
         // SAFETY: the caller's count keeps the block alive until it drops
         // here; `open` is only reached through its own place.
         let open = unsafe { &*addr_of!((*block.as_ptr()).open) };
         // Release then acquire, as `Arc`'s drop: every slot's end happens
         // before the block is freed.
         if open.fetch_sub(n, Ordering::Release) != n {
-            return;
+            return None;
         }
         atomic::fence(Ordering::Acquire);
         // SAFETY: nothing counts on the block any more; it came from
         // `Box::leak` in `alloc`. Its slots are `MaybeUninit`: dropping the
         // block drops none of them (each ended slot's parts were moved
         // out by `end_slot`).
-        drop(unsafe { Box::from_raw(block.as_ptr()) });
+        Some(unsafe { Box::from_raw(block.as_ptr()) })
     }
 }
 
@@ -303,7 +308,12 @@ unsafe fn end_slot<K: Send + 'static, A: Acknowledger<K>>(header: NonNull<Header
     let outcome = header.into_outcome();
     acknowledge(|| acknowledger.acknowledge(key, outcome));
     // SAFETY: the slot's share, given up once; the slot is not read again.
-    unsafe { Block::close(block, 1) };
+    if let Some(last) = unsafe { Block::close(block, 1) } {
+        // The acknowledger may go with the block: its drop is the caller's
+        // code too, and must not unwind where the slot ended either (a
+        // stage's replica, which would stop).
+        acknowledge(|| drop(last));
+    }
 }
 
 #[cfg(all(test, not(genflow_loom)))]
@@ -352,13 +362,6 @@ mod tests {
         assert_eq!(log, expected);
     }
 
-    #[cfg(target_pointer_width = "64")]
-    #[test]
-    fn a_slot_is_the_size_the_docs_give() {
-        assert_eq!(size_of::<Slot<u64, fn(u64, Outcome)>>(), 48);
-        assert_eq!(size_of::<Slot<(), fn((), Outcome)>>(), 40);
-    }
-
     #[test]
     fn a_block_goes_with_its_last_slot_or_its_acks() {
         let acknowledger = Arc::new(|_: u32, _: Outcome| {});
@@ -382,6 +385,14 @@ mod tests {
         drop(acks);
         drop(made);
         assert_eq!(Arc::strong_count(&acknowledger), 1);
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_slot_is_a_header_a_key_and_a_pointer() {
+        assert_eq!(std::mem::size_of::<Header>(), 32);
+        assert_eq!(std::mem::size_of::<Slot<u64, ()>>(), 48);
+        assert_eq!(std::mem::size_of::<Slot<(), ()>>(), 40);
     }
 
     #[test]
