@@ -492,12 +492,11 @@ pub(crate) fn process_batch<'a, S: Stage, K: TakeFrom<S>>(
                     }
                 }
             }
-            // How many items the next input stands for: 1 but for an input of a
-            // `#[batch]` stage. Read before it is popped and kept in `progress`
-            // alone while `process` runs: a borrowed local, or a copy, would
-            // take room in the task.
-            progress.in_process = batch.items.last().map_or(0, K::weight);
             let Some((item, tag)) = batch.items.pop() else { break };
+            // How many items the input stands for: 1 but for an input of a
+            // `#[batch]` stage. Kept in `progress` alone while `process`
+            // runs: a borrowed local, or a copy, would take room in the task.
+            progress.in_process = K::weight(&item);
             out.begin_item(tag);
             batch.open.processed(progress.in_process);
             let mut waited = false;
