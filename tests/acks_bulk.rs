@@ -27,22 +27,9 @@ use genflow::{
 };
 use tokio::sync::Semaphore;
 
-/// The guard against a hang: no test comes near it when it passes.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn within<F: Future>(future: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, future).await.expect("no hang")
-}
-
-/// Polls `pred` until it holds, sleeping a millisecond in between.
-async fn eventually(mut pred: impl FnMut() -> bool) {
-    within(async {
-        while !pred() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
+#[path = "support/wait.rs"]
+mod wait;
+use wait::{DEADLINE, eventually, within};
 
 // ---------------------------------------------------------------------------
 // Keys whose drops are counted, and the acknowledger that records them.

@@ -26,22 +26,9 @@ use genflow::{
 };
 use tokio::sync::Semaphore;
 
-/// The guard against a hang: no test comes near it when it passes.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn within<F: Future>(future: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, future).await.expect("no hang")
-}
-
-/// Polls `pred` until it holds, sleeping a millisecond in between.
-async fn eventually(mut pred: impl FnMut() -> bool) {
-    within(async {
-        while !pred() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
+#[path = "support/wait.rs"]
+mod wait;
+use wait::{DEADLINE, eventually, within};
 
 /// The part of an error's text that says what failed: a panic's message
 /// from its known start on, and a stopped replica's as `stopped for good`.

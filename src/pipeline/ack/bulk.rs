@@ -202,7 +202,9 @@ impl<K: Send + 'static, A: Acknowledger<K>> Acks<K, A> {
         self.next = 0;
         block
     }
+}
 
+impl<K, A> Acks<K, A> {
     /// Gives up this `Acks`'s hold on its block and the slots it did not
     /// hand out.
     fn retire(&mut self) {
@@ -217,10 +219,7 @@ impl<K: Send + 'static, A: Acknowledger<K>> Acks<K, A> {
 
 impl<K, A> Drop for Acks<K, A> {
     fn drop(&mut self) {
-        if let Some(block) = self.block.take() {
-            // SAFETY: as in `retire`.
-            drop(unsafe { Block::close(block, SLOTS - self.next + 1) });
-        }
+        self.retire();
     }
 }
 
