@@ -415,6 +415,14 @@ impl<T: Send + 'static> Emitter<T> {
         }
     }
 
+    /// Whether the stage runs futures concurrently (`#[concurrency(N)]`
+    /// with N > 1): the only kind whose batch takes more items while it is
+    /// gone through.
+    #[inline]
+    pub(crate) fn is_concurrent(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
     /// Whether futures are in flight.
     #[inline]
     pub(crate) fn has_in_flight(&mut self) -> bool {

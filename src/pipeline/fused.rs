@@ -62,6 +62,7 @@ use tokio::time::Instant;
 use super::{
     Emitter, Panicked, Stage,
     ack::items::Items,
+    batch::Whole,
     control::serve as serve_control,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
@@ -230,8 +231,7 @@ impl<S: Stage> FusedStage<S> {
             match (&mut self.server, &mut self.control) {
                 (Some(server), Some(control)) => {
                     let processed =
-                        process_batch::<S, super::batch::Whole>(server, control, &mut self.batch, &mut self.out, None)
-                            .await;
+                        process_batch::<S, Whole>(server, control, &mut self.batch, &mut self.out, None).await;
                     if let Err(Crashed) = processed {
                         self.crashed().await;
                     }

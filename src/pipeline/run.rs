@@ -29,7 +29,7 @@ use crate::{
         run::{Crashed, boot, fail, handle, terminate},
     },
 };
-use futures::FutureExt;
+use futures::{FutureExt, future::Either};
 use tokio::time::Instant;
 
 /// What woke the replica up.
@@ -437,11 +437,34 @@ impl Drop for Progress<'_> {
 /// takes more items from it into the batch as they free room (see
 /// `concurrency::settle`).
 ///
+/// A batch whose items hold no acknowledgements, in a stage that takes no
+/// more items into it meanwhile (not concurrent), stays plain throughout:
+/// it goes through [`process_items`]'s instance that checks no item's
+/// tag, so the path of a pipeline fed without acknowledgements is what it
+/// was before they existed. Both instances have the same layout: the
+/// future awaiting either is no larger than one of them.
+pub(crate) fn process_batch<'a, S: Stage, K: TakeFrom<S>>(
+    server: &'a mut S,
+    control: &'a mut Inbox<S>,
+    batch: &'a mut Batch<S::In, K::Open>,
+    out: &'a mut Emitter<S::Out>,
+    reader: Option<&'a mut Reader<'_, S::In>>,
+) -> impl Future<Output = Result<(), Crashed>> + 'a {
+    if batch.items.has_tags() || out.is_concurrent() {
+        Either::Left(process_items::<S, K, true>(server, control, batch, out, reader))
+    } else {
+        Either::Right(process_items::<S, K, false>(server, control, batch, out, reader))
+    }
+}
+
+/// [`process_batch`]: its items' tags are checked if `TAGS`; otherwise
+/// its items are known to hold none.
+///
 /// A function returning an `async move` block, not an `async fn`, which
 /// would hold its arguments twice: every idle replica's task holds room
 /// for this future.
 #[allow(clippy::manual_async_fn, reason = "an `async fn` would hold its arguments twice")]
-pub(crate) fn process_batch<'a, S: Stage, K: TakeFrom<S>>(
+fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
     server: &'a mut S,
     control: &'a mut Inbox<S>,
     batch: &'a mut Batch<S::In, K::Open>,
@@ -492,7 +515,7 @@ pub(crate) fn process_batch<'a, S: Stage, K: TakeFrom<S>>(
                     }
                 }
             }
-            let Some((item, tag)) = batch.items.pop() else { break };
+            let Some((item, tag)) = batch.items.pop_checked::<TAGS>() else { break };
             // How many items the input stands for: 1 but for an input of a
             // `#[batch]` stage. Kept in `progress` alone while `process`
             // runs: a borrowed local, or a copy, would take room in the task.
@@ -533,7 +556,10 @@ pub(crate) fn process_batch<'a, S: Stage, K: TakeFrom<S>>(
                 // settled.
                 out.settle_failed(progress.in_process);
             }
-            out.end_item(item_failed);
+            if TAGS {
+                // (Without, `begin_item` left the emitter holding no tag.)
+                out.end_item(item_failed);
+            }
             if item_failed {
                 out.send_failures().await;
             }

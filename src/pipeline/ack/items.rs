@@ -147,6 +147,26 @@ impl<T> Items<T> {
         }
     }
 
+    /// Takes the last item and its tag, as [`pop`](Self::pop) does if
+    /// `TAGS`; otherwise from a list known to hold no tags, giving
+    /// [`Tag::NONE`] as a constant (so that the checks of the tag that
+    /// follow go).
+    ///
+    /// # Panics
+    ///
+    /// Without `TAGS`, if the list holds its items with tags: the caller
+    /// checked it did not, and nothing pushed a tagged item since.
+    #[inline(always)]
+    pub(crate) fn pop_checked<const TAGS: bool>(&mut self) -> Option<(T, Tag)> {
+        if TAGS {
+            return self.pop();
+        }
+        match &mut self.0 {
+            List::Plain(items) => items.pop().map(|item| (item, Tag::NONE)),
+            List::Tagged(_) => unreachable!("a list checked plain took an item with a tag"),
+        }
+    }
+
     /// Takes the first item and its tag (moving the others).
     pub(crate) fn remove_first(&mut self) -> Option<(T, Tag)> {
         if self.is_empty() {
