@@ -4,7 +4,9 @@
 //! whose item waits in `process` (so the replica serves casts, timers and
 //! fused stages in the middle of it), in the own queue of a `#[fused]`
 //! stage and handed over to it, after a restart in the middle of a plain
-//! batch, out of `#[concurrency]` and `#[batch]` stages, and held by a
+//! batch, taken by a `#[concurrency]` stage into a batch that started
+//! plain while its futures wait, out of `#[concurrency]` and `#[batch]`
+//! stages, behind a rate limit, and held by a
 //! stage that emits them from plain inputs, timers and `finish`. Every
 //! `Ack` fires exactly once with its own input's outcome, every plain item
 //! is processed (metrics and outputs), and nothing hangs.
@@ -223,6 +225,62 @@ impl<R: HasGates> Stage for Probe<R> {
     }
 }
 
+/// As [`Probe`], but the item goes on from a future in flight, which
+/// waits at the gate: the replica's batch empties while it does, and
+/// takes more items into it (`#[concurrency]`).
+struct AsyncProbe<R> {
+    registry: R,
+}
+
+impl<R: HasGates> GenServer for AsyncProbe<R> {
+    /// `true` panics the handler (the state is rebuilt), `false` counts.
+    type Message = bool;
+    type Response = usize;
+    type Registry = R;
+
+    fn new(registry: R) -> Self {
+        AsyncProbe { registry }
+    }
+
+    async fn init(&mut self) {
+        self.registry.gates().inits.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn handle_call(&mut self, _: bool) -> usize {
+        self.registry.gates().casts.load(Ordering::SeqCst)
+    }
+
+    async fn handle_cast(&mut self, crash: bool) {
+        assert!(!crash, "asked to crash");
+        self.registry.gates().casts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn restart_limit() -> RestartLimit {
+        RestartLimit::new(1_000, Duration::from_secs(600))
+    }
+}
+
+impl<R: HasGates> Stage for AsyncProbe<R> {
+    type In = u64;
+    type Out = u64;
+
+    async fn process(&mut self, i: u64, out: &mut Emitter<u64>) {
+        assert!(!panics(i), "process panicked on {i}");
+        let gates = self.registry.gates().clone();
+        out.emit_async(async move {
+            if gated(i) && gates.closed.load(Ordering::SeqCst) {
+                gates.entered.add_permits(1);
+                gates.gate.acquire().await.unwrap().forget();
+            }
+            i
+        })
+        .await;
+        if probe_fails(i) {
+            out.fail(format!("probe {i}"));
+        }
+    }
+}
+
 #[genflow::stage]
 fn tail(i: u64) -> Result<u64, String> {
     if tail_fails(i) { Err(format!("tail {i}")) } else { Ok(i) }
@@ -287,6 +345,29 @@ gated_pipeline!(Throttled {
     tail: Tail<Throttled>,
 });
 gated_pipeline!(Concurrent { #[concurrency(4)] probe: Probe<Concurrent>, tail: Tail<Concurrent> });
+gated_pipeline!(ConcurrentOne { #[concurrency(1)] probe: Probe<ConcurrentOne>, tail: Tail<ConcurrentOne> });
+gated_pipeline!(ConcurrentInOrder {
+    #[replicas(2, ordered)]
+    #[concurrency(3)]
+    probe: Probe<ConcurrentInOrder>,
+    tail: Tail<ConcurrentInOrder>,
+});
+gated_pipeline!(FusedAfterConcurrent {
+    pass: Pass<FusedAfterConcurrent>,
+    #[fused]
+    #[concurrency(4)]
+    spread: Spread<FusedAfterConcurrent>,
+    #[fused]
+    probe: Probe<FusedAfterConcurrent>,
+    tail: Tail<FusedAfterConcurrent>,
+});
+gated_pipeline!(Refilling { #[concurrency(4)] probe: AsyncProbe<Refilling>, tail: Tail<Refilling> });
+gated_pipeline!(RefillingInOrder {
+    #[replicas(2, ordered)]
+    #[concurrency(4)]
+    probe: AsyncProbe<RefillingInOrder>,
+    tail: Tail<RefillingInOrder>,
+});
 gated_pipeline!(AfterConcurrent { #[concurrency(4)] spread: Spread<AfterConcurrent>, probe: Probe<AfterConcurrent>, tail: Tail<AfterConcurrent> });
 gated_pipeline!(AfterBatch {
     #[batch(size = 8, timeout = Duration::from_secs(3600))]
@@ -314,16 +395,21 @@ const SIDE: u64 = 100_000;
 /// Sends round after round into `flow`, whose `probe` stage has `gates`
 /// closed: a plain gated input (`base`) that a replica waits on; plain
 /// inputs `base + 1..base + 60` behind it, among them a gated one
-/// (`base + 50`) and one that panics (`base + 55`); once the replica
-/// waits on `base + 50`, in the middle of a plain batch, the inputs
-/// `base + 60..base + 100` as `pattern` says (`base + 77` panics), a cast
-/// to `probe` and, with `side`, plain items into a stage's own input;
-/// then it lets the replica go and flushes. Checks every `Ack`, the
-/// output, the metrics of `probe`, the casts and the restarts.
+/// (`base + 50`) and one whose `process` panics (`base + 55`, an item
+/// failure); once the replica waits on `base + 50`, in the middle of a
+/// plain batch, the inputs `base + 60..base + 100` as `pattern` says
+/// (`base + 77` panics), casts to `probe` and, with `side`, plain items
+/// into a stage's own input; with `refills` (a concurrent stage whose
+/// item waits in a future), waits until the replica took all of them into
+/// its batch; then a cast whose handler panics (the rest of the batch goes
+/// to the new state), lets the replica go and flushes. Checks every
+/// `Ack`, the output, the metrics of `probe`, the casts and the states
+/// built.
 async fn run_gated<P: Pipeline<In = u64, Out = u64> + HasGates>(
     flow: P,
     pattern: Pattern,
     replicas: usize,
+    refills: bool,
     cast: impl Fn(&P, bool),
     mut side: Option<&mut dyn FnMut(u64) -> BoxFuture<'static, ()>>,
 ) {
@@ -343,9 +429,6 @@ async fn run_gated<P: Pipeline<In = u64, Out = u64> + HasGates>(
         }
         gates.release();
         gates.wait_entered().await;
-        // Served once the waiting item is done, before the rest of its
-        // batch, which goes to the new state.
-        cast(&flow, true);
         for i in base + 60..base + 100 {
             if acked(i) {
                 input.send(i, ledger.ack(i)).await.unwrap();
@@ -361,6 +444,15 @@ async fn run_gated<P: Pipeline<In = u64, Out = u64> + HasGates>(
                 sides.push(SIDE + i);
             }
         }
+        if refills {
+            // A concurrent stage whose item waits in a future takes every
+            // input sent into the batch, which started plain, before the
+            // handler's panic below ends its refills.
+            eventually(|| flow.metrics().stage("probe").unwrap().received == base + 100).await;
+        }
+        // Served once the waiting item is done, before the rest of its
+        // batch, which goes to the new state.
+        cast(&flow, true);
         gates.release();
         within(flow.flush()).await.unwrap();
     }
@@ -387,7 +479,7 @@ async fn run_gated<P: Pipeline<In = u64, Out = u64> + HasGates>(
 async fn acked_inputs_queued_behind_a_plain_batch_waiting_in_process_fire_once() {
     for &pattern in PATTERNS {
         let flow = Single::start(Gates::new(true)).await;
-        run_gated(flow, pattern, 1, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+        run_gated(flow, pattern, 1, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
     }
 }
 
@@ -395,7 +487,7 @@ async fn acked_inputs_queued_behind_a_plain_batch_waiting_in_process_fire_once()
 async fn acked_inputs_queued_behind_plain_batches_of_replicas_fire_once() {
     for &pattern in PATTERNS {
         let flow = Replicated::start(Gates::new(true)).await;
-        run_gated(flow, pattern, 3, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+        run_gated(flow, pattern, 3, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
     }
 }
 
@@ -403,7 +495,7 @@ async fn acked_inputs_queued_behind_plain_batches_of_replicas_fire_once() {
 async fn acked_inputs_queued_behind_plain_batches_of_ordered_replicas_fire_once() {
     for &pattern in PATTERNS {
         let flow = InOrder::start(Gates::new(true)).await;
-        run_gated(flow, pattern, 3, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+        run_gated(flow, pattern, 3, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
     }
 }
 
@@ -411,7 +503,7 @@ async fn acked_inputs_queued_behind_plain_batches_of_ordered_replicas_fire_once(
 async fn acked_inputs_queued_behind_plain_batches_of_partitioned_replicas_fire_once() {
     for &pattern in PATTERNS {
         let flow = Keyed::start(Gates::new(true)).await;
-        run_gated(flow, pattern, 3, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+        run_gated(flow, pattern, 3, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
     }
 }
 
@@ -419,7 +511,7 @@ async fn acked_inputs_queued_behind_plain_batches_of_partitioned_replicas_fire_o
 async fn acked_inputs_queued_behind_small_plain_batches_fire_once() {
     for &pattern in PATTERNS {
         let flow = Demand::start(Gates::new(true)).await;
-        run_gated(flow, pattern, 1, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+        run_gated(flow, pattern, 1, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
     }
 }
 
@@ -432,7 +524,7 @@ async fn a_fused_stage_waiting_in_a_plain_batch_takes_acked_inputs_and_its_own_p
             let into = into.clone();
             Box::pin(async move { within(into.sink_probe().send(i)).await.unwrap() })
         };
-        run_gated(flow, pattern, 1, |flow, crash| flow.try_cast_probe(crash).unwrap(), Some(&mut side)).await;
+        run_gated(flow, pattern, 1, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), Some(&mut side)).await;
     }
 }
 
@@ -512,7 +604,39 @@ async fn a_throttled_stage_serves_its_fused_stage_own_plain_inputs_among_acked_o
 async fn a_concurrent_stage_fed_mixed_inputs_behind_a_waiting_plain_item_fires_each_once() {
     for &pattern in PATTERNS {
         let flow = Concurrent::start(Gates::new(true)).await;
-        run_gated(flow, pattern, 1, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+        run_gated(flow, pattern, 1, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stage_of_concurrency_one_waiting_in_a_plain_batch_takes_acked_inputs_behind() {
+    for &pattern in PATTERNS {
+        let flow = ConcurrentOne::start(Gates::new(true)).await;
+        run_gated(flow, pattern, 1, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+    }
+}
+
+#[tokio::test]
+async fn ordered_concurrent_replicas_fed_mixed_inputs_behind_a_waiting_plain_item_fire_each_once() {
+    for &pattern in PATTERNS {
+        let flow = ConcurrentInOrder::start(Gates::new(true)).await;
+        run_gated(flow, pattern, 2, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+    }
+}
+
+#[tokio::test]
+async fn a_concurrent_stage_takes_acked_inputs_into_a_plain_batch_while_its_futures_wait() {
+    for &pattern in PATTERNS {
+        let flow = Refilling::start(Gates::new(true)).await;
+        run_gated(flow, pattern, 1, true, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
+    }
+}
+
+#[tokio::test]
+async fn ordered_concurrent_replicas_take_acked_inputs_into_plain_batches_while_their_futures_wait() {
+    for &pattern in PATTERNS {
+        let flow = RefillingInOrder::start(Gates::new(true)).await;
+        run_gated(flow, pattern, 2, false, |flow, crash| flow.try_cast_probe(crash).unwrap(), None).await;
     }
 }
 
@@ -571,6 +695,13 @@ async fn run_open<P: Pipeline<In = u64, Out = u64> + HasGates>(
 async fn a_plain_stage_after_a_concurrent_one_takes_its_mixed_outputs() {
     for &pattern in PATTERNS {
         run_open(AfterConcurrent::start(Gates::new(false)).await, pattern, 600, None).await;
+    }
+}
+
+#[tokio::test]
+async fn a_plain_fused_stage_after_a_fused_concurrent_one_takes_its_mixed_outputs() {
+    for &pattern in PATTERNS {
+        run_open(FusedAfterConcurrent::start(Gates::new(false)).await, pattern, 600, None).await;
     }
 }
 
