@@ -40,6 +40,20 @@ impl<S: GenServer> Envelope<S> {
             Some(waiting) => Envelope::CallFrom(Box::new((call, waiting))),
         }
     }
+
+    /// The message of a cast's envelope, given back when it could not be
+    /// queued.
+    ///
+    /// # Panics
+    ///
+    /// If the envelope is not a cast's (callers made it with
+    /// `Envelope::Cast`).
+    pub(crate) fn into_cast(self) -> S::Message {
+        match self {
+            Envelope::Cast(message) => message,
+            _ => unreachable!("a cast's envelope holds a cast"),
+        }
+    }
 }
 
 /// A call made by a server and that server's wait-for edge.

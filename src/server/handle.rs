@@ -3,13 +3,14 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::oneshot,
     time::{Instant, timeout_at},
 };
 
 use super::{
     GenServer, context,
     envelope::{Envelope, Reply},
+    mailbox::{self, TryReserveError},
     state::{Name, ServerState},
     timer::Host,
     waits::{self, Waiting},
@@ -24,20 +25,21 @@ use crate::{
 /// Generated registries hold one per server; their `call_<name>` and
 /// `cast_<name>` methods forward here.
 pub struct Handle<S: GenServer> {
-    tx: mpsc::Sender<Envelope<S>>,
+    tx: mailbox::Sender<Envelope<S>>,
     state: Arc<ServerState>,
 }
 
 /// The receiving half of a server's queue, owned by the server's task.
 pub struct Inbox<S: GenServer> {
-    pub(crate) rx: mpsc::Receiver<Envelope<S>>,
+    pub(crate) rx: mailbox::Receiver<Envelope<S>>,
     pub(crate) state: Arc<ServerState>,
 }
 
 /// Creates the queue of the server `name` of registry `registry`, sized by
 /// [`GenServer::channel_queue_size`], clamped to tokio's
-/// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS) (the
-/// channel allocates as messages come, not for its bound). `runtime` is
+/// [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS) as a
+/// stage's queue is (the [`mailbox`] allocates its buffer as messages come,
+/// not for its bound). `runtime` is
 /// where timed calls make their timers.
 ///
 /// # Panics
@@ -52,7 +54,7 @@ pub(crate) fn channel<S: GenServer>(
 ) -> (Handle<S>, Inbox<S>) {
     let size = size.unwrap_or_else(S::channel_queue_size);
     assert!(size > 0, "{}::channel_queue_size() must be at least 1", std::any::type_name::<S>());
-    let (tx, rx) = mpsc::channel(size.min(tokio::sync::Semaphore::MAX_PERMITS));
+    let (tx, rx) = mailbox::channel(size.min(tokio::sync::Semaphore::MAX_PERMITS));
     let state = Arc::new(ServerState::new(registry, name, runtime).with_timers(Host::<S>::boxed(tx.downgrade())));
     (Handle { tx, state: state.clone() }, Inbox { rx, state })
 }
@@ -150,7 +152,7 @@ impl<S: GenServer> Handle<S> {
     #[inline]
     fn post_call(
         &self,
-        permit: mpsc::Permit<'_, Envelope<S>>,
+        permit: mailbox::Permit<'_, Envelope<S>>,
         message: S::Message,
         waiting: Option<&Waiting>,
     ) -> oneshot::Receiver<Reply<S::Response, S::Message>> {
@@ -263,14 +265,13 @@ impl<S: GenServer> Handle<S> {
         // The fast path: the budget, then one `try_reserve`; nothing about
         // the caller is looked up unless the queue is full.
         tokio::task::coop::consume_budget().await;
-        match self.tx.try_reserve() {
-            Ok(permit) => {
-                permit.send(Envelope::Cast(message));
+        match self.tx.try_send(Envelope::Cast(message)) {
+            Ok(()) => {
                 self.state.post();
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(())) => self.cast_full(message).await,
-            Err(mpsc::error::TrySendError::Closed(())) => Err(self.stopped_send(message)),
+            Err((TryReserveError::Full, envelope)) => self.cast_full(envelope.into_cast()).await,
+            Err((TryReserveError::Closed, envelope)) => Err(self.stopped_send(envelope.into_cast())),
         }
     }
 
@@ -334,14 +335,13 @@ impl<S: GenServer> Handle<S> {
     /// [`SendError::Full`] if the queue is full, [`SendError::Closed`] or
     /// [`SendError::Failed`] if the server is not running.
     pub fn try_cast(&self, message: S::Message) -> Result<(), SendError<S::Message>> {
-        match self.tx.try_reserve() {
-            Ok(permit) => {
-                permit.send(Envelope::Cast(message));
+        match self.tx.try_send(Envelope::Cast(message)) {
+            Ok(()) => {
                 self.state.post();
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(())) => Err(SendError::Full(message)),
-            Err(mpsc::error::TrySendError::Closed(())) => Err(self.stopped_send(message)),
+            Err((TryReserveError::Full, envelope)) => Err(SendError::Full(envelope.into_cast())),
+            Err((TryReserveError::Closed, envelope)) => Err(self.stopped_send(envelope.into_cast())),
         }
     }
 
@@ -418,7 +418,7 @@ impl<S: GenServer> Drop for Inbox<S> {
         // until no room is reserved any more; each call it drops hands its
         // message back to its caller (`Closed`).
         if let Some(runtime) = &self.state.runtime {
-            let (_, empty) = mpsc::channel(1);
+            let (_, empty) = mailbox::channel(1);
             let mut rx = std::mem::replace(&mut self.rx, empty);
             rx.close();
             drop(runtime.spawn(async move { while rx.recv().await.is_some() {} }));

@@ -37,6 +37,7 @@ pub(crate) mod context;
 pub(crate) mod envelope;
 mod genserver;
 pub(crate) mod handle;
+pub(crate) mod mailbox;
 pub(crate) mod restart;
 pub(crate) mod run;
 pub(crate) mod state;

@@ -36,12 +36,11 @@ use std::{
 };
 
 use tokio::{
-    sync::mpsc,
     task::AbortHandle,
     time::{Instant, MissedTickBehavior},
 };
 
-use super::{GenServer, context, envelope::Envelope, state::ServerState};
+use super::{GenServer, context, envelope::Envelope, mailbox, state::ServerState};
 
 /// A timer armed with [`GenServer::send_after`] or
 /// [`GenServer::send_interval`]: cancel it with [`cancel`](Self::cancel).
@@ -232,13 +231,13 @@ impl fmt::Debug for dyn TimerHost {
 /// The timer host of server `S`. Made with the server's queue; its list is
 /// allocated by the first timer.
 pub(crate) struct Host<S: GenServer> {
-    tx: mpsc::WeakSender<Envelope<S>>,
+    tx: mailbox::WeakSender<Envelope<S>>,
     #[allow(clippy::box_collection, reason = "one pointer while no timer was armed")]
     armed: Mutex<Option<Box<Vec<Arc<TimerShared>>>>>,
 }
 
 impl<S: GenServer> Host<S> {
-    pub(crate) fn boxed(tx: mpsc::WeakSender<Envelope<S>>) -> Box<dyn TimerHost> {
+    pub(crate) fn boxed(tx: mailbox::WeakSender<Envelope<S>>) -> Box<dyn TimerHost> {
         Box::new(Host { tx, armed: Mutex::new(None) })
     }
 
@@ -268,7 +267,7 @@ impl<S: GenServer> TimerHost for Host<S> {
 #[allow(clippy::type_complexity, reason = "the parts, spelled out once")]
 fn current<S: GenServer>(
     message: S::Message,
-) -> Result<(Arc<ServerState>, mpsc::Sender<Envelope<S>>, S::Message), TimerError<S::Message>> {
+) -> Result<(Arc<ServerState>, mailbox::Sender<Envelope<S>>, S::Message), TimerError<S::Message>> {
     let Some(state) = context::current() else { return Err(TimerError::NotInServer(message)) };
     let Some(host) = state.timers().and_then(|host| host.as_any().downcast_ref::<Host<S>>()) else {
         return Err(TimerError::OtherServer(message));
@@ -357,7 +356,7 @@ fn spawn<S: GenServer>(
 /// Puts the timer's message in the server's queue, waiting for room like a
 /// cast. `false` once the timer or the server is over.
 async fn post<S: GenServer>(
-    weak: &mpsc::WeakSender<Envelope<S>>,
+    weak: &mailbox::WeakSender<Envelope<S>>,
     state: &ServerState,
     message: S::Message,
     timer: &Arc<TimerShared>,
