@@ -2,23 +2,31 @@
 //! allocation.
 //!
 //! The API is the part of Tokio's bounded `mpsc` channel a server uses
-//! (`reserve` a place, then `send` through the [`Permit`]; `recv`,
-//! `poll_recv`, `try_recv`, `close`; weak senders), with the same
-//! semantics: after [`Receiver::close`], places reserved before can still
-//! be used and their messages received, and [`Receiver::recv`] gives
-//! `None` once the queue is empty and no place is reserved (or every sender
-//! is gone). What differs is the room it takes while idle: one allocation
-//! of about 200 bytes, its messages' buffer allocated by the first message
-//! (Tokio's channel is a cache-padded state of 512 bytes plus a first
-//! block of 32 slots, made with the channel), so an idle server costs
-//! little more than its task.
+//! (`reserve` a place, then `send` through the [`Permit`], or `try_send`;
+//! `recv`, `poll_recv`, `try_recv`, `close`; weak senders), with the same
+//! semantics: a message's place is freed when the receiver takes it; after
+//! [`Receiver::close`], places reserved before can still be used and their
+//! messages received, and [`Receiver::recv`] gives `None` once the queue is
+//! empty and no place is reserved (or every sender is gone). What differs
+//! is the room it takes while idle: one allocation of about 200 bytes, its
+//! messages' buffer allocated by the first message (Tokio's channel is a
+//! cache-padded state of 512 bytes plus a first block of 32 slots, made
+//! with the channel), so an idle server costs little more than its task.
 //!
-//! Everything is under one lock, held for a few instructions at a time;
-//! wakers are woken after it is released. Senders waiting for room stand
-//! in line (first come, first served): freed room is handed to the one at
-//! the head (it is *granted* a place), so a sender arriving later does not
-//! take room a waiting one was promised, and a granted sender that gives
-//! up passes its place on.
+//! Senders and receiver meet under one lock, held for a few instructions
+//! at a time; wakers are woken after it is released. The receiver takes
+//! up to [`TAKE`] messages at a time into a buffer of its own, so a busy
+//! server takes the lock once per batch rather than once per message (a
+//! sender casting in a loop and the server taking its casts on another
+//! core would otherwise pass the lock back and forth for every message).
+//! Taken messages keep their places until the receiver hands them out;
+//! each hand-out frees one with an atomic count, and looks at the line of
+//! waiting senders (an atomic length) only to grant it room.
+//!
+//! Senders waiting for room stand in line (first come, first served):
+//! freed room is handed to the one at the head (it is *granted* a place),
+//! so a sender arriving later does not take room a waiting one was
+//! promised, and a granted sender that gives up passes its place on.
 
 use std::{
     collections::VecDeque,
@@ -34,8 +42,11 @@ use crate::loom::sync::{
     atomic::{AtomicUsize, Ordering},
 };
 
-/// Makes a queue holding at most `bound` messages (queued or with a place
-/// reserved).
+/// The most messages the receiver takes out of the queue at a time.
+pub(crate) const TAKE: usize = 32;
+
+/// Makes a queue holding at most `bound` messages (queued, taken by the
+/// receiver but not handed out yet, or with a place reserved).
 ///
 /// # Panics
 ///
@@ -53,6 +64,9 @@ pub(crate) fn channel<T>(bound: usize) -> (Sender<T>, Receiver<T>) {
         }),
         bound,
         senders: AtomicUsize::new(1),
+        in_hand: AtomicUsize::new(0),
+        in_line: AtomicUsize::new(0),
+        hand: Mutex::new(VecDeque::new()),
     });
     (Sender { shared: shared.clone() }, Receiver { shared })
 }
@@ -62,6 +76,19 @@ struct Shared<T> {
     bound: usize,
     /// The senders alive (weak ones not counted).
     senders: AtomicUsize,
+    /// Messages the receiver took out of the queue and has not handed out
+    /// yet: they keep their places. Raised under the lock; lowered by the
+    /// receiver as it hands them out, without it.
+    in_hand: AtomicUsize,
+    /// How many senders wait in line (`line.order`'s length, written under
+    /// the lock): a hand-out that frees a place takes the lock to grant it
+    /// only if someone waits.
+    in_line: AtomicUsize,
+    /// Messages taken out of the queue, not handed out yet (oldest first).
+    /// Only the receiver locks it, so it is never contended; it lives here
+    /// rather than in the [`Receiver`] so that the receiver, which every
+    /// server's task holds, stays one pointer.
+    hand: Mutex<VecDeque<T>>,
 }
 
 struct State<T> {
@@ -97,25 +124,19 @@ struct Slot {
     granted: bool,
 }
 
-/// Wakers to wake once the lock is released: the receiver's, one sender's
-/// (granted a place), and on `close` every sender in line.
+/// Wakers to wake once the lock is released.
 #[derive(Default)]
 struct Wakes {
     rx: Option<Waker>,
-    sender: Option<Waker>,
-    more: Vec<Waker>,
+    senders: Vec<Waker>,
 }
 
 impl Wakes {
-    #[inline]
     fn wake(self) {
         if let Some(rx) = self.rx {
             rx.wake();
         }
-        if let Some(sender) = self.sender {
-            sender.wake();
-        }
-        for waker in self.more {
+        for waker in self.senders {
             waker.wake();
         }
     }
@@ -127,37 +148,54 @@ impl<T> Shared<T> {
         // the state half-changed.
         self.state.lock().unwrap_or_else(|poison| poison.into_inner())
     }
-}
 
-impl<T> State<T> {
-    /// Whether a new sender may take a place now (nobody waiting before it).
-    fn has_room(&self, bound: usize) -> bool {
-        self.queue.len() + self.reserved < bound && self.line.order.is_empty()
+    /// How many places are taken (under the lock).
+    fn taken(&self, state: &State<T>) -> usize {
+        state.queue.len() + state.reserved + self.in_hand.load(Ordering::SeqCst)
     }
 
-    /// One place was freed: it goes to the sender at the head of the line,
-    /// if any.
-    #[inline]
-    fn free_one(&mut self) -> Option<Waker> {
-        if self.line.order.is_empty() {
-            return None;
+    /// Whether a new sender may take a place now: room, and nobody
+    /// waiting before it (under the lock).
+    fn has_room(&self, state: &State<T>) -> bool {
+        state.line.order.is_empty() && self.taken(state) < self.bound
+    }
+
+    /// Grants the free places to the senders at the head of the line
+    /// (under the lock).
+    fn grant(&self, state: &mut State<T>, wakes: &mut Wakes) {
+        while !state.line.order.is_empty() && self.taken(state) < self.bound {
+            let Some(key) = state.line.order.pop_front() else { break };
+            let slot = &mut state.line.slots[key];
+            slot.granted = true;
+            state.reserved += 1;
+            if let Some(waker) = slot.waker.take() {
+                wakes.senders.push(waker);
+            }
         }
-        self.grant_head()
+        self.in_line.store(state.line.order.len(), Ordering::SeqCst);
     }
 
-    #[cold]
-    fn grant_head(&mut self) -> Option<Waker> {
-        let key = self.line.order.pop_front()?;
-        let slot = &mut self.line.slots[key];
-        slot.granted = true;
-        self.reserved += 1;
-        slot.waker.take()
+    /// The receiver handed out a taken message: its place is free, for a
+    /// sender in line if one waits.
+    fn handed_out(&self) {
+        // `SeqCst`, with the store of `in_line` and the load of `in_hand`
+        // in `Reserve::poll` (both `SeqCst`): either that sender sees this
+        // place free, or this sees it in line.
+        self.in_hand.fetch_sub(1, Ordering::SeqCst);
+        if self.in_line.load(Ordering::SeqCst) > 0 {
+            let mut wakes = Wakes::default();
+            let mut state = self.lock();
+            self.grant(&mut state, &mut wakes);
+            drop(state);
+            wakes.wake();
+        }
     }
 
-    /// Whether the receiver has seen the last message: nothing queued,
-    /// no place reserved, and no sender may reserve one.
-    fn finished(&self, senders: usize) -> bool {
-        self.queue.is_empty() && self.reserved == 0 && (self.closed || senders == 0)
+    /// Whether the receiver has seen the last message once its own buffer
+    /// is empty: nothing queued, no place reserved, and no sender may
+    /// reserve one (under the lock).
+    fn finished(&self, state: &State<T>) -> bool {
+        state.queue.is_empty() && state.reserved == 0 && (state.closed || self.senders.load(Ordering::Acquire) == 0)
     }
 }
 
@@ -235,7 +273,7 @@ impl<T> Sender<T> {
         if state.closed {
             return Err((TryReserveError::Closed, message));
         }
-        if !state.has_room(self.shared.bound) {
+        if !self.shared.has_room(&state) {
             return Err((TryReserveError::Full, message));
         }
         state.queue.push_back(message);
@@ -329,48 +367,57 @@ impl<'a, T> Future for Reserve<'a, T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let shared = self.shared;
+        let mut wakes = Wakes::default();
         let mut state = shared.lock();
-        let result = match self.key {
-            None => {
-                if state.closed {
-                    Err(Closed)
-                } else if state.has_room(shared.bound) {
-                    state.reserved += 1;
-                    Ok(Permit { shared })
-                } else {
-                    let line = &mut state.line;
-                    let key = line.free.pop().unwrap_or_else(|| {
-                        line.slots.push(Slot::default());
-                        line.slots.len() - 1
-                    });
-                    line.slots[key] = Slot { waker: Some(cx.waker().clone()), granted: false };
-                    line.order.push_back(key);
-                    self.key = Some(key);
-                    return Poll::Pending;
-                }
+        let key = match self.key {
+            Some(key) => key,
+            None if state.closed => return Poll::Ready(Err(Closed)),
+            None if shared.has_room(&state) => {
+                state.reserved += 1;
+                drop(state);
+                coop.made_progress();
+                return Poll::Ready(Ok(Permit { shared }));
             }
-            Some(key) => {
-                let closed = state.closed;
-                let slot = &mut state.line.slots[key];
-                if slot.granted {
-                    slot.granted = false;
-                    state.line.free.push(key);
-                    self.key = None;
-                    Ok(Permit { shared })
-                } else if closed {
-                    // `close` took it out of line.
-                    state.line.free.push(key);
-                    self.key = None;
-                    Err(Closed)
-                } else {
-                    if !slot.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
-                        slot.waker = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
+            None => {
+                // Into the line; then free places go to its head (perhaps
+                // this sender: the receiver may have freed one since the
+                // check above without seeing anyone in line).
+                let line = &mut state.line;
+                let key = line.free.pop().unwrap_or_else(|| {
+                    line.slots.push(Slot::default());
+                    line.slots.len() - 1
+                });
+                line.slots[key] = Slot { waker: Some(cx.waker().clone()), granted: false };
+                line.order.push_back(key);
+                shared.in_line.store(line.order.len(), Ordering::SeqCst);
+                self.key = Some(key);
+                shared.grant(&mut state, &mut wakes);
+                key
             }
         };
+        let closed = state.closed;
+        let slot = &mut state.line.slots[key];
+        let result = if slot.granted {
+            slot.granted = false;
+            slot.waker = None;
+            state.line.free.push(key);
+            self.key = None;
+            Ok(Permit { shared })
+        } else if closed {
+            // `close` took it out of line.
+            state.line.free.push(key);
+            self.key = None;
+            Err(Closed)
+        } else {
+            if !slot.waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+                slot.waker = Some(cx.waker().clone());
+            }
+            drop(state);
+            wakes.wake();
+            return Poll::Pending;
+        };
         drop(state);
+        wakes.wake();
         coop.made_progress();
         Poll::Ready(result)
     }
@@ -386,12 +433,13 @@ impl<T> Drop for Reserve<'_, T> {
         if slot.granted {
             // The place granted to it goes to the next in line.
             state.reserved -= 1;
-            wakes.sender = state.free_one();
-            if state.finished(self.shared.senders.load(Ordering::Acquire)) {
+            self.shared.grant(&mut state, &mut wakes);
+            if self.shared.finished(&state) {
                 wakes.rx = state.rx_waker.take();
             }
         } else if let Some(at) = state.line.order.iter().position(|&k| k == key) {
             state.line.order.remove(at);
+            self.shared.in_line.store(state.line.order.len(), Ordering::SeqCst);
         }
         drop(state);
         wakes.wake();
@@ -425,8 +473,8 @@ impl<T> Drop for Permit<'_, T> {
         let mut wakes = Wakes::default();
         let mut state = self.shared.lock();
         state.reserved -= 1;
-        wakes.sender = state.free_one();
-        if state.finished(self.shared.senders.load(Ordering::Acquire)) {
+        self.shared.grant(&mut state, &mut wakes);
+        if self.shared.finished(&state) {
             wakes.rx = state.rx_waker.take();
         }
         drop(state);
@@ -434,7 +482,50 @@ impl<T> Drop for Permit<'_, T> {
     }
 }
 
+/// What [`Receiver::take`] found.
+enum Took<T> {
+    Message(T),
+    Empty,
+    Finished,
+}
+
 impl<T> Receiver<T> {
+    /// The next message: from the receiver's own buffer, or, that empty,
+    /// up to [`TAKE`] at a time from the queue.
+    fn take(&mut self, cx: Option<&mut Context<'_>>) -> Took<T> {
+        let shared = &*self.shared;
+        let mut hand = shared.hand.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(message) = hand.pop_front() {
+            drop(hand);
+            shared.handed_out();
+            return Took::Message(message);
+        }
+        let mut state = shared.lock();
+        let n = state.queue.len().min(TAKE);
+        if n > 0 {
+            // Their places stay taken until each is handed out; the first
+            // one is handed out now.
+            let mut wakes = Wakes::default();
+            let message = state.queue.pop_front();
+            hand.extend(state.queue.drain(..n - 1));
+            shared.in_hand.fetch_add(n - 1, Ordering::SeqCst);
+            shared.grant(&mut state, &mut wakes);
+            drop(state);
+            drop(hand);
+            wakes.wake();
+            return message.map_or(Took::Empty, Took::Message);
+        }
+        if shared.finished(&state) {
+            return Took::Finished;
+        }
+        if let Some(cx) = cx {
+            if !state.rx_waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
+                state.rx_waker = Some(cx.waker().clone());
+            }
+        }
+        Took::Empty
+    }
+
     /// The next message; `None` once the queue is empty and none can come
     /// (closed, or every sender gone, and no place reserved).
     ///
@@ -446,24 +537,17 @@ impl<T> Receiver<T> {
     /// Cancel safe: a message is taken only when it is returned.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        let mut state = self.shared.lock();
-        if let Some(message) = state.queue.pop_front() {
-            let sender = state.free_one();
-            drop(state);
-            if let Some(sender) = sender {
-                sender.wake();
+        match self.take(Some(cx)) {
+            Took::Message(message) => {
+                coop.made_progress();
+                Poll::Ready(Some(message))
             }
-            coop.made_progress();
-            return Poll::Ready(Some(message));
+            Took::Finished => {
+                coop.made_progress();
+                Poll::Ready(None)
+            }
+            Took::Empty => Poll::Pending,
         }
-        if state.finished(self.shared.senders.load(Ordering::Acquire)) {
-            coop.made_progress();
-            return Poll::Ready(None);
-        }
-        if !state.rx_waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
-            state.rx_waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
     }
 
     /// As [`poll_recv`](Self::poll_recv), awaited.
@@ -478,19 +562,10 @@ impl<T> Receiver<T> {
     /// [`TryRecvError::Empty`] if none is queued now,
     /// [`TryRecvError::Disconnected`] if none can come any more.
     pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        let mut state = self.shared.lock();
-        if let Some(message) = state.queue.pop_front() {
-            let sender = state.free_one();
-            drop(state);
-            if let Some(sender) = sender {
-                sender.wake();
-            }
-            return Ok(message);
-        }
-        if state.finished(self.shared.senders.load(Ordering::Acquire)) {
-            Err(TryRecvError::Disconnected)
-        } else {
-            Err(TryRecvError::Empty)
+        match self.take(None) {
+            Took::Message(message) => Ok(message),
+            Took::Empty => Err(TryRecvError::Empty),
+            Took::Finished => Err(TryRecvError::Disconnected),
         }
     }
 
@@ -500,20 +575,23 @@ impl<T> Receiver<T> {
     pub(crate) fn close(&mut self) {
         let mut wakes = Wakes::default();
         let mut state = self.shared.lock();
-        Self::close_locked(&mut state, &mut wakes);
+        self.shared.close_locked(&mut state, &mut wakes);
         drop(state);
         wakes.wake();
     }
+}
 
-    fn close_locked(state: &mut State<T>, wakes: &mut Wakes) {
+impl<T> Shared<T> {
+    fn close_locked(&self, state: &mut State<T>, wakes: &mut Wakes) {
         state.closed = true;
         // Senders in line get `Closed` (those granted a place keep it).
         let State { line, .. } = state;
         for key in line.order.drain(..) {
             if let Some(waker) = line.slots[key].waker.take() {
-                wakes.more.push(waker);
+                wakes.senders.push(waker);
             }
         }
+        self.in_line.store(0, Ordering::SeqCst);
     }
 }
 
@@ -521,13 +599,15 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut wakes = Wakes::default();
         let mut state = self.shared.lock();
-        Self::close_locked(&mut state, &mut wakes);
+        self.shared.close_locked(&mut state, &mut wakes);
         state.dropped = true;
         let queued = std::mem::take(&mut state.queue);
         drop(state);
         wakes.wake();
         // Dropped outside the lock: a message's drop may send again.
         drop(queued);
+        let hand = std::mem::take(&mut *self.shared.hand.lock().unwrap_or_else(|poison| poison.into_inner()));
+        drop(hand);
     }
 }
 
@@ -734,6 +814,30 @@ mod loom_models {
             }
             got.sort_unstable();
             assert_eq!(got, expected);
+        });
+    }
+
+    /// A sender filling a queue of two while the receiver takes both
+    /// messages at once and hands them out one by one: the place each
+    /// hand-out frees reaches the sender waiting for it (the receiver sees
+    /// it in line, or it sees the place free), in order.
+    #[test]
+    fn loom_places_freed_by_hand_outs_reach_a_waiting_sender() {
+        loom::model(|| {
+            let (tx, mut rx) = channel::<u32>(2);
+            let sender = thread::spawn(move || {
+                block_on(async {
+                    for n in 0..4 {
+                        tx.send(n).await.unwrap();
+                    }
+                })
+            });
+            let mut got = Vec::new();
+            while let Some(n) = block_on(rx.recv()) {
+                got.push(n);
+            }
+            sender.join().unwrap();
+            assert_eq!(got, [0, 1, 2, 3]);
         });
     }
 
