@@ -494,11 +494,14 @@ impl<T> Receiver<T> {
     /// up to [`TAKE`] at a time from the queue.
     fn take(&mut self, cx: Option<&mut Context<'_>>) -> Took<T> {
         let shared = &*self.shared;
-        let mut hand = shared.hand.lock().unwrap_or_else(|poison| poison.into_inner());
-        if let Some(message) = hand.pop_front() {
-            drop(hand);
-            shared.handed_out();
-            return Took::Message(message);
+        // Only the receiver changes `in_hand`: it reads its own count, and
+        // locks its buffer only when it holds something.
+        if shared.in_hand.load(Ordering::Relaxed) > 0 {
+            let message = shared.hand.lock().unwrap_or_else(|poison| poison.into_inner()).pop_front();
+            if let Some(message) = message {
+                shared.handed_out();
+                return Took::Message(message);
+            }
         }
         let mut state = shared.lock();
         let n = state.queue.len().min(TAKE);
@@ -507,11 +510,13 @@ impl<T> Receiver<T> {
             // one is handed out now.
             let mut wakes = Wakes::default();
             let message = state.queue.pop_front();
-            hand.extend(state.queue.drain(..n - 1));
-            shared.in_hand.fetch_add(n - 1, Ordering::SeqCst);
+            if n > 1 {
+                let mut hand = shared.hand.lock().unwrap_or_else(|poison| poison.into_inner());
+                hand.extend(state.queue.drain(..n - 1));
+                shared.in_hand.fetch_add(n - 1, Ordering::SeqCst);
+            }
             shared.grant(&mut state, &mut wakes);
             drop(state);
-            drop(hand);
             wakes.wake();
             return message.map_or(Took::Empty, Took::Message);
         }
