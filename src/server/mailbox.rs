@@ -8,7 +8,7 @@
 //! [`Receiver::close`], places reserved before can still be used and their
 //! messages received, and [`Receiver::recv`] gives `None` once the queue is
 //! empty and no place is reserved (or every sender is gone). What differs
-//! is the room it takes while idle: one allocation of about 200 bytes, its
+//! is the room it takes while idle: one allocation of 240 bytes, its
 //! messages' buffer allocated by the first message (Tokio's channel is a
 //! cache-padded state of 512 bytes plus a first block of 32 slots, made
 //! with the channel), so an idle server costs little more than its task.
