@@ -1,0 +1,391 @@
+//! Servers' bounded queues under pressure: many concurrent casts into small
+//! queues, casts given up while they wait for room, timed calls racing a
+//! full queue, and abort while casts and calls wait for room.
+
+use std::{
+    pin::pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::poll;
+use genflow::{CallError, GenServer, SendError};
+use tokio::sync::Semaphore;
+
+/// A generous bound on every wait.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// What one server saw.
+#[derive(Default)]
+struct Seen {
+    /// Messages handled, in order.
+    handled: Mutex<Vec<(u32, u32)>>,
+    /// Handlers started (only the server's task raises it).
+    started: AtomicUsize,
+    /// Casts the test saw complete (raised after each `cast` returned).
+    sent: AtomicUsize,
+    /// The most casts seen complete and not yet started at once.
+    most_in_queue: AtomicUsize,
+}
+
+struct Shared {
+    /// One per server: bounds 1, 2, 33 and 64.
+    seen: [Seen; 4],
+    /// `Msg::Gate` takes one permit before it returns.
+    gate: Semaphore,
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Msg {
+    /// Sender and sequence number.
+    Item(u32, u32),
+    /// Waits for a permit of `Shared::gate`.
+    Gate,
+}
+
+/// A server with a queue of `Q` messages.
+struct Sink<const Q: usize> {
+    registry: App,
+}
+
+impl<const Q: usize> Sink<Q> {
+    fn seen(&self) -> &Seen {
+        let at = match Q {
+            1 => 0,
+            2 => 1,
+            33 => 2,
+            _ => 3,
+        };
+        &self.registry.shared.seen[at]
+    }
+
+    async fn handle(&mut self, message: Msg) -> u32 {
+        let seen = self.seen();
+        let started = seen.started.fetch_add(1, Ordering::SeqCst) + 1;
+        // Every message whose cast completed is queued, taken by the
+        // receiver, or handled (this one included): while this handler
+        // runs, those not started yet hold places, at most `Q`.
+        let waiting = seen.sent.load(Ordering::SeqCst).saturating_sub(started);
+        seen.most_in_queue.fetch_max(waiting, Ordering::SeqCst);
+        match message {
+            Msg::Item(sender, seq) => {
+                if seq % 7 == 0 {
+                    // Slow now and then: the queue fills up.
+                    tokio::task::yield_now().await;
+                }
+                seen.handled.lock().unwrap().push((sender, seq));
+                seq
+            }
+            Msg::Gate => {
+                self.registry.shared.gate.acquire().await.unwrap().forget();
+                u32::MAX
+            }
+        }
+    }
+}
+
+impl<const Q: usize> GenServer for Sink<Q> {
+    type Message = Msg;
+    type Response = u32;
+    type Registry = App;
+
+    fn new(registry: App) -> Self {
+        Sink { registry }
+    }
+
+    async fn handle_call(&mut self, message: Msg) -> u32 {
+        self.handle(message).await
+    }
+
+    async fn handle_cast(&mut self, message: Msg) {
+        self.handle(message).await;
+    }
+
+    fn channel_queue_size() -> usize {
+        Q
+    }
+}
+
+#[genflow::make_registry{ one: Sink<1>, two: Sink<2>, wide: Sink<33>, big: Sink<64> }]
+struct App {
+    shared: Arc<Shared>,
+}
+
+fn shared() -> Arc<Shared> {
+    Arc::new(Shared { seen: Default::default(), gate: Semaphore::new(0) })
+}
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future).await.unwrap_or_else(|_| panic!("{what} did not finish in time"))
+}
+
+/// Casts `per` items from each of `senders` tasks into the server `at`,
+/// counting each completed cast.
+async fn flood(app: &App, at: usize, senders: u32, per: u32) {
+    let tasks: Vec<_> = (0..senders)
+        .map(|sender| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                for seq in 0..per {
+                    let message = Msg::Item(sender, seq);
+                    match at {
+                        0 => app.cast_one(message).await,
+                        1 => app.cast_two(message).await,
+                        2 => app.cast_wide(message).await,
+                        _ => app.cast_big(message).await,
+                    }
+                    .unwrap();
+                    app.shared.seen[at].sent.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        within("a sender", task).await.unwrap();
+    }
+}
+
+/// Checks that each item of `senders` x `per` was handled once, in each
+/// sender's order, and that no more than `bound` casts waited at once.
+async fn check(app: &App, at: usize, bound: usize, senders: u32, per: u32) {
+    // A call after every cast returned is handled after them all.
+    let last = Msg::Item(u32::MAX, 0);
+    let reply = match at {
+        0 => app.call_one(last).await,
+        1 => app.call_two(last).await,
+        2 => app.call_wide(last).await,
+        _ => app.call_big(last).await,
+    };
+    assert_eq!(reply.unwrap(), 0);
+    let seen = &app.shared.seen[at];
+    let handled = seen.handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), (senders * per) as usize + 1, "bound {bound}");
+    assert_eq!(handled.last(), Some(&(u32::MAX, 0)));
+    for sender in 0..senders {
+        let own: Vec<u32> = handled.iter().filter(|(s, _)| *s == sender).map(|(_, seq)| *seq).collect();
+        assert_eq!(own, (0..per).collect::<Vec<_>>(), "bound {bound}, sender {sender}");
+    }
+    let most = seen.most_in_queue.load(Ordering::SeqCst);
+    assert!(most <= bound, "bound {bound}: {most} casts completed and not started at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_casts_into_small_queues_are_handled_once_in_order_within_the_bound() {
+    let app = App::start(shared()).await;
+    for (at, bound) in [(0, 1), (1, 2), (2, 33), (3, 64)] {
+        flood(&app, at, 8, 300).await;
+        check(&app, at, bound, 8, 300).await;
+    }
+    within("shutdown", app.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_four_queues_flooded_at_once_on_two_workers() {
+    let app = App::start(shared()).await;
+    let floods: Vec<_> = (0..4)
+        .map(|at| {
+            let app = app.clone();
+            tokio::spawn(async move { flood(&app, at, 6, 200).await })
+        })
+        .collect();
+    for task in floods {
+        within("a flood", task).await.unwrap();
+    }
+    for (at, bound) in [(0, 1), (1, 2), (2, 33), (3, 64)] {
+        check(&app, at, bound, 6, 200).await;
+    }
+    within("shutdown", app.shutdown()).await;
+}
+
+/// Waits until the server `at` started `n` handlers.
+async fn started(app: &App, at: usize, n: usize) {
+    within("handlers starting", async {
+        while app.shared.seen[at].started.load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn casts_given_up_while_waiting_for_room_pass_their_place_on_in_line_order() {
+    let app = App::start(shared()).await;
+    app.cast_one(Msg::Gate).await.unwrap();
+    started(&app, 0, 1).await;
+    app.cast_one(Msg::Item(0, 0)).await.unwrap();
+    let full = app.try_cast_one(Msg::Item(0, 1));
+    assert!(matches!(full, Err(SendError::Full(Msg::Item(0, 1)))), "{full:?}");
+    // Eight casts stand in line, one poll each.
+    let mut waiting: Vec<_> = (1..=8).map(|seq| Some(Box::pin(app.cast_one(Msg::Item(1, seq))))).collect();
+    for cast in waiting.iter_mut().flatten() {
+        assert!(poll!(cast.as_mut()).is_pending());
+    }
+    // Those with an odd number give up.
+    for (i, cast) in waiting.iter_mut().enumerate() {
+        if (i + 1) % 2 == 1 {
+            *cast = None;
+        }
+    }
+    let full = app.try_cast_one(Msg::Item(2, 0));
+    assert!(matches!(full, Err(SendError::Full(Msg::Item(2, 0)))), "{full:?}");
+    app.shared.gate.add_permits(1);
+    for cast in waiting.into_iter().flatten() {
+        within("a waiting cast", cast).await.unwrap();
+    }
+    assert_eq!(within("a call", app.call_one(Msg::Item(3, 0))).await.unwrap(), 0);
+    let handled = app.shared.seen[0].handled.lock().unwrap().clone();
+    assert_eq!(handled, [(0, 0), (1, 2), (1, 4), (1, 6), (1, 8), (3, 0)]);
+    within("shutdown", app.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casts_cancelled_by_select_while_waiting_lose_nothing_else() {
+    let app = App::start(shared()).await;
+    let tasks: Vec<_> = (0..8u32)
+        .map(|sender| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut delivered = Vec::new();
+                for seq in 0..200 {
+                    let message = Msg::Item(sender, seq);
+                    // Every third cast gives up once the task was polled
+                    // a few times while it waits.
+                    if seq % 3 == 0 {
+                        let mut cast = pin!(app.cast_two(message));
+                        let mut gave_up = false;
+                        for _ in 0..3 {
+                            if let std::task::Poll::Ready(result) = poll!(cast.as_mut()) {
+                                result.unwrap();
+                                delivered.push(seq);
+                                gave_up = false;
+                                break;
+                            }
+                            gave_up = true;
+                            tokio::task::yield_now().await;
+                        }
+                        if gave_up {
+                            continue;
+                        }
+                    } else {
+                        tokio::select! {
+                            result = app.cast_two(message) => {
+                                result.unwrap();
+                                delivered.push(seq);
+                            }
+                            () = tokio::task::yield_now(), if seq % 3 == 1 => {}
+                        }
+                    }
+                }
+                delivered
+            })
+        })
+        .collect();
+    let mut delivered = Vec::new();
+    for task in tasks {
+        delivered.push(within("a sender", task).await.unwrap());
+    }
+    assert_eq!(within("a call", app.call_two(Msg::Item(u32::MAX, 0))).await.unwrap(), 0);
+    let handled = app.shared.seen[1].handled.lock().unwrap().clone();
+    for (sender, sent) in delivered.iter().enumerate() {
+        let own: Vec<u32> = handled.iter().filter(|(s, _)| *s == sender as u32).map(|(_, seq)| *seq).collect();
+        assert_eq!(&own, sent, "sender {sender}: handled exactly the casts that completed, in order");
+    }
+    within("shutdown", app.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_calls_racing_a_full_queue_give_back_what_never_entered_it() {
+    let app = App::start(shared()).await;
+    app.cast_one(Msg::Gate).await.unwrap();
+    started(&app, 0, 1).await;
+    app.cast_one(Msg::Item(0, 0)).await.unwrap();
+    // The queue stays full: the call never enters it.
+    let err = within("a timed call", app.call_one_with_timeout(Msg::Item(0, 1), Duration::from_millis(20)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CallError::Timeout(Some(Msg::Item(0, 1)))), "{err:?}");
+    // Many timed calls race while the gate opens one permit at a time.
+    let calls: Vec<_> = (0..16u32)
+        .map(|sender| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                for seq in 0..20 {
+                    let timeout = Duration::from_millis(u64::from(seq % 4) + 1);
+                    results.push((seq, app.call_one_with_timeout(Msg::Item(1 + sender, seq), timeout).await));
+                }
+                results
+            })
+        })
+        .collect();
+    app.shared.gate.add_permits(1);
+    let mut outcomes = Vec::new();
+    for (sender, call) in calls.into_iter().enumerate() {
+        outcomes.push((sender as u32 + 1, within("timed calls", call).await.unwrap()));
+    }
+    assert_eq!(within("a call", app.call_one(Msg::Item(99, 0))).await.unwrap(), 0);
+    let handled = app.shared.seen[0].handled.lock().unwrap().clone();
+    for (sender, results) in outcomes {
+        for (seq, result) in results {
+            let was = handled.contains(&(sender, seq));
+            match result {
+                Ok(reply) => assert!(was && reply == seq, "{sender}/{seq} answered {reply} but handled: {was}"),
+                Err(CallError::Timeout(Some(message))) => {
+                    assert_eq!(message, Msg::Item(sender, seq));
+                    assert!(!was, "{sender}/{seq} given back yet handled");
+                }
+                Err(CallError::Timeout(None)) => {}
+                Err(other) => panic!("{sender}/{seq}: {other:?}"),
+            }
+        }
+    }
+    within("shutdown", app.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_while_casts_and_calls_wait_for_room_gives_every_message_back() {
+    let app = App::start(shared()).await;
+    app.cast_two(Msg::Gate).await.unwrap();
+    started(&app, 1, 1).await;
+    app.cast_two(Msg::Item(0, 0)).await.unwrap();
+    app.cast_two(Msg::Item(0, 1)).await.unwrap();
+    let casts: Vec<_> = (0..16u32)
+        .map(|n| {
+            let app = app.clone();
+            tokio::spawn(async move { (n, app.cast_two(Msg::Item(1, n)).await) })
+        })
+        .collect();
+    let calls: Vec<_> = (0..16u32)
+        .map(|n| {
+            let app = app.clone();
+            tokio::spawn(async move { (n, app.call_two(Msg::Item(2, n)).await) })
+        })
+        .collect();
+    // Let them start waiting (the queue is full: none can complete).
+    tokio::task::yield_now().await;
+    app.abort();
+    for cast in casts {
+        let (n, result) = within("a waiting cast", cast).await.unwrap();
+        match result {
+            Err(SendError::Closed(message)) => assert_eq!(message, Msg::Item(1, n)),
+            other => panic!("cast {n}: {other:?}"),
+        }
+    }
+    for call in calls {
+        let (n, result) = within("a waiting call", call).await.unwrap();
+        match result {
+            Err(CallError::Closed(message)) => assert_eq!(message, Msg::Item(2, n)),
+            other => panic!("call {n}: {other:?}"),
+        }
+    }
+    let tried = app.try_cast_two(Msg::Item(3, 0));
+    assert!(matches!(tried, Err(SendError::Closed(Msg::Item(3, 0)))), "{tried:?}");
+    let cast = within("a cast", app.cast_two(Msg::Item(3, 1))).await;
+    assert!(matches!(cast, Err(SendError::Closed(Msg::Item(3, 1)))), "{cast:?}");
+    let call = within("a call", app.call_two(Msg::Item(3, 2))).await;
+    assert!(matches!(call, Err(CallError::Closed(Msg::Item(3, 2)))), "{call:?}");
+    assert!(app.shared.seen[1].handled.lock().unwrap().is_empty());
+}
