@@ -11,8 +11,9 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use futures::poll;
-use genflow::{CallError, GenServer, SendError};
+use genflow::{CallError, Emitter, GenServer, SendError, Stage};
 use tokio::sync::Semaphore;
 
 /// A generous bound on every wait.
@@ -36,6 +37,10 @@ struct Shared {
     seen: [Seen; 4],
     /// `Msg::Gate` takes one permit before it returns.
     gate: Semaphore,
+    /// Ticks the `Ticker` handled.
+    ticks: AtomicUsize,
+    /// Items the `Ticker` handled, in order.
+    ticker_items: Mutex<Vec<(u32, u32)>>,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -44,6 +49,11 @@ enum Msg {
     Item(u32, u32),
     /// Waits for a permit of `Shared::gate`.
     Gate,
+    /// Casts `Item(100, 0..n)` to the server of bound 1, waiting for room.
+    Forward(u32),
+    /// Casts to its own server twice; answers 1 if the first was queued
+    /// and the second found the queue full.
+    CastSelfTwice,
 }
 
 /// A server with a queue of `Q` messages.
@@ -83,6 +93,19 @@ impl<const Q: usize> Sink<Q> {
                 self.registry.shared.gate.acquire().await.unwrap().forget();
                 u32::MAX
             }
+            Msg::Forward(n) => {
+                for seq in 0..n {
+                    self.registry.cast_one(Msg::Item(100, seq)).await.unwrap();
+                }
+                n
+            }
+            Msg::CastSelfTwice => {
+                let (first, second) = match Q {
+                    1 => (self.registry.cast_one(Msg::Item(7, 0)).await, self.registry.cast_one(Msg::Item(7, 1)).await),
+                    _ => (self.registry.cast_two(Msg::Item(7, 0)).await, self.registry.cast_two(Msg::Item(7, 1)).await),
+                };
+                u32::from(first.is_ok() && matches!(second, Err(SendError::Full(Msg::Item(7, 1)))))
+            }
         }
     }
 }
@@ -109,13 +132,55 @@ impl<const Q: usize> GenServer for Sink<Q> {
     }
 }
 
-#[genflow::make_registry{ one: Sink<1>, two: Sink<2>, wide: Sink<33>, big: Sink<64> }]
+/// A server of bound 1 whose own interval timer ticks every millisecond.
+struct Ticker {
+    registry: App,
+}
+
+impl GenServer for Ticker {
+    type Message = Msg;
+    type Response = usize;
+    type Registry = App;
+
+    fn new(registry: App) -> Self {
+        Ticker { registry }
+    }
+
+    async fn init(&mut self) {
+        self.send_interval(Duration::from_millis(1), Msg::Gate).expect("in the server's task");
+    }
+
+    async fn handle_call(&mut self, _: Msg) -> usize {
+        self.registry.shared.ticks.load(Ordering::SeqCst)
+    }
+
+    async fn handle_cast(&mut self, message: Msg) {
+        match message {
+            Msg::Item(sender, seq) => self.registry.shared.ticker_items.lock().unwrap().push((sender, seq)),
+            // The timer's message.
+            _ => {
+                self.registry.shared.ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn channel_queue_size() -> usize {
+        1
+    }
+}
+
+#[genflow::make_registry{ one: Sink<1>, two: Sink<2>, wide: Sink<33>, big: Sink<64>, ticker: Ticker }]
 struct App {
     shared: Arc<Shared>,
 }
 
 fn shared() -> Arc<Shared> {
-    Arc::new(Shared { seen: Default::default(), gate: Semaphore::new(0) })
+    Arc::new(Shared {
+        seen: Default::default(),
+        gate: Semaphore::new(0),
+        ticks: AtomicUsize::new(0),
+        ticker_items: Mutex::new(Vec::new()),
+    })
 }
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
@@ -364,9 +429,17 @@ async fn abort_while_casts_and_calls_wait_for_room_gives_every_message_back() {
             tokio::spawn(async move { (n, app.call_two(Msg::Item(2, n)).await) })
         })
         .collect();
-    // Let them start waiting (the queue is full: none can complete).
-    tokio::task::yield_now().await;
+    // These certainly stand in line (one poll each); the spawned ones may
+    // or may not have reached the queue before the abort.
+    let mut in_line_cast = tokio_test::task::spawn(app.cast_two(Msg::Item(4, 0)));
+    let mut in_line_call = tokio_test::task::spawn(app.call_two(Msg::Item(4, 1)));
+    assert!(in_line_cast.poll().is_pending());
+    assert!(in_line_call.poll().is_pending());
     app.abort();
+    let cast = within("a cast in line", in_line_cast).await;
+    assert!(matches!(cast, Err(SendError::Closed(Msg::Item(4, 0)))), "{cast:?}");
+    let call = within("a call in line", in_line_call).await;
+    assert!(matches!(call, Err(CallError::Closed(Msg::Item(4, 1)))), "{call:?}");
     for cast in casts {
         let (n, result) = within("a waiting cast", cast).await.unwrap();
         match result {
@@ -388,4 +461,228 @@ async fn abort_while_casts_and_calls_wait_for_room_gives_every_message_back() {
     let call = within("a call", app.call_two(Msg::Item(3, 2))).await;
     assert!(matches!(call, Err(CallError::Closed(Msg::Item(3, 2)))), "{call:?}");
     assert!(app.shared.seen[1].handled.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_waits_for_room_in_another_full_queue_and_gets_full_from_its_own() {
+    let app = App::start(shared()).await;
+    // A server casting to itself on a full queue is told so at once.
+    assert_eq!(within("a self cast", app.call_one(Msg::CastSelfTwice)).await.unwrap(), 1);
+    assert_eq!(within("a call", app.call_one(Msg::Item(0, 0))).await.unwrap(), 0);
+    // `one` is stuck with a full queue; `two` forwards five items to it.
+    app.cast_one(Msg::Gate).await.unwrap();
+    started(&app, 0, 4).await;
+    app.cast_one(Msg::Item(0, 1)).await.unwrap();
+    app.cast_two(Msg::Forward(5)).await.unwrap();
+    started(&app, 1, 1).await;
+    // `two` waits for room, so its queue (bound 2) fills and stays full.
+    app.cast_two(Msg::Item(1, 0)).await.unwrap();
+    app.cast_two(Msg::Item(1, 1)).await.unwrap();
+    let full = app.try_cast_two(Msg::Item(1, 2));
+    assert!(matches!(full, Err(SendError::Full(Msg::Item(1, 2)))), "{full:?}");
+    app.shared.gate.add_permits(1);
+    assert_eq!(within("a call through both queues", app.call_two(Msg::Item(1, 2))).await.unwrap(), 2);
+    assert_eq!(within("a call", app.call_one(Msg::Item(0, 2))).await.unwrap(), 2);
+    let one = app.shared.seen[0].handled.lock().unwrap().clone();
+    let mut expected = vec![(7, 0), (0, 0), (0, 1)];
+    expected.extend((0..5).map(|seq| (100, seq)));
+    expected.push((0, 2));
+    assert_eq!(one, expected);
+    let two = app.shared.seen[1].handled.lock().unwrap().clone();
+    assert_eq!(two, [(1, 0), (1, 1), (1, 2)]);
+    within("shutdown", app.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_timer_keeps_ticking_through_a_flooded_queue_and_stops_with_its_server() {
+    let app = App::start(shared()).await;
+    let tasks: Vec<_> = (0..4u32)
+        .map(|sender| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                // Casts until the timer ticked 20 times through the same
+                // full queue (at least 50 casts each).
+                let mut seq = 0;
+                while seq < 50 || app.shared.ticks.load(Ordering::SeqCst) < 20 {
+                    app.cast_ticker(Msg::Item(sender, seq)).await.unwrap();
+                    seq += 1;
+                }
+                seq
+            })
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for task in tasks {
+        sent.push(within("a sender", task).await.unwrap());
+    }
+    assert!(within("a call", app.call_ticker(Msg::Gate)).await.unwrap() >= 20);
+    let items = app.shared.ticker_items.lock().unwrap().clone();
+    for (sender, &n) in sent.iter().enumerate() {
+        let own: Vec<u32> = items.iter().filter(|(s, _)| *s == sender as u32).map(|(_, seq)| *seq).collect();
+        assert_eq!(own, (0..n).collect::<Vec<_>>(), "sender {sender}");
+    }
+    within("shutdown", app.shutdown()).await;
+    let ticks = app.shared.ticks.load(Ordering::SeqCst);
+    // Not a synchronisation: a window in which a live timer would tick
+    // about 20 times.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(app.shared.ticks.load(Ordering::SeqCst), ticks, "the timer outlived its server");
+    let cast = within("a cast", app.cast_ticker(Msg::Item(9, 0))).await;
+    assert!(matches!(cast, Err(SendError::Closed(Msg::Item(9, 0)))), "{cast:?}");
+}
+
+/// A stage whose control queue holds one message; it records the casts it
+/// handles and answers calls with the items it processed.
+struct Tally {
+    registry: Flow,
+    processed: u64,
+}
+
+impl GenServer for Tally {
+    type Message = (u32, u32);
+    type Response = u64;
+    type Registry = Flow;
+
+    fn new(registry: Flow) -> Self {
+        Tally { registry, processed: 0 }
+    }
+
+    async fn handle_call(&mut self, _: (u32, u32)) -> u64 {
+        self.processed
+    }
+
+    async fn handle_cast(&mut self, message: (u32, u32)) {
+        self.registry.casts.lock().unwrap().push(message);
+    }
+
+    fn channel_queue_size() -> usize {
+        1
+    }
+}
+
+impl Stage for Tally {
+    type In = u64;
+    type Out = u64;
+
+    async fn process(&mut self, item: u64, out: &mut Emitter<u64>) {
+        self.processed += 1;
+        out.emit(item).await;
+    }
+}
+
+#[genflow::pipeline{ tally: Tally }]
+struct Flow {
+    casts: Arc<Mutex<Vec<(u32, u32)>>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stage_control_queue_of_one_under_casts_and_calls_while_items_flow() {
+    let casts = Arc::new(Mutex::new(Vec::new()));
+    let flow = Flow::start(casts.clone()).await;
+    let drain = tokio::spawn(flow.output().unwrap().collect::<Vec<u64>>());
+    let feeder = {
+        let flow = flow.clone();
+        tokio::spawn(async move {
+            for x in 0..3000 {
+                flow.send(x).await.unwrap();
+            }
+        })
+    };
+    let casters: Vec<_> = (0..4u32)
+        .map(|sender| {
+            let flow = flow.clone();
+            tokio::spawn(async move {
+                for seq in 0..300 {
+                    flow.cast_tally((sender, seq)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let caller = {
+        let flow = flow.clone();
+        tokio::spawn(async move {
+            // Each answer counts the items processed so far: never fewer
+            // than the one before.
+            let mut last = 0;
+            for _ in 0..200 {
+                let now = flow.call_tally((u32::MAX, 0)).await.unwrap();
+                assert!(now >= last, "{now} after {last}");
+                last = now;
+            }
+        })
+    };
+    within("the feeder", feeder).await.unwrap();
+    for caster in casters {
+        within("a caster", caster).await.unwrap();
+    }
+    within("the caller", caller).await.unwrap();
+    assert!(within("a call", flow.call_tally((u32::MAX, 0))).await.unwrap() <= 3000);
+    within("shutdown", flow.shutdown()).await;
+    let out = within("the output", drain).await.unwrap();
+    assert_eq!(out, (0..3000).collect::<Vec<u64>>());
+    let casts = casts.lock().unwrap().clone();
+    assert_eq!(casts.len(), 1200);
+    for sender in 0..4 {
+        let own: Vec<u32> = casts.iter().filter(|(s, _)| *s == sender).map(|(_, seq)| *seq).collect();
+        assert_eq!(own, (0..300).collect::<Vec<_>>(), "sender {sender}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_while_casts_and_calls_wait_for_room_handles_exactly_those_that_got_in() {
+    let app = App::start(shared()).await;
+    app.cast_two(Msg::Gate).await.unwrap();
+    started(&app, 1, 1).await;
+    app.cast_two(Msg::Item(0, 0)).await.unwrap();
+    app.cast_two(Msg::Item(0, 1)).await.unwrap();
+    let casts: Vec<_> = (0..16u32)
+        .map(|n| {
+            let app = app.clone();
+            tokio::spawn(async move { (n, app.cast_two(Msg::Item(1, n)).await) })
+        })
+        .collect();
+    let calls: Vec<_> = (0..16u32)
+        .map(|n| {
+            let app = app.clone();
+            tokio::spawn(async move { (n, app.call_two(Msg::Item(2, n)).await) })
+        })
+        .collect();
+    let mut in_line_cast = tokio_test::task::spawn(app.cast_two(Msg::Item(4, 0)));
+    assert!(in_line_cast.poll().is_pending());
+    let shutdown = {
+        let app = app.clone();
+        tokio::spawn(async move { app.shutdown().await })
+    };
+    app.shared.gate.add_permits(1);
+    let mut got_in = vec![(0, 0), (0, 1)];
+    let cast = within("a cast in line", in_line_cast).await;
+    match cast {
+        Ok(()) => got_in.push((4, 0)),
+        Err(SendError::Closed(message)) => assert_eq!(message, Msg::Item(4, 0)),
+        Err(other) => panic!("{other:?}"),
+    }
+    for cast in casts {
+        match within("a waiting cast", cast).await.unwrap() {
+            (n, Ok(())) => got_in.push((1, n)),
+            (n, Err(SendError::Closed(message))) => assert_eq!(message, Msg::Item(1, n)),
+            (n, Err(other)) => panic!("cast {n}: {other:?}"),
+        }
+    }
+    for call in calls {
+        match within("a waiting call", call).await.unwrap() {
+            (n, Ok(reply)) => {
+                assert_eq!(reply, n);
+                got_in.push((2, n));
+            }
+            (n, Err(CallError::Closed(message))) => assert_eq!(message, Msg::Item(2, n)),
+            (n, Err(other)) => panic!("call {n}: {other:?}"),
+        }
+    }
+    within("shutdown", shutdown).await.unwrap();
+    let mut handled = app.shared.seen[1].handled.lock().unwrap().clone();
+    handled.sort_unstable();
+    got_in.sort_unstable();
+    assert_eq!(handled, got_in, "handled exactly the messages whose cast or call got in");
+    let call = within("a call", app.call_two(Msg::Item(3, 0))).await;
+    assert!(matches!(call, Err(CallError::Closed(Msg::Item(3, 0)))), "{call:?}");
 }
