@@ -1,6 +1,10 @@
 //! Servers' bounded queues under pressure: many concurrent casts into small
-//! queues, casts given up while they wait for room, timed calls racing a
-//! full queue, and abort while casts and calls wait for room.
+//! queues (each handled once, in each sender's order, never more waiting
+//! than the bound), casts given up while they wait for room, timed calls
+//! racing a full queue, abort and shutdown while casts and calls wait for
+//! room, places freed one by one as a taken batch is handed out, handlers
+//! casting to a full queue, an interval timer through a flooded queue, and
+//! a stage's control queue of one while items flow.
 
 use std::{
     pin::pin,
@@ -685,4 +689,36 @@ async fn shutdown_while_casts_and_calls_wait_for_room_handles_exactly_those_that
     assert_eq!(handled, got_in, "handled exactly the messages whose cast or call got in");
     let call = within("a call", app.call_two(Msg::Item(3, 0))).await;
     assert!(matches!(call, Err(CallError::Closed(Msg::Item(3, 0)))), "{call:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_is_freed_when_its_message_is_handed_out_not_when_the_batch_is_taken() {
+    let app = App::start(shared()).await;
+    app.cast_wide(Msg::Gate).await.unwrap();
+    started(&app, 2, 1).await;
+    // 33 queued: a second gate, then 32 items; the queue is full.
+    app.cast_wide(Msg::Gate).await.unwrap();
+    for seq in 0..32 {
+        app.cast_wide(Msg::Item(0, seq)).await.unwrap();
+    }
+    let full = app.try_cast_wide(Msg::Item(1, 0));
+    assert!(matches!(full, Err(SendError::Full(Msg::Item(1, 0)))), "{full:?}");
+    let mut waiting = tokio_test::task::spawn(app.cast_wide(Msg::Item(2, 0)));
+    assert!(waiting.poll().is_pending());
+    // The first gate opens: the server takes a batch and hands out the
+    // second gate, whose place goes to the waiting cast while that gate
+    // holds the server.
+    app.shared.gate.add_permits(1);
+    within("the waiting cast", waiting).await.unwrap();
+    started(&app, 2, 2).await;
+    assert_eq!(app.shared.seen[2].started.load(Ordering::SeqCst), 2);
+    // 32 items and the cast fill the queue again.
+    let full = app.try_cast_wide(Msg::Item(1, 1));
+    assert!(matches!(full, Err(SendError::Full(Msg::Item(1, 1)))), "{full:?}");
+    app.shared.gate.add_permits(1);
+    assert_eq!(within("a call", app.call_wide(Msg::Item(3, 0))).await.unwrap(), 0);
+    let mut expected: Vec<_> = (0..32).map(|seq| (0, seq)).collect();
+    expected.extend([(2, 0), (3, 0)]);
+    assert_eq!(*app.shared.seen[2].handled.lock().unwrap(), expected);
+    within("shutdown", app.shutdown()).await;
 }
