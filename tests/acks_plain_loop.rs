@@ -175,37 +175,45 @@ fn leaves(i: u64) -> bool {
     !panics(i) && !tail_fails(i)
 }
 
+/// The server side of a probe stage `$probe { registry }`: casts count
+/// (`true` panics the handler, and the state is rebuilt), calls read the
+/// count, `init` counts the states built.
+macro_rules! probe_server {
+    ($probe:ident) => {
+        impl<R: HasGates> GenServer for $probe<R> {
+            type Message = bool;
+            type Response = usize;
+            type Registry = R;
+
+            fn new(registry: R) -> Self {
+                $probe { registry }
+            }
+
+            async fn init(&mut self) {
+                self.registry.gates().inits.fetch_add(1, Ordering::SeqCst);
+            }
+
+            async fn handle_call(&mut self, _: bool) -> usize {
+                self.registry.gates().casts.load(Ordering::SeqCst)
+            }
+
+            async fn handle_cast(&mut self, crash: bool) {
+                assert!(!crash, "asked to crash");
+                self.registry.gates().casts.fetch_add(1, Ordering::SeqCst);
+            }
+
+            fn restart_limit() -> RestartLimit {
+                RestartLimit::new(1_000, Duration::from_secs(600))
+            }
+        }
+    };
+}
+
 struct Probe<R> {
     registry: R,
 }
 
-impl<R: HasGates> GenServer for Probe<R> {
-    /// `true` panics the handler (the state is rebuilt), `false` counts.
-    type Message = bool;
-    type Response = usize;
-    type Registry = R;
-
-    fn new(registry: R) -> Self {
-        Probe { registry }
-    }
-
-    async fn init(&mut self) {
-        self.registry.gates().inits.fetch_add(1, Ordering::SeqCst);
-    }
-
-    async fn handle_call(&mut self, _: bool) -> usize {
-        self.registry.gates().casts.load(Ordering::SeqCst)
-    }
-
-    async fn handle_cast(&mut self, crash: bool) {
-        assert!(!crash, "asked to crash");
-        self.registry.gates().casts.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn restart_limit() -> RestartLimit {
-        RestartLimit::new(1_000, Duration::from_secs(600))
-    }
-}
+probe_server!(Probe);
 
 impl<R: HasGates> Stage for Probe<R> {
     type In = u64;
@@ -232,33 +240,7 @@ struct AsyncProbe<R> {
     registry: R,
 }
 
-impl<R: HasGates> GenServer for AsyncProbe<R> {
-    /// `true` panics the handler (the state is rebuilt), `false` counts.
-    type Message = bool;
-    type Response = usize;
-    type Registry = R;
-
-    fn new(registry: R) -> Self {
-        AsyncProbe { registry }
-    }
-
-    async fn init(&mut self) {
-        self.registry.gates().inits.fetch_add(1, Ordering::SeqCst);
-    }
-
-    async fn handle_call(&mut self, _: bool) -> usize {
-        self.registry.gates().casts.load(Ordering::SeqCst)
-    }
-
-    async fn handle_cast(&mut self, crash: bool) {
-        assert!(!crash, "asked to crash");
-        self.registry.gates().casts.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn restart_limit() -> RestartLimit {
-        RestartLimit::new(1_000, Duration::from_secs(600))
-    }
-}
+probe_server!(AsyncProbe);
 
 impl<R: HasGates> Stage for AsyncProbe<R> {
     type In = u64;

@@ -414,8 +414,15 @@ async fn timed_calls_racing_a_full_queue_give_back_what_never_entered_it() {
     within("shutdown", app.shutdown()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn abort_while_casts_and_calls_wait_for_room_gives_every_message_back() {
+/// Casts waiting for room in server `two`, with the sender number `n`.
+type WaitingCasts = Vec<tokio::task::JoinHandle<(u32, Result<(), SendError<Msg>>)>>;
+/// Calls waiting for room in server `two`, with the sender number `n`.
+type WaitingCalls = Vec<tokio::task::JoinHandle<(u32, Result<u32, CallError<Msg>>)>>;
+
+/// Starts the registry with server `two` held at its gate and its queue
+/// full (items `(0, 0)` and `(0, 1)`), then spawns 16 casts `(1, n)` and
+/// 16 calls `(2, n)` that wait for room.
+async fn two_full_with_senders_waiting() -> (App, WaitingCasts, WaitingCalls) {
     let app = App::start(shared()).await;
     app.cast_two(Msg::Gate).await.unwrap();
     started(&app, 1, 1).await;
@@ -433,6 +440,12 @@ async fn abort_while_casts_and_calls_wait_for_room_gives_every_message_back() {
             tokio::spawn(async move { (n, app.call_two(Msg::Item(2, n)).await) })
         })
         .collect();
+    (app, casts, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_while_casts_and_calls_wait_for_room_gives_every_message_back() {
+    let (app, casts, calls) = two_full_with_senders_waiting().await;
     // These certainly stand in line (one poll each); the spawned ones may
     // or may not have reached the queue before the abort.
     let mut in_line_cast = tokio_test::task::spawn(app.cast_two(Msg::Item(4, 0)));
@@ -634,23 +647,7 @@ async fn a_stage_control_queue_of_one_under_casts_and_calls_while_items_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_while_casts_and_calls_wait_for_room_handles_exactly_those_that_got_in() {
-    let app = App::start(shared()).await;
-    app.cast_two(Msg::Gate).await.unwrap();
-    started(&app, 1, 1).await;
-    app.cast_two(Msg::Item(0, 0)).await.unwrap();
-    app.cast_two(Msg::Item(0, 1)).await.unwrap();
-    let casts: Vec<_> = (0..16u32)
-        .map(|n| {
-            let app = app.clone();
-            tokio::spawn(async move { (n, app.cast_two(Msg::Item(1, n)).await) })
-        })
-        .collect();
-    let calls: Vec<_> = (0..16u32)
-        .map(|n| {
-            let app = app.clone();
-            tokio::spawn(async move { (n, app.call_two(Msg::Item(2, n)).await) })
-        })
-        .collect();
+    let (app, casts, calls) = two_full_with_senders_waiting().await;
     let mut in_line_cast = tokio_test::task::spawn(app.cast_two(Msg::Item(4, 0)));
     assert!(in_line_cast.poll().is_pending());
     let shutdown = {
