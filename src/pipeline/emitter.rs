@@ -21,7 +21,7 @@ use super::{
     failure::{Failing, Failure, FailureRoute},
     fused::Fused,
     metrics::{Counters, Delta},
-    queue::Closed,
+    queue::{Closed, Queue},
     reorder::{Place, Reorder},
 };
 
@@ -410,9 +410,8 @@ impl<T: Send + 'static> Emitter<T> {
     /// Rare (an item failed), so the send runs boxed: its future takes no
     /// room in the replica's task while it waits for items.
     pub(crate) async fn send_failures(&mut self) {
-        let before = self.blocked;
         Box::pin(shown(&self.counters, true, self.failing.send(&mut self.blocked, &self.counters))).await;
-        let failures_blocked = self.blocked - before;
+        let failures_blocked = std::mem::take(&mut self.blocked);
         if !failures_blocked.is_zero() {
             self.counters.add(&Delta { failures_blocked, ..Delta::default() });
         }
@@ -484,7 +483,6 @@ impl<T: Send + 'static> Emitter<T> {
             }
             self.settle_first();
             self.counters.add(&Delta { emitted: u64::from(std::mem::take(&mut self.emitted)), ..Delta::default() });
-            let blocked_before = self.blocked;
             let Emitter { buf, blocked, dropped, order, counters, .. } = self;
             // An ordered stage's send is shown as a whole (moving its future
             // into `shown` costs a copy that the plain path avoids).
@@ -506,7 +504,7 @@ impl<T: Send + 'static> Emitter<T> {
             }
             self.counters.add(&Delta {
                 dropped: std::mem::take(&mut self.dropped),
-                blocked: self.blocked - blocked_before,
+                blocked: std::mem::take(&mut self.blocked),
                 ..Delta::default()
             });
         }
@@ -527,12 +525,11 @@ impl<T: Send + 'static> Emitter<T> {
             }
             self.settle_first();
             self.counters.add(&Delta { emitted: u64::from(std::mem::take(&mut self.emitted)), ..Delta::default() });
-            let blocked_before = self.blocked;
             let target = &self.link.target;
             target.send(&mut self.buf, &mut self.blocked, &mut self.dropped, Some(&self.counters)).await;
             self.counters.add(&Delta {
                 dropped: std::mem::take(&mut self.dropped),
-                blocked: self.blocked - blocked_before,
+                blocked: std::mem::take(&mut self.blocked),
                 ..Delta::default()
             });
         }
@@ -868,42 +865,58 @@ impl<T> Target<T> {
                     }
                 }
                 Dispatch::Keyed { queues, key } => {
-                    // One reservation per queue: the batch is grouped by queue
-                    // first (each queue's items keep their order). An item
-                    // leaves `items` only once it is placed, so if this future
-                    // is dropped while waiting, the rest is still there to be
-                    // counted. Items whose key function panicked come last.
-                    let Grouped { groups, panics } = group_by_queue(items, *key, queues.len());
-                    let mut panics = panics.into_iter();
-                    for (queue, len) in groups.runs() {
-                        if queue == queues.len() {
-                            for _ in 0..len {
-                                let (item, tag) = items.remove_first().expect("a run's items are in `items`");
-                                drop(item);
-                                let panic = panics.next().expect("one panic per item whose key panicked");
-                                // Rare: boxed, to take no room in the send's future.
-                                Box::pin(self.key_panicked(panic, tag, blocked, dropped)).await;
-                            }
-                            continue;
-                        }
-                        let mut left = len;
-                        while left > 0 {
-                            let room = match shown {
-                                Some(counters) => blocking_shown(counters, queues[queue].reserve(left)).await,
-                                None => blocking(blocked, queues[queue].reserve(left)).await,
-                            };
-                            match room {
-                                Ok(room) => {
-                                    left -= room.len();
-                                    room.commit(items);
-                                }
-                                Err(Closed) => {
-                                    *dropped += left as u64;
-                                    drop(items.split_front(left));
-                                    left = 0;
-                                }
-                            }
-                        }
+                    // Its grouping takes room across its waits: boxed, so
+                    // that the futures of every emitter's sends (which an
+                    // idle replica's task holds room for) stay small.
+                    Box::pin(self.send_keyed(queues, *key, items, blocked, dropped, shown)).await;
+                }
+            }
+        }
+    }
+
+    /// [`send`](Self::send) into the queues of a `partition_by` stage.
+    async fn send_keyed(
+        &self,
+        queues: &[Arc<Queue<T>>],
+        key: fn(&T) -> u64,
+        items: &mut Items<T>,
+        blocked: &mut Duration,
+        dropped: &mut u64,
+        shown: Option<&Counters>,
+    ) {
+        // One reservation per queue: the batch is grouped by queue first
+        // (each queue's items keep their order). An item leaves `items`
+        // only once it is placed, so if this future is dropped while
+        // waiting, the rest is still there to be counted. Items whose key
+        // function panicked come last.
+        let Grouped { groups, panics } = group_by_queue(items, key, queues.len());
+        let mut panics = panics.into_iter();
+        for (queue, len) in groups.runs() {
+            if queue == queues.len() {
+                for _ in 0..len {
+                    let (item, tag) = items.remove_first().expect("a run's items are in `items`");
+                    drop(item);
+                    let panic = panics.next().expect("one panic per item whose key panicked");
+                    // Rare: boxed, to take no room in this future.
+                    Box::pin(self.key_panicked(panic, tag, blocked, dropped)).await;
+                }
+                continue;
+            }
+            let mut left = len;
+            while left > 0 {
+                let room = match shown {
+                    Some(counters) => blocking_shown(counters, queues[queue].reserve(left)).await,
+                    None => blocking(blocked, queues[queue].reserve(left)).await,
+                };
+                match room {
+                    Ok(room) => {
+                        left -= room.len();
+                        room.commit(items);
+                    }
+                    Err(Closed) => {
+                        *dropped += left as u64;
+                        drop(items.split_front(left));
+                        left = 0;
                     }
                 }
             }
