@@ -58,6 +58,7 @@ use std::{
     collections::VecDeque,
     future::Future,
     mem::ManuallyDrop,
+    num::NonZeroUsize,
     pin::Pin,
     task::{Context, Poll, Waker},
 };
@@ -104,12 +105,29 @@ pub(crate) struct Queue<T> {
 /// before it is dropped, or a wake-up given to it is lost.
 #[derive(Debug, Default)]
 pub(crate) struct Waiter {
-    key: Option<usize>,
+    /// Its slot's key plus one (a word, where `Option<usize>` takes two:
+    /// every idle replica's task holds a waiter).
+    key: Option<NonZeroUsize>,
 }
 
 impl Waiter {
     pub(crate) const fn new() -> Self {
         Waiter { key: None }
+    }
+
+    /// Its slot's key, while it has one.
+    fn key(&self) -> Option<usize> {
+        self.key.map(|key| key.get() - 1)
+    }
+
+    fn set_key(&mut self, key: usize) {
+        self.key = NonZeroUsize::new(key.wrapping_add(1));
+    }
+
+    fn take_key(&mut self) -> Option<usize> {
+        let key = self.key();
+        self.key = None;
+        key
     }
 }
 
@@ -316,6 +334,10 @@ impl<T> Queue<T> {
     pub(crate) fn shared_by(capacity: usize, replicas: usize) -> Self {
         assert!(capacity > 0, "a queue needs room for at least one item");
         let capacity = capacity.min(MAX_CAPACITY);
+        // Every replica of a stage waits here when idle: room for their
+        // slots is made once, at their number, instead of growing to the
+        // next power of two.
+        let waiting = if replicas > 1 { replicas } else { 0 };
         Queue {
             state: Mutex::new(State {
                 items: Queued::new(),
@@ -326,9 +348,9 @@ impl<T> Queue<T> {
                 popped: 0,
                 limit: u64::MAX,
                 promised: 0,
-                slots: Vec::new(),
+                slots: Vec::with_capacity(waiting),
                 free: Vec::new(),
-                readers: VecDeque::new(),
+                readers: VecDeque::with_capacity(waiting),
                 writers: VecDeque::new(),
                 replicas: replicas.max(1),
                 closing: Vec::new(),
@@ -377,7 +399,7 @@ impl<T> Queue<T> {
     ) -> Poll<Result<usize, Closed>> {
         debug_assert!(max > 0);
         let mut state = self.lock();
-        if let Some(key) = waiter.key {
+        if let Some(key) = waiter.key() {
             if state.closed {
                 // Room handed over but not taken yet is given back: nothing
                 // goes into a closed queue but what was reserved before.
@@ -410,7 +432,7 @@ impl<T> Queue<T> {
             Poll::Ready(Ok(n))
         } else {
             let key = state.insert(false, max, false, cx.waker());
-            waiter.key = Some(key);
+            waiter.set_key(key);
             Poll::Pending
         }
     }
@@ -531,7 +553,7 @@ impl<T> Queue<T> {
         let mut wakers = WakeList::new();
         let poll = {
             let mut state = self.lock();
-            if let Some(key) = waiter.key {
+            if let Some(key) = waiter.key() {
                 // Back in the queue: the wake-up (if any) is being used.
                 let slot = state.remove(key);
                 state.promised -= slot.given;
@@ -555,7 +577,7 @@ impl<T> Queue<T> {
                 Poll::Ready(None)
             } else {
                 let key = state.insert(true, max, shares, cx.waker());
-                waiter.key = Some(key);
+                waiter.set_key(key);
                 Poll::Pending
             }
         };
@@ -569,7 +591,7 @@ impl<T> Queue<T> {
     /// to the next readers (tokio's `Acquire` drop). Does nothing for an
     /// empty `waiter`.
     pub(crate) fn cancel(&self, waiter: &mut Waiter) {
-        let Some(key) = waiter.key.take() else { return };
+        let Some(key) = waiter.take_key() else { return };
         self.change(|state, wakers| {
             let slot = state.remove(key);
             if slot.given == 0 {
