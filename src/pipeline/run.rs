@@ -62,7 +62,6 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
     mark: ReplicaMark,
     mut out: Emitter<S::Out>,
     registry: S::Registry,
-    counters: Arc<Counters>,
     mut ready: Option<Ready>,
     drain: Arc<StageDrain>,
     pace: Pace,
@@ -74,7 +73,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
     // Its drop stops the pipeline's clock once every replica's task ended,
     // however.
     let open = K::open(&pace, &mark);
-    let mut batch = Ended(Batch::holding(counters.clone(), open).with_pace(pace));
+    let mut batch = Ended(Batch::holding(out.counters.clone(), open).with_pace(pace));
     async move {
         let mut restarts = Restarts::new(S::restart_limit);
         // Whether the input ended and `finish` ran.
@@ -85,7 +84,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
         'life: loop {
             // Booting is not working on items (a replica is aside from its
             // start until its first batch).
-            counters.set_aside();
+            out.counters.set_aside();
             let Some(mut server) = Box::pin(boot::<S>(&registry, &mut restarts)).await else {
                 break 'life;
             };
@@ -119,17 +118,17 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                     if out.poll_fused(cx).is_ready() {
                         return Poll::Ready(Work::Fused);
                     }
-                    let popped = K::Open::poll_take(cx, &mut reader, &mut batch, &counters);
+                    let popped = K::Open::poll_take(cx, &mut reader, &mut batch, &out.counters);
                     if popped.is_pending() {
                         // Waiting for work.
-                        counters.set_aside();
+                        out.counters.set_aside();
                     }
                     popped.map(|first| first.map_or(Work::InputDone, Work::Items))
                 })
                 .await;
                 match work {
                     Work::Control(envelope) => {
-                        counters.set_aside();
+                        out.counters.set_aside();
                         if let Err(Crashed) = serve_control(&mut server, envelope, &mut out).await {
                             if restarts.allow() {
                                 continue 'life;
@@ -139,13 +138,12 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                     }
                     Work::Fused => {
                         // The fused stage's work, not this one's.
-                        counters.set_aside();
+                        out.counters.set_aside();
                         out.serve_fused().await;
                     }
-                    Work::Items(first) => K::Open::took(&mut batch, first, &counters),
+                    Work::Items(first) => K::Open::took(&mut batch, first, &out.counters),
                     Work::InputDone => {
-                        let drained =
-                            Box::pin(end_of_input(&mut server, &mut control, &mut out, &counters, &drain, &mut ended));
+                        let drained = Box::pin(end_of_input(&mut server, &mut control, &mut out, &drain, &mut ended));
                         if let Err(Crashed) = drained.await {
                             if restarts.allow() {
                                 continue 'life;
@@ -158,8 +156,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                 }
             }
         }
-        let (out, counters) = (&mut out, &counters);
-        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, out, counters, &drain, ended)).await;
+        Box::pin(failed_for_good(ready, control, &mut reader, &mark, &mut batch, &mut out, &drain, ended)).await;
     }
 }
 
@@ -172,10 +169,11 @@ async fn end_of_input<S: Stage>(
     server: &mut S,
     control: &mut Inbox<S>,
     out: &mut Emitter<S::Out>,
-    counters: &Counters,
     drain: &StageDrain,
     ended: &mut bool,
 ) -> Result<(), Crashed> {
+    // The replica's counters (its emitter's).
+    let counters = out.counters.clone();
     if !*ended {
         *ended = true;
         tracing::debug!("input ended: finishing");
@@ -223,10 +221,10 @@ async fn failed_for_good<S: Stage, Q, O: Hold>(
     mark: &ReplicaMark,
     batch: &mut Batch<S::In, O>,
     out: &mut Emitter<S::Out>,
-    counters: &Counters,
     drain: &StageDrain,
     ended: bool,
 ) {
+    let counters = out.counters.clone();
     // Ready, failed for good.
     drop(ready.take());
     fail(control);
@@ -522,16 +520,7 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
             progress.in_process = K::weight(&item);
             out.begin_item(tag);
             batch.open.processed(progress.in_process);
-            let mut waited = false;
-            let processed = {
-                let mut process = pin!(AssertUnwindSafe(server.process(item, out)).catch_unwind());
-                poll_fn(|cx| {
-                    let poll = process.as_mut().poll(cx);
-                    waited |= poll.is_pending();
-                    poll
-                })
-                .await
-            };
+            let (processed, waited) = Watched::new(AssertUnwindSafe(server.process(item, out)).catch_unwind()).await;
             awaited |= waited;
             if let Err(panic) = processed {
                 // Logged as the item's failure.
@@ -597,6 +586,40 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
         batch.first += done;
         drop(progress);
         result
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future's output, and whether it waited (returned `Pending`) on
+    /// the way: a `process` call that waited makes its replica send its
+    /// outputs at once. A field of the future that awaits it, not a
+    /// pinned local polled through a closure, which would take two more
+    /// pointers in every replica's task.
+    struct Watched<F> {
+        #[pin]
+        future: F,
+        waited: bool,
+    }
+}
+
+impl<F> Watched<F> {
+    fn new(future: F) -> Self {
+        Watched { future, waited: false }
+    }
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = (F::Output, bool);
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.future.poll(cx) {
+            Poll::Ready(output) => Poll::Ready((output, *this.waited)),
+            Poll::Pending => {
+                *this.waited = true;
+                Poll::Pending
+            }
+        }
     }
 }
 

@@ -255,7 +255,6 @@ impl<R> Core<R> {
                 }
                 None => out,
             };
-            let counters = stage.counters[i].clone();
             let mark = ReplicaMark::new(stage.flush.clone(), i);
             let task = run::run::<S, K>(
                 inbox,
@@ -263,7 +262,6 @@ impl<R> Core<R> {
                 mark,
                 out,
                 registry.clone(),
-                counters,
                 start.add(),
                 drain.clone(),
                 stage.pace.clone(),
