@@ -21,6 +21,9 @@
 //!   acknowledger counts delivered outcomes (`w1_acks/genflow_acked_bulk`);
 //!   `ack-only N`: the same `Ack`s as `w1-acked` made and dropped without a pipeline,
 //!   the part of an acked item's cost that is the acknowledgement itself;
+//! - `w1-keyed N`: W1 with its middle stage replicated twice and
+//!   `partition_by` its input's parity (`S3Keyed`), so every batch the
+//!   first stage sends goes through the keyed send;
 //! - `w1-fused N`, `w1-stream N`: the same with the last two stages
 //!   `#[fused]` (one task), and its baseline, a `futures` stream mapped,
 //!   mapped and folded in one task;
@@ -159,6 +162,19 @@ impl Res for S3 {
         &self.result
     }
 }
+/// The key of `S3Keyed`'s middle stage: the item's parity.
+fn parity(x: &u64) -> u64 {
+    x & 1
+}
+#[genflow::pipeline{ a: Map<S3Keyed, 0>, #[replicas(2, partition_by = parity)] m: Map<S3Keyed, 1>, s: Sum<S3Keyed> }]
+struct S3Keyed {
+    result: Arc<AtomicU64>,
+}
+impl Res for S3Keyed {
+    fn result(&self) -> &AtomicU64 {
+        &self.result
+    }
+}
 #[genflow::pipeline{ a: Map<S3Fused, 0>, #[fused] m: Map<S3Fused, 1>, #[fused] s: Sum<S3Fused> }]
 struct S3Fused {
     result: Arc<AtomicU64>,
@@ -262,6 +278,13 @@ fn main() {
                     delivered.load(Ordering::Relaxed)
                 }
                 "w1-chain" => chain(QUEUE, n).await,
+                "w1-keyed" => {
+                    let result = Arc::new(AtomicU64::new(0));
+                    let p = S3Keyed::start(result.clone()).await;
+                    p.feed(futures::stream::iter(0..n)).await.unwrap();
+                    p.shutdown().await;
+                    result.load(Ordering::Relaxed)
+                }
                 "w1-fused" => {
                     let result = Arc::new(AtomicU64::new(0));
                     let p = S3Fused::start(result.clone()).await;
