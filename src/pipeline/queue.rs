@@ -121,7 +121,8 @@ impl Waiter {
     }
 
     fn set_key(&mut self, key: usize) {
-        self.key = NonZeroUsize::new(key.wrapping_add(1));
+        // (A key is below the number of slots, far below `usize::MAX`.)
+        self.key = Some(NonZeroUsize::MIN.saturating_add(key));
     }
 
     fn take_key(&mut self) -> Option<usize> {
