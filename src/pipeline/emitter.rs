@@ -897,8 +897,22 @@ impl<T> Target<T> {
                     let (item, tag) = items.remove_first().expect("a run's items are in `items`");
                     drop(item);
                     let panic = panics.next().expect("one panic per item whose key panicked");
-                    // Rare: boxed, to take no room in this future.
-                    Box::pin(self.key_panicked(panic, tag, blocked, dropped)).await;
+                    // Its failure may wait for room in the failures
+                    // buffer: shown as such while it lasts, where the
+                    // sender shows its waits, and counted in
+                    // `failures_blocked` as well as in `blocked` (which
+                    // the caller publishes). Rare: boxed, to take no room
+                    // in this future.
+                    let mut waited = Duration::ZERO;
+                    let failed = self.key_panicked(panic, tag, &mut waited, dropped);
+                    match shown {
+                        Some(counters) => {
+                            Box::pin(self::shown(counters, true, failed)).await;
+                            counters.add(&Delta { failures_blocked: waited, ..Delta::default() });
+                        }
+                        None => Box::pin(failed).await,
+                    }
+                    *blocked += waited;
                 }
                 continue;
             }
