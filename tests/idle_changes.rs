@@ -411,11 +411,13 @@ async fn failures_blocked_while_the_failures_reader_waits_is_part_of_blocked() {
     assert_eq!(m.failures_dropped(), 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn key_panics_behind_a_full_failures_buffer_are_all_failed_and_counted() {
+/// Starts `F2`, whose keys all panic, and feeds it until the unread
+/// failures buffer is full and its source waits for room there: the
+/// pipeline, its failures, the number of items fed and the feeding task.
+async fn failures_buffer_full_of_key_panics() -> (F2, genflow::Failures, u32, tokio::task::JoinHandle<usize>) {
     quiet_key_panics();
     let flow = F2::start().await;
-    let mut failures = flow.failures().unwrap();
+    let failures = flow.failures().unwrap();
     let n = genflow::pipeline::FAILURES_BUFFER as u32 + 100;
     let feed = tokio::spawn({
         let flow = flow.clone();
@@ -425,6 +427,12 @@ async fn key_panics_behind_a_full_failures_buffer_are_all_failed_and_counted() {
         flow.metrics().stage("store").unwrap().failed > genflow::pipeline::FAILURES_BUFFER as u64
     })
     .await;
+    (flow, failures, n, feed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_panics_behind_a_full_failures_buffer_are_all_failed_and_counted() {
+    let (flow, mut failures, n, feed) = failures_buffer_full_of_key_panics().await;
     let mut got = 0;
     while got < n {
         let failure = within("a failure", failures.next()).await.expect("a failure");
@@ -451,18 +459,7 @@ async fn key_panics_behind_a_full_failures_buffer_are_all_failed_and_counted() {
 /// not a send of its outputs, and must not show as `busy`.
 #[tokio::test(start_paused = true)]
 async fn a_stage_waiting_for_room_for_its_key_panics_failures_shows_it_as_blocked() {
-    quiet_key_panics();
-    let flow = F2::start().await;
-    let mut failures = flow.failures().unwrap();
-    let n = genflow::pipeline::FAILURES_BUFFER as u32 + 100;
-    let feed = tokio::spawn({
-        let flow = flow.clone();
-        async move { flow.feed(stream::iter(items(n, 3))).await.unwrap() }
-    });
-    eventually("the failures buffer to fill", || {
-        flow.metrics().stage("store").unwrap().failed > genflow::pipeline::FAILURES_BUFFER as u64
-    })
-    .await;
+    let (flow, mut failures, n, feed) = failures_buffer_full_of_key_panics().await;
     // The source now waits for the reader of failures(), which does not
     // read for 200 ms (of paused time): that is the quantity measured.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -921,6 +918,10 @@ impl Stage for Waits {
     type In = u64;
     type Out = u64;
     async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        // Every call awaits: only the output of a call that awaited is sent
+        // on at once (a call that returns at once leaves its output to the
+        // end of the batch, as the `Emitter` docs say).
+        tokio::task::yield_now().await;
         if x > 0 {
             // Waits until the reader saw the previous item's output: it
             // must have been sent on before this item, in the same batch.
@@ -931,8 +932,6 @@ impl Stage for Waits {
                 }
                 notified.await;
             }
-        } else {
-            tokio::task::yield_now().await;
         }
         out.emit(x).await;
     }
