@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{
@@ -151,11 +152,17 @@ impl<T: Send + 'static> Emitter<T> {
     /// Sends `item` downstream, waiting while the next queue is full (and,
     /// in an `ordered` stage, for the turn of this item's batch).
     ///
+    /// The item goes into the emitter's buffer when `emit` is called; the
+    /// returned future is ready at once unless the buffer then holds a full
+    /// batch ([`BATCH`](super::BATCH) items), which it sends on, waiting
+    /// for room.
+    ///
     /// # Cancel safety
     ///
-    /// The item is accepted before the first `.await`; dropping the future
-    /// does not lose it.
-    pub async fn emit(&mut self, item: T) {
+    /// The item is accepted before the future is first polled; dropping the
+    /// future does not lose it (it is sent with the buffer's next batch).
+    #[inline(always)]
+    pub fn emit(&mut self, item: T) -> impl Future<Output = ()> + Send + '_ {
         if self.current.is_some() {
             self.push_acked(item);
         } else {
@@ -164,13 +171,7 @@ impl<T: Send + 'static> Emitter<T> {
             self.buf.push(item);
         }
         self.emitted += 1;
-        if self.buf.len() >= BATCH {
-            match self.order {
-                // As `flush`, whose check for an empty buffer is known false.
-                None => self.send_plain().await,
-                Some(_) => self.send(Outgoing::Full).await,
-            }
-        }
+        self.send_if_full()
     }
 
     /// Emits `item` holding the acknowledgements of `held` (kept by
@@ -184,9 +185,9 @@ impl<T: Send + 'static> Emitter<T> {
     /// # Cancel safety
     ///
     /// As [`emit`](Self::emit)'s.
-    pub async fn emit_with(&mut self, item: T, held: Held) {
+    pub fn emit_with(&mut self, item: T, held: Held) -> impl Future<Output = ()> + Send + '_ {
         let tag = self.current.share().join(held.into_tag());
-        self.emit_tagged(item, tag).await;
+        self.emit_tagged(item, tag)
     }
 
     /// Keeps the acknowledgements of the input being processed past
@@ -204,16 +205,33 @@ impl<T: Send + 'static> Emitter<T> {
     }
 
     /// Emits an item with its tag, as [`emit`](Self::emit).
-    pub(crate) async fn emit_tagged(&mut self, item: T, tag: Tag) {
+    pub(crate) fn emit_tagged(&mut self, item: T, tag: Tag) -> impl Future<Output = ()> + Send + '_ {
         self.buf.push_tagged(item, tag);
         self.emitted += 1;
-        if self.buf.len() >= BATCH {
+        self.send_if_full()
+    }
+
+    /// Sends the buffer on if it holds a full batch: a future ready at
+    /// once otherwise, which costs an item no more than a check.
+    #[inline(always)]
+    fn send_if_full(&mut self) -> IfFull<'_> {
+        IfFull { send: if self.buf.len() >= BATCH { Some(self.send_full()) } else { None } }
+    }
+
+    /// Sends the full buffer, as `flush`, whose check for an empty buffer
+    /// is known false.
+    #[inline(never)]
+    fn send_full(&mut self) -> BoxFuture<'_, ()> {
+        if self.order.is_none() && self.fused.is_some() {
+            // One box, not `send_plain`'s around `send_fused`'s.
+            return Box::pin(self.send_fused());
+        }
+        Box::pin(async move {
             match self.order {
-                // As `flush`, whose check for an empty buffer is known false.
                 None => self.send_plain().await,
                 Some(_) => self.send(Outgoing::Full).await,
             }
-        }
+        })
     }
 
     /// Fails the item being processed: it counts in the stage's `failed`
@@ -302,7 +320,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// acknowledgements: its first item not sent yet holds no share (it
     /// gets one when it is sent, or the input's own hold when the input is
     /// done), the others a share each.
-    #[inline]
+    #[inline(never)]
     fn push_acked(&mut self, item: T) {
         if self.first == NO_FIRST {
             // The buffer holds at most a batch or so: its length fits.
@@ -367,6 +385,13 @@ impl<T: Send + 'static> Emitter<T> {
             self.buf.set_tag(first, tag.share());
         }
         if failed { self.failing.fail_tag(tag) } else { tag.release() }
+    }
+
+    /// Whether the item that just finished `process` failed, leaving it
+    /// set.
+    #[inline]
+    pub(crate) fn item_failed(&self) -> bool {
+        self.failing.item_failed()
     }
 
     /// Whether the item that just finished `process` failed; resets it for
@@ -716,6 +741,25 @@ impl Drop for Wait<'_> {
     fn drop(&mut self) {
         if let Some(since) = self.since {
             self.counters.end_wait(since, Instant::now(), self.failures, self.publish);
+        }
+    }
+}
+
+/// The future of [`Emitter::emit`]: its send, if the item filled the
+/// buffer, boxed (one allocation per batch), so that the future an item
+/// gets is two words.
+struct IfFull<'a> {
+    send: Option<BoxFuture<'a, ()>>,
+}
+
+impl Future for IfFull<'_> {
+    type Output = ();
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.send {
+            None => Poll::Ready(()),
+            Some(send) => send.as_mut().poll(cx),
         }
     }
 }

@@ -512,6 +512,12 @@ impl Failing {
         }
     }
 
+    /// Whether the item that just finished `process` failed.
+    #[inline]
+    pub(crate) fn item_failed(&self) -> bool {
+        self.item_failed
+    }
+
     /// Whether the item that just finished `process` failed; resets it.
     #[inline]
     pub(crate) fn take_item_failed(&mut self) -> bool {

@@ -478,49 +478,80 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
         let mut taken = batch.items.len() as u64;
         let mut result = Ok(());
         let mut awaited = false;
-        loop {
-            if batch.items.is_empty() {
-                if !out.has_in_flight() {
-                    break;
-                }
-                // Its futures in flight settle, or free room for more items.
-                progress.publish();
-                let refill = concurrency::Refill::new(reader.as_deref_mut(), &mut batch.items, batch.max_demand, taken);
-                let settled =
-                    Box::pin(concurrency::settle(server, control, out, progress.counters, true, refill)).await;
-                match settled {
-                    Ok(0) => break,
-                    Ok(more) => {
-                        taken += more as u64;
-                        progress.counters.add(&Delta { received: more as u64, ..Delta::default() });
-                        continue;
+        'items: loop {
+            let (processed, waited) = if !TAGS && batch.limit.is_none() {
+                // Plain items (no tags, no futures in flight) with no rate
+                // limit have a loop of their own: an item that goes well,
+                // without waiting, goes round it; any other leaves it for
+                // the bookkeeping below.
+                loop {
+                    let Some(item) = batch.items.pop_plain() else { break 'items };
+                    progress.in_process = K::weight(&item);
+                    batch.open.processed(progress.in_process);
+                    let (processed, waited) =
+                        Watched::new(AssertUnwindSafe(server.process(item, out)).catch_unwind()).await;
+                    if waited || processed.is_err() || out.item_failed() {
+                        break (processed, waited);
                     }
-                    Err(crashed) => {
-                        result = Err(crashed);
+                    progress.processed += progress.in_process;
+                    progress.in_process = 0;
+                    if !batch.items.is_empty() && control.state.take_mail() {
+                        progress.publish();
+                        let away = progress.counters.step_away();
+                        // Boxed: a second place awaiting it would take room
+                        // in every replica's task.
+                        result = Box::pin(serve_waiting(server, control, out)).await;
+                        progress.counters.step_back(away);
+                        if result.is_err() {
+                            break 'items;
+                        }
+                    }
+                }
+            } else {
+                if batch.items.is_empty() {
+                    if !out.has_in_flight() {
                         break;
                     }
-                }
-            }
-            if let Some(limit) = &batch.limit {
-                // The wait, rare on the item path, takes no room in the
-                // replica's future. The item stays in the batch meanwhile, so
-                // it counts as aborted if the task is dropped.
-                if !limit.try_acquire() {
+                    // Its futures in flight settle, or free room for more items.
                     progress.publish();
-                    result = Box::pin(throttle(limit, progress.counters, server, control, out)).await;
-                    if result.is_err() {
-                        break;
+                    let refill =
+                        concurrency::Refill::new(reader.as_deref_mut(), &mut batch.items, batch.max_demand, taken);
+                    let settled =
+                        Box::pin(concurrency::settle(server, control, out, progress.counters, true, refill)).await;
+                    match settled {
+                        Ok(0) => break,
+                        Ok(more) => {
+                            taken += more as u64;
+                            progress.counters.add(&Delta { received: more as u64, ..Delta::default() });
+                            continue;
+                        }
+                        Err(crashed) => {
+                            result = Err(crashed);
+                            break;
+                        }
                     }
                 }
-            }
-            let Some((item, tag)) = batch.items.pop_checked::<TAGS>() else { break };
-            // How many items the input stands for: 1 but for an input of a
-            // `#[batch]` stage. Kept in `progress` alone while `process`
-            // runs: a borrowed local, or a copy, would take room in the task.
-            progress.in_process = K::weight(&item);
-            out.begin_item(tag);
-            batch.open.processed(progress.in_process);
-            let (processed, waited) = Watched::new(AssertUnwindSafe(server.process(item, out)).catch_unwind()).await;
+                if let Some(limit) = &batch.limit {
+                    // The wait, rare on the item path, takes no room in the
+                    // replica's future. The item stays in the batch meanwhile, so
+                    // it counts as aborted if the task is dropped.
+                    if !limit.try_acquire() {
+                        progress.publish();
+                        result = Box::pin(throttle(limit, progress.counters, server, control, out)).await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let Some((item, tag)) = batch.items.pop_checked::<TAGS>() else { break };
+                out.begin_item(tag);
+                // How many items the input stands for: 1 but for an input of a
+                // `#[batch]` stage. Kept in `progress` alone while `process`
+                // runs: a borrowed local, or a copy, would take room in the task.
+                progress.in_process = K::weight(&item);
+                batch.open.processed(progress.in_process);
+                Watched::new(AssertUnwindSafe(server.process(item, out)).catch_unwind()).await
+            };
             awaited |= waited;
             if let Err(panic) = processed {
                 // Logged as the item's failure.

@@ -100,6 +100,7 @@ impl<T> Items<T> {
     }
 
     /// [`push`](Self::push) into a list held with tags.
+    #[inline(never)]
     fn push_beside_tags(&mut self, item: T) {
         match &mut self.0 {
             List::Tagged(items) if !items.is_empty() => items.push((item, Tag::NONE)),
@@ -144,6 +145,15 @@ impl<T> Items<T> {
         match &mut self.0 {
             List::Plain(items) => items.pop().map(|item| (item, Tag::NONE)),
             List::Tagged(items) => items.pop(),
+        }
+    }
+
+    /// Takes the last item of a list known to hold no tags.
+    #[inline(always)]
+    pub(crate) fn pop_plain(&mut self) -> Option<T> {
+        match &mut self.0 {
+            List::Plain(items) => items.pop(),
+            List::Tagged(_) => unreachable!("a list checked plain took an item with a tag"),
         }
     }
 
