@@ -18,22 +18,9 @@ use futures::{StreamExt, stream};
 use genflow::{Emitter, GenServer, Metrics, SendError, Stage};
 use tokio::sync::{Notify, Semaphore};
 
-/// A generous bound on every wait.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, future).await.unwrap_or_else(|_| panic!("{what} did not finish in time"))
-}
-
-/// Waits (polling, with a deadline) until `pred` holds.
-async fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
-    within(what, async {
-        while !pred() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
+#[path = "support/wait.rs"]
+mod wait;
+use wait::{eventually_named as eventually, within_named as within};
 
 /// Keeps the expected key panics out of stderr; other panics print.
 fn quiet_key_panics() {

@@ -24,22 +24,9 @@ use genflow::{
 };
 use tokio::sync::Semaphore;
 
-/// A generous bound on every wait: no test comes near it when it passes.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, future).await.unwrap_or_else(|_| panic!("{what} did not finish in time"))
-}
-
-/// Waits (polling, with a deadline) until `pred` holds.
-async fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
-    within(what, async {
-        while !pred() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
-}
+#[path = "support/wait.rs"]
+mod wait;
+use wait::{eventually_named as eventually, within_named as within};
 
 /// Keeps the expected panics out of stderr; other panics print.
 fn quiet_panics() {
