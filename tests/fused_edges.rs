@@ -219,8 +219,8 @@ async fn a_long_process_in_a_fused_stage_shows_as_busy_while_it_lasts() {
     tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
 }
 
-/// Calls (or casts to) the stage fused after it from `process`, and keeps
-/// what came back.
+/// Calls (or casts to) the stage fused after it from `process`, `per_item`
+/// times per item, and keeps what came back.
 pub struct Caller(HostCalls);
 impl GenServer for Caller {
     type Message = ();
@@ -235,18 +235,21 @@ impl Stage for Caller {
     type In = u64;
     type Out = u64;
     async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
-        let answer = if self.0.cast {
-            self.0.cast_b(false).await.map(|()| 0).map_err(|e| e.to_string())
-        } else {
-            self.0.call_b(false).await.map_err(|e| e.to_string())
-        };
-        self.0.answers.lock().unwrap().push(answer);
+        for _ in 0..self.0.per_item {
+            let answer = if self.0.cast {
+                self.0.cast_b(false).await.map(|()| 0).map_err(|e| e.to_string())
+            } else {
+                self.0.call_b(false).await.map_err(|e| e.to_string())
+            };
+            self.0.answers.lock().unwrap().push(answer);
+        }
         out.emit(x).await;
     }
 }
 #[genflow::pipeline{ a: Caller, #[fused] b: S<HostCalls> }]
 pub struct HostCalls {
     cast: bool,
+    per_item: usize,
     answers: std::sync::Arc<std::sync::Mutex<Vec<Result<u64, String>>>>,
 }
 
@@ -255,7 +258,7 @@ pub struct HostCalls {
 #[tokio::test(start_paused = true)]
 async fn a_call_from_a_host_to_its_fused_stage_is_refused_as_a_cycle() {
     let answers = std::sync::Arc::default();
-    let flow = HostCalls::start(false, std::sync::Arc::clone(&answers)).await;
+    let flow = HostCalls::start(false, 1, std::sync::Arc::clone(&answers)).await;
     let _out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
     flow.send(1).await.unwrap();
     tokio::time::timeout(DEADLINE, flow.flush()).await.expect("no deadlock").unwrap();
@@ -265,18 +268,110 @@ async fn a_call_from_a_host_to_its_fused_stage_is_refused_as_a_cycle() {
     tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
 }
 
-// Casts into the fused stage's queue are fine while it has room (2); the
-// one that would wait for room is refused.
+// A cast per item into the fused stage's queue (room for 2) is served
+// between the host's items, so a batch of any size goes through.
+#[tokio::test(start_paused = true)]
+async fn casts_from_a_host_into_its_fused_stage_are_served_between_its_items() {
+    let answers = std::sync::Arc::default();
+    let flow = HostCalls::start(true, 1, std::sync::Arc::clone(&answers)).await;
+    let _out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
+    flow.feed(stream::iter(0..200)).await.unwrap();
+    tokio::time::timeout(DEADLINE, flow.flush()).await.expect("no deadlock").unwrap();
+    let answers = answers.lock().unwrap().clone();
+    assert_eq!(answers, vec![Ok(0); 200]);
+    let b = flow.metrics().stage("b").unwrap();
+    assert_eq!((b.received, b.processed), (200, 200));
+    tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
+}
+
+// Within one item, casts into the fused stage's queue are fine while it has
+// room (2); the one that would wait for room is refused.
 #[tokio::test(start_paused = true)]
 async fn a_cast_from_a_host_into_its_fused_stages_full_queue_is_refused() {
     let answers = std::sync::Arc::default();
-    let flow = HostCalls::start(true, std::sync::Arc::clone(&answers)).await;
+    let flow = HostCalls::start(true, 3, std::sync::Arc::clone(&answers)).await;
     let _out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
-    flow.feed(stream::iter(0..3)).await.unwrap();
+    flow.send(1).await.unwrap();
     tokio::time::timeout(DEADLINE, flow.flush()).await.expect("no deadlock").unwrap();
     let answers = answers.lock().unwrap().clone();
     assert_eq!(answers.len(), 3);
     assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 2, "{answers:?}");
     assert!(answers.iter().any(|a| a.as_ref().is_err_and(|e| e.contains("a -> b -> a"))), "{answers:?}");
     tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
+}
+
+/// Casts 1 to `c`, the last stage of its group, for each item, and passes
+/// the item on.
+pub struct CastOn(Chain3);
+impl GenServer for CastOn {
+    type Message = ();
+    type Response = ();
+    type Registry = Chain3;
+    fn new(registry: Chain3) -> Self {
+        CastOn(registry)
+    }
+    async fn handle_call(&mut self, (): ()) {}
+}
+impl Stage for CastOn {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        self.0.cast_c(1).await.unwrap();
+        out.emit(x).await;
+    }
+}
+
+/// Counts its items and the casts it got (its queue holds 2); a call
+/// answers both.
+pub struct Tally {
+    seen: u64,
+    casts: u64,
+}
+impl GenServer for Tally {
+    type Message = u64;
+    type Response = (u64, u64);
+    type Registry = Chain3;
+    fn new(_: Chain3) -> Self {
+        Tally { seen: 0, casts: 0 }
+    }
+    async fn handle_call(&mut self, _: u64) -> (u64, u64) {
+        (self.seen, self.casts)
+    }
+    async fn handle_cast(&mut self, n: u64) {
+        self.casts += n;
+    }
+    fn channel_queue_size() -> usize {
+        2
+    }
+}
+impl Stage for Tally {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        self.seen += 1;
+        out.emit(x).await;
+    }
+}
+
+#[genflow::pipeline{ a: CastOn, #[fused] b: CastOn, #[fused] c: Tally }]
+pub struct Chain3;
+
+// The first and the second stage of a group each cast into the third's
+// queue (room for 2) once per item, through hand-overs of many items: the
+// third stage's mail is served between the items of whichever stage is
+// at work, so no cast finds its queue full and every cast arrives.
+#[tokio::test(start_paused = true)]
+async fn casts_from_every_stage_of_a_group_into_its_last_are_served_between_items() {
+    let flow = Chain3::start().await;
+    let out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
+    flow.feed(stream::iter(0..1000)).await.unwrap();
+    tokio::time::timeout(DEADLINE, flow.flush()).await.expect("no deadlock").unwrap();
+    assert_eq!(flow.call_c(0).await.unwrap(), (1000, 2000));
+    tokio::time::timeout(DEADLINE, flow.shutdown()).await.unwrap();
+    assert_eq!(out.await.unwrap(), (0..1000).collect::<Vec<_>>());
+    let m = flow.metrics();
+    for stage in ["a", "b", "c"] {
+        let s = m.stage(stage).unwrap();
+        assert_eq!((s.received, s.processed, s.failed, s.emitted), (1000, 1000, 0, 1000), "{stage}: {m}");
+    }
 }

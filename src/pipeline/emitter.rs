@@ -591,6 +591,14 @@ impl<T: Send + 'static> Emitter<T> {
         }
     }
 
+    /// Tells the fused stages after this one which stages run before them
+    /// in the group (see [`Fused::watch`]).
+    pub(crate) fn watch_fused(&mut self, before: &mut Vec<Arc<crate::server::state::ServerState>>) {
+        if let Some(next) = self.next() {
+            next.watch(before);
+        }
+    }
+
     /// Handles what [`poll_fused`](Self::poll_fused) found.
     pub(crate) async fn serve_fused(&mut self) {
         if let Some(next) = self.next() {
@@ -604,7 +612,9 @@ impl<T: Send + 'static> Emitter<T> {
         if self.fused.is_none() {
             return;
         }
-        while poll_fn(|cx| Poll::Ready(self.poll_fused(cx).is_ready())).await {
+        // Out of the task's coop budget: a queue polled with the budget
+        // spent says `Pending` whatever it holds, and this looks only.
+        while tokio::task::coop::unconstrained(poll_fn(|cx| Poll::Ready(self.poll_fused(cx).is_ready()))).await {
             let away = self.counters.step_away();
             self.serve_fused().await;
             self.counters.step_back(away);

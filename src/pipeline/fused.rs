@@ -6,8 +6,8 @@
 //! own metrics) and Akka Streams' operator fusion (fused operators share one
 //! actor, driven by its graph interpreter). Here the previous stage's
 //! [`Emitter`] hands each batch it would push into a queue (up to
-//! [`BATCH`](super::BATCH) items) to a [`Fused`] trait object instead: a [`FusedStage`]
-//! owning the fused stage's state, its own `Emitter` (which may itself feed
+//! [`BATCH`](super::BATCH) items) to a [`Fused`] trait object
+//! instead: a [`FusedStage`] owning the fused stage's state, its own `Emitter` (which may itself feed
 //! a further fused stage), its counters and its control queue. One boxed
 //! future per batch, not per item; the batch's items are not copied (the
 //! fused stage takes the emitter's buffer and gives back its own), and the
@@ -17,10 +17,13 @@
 //!
 //! - its control queue: the group's task serves it between batches, while
 //!   it waits for work (`run.rs` polls [`Fused::poll_work`] after its own
-//!   control queue and before its input), and between the fused stage's
-//!   items, so `call_<stage>` is answered while the group works; a
-//!   doorbell (`Bell`) says when this queue or the own input may have
-//!   something, so the polls between batches cost an atomic swap;
+//!   control queue and before its input), between the fused stage's
+//!   items, and between the items of every stage before it in the group,
+//!   so `call_<stage>` is answered while the group works; a doorbell
+//!   (`Bell`) says when this queue or the own input may have something,
+//!   so the polls between batches cost an atomic swap, and marks the mail
+//!   of the stages before it in the group, which they check between
+//!   items;
 //! - its input queue, fed only by `sink_<stage>()`: read by the group's task
 //!   like the control queue, bounded by the stage's queue size and counted
 //!   in its `queued` metric;
@@ -46,7 +49,7 @@ use std::{
     future::poll_fn,
     panic::AssertUnwindSafe,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -105,6 +108,14 @@ pub(crate) trait Fused<T>: Send {
     /// The servers of this stage and the fused stages after it, whose
     /// abort stops the group's task.
     fn servers(&self, into: &mut Vec<Arc<ServerState>>);
+
+    /// Tells this stage, and the fused stages after it, which stages run
+    /// before it in the group (`before`, the group's first stage first): a
+    /// call, cast or item for this stage marks each of them as having mail
+    /// (see `Bell`), so whichever is working on items serves it between two
+    /// of them instead of after its batch. Called once, before the group's
+    /// task starts.
+    fn watch(&mut self, before: &mut Vec<Arc<ServerState>>);
 }
 
 /// What [`FusedStage::poll_work`] found.
@@ -146,15 +157,28 @@ pub(crate) struct FusedStage<S: Stage> {
 /// neither queue changed, instead of a poll of each (which takes the
 /// input queue's lock and registers a waker each time). Ringing it wakes
 /// the group's task.
+///
+/// Ringing it also marks the stages before this one in the group as having
+/// mail ([`ServerState::post`]): the stage at work checks that mark between
+/// its items (one load), and then polls this stage's work too, which rings
+/// the bell for the next message. So whatever stage of the group is at
+/// work serves this stage's calls and casts between its items, and a stage
+/// casting to a fused stage after it once per item never finds that
+/// stage's queue full for want of its turn.
 struct Bell {
     rang: AtomicBool,
     task: AtomicWaker,
+    /// The stages before this one in the group (set by [`Fused::watch`]).
+    before: OnceLock<Box<[Arc<ServerState>]>>,
 }
 
 impl ArcWake for Bell {
     fn wake_by_ref(bell: &Arc<Self>) {
         bell.rang.store(true, Ordering::Release);
         bell.task.wake();
+        for state in bell.before.get().into_iter().flatten() {
+            state.post();
+        }
     }
 }
 
@@ -170,7 +194,7 @@ impl<S: Stage> FusedStage<S> {
         // Run in another stage's task: its busy time is timed per batch.
         counters.measure_batches();
         // Rung from the start: the first poll looks at both queues.
-        let bell = Arc::new(Bell { rang: AtomicBool::new(true), task: AtomicWaker::new() });
+        let bell = Arc::new(Bell { rang: AtomicBool::new(true), task: AtomicWaker::new(), before: OnceLock::new() });
         FusedStage {
             bell_waker: futures::task::waker(bell.clone()),
             bell,
@@ -432,6 +456,12 @@ impl<S: Stage> Fused<S::In> for FusedStage<S> {
     fn servers(&self, into: &mut Vec<Arc<ServerState>>) {
         into.push(self.state.clone());
         self.out.fused_servers(into);
+    }
+
+    fn watch(&mut self, before: &mut Vec<Arc<ServerState>>) {
+        let _ = self.bell.before.set(before.clone().into_boxed_slice());
+        before.push(self.state.clone());
+        self.out.watch_fused(before);
     }
 }
 

@@ -723,7 +723,9 @@ impl Drop for Throttled<'_> {
     }
 }
 
-/// Handles the calls and casts already waiting, without waiting for more.
+/// Handles the calls and casts already waiting, without waiting for more,
+/// then what the stages fused after this one have waiting (their calls,
+/// casts and own items also mark this stage's mail).
 async fn serve_waiting<S: Stage>(
     server: &mut S,
     control: &mut Inbox<S>,
@@ -732,5 +734,6 @@ async fn serve_waiting<S: Stage>(
     while let Ok(envelope) = control.rx.try_recv() {
         serve_control(server, envelope, out).await?;
     }
+    out.serve_fused_waiting().await;
     Ok(())
 }

@@ -249,8 +249,9 @@ impl<R> Core<R> {
             // A fused next stage runs in this (single) replica's task.
             let mut fused_servers = Vec::new();
             let out = match fused.take() {
-                Some(next) => {
+                Some(mut next) => {
                     next.servers(&mut fused_servers);
+                    next.watch(&mut vec![state.clone()]);
                     out.with_fused(next)
                 }
                 None => out,
