@@ -375,3 +375,81 @@ async fn casts_from_every_stage_of_a_group_into_its_last_are_served_between_item
         assert_eq!((s.received, s.processed, s.failed, s.emitted), (1000, 1000, 0, 1000), "{stage}: {m}");
     }
 }
+
+/// Waits for a permit before each item.
+pub struct Held(std::sync::Arc<tokio::sync::Semaphore>);
+impl GenServer for Held {
+    type Message = ();
+    type Response = ();
+    type Registry = Handover;
+    fn new(registry: Handover) -> Self {
+        Held(registry.permits)
+    }
+    async fn handle_call(&mut self, (): ()) {}
+    fn channel_queue_size() -> usize {
+        1000
+    }
+}
+impl Stage for Held {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        self.0.acquire().await.unwrap().forget();
+        out.emit(x).await;
+    }
+}
+
+#[genflow::pipeline{ a: Held, #[fused] b: S<Handover> }]
+pub struct Handover {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Polls `pred` until it holds, yielding in between; panics past the deadline.
+async fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(DEADLINE, async {
+        while !pred() {
+            tokio::task::yield_now().await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("never: {what}"));
+}
+
+/// Feeds 300 items to `a`, which holds its first item until `k`, the size
+/// of its first batch, is known; lets that batch through, and returns `k`
+/// and how many `a` has taken once it waits in its second batch.
+async fn second_batch(flow: &Handover, permits: &tokio::sync::Semaphore) -> (u64, u64) {
+    let _out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
+    flow.feed(stream::iter(0..300)).await.unwrap();
+    let received = || flow.metrics().stage("a").unwrap().received;
+    eventually("the first batch", || received() > 0).await;
+    let k = received();
+    permits.add_permits(k as usize);
+    eventually("the second batch", || received() > k && flow.metrics().stage("b").unwrap().received == k).await;
+    let second = received();
+    // It waits for a permit in the second batch's first item: no more is taken.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(received(), second);
+    (k, second)
+}
+
+// A stage that a fused stage follows takes `HANDOVER` items at a time from
+// its queue unless told otherwise, and what `max_demand` says if it is.
+#[tokio::test]
+async fn a_stage_a_fused_stage_follows_takes_a_hand_over_at_a_time() {
+    use genflow::pipeline::HANDOVER;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let flow = Handover::start(permits.clone()).await;
+    let (k, second) = second_batch(&flow, &permits).await;
+    assert!((1..=HANDOVER as u64).contains(&k), "{k}");
+    assert_eq!(second - k, HANDOVER as u64);
+    flow.abort();
+
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let flow = Handover::builder(permits.clone()).max_demand("a", 10).start().await.unwrap();
+    let (k, second) = second_batch(&flow, &permits).await;
+    assert!((1..=10).contains(&k), "{k}");
+    assert_eq!(second - k, 10);
+    flow.abort();
+}

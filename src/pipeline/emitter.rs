@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::{
-    BATCH, Panicked,
+    BATCH, HANDOVER, Panicked,
     ack::{Held, items::Items, tag::Tag},
     concurrency::{Concurrency, InFlight},
     dispatch::{Dispatch, Grouped, group_by_queue},
@@ -154,8 +154,9 @@ impl<T: Send + 'static> Emitter<T> {
     ///
     /// The item goes into the emitter's buffer when `emit` is called; the
     /// returned future is ready at once unless the buffer then holds a full
-    /// batch ([`BATCH`](super::BATCH) items), which it sends on, waiting
-    /// for room.
+    /// batch ([`BATCH`](super::BATCH) items; [`HANDOVER`](super::HANDOVER)
+    /// for a `#[fused]` next stage), which it sends on, waiting for room
+    /// (or, for a fused next stage, while that stage processes it).
     ///
     /// # Cancel safety
     ///
@@ -215,7 +216,10 @@ impl<T: Send + 'static> Emitter<T> {
     /// once otherwise, which costs an item no more than a check.
     #[inline(always)]
     fn send_if_full(&mut self) -> IfFull<'_> {
-        IfFull { send: if self.buf.len() >= BATCH { Some(self.send_full()) } else { None } }
+        // A fused next stage takes bigger batches (see `HANDOVER`).
+        let len = self.buf.len();
+        let full = len >= BATCH && (len >= HANDOVER || self.fused.is_none());
+        IfFull { send: if full { Some(self.send_full()) } else { None } }
     }
 
     /// Sends the full buffer, as `flush`, whose check for an empty buffer

@@ -6,7 +6,7 @@
 //! own metrics) and Akka Streams' operator fusion (fused operators share one
 //! actor, driven by its graph interpreter). Here the previous stage's
 //! [`Emitter`] hands each batch it would push into a queue (up to
-//! [`BATCH`](super::BATCH) items) to a [`Fused`] trait object
+//! [`HANDOVER`](super::HANDOVER) items) to a [`Fused`] trait object
 //! instead: a [`FusedStage`] owning the fused stage's state, its own `Emitter` (which may itself feed
 //! a further fused stage), its counters and its control queue. One boxed
 //! future per batch, not per item; the batch's items are not copied (the

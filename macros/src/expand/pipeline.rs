@@ -112,6 +112,9 @@ pub(crate) fn start(registry: &Registry) -> Parts {
             }
         };
         let max_demand = match &s.max_demand {
+            // A stage a fused one follows hands its outputs over in bigger
+            // batches (see `pipeline::HANDOVER`).
+            None if servers.get(i + 1).is_some_and(|next| next.fused) => quote!(::genflow::pipeline::HANDOVER),
             None => quote!(::genflow::pipeline::BATCH),
             Some(Count::Lit(n)) => quote!(#n),
             Some(Count::Const(path)) => {
