@@ -7,11 +7,12 @@
 //! actor, driven by its graph interpreter). Here the previous stage's
 //! [`Emitter`] hands each batch it would push into a queue (up to
 //! [`HANDOVER`](super::HANDOVER) items) to a [`Fused`] trait object
-//! instead: a [`FusedStage`] owning the fused stage's state, its own `Emitter` (which may itself feed
-//! a further fused stage), its counters and its control queue. One boxed
-//! future per batch, not per item; the batch's items are not copied (the
-//! fused stage takes the emitter's buffer and gives back its own), and the
-//! clock is read once at each end of the hand-over, for both stages.
+//! instead: a [`FusedStage`] owning the fused stage's state, its own
+//! `Emitter` (which may itself feed a further fused stage), its counters
+//! and its control queue. One boxed future per batch, not per item; the
+//! batch's items are not copied (the fused stage takes the emitter's
+//! buffer and gives back its own), and the clock is read once at each end
+//! of the hand-over, for both stages.
 //!
 //! What the fused stage keeps of its own:
 //!
@@ -70,7 +71,7 @@ use super::{
     flush::ReplicaMark,
     metrics::{Counters, Delta},
     queue::{Queue, Waiter},
-    run::{Batch, process_batch},
+    run::{Batch, process_batch, serve_waiting},
 };
 use crate::server::{
     context,
@@ -160,11 +161,12 @@ pub(crate) struct FusedStage<S: Stage> {
 ///
 /// Ringing it also marks the stages before this one in the group as having
 /// mail ([`ServerState::post`]): the stage at work checks that mark between
-/// its items (one load), and then polls this stage's work too, which rings
-/// the bell for the next message. So whatever stage of the group is at
-/// work serves this stage's calls and casts between its items, and a stage
-/// casting to a fused stage after it once per item never finds that
-/// stage's queue full for want of its turn.
+/// its items (one load) and before the first item of a batch handed over,
+/// and then polls this stage's work until none is left, which arms the
+/// bell again for the next message. So whatever stage of the group is at
+/// work serves this stage's calls and casts before and between its items,
+/// and stages casting to a fused stage after them once per item never find
+/// its queue full for want of its turn.
 struct Bell {
     rang: AtomicBool,
     task: AtomicWaker,
@@ -250,7 +252,25 @@ impl<S: Stage> FusedStage<S> {
 
     /// Processes every item of the batch, serving calls and casts waiting
     /// in between; after a handler's panic, the rest goes to the new state.
+    ///
+    /// What waits for this stage, and for the fused stages after it, is
+    /// served first: the stage before may have cast into one of them on
+    /// the last item of its batch, and this stage may cast into the same
+    /// one on its first (a replica's task serves both before it takes a
+    /// batch; a fused stage's batch comes with no such stop).
     async fn run_batch(&mut self) {
+        if !self.batch.items.is_empty() && self.state.take_mail() {
+            let away = self.counters.step_away();
+            match (&mut self.server, &mut self.control) {
+                (Some(server), Some(control)) => {
+                    if let Err(Crashed) = serve_waiting(server, control, &mut self.out).await {
+                        self.crashed().await;
+                    }
+                }
+                _ => self.out.serve_fused_waiting().await,
+            }
+            self.counters.step_back(away);
+        }
         while !self.batch.items.is_empty() {
             match (&mut self.server, &mut self.control) {
                 (Some(server), Some(control)) => {

@@ -726,7 +726,7 @@ impl Drop for Throttled<'_> {
 /// Handles the calls and casts already waiting, without waiting for more,
 /// then what the stages fused after this one have waiting (their calls,
 /// casts and own items also mark this stage's mail).
-async fn serve_waiting<S: Stage>(
+pub(crate) async fn serve_waiting<S: Stage>(
     server: &mut S,
     control: &mut Inbox<S>,
     out: &mut Emitter<S::Out>,
