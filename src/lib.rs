@@ -349,14 +349,17 @@ pub use genflow_macros::make_registry;
 ///   counts and queue sizes at run time, and returns a [`ConfigError`],
 ///   starting nothing, for an unknown stage or a 0.
 /// - `#[fused]` runs the stage in the task of the stage before it, with no
-///   queue between them: that stage's batches of outputs go straight into
-///   this one's `process` (Flink's operator chaining, Akka Streams'
-///   operator fusion). Both stages have one replica: `#[replicas(N)]` with
+///   queue between them: that stage's batches of outputs (up to
+///   [`pipeline::HANDOVER`], 128 items; it also takes that many from its
+///   queue at a time unless its `max_demand` is set) go straight into this
+///   one's `process` (Flink's operator chaining, Akka Streams' operator
+///   fusion). Both stages have one replica: `#[replicas(N)]` with
 ///   N > 1 (or a const count) or `ordered` on either, and `#[fused]` on the
 ///   first stage, are compile errors; the builder returns
 ///   [`ConfigError::FusedReplicas`] for more than one. The fused stage
-///   keeps its calls and casts (served between batches and between its
-///   items), its metrics (`busy` of the stage before leaves out the time
+///   keeps its calls and casts (served between batches, between its items
+///   and between the items of the stages before it in the group), its
+///   metrics (`busy` of the stage before leaves out the time
 ///   spent in it), its failures, restarts and `flush`. `sink_<stage>()`
 ///   sends into its own input queue, which `queue_size` bounds and
 ///   `queued` counts. See the pipeline module's docs, "Fusion".

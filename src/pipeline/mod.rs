@@ -55,11 +55,12 @@
 //!
 //! A `#[fused]` stage runs in the task of the stage before it: the
 //! previous stage's [`Emitter`] hands each batch it would push into a queue
-//! (up to [`BATCH`] items) to the fused stage, which processes it at once,
-//! one boxed future per batch. Everything else of a stage stays the fused
-//! stage's own: its calls and casts (served by the group's task between
-//! batches, while it waits for input, and between the fused stage's
-//! items), its state, restart limit and failures, its metrics (`received`
+//! (up to [`HANDOVER`] items, which is also the previous stage's default
+//! `max_demand`) to the fused stage, which processes it at once, one boxed
+//! future per batch. Everything else of a stage stays the fused stage's
+//! own: its calls and casts (served by the group's task between batches,
+//! while it waits for input, between the fused stage's items and between
+//! the items of the stages before it in the group), its state, restart limit and failures, its metrics (`received`
 //! counts the items handed over; the previous stage's `busy` leaves out the
 //! time spent in the fused stage), and an input queue fed only by
 //! `sink_<stage>()`, which the stage's `queue_size` bounds and its `queued`
@@ -147,6 +148,7 @@ pub const BATCH: usize = 2;
 /// (the fused stage's clock reads, counters and batch bookkeeping), so
 /// bigger ones cost less per item; calls, casts and items of the fused
 /// stages' own queues are still served between the first stage's items.
-/// As a default `max_demand` it is GenStage's demand, sized for a task
-/// that runs several stages.
+/// As a default `max_demand`, the idea is GenStage's: how many items a
+/// consumer asks for at a time, here sized for a task that runs several
+/// stages.
 pub const HANDOVER: usize = 4 * BATCH;
