@@ -7,7 +7,9 @@ use futures::{SinkExt, stream};
 use genflow::{Emitter, GenServer, RestartLimit, Stage};
 use tokio::time::Instant;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+#[path = "support/wait.rs"]
+mod wait;
+use wait::{DEADLINE, eventually_named as eventually};
 
 /// Passes items on; a call answers how many it saw; `true` as a call panics.
 pub struct S<R> {
@@ -402,16 +404,6 @@ impl Stage for Held {
 #[genflow::pipeline{ a: Held, #[fused] b: S<Handover> }]
 pub struct Handover {
     permits: std::sync::Arc<tokio::sync::Semaphore>,
-}
-
-/// Polls `pred` until it holds, yielding in between; panics past the deadline.
-async fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(DEADLINE, async {
-        while !pred() {
-            tokio::task::yield_now().await;
-        }
-    });
-    waited.await.unwrap_or_else(|_| panic!("never: {what}"));
 }
 
 /// Feeds 300 items to `a`, which holds its first item until `k`, the size

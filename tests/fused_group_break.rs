@@ -10,13 +10,14 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
     },
-    time::Duration,
 };
 
 use futures::{SinkExt, StreamExt, stream};
 use genflow::{Emitter, GenServer, SendError, Stage};
 
-const DEADLINE: Duration = Duration::from_secs(60);
+#[path = "support/wait.rs"]
+mod wait;
+use wait::{eventually_named as eventually, within_named as within};
 const N: usize = 5;
 
 #[derive(Debug, Clone)]
@@ -220,21 +221,6 @@ fn chain_casts() -> Cfg {
         cfg.casts[i][j] = 1;
     }
     cfg
-}
-
-/// Polls `pred` with yields until it holds; panics past the deadline.
-async fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
-    tokio::time::timeout(DEADLINE, async {
-        while !pred() {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("never: {what}"));
-}
-
-async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, f).await.unwrap_or_else(|_| panic!("hung: {what}"))
 }
 
 macro_rules! check_metrics {
