@@ -306,7 +306,12 @@ async fn state_bucket(js: &jetstream::Context) -> Result<kv::Store, BoxError> {
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    js.get_or_create_stream(config).await.map_err(|e| format!("cannot create the bucket {STATE_BUCKET}: {e}"))?;
+    let name = config.name.clone();
+    if let Err(e) = js.get_or_create_stream(config).await {
+        // Workers starting together race to create it: the one that lost
+        // finds it made by the other.
+        js.get_stream(&name).await.map_err(|_| format!("cannot create the bucket {STATE_BUCKET}: {e}"))?;
+    }
     Ok(js.get_key_value(STATE_BUCKET).await.map_err(|e| format!("cannot open the bucket {STATE_BUCKET}: {e}"))?)
 }
 
