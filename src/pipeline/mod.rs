@@ -110,6 +110,7 @@ mod input;
 mod loom_models;
 mod metrics;
 mod output;
+mod plain;
 mod queue;
 mod rate;
 mod reorder;

@@ -18,6 +18,7 @@ use super::{
     drain::StageDrain,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
+    plain::{PlainItems, Stop},
     queue::{Queue, Reader},
     rate::RateLimit,
 };
@@ -394,12 +395,13 @@ impl<T, O: Hold> Drop for Batch<T, O> {
 /// the item in `process`, if any, counts as aborted). Only the counts a
 /// batch moves, not a whole [`Delta`]: an idle replica's task holds room
 /// for it.
-struct Progress<'a> {
+pub(crate) struct Progress<'a> {
     counters: &'a Counters,
-    processed: u64,
+    pub(crate) processed: u64,
     failed: u64,
-    /// 1 while an item is in `process`.
-    in_process: u64,
+    /// 1 while an item is in `process` (the weight of an input of a
+    /// `#[batch]` stage).
+    pub(crate) in_process: u64,
 }
 
 impl<'a> Progress<'a> {
@@ -485,25 +487,29 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
                 // without waiting, goes round it; any other leaves it for
                 // the bookkeeping below.
                 loop {
-                    let Some(item) = batch.items.pop_plain() else { break 'items };
-                    progress.in_process = K::weight(&item);
-                    batch.open.processed(progress.in_process);
-                    let (processed, waited) =
-                        Watched::new(AssertUnwindSafe(server.process(item, out)).catch_unwind()).await;
-                    if waited || processed.is_err() || out.item_failed() {
-                        break (processed, waited);
-                    }
-                    progress.processed += progress.in_process;
-                    progress.in_process = 0;
-                    if !batch.items.is_empty() && control.state.take_mail() {
-                        progress.publish();
-                        let away = progress.counters.step_away();
-                        // Boxed: a second place awaiting it would take room
-                        // in every replica's task.
-                        result = Box::pin(serve_waiting(server, control, out)).await;
-                        progress.counters.step_back(away);
-                        if result.is_err() {
-                            break 'items;
+                    let stop = PlainItems::<_, K, _, _, _>::new(
+                        server,
+                        out,
+                        &mut batch.items,
+                        &mut batch.open,
+                        &mut progress,
+                        &control.state,
+                        |server: &mut S, item, out| server.process(item, out),
+                    )
+                    .await;
+                    match stop {
+                        Stop::Empty => break 'items,
+                        Stop::Item(processed, waited) => break (processed, waited),
+                        Stop::Mail => {
+                            progress.publish();
+                            let away = progress.counters.step_away();
+                            // Boxed: a second place awaiting it would take room
+                            // in every replica's task.
+                            result = Box::pin(serve_waiting(server, control, out)).await;
+                            progress.counters.step_back(away);
+                            if result.is_err() {
+                                break 'items;
+                            }
                         }
                     }
                 }

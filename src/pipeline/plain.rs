@@ -1,0 +1,149 @@
+//! The loop a replica (or a fused stage) runs over a batch of plain items:
+//! no acknowledgements, no futures in flight, no rate limit, as long as
+//! each item goes well.
+//!
+//! It is a future of its own, written by hand rather than as a loop of an
+//! `async` block: between items, what the loop keeps (the batch, the
+//! counts, the stage's mail flag) stays in registers instead of being
+//! written to and read back from the task's state around each `process`
+//! future, and one panic guard covers a whole poll instead of each item,
+//! which lets the compiler inline `process` into the loop. An item's
+//! `process` future lives in a slot of this future, made in place; most
+//! finish on their first poll.
+//!
+//! Anything else an item brings (it panicked, failed, or waited on the
+//! way) ends the loop: the caller does the bookkeeping for that item and
+//! starts the loop again for the rest, as it does once it has served the
+//! mail that stopped the loop.
+
+use std::{
+    future::Future,
+    marker::PhantomData,
+    panic::{AssertUnwindSafe, catch_unwind},
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use super::{
+    Emitter, Stage,
+    ack::items::Items,
+    batch::{Hold, TakeFrom},
+    run::Progress,
+};
+use crate::server::state::ServerState;
+
+/// Why [`PlainItems`] stopped.
+pub(crate) enum Stop {
+    /// The batch is empty.
+    Empty,
+    /// The stage has mail, and items are left.
+    Mail,
+    /// The item just processed needs more than a count: it panicked
+    /// (`Err`), failed, or waited (`true`) on the way. Not counted yet:
+    /// [`Progress::in_process`] still holds its weight.
+    Item(std::thread::Result<()>, bool),
+}
+
+pin_project_lite::pin_project! {
+    /// Processes plain items of a batch (last to first) one after the
+    /// other until the batch is empty, the stage has mail, or an item needs
+    /// more than a count (see [`Stop`]). `make` starts `process`.
+    ///
+    /// Dropped while an item is in `process`, it drops that item's future;
+    /// the item counts as aborted (`progress.in_process`), as in the loop
+    /// of an `async` block.
+    pub(crate) struct PlainItems<'b, 'p, S: Stage, K, O, M, F> {
+        server: &'b mut S,
+        out: &'b mut Emitter<S::Out>,
+        items: &'b mut Items<S::In>,
+        open: &'b mut O,
+        progress: &'b mut Progress<'p>,
+        state: &'b ServerState,
+        make: M,
+        // The item in `process`: made in place, polled pinned.
+        #[pin]
+        slot: Option<F>,
+        // Whether the item in `process` waited (returned `Pending`).
+        waited: bool,
+        intake: PhantomData<fn() -> K>,
+    }
+}
+
+impl<'b, 'p, S, K, O, M, F> PlainItems<'b, 'p, S, K, O, M, F>
+where
+    S: Stage,
+    K: TakeFrom<S>,
+    O: Hold,
+    M: FnMut(&'b mut S, S::In, &'b mut Emitter<S::Out>) -> F,
+    F: Future<Output = ()>,
+{
+    /// The loop over `items`, which hold no tags, checking `state`'s mail
+    /// between items.
+    pub(crate) fn new(
+        server: &'b mut S,
+        out: &'b mut Emitter<S::Out>,
+        items: &'b mut Items<S::In>,
+        open: &'b mut O,
+        progress: &'b mut Progress<'p>,
+        state: &'b ServerState,
+        make: M,
+    ) -> Self {
+        PlainItems { server, out, items, open, progress, state, make, slot: None, waited: false, intake: PhantomData }
+    }
+}
+
+impl<'b, 'p, S, K, O, M, F> Future for PlainItems<'b, 'p, S, K, O, M, F>
+where
+    S: Stage,
+    K: TakeFrom<S>,
+    O: Hold,
+    M: FnMut(&'b mut S, S::In, &'b mut Emitter<S::Out>) -> F,
+    F: Future<Output = ()>,
+{
+    type Output = Stop;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stop> {
+        let mut this = self.project();
+        // One guard for the whole poll: what panics in it is `process`
+        // (this loop's own steps do not).
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            loop {
+                if let Some(future) = this.slot.as_mut().as_pin_mut() {
+                    if future.poll(cx).is_pending() {
+                        *this.waited = true;
+                        return Poll::Pending;
+                    }
+                    this.slot.set(None);
+                    if *this.waited || this.out.item_failed() {
+                        return Poll::Ready(Stop::Item(Ok(()), *this.waited));
+                    }
+                    this.progress.processed += this.progress.in_process;
+                    this.progress.in_process = 0;
+                    if !this.items.is_empty() && this.state.take_mail() {
+                        return Poll::Ready(Stop::Mail);
+                    }
+                }
+                let Some(item) = this.items.pop_plain() else { return Poll::Ready(Stop::Empty) };
+                this.progress.in_process = K::weight(&item);
+                this.open.processed(this.progress.in_process);
+                *this.waited = false;
+                // SAFETY: the future made here is the only user of the
+                // server and the emitter until it is dropped (below, or
+                // with this future), and it never outlives `'b`: it lives
+                // in `slot`, a field of this future, which holds both for
+                // `'b`. This loop touches neither while the slot is full.
+                let (server, out) =
+                    unsafe { (&mut *(&mut **this.server as *mut S), &mut *(&mut **this.out as *mut Emitter<S::Out>)) };
+                this.slot.set(Some((this.make)(server, item, out)));
+            }
+        }));
+        match run {
+            Ok(poll) => poll,
+            Err(panic) => {
+                // The item's future panicked: it is done.
+                this.slot.set(None);
+                Poll::Ready(Stop::Item(Err(panic), *this.waited))
+            }
+        }
+    }
+}
