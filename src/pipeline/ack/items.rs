@@ -9,9 +9,7 @@
 //! on a list (per batch, or per item pushed), and one fed with them moves
 //! each item and its tag together.
 
-use std::collections::VecDeque;
-
-use super::tag::Tag;
+use super::{slots::Slots, tag::Tag};
 
 /// A list of items, each with its acknowledgements.
 ///
@@ -348,8 +346,8 @@ impl<T> Iterator for Pairs<T> {
 pub(crate) struct Queued<T>(Deque<T>);
 
 enum Deque<T> {
-    Plain(VecDeque<T>),
-    Tagged(VecDeque<(T, Tag)>),
+    Plain(Slots<T>),
+    Tagged(Slots<(T, Tag)>),
 }
 
 impl<T> Default for Queued<T> {
@@ -361,7 +359,7 @@ impl<T> Default for Queued<T> {
 impl<T> Queued<T> {
     /// An empty queue; allocates nothing.
     pub(crate) const fn new() -> Self {
-        Queued(Deque::Plain(VecDeque::new()))
+        Queued(Deque::Plain(Slots::new()))
     }
 
     #[inline]
@@ -378,9 +376,10 @@ impl<T> Queued<T> {
     }
 
     /// The deque of items beside their tags, made from the plain one.
-    fn tagged(&mut self) -> &mut VecDeque<(T, Tag)> {
+    fn tagged(&mut self) -> &mut Slots<(T, Tag)> {
         if let Deque::Plain(items) = &mut self.0 {
-            let tagged = items.drain(..).map(|item| (item, Tag::NONE)).collect();
+            let mut tagged = Slots::with_capacity(items.len());
+            tagged.extend(items.take_all().map(|item| (item, Tag::NONE)));
             self.0 = Deque::Tagged(tagged);
         }
         match &mut self.0 {
@@ -406,9 +405,9 @@ impl<T> Queued<T> {
             // The form of what comes: a queue whose tagged items have left
             // goes back to plain items.
             self.0 = if from.has_tags() {
-                Deque::Tagged(VecDeque::with_capacity(n))
+                Deque::Tagged(Slots::with_capacity(n))
             } else {
-                Deque::Plain(VecDeque::with_capacity(n))
+                Deque::Plain(Slots::with_capacity(n))
             };
         }
         match (&mut self.0, &mut from.0) {
@@ -436,23 +435,12 @@ impl<T> Queued<T> {
                 Deque::Plain(_) => List::Plain(Vec::with_capacity(n)),
             };
         }
-        // A `Map` of a range has an exact length: the list reserves once
-        // and moves items without a check each (a `Drain` of a deque is
-        // read and written one checked item at a time).
+        // Items of the same form move in bulk (see `Slots`).
         match (&mut self.0, &mut out.0) {
-            (Deque::Plain(items), List::Plain(into)) => {
-                into.extend((0..n).map(|_| items.pop_front().expect("`n` items are queued")));
-            }
-            (Deque::Tagged(items), List::Tagged(into)) => {
-                into.extend((0..n).map(|_| items.pop_front().expect("`n` items are queued")));
-            }
-            (Deque::Plain(items), List::Tagged(into)) => {
-                into.extend((0..n).map(|_| (items.pop_front().expect("`n` items are queued"), Tag::NONE)));
-            }
-            (Deque::Tagged(items), List::Plain(_)) => {
-                let into = out.tagged();
-                into.extend((0..n).map(|_| items.pop_front().expect("`n` items are queued")));
-            }
+            (Deque::Plain(items), List::Plain(into)) => items.move_front(n, into),
+            (Deque::Tagged(items), List::Tagged(into)) => items.move_front(n, into),
+            (Deque::Plain(items), List::Tagged(into)) => items.map_front(n, into, |item| (item, Tag::NONE)),
+            (Deque::Tagged(items), List::Plain(_)) => items.move_front(n, out.tagged()),
         }
     }
 
@@ -464,7 +452,7 @@ impl<T> Queued<T> {
     #[cfg(test)]
     pub(crate) fn pop_plain(&mut self, n: usize, out: &mut Vec<T>) {
         match &mut self.0 {
-            Deque::Plain(items) => out.extend(items.drain(..n)),
+            Deque::Plain(items) => items.move_front(n, out),
             Deque::Tagged(_) => panic!("a test's items carry no tags"),
         }
     }

@@ -50,6 +50,7 @@ mod handle;
 mod held;
 pub(crate) mod items;
 mod outcome;
+mod slots;
 pub(crate) mod tag;
 
 pub use bulk::{Acknowledger, Acks};

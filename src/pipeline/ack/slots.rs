@@ -1,0 +1,129 @@
+//! The deque of a queue's plain items, whose readers take many at once.
+//!
+//! `VecDeque` moves its items out one at a time (`pop_front`, or a
+//! `Drain` read item by item), each move checked and the deque's head
+//! and length written back, which makes moving a batch out of a queue
+//! cost about as much per item as the rest of a stage's work on it. Here
+//! the items are held as `ManuallyDrop`, so a batch is copied out of the
+//! deque's two slices in two `memcpy`s, and the deque then forgets them
+//! (dropping a `ManuallyDrop` does nothing); the deque's own drop drops
+//! what is still held.
+
+use std::{collections::VecDeque, mem::ManuallyDrop, ptr};
+
+/// A deque of items that moves its first items out in bulk.
+pub(crate) struct Slots<T>(VecDeque<ManuallyDrop<T>>);
+
+impl<T> Slots<T> {
+    /// An empty deque; allocates nothing.
+    pub(crate) const fn new() -> Self {
+        Slots(VecDeque::new())
+    }
+
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Slots(VecDeque::with_capacity(n))
+    }
+
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn push_back(&mut self, item: T) {
+        self.0.push_back(ManuallyDrop::new(item));
+    }
+
+    pub(crate) fn extend(&mut self, items: impl IntoIterator<Item = T>) {
+        self.0.extend(items.into_iter().map(ManuallyDrop::new));
+    }
+
+    /// Takes every item, first to last.
+    pub(crate) fn take_all(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.0.drain(..).map(ManuallyDrop::into_inner)
+    }
+
+    /// Moves the first `n` items to the back of `into`.
+    ///
+    /// # Panics
+    ///
+    /// If fewer than `n` items are held (before moving any).
+    pub(crate) fn move_front(&mut self, n: usize, into: &mut Vec<T>) {
+        assert!(n <= self.0.len(), "{n} items taken from a deque of {}", self.0.len());
+        into.reserve(n);
+        let (front, back) = self.0.as_slices();
+        let first = front.len().min(n);
+        // SAFETY: `ManuallyDrop<T>` has the layout of `T`. `into` has room
+        // for `n` more items (reserved above), and the two slices hold
+        // `first` and at least `n - first` initialised items, none of them
+        // in `into`'s buffer. The `n` items copied become `into`'s, and the
+        // deque forgets its copies next: `drain` drops `ManuallyDrop`s,
+        // which drops nothing, and nothing between can panic.
+        unsafe {
+            let end = into.as_mut_ptr().add(into.len());
+            ptr::copy_nonoverlapping(front.as_ptr().cast::<T>(), end, first);
+            ptr::copy_nonoverlapping(back.as_ptr().cast::<T>(), end.add(first), n - first);
+            into.set_len(into.len() + n);
+        }
+        self.0.drain(..n);
+    }
+
+    /// Moves the first `n` items to the back of `into`, each as `f` makes
+    /// it, one at a time.
+    ///
+    /// # Panics
+    ///
+    /// If fewer than `n` items are held.
+    pub(crate) fn map_front<U>(&mut self, n: usize, into: &mut Vec<U>, f: impl FnMut(T) -> U) {
+        into.extend(self.0.drain(..n).map(ManuallyDrop::into_inner).map(f));
+    }
+}
+
+/// Drops the items still held.
+impl<T> Drop for Slots<T> {
+    fn drop(&mut self) {
+        self.take_all().for_each(drop);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Slots;
+
+    #[test]
+    fn moves_items_across_the_deques_wrap_and_drops_each_once() {
+        let counted = Arc::new(());
+        let mut slots = Slots::with_capacity(8);
+        let mut into = Vec::new();
+        // Wrap the deque's ring: the items taken lie in both of its slices.
+        for round in 0..5 {
+            for _ in 0..3 {
+                slots.push_back((round, counted.clone()));
+            }
+            slots.move_front(2, &mut into);
+        }
+        assert_eq!(slots.len(), 5);
+        assert_eq!(into.len(), 10);
+        assert_eq!(into.iter().map(|(round, _)| *round).collect::<Vec<_>>(), [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]);
+        assert_eq!(Arc::strong_count(&counted), 16);
+        drop(into);
+        assert_eq!(Arc::strong_count(&counted), 6);
+        let mut mapped = Vec::new();
+        slots.map_front(2, &mut mapped, |(round, item)| (round * 10, item));
+        assert_eq!(mapped.iter().map(|(round, _)| *round).collect::<Vec<_>>(), [30, 30]);
+        assert_eq!(slots.take_all().map(|(round, _)| round).collect::<Vec<_>>(), [4, 4, 4]);
+        slots.extend([(7, counted.clone())]);
+        drop(slots);
+        drop(mapped);
+        assert_eq!(Arc::strong_count(&counted), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "3 items taken from a deque of 2")]
+    fn taking_more_than_held_panics_before_moving_any() {
+        let mut slots = Slots::new();
+        slots.extend([1, 2]);
+        slots.move_front(3, &mut Vec::new());
+    }
+}
