@@ -106,11 +106,11 @@ mod footprint;
 mod fused;
 mod generic;
 mod input;
+mod item_loop;
 #[cfg(all(test, genflow_loom))]
 mod loom_models;
 mod metrics;
 mod output;
-mod plain;
 mod queue;
 mod rate;
 mod reorder;

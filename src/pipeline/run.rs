@@ -17,8 +17,8 @@ use super::{
     control::serve as serve_control,
     drain::StageDrain,
     flush::ReplicaMark,
+    item_loop::{self, ItemLoop, Stop},
     metrics::{Counters, Delta},
-    plain::{PlainItems, Stop},
     queue::{Queue, Reader},
     rate::RateLimit,
 };
@@ -481,20 +481,21 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
         let mut result = Ok(());
         let mut awaited = false;
         'items: loop {
-            let (processed, waited) = if !TAGS && batch.limit.is_none() {
-                // Plain items (no tags, no futures in flight) with no rate
-                // limit have a loop of their own: an item that goes well,
-                // without waiting, goes round it; any other leaves it for
-                // the bookkeeping below.
+            let (processed, waited) = if (!TAGS || !out.is_concurrent()) && batch.limit.is_none() {
+                // Items with no futures in flight (none without `TAGS`) and
+                // no rate limit, with acknowledgements or not, have a loop
+                // of their own: an item that goes well, without waiting,
+                // goes round it; any other leaves it for the bookkeeping
+                // below.
                 loop {
-                    let stop = PlainItems::<_, K, _, _, _>::new(
+                    let stop = ItemLoop::<_, K, _, _, _>::new(
                         server,
                         out,
                         &mut batch.items,
                         &mut batch.open,
                         &mut progress,
                         &control.state,
-                        |server: &mut S, item, out| server.process(item, out),
+                        item_loop::start::<S>,
                     )
                     .await;
                     match stop {
@@ -556,7 +557,22 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
                 // runs: a borrowed local, or a copy, would take room in the task.
                 progress.in_process = K::weight(&item);
                 batch.open.processed(progress.in_process);
-                Watched::new(AssertUnwindSafe(server.process(item, out)).catch_unwind()).await
+                // Through the plain loop's future, one item at a time: so
+                // `process` is polled in one place (see `pipeline/item_loop.rs`).
+                let mut one = pin!(ItemLoop::<_, K, _, _, _>::one(
+                    server,
+                    out,
+                    &mut batch.items,
+                    &mut batch.open,
+                    &mut progress,
+                    &control.state,
+                    item_loop::start::<S>,
+                ));
+                one.as_mut().start(item);
+                match one.await {
+                    Stop::Item(processed, waited) => (processed, waited),
+                    Stop::Empty | Stop::Mail => unreachable!("a future made by `one` stops after its item"),
+                }
             };
             awaited |= waited;
             if let Err(panic) = processed {
@@ -623,40 +639,6 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
         batch.first += done;
         drop(progress);
         result
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A future's output, and whether it waited (returned `Pending`) on
-    /// the way: a `process` call that waited makes its replica send its
-    /// outputs at once. A field of the future that awaits it, not a
-    /// pinned local polled through a closure, which would take two more
-    /// pointers in every replica's task.
-    struct Watched<F> {
-        #[pin]
-        future: F,
-        waited: bool,
-    }
-}
-
-impl<F> Watched<F> {
-    fn new(future: F) -> Self {
-        Watched { future, waited: false }
-    }
-}
-
-impl<F: Future> Future for Watched<F> {
-    type Output = (F::Output, bool);
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.future.poll(cx) {
-            Poll::Ready(output) => Poll::Ready((output, *this.waited)),
-            Poll::Pending => {
-                *this.waited = true;
-                Poll::Pending
-            }
-        }
     }
 }
 

@@ -17,6 +17,10 @@ use super::{slots::Slots, tag::Tag};
 /// items dropped).
 pub(crate) struct Items<T>(List<T>);
 
+/// What [`Items::pop_plain`] gives for a list whose items hold tags.
+#[derive(Debug)]
+pub(crate) struct HasTags;
+
 /// What an [`Items`] holds: a vector either way, and a word for which.
 enum List<T> {
     /// None of the items has an acknowledgement.
@@ -146,12 +150,14 @@ impl<T> Items<T> {
         }
     }
 
-    /// Takes the last item of a list known to hold no tags.
+    /// Takes the last item of a list that holds no tags (`Ok(None)` if it
+    /// is empty); `Err` if it holds tags, for [`pop`](Self::pop) to take
+    /// the item with its tag.
     #[inline(always)]
-    pub(crate) fn pop_plain(&mut self) -> Option<T> {
+    pub(crate) fn pop_plain(&mut self) -> Result<Option<T>, HasTags> {
         match &mut self.0 {
-            List::Plain(items) => items.pop(),
-            List::Tagged(_) => unreachable!("a list checked plain took an item with a tag"),
+            List::Plain(items) => Ok(items.pop()),
+            List::Tagged(_) => Err(HasTags),
         }
     }
 

@@ -1,6 +1,8 @@
-//! The loop a replica (or a fused stage) runs over a batch of plain items:
-//! no acknowledgements, no futures in flight, no rate limit, as long as
-//! each item goes well.
+//! The loop a replica (or a fused stage) runs over a batch of items, as
+//! long as each goes well: no futures in flight, no rate limit. Items with
+//! acknowledgements go round it as plain ones do, their tags handed to the
+//! emitter around `process` (out of line: a batch without them pays one
+//! check of the list's kind per item, as it pays for the list anyway).
 //!
 //! It is a future of its own, written by hand rather than as a loop of an
 //! `async` block: between items, what the loop keeps (the batch, the
@@ -15,6 +17,12 @@
 //! way) ends the loop: the caller does the bookkeeping for that item and
 //! starts the loop again for the rest, as it does once it has served the
 //! mail that stopped the loop.
+//!
+//! Items of a stage with futures in flight or a rate limit go through the
+//! same future one at a time ([`ItemLoop::one`]), and every loop's
+//! `process` futures are made by [`start`]: so a stage's `process` future
+//! has one type and is polled in this one place, where the compiler can
+//! inline it.
 
 use std::{
     future::Future,
@@ -26,13 +34,13 @@ use std::{
 
 use super::{
     Emitter, Stage,
-    ack::items::Items,
+    ack::items::{HasTags, Items},
     batch::{Hold, TakeFrom},
     run::Progress,
 };
 use crate::server::state::ServerState;
 
-/// Why [`PlainItems`] stopped.
+/// Why [`ItemLoop`] stopped.
 pub(crate) enum Stop {
     /// The batch is empty.
     Empty,
@@ -45,14 +53,14 @@ pub(crate) enum Stop {
 }
 
 pin_project_lite::pin_project! {
-    /// Processes plain items of a batch (last to first) one after the
+    /// Processes the items of a batch (last to first) one after the
     /// other until the batch is empty, the stage has mail, or an item needs
     /// more than a count (see [`Stop`]). `make` starts `process`.
     ///
     /// Dropped while an item is in `process`, it drops that item's future;
     /// the item counts as aborted (`progress.in_process`), as in the loop
     /// of an `async` block.
-    pub(crate) struct PlainItems<'b, 'p, S: Stage, K, O, M, F> {
+    pub(crate) struct ItemLoop<'b, 'p, S: Stage, K, O, M, F> {
         server: &'b mut S,
         out: &'b mut Emitter<S::Out>,
         items: &'b mut Items<S::In>,
@@ -65,11 +73,13 @@ pin_project_lite::pin_project! {
         slot: Option<F>,
         // Whether the item in `process` waited (returned `Pending`).
         waited: bool,
+        // Made by `one`: stop after the item in the slot, whatever it did.
+        single: bool,
         intake: PhantomData<fn() -> K>,
     }
 }
 
-impl<'b, 'p, S, K, O, M, F> PlainItems<'b, 'p, S, K, O, M, F>
+impl<'b, 'p, S, K, O, M, F> ItemLoop<'b, 'p, S, K, O, M, F>
 where
     S: Stage,
     K: TakeFrom<S>,
@@ -77,8 +87,7 @@ where
     M: FnMut(&'b mut S, S::In, &'b mut Emitter<S::Out>) -> F,
     F: Future<Output = ()>,
 {
-    /// The loop over `items`, which hold no tags, checking `state`'s mail
-    /// between items.
+    /// The loop over `items`, checking `state`'s mail between items.
     pub(crate) fn new(
         server: &'b mut S,
         out: &'b mut Emitter<S::Out>,
@@ -88,11 +97,72 @@ where
         state: &'b ServerState,
         make: M,
     ) -> Self {
-        PlainItems { server, out, items, open, progress, state, make, slot: None, waited: false, intake: PhantomData }
+        ItemLoop {
+            server,
+            out,
+            items,
+            open,
+            progress,
+            state,
+            make,
+            slot: None,
+            waited: false,
+            single: false,
+            intake: PhantomData,
+        }
+    }
+
+    /// Runs one item, which [`start`](Self::start) must give it before
+    /// its first poll, and stops with [`Stop::Item`] once the item is
+    /// done, whatever it did. The counts of `progress`, `open` and the
+    /// taking of items, with their tags, are left to the caller.
+    pub(crate) fn one(
+        server: &'b mut S,
+        out: &'b mut Emitter<S::Out>,
+        items: &'b mut Items<S::In>,
+        open: &'b mut O,
+        progress: &'b mut Progress<'p>,
+        state: &'b ServerState,
+        make: M,
+    ) -> Self {
+        ItemLoop { single: true, ..Self::new(server, out, items, open, progress, state, make) }
+    }
+
+    /// Starts `process` for `item` in the slot of a future made by
+    /// [`one`](Self::one) and not polled yet.
+    pub(crate) fn start(self: Pin<&mut Self>, item: S::In) {
+        let mut this = self.project();
+        debug_assert!(*this.single && this.slot.is_none(), "one item, started once");
+        // SAFETY: as in `poll`: the future made here is the only user of
+        // the server and the emitter until it is dropped, and lives in a
+        // field of this future, which holds both for `'b`.
+        let (server, out) =
+            unsafe { (&mut *(&mut **this.server as *mut S), &mut *(&mut **this.out as *mut Emitter<S::Out>)) };
+        this.slot.set(Some((this.make)(server, item, out)));
     }
 }
 
-impl<'b, 'p, S, K, O, M, F> Future for PlainItems<'b, 'p, S, K, O, M, F>
+/// Takes the last item of `items`, which hold tags, handing its tag to
+/// `out` for `process`.
+#[inline(never)]
+fn pop_tagged<T: Send + 'static, U: Send + 'static>(items: &mut Items<T>, out: &mut Emitter<U>) -> Option<T> {
+    let (item, tag) = items.pop()?;
+    out.begin_item(tag);
+    Some(item)
+}
+
+/// Starts a stage's `process` for `item`: the one maker of `process`
+/// futures, for every [`ItemLoop`] of a stage, so that they all have
+/// the same type and `process` is polled in one place.
+pub(crate) fn start<'b, S: Stage>(
+    server: &'b mut S,
+    item: S::In,
+    out: &'b mut Emitter<S::Out>,
+) -> impl Future<Output = ()> + 'b {
+    server.process(item, out)
+}
+
+impl<'b, 'p, S, K, O, M, F> Future for ItemLoop<'b, 'p, S, K, O, M, F>
 where
     S: Stage,
     K: TakeFrom<S>,
@@ -114,16 +184,25 @@ where
                         return Poll::Pending;
                     }
                     this.slot.set(None);
-                    if *this.waited || this.out.item_failed() {
+                    if *this.waited || *this.single || this.out.item_failed() {
                         return Poll::Ready(Stop::Item(Ok(()), *this.waited));
                     }
+                    // Its hold on its acknowledgements, if any, goes.
+                    this.out.end_item(false);
                     this.progress.processed += this.progress.in_process;
                     this.progress.in_process = 0;
                     if !this.items.is_empty() && this.state.take_mail() {
                         return Poll::Ready(Stop::Mail);
                     }
                 }
-                let Some(item) = this.items.pop_plain() else { return Poll::Ready(Stop::Empty) };
+                let item = match this.items.pop_plain() {
+                    Ok(Some(item)) => item,
+                    Err(HasTags) => match pop_tagged(this.items, this.out) {
+                        Some(item) => item,
+                        None => return Poll::Ready(Stop::Empty),
+                    },
+                    Ok(None) => return Poll::Ready(Stop::Empty),
+                };
                 this.progress.in_process = K::weight(&item);
                 this.open.processed(this.progress.in_process);
                 *this.waited = false;
