@@ -129,8 +129,10 @@ where
     }
 
     /// Starts `process` for `item` in the slot of a future made by
-    /// [`one`](Self::one) and not polled yet.
-    pub(crate) fn start(self: Pin<&mut Self>, item: S::In) {
+    /// [`one`](Self::one) and not polled yet. `Err` if `process` panicked
+    /// before it gave its future (a hand-written `fn process` may): the
+    /// item is done, and the slot stays empty.
+    pub(crate) fn start(self: Pin<&mut Self>, item: S::In) -> std::thread::Result<()> {
         let mut this = self.project();
         debug_assert!(*this.single && this.slot.is_none(), "one item, started once");
         // SAFETY: as in `poll`: the future made here is the only user of
@@ -138,7 +140,9 @@ where
         // field of this future, which holds both for `'b`.
         let (server, out) =
             unsafe { (&mut *(&mut **this.server as *mut S), &mut *(&mut **this.out as *mut Emitter<S::Out>)) };
-        this.slot.set(Some((this.make)(server, item, out)));
+        let future = catch_unwind(AssertUnwindSafe(|| (this.make)(server, item, out)))?;
+        this.slot.set(Some(future));
+        Ok(())
     }
 }
 

@@ -568,10 +568,12 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
                     &control.state,
                     item_loop::start::<S>,
                 ));
-                one.as_mut().start(item);
-                match one.await {
-                    Stop::Item(processed, waited) => (processed, waited),
-                    Stop::Empty | Stop::Mail => unreachable!("a future made by `one` stops after its item"),
+                match one.as_mut().start(item) {
+                    Err(panic) => (Err(panic), false),
+                    Ok(()) => match one.await {
+                        Stop::Item(processed, waited) => (processed, waited),
+                        Stop::Empty | Stop::Mail => unreachable!("a future made by `one` stops after its item"),
+                    },
                 }
             };
             awaited |= waited;
