@@ -557,7 +557,7 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
                 // runs: a borrowed local, or a copy, would take room in the task.
                 progress.in_process = K::weight(&item);
                 batch.open.processed(progress.in_process);
-                // Through the plain loop's future, one item at a time: so
+                // Through the item loop's future, one item at a time: so
                 // `process` is polled in one place (see `pipeline/item_loop.rs`).
                 let mut one = pin!(ItemLoop::<_, K, _, _, _>::one(
                     server,
