@@ -257,8 +257,10 @@ impl<T: Send + 'static> Emitter<T> {
     /// shutdown and the end of its batch wait for it. A panic inside
     /// `future` fails the item (a [`Failure`](crate::Failure) with
     /// [`is_panic`](crate::Failure::is_panic)), as a panic in `process`
-    /// does; the stage's state is not touched. Call it several times to
-    /// hand over several futures for one item.
+    /// does; the stage's state is not touched. Awaited in place, it *is*
+    /// a panic in `process`: the rest of that `process` call does not run
+    /// (handed over, the future runs after `process` went on). Call it
+    /// several times to hand over several futures for one item.
     ///
     /// `future` is `'static`: clone from `self` what it needs (a client
     /// handle, an `Arc`) before handing it over; the state itself stays
