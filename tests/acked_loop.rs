@@ -14,7 +14,7 @@ use std::{
     collections::BTreeMap,
     marker::PhantomData,
     sync::{
-        Arc, LazyLock, Mutex, Once,
+        Arc, LazyLock, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -27,27 +27,15 @@ use genflow::{
 };
 use tokio::sync::Semaphore;
 
+#[path = "support/quiet.rs"]
+mod quiet;
 #[path = "support/wait.rs"]
 mod wait;
 use wait::{eventually_named as eventually, within_named as within};
 
 /// Keeps the expected panics out of stderr; other panics print.
 fn quiet_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let text = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if !text.starts_with("expected acked-loop panic") {
-                previous(info);
-            }
-        }));
-    });
+    quiet::quiet_panics("expected acked-loop panic");
 }
 
 // ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, Once,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -18,22 +18,15 @@ use futures::{StreamExt, stream};
 use genflow::{Emitter, GenServer, Metrics, SendError, Stage};
 use tokio::sync::{Notify, Semaphore};
 
+#[path = "support/quiet.rs"]
+mod quiet;
 #[path = "support/wait.rs"]
 mod wait;
 use wait::{eventually_named as eventually, within_named as within};
 
 /// Keeps the expected key panics out of stderr; other panics print.
 fn quiet_key_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let quiet = info.payload().downcast_ref::<&str>().is_some_and(|m| m.contains("expected key panic"));
-            if !quiet {
-                previous(info);
-            }
-        }));
-    });
+    quiet::quiet_panics("expected key panic");
 }
 
 /// A keyed item: (key, sequence number).

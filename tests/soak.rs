@@ -30,6 +30,8 @@
 mod flows;
 #[path = "soak/pipeline_case.rs"]
 mod pipeline_case;
+#[path = "support/quiet.rs"]
+mod quiet;
 #[path = "soak/registry_case.rs"]
 mod registry_case;
 #[path = "soak/servers.rs"]
@@ -39,7 +41,7 @@ mod shape;
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::{Arc, Once},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -158,13 +160,5 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// The panics the soak injects are expected; keep them out of the output.
 fn quiet_injected_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !panic_message(info.payload()).starts_with("injected") {
-                default(info);
-            }
-        }));
-    });
+    quiet::quiet_panics("injected");
 }
