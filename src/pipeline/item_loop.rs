@@ -8,10 +8,11 @@
 //! `async` block: between items, what the loop keeps (the batch, the
 //! counts, the stage's mail flag) stays in registers instead of being
 //! written to and read back from the task's state around each `process`
-//! future, and one panic guard covers a whole poll instead of each item,
-//! which lets the compiler inline `process` into the loop. An item's
-//! `process` future lives in a slot of this future, made in place; most
-//! finish on their first poll.
+//! future (the counts of a poll are its locals, written to [`Progress`]
+//! when it returns), and one panic guard covers a whole poll instead of
+//! each item, which lets the compiler inline `process` into the loop. An
+//! item's `process` future lives in a slot of this future, made in place
+//! and polled in one place; most finish on their first poll.
 //!
 //! Anything else an item brings (it panicked, failed, or waited on the
 //! way) ends the loop: the caller does the bookkeeping for that item and
@@ -73,8 +74,6 @@ pin_project_lite::pin_project! {
         slot: Option<F>,
         // Whether the item in `process` waited (returned `Pending`).
         waited: bool,
-        // Made by `one`: stop after the item in the slot, whatever it did.
-        single: bool,
         intake: PhantomData<fn() -> K>,
     }
 }
@@ -97,25 +96,14 @@ where
         state: &'b ServerState,
         make: M,
     ) -> Self {
-        ItemLoop {
-            server,
-            out,
-            items,
-            open,
-            progress,
-            state,
-            make,
-            slot: None,
-            waited: false,
-            single: false,
-            intake: PhantomData,
-        }
+        ItemLoop { server, out, items, open, progress, state, make, slot: None, waited: false, intake: PhantomData }
     }
 
     /// Runs one item, which [`start`](Self::start) must give it before
     /// its first poll, and stops with [`Stop::Item`] once the item is
-    /// done, whatever it did. The counts of `progress`, `open` and the
-    /// taking of items, with their tags, are left to the caller.
+    /// done, whatever it did (as the loop does after any item that is in
+    /// its slot when a poll begins). The counts of `progress`, `open` and
+    /// the taking of items, with their tags, are left to the caller.
     pub(crate) fn one(
         server: &'b mut S,
         out: &'b mut Emitter<S::Out>,
@@ -125,7 +113,7 @@ where
         state: &'b ServerState,
         make: M,
     ) -> Self {
-        ItemLoop { single: true, ..Self::new(server, out, items, open, progress, state, make) }
+        Self::new(server, out, items, open, progress, state, make)
     }
 
     /// Starts `process` for `item` in the slot of a future made by
@@ -134,7 +122,7 @@ where
     /// item is done, and the slot stays empty.
     pub(crate) fn start(self: Pin<&mut Self>, item: S::In) -> std::thread::Result<()> {
         let mut this = self.project();
-        debug_assert!(*this.single && this.slot.is_none(), "one item, started once");
+        debug_assert!(this.slot.is_none() && !*this.waited, "one item, started once, before the first poll");
         // SAFETY: as in `poll`: the future made here is the only user of
         // the server and the emitter until it is dropped, and lives in a
         // field of this future, which holds both for `'b`.
@@ -178,48 +166,65 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stop> {
         let mut this = self.project();
+        // The counts of this poll, kept out of `progress` (in registers)
+        // until it returns: the weight of the items done, and of the item
+        // in `process` (0 between items).
+        let mut done = 0;
+        let mut weight = this.progress.in_process;
+        // An item in the slot already is one that waited, or the one item
+        // of `one`: once done, it stops the loop, whatever it did.
+        let stop_after = this.slot.is_some();
         // One guard for the whole poll: what panics in it is `process`
         // (this loop's own steps do not).
         let run = catch_unwind(AssertUnwindSafe(|| {
             loop {
-                if let Some(future) = this.slot.as_mut().as_pin_mut() {
-                    if future.poll(cx).is_pending() {
-                        *this.waited = true;
-                        return Poll::Pending;
-                    }
-                    this.slot.set(None);
-                    if *this.waited || *this.single || this.out.item_failed() {
-                        return Poll::Ready(Stop::Item(Ok(()), *this.waited));
-                    }
-                    // Its hold on its acknowledgements, if any, goes.
-                    this.out.end_item(false);
-                    this.progress.processed += this.progress.in_process;
-                    this.progress.in_process = 0;
-                    if !this.items.is_empty() && this.state.take_mail() {
-                        return Poll::Ready(Stop::Mail);
-                    }
+                if this.slot.is_none() {
+                    let item = match this.items.pop_plain() {
+                        Ok(Some(item)) => item,
+                        Err(HasTags) => match pop_tagged(this.items, this.out) {
+                            Some(item) => item,
+                            None => return Poll::Ready(Stop::Empty),
+                        },
+                        Ok(None) => return Poll::Ready(Stop::Empty),
+                    };
+                    weight = K::weight(&item);
+                    this.open.processed(weight);
+                    // SAFETY: the future made here is the only user of the
+                    // server and the emitter until it is dropped (below, or
+                    // with this future), and it never outlives `'b`: it
+                    // lives in `slot`, a field of this future, which holds
+                    // both for `'b`. This loop touches neither while the
+                    // slot is full.
+                    let (server, out) = unsafe {
+                        (&mut *(&mut **this.server as *mut S), &mut *(&mut **this.out as *mut Emitter<S::Out>))
+                    };
+                    let future = (this.make)(server, item, out);
+                    // SAFETY: the slot is empty (checked above), so nothing
+                    // pinned is overwritten or left undropped.
+                    unsafe { std::ptr::write(this.slot.as_mut().get_unchecked_mut(), Some(future)) };
                 }
-                let item = match this.items.pop_plain() {
-                    Ok(Some(item)) => item,
-                    Err(HasTags) => match pop_tagged(this.items, this.out) {
-                        Some(item) => item,
-                        None => return Poll::Ready(Stop::Empty),
-                    },
-                    Ok(None) => return Poll::Ready(Stop::Empty),
-                };
-                this.progress.in_process = K::weight(&item);
-                this.open.processed(this.progress.in_process);
-                *this.waited = false;
-                // SAFETY: the future made here is the only user of the
-                // server and the emitter until it is dropped (below, or
-                // with this future), and it never outlives `'b`: it lives
-                // in `slot`, a field of this future, which holds both for
-                // `'b`. This loop touches neither while the slot is full.
-                let (server, out) =
-                    unsafe { (&mut *(&mut **this.server as *mut S), &mut *(&mut **this.out as *mut Emitter<S::Out>)) };
-                this.slot.set(Some((this.make)(server, item, out)));
+                // The one place a `process` future is polled.
+                let Some(future) = this.slot.as_mut().as_pin_mut() else { unreachable!("filled above") };
+                if future.poll(cx).is_pending() {
+                    *this.waited = true;
+                    return Poll::Pending;
+                }
+                this.slot.set(None);
+                if stop_after || this.out.item_failed() {
+                    return Poll::Ready(Stop::Item(Ok(()), *this.waited));
+                }
+                // Its hold on its acknowledgements, if any, goes.
+                this.out.end_item(false);
+                done += weight;
+                weight = 0;
+                // The mark first: one load, where the batch's length is two.
+                if this.state.has_mail() && !this.items.is_empty() && this.state.take_mail() {
+                    return Poll::Ready(Stop::Mail);
+                }
             }
         }));
+        this.progress.processed += done;
+        this.progress.in_process = weight;
         match run {
             Ok(poll) => poll,
             Err(panic) => {

@@ -162,6 +162,13 @@ impl ServerState {
         self.mail.store(true, Ordering::Release);
     }
 
+    /// Whether messages may have been queued since the last
+    /// [`take_mail`](Self::take_mail), leaving the mark: one load.
+    #[inline]
+    pub(crate) fn has_mail(&self) -> bool {
+        self.mail.load(Ordering::Relaxed)
+    }
+
     /// Whether messages may have been queued since the last call. Clears
     /// the mark: whoever sees `true` must then take every queued message.
     /// Checked between items: inlined, it is one load when nothing came.
