@@ -350,7 +350,7 @@ pub use genflow_macros::make_registry;
 ///   starting nothing, for an unknown stage or a 0.
 /// - `#[fused]` runs the stage in the task of the stage before it, with no
 ///   queue between them: that stage's batches of outputs (up to
-///   [`pipeline::HANDOVER`], 128 items; it also takes that many from its
+///   [`pipeline::HANDOVER`], 512 items; it also takes that many from its
 ///   queue at a time unless its `max_demand` is set) go straight into this
 ///   one's `process` (Flink's operator chaining, Akka Streams' operator
 ///   fusion). Both stages have one replica: `#[replicas(N)]` with

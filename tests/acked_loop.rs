@@ -3,7 +3,7 @@
 //! stages: every `Ack` fires exactly once with the right outcome, the
 //! stage metrics are exact and the outputs exactly right, through 1–3
 //! stages unfused and `#[fused]`, with `process` emitting 0, 1 or many
-//! items (across the batch sizes of 32 and 128), failing, panicking and
+//! items (across the batch sizes of 32 and 512), failing, panicking and
 //! awaiting; acknowledged and plain inputs fed interleaved; stages that
 //! `hold()` acknowledgements and `emit_with` them from `process`, timers
 //! and `finish`; `emit_async` / `try_emit_async` in `#[concurrency(N)]`
@@ -455,8 +455,9 @@ async fn run_work<P: Pipeline<In = u64, Out = (u64, u64)>>(flow: P, shape: Shape
     assert_eq!(m.failures_dropped(), 0, "{context}\n{m}");
 }
 
-/// Input counts around and across the batch sizes of 32 and 128.
-const SIZES: [u64; 9] = [1, 31, 32, 33, 127, 128, 129, 300, 1_000];
+/// Input counts around and across batch sizes: 32 (`BATCH`), 128 and 512
+/// (`HANDOVER`, a hand-over into a fused stage).
+const SIZES: [u64; 12] = [1, 31, 32, 33, 127, 128, 129, 300, 511, 512, 513, 1_000];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_inputs_through_one_two_and_three_stages_unfused() {

@@ -409,9 +409,16 @@ pub struct Handover {
 /// Feeds 300 items to `a`, which holds its first item until `k`, the size
 /// of its first batch, is known; lets that batch through, and returns `k`
 /// and how many `a` has taken once it waits in its second batch.
+/// The queue of `Handover`'s first stage in these tests: room for all
+/// that `second_batch` feeds.
+const QUEUE: usize = 4 * genflow::pipeline::HANDOVER;
+
 async fn second_batch(flow: &Handover, permits: &tokio::sync::Semaphore) -> (u64, u64) {
     let _out = tokio::spawn(futures::StreamExt::collect::<Vec<u64>>(flow.output().unwrap()));
-    flow.feed(stream::iter(0..300)).await.unwrap();
+    // More than two hand-overs, all in a's queue (see `QUEUE`) while its
+    // first batch waits.
+    let items = 3 * genflow::pipeline::HANDOVER as u64;
+    flow.feed(stream::iter(0..items)).await.unwrap();
     let received = || flow.metrics().stage("a").unwrap().received;
     eventually("the first batch", || received() > 0).await;
     let k = received();
@@ -432,14 +439,14 @@ async fn second_batch(flow: &Handover, permits: &tokio::sync::Semaphore) -> (u64
 async fn a_stage_a_fused_stage_follows_takes_a_hand_over_at_a_time() {
     use genflow::pipeline::HANDOVER;
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let flow = Handover::start(permits.clone()).await;
+    let flow = Handover::builder(permits.clone()).queue_size("a", QUEUE).start().await.unwrap();
     let (k, second) = second_batch(&flow, &permits).await;
     assert!((1..=HANDOVER as u64).contains(&k), "{k}");
     assert_eq!(second - k, HANDOVER as u64);
     flow.abort();
 
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let flow = Handover::builder(permits.clone()).max_demand("a", 10).start().await.unwrap();
+    let flow = Handover::builder(permits.clone()).queue_size("a", QUEUE).max_demand("a", 10).start().await.unwrap();
     let (k, second) = second_batch(&flow, &permits).await;
     assert!((1..=10).contains(&k), "{k}");
     assert_eq!(second - k, 10);

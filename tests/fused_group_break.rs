@@ -337,7 +337,7 @@ async fn two_stages_each_casting_once_per_item_into_a_fused_queue_of_one() {
     assert_eq!(errors.len(), 0, "first: {:?}", errors.first());
 }
 
-// The same with hand-overs of up to 128 items (head queue of 1000).
+// The same with hand-overs of up to `HANDOVER` items (head queue of 1000).
 #[tokio::test]
 async fn two_stages_each_casting_once_per_item_into_a_fused_queue_of_one_big_batches() {
     let errors = refusals(&[(0, 2), (1, 2)], true).await;
@@ -649,7 +649,7 @@ async fn flush_and_shutdown_under_casting_load_account_every_item() {
     let flow = G4::start(cfg.clone()).await;
     let out = tokio::spawn(flow.output().unwrap().collect::<Vec<u64>>());
     let mut total = 0;
-    for chunk in [1u64, 2, 127, 128, 129, 255, 256, 1000, 3000] {
+    for chunk in [1u64, 2, 127, 128, 129, 255, 256, 511, 512, 513, 1000, 3000] {
         within("feed", flow.feed(stream::iter(total..total + chunk))).await.unwrap();
         total += chunk;
         within("flush", flow.flush()).await.unwrap();

@@ -145,11 +145,14 @@ pub const BATCH: usize = 2;
 /// How many items move together into a `#[fused]` stage: the most an
 /// [`Emitter`] holds for a fused next stage before handing them over, and
 /// the default `max_demand` of a stage that a `#[fused]` stage follows
-/// (4 × [`BATCH`], 128). A hand-over costs about the same whatever its size
-/// (the fused stage's clock reads, counters and batch bookkeeping), so
-/// bigger ones cost less per item; calls, casts and items of the fused
+/// (16 × [`BATCH`], 512). A hand-over costs about the same whatever its
+/// size (the fused stage's clock reads, counters and batch bookkeeping),
+/// so bigger ones cost less per item; calls, casts and items of the fused
 /// stages' own queues are still served between the first stage's items.
-/// As a default `max_demand`, the idea is GenStage's: how many items a
-/// consumer asks for at a time, here sized for a task that runs several
-/// stages.
-pub const HANDOVER: usize = 4 * BATCH;
+/// What a bigger hand-over costs instead: a fused stage sees the first
+/// item of a batch only once the stage before has processed the batch (up
+/// to this many items), and the group's emitter holds up to this many
+/// items. As a default `max_demand`, the idea is GenStage's: how many
+/// items a consumer asks for at a time (GenStage's default is 1000), here
+/// sized for a task that runs several stages.
+pub const HANDOVER: usize = 16 * BATCH;
