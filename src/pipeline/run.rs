@@ -600,6 +600,11 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
                 // settled.
                 out.settle_failed(progress.in_process);
             }
+            // The item is counted (or, with futures in flight, will be when
+            // they are done): no longer in `process`, so not counted as
+            // aborted too if the task is dropped while its failures wait
+            // for room below.
+            progress.in_process = 0;
             if TAGS {
                 // (Without, `begin_item` left the emitter holding no tag.)
                 out.end_item(item_failed);
@@ -607,7 +612,6 @@ fn process_items<'a, S: Stage, K: TakeFrom<S>, const TAGS: bool>(
             if item_failed {
                 out.send_failures().await;
             }
-            progress.in_process = 0;
             if waited {
                 // A stage that awaits per item is slow: send its output now, and
                 // serve the stages fused into this one, which otherwise would
