@@ -8,8 +8,9 @@
 //! seeing `processed` equal to the items done; `abort` while an item
 //! waits in the middle of a batch, in the first stage, in a fused stage,
 //! and on the one-item path of `#[concurrency]` and `#[rate_limit]` stages;
-//! `flush` around hand-over sizes; and `abort` while a failed item waits
-//! for room in the failures buffer.
+//! `flush` around hand-over sizes; `abort` while a failed item waits for
+//! room in the failures buffer; and a `process` future whose `Drop`
+//! panics, dropped once.
 
 use std::{
     sync::{
@@ -764,4 +765,86 @@ async fn abort_while_a_failure_waits_for_room_counts_the_item_once() {
     assert_eq!(a.received, a.processed + a.aborted, "received = processed + aborted\n{m}");
     assert_eq!(a.failed, a.processed, "every processed item failed\n{m}");
     drop(failures);
+}
+
+// ---------------------------------------------------------------------------
+// A `process` future whose `Drop` panics once it is done (a hand-written
+// future, which the trait's signature allows): the panic fails that one
+// item, and the future is dropped once, not a second time by the loop's
+// clean-up after the panic.
+
+/// Every `Bomb` dropped, by input.
+static BOMB_DROPS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Ready at once; its `Drop` records it, then panics for input 5. It owns
+/// a box, as a real future owns its state: dropped twice, the box would
+/// be freed twice.
+struct Bomb {
+    x: u64,
+    _state: Box<u64>,
+}
+
+impl std::future::Future for Bomb {
+    type Output = ();
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Ready(())
+    }
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        BOMB_DROPS.lock().unwrap().push(self.x);
+        if self.x == 5 {
+            panic!("{MARK} in the drop of {}", self.x);
+        }
+    }
+}
+
+struct Bomber<R> {
+    _registry: std::marker::PhantomData<R>,
+}
+
+impl<R: Clone + Send + Sync + 'static> GenServer for Bomber<R> {
+    type Message = ();
+    type Response = ();
+    type Registry = R;
+    fn new(_: R) -> Self {
+        Bomber { _registry: std::marker::PhantomData }
+    }
+    async fn handle_call(&mut self, _: ()) {}
+}
+
+impl<R: Clone + Send + Sync + 'static> Stage for Bomber<R> {
+    type In = u64;
+    type Out = u64;
+    fn process(&mut self, x: u64, _: &mut Emitter<u64>) -> impl std::future::Future<Output = ()> + Send {
+        Bomb { x, _state: Box::new(x) }
+    }
+}
+
+#[genflow::pipeline{ bomber: Bomber<Bombs> }]
+struct Bombs;
+
+#[genflow::pipeline{ #[rate_limit(1_000_000, per = Duration::from_secs(1))] bomber: Bomber<BombsLimited> }]
+struct BombsLimited;
+
+async fn bombs<P: Pipeline<In = u64, Out = u64>>(flow: P) -> Metrics {
+    within("feed", flow.feed(stream::iter(0..20))).await.unwrap();
+    within("shutdown", flow.shutdown()).await;
+    flow.metrics()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_future_whose_drop_panics_is_dropped_once() {
+    quiet_panics();
+    // One after the other: both record into `BOMB_DROPS`.
+    for limited in [false, true] {
+        BOMB_DROPS.lock().unwrap().clear();
+        let m = if limited { bombs(BombsLimited::start().await).await } else { bombs(Bombs::start().await).await };
+        let mut drops = BOMB_DROPS.lock().unwrap().clone();
+        drops.sort_unstable();
+        assert_eq!(drops, (0..20).collect::<Vec<_>>(), "limited: {limited}: every future dropped once\n{m}");
+        let s = m.stage("bomber").unwrap();
+        assert_eq!((s.received, s.processed, s.failed, s.aborted), (20, 20, 1, 0), "limited: {limited}\n{m}");
+    }
 }
