@@ -304,6 +304,19 @@ struct Counts {
     panics: u64,
 }
 
+/// Each stage's (received, processed, failed, emitted) in `m` are those
+/// of `counts`, stage by stage.
+fn assert_counts(m: &Metrics, counts: &[Counts], what: &str) {
+    for (name, c) in NAMES.iter().zip(counts) {
+        let s = m.stage(name).unwrap();
+        assert_eq!(
+            (s.received, s.processed, s.failed, s.emitted),
+            (c.received, c.processed, c.failed, c.emitted),
+            "{what}, stage {name}: (received, processed, failed, emitted)\n{m}"
+        );
+    }
+}
+
 /// The outputs and each stage's counts when `inputs` go through `stages`
 /// stages planned as `plans`.
 fn model(plans: &[Plan; 3], stages: usize, inputs: &[u64]) -> (Vec<u64>, Vec<Counts>) {
@@ -364,14 +377,9 @@ async fn run_exact<P: Reg>(flow: P, n: u64, stages: usize, gated: bool, what: &s
     let (want, counts) = model(&flow.cfg().plans, stages, &inputs);
     assert_eq!(got.len(), want.len(), "{what}, n = {n}: output length\n{m}");
     assert!(got == want, "{what}, n = {n}: outputs exactly, in order\n{m}");
+    assert_counts(&m, &counts, &format!("{what}, n = {n}"));
     for (i, c) in counts.iter().enumerate() {
         let s = m.stage(NAMES[i]).unwrap();
-        assert_eq!(
-            (s.received, s.processed, s.failed, s.emitted),
-            (c.received, c.processed, c.failed, c.emitted),
-            "{what}, n = {n}, stage {}: (received, processed, failed, emitted)\n{m}",
-            NAMES[i]
-        );
         assert_eq!((s.aborted, s.dropped, s.queued, s.in_flight), (0, 0, 0, 0), "{what}, n = {n}, {}\n{m}", NAMES[i]);
         let by_stage = failures.iter().filter(|f| f.stage() == NAMES[i]).count() as u64;
         assert_eq!(by_stage, c.failed, "{what}, n = {n}, {}: failures\n{m}", NAMES[i]);
@@ -721,15 +729,7 @@ async fn flushes<P: Reg>(flow: P, outputs: Arc<AtomicU64>) {
         let m = flow.metrics();
         let inputs: Vec<u64> = (0..total).collect();
         let (want, counts) = model(&flow.cfg().plans, 3, &inputs);
-        for (i, c) in counts.iter().enumerate() {
-            let s = m.stage(NAMES[i]).unwrap();
-            assert_eq!(
-                (s.received, s.processed, s.failed, s.emitted),
-                (c.received, c.processed, c.failed, c.emitted),
-                "after a flush at {total}: stage {}\n{m}",
-                NAMES[i]
-            );
-        }
+        assert_counts(&m, &counts, &format!("after a flush at {total}"));
         assert_eq!(within("call c", flow.call(2)).await, (counts[2].received, counts[2].processed), "{m}");
         let want = want.len() as u64;
         eventually("the outputs read", || outputs.load(Ordering::SeqCst) == want).await;
