@@ -9,12 +9,20 @@ use std::{
 use futures::{FutureExt, Stream, StreamExt};
 
 use super::{
-    BATCH,
+    HANDOVER,
     ack::{Ack, items::Items, tag::Tagged},
     dispatch::Dispatch,
     queue::{Closed, TryPush, Waiter},
 };
 use crate::SendError;
+
+/// The most items [`Input::feed`] moves into a queue at once: room for
+/// them is reserved once, and they are committed together (one lock of the
+/// queue and one wake-up of its readers per chunk). Items are taken from
+/// the stream only while they are ready, so a slow stream's items are not
+/// held back to fill a chunk; a chunk holds no more room than the queue
+/// has free.
+const FEED: usize = HANDOVER;
 
 /// The input of one stage, as seen from outside: what the pipeline's `send`,
 /// `try_send`, `feed` and sinks use.
@@ -90,7 +98,7 @@ impl<T: Send + 'static> Input<T> {
                 Ok(queue) => queue,
                 Err(panic) => return Err(SendError::KeyPanicked { message: first, panic }),
             };
-            let room = match queue.reserve(BATCH).await {
+            let room = match queue.reserve(FEED).await {
                 Ok(room) => room,
                 Err(Closed) => return Err(SendError::Closed(first)),
             };
