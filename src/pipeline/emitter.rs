@@ -73,6 +73,9 @@ pub struct Emitter<T> {
     /// Counts not yet published to `counters`.
     /// (At most a batch or so: published by every send.)
     emitted: u32,
+    /// How many items make the buffer full: [`BATCH`], or [`HANDOVER`]
+    /// for a `#[fused]` next stage.
+    full_at: u32,
     /// The place in `buf` of the first item emitted for the input in
     /// `process` and not sent yet, which holds no share of its
     /// acknowledgements until it is sent or the input is done ([`NO_FIRST`]
@@ -80,9 +83,6 @@ pub struct Emitter<T> {
     /// without touching the acknowledgements' count.
     first: u32,
     dropped: u64,
-    /// Time blocked in a send of an `ordered` stage's outputs or of
-    /// failures, not yet published.
-    blocked: Duration,
     /// For an `ordered` stage: where each batch's outputs wait their turn.
     /// Boxed: every replica's task holds its emitter for its whole life.
     order: Option<Box<Place<T>>>,
@@ -109,9 +109,9 @@ impl<T: Send + 'static> Emitter<T> {
             link,
             counters,
             emitted: 0,
+            full_at: BATCH as u32,
             first: NO_FIRST,
             dropped: 0,
-            blocked: Duration::ZERO,
             order: None,
             failing: Failing::detached(),
             fused: None,
@@ -132,6 +132,7 @@ impl<T: Send + 'static> Emitter<T> {
     /// one, instead of through the link.
     pub(crate) fn with_fused(mut self, next: Box<dyn Fused<T>>) -> Self {
         self.fused = Some(Box::new(Mutex::new(next)));
+        self.full_at = HANDOVER as u32;
         self
     }
 
@@ -217,8 +218,7 @@ impl<T: Send + 'static> Emitter<T> {
     #[inline(always)]
     fn send_if_full(&mut self) -> IfFull<'_> {
         // A fused next stage takes bigger batches (see `HANDOVER`).
-        let len = self.buf.len();
-        let full = len >= BATCH && (len >= HANDOVER || self.fused.is_none());
+        let full = self.buf.len() >= self.full_at as usize;
         IfFull { send: if full { Some(self.send_full()) } else { None } }
     }
 
@@ -439,11 +439,14 @@ impl<T: Send + 'static> Emitter<T> {
     /// Rare (an item failed), so the send runs boxed: its future takes no
     /// room in the replica's task while it waits for items.
     pub(crate) async fn send_failures(&mut self) {
-        Box::pin(shown(&self.counters, true, self.failing.send(&mut self.blocked, &self.counters))).await;
-        let failures_blocked = std::mem::take(&mut self.blocked);
-        if !failures_blocked.is_zero() {
-            self.counters.add(&Delta { failures_blocked, ..Delta::default() });
-        }
+        Box::pin(async {
+            let mut failures_blocked = Duration::ZERO;
+            shown(&self.counters, true, self.failing.send(&mut failures_blocked, &self.counters)).await;
+            if !failures_blocked.is_zero() {
+                self.counters.add(&Delta { failures_blocked, ..Delta::default() });
+            }
+        })
+        .await;
     }
 
     /// Sends every item buffered so far, waiting for room as needed, and
@@ -512,7 +515,9 @@ impl<T: Send + 'static> Emitter<T> {
             }
             self.settle_first();
             self.counters.add(&Delta { emitted: u64::from(std::mem::take(&mut self.emitted)), ..Delta::default() });
-            let Emitter { buf, blocked, dropped, order, counters, .. } = self;
+            let mut time_blocked = Duration::ZERO;
+            let blocked = &mut time_blocked;
+            let Emitter { buf, dropped, order, counters, .. } = self;
             // An ordered stage's send is shown as a whole (moving its future
             // into `shown` costs a copy that the plain path avoids).
             match (what, order) {
@@ -533,7 +538,7 @@ impl<T: Send + 'static> Emitter<T> {
             }
             self.counters.add(&Delta {
                 dropped: std::mem::take(&mut self.dropped),
-                blocked: std::mem::take(&mut self.blocked),
+                blocked: time_blocked,
                 ..Delta::default()
             });
         }
@@ -555,12 +560,8 @@ impl<T: Send + 'static> Emitter<T> {
             self.settle_first();
             self.counters.add(&Delta { emitted: u64::from(std::mem::take(&mut self.emitted)), ..Delta::default() });
             let target = &self.link.target;
-            target.send(&mut self.buf, &mut self.blocked, &mut self.dropped, Some(&self.counters)).await;
-            self.counters.add(&Delta {
-                dropped: std::mem::take(&mut self.dropped),
-                blocked: std::mem::take(&mut self.blocked),
-                ..Delta::default()
-            });
+            target.send(&mut self.buf, Waits::Shown(&self.counters), &mut self.dropped).await;
+            self.counters.add(&Delta { dropped: std::mem::take(&mut self.dropped), ..Delta::default() });
         }
     }
 }
@@ -858,7 +859,7 @@ impl<T> Link<T> {
 impl<T: Send> Link<T> {
     /// Moves every item of `items` downstream; see [`Target::send`].
     pub(crate) async fn send(&self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
-        self.target.send(items, blocked, dropped, None).await;
+        self.target.send(items, Waits::Sum(blocked), dropped).await;
     }
 }
 
@@ -876,6 +877,14 @@ struct Target<T> {
     keyed: Option<KeyFailures>,
 }
 
+/// Where the time a send waits for room goes.
+enum Waits<'a> {
+    /// Added to a sum, which the caller publishes.
+    Sum(&'a mut Duration),
+    /// Shown in these counters while it lasts, and published as it goes.
+    Shown(&'a Counters),
+}
+
 /// Where a `partition_by` stage's items whose key function panicked go.
 struct KeyFailures {
     stage: &'static str,
@@ -886,8 +895,7 @@ struct KeyFailures {
 impl<T> Target<T> {
     /// Moves every item of `items` into the target, in order, waiting for
     /// room; items nobody can take are counted in `dropped`. Time spent
-    /// waiting is added to `blocked`, or with `shown`, shown and published
-    /// there as it goes.
+    /// waiting goes where `waits` says.
     ///
     /// Written as a function returning an `async move` block, not as an
     /// `async fn`, which would hold its arguments twice: this future sits
@@ -896,9 +904,8 @@ impl<T> Target<T> {
     fn send<'a>(
         &'a self,
         items: &'a mut Items<T>,
-        blocked: &'a mut Duration,
+        mut waits: Waits<'a>,
         dropped: &'a mut u64,
-        shown: Option<&'a Counters>,
     ) -> impl Future<Output = ()> + 'a {
         async move {
             if self.taken.as_ref().is_some_and(|taken| !taken.load(Ordering::Acquire)) {
@@ -909,9 +916,9 @@ impl<T> Target<T> {
             match &self.dispatch {
                 Dispatch::Shared(queue) => {
                     while !items.is_empty() {
-                        let room = match shown {
-                            Some(counters) => blocking_shown(counters, queue.reserve(items.len())).await,
-                            None => blocking(blocked, queue.reserve(items.len())).await,
+                        let room = match &mut waits {
+                            Waits::Shown(counters) => blocking_shown(counters, queue.reserve(items.len())).await,
+                            Waits::Sum(blocked) => blocking(blocked, queue.reserve(items.len())).await,
                         };
                         match room {
                             Ok(room) => room.commit(items),
@@ -926,7 +933,7 @@ impl<T> Target<T> {
                     // Its grouping takes room across its waits: boxed, so
                     // that the futures of every emitter's sends (which an
                     // idle replica's task holds room for) stay small.
-                    Box::pin(self.send_keyed(queues, *key, items, blocked, dropped, shown)).await;
+                    Box::pin(self.send_keyed(queues, *key, items, waits, dropped)).await;
                 }
             }
         }
@@ -938,9 +945,8 @@ impl<T> Target<T> {
         queues: &[Arc<Queue<T>>],
         key: fn(&T) -> u64,
         items: &mut Items<T>,
-        blocked: &mut Duration,
+        mut waits: Waits<'_>,
         dropped: &mut u64,
-        shown: Option<&Counters>,
     ) {
         // One reservation per queue: the batch is grouped by queue first
         // (each queue's items keep their order). An item leaves `items`
@@ -958,27 +964,28 @@ impl<T> Target<T> {
                     // Its failure may wait for room in the failures
                     // buffer: shown as such while it lasts, where the
                     // sender shows its waits, and counted in
-                    // `failures_blocked` as well as in `blocked` (which
-                    // the caller publishes). Rare: boxed, to take no room
-                    // in this future.
+                    // `failures_blocked` as well as in `blocked`. Rare:
+                    // boxed, to take no room in this future.
                     let mut waited = Duration::ZERO;
                     let failed = self.key_panicked(panic, tag, &mut waited, dropped);
-                    match shown {
-                        Some(counters) => {
+                    match &mut waits {
+                        Waits::Shown(counters) => {
                             Box::pin(self::shown(counters, true, failed)).await;
-                            counters.add(&Delta { failures_blocked: waited, ..Delta::default() });
+                            counters.add(&Delta { failures_blocked: waited, blocked: waited, ..Delta::default() });
                         }
-                        None => Box::pin(failed).await,
+                        Waits::Sum(blocked) => {
+                            Box::pin(failed).await;
+                            **blocked += waited;
+                        }
                     }
-                    *blocked += waited;
                 }
                 continue;
             }
             let mut left = len;
             while left > 0 {
-                let room = match shown {
-                    Some(counters) => blocking_shown(counters, queues[queue].reserve(left)).await,
-                    None => blocking(blocked, queues[queue].reserve(left)).await,
+                let room = match &mut waits {
+                    Waits::Shown(counters) => blocking_shown(counters, queues[queue].reserve(left)).await,
+                    Waits::Sum(blocked) => blocking(blocked, queues[queue].reserve(left)).await,
                 };
                 match room {
                     Ok(room) => {

@@ -109,7 +109,7 @@ fn idle_tasks_stay_within_their_allocation_steps() {
     // What a task holds for its whole life.
     // (Its buffers of outputs and of failures are `Items`, whose form
     // takes a word beside its `Vec`.)
-    assert!(size_of::<Emitter<u64>>() <= 184, "Emitter<u64>: {} B", size_of::<Emitter<u64>>());
+    assert!(size_of::<Emitter<u64>>() <= 176, "Emitter<u64>: {} B", size_of::<Emitter<u64>>());
     assert_eq!(size_of::<Option<Ready>>(), size_of::<usize>());
     assert_eq!(size_of_val(&Restarts::new(<Hooks<0> as GenServer>::restart_limit)), size_of::<usize>());
 }
