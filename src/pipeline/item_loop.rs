@@ -9,10 +9,15 @@
 //! counts, the stage's mail flag) stays in registers instead of being
 //! written to and read back from the task's state around each `process`
 //! future (the counts of a poll are its locals, written to [`Progress`]
-//! when it returns), and one panic guard covers a whole poll instead of
-//! each item, which lets the compiler inline `process` into the loop. An
-//! item's `process` future lives in a slot of this future, made in place
-//! and polled in one place; most finish on their first poll.
+//! when it returns), and one panic guard covers a whole poll's polls of
+//! `process` futures instead of each item, which lets the compiler inline
+//! `process` into the loop. An item's `process` future lives in a slot of
+//! this future, made in place and polled in one place; most finish on
+//! their first poll. Whether the slot is full is a local of the loop
+//! (kept in the future only when a poll returns): making a future and
+//! dropping it have guards of their own, which cost nothing where neither
+//! can panic, so a panic caught by the poll's guard always comes from a
+//! future in the slot.
 //!
 //! Anything else an item brings (it panicked, failed, or waited on the
 //! way) ends the loop: the caller does the bookkeeping for that item and
@@ -28,6 +33,7 @@
 use std::{
     future::Future,
     marker::PhantomData,
+    mem::MaybeUninit,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
     task::{Context, Poll},
@@ -53,28 +59,39 @@ pub(crate) enum Stop {
     Item(std::thread::Result<()>, bool),
 }
 
-pin_project_lite::pin_project! {
-    /// Processes the items of a batch (last to first) one after the
-    /// other until the batch is empty, the stage has mail, or an item needs
-    /// more than a count (see [`Stop`]). `make` starts `process`.
-    ///
-    /// Dropped while an item is in `process`, it drops that item's future;
-    /// the item counts as aborted (`progress.in_process`), as in the loop
-    /// of an `async` block.
-    pub(crate) struct ItemLoop<'b, 'p, S: Stage, K, O, M, F> {
-        server: &'b mut S,
-        out: &'b mut Emitter<S::Out>,
-        items: &'b mut Items<S::In>,
-        open: &'b mut O,
-        progress: &'b mut Progress<'p>,
-        state: &'b ServerState,
-        make: M,
-        // The item in `process`: made in place, polled pinned.
-        #[pin]
-        slot: Option<F>,
-        // Whether the item in `process` waited (returned `Pending`).
-        waited: bool,
-        intake: PhantomData<fn() -> K>,
+/// Processes the items of a batch (last to first) one after the other
+/// until the batch is empty, the stage has mail, or an item needs more
+/// than a count (see [`Stop`]). `make` starts `process`.
+///
+/// Dropped while an item is in `process`, it drops that item's future;
+/// the item counts as aborted (`progress.in_process`), as in the loop of
+/// an `async` block.
+pub(crate) struct ItemLoop<'b, 'p, S: Stage, K, O, M, F> {
+    server: &'b mut S,
+    out: &'b mut Emitter<S::Out>,
+    items: &'b mut Items<S::In>,
+    open: &'b mut O,
+    progress: &'b mut Progress<'p>,
+    state: &'b ServerState,
+    make: M,
+    /// The item in `process`: made in place, polled pinned, never moved;
+    /// live while `full`. (A flag of its own rather than an `Option`:
+    /// while a poll goes through items, whether the slot is full is a
+    /// local, and the flag is written only when the poll returns.)
+    slot: MaybeUninit<F>,
+    full: bool,
+    /// Whether the item in `process` waited (returned `Pending`).
+    waited: bool,
+    intake: PhantomData<fn() -> K>,
+}
+
+impl<S: Stage, K, O, M, F> Drop for ItemLoop<'_, '_, S, K, O, M, F> {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.full) {
+            // SAFETY: the slot holds a live future (`full`), dropped in
+            // place, once (`full` is cleared first).
+            unsafe { std::ptr::drop_in_place(self.slot.as_mut_ptr()) };
+        }
     }
 }
 
@@ -96,7 +113,19 @@ where
         state: &'b ServerState,
         make: M,
     ) -> Self {
-        ItemLoop { server, out, items, open, progress, state, make, slot: None, waited: false, intake: PhantomData }
+        ItemLoop {
+            server,
+            out,
+            items,
+            open,
+            progress,
+            state,
+            make,
+            slot: MaybeUninit::uninit(),
+            full: false,
+            waited: false,
+            intake: PhantomData,
+        }
     }
 
     /// Runs one item, which [`start`](Self::start) must give it before
@@ -121,15 +150,17 @@ where
     /// before it gave its future (a hand-written `fn process` may): the
     /// item is done, and the slot stays empty.
     pub(crate) fn start(self: Pin<&mut Self>, item: S::In) -> std::thread::Result<()> {
-        let mut this = self.project();
-        debug_assert!(this.slot.is_none() && !*this.waited, "one item, started once, before the first poll");
+        // SAFETY: the slot's future is made in place here and never moved.
+        let this = unsafe { self.get_unchecked_mut() };
+        debug_assert!(!this.full && !this.waited, "one item, started once, before the first poll");
         // SAFETY: as in `poll`: the future made here is the only user of
         // the server and the emitter until it is dropped, and lives in a
         // field of this future, which holds both for `'b`.
         let (server, out) =
-            unsafe { (&mut *(&mut **this.server as *mut S), &mut *(&mut **this.out as *mut Emitter<S::Out>)) };
+            unsafe { (&mut *(&mut *this.server as *mut S), &mut *(&mut *this.out as *mut Emitter<S::Out>)) };
         let future = catch_unwind(AssertUnwindSafe(|| (this.make)(server, item, out)))?;
-        this.slot.set(Some(future));
+        this.slot.write(future);
+        this.full = true;
         Ok(())
     }
 }
@@ -165,7 +196,9 @@ where
     type Output = Stop;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Stop> {
-        let mut this = self.project();
+        // SAFETY: the slot's future is made in place, polled pinned and
+        // dropped where it is; nothing here moves it.
+        let this = unsafe { self.get_unchecked_mut() };
         // The counts of this poll, kept out of `progress` (in registers)
         // until it returns: the weight of the items done, and of the item
         // in `process` (0 between items).
@@ -173,19 +206,25 @@ where
         let mut weight = this.progress.in_process;
         // An item in the slot already is one that waited, or the one item
         // of `one`: once done, it stops the loop, whatever it did.
-        let stop_after = this.slot.is_some();
-        // One guard for the whole poll: what panics in it is `process`
-        // (this loop's own steps do not).
+        let stop_after = this.full;
+        // One guard for the whole poll, for what panics most often: a
+        // `process` future's poll (the slot is then full). Making the
+        // future and dropping it have guards of their own, which cost
+        // nothing where neither can panic (an `async fn`'s future, made
+        // and done), so that whether the slot is full stays a local of
+        // the loop, given back with its result.
         let run = catch_unwind(AssertUnwindSafe(|| {
+            // Whether the slot holds a future made before this poll.
+            let mut made = stop_after;
             loop {
-                if this.slot.is_none() {
+                if !made {
                     let item = match this.items.pop_plain() {
                         Ok(Some(item)) => item,
                         Err(HasTags) => match pop_tagged(this.items, this.out) {
                             Some(item) => item,
-                            None => return Poll::Ready(Stop::Empty),
+                            None => return (Poll::Ready(Stop::Empty), false),
                         },
-                        Ok(None) => return Poll::Ready(Stop::Empty),
+                        Ok(None) => return (Poll::Ready(Stop::Empty), false),
                     };
                     weight = K::weight(&item);
                     this.open.processed(weight);
@@ -196,22 +235,33 @@ where
                     // both for `'b`. This loop touches neither while the
                     // slot is full.
                     let (server, out) = unsafe {
-                        (&mut *(&mut **this.server as *mut S), &mut *(&mut **this.out as *mut Emitter<S::Out>))
+                        (&mut *(&mut *this.server as *mut S), &mut *(&mut *this.out as *mut Emitter<S::Out>))
                     };
-                    let future = (this.make)(server, item, out);
-                    // SAFETY: the slot is empty (checked above), so nothing
-                    // pinned is overwritten or left undropped.
-                    unsafe { std::ptr::write(this.slot.as_mut().get_unchecked_mut(), Some(future)) };
+                    let make = &mut this.make;
+                    match catch_unwind(AssertUnwindSafe(|| make(server, item, out))) {
+                        // The slot is empty: nothing is overwritten.
+                        Ok(future) => this.slot.write(future),
+                        // `process` panicked before it gave its future.
+                        Err(panic) => return (Poll::Ready(Stop::Item(Err(panic), this.waited)), false),
+                    };
                 }
                 // The one place a `process` future is polled.
-                let Some(future) = this.slot.as_mut().as_pin_mut() else { unreachable!("filled above") };
+                // SAFETY: the slot holds a live future, pinned: it stays
+                // where it is until it is dropped in place.
+                let future = unsafe { Pin::new_unchecked(this.slot.assume_init_mut()) };
                 if future.poll(cx).is_pending() {
-                    *this.waited = true;
-                    return Poll::Pending;
+                    this.waited = true;
+                    return (Poll::Pending, true);
                 }
-                this.slot.set(None);
+                made = false;
+                let slot = &mut this.slot;
+                // SAFETY: live until here, and dropped once (a drop that
+                // panics drops the rest of the future and is done).
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| unsafe { slot.assume_init_drop() })) {
+                    return (Poll::Ready(Stop::Item(Err(panic), this.waited)), false);
+                }
                 if stop_after || this.out.item_failed() {
-                    return Poll::Ready(Stop::Item(Ok(()), *this.waited));
+                    return (Poll::Ready(Stop::Item(Ok(()), this.waited)), false);
                 }
                 // Its hold on its acknowledgements, if any, goes.
                 this.out.end_item(false);
@@ -219,18 +269,24 @@ where
                 weight = 0;
                 // The mark first: one load, where the batch's length is two.
                 if this.state.has_mail() && !this.items.is_empty() && this.state.take_mail() {
-                    return Poll::Ready(Stop::Mail);
+                    return (Poll::Ready(Stop::Mail), false);
                 }
             }
         }));
         this.progress.processed += done;
         this.progress.in_process = weight;
         match run {
-            Ok(poll) => poll,
+            Ok((poll, full)) => {
+                this.full = full;
+                poll
+            }
             Err(panic) => {
-                // The item's future panicked: it is done.
-                this.slot.set(None);
-                Poll::Ready(Stop::Item(Err(panic), *this.waited))
+                // The item's future panicked in its poll: it is done.
+                this.full = false;
+                // SAFETY: live (the guards of making and dropping it caught
+                // their own panics), and dropped once.
+                unsafe { this.slot.assume_init_drop() };
+                Poll::Ready(Stop::Item(Err(panic), this.waited))
             }
         }
     }
