@@ -204,9 +204,9 @@ where
         // in `process` (0 between items).
         let mut done = 0;
         let mut weight = this.progress.in_process;
-        // An item in the slot already is one that waited, or the one item
-        // of `one`: once done, it stops the loop, whatever it did.
-        let stop_after = this.full;
+        // Whether the slot holds a future made before this poll: one that
+        // waited, or the one item of `one`.
+        let made = this.full;
         // One guard for the whole poll, for what panics most often: a
         // `process` future's poll (the slot is then full). Making the
         // future and dropping it have guards of their own, which cost
@@ -214,9 +214,11 @@ where
         // and done), so that whether the slot is full stays a local of
         // the loop, given back with its result.
         let run = catch_unwind(AssertUnwindSafe(|| {
-            // Whether the slot holds a future made before this poll.
-            let mut made = stop_after;
+            let mut made = made;
             loop {
+                // An item made before this poll, once done, stops the
+                // loop, whatever it did.
+                let stop_after = made;
                 if !made {
                     let item = match this.items.pop_plain() {
                         Ok(Some(item)) => item,
