@@ -515,7 +515,7 @@ impl<T: Send + 'static> Emitter<T> {
             }
             self.settle_first();
             self.counters.add(&Delta { emitted: u64::from(std::mem::take(&mut self.emitted)), ..Delta::default() });
-            let mut time_blocked = Duration::ZERO;
+            let mut time_blocked = Blocked::default();
             let blocked = &mut time_blocked;
             let Emitter { buf, dropped, order, counters, .. } = self;
             // An ordered stage's send is shown as a whole (moving its future
@@ -538,7 +538,8 @@ impl<T: Send + 'static> Emitter<T> {
             }
             self.counters.add(&Delta {
                 dropped: std::mem::take(&mut self.dropped),
-                blocked: time_blocked,
+                blocked: time_blocked.all,
+                failures_blocked: time_blocked.failures,
                 ..Delta::default()
             });
         }
@@ -858,7 +859,7 @@ impl<T> Link<T> {
 
 impl<T: Send> Link<T> {
     /// Moves every item of `items` downstream; see [`Target::send`].
-    pub(crate) async fn send(&self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send(&self, items: &mut Items<T>, blocked: &mut Blocked, dropped: &mut u64) {
         self.target.send(items, Waits::Sum(blocked), dropped).await;
     }
 }
@@ -877,10 +878,19 @@ struct Target<T> {
     keyed: Option<KeyFailures>,
 }
 
+/// Time a send of an `ordered` stage's outputs waited, not yet published:
+/// in all (its `blocked` metric), and for room in the failures buffer
+/// (`failures_blocked`, also part of `blocked`).
+#[derive(Default)]
+pub(crate) struct Blocked {
+    pub(crate) all: Duration,
+    pub(crate) failures: Duration,
+}
+
 /// Where the time a send waits for room goes.
 enum Waits<'a> {
-    /// Added to a sum, which the caller publishes.
-    Sum(&'a mut Duration),
+    /// Added to sums, which the caller publishes.
+    Sum(&'a mut Blocked),
     /// Shown in these counters while it lasts, and published as it goes.
     Shown(&'a Counters),
 }
@@ -918,7 +928,7 @@ impl<T> Target<T> {
                     while !items.is_empty() {
                         let room = match &mut waits {
                             Waits::Shown(counters) => blocking_shown(counters, queue.reserve(items.len())).await,
-                            Waits::Sum(blocked) => blocking(blocked, queue.reserve(items.len())).await,
+                            Waits::Sum(blocked) => blocking(&mut blocked.all, queue.reserve(items.len())).await,
                         };
                         match room {
                             Ok(room) => room.commit(items),
@@ -975,7 +985,8 @@ impl<T> Target<T> {
                         }
                         Waits::Sum(blocked) => {
                             Box::pin(failed).await;
-                            **blocked += waited;
+                            blocked.all += waited;
+                            blocked.failures += waited;
                         }
                     }
                 }
@@ -985,7 +996,7 @@ impl<T> Target<T> {
             while left > 0 {
                 let room = match &mut waits {
                     Waits::Shown(counters) => blocking_shown(counters, queues[queue].reserve(left)).await,
-                    Waits::Sum(blocked) => blocking(blocked, queues[queue].reserve(left)).await,
+                    Waits::Sum(blocked) => blocking(&mut blocked.all, queues[queue].reserve(left)).await,
                 };
                 match room {
                     Ok(room) => {

@@ -547,9 +547,11 @@ impl Failing {
         let mut dropped = 0;
         match &self.link {
             Some(link) => {
-                let before = *blocked;
-                link.send(&mut self.pending, blocked, &mut dropped).await;
-                counters.add(&Delta { blocked: *blocked - before, ..Delta::default() });
+                // (The failures stream is not partitioned: no key fails.)
+                let mut waited = super::emitter::Blocked::default();
+                link.send(&mut self.pending, &mut waited, &mut dropped).await;
+                *blocked += waited.all;
+                counters.add(&Delta { blocked: waited.all, ..Delta::default() });
             }
             None => {
                 dropped = self.pending.len() as u64;

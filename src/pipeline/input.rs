@@ -93,7 +93,11 @@ impl<T: Send + 'static> Input<T> {
         let mut items = pin!(items);
         let mut sent = 0;
         let mut batch = Items::new();
-        while let Some(first) = items.next().await {
+        // Whether the stream ended while items were taken without waiting:
+        // it is not polled again.
+        let mut ended = false;
+        while !ended {
+            let Some(first) = items.next().await else { break };
             let queue = match self.dispatch.route(&first.item) {
                 Ok(queue) => queue,
                 Err(panic) => return Err(SendError::KeyPanicked { message: first, panic }),
@@ -108,7 +112,10 @@ impl<T: Send + 'static> Input<T> {
                 while batch.len() < room.len() {
                     match items.next().now_or_never() {
                         Some(Some(Tagged { item, tag })) => batch.push_tagged(item, tag),
-                        Some(None) => break,
+                        Some(None) => {
+                            ended = true;
+                            break;
+                        }
                         None => break,
                     }
                 }

@@ -285,9 +285,12 @@ where
             Err(panic) => {
                 // The item's future panicked in its poll: it is done.
                 this.full = false;
+                let slot = &mut this.slot;
                 // SAFETY: live (the guards of making and dropping it caught
-                // their own panics), and dropped once.
-                unsafe { this.slot.assume_init_drop() };
+                // their own panics), and dropped once. If its drop panics
+                // too, the item has failed already: that panic goes, the
+                // first one stands for the item.
+                drop(catch_unwind(AssertUnwindSafe(|| unsafe { slot.assume_init_drop() })));
                 Poll::Ready(Stop::Item(Err(panic), this.waited))
             }
         }

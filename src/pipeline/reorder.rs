@@ -36,13 +36,12 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, Waker},
-    time::Duration,
 };
 
 use super::{
     BATCH,
     ack::items::Items,
-    emitter::{Link, blocking},
+    emitter::{Blocked, Link, blocking},
     queue::{Queue, WakeList},
 };
 use crate::{
@@ -201,7 +200,7 @@ impl<T: Send> Reorder<T> {
     /// Called by the turn holder once every output of inputs before `next`
     /// is sent: sends on the chunks that follow in order, then hands the
     /// turn to the batch after them.
-    async fn pass_turn(&self, mut next: u64, blocked: &mut Duration, dropped: &mut u64) {
+    async fn pass_turn(&self, mut next: u64, blocked: &mut Blocked, dropped: &mut u64) {
         while let Some((inputs, items)) = self.advance(next) {
             let mut held = Held { items, lost: &self.lost };
             self.link.send(&mut held.items, blocked, dropped).await;
@@ -322,12 +321,12 @@ impl<T: Send + 'static> Place<T> {
     /// gives way rather than the pipeline hanging.
     ///
     /// Cancel safe: the items stay in `items` until sent.
-    pub(crate) async fn send_full(&mut self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send_full(&mut self, items: &mut Items<T>, blocked: &mut Blocked, dropped: &mut u64) {
         match self.batch {
             Some(first) if !self.turn => {
                 if !self.reorder.has_turn(first) {
                     let Ok(waiting) = self.wait_for_turn(Some(first)) else { return };
-                    blocking(blocked, poll_fn(|cx| self.reorder.poll_turn(cx, first))).await;
+                    blocking(&mut blocked.all, poll_fn(|cx| self.reorder.poll_turn(cx, first))).await;
                     drop(waiting);
                 }
                 self.turn = true;
@@ -339,7 +338,7 @@ impl<T: Send + 'static> Place<T> {
                     self.me = context::current();
                 }
                 let Ok(waiting) = self.wait_for_turn(None) else { return };
-                blocking(blocked, poll_fn(|cx| self.reorder.poll_finish_turn(cx))).await;
+                blocking(&mut blocked.all, poll_fn(|cx| self.reorder.poll_finish_turn(cx))).await;
                 drop(waiting);
                 self.finishing = true;
                 self.reorder.lock().finisher = self.me.clone();
@@ -350,7 +349,7 @@ impl<T: Send + 'static> Place<T> {
     }
 
     /// Sends `items` on if this replica may without waiting for its turn.
-    pub(crate) async fn send_if_turn(&mut self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn send_if_turn(&mut self, items: &mut Items<T>, blocked: &mut Blocked, dropped: &mut u64) {
         if let (Some(first), false) = (self.batch, self.turn) {
             self.turn = self.reorder.has_turn(first);
         }
@@ -369,7 +368,7 @@ impl<T: Send + 'static> Place<T> {
         first: u64,
         inputs: u64,
         items: &mut Items<T>,
-        blocked: &mut Duration,
+        blocked: &mut Blocked,
         dropped: &mut u64,
     ) {
         if inputs == 0 {
@@ -392,7 +391,7 @@ impl<T: Send + 'static> Place<T> {
     /// Called once, after the replica's last batch and its `Stage::finish`:
     /// sends what `finish` emitted if it may stream, or leaves it for the
     /// last replica to end, which sends every rest.
-    pub(crate) async fn end_input(&mut self, items: &mut Items<T>, blocked: &mut Duration, dropped: &mut u64) {
+    pub(crate) async fn end_input(&mut self, items: &mut Items<T>, blocked: &mut Blocked, dropped: &mut u64) {
         self.end_input_once();
         if self.finishing {
             self.reorder.link.send(items, blocked, dropped).await;
@@ -496,7 +495,7 @@ mod tests {
         let input = Arc::new(Queue::<u8>::new(100));
         let reorder = Arc::new(Reorder::new(Link::new(Dispatch::Shared(out.clone()), None), input, 3));
         let mut places: Vec<_> = (0..3).map(|_| Place::new(reorder.clone())).collect();
-        let (mut blocked, mut dropped) = (Duration::ZERO, 0);
+        let (mut blocked, mut dropped) = (Blocked::default(), 0);
         places[2].end_batch(3, 2, &mut bare([30, 40]), &mut blocked, &mut dropped).await;
         places[1].end_batch(1, 2, &mut bare([10, 11, 20]), &mut blocked, &mut dropped).await;
         assert_eq!(out.len(), 0, "nothing before input 0 is done");
@@ -511,12 +510,12 @@ mod tests {
         let input = Arc::new(Queue::<u8>::new(100));
         let reorder = Arc::new(Reorder::new(Link::new(Dispatch::Shared(out.clone()), None), input, 2));
         let (mut a, mut b) = (Place::new(reorder.clone()), Place::new(reorder.clone()));
-        let (mut blocked, mut dropped) = (Duration::ZERO, 0);
+        let (mut blocked, mut dropped) = (Blocked::default(), 0);
         a.begin_batch(0);
         b.begin_batch(4);
         // Not its turn: a full buffer waits.
         let mut later = bare(100..100 + BATCH as u32);
-        let (mut b_blocked, mut b_dropped) = (Duration::ZERO, 0);
+        let (mut b_blocked, mut b_dropped) = (Blocked::default(), 0);
         let mut wait = Box::pin(b.send_full(&mut later, &mut b_blocked, &mut b_dropped));
         assert!(futures::poll!(wait.as_mut()).is_pending());
         // The turn holder's outputs go straight on.
