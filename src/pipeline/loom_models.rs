@@ -12,7 +12,6 @@ use std::{
     pin::pin,
     sync::Arc,
     task::Poll,
-    time::Duration,
 };
 
 use loom::{future::block_on, thread};
@@ -21,7 +20,7 @@ use super::{
     BATCH, Failure,
     ack::{Acks, Outcome, items::Items, tag::Tag},
     dispatch::Dispatch,
-    emitter::Link,
+    emitter::{Blocked, Link},
     queue::{Queue, Waiter},
     reorder::{Place, Reorder},
 };
@@ -249,7 +248,7 @@ fn ordered_model(second: &'static [u32]) {
             let mut place = Place::new(reorder.clone());
             thread::spawn(move || {
                 block_on(async {
-                    let (mut blocked, mut dropped) = (Duration::ZERO, 0);
+                    let (mut blocked, mut dropped) = (Blocked::default(), 0);
                     place.begin_batch(first);
                     let mut buf = Items::new();
                     for &item in emitted {
