@@ -116,6 +116,7 @@ mod rate;
 mod reorder;
 mod run;
 pub(crate) mod stage;
+mod turn;
 pub(crate) mod wiring;
 
 pub use emitter::Emitter;
