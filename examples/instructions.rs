@@ -2,7 +2,9 @@
 //! baseline, for `valgrind --tool=callgrind` (see docs/benchmarks.md).
 //!
 //! Everything runs on a `current_thread` runtime, so counts repeat to a few
-//! instructions. Run each mode at two sizes and divide the difference of
+//! instructions (`WORKERS=N` runs it on a multi-thread runtime of N
+//! workers instead, to time it or trace its wake-ups; the line printed
+//! ends with the time taken). Run each mode at two sizes and divide the difference of
 //! the counts by the difference of the sizes: start-up and shutdown cancel
 //! out, what is left is the cost of one item, call or cast.
 //!
@@ -229,7 +231,15 @@ fn main() {
     let usage = "usage: instructions MODE N (see the file's docs)";
     let mode = args.next().expect(usage);
     let n: u64 = args.next().and_then(|n| n.parse().ok()).expect(usage);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // `WORKERS=N`: a multi-thread runtime of N workers, for the clock and
+    // the scheduler's wake-ups rather than instruction counts.
+    let rt = match std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()) {
+        Some(workers) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap()
+        }
+        None => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+    };
+    let started = std::time::Instant::now();
     let out = rt.block_on(async move {
         tokio::spawn(async move {
             match mode.as_str() {
@@ -347,5 +357,5 @@ fn main() {
         .await
         .unwrap()
     });
-    println!("{} {n} {out}", std::env::args().nth(1).unwrap_or_default());
+    println!("{} {n} {out} {:?}", std::env::args().nth(1).unwrap_or_default(), started.elapsed());
 }
