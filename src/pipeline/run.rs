@@ -83,7 +83,8 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
         // This replica's place in line for items; it records each batch
         // taken in `mark`, which says when the batch ended, for `flush`.
         let mut reader = K::reader(&input, &mark);
-        // Items taken since the replica last waited.
+        // Whether it took a turn's worth of items at once since it last
+        // waited (see `turn.rs`).
         let mut turn = Turn::default();
         'life: loop {
             // Booting is not working on items (a replica is aside from its
