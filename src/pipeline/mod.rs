@@ -125,7 +125,6 @@ mod rate;
 mod reorder;
 mod run;
 pub(crate) mod stage;
-mod turn;
 pub(crate) mod wiring;
 
 pub use emitter::Emitter;

@@ -21,7 +21,6 @@ use super::{
     metrics::{Counters, Delta},
     queue::{Queue, Reader},
     rate::RateLimit,
-    turn::Turn,
 };
 use crate::{
     registry::Ready,
@@ -83,9 +82,6 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
         // This replica's place in line for items; it records each batch
         // taken in `mark`, which says when the batch ended, for `flush`.
         let mut reader = K::reader(&input, &mark);
-        // Whether it took a turn's worth of items at once since it last
-        // waited (see `turn.rs`).
-        let mut turn = Turn::default();
         'life: loop {
             // Booting is not working on items (a replica is aside from its
             // start until its first batch).
@@ -127,7 +123,6 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                     if popped.is_pending() {
                         // Waiting for work.
                         out.counters.set_aside();
-                        turn.wait(cx);
                     }
                     popped.map(|first| first.map_or(Work::InputDone, Work::Items))
                 })
@@ -147,10 +142,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                         out.counters.set_aside();
                         out.serve_fused().await;
                     }
-                    Work::Items(first) => {
-                        turn.took(batch.items.len());
-                        K::Open::took(&mut batch, first, &out.counters);
-                    }
+                    Work::Items(first) => K::Open::took(&mut batch, first, &out.counters),
                     Work::InputDone => {
                         let drained = Box::pin(end_of_input(&mut server, &mut control, &mut out, &drain, &mut ended));
                         if let Err(Crashed) = drained.await {
