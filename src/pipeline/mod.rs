@@ -70,15 +70,6 @@
 //! its outputs through: its own queue is closed and emptied, then it runs
 //! `finish`, serves its last calls and casts and `terminate`s.
 //!
-//! A replica that took a batch of 128 items or more (as the stage before
-//! a fused one does, or one with a `max_demand` that large) spends what is
-//! left of its task's [Tokio budget](tokio::task::coop) when it goes to
-//! wait, as that many receives from a Tokio channel would: on a
-//! multi-thread runtime, the task it woke (whoever feeds its queue) then
-//! runs next on the same worker, instead of an idle worker being woken to
-//! take it. Tokio's `budget_forced_yield_count` metric counts it; it
-//! changes nothing for the replica, which was about to wait.
-//!
 //! # Concurrent I/O
 //!
 //! A `#[concurrency(N)]` stage keeps up to N futures per replica in flight:
