@@ -32,7 +32,17 @@
 //! - `call-genflow N`, `call-raw N`: N call round trips from a task, genflow
 //!   and `mpsc` + `oneshot`;
 //! - `cast-genflow N`, `cast-raw N`: N rounds of 10 000 casts and one call,
-//!   as `cast_throughput` in `benches/call.rs`.
+//!   as `cast_throughput` in `benches/call.rs`;
+//! - `w1-fused-x2 N`: two `w1-fused` pipelines of N items each at once;
+//!   `w1-fused-yielder N`: `w1-fused` beside a task looping on
+//!   `yield_now`, whose turns it prints (to stderr): on 2 workers, whether
+//!   the pipeline leaves other tasks their share;
+//! - `work-fed N`: a feeder that works per item (a spin of [`SPIN`] steps,
+//!   about 0.4 µs on the bench machine, or `FEED_SPIN` steps) into a stage
+//!   that spins as long (or `STAGE_SPIN` steps) and a `#[fused]` sum after
+//!   it, so that the stage takes up to 512 items at once: with
+//!   `WORKERS=2`, the two spins should run side by side, for close to
+//!   twice the throughput of one worker.
 
 use std::{
     hint::black_box,
@@ -197,6 +207,57 @@ fn counting_ack(delivered: &Arc<AtomicU64>) -> Ack {
     })
 }
 
+/// Steps of work per item in `work-fed`'s feeder and stage.
+const SPIN: u64 = 400;
+
+/// `n` dependent steps of work; [`SPIN`] of them take about 0.4 µs on the
+/// bench machine.
+fn spin(x: u64, n: u64) -> u64 {
+    let mut h = x;
+    for _ in 0..n {
+        h = black_box(h.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(5));
+    }
+    h
+}
+
+/// Steps of work per item, from the environment variable `var` or [`SPIN`].
+fn spin_steps(var: &str) -> u64 {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(SPIN)
+}
+
+/// A stage that spins as long as `work-fed`'s feeder per item, or
+/// `STAGE_SPIN` steps.
+struct Spin(u64);
+impl GenServer for Spin {
+    type Message = ();
+    type Response = ();
+    type Registry = Spun;
+    fn new(_: Spun) -> Self {
+        Spin(spin_steps("STAGE_SPIN"))
+    }
+    async fn handle_call(&mut self, _: ()) {}
+    async fn handle_cast(&mut self, _: ()) {}
+    fn channel_queue_size() -> usize {
+        QUEUE
+    }
+}
+impl Stage for Spin {
+    type In = u64;
+    type Out = u64;
+    async fn process(&mut self, x: u64, out: &mut Emitter<u64>) {
+        out.emit(spin(x, self.0) & 1).await;
+    }
+}
+#[genflow::pipeline{ w: Spin, #[fused] s: Sum<Spun> }]
+struct Spun {
+    result: Arc<AtomicU64>,
+}
+impl Res for Spun {
+    fn result(&self) -> &AtomicU64 {
+        &self.result
+    }
+}
+
 /// The hand-written chain: one task per stage, bounded channels of `queue`.
 async fn chain(queue: usize, items: u64) -> u64 {
     let (head, mut rx) = mpsc::channel::<u64>(queue);
@@ -300,6 +361,46 @@ fn main() {
                     let p = S3Fused::start(result.clone()).await;
                     p.feed(futures::stream::iter(0..n)).await.unwrap();
                     p.shutdown().await;
+                    result.load(Ordering::Relaxed)
+                }
+                "work-fed" => {
+                    use futures::StreamExt;
+                    let result = Arc::new(AtomicU64::new(0));
+                    let p = Spun::start(result.clone()).await;
+                    let steps = spin_steps("FEED_SPIN");
+                    p.feed(futures::stream::iter(0..n).map(move |x| x ^ (spin(x, steps) & 1))).await.unwrap();
+                    p.shutdown().await;
+                    result.load(Ordering::Relaxed)
+                }
+                "w1-fused-x2" => {
+                    let run = |n: u64| async move {
+                        let result = Arc::new(AtomicU64::new(0));
+                        let p = S3Fused::start(result.clone()).await;
+                        p.feed(futures::stream::iter(0..n)).await.unwrap();
+                        p.shutdown().await;
+                        result.load(Ordering::Relaxed)
+                    };
+                    let a = tokio::spawn(run(n));
+                    let b = tokio::spawn(run(n));
+                    a.await.unwrap().wrapping_add(b.await.unwrap())
+                }
+                "w1-fused-yielder" => {
+                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let turns = Arc::new(AtomicU64::new(0));
+                    let (s2, t2) = (stop.clone(), turns.clone());
+                    let y = tokio::spawn(async move {
+                        while !s2.load(Ordering::Relaxed) {
+                            t2.fetch_add(1, Ordering::Relaxed);
+                            tokio::task::yield_now().await;
+                        }
+                    });
+                    let result = Arc::new(AtomicU64::new(0));
+                    let p = S3Fused::start(result.clone()).await;
+                    p.feed(futures::stream::iter(0..n)).await.unwrap();
+                    p.shutdown().await;
+                    stop.store(true, Ordering::Relaxed);
+                    y.await.unwrap();
+                    eprintln!("yielder turns {}", turns.load(Ordering::Relaxed));
                     result.load(Ordering::Relaxed)
                 }
                 "w1-stream" => {
