@@ -21,6 +21,7 @@ use super::{
     metrics::{Counters, Delta},
     queue::{Queue, Reader},
     rate::RateLimit,
+    turn::Turn,
 };
 use crate::{
     registry::Ready,
@@ -82,6 +83,8 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
         // This replica's place in line for items; it records each batch
         // taken in `mark`, which says when the batch ended, for `flush`.
         let mut reader = K::reader(&input, &mark);
+        // Items taken since the replica last waited.
+        let mut turn = Turn::default();
         'life: loop {
             // Booting is not working on items (a replica is aside from its
             // start until its first batch).
@@ -123,6 +126,7 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                     if popped.is_pending() {
                         // Waiting for work.
                         out.counters.set_aside();
+                        turn.wait(cx);
                     }
                     popped.map(|first| first.map_or(Work::InputDone, Work::Items))
                 })
@@ -142,7 +146,10 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
                         out.counters.set_aside();
                         out.serve_fused().await;
                     }
-                    Work::Items(first) => K::Open::took(&mut batch, first, &out.counters),
+                    Work::Items(first) => {
+                        turn.took(batch.items.len());
+                        K::Open::took(&mut batch, first, &out.counters);
+                    }
                     Work::InputDone => {
                         let drained = Box::pin(end_of_input(&mut server, &mut control, &mut out, &drain, &mut ended));
                         if let Err(Crashed) = drained.await {
