@@ -580,6 +580,11 @@ impl<T: Send + 'static> Emitter<T> {
         }
     }
 
+    /// Whether `#[fused]` stages follow this one in its task.
+    pub(crate) fn has_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
     /// `Ready` when a fused stage after this one has a call, a cast or
     /// items of its own input to handle (then [`serve_fused`](Self::serve_fused)
     /// handles it); `Pending` without one.

@@ -70,20 +70,24 @@
 //! its outputs through: its own queue is closed and emptied, then it runs
 //! `finish`, serves its last calls and casts and `terminate`s.
 //!
-//! A replica that takes batches of 128 items or more (as the stage before
-//! a fused one does, or one with a `max_demand` that large), and whose
-//! queue refills quickly next to the time it takes to go through them
-//! (its run of items lasted under 50 µs and at least twice its wait for
-//! them), spends what is left of its task's
-//! [Tokio budget](tokio::task::coop) when it goes to wait, as that many
-//! receives from a Tokio channel would: on a multi-thread runtime, the task
-//! it woke (whoever feeds its queue) then runs next on the same worker,
-//! instead of an idle worker being woken to take it, which costs more than
-//! the short run it would share. A feeder that works about as long per
-//! item as the stage, or other tasks on the worker, lengthen the wait and
-//! end it: the tasks then spread over the workers as usual. Tokio's
-//! `budget_forced_yield_count` metric counts it; it changes nothing for
-//! the replica, which was about to wait.
+//! A replica that runs `#[fused]` stages after its own takes batches of
+//! up to 512 items. When its queue refills quickly next to the time its
+//! task takes to go through them (a run of items with a batch of 128 or
+//! more lasted under 50 µs and at least twice its wait for them, a wait
+//! that ended on the worker thread it began on), it spends what is left of
+//! its task's [Tokio budget](tokio::task::coop) when it goes to wait, as
+//! that many receives from a Tokio channel would: on a multi-thread
+//! runtime, the task it woke (whoever feeds its queue) then runs next on
+//! the same worker, instead of an idle worker being woken to take it,
+//! which costs more than the short run it would share. A feeder that works
+//! about as long per item as the group, or other tasks on the worker,
+//! lengthen the wait and end it: the tasks then spread over the workers as
+//! usual. Meanwhile the idle worker sleeps: a timer may fire up to a
+//! millisecond later (Tokio's timer resolution) than it would with that
+//! worker awake, and a task the pipeline wakes (a caller's reply) waits
+//! behind the feeder. Tokio's `budget_forced_yield_count` metric counts
+//! it; nothing is spent on a `current_thread` runtime, nor by a stage
+//! without fused stages after it.
 //!
 //! # Concurrent I/O
 //!

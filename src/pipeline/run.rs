@@ -83,8 +83,9 @@ pub(crate) fn run<S: Stage, K: TakeFrom<S>>(
         // This replica's place in line for items; it records each batch
         // taken in `mark`, which says when the batch ended, for `flush`.
         let mut reader = K::reader(&input, &mark);
-        // Items taken since the replica last waited.
-        let mut turn = Turn::default();
+        // Its runs of items and waits between them, for a replica that
+        // runs `#[fused]` stages after its own.
+        let mut turn = Turn::new(out.has_fused());
         'life: loop {
             // Booting is not working on items (a replica is aside from its
             // start until its first batch).

@@ -15,9 +15,12 @@
 //!
 //! Two tasks that take turns gain nothing from a second worker when one
 //! of them does little: the queue fills in a fraction of the time it
-//! takes to drain. So a replica whose run of items was large (a batch of a
-//! turn's worth or more), short (under [`SHORT`]), and at least twice as
-//! long as its wait for them before (the filling is cheap next to the
+//! takes to drain. That is the case of a replica that runs `#[fused]`
+//! stages after its own, whose task does the work of several stages for
+//! each item its feeder sends. So such a replica, whose run of items (from
+//! the batch it took after a wait to its next wait) held a batch of a
+//! turn's worth or more, lasted under [`SHORT`], and took at least twice
+//! as long as its wait for those items (the filling is cheap next to the
 //! draining), spends what is left of its budget as it goes to wait, as the
 //! same number of receives from a Tokio channel would have. The worker
 //! then moves the task the replica woke from its LIFO slot to the back of
@@ -25,15 +28,36 @@
 //! new turn. The replica itself was about to wait, and it is polled with a
 //! fresh budget when it is woken.
 //!
+//! A wait counts only if the replica is back on the thread it waited on
+//! (a task woken by the running one runs on the same worker): then the
+//! wait was the feeder's turn on that worker. A replica woken from another
+//! worker, or taken by one, waited for a feeder working beside it, and a
+//! short wait then says nothing of what feeding costs; that run is not
+//! timed. The first full run counts its wait as short: the third hand-off
+//! in a row comes before a second run could be timed, and once the idle
+//! worker took one of the two tasks, the other may never wait again.
+//!
 //! Anything else spends nothing, and Tokio spreads the tasks as it always
-//! does: a feeder that works about as long as the stage (its items then
-//! take as long to come as to process), a long run (where a worker's
-//! wake-up is cheap next to the work it lets run beside), a replica taking
-//! few items at a time. Other tasks on the worker lengthen the replica's
-//! wait, so they too end the spending, and the idle worker is woken again.
+//! does: a replica without fused stages (in a chain of stage tasks, each
+//! has work of its own to spread over the workers, and the task it woke
+//! may be the next stage rather than its feeder), a feeder that works
+//! about as long as the stage (its items then take as long to come as to
+//! process), a long run (where a worker's wake-up is cheap next to the
+//! work it lets run beside), a replica taking few items at a time, and
+//! any replica off a multi-thread runtime (one worker, no LIFO slot to
+//! leave; nothing is timed there either). Other tasks on the worker
+//! lengthen the replica's wait, so they too end the spending, and the idle
+//! worker is woken again. What the spending costs others on the runtime:
+//! while it lasts, an idle worker sleeps until a timer or I/O wakes it (a
+//! timer may fire up to its millisecond later than with a worker woken
+//! every few hand-offs), and a task woken by the pipeline (a caller's
+//! reply) waits behind the feeder on the pipeline's worker.
 
 use std::{
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -54,23 +78,34 @@ pub(crate) const SHORT: Duration = Duration::from_micros(50);
 /// idle replica's task holds it.
 #[derive(Debug, Default)]
 pub(crate) struct Turn {
-    /// A clock reading (nanoseconds since [`epoch`]): when the replica
-    /// went to wait after a full run ([`Timing::Waiting`]), or when its
-    /// current run began after such a wait ([`Timing::Running`]).
-    at: u64,
+    /// A clock reading (nanoseconds since [`now`]'s epoch, wrapping about
+    /// every 4.3 s: a wait that long, give or take a few microseconds,
+    /// reads as short, which costs at most one spending): when the
+    /// replica went to wait after a full run ([`Timing::Waiting`]), or
+    /// when its current run began after such a wait ([`Timing::Running`]).
+    at: u32,
     /// How long the wait before the current run was, in nanoseconds
-    /// (saturated at about 4 s).
+    /// (saturated at about 4.3 s).
     waited: u32,
+    /// The thread the replica went to wait on ([`Timing::Waiting`]).
+    thread: u32,
     timing: Timing,
     /// Whether the current run took a batch of a turn's worth.
     full: bool,
+    /// Whether the replica may spend its budget: `None` until asked whether
+    /// it runs on a multi-thread runtime, `false` off one or for a replica
+    /// without `#[fused]` stages.
+    may_spend: Option<bool>,
 }
 
 /// What [`Turn::at`] says.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Timing {
-    /// Nothing: the last wait was not timed.
+    /// No full run yet: the first is timed from its first full batch, as
+    /// if its wait had been short (see the module's docs).
     #[default]
+    Fresh,
+    /// Nothing: the last wait was not timed.
     Untimed,
     /// When the replica went to wait.
     Waiting,
@@ -78,59 +113,117 @@ enum Timing {
     Running,
 }
 
-/// Nanoseconds since the first reading, on the monotonic clock.
-fn now() -> u64 {
+/// Nanoseconds since the first reading, on the monotonic clock, wrapping
+/// at 2³² (about 4.3 s).
+fn now() -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u32
+}
+
+/// A number for the current thread, the same for as long as it runs.
+fn thread() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    thread_local!(static THREAD: u32 = NEXT.fetch_add(1, Ordering::Relaxed));
+    THREAD.with(|thread| *thread)
+}
+
+/// Whether the current task runs on a multi-thread runtime, the only kind
+/// with more than one worker and a LIFO slot.
+fn on_multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| matches!(runtime.runtime_flavor(), tokio::runtime::RuntimeFlavor::MultiThread))
 }
 
 impl Turn {
+    /// The turns of a replica that runs `#[fused]` stages after its own
+    /// (`group`), or of one that never spends its budget.
+    pub(crate) fn new(group: bool) -> Self {
+        Turn { may_spend: if group { None } else { Some(false) }, ..Turn::default() }
+    }
+
     /// The replica took a batch of `n` items.
     #[inline]
     pub(crate) fn took(&mut self, n: usize) {
-        self.took_with(n, now);
+        self.took_with(n, now, thread, on_multi_thread);
     }
 
     /// The replica is about to wait (its poll returns `Pending`): after a
     /// short, full run that took at least twice as long as the wait before
-    /// it, spends what is left of the task's budget.
+    /// it, spent on the same thread, spends what is left of the task's
+    /// budget. Only on a multi-thread runtime: elsewhere there is no other
+    /// worker to keep out, and nothing is timed.
     #[inline]
     pub(crate) fn wait(&mut self, cx: &mut Context<'_>) {
-        self.wait_with(cx, now);
-    }
-
-    /// [`took`](Self::took), reading the clock with `now`.
-    #[inline]
-    fn took_with(&mut self, n: usize, now: impl FnOnce() -> u64) {
-        self.full |= n >= TURN;
-        if self.timing == Timing::Waiting {
-            // The first batch after a timed wait: the run begins.
-            let now = now();
-            self.waited = u32::try_from(now.saturating_sub(self.at)).unwrap_or(u32::MAX);
-            self.at = now;
-            self.timing = Timing::Running;
+        if self.wait_with(now, thread, on_multi_thread) {
+            spend(cx);
         }
     }
 
-    /// [`wait`](Self::wait), reading the clock with `now`.
+    /// [`took`](Self::took), reading the clock with `now`, the thread with
+    /// `thread`, and whether the runtime is a multi-thread one with
+    /// `multi_thread` (once).
     #[inline]
-    fn wait_with(&mut self, cx: &mut Context<'_>, now: impl FnOnce() -> u64) {
+    fn took_with(
+        &mut self,
+        n: usize,
+        now: impl FnOnce() -> u32,
+        thread: impl FnOnce() -> u32,
+        multi_thread: impl FnOnce() -> bool,
+    ) {
+        self.full |= n >= TURN;
+        if self.timing == Timing::Fresh && n >= TURN {
+            self.timing = Timing::Untimed;
+            if *self.may_spend.get_or_insert_with(multi_thread) {
+                self.waited = 0;
+                self.at = now();
+                self.timing = Timing::Running;
+            }
+        } else if self.timing == Timing::Waiting {
+            // The first batch after a timed wait: the run begins. The wait
+            // is the feeder's time only if the replica is back on the
+            // thread it waited on (a task woken by the running one runs on
+            // the same worker): woken from another worker, or taken by
+            // one, the wait says nothing of what feeding costs.
+            if thread() == self.thread {
+                let now = now();
+                self.waited = now.wrapping_sub(self.at);
+                self.at = now;
+                self.timing = Timing::Running;
+            } else {
+                self.timing = Timing::Untimed;
+            }
+        }
+    }
+
+    /// [`wait`](Self::wait), reading the clock with `now`, the thread
+    /// with `thread`, and whether the runtime is a multi-thread one with
+    /// `multi_thread` (once): whether to spend the budget.
+    #[inline]
+    fn wait_with(
+        &mut self,
+        now: impl FnOnce() -> u32,
+        thread: impl FnOnce() -> u32,
+        multi_thread: impl FnOnce() -> bool,
+    ) -> bool {
         if !std::mem::take(&mut self.full) {
             if self.timing == Timing::Running {
                 self.timing = Timing::Untimed;
             }
-            return;
+            return false;
+        }
+        if !*self.may_spend.get_or_insert_with(multi_thread) {
+            return false;
         }
         // The end of a full run.
         let now = now();
-        if self.timing == Timing::Running {
-            let run = now.saturating_sub(self.at);
-            if run < SHORT.as_nanos() as u64 && u64::from(self.waited) * 2 <= run {
-                spend(cx);
-            }
-        }
+        let spend = self.timing == Timing::Running && {
+            let run = now.wrapping_sub(self.at);
+            run < SHORT.as_nanos() as u32 && u64::from(self.waited) * 2 <= u64::from(run)
+        };
         self.at = now;
+        self.thread = thread();
         self.timing = Timing::Waiting;
+        spend
     }
 }
 
@@ -156,95 +249,155 @@ mod tests {
 
     use super::*;
 
-    /// A clock read by hand: `at(us)` is `us` microseconds in.
-    fn at(us: u64) -> impl FnOnce() -> u64 {
-        move || us * 1_000
+    /// The first thread, and another.
+    const ONE: u32 = 1;
+    const OTHER: u32 = 2;
+
+    /// `turn` takes a batch of `n` items at `us` microseconds, on `thread`.
+    fn took(turn: &mut Turn, n: usize, us: u32, thread: u32) {
+        turn.took_with(n, || us * 1_000, || thread, || true);
     }
 
-    /// Waits with `turn` at `now` (once), and tells whether budget is left
-    /// after.
-    async fn wait(turn: &mut Turn, now: impl FnOnce() -> u64) -> bool {
-        let mut now = Some(now);
-        poll_fn(|cx| {
-            turn.wait_with(cx, now.take().unwrap());
-            Poll::Ready(())
-        })
-        .await;
-        let left = coop::has_budget_remaining();
-        // The next poll has a fresh budget.
-        tokio::task::yield_now().await;
-        left
-    }
-
-    #[tokio::test]
-    async fn a_short_full_run_after_a_quick_fill_spends_the_budget() {
-        let mut turn = Turn::default();
-        // The first run is not timed: nothing is spent.
-        turn.took_with(TURN, at(0));
-        assert!(wait(&mut turn, at(10)).await);
-        // A fill of 5 µs, then a run of 10.
-        turn.took_with(TURN, at(15));
-        assert!(coop::has_budget_remaining(), "taking spends nothing");
-        assert!(!wait(&mut turn, at(25)).await, "the run was short and full, its wait quick");
-        // And again, run after run.
-        turn.took_with(TURN, at(30));
-        turn.took_with(1, at(31));
-        assert!(!wait(&mut turn, at(40)).await);
-    }
-
-    #[tokio::test]
-    async fn small_batches_spend_nothing() {
-        let mut turn = Turn::default();
-        for i in 0..3 {
-            turn.took_with(TURN - 1, at(i * 20));
-            turn.took_with(TURN - 1, at(i * 20 + 5));
-            assert!(wait(&mut turn, at(i * 20 + 15)).await);
-        }
-    }
-
-    #[tokio::test]
-    async fn a_long_run_spends_nothing() {
-        let mut turn = Turn::default();
-        turn.took_with(TURN, at(0));
-        assert!(wait(&mut turn, at(10)).await);
-        turn.took_with(TURN, at(11));
-        let long = 11 + SHORT.as_micros() as u64;
-        assert!(wait(&mut turn, at(long)).await);
-    }
-
-    #[tokio::test]
-    async fn a_wait_more_than_half_the_run_spends_nothing() {
-        let mut turn = Turn::default();
-        turn.took_with(TURN, at(0));
-        assert!(wait(&mut turn, at(10)).await);
-        // The queue took 6 µs to fill, the run 10.
-        turn.took_with(TURN, at(16));
-        assert!(wait(&mut turn, at(26)).await);
-        // A quick fill after it: spending again.
-        turn.took_with(TURN, at(27));
-        assert!(!wait(&mut turn, at(37)).await);
-    }
-
-    #[tokio::test]
-    async fn a_run_with_small_batches_only_is_not_timed() {
-        let mut turn = Turn::default();
-        turn.took_with(TURN, at(0));
-        assert!(wait(&mut turn, at(10)).await);
-        turn.took_with(1, at(11));
-        assert!(wait(&mut turn, at(20)).await, "no full batch in the run");
-        // The next full run's wait was not timed.
-        turn.took_with(TURN, at(21));
-        assert!(wait(&mut turn, at(31)).await);
+    /// `turn` goes to wait at `us` microseconds, on `thread`: whether it
+    /// spends its budget.
+    fn waits(turn: &mut Turn, us: u32, thread: u32) -> bool {
+        turn.wait_with(|| us * 1_000, || thread, || true)
     }
 
     #[test]
-    fn outside_a_runtime_there_is_nothing_to_spend() {
-        let mut turn = Turn::default();
-        let cx = &mut Context::from_waker(futures::task::noop_waker_ref());
-        turn.took_with(usize::MAX, at(0));
-        turn.wait_with(cx, at(10));
-        turn.took_with(usize::MAX, at(11));
-        turn.wait_with(cx, at(21));
+    fn a_short_full_run_after_a_quick_fill_on_the_same_thread_spends() {
+        let mut turn = Turn::new(true);
+        // The first full run counts its wait as short.
+        took(&mut turn, TURN - 1, 0, ONE);
+        took(&mut turn, TURN, 2, ONE);
+        assert!(waits(&mut turn, 10, ONE));
+        // A fill of 5 µs, then a run of 10.
+        took(&mut turn, TURN, 15, ONE);
+        assert!(waits(&mut turn, 25, ONE), "the run was short and full, its wait quick");
+        // And again, run after run, whatever the later batches.
+        took(&mut turn, TURN, 30, ONE);
+        took(&mut turn, 1, 31, ONE);
+        assert!(waits(&mut turn, 40, ONE));
+    }
+
+    #[test]
+    fn small_batches_spend_nothing() {
+        let mut turn = Turn::new(true);
+        for i in 0..3 {
+            took(&mut turn, TURN - 1, i * 20, ONE);
+            took(&mut turn, TURN - 1, i * 20 + 5, ONE);
+            assert!(!waits(&mut turn, i * 20 + 15, ONE));
+        }
+    }
+
+    #[test]
+    fn a_long_run_spends_nothing() {
+        let mut turn = Turn::new(true);
+        took(&mut turn, TURN, 0, ONE);
+        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        took(&mut turn, TURN, 11, ONE);
+        assert!(!waits(&mut turn, 11 + SHORT.as_micros() as u32, ONE));
+    }
+
+    #[test]
+    fn a_wait_more_than_half_the_run_spends_nothing() {
+        let mut turn = Turn::new(true);
+        took(&mut turn, TURN, 0, ONE);
+        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        // The queue took 6 µs to fill, the run 10.
+        took(&mut turn, TURN, 16, ONE);
+        assert!(!waits(&mut turn, 26, ONE));
+        // A quick fill after it: spending again.
+        took(&mut turn, TURN, 27, ONE);
+        assert!(waits(&mut turn, 37, ONE));
+    }
+
+    #[test]
+    fn a_wait_that_ended_on_another_thread_is_not_timed() {
+        let mut turn = Turn::new(true);
+        took(&mut turn, TURN, 0, ONE);
+        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        // Woken elsewhere (fed from another worker): the run is not timed.
+        took(&mut turn, TURN, 11, OTHER);
+        assert!(!waits(&mut turn, 21, OTHER));
+        // Back on the thread it waited on: timed again.
+        took(&mut turn, TURN, 22, OTHER);
+        assert!(waits(&mut turn, 32, OTHER));
+    }
+
+    #[test]
+    fn a_run_with_small_batches_only_is_not_timed() {
+        let mut turn = Turn::new(true);
+        took(&mut turn, TURN, 0, ONE);
+        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        took(&mut turn, 1, 11, ONE);
+        assert!(!waits(&mut turn, 20, ONE), "no full batch in the run");
+        // The next full run's wait was not timed.
+        took(&mut turn, TURN, 21, ONE);
+        assert!(!waits(&mut turn, 31, ONE));
+    }
+
+    #[test]
+    fn the_clock_may_wrap_between_readings() {
+        let mut turn = Turn::new(true);
+        let last = u32::MAX / 1_000;
+        took(&mut turn, TURN, 0, ONE);
+        assert!(!waits(&mut turn, last - 7, ONE));
+        // 4 µs later and 10 after that, past the wrap.
+        took(&mut turn, TURN, last - 3, ONE);
+        let past_wrap = ((u64::from(last - 3) * 1_000 + 10_000) % (1 << 32)) as u32;
+        assert!(past_wrap < 10_000, "the clock wrapped");
+        assert!(turn.wait_with(|| past_wrap, || ONE, || true));
+    }
+
+    #[test]
+    fn off_a_multi_thread_runtime_nothing_is_timed_or_spent() {
+        let mut turn = Turn::new(true);
+        let clock = |us: u32| move || -> u32 { panic!("the clock was read at {us} µs") };
+        let on_one = || ONE;
+        turn.took_with(TURN, clock(0), on_one, || false);
+        assert!(!turn.wait_with(clock(10), on_one, || unreachable!("asked once")));
+        for i in 1..4 {
+            turn.took_with(TURN, clock(i * 15), on_one, || unreachable!("asked once"));
+            assert!(!turn.wait_with(clock(i * 15 + 10), on_one, || unreachable!("asked once")));
+        }
+    }
+
+    #[test]
+    fn a_replica_without_fused_stages_is_not_timed_and_never_spends() {
+        let mut turn = Turn::new(false);
+        let clock = |us: u32| move || -> u32 { panic!("the clock was read at {us} µs") };
+        let multi = || -> bool { unreachable!("not asked") };
+        for i in 0..4 {
+            turn.took_with(TURN, clock(i * 15), || ONE, multi);
+            assert!(!turn.wait_with(clock(i * 15 + 10), || ONE, multi));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn on_a_multi_thread_runtime_spending_leaves_no_budget() {
+        assert!(on_multi_thread());
+        assert!(coop::has_budget_remaining());
+        poll_fn(|cx| {
+            spend(cx);
+            Poll::Ready(())
+        })
+        .await;
+        assert!(!coop::has_budget_remaining());
+        // The next poll has a fresh budget.
+        tokio::task::yield_now().await;
+        assert!(coop::has_budget_remaining());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_current_thread_runtime_is_not_a_multi_thread_one() {
+        assert!(!on_multi_thread());
+    }
+
+    #[test]
+    fn outside_a_runtime_there_is_no_multi_thread_runtime_nor_budget_to_spend() {
+        assert!(!on_multi_thread());
+        spend(&mut Context::from_waker(futures::task::noop_waker_ref()));
         assert!(coop::has_budget_remaining());
     }
 }
