@@ -85,7 +85,7 @@ pub(crate) struct Turn {
     /// when its current run began after such a wait ([`Timing::Running`]).
     at: u32,
     /// How long the wait before the current run was, in nanoseconds
-    /// (saturated at about 4.3 s).
+    /// (wrapping as the clock does).
     waited: u32,
     /// The thread the replica went to wait on ([`Timing::Waiting`]).
     thread: u32,
@@ -120,11 +120,12 @@ fn now() -> u32 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u32
 }
 
-/// A number for the current thread, the same for as long as it runs.
+/// A number for the current thread, the same for as long as it runs
+/// (`u32::MAX` while its thread-locals are being destroyed).
 fn thread() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     thread_local!(static THREAD: u32 = NEXT.fetch_add(1, Ordering::Relaxed));
-    THREAD.with(|thread| *thread)
+    THREAD.try_with(|thread| *thread).unwrap_or(u32::MAX)
 }
 
 /// Whether the current task runs on a multi-thread runtime, the only kind
