@@ -258,6 +258,15 @@ impl Res for Spun {
     }
 }
 
+/// W1 with its last two stages `#[fused]` over `0..items`: the sum.
+async fn w1_fused(items: u64) -> u64 {
+    let result = Arc::new(AtomicU64::new(0));
+    let p = S3Fused::start(result.clone()).await;
+    p.feed(futures::stream::iter(0..items)).await.unwrap();
+    p.shutdown().await;
+    result.load(Ordering::Relaxed)
+}
+
 /// The hand-written chain: one task per stage, bounded channels of `queue`.
 async fn chain(queue: usize, items: u64) -> u64 {
     let (head, mut rx) = mpsc::channel::<u64>(queue);
@@ -356,13 +365,7 @@ fn main() {
                     p.shutdown().await;
                     result.load(Ordering::Relaxed)
                 }
-                "w1-fused" => {
-                    let result = Arc::new(AtomicU64::new(0));
-                    let p = S3Fused::start(result.clone()).await;
-                    p.feed(futures::stream::iter(0..n)).await.unwrap();
-                    p.shutdown().await;
-                    result.load(Ordering::Relaxed)
-                }
+                "w1-fused" => w1_fused(n).await,
                 "work-fed" => {
                     use futures::StreamExt;
                     let result = Arc::new(AtomicU64::new(0));
@@ -373,15 +376,8 @@ fn main() {
                     result.load(Ordering::Relaxed)
                 }
                 "w1-fused-x2" => {
-                    let run = |n: u64| async move {
-                        let result = Arc::new(AtomicU64::new(0));
-                        let p = S3Fused::start(result.clone()).await;
-                        p.feed(futures::stream::iter(0..n)).await.unwrap();
-                        p.shutdown().await;
-                        result.load(Ordering::Relaxed)
-                    };
-                    let a = tokio::spawn(run(n));
-                    let b = tokio::spawn(run(n));
+                    let a = tokio::spawn(w1_fused(n));
+                    let b = tokio::spawn(w1_fused(n));
                     a.await.unwrap().wrapping_add(b.await.unwrap())
                 }
                 "w1-fused-yielder" => {
@@ -394,14 +390,11 @@ fn main() {
                             tokio::task::yield_now().await;
                         }
                     });
-                    let result = Arc::new(AtomicU64::new(0));
-                    let p = S3Fused::start(result.clone()).await;
-                    p.feed(futures::stream::iter(0..n)).await.unwrap();
-                    p.shutdown().await;
+                    let sum = w1_fused(n).await;
                     stop.store(true, Ordering::Relaxed);
                     y.await.unwrap();
                     eprintln!("yielder turns {}", turns.load(Ordering::Relaxed));
-                    result.load(Ordering::Relaxed)
+                    sum
                 }
                 "w1-stream" => {
                     use futures::StreamExt;

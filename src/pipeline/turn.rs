@@ -265,6 +265,15 @@ mod tests {
         turn.wait_with(|| us * 1_000, || thread, || true)
     }
 
+    /// A group's turns after a first full run of 10 µs on [`ONE`], which
+    /// spent.
+    fn after_a_short_first_run() -> Turn {
+        let mut turn = Turn::new(true);
+        took(&mut turn, TURN, 0, ONE);
+        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        turn
+    }
+
     #[test]
     fn a_short_full_run_after_a_quick_fill_on_the_same_thread_spends() {
         let mut turn = Turn::new(true);
@@ -293,18 +302,14 @@ mod tests {
 
     #[test]
     fn a_long_run_spends_nothing() {
-        let mut turn = Turn::new(true);
-        took(&mut turn, TURN, 0, ONE);
-        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        let mut turn = after_a_short_first_run();
         took(&mut turn, TURN, 11, ONE);
         assert!(!waits(&mut turn, 11 + SHORT.as_micros() as u32, ONE));
     }
 
     #[test]
     fn a_wait_more_than_half_the_run_spends_nothing() {
-        let mut turn = Turn::new(true);
-        took(&mut turn, TURN, 0, ONE);
-        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        let mut turn = after_a_short_first_run();
         // The queue took 6 µs to fill, the run 10.
         took(&mut turn, TURN, 16, ONE);
         assert!(!waits(&mut turn, 26, ONE));
@@ -315,9 +320,7 @@ mod tests {
 
     #[test]
     fn a_wait_that_ended_on_another_thread_is_not_timed() {
-        let mut turn = Turn::new(true);
-        took(&mut turn, TURN, 0, ONE);
-        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        let mut turn = after_a_short_first_run();
         // Woken elsewhere (fed from another worker): the run is not timed.
         took(&mut turn, TURN, 11, OTHER);
         assert!(!waits(&mut turn, 21, OTHER));
@@ -328,9 +331,7 @@ mod tests {
 
     #[test]
     fn a_run_with_small_batches_only_is_not_timed() {
-        let mut turn = Turn::new(true);
-        took(&mut turn, TURN, 0, ONE);
-        assert!(waits(&mut turn, 10, ONE), "a short first run");
+        let mut turn = after_a_short_first_run();
         took(&mut turn, 1, 11, ONE);
         assert!(!waits(&mut turn, 20, ONE), "no full batch in the run");
         // The next full run's wait was not timed.
