@@ -631,9 +631,12 @@ async fn stop_waits_for_the_items_in_the_pipeline_and_leaves_the_rest_in_the_str
     until("the prefetch pulled", || async { (consumer_info(&js, "workers").await.num_ack_pending == 5).then_some(()) })
         .await;
 
-    let stopping = tokio::spawn(source.stop());
+    // Polled once here, so the source is told to stop before the gate
+    // opens (a spawned task might run only after the items are done).
+    let mut stopping = Box::pin(source.stop());
+    assert!(futures::poll!(&mut stopping).is_pending(), "the pipeline still holds its items");
     behaviour.gate.as_ref().unwrap().add_permits(20);
-    let stats = tokio::time::timeout(DEADLINE, stopping).await.expect("the source stopped").unwrap();
+    let stats = tokio::time::timeout(DEADLINE, stopping).await.expect("the source stopped");
     // What went into the pipeline was processed and acked; what had not
     // was given back; nothing more was pulled.
     assert_eq!(stats.pulled, 5);
