@@ -417,8 +417,8 @@ impl<T> Queued<T> {
             };
         }
         match (&mut self.0, &mut from.0) {
-            (Deque::Plain(items), List::Plain(more)) => items.extend(more.drain(..n)),
-            (Deque::Tagged(items), List::Tagged(more)) => items.extend(more.drain(..n)),
+            (Deque::Plain(items), List::Plain(more)) => items.move_in(more, n),
+            (Deque::Tagged(items), List::Tagged(more)) => items.move_in(more, n),
             (Deque::Tagged(items), List::Plain(more)) => {
                 items.extend(more.drain(..n).map(|item| (item, Tag::NONE)));
             }

@@ -7,9 +7,27 @@
 //! the items are held as `ManuallyDrop`, so a batch is copied out of the
 //! deque's two slices in two `memcpy`s, and the deque then forgets them
 //! (dropping a `ManuallyDrop` does nothing); the deque's own drop drops
-//! what is still held.
+//! what is still held. A whole batch moves in the same way, appended in
+//! bulk rather than pushed item by item.
 
 use std::{collections::VecDeque, mem::ManuallyDrop, ptr};
+
+/// The same vector, its items held as `ManuallyDrop<T>`.
+fn as_manually_drop<T>(items: Vec<T>) -> Vec<ManuallyDrop<T>> {
+    let mut items = ManuallyDrop::new(items);
+    // SAFETY: `ManuallyDrop<T>` has the layout of `T` (it is
+    // `repr(transparent)`), so the allocation, length and capacity of a
+    // `Vec<T>` are those of a `Vec<ManuallyDrop<T>>`; the old vector is
+    // forgotten, so the allocation has one owner.
+    unsafe { Vec::from_raw_parts(items.as_mut_ptr().cast(), items.len(), items.capacity()) }
+}
+
+/// The same vector, its items held as `T` again.
+fn from_manually_drop<T>(items: Vec<ManuallyDrop<T>>) -> Vec<T> {
+    let mut items = ManuallyDrop::new(items);
+    // SAFETY: as in `as_manually_drop`, the other way round.
+    unsafe { Vec::from_raw_parts(items.as_mut_ptr().cast(), items.len(), items.capacity()) }
+}
 
 /// A deque of items that moves its first items out in bulk.
 pub(crate) struct Slots<T>(VecDeque<ManuallyDrop<T>>);
@@ -35,6 +53,23 @@ impl<T> Slots<T> {
 
     pub(crate) fn extend(&mut self, items: impl IntoIterator<Item = T>) {
         self.0.extend(items.into_iter().map(ManuallyDrop::new));
+    }
+
+    /// Moves the first `n` items of `from` (all if it holds fewer) to the
+    /// back. All of them (the common case: a feeder's or an emitter's
+    /// whole batch) move in bulk, as [`move_front`](Self::move_front) moves
+    /// them out: `from`'s vector becomes a deque (which moves nothing) that
+    /// is appended in one or two `memcpy`s, and its allocation goes back to
+    /// `from`, empty.
+    pub(crate) fn move_in(&mut self, from: &mut Vec<T>, n: usize) {
+        if n < from.len() {
+            self.extend(from.drain(..n));
+            return;
+        }
+        let mut more = VecDeque::from(as_manually_drop(std::mem::take(from)));
+        self.0.append(&mut more);
+        // Empty: the vector takes the deque's allocation as it is.
+        *from = from_manually_drop(Vec::from(more));
     }
 
     /// Takes every item, first to last.
@@ -116,6 +151,29 @@ mod tests {
         slots.extend([(7, counted.clone())]);
         drop(slots);
         drop(mapped);
+        assert_eq!(Arc::strong_count(&counted), 1);
+    }
+
+    #[test]
+    fn moves_a_whole_vector_in_keeping_its_allocation_and_part_of_one_in_order() {
+        let counted = Arc::new(());
+        let mut slots = Slots::with_capacity(4);
+        // The ring wraps: the items moved in land in both of its slices.
+        slots.extend([(0, counted.clone()), (1, counted.clone()), (2, counted.clone())]);
+        slots.move_front(2, &mut Vec::new());
+        let mut from: Vec<_> = (3..6).map(|n| (n, counted.clone())).collect();
+        let room = from.as_ptr();
+        slots.move_in(&mut from, 3);
+        assert!(from.is_empty());
+        assert_eq!(from.as_ptr(), room, "the vector keeps its allocation");
+        assert!(from.capacity() >= 3);
+        let mut from: Vec<_> = (6..9).map(|n| (n, counted.clone())).collect();
+        slots.move_in(&mut from, 2);
+        assert_eq!(from.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [8]);
+        slots.move_in(&mut from, 5);
+        assert!(from.is_empty());
+        assert_eq!(Arc::strong_count(&counted), 8);
+        assert_eq!(slots.take_all().map(|(n, _)| n).collect::<Vec<_>>(), [2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(Arc::strong_count(&counted), 1);
     }
 
