@@ -237,8 +237,13 @@ fn spend(cx: &mut Context<'_>) {
             return;
         }
         match coop::poll_proceed(cx) {
-            // Kept spent: the work it stands for was done.
-            Poll::Ready(unit) => unit.made_progress(),
+            // Kept spent: the work it stands for was done. Its guard
+            // then has nothing to restore, and is not dropped: its drop
+            // is a call that would only check so.
+            Poll::Ready(unit) => {
+                unit.made_progress();
+                std::mem::forget(unit);
+            }
             Poll::Pending => return,
         }
     }
