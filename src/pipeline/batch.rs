@@ -118,6 +118,12 @@ pub(crate) trait TakeFrom<S: Stage>: Intake<S> {
     /// How many of the queue's items `input` stands for.
     fn weight(input: &S::In) -> u64;
 
+    /// Whether every input stands for one item ([`weight`](Self::weight)
+    /// is always 1): then how many items a run of the item loop processed
+    /// follows from how many inputs it took, and is not counted item by
+    /// item.
+    const UNIT: bool = false;
+
     /// A reader of `queue` for a replica recording its batches in `mark`.
     fn reader<'a>(queue: &'a Queue<Self::Item>, mark: &'a ReplicaMark) -> Reader<'a, Self::Item> {
         queue.marked_reader(mark.mark())
@@ -190,6 +196,8 @@ impl<S: Stage> TakeFrom<S> for Whole {
     fn weight(_: &S::In) -> u64 {
         1
     }
+
+    const UNIT: bool = true;
 }
 
 impl Hold for Whole {

@@ -207,6 +207,11 @@ where
         // Whether the slot holds a future made before this poll: one that
         // waited, or the one item of `one`.
         let made = this.full;
+        // With inputs of one item each, the items done are those taken
+        // less the one still in `process`, if any (`weight`, 1 or 0): the
+        // loop counts nothing per item. (An item made before this poll was
+        // taken before it, and is never done here: the loop stops with it.)
+        let before = if K::UNIT { this.items.len() } else { 0 };
         // One guard for the whole poll, for what panics most often: a
         // `process` future's poll (the slot is then full). Making the
         // future and dropping it have guards of their own, which cost
@@ -267,7 +272,9 @@ where
                 }
                 // Its hold on its acknowledgements, if any, goes.
                 this.out.end_item(false);
-                done += weight;
+                if !K::UNIT {
+                    done += weight;
+                }
                 weight = 0;
                 // The mark first: one load, where the batch's length is two.
                 if this.state.has_mail() && !this.items.is_empty() && this.state.take_mail() {
@@ -275,6 +282,10 @@ where
                 }
             }
         }));
+        if K::UNIT {
+            let taken = (before - this.items.len()) as u64;
+            done = if made { 0 } else { taken - weight };
+        }
         this.progress.processed += done;
         this.progress.in_process = weight;
         match run {
