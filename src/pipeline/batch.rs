@@ -46,7 +46,7 @@ use super::{
     ack::{items::Items, tag::Tag},
     flush::ReplicaMark,
     metrics::{Counters, Delta},
-    queue::{Queue, Reader},
+    queue::{LastFirst, Queue, Reader},
     run::{Batch, Pace},
 };
 use crate::server::timer::FAR;
@@ -224,13 +224,13 @@ impl<In: Send + 'static> Take<In, In> for Whole {
         _: &Counters,
     ) -> Poll<Option<u64>> {
         let max = batch.max_demand as usize;
-        reader.poll_pop_numbered(cx, &mut batch.items, max)
+        // Taken last to first, ready to be popped from the end.
+        reader.poll_pop_numbered(cx, &mut LastFirst(&mut batch.items), max)
     }
 
     #[inline]
     fn took(batch: &mut Batch<In>, first: u64, counters: &Counters) {
         batch.first = first;
-        batch.items.reverse();
         counters.add(&Delta { received: batch.items.len() as u64, ..Delta::default() });
     }
 }

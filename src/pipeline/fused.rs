@@ -70,7 +70,7 @@ use super::{
     control::serve as serve_control,
     flush::ReplicaMark,
     metrics::{Counters, Delta},
-    queue::{Queue, Waiter},
+    queue::{LastFirst, Queue, Waiter},
     run::{Batch, process_batch, serve_waiting},
 };
 use crate::server::{
@@ -332,10 +332,11 @@ impl<S: Stage> FusedStage<S> {
             }
         }
         if !self.input_done {
+            // Taken last to first, ready to be popped from the end.
             match self.input.poll_pop_owned(
                 &mut bell,
                 &mut self.waiter,
-                &mut self.batch.items,
+                &mut LastFirst(&mut self.batch.items),
                 self.batch.max_demand as usize,
                 self.mark.mark(),
             ) {
@@ -362,7 +363,6 @@ impl<S: Stage> FusedStage<S> {
             }
             Some(Work::Items(first)) => {
                 self.batch.first = first;
-                self.batch.items.reverse();
                 self.counters.add(&Delta { received: self.batch.items.len() as u64, ..Delta::default() });
                 self.run_batch().await;
                 self.mark.ended();

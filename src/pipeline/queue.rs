@@ -735,6 +735,17 @@ impl<T> Receive<T> for Items<T> {
     }
 }
 
+/// A batch that takes the items last to first, to be popped from its end
+/// (see [`Queued::pop_into_reversed`]); empty when it receives.
+pub(crate) struct LastFirst<'a, T>(pub(crate) &'a mut Items<T>);
+
+impl<T> Receive<T> for LastFirst<'_, T> {
+    #[inline]
+    fn receive(&mut self, n: usize, queued: &mut Queued<T>) {
+        queued.pop_into_reversed(n, self.0);
+    }
+}
+
 /// For tests of the queue alone, whose items carry no tags.
 #[cfg(test)]
 impl<T> Receive<T> for Vec<T> {

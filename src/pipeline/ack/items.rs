@@ -450,6 +450,38 @@ impl<T> Queued<T> {
         }
     }
 
+    /// Moves the first `n` items into `out`, which is empty, last to first
+    /// (the first item taken ends up last): a batch ready to be popped
+    /// from its end, without reversing it after. Takes the form of this
+    /// queue, as [`pop_into`](Self::pop_into).
+    ///
+    /// # Panics
+    ///
+    /// If fewer than `n` items are queued.
+    #[inline]
+    pub(crate) fn pop_into_reversed(&mut self, n: usize, out: &mut Items<T>) {
+        debug_assert!(out.is_empty(), "items taken last to first into a list that holds some");
+        if out.is_empty() && out.has_tags() != matches!(self.0, Deque::Tagged(_)) {
+            out.0 = match self.0 {
+                Deque::Tagged(_) => List::Tagged(Vec::with_capacity(n)),
+                Deque::Plain(_) => List::Plain(Vec::with_capacity(n)),
+            };
+        }
+        match (&mut self.0, &mut out.0) {
+            (Deque::Plain(items), List::Plain(into)) => items.move_front_reversed(n, into),
+            (Deque::Tagged(items), List::Tagged(into)) => items.move_front_reversed(n, into),
+            // Only a list that held items already (which callers do not
+            // give): its own items are popped first, then those taken.
+            _ => {
+                let mut taken = Items::new();
+                self.pop_into(n, &mut taken);
+                taken.reverse();
+                taken.append(out);
+                *out = taken;
+            }
+        }
+    }
+
     /// Moves the first `n` plain items into `out`.
     ///
     /// # Panics
@@ -518,6 +550,30 @@ mod tests {
         // Each tag went with its item, and was dropped with it.
         assert!(delivered(&log).is_empty());
         assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn items_taken_last_to_first_pop_in_order_with_their_tags() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut queue = Queued::new();
+        let mut plain: Items<u32> = (0..3).collect();
+        queue.extend_from(&mut plain, 3);
+        // Plain items into a plain list.
+        let mut out = Items::new();
+        queue.pop_into_reversed(2, &mut out);
+        assert_eq!(out.iter().copied().collect::<Vec<_>>(), [1, 0]);
+        assert_eq!(out.pop().map(|(item, _)| item), Some(0));
+        // Tagged items into an empty list that held plain ones.
+        let mut tagged: Items<u32> = Items::new();
+        tagged.push_tagged(3, tag(&log, 3));
+        queue.extend_from(&mut tagged, 1);
+        let mut out: Items<u32> = [7].into_iter().collect();
+        out.pop();
+        queue.pop_into_reversed(2, &mut out);
+        let pairs: Vec<(u32, bool)> =
+            std::iter::from_fn(|| out.pop()).map(|(item, tag)| (item, tag.is_some())).collect();
+        assert_eq!(pairs, [(2, false), (3, true)]);
+        assert!(queue.is_empty());
     }
 
     #[test]

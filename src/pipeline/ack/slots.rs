@@ -29,6 +29,20 @@ fn from_manually_drop<T>(items: Vec<ManuallyDrop<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(items.as_mut_ptr().cast(), items.len(), items.capacity()) }
 }
 
+/// Copies the `n` items from `src` on into the `n` places before `end`,
+/// the first into the last place.
+///
+/// # Safety
+///
+/// `src` holds `n` items to read, and the `n` places before `end` may be
+/// written; the two do not overlap.
+unsafe fn copy_reversed<T>(src: *const T, end: *mut T, n: usize) {
+    for i in 0..n {
+        // SAFETY: the caller's promise; `i < n`.
+        unsafe { end.sub(i + 1).write(src.add(i).read()) };
+    }
+}
+
 /// A deque of items that moves its first items out in bulk.
 pub(crate) struct Slots<T>(VecDeque<ManuallyDrop<T>>);
 
@@ -70,6 +84,29 @@ impl<T> Slots<T> {
         self.0.append(&mut more);
         // Empty: the vector takes the deque's allocation as it is.
         *from = from_manually_drop(Vec::from(more));
+    }
+
+    /// Moves the first `n` items to the back of `into`, last to first (the
+    /// first item taken ends up last), in one pass: for a list that is
+    /// popped from its end.
+    ///
+    /// # Panics
+    ///
+    /// If fewer than `n` items are held (before moving any).
+    pub(crate) fn move_front_reversed(&mut self, n: usize, into: &mut Vec<T>) {
+        assert!(n <= self.0.len(), "{n} items taken from a deque of {}", self.0.len());
+        into.reserve(n);
+        let (front, back) = self.0.as_slices();
+        let first = front.len().min(n);
+        // SAFETY: as in `move_front`; the items are written from the end
+        // of the `n` places reserved back to their start, each once.
+        unsafe {
+            let end = into.as_mut_ptr().add(into.len() + n);
+            copy_reversed(front.as_ptr().cast::<T>(), end, first);
+            copy_reversed(back.as_ptr().cast::<T>(), end.sub(first), n - first);
+            into.set_len(into.len() + n);
+        }
+        self.0.drain(..n);
     }
 
     /// Takes every item, first to last.
@@ -174,6 +211,22 @@ mod tests {
         assert!(from.is_empty());
         assert_eq!(Arc::strong_count(&counted), 8);
         assert_eq!(slots.take_all().map(|(n, _)| n).collect::<Vec<_>>(), [2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(Arc::strong_count(&counted), 1);
+    }
+
+    #[test]
+    fn moves_items_out_last_to_first_across_the_deques_wrap() {
+        let counted = Arc::new(());
+        let mut slots = Slots::with_capacity(4);
+        slots.extend((0..3).map(|n| (n, counted.clone())));
+        slots.move_front(2, &mut Vec::new());
+        // 2 at the end of the ring, 3..6 wrapped to its start.
+        slots.extend((3..6).map(|n| (n, counted.clone())));
+        let mut into = vec![(9, counted.clone())];
+        slots.move_front_reversed(3, &mut into);
+        assert_eq!(into.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [9, 4, 3, 2]);
+        assert_eq!(slots.take_all().map(|(n, _)| n).collect::<Vec<_>>(), [5]);
+        drop(into);
         assert_eq!(Arc::strong_count(&counted), 1);
     }
 
