@@ -461,25 +461,26 @@ impl<T> Queued<T> {
     #[inline]
     pub(crate) fn pop_into_reversed(&mut self, n: usize, out: &mut Items<T>) {
         debug_assert!(out.is_empty(), "items taken last to first into a list that holds some");
-        if out.is_empty() && out.has_tags() != matches!(self.0, Deque::Tagged(_)) {
-            out.0 = match self.0 {
-                Deque::Tagged(_) => List::Tagged(Vec::with_capacity(n)),
-                Deque::Plain(_) => List::Plain(Vec::with_capacity(n)),
-            };
-        }
-        match (&mut self.0, &mut out.0) {
-            (Deque::Plain(items), List::Plain(into)) => items.move_front_reversed(n, into),
-            (Deque::Tagged(items), List::Tagged(into)) => items.move_front_reversed(n, into),
-            // Only a list that held items already (which callers do not
-            // give): its own items are popped first, then those taken.
-            _ => {
-                let mut taken = Items::new();
-                self.pop_into(n, &mut taken);
-                taken.reverse();
-                taken.append(out);
-                *out = taken;
+        if out.is_empty() {
+            if out.has_tags() != matches!(self.0, Deque::Tagged(_)) {
+                out.0 = match self.0 {
+                    Deque::Tagged(_) => List::Tagged(Vec::with_capacity(n)),
+                    Deque::Plain(_) => List::Plain(Vec::with_capacity(n)),
+                };
+            }
+            match (&mut self.0, &mut out.0) {
+                (Deque::Plain(items), List::Plain(into)) => return items.move_front_reversed(n, into),
+                (Deque::Tagged(items), List::Tagged(into)) => return items.move_front_reversed(n, into),
+                _ => {}
             }
         }
+        // Only a list that held items already (which callers do not
+        // give): its own items are popped first, then those taken.
+        let mut taken = Items::new();
+        self.pop_into(n, &mut taken);
+        taken.reverse();
+        taken.append(out);
+        *out = taken;
     }
 
     /// Moves the first `n` plain items into `out`.
