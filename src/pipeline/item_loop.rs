@@ -12,9 +12,9 @@
 //! when it returns; with inputs of one item each, not even counted per
 //! item, but told from how many the poll took), and one panic guard
 //! covers a whole poll's polls of `process` futures instead of each item,
-//! which lets the compiler inline `process` into the loop. An item's `process` future lives in a slot of
-//! this future, made in place and polled in one place; most finish on
-//! their first poll. Whether the slot is full is a local of the loop
+//! which lets the compiler inline `process` into the loop. An item's
+//! `process` future lives in a slot of this future, made in place and
+//! polled in one place; most finish on their first poll. Whether the slot is full is a local of the loop
 //! (kept in the future only when a poll returns): making a future and
 //! dropping it have guards of their own, which cost nothing where neither
 //! can panic, so a panic caught by the poll's guard always comes from a

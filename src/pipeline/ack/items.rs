@@ -427,6 +427,18 @@ impl<T> Queued<T> {
         n
     }
 
+    /// An empty `out` takes the form of this queue (plain or tagged
+    /// items), with room for `n`; one that holds items stays as it is.
+    #[inline(always)]
+    fn lend_form(&self, n: usize, out: &mut Items<T>) {
+        if out.is_empty() && out.has_tags() != matches!(self.0, Deque::Tagged(_)) {
+            out.0 = match self.0 {
+                Deque::Tagged(_) => List::Tagged(Vec::with_capacity(n)),
+                Deque::Plain(_) => List::Plain(Vec::with_capacity(n)),
+            };
+        }
+    }
+
     /// Moves the first `n` items to the back of `out` (an empty `out`
     /// takes the form of this queue).
     ///
@@ -435,12 +447,7 @@ impl<T> Queued<T> {
     /// If fewer than `n` items are queued.
     #[inline]
     pub(crate) fn pop_into(&mut self, n: usize, out: &mut Items<T>) {
-        if out.is_empty() && out.has_tags() != matches!(self.0, Deque::Tagged(_)) {
-            out.0 = match self.0 {
-                Deque::Tagged(_) => List::Tagged(Vec::with_capacity(n)),
-                Deque::Plain(_) => List::Plain(Vec::with_capacity(n)),
-            };
-        }
+        self.lend_form(n, out);
         // Items of the same form move in bulk (see `Slots`).
         match (&mut self.0, &mut out.0) {
             (Deque::Plain(items), List::Plain(into)) => items.move_front(n, into),
@@ -462,12 +469,7 @@ impl<T> Queued<T> {
     pub(crate) fn pop_into_reversed(&mut self, n: usize, out: &mut Items<T>) {
         debug_assert!(out.is_empty(), "items taken last to first into a list that holds some");
         if out.is_empty() {
-            if out.has_tags() != matches!(self.0, Deque::Tagged(_)) {
-                out.0 = match self.0 {
-                    Deque::Tagged(_) => List::Tagged(Vec::with_capacity(n)),
-                    Deque::Plain(_) => List::Plain(Vec::with_capacity(n)),
-                };
-            }
+            self.lend_form(n, out);
             match (&mut self.0, &mut out.0) {
                 (Deque::Plain(items), List::Plain(into)) => return items.move_front_reversed(n, into),
                 (Deque::Tagged(items), List::Tagged(into)) => return items.move_front_reversed(n, into),

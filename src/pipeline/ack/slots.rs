@@ -94,19 +94,7 @@ impl<T> Slots<T> {
     ///
     /// If fewer than `n` items are held (before moving any).
     pub(crate) fn move_front_reversed(&mut self, n: usize, into: &mut Vec<T>) {
-        assert!(n <= self.0.len(), "{n} items taken from a deque of {}", self.0.len());
-        into.reserve(n);
-        let (front, back) = self.0.as_slices();
-        let first = front.len().min(n);
-        // SAFETY: as in `move_front`; the items are written from the end
-        // of the `n` places reserved back to their start, each once.
-        unsafe {
-            let end = into.as_mut_ptr().add(into.len() + n);
-            copy_reversed(front.as_ptr().cast::<T>(), end, first);
-            copy_reversed(back.as_ptr().cast::<T>(), end.sub(first), n - first);
-            into.set_len(into.len() + n);
-        }
-        self.0.drain(..n);
+        self.move_front_as::<true>(n, into);
     }
 
     /// Takes every item, first to last.
@@ -120,6 +108,12 @@ impl<T> Slots<T> {
     ///
     /// If fewer than `n` items are held (before moving any).
     pub(crate) fn move_front(&mut self, n: usize, into: &mut Vec<T>) {
+        self.move_front_as::<false>(n, into);
+    }
+
+    /// Moves the first `n` items to the back of `into`, in their order or,
+    /// if `REVERSED`, last to first.
+    fn move_front_as<const REVERSED: bool>(&mut self, n: usize, into: &mut Vec<T>) {
         assert!(n <= self.0.len(), "{n} items taken from a deque of {}", self.0.len());
         into.reserve(n);
         let (front, back) = self.0.as_slices();
@@ -127,13 +121,20 @@ impl<T> Slots<T> {
         // SAFETY: `ManuallyDrop<T>` has the layout of `T`. `into` has room
         // for `n` more items (reserved above), and the two slices hold
         // `first` and at least `n - first` initialised items, none of them
-        // in `into`'s buffer. The `n` items copied become `into`'s, and the
-        // deque forgets its copies next: `drain` drops `ManuallyDrop`s,
-        // which drops nothing, and nothing between can panic.
+        // in `into`'s buffer; each of the `n` places is written once. The
+        // `n` items copied become `into`'s, and the deque forgets its
+        // copies next: `drain` drops `ManuallyDrop`s, which drops nothing,
+        // and nothing between can panic.
         unsafe {
-            let end = into.as_mut_ptr().add(into.len());
-            ptr::copy_nonoverlapping(front.as_ptr().cast::<T>(), end, first);
-            ptr::copy_nonoverlapping(back.as_ptr().cast::<T>(), end.add(first), n - first);
+            let (front, back) = (front.as_ptr().cast::<T>(), back.as_ptr().cast::<T>());
+            let start = into.as_mut_ptr().add(into.len());
+            if REVERSED {
+                copy_reversed(front, start.add(n), first);
+                copy_reversed(back, start.add(n - first), n - first);
+            } else {
+                ptr::copy_nonoverlapping(front, start, first);
+                ptr::copy_nonoverlapping(back, start.add(first), n - first);
+            }
             into.set_len(into.len() + n);
         }
         self.0.drain(..n);
